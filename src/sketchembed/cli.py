@@ -1,0 +1,58 @@
+"""`sketchembed …` command line. Each subcommand lives in the module that owns its concept and
+exposes ``add_arguments(parser)`` and ``run(args) -> int``; modules are imported only when used so
+that `sketchembed --help` stays fast."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# (command words, module, one-line help)
+COMMANDS = [
+    (("data", "download"), "sketchembed.data.download", "fetch Quick, Draw! files over HTTPS (resumable)"),
+    (("data", "prepare"), "sketchembed.data.prepare", "turn per-class files into one prepared dataset"),
+    (("data", "stats"), "sketchembed.data.stats", "print statistics of a prepared dataset"),
+    (("index", "build"), "sketchembed.eval.index", "embed a prepared dataset and save a KNN index"),
+    (("suggest",), "sketchembed.eval.suggest", "nearest drawings of a sketch, from an index"),
+    (("human",), "sketchembed.eval.human", "measure your own accuracy on drawings at 50%/100%"),
+    (("report",), "sketchembed.eval.report", "merge eval run dirs into one comparison table"),
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sketchembed", description=__doc__.split("\n")[0])
+    top = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    groups: dict[str, argparse._SubParsersAction] = {}
+    for words, module, help_ in COMMANDS:
+        if len(words) == 1:
+            sub = top.add_parser(words[0], help=help_)
+        else:
+            if words[0] not in groups:
+                g = top.add_parser(words[0], help=f"{words[0]} commands")
+                groups[words[0]] = g.add_subparsers(dest="subcommand", required=True, metavar="SUBCOMMAND")
+            sub = groups[words[0]].add_parser(words[1], help=help_)
+        sub.set_defaults(_module=module)
+        sub.set_defaults(_words=words)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    # Two passes: the first finds the command, the second parses its own options.
+    known, _ = parser.parse_known_args(argv)
+    mod = importlib.import_module(known._module)
+    full = argparse.ArgumentParser(prog="sketchembed " + " ".join(known._words))
+    mod.add_arguments(full)
+    args = full.parse_args(argv[len(known._words):])
+    from sketchembed.data.sketch import DataFormatError
+    try:
+        return int(mod.run(args) or 0)
+    except (DataFormatError, FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

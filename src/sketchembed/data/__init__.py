@@ -1,0 +1,1 @@
+"""Data layer: format readers, simplification, prepared datasets, rasterizer, DataModule."""
