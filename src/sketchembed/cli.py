@@ -15,13 +15,13 @@ COMMANDS = [
     (("data", "stats"), "sketchembed.data.stats", "print statistics of a prepared dataset"),
     (("index", "build"), "sketchembed.eval.index", "embed a prepared dataset and save a KNN index"),
     (("suggest",), "sketchembed.eval.suggest", "nearest drawings of a sketch, from an index"),
-    (("human",), "sketchembed.eval.human", "measure your own accuracy on drawings at 50%/100%"),
+    (("human",), "sketchembed.eval.human", "measure your own accuracy on drawings at 50%%/100%%"),
     (("report",), "sketchembed.eval.report", "merge eval run dirs into one comparison table"),
 ]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="sketchembed", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="sketchembed", description="sketchembed: data, KNN index, suggestions, human baseline and reports. Training: python train.py; evaluation: python eval.py.")
     top = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     groups: dict[str, argparse._SubParsersAction] = {}
     for words, module, help_ in COMMANDS:
@@ -40,8 +40,16 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
-    # Two passes: the first finds the command, the second parses its own options.
-    known, _ = parser.parse_known_args(argv)
+    # Two passes: the first finds the command, the second parses its own options (and its --help).
+    stripped = [a for a in argv if a not in ("-h", "--help")]
+    try:
+        import contextlib, io
+
+        with contextlib.redirect_stderr(io.StringIO()):
+            known, _ = parser.parse_known_args(stripped)
+    except SystemExit:
+        parser.parse_args(argv)  # no full command: argparse prints the help or usage error
+        raise
     mod = importlib.import_module(known._module)
     full = argparse.ArgumentParser(prog="sketchembed " + " ".join(known._words))
     mod.add_arguments(full)

@@ -1,0 +1,45 @@
+"""Runs every benchmark section and prints its figures and ratios.
+
+`python -m bench` (all), `python -m bench raster prepare` (some), `--quick` for a short smoke run."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+SECTIONS = {
+    "raster": "bench.raster",
+    "train": "bench.train_throughput",
+    "prepare": "bench.prepare",
+}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench")
+    p.add_argument("sections", nargs="*", default=list(SECTIONS), choices=list(SECTIONS))
+    p.add_argument("--quick", action="store_true", help="small sizes: checks the benchmarks run")
+    p.add_argument("--json", type=Path, default=Path(".bench/results.json"))
+    args = p.parse_args(argv)
+    print(f"machine: {platform.processor() or platform.machine()}, torch {torch.__version__}, "
+          f"threads {torch.get_num_threads()}, cuda {torch.cuda.is_available()}")
+    results = {}
+    for name in args.sections:
+        t0 = time.perf_counter()
+        print(f"\n== {name} ==")
+        mod = importlib.import_module(SECTIONS[name])
+        results[name] = mod.run(quick=args.quick)
+        print(f"({name}: {time.perf_counter() - t0:.0f} s)")
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(results, indent=2, default=str))
+    print(f"\nfigures saved to {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

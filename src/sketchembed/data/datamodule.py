@@ -1,0 +1,462 @@
+"""SketchDataModule: prepared dataset -> the batch dict every model consumes (ARCHITECTURE.md "Batches").
+
+Division of work, and why:
+
+* DataLoader workers (CPU) read points from the memory-mapped store, augment them (train only, on
+  the points, so sequence and images stay the same drawing), truncate them to the eval fraction and
+  collate: padding, normalized deltas, stroke ends and snapshot positions, in numpy, vectorized over
+  the batch, with one float buffer per batch.
+* Rasterization runs on the batch's device in :meth:`SketchDataModule.on_after_batch_transfer`
+  (``render_views``): images are cheap on a GPU and expensive to ship from workers.
+
+Distributed training: we shard ourselves (see :mod:`sketchembed.data.samplers`), so the Trainer must
+run with ``use_distributed_sampler=False``; we raise if it does not. Train: every rank gets the same
+number of batches. Val/test: each rank gets a disjoint shard without padding, so no drawing is
+counted twice; shards differ by at most one drawing, so log eval metrics per epoch (torchmetrics or
+``self.log(..., on_epoch=True, sync_dist=True)``), never with per-step ``sync_dist`` in eval steps.
+
+``seq`` normalization: ``(dx, dy) / seq_std`` with one std for both axes (keeps the aspect ratio),
+computed once on the train split's within-drawing deltas as their RMS, i.e. assuming mean 0 (pen
+motions go back and forth; the mean is ~1 % of the std on the real data). ``dx_0`` is ``x_0`` itself
+and is not counted in the std. The value lives in :meth:`state_dict`, so checkpoints carry it and a
+restored model sees the inputs it was trained on.
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import BatchSampler, DataLoader, Dataset
+
+from sketchembed.data.samplers import PKBatchSampler, RandomBatchSampler, SeededBatches, ShardSampler
+from sketchembed.data.sketch import DataFormatError
+
+VIEWS = ("sequence", "image", "snapshots")
+SPLITS = ("train", "val", "test")
+EMBEDDED_NAMES = ("study10", "others335")
+
+
+def keep_count(n: int, fraction: float) -> int:
+    """Points kept at ``fraction``: ceil(f * n), at least 2 (never more than n).
+
+    The 1e-9 guards against float noise (0.3 * 10 = 3.0000000000000004 must keep 3)."""
+    return min(n, max(2, math.ceil(fraction * n - 1e-9)))
+
+
+# ---------------------------------------------------------------------------------------- dataset
+class SketchSplit(Dataset):
+    """Rows of a prepared dataset as ``(row, label, key_id, points float32 (n, 3))`` items.
+
+    An index may be ``(i, seed)`` (see :class:`SeededBatches`): the seed drives the augmentation of
+    that item. Without a seed an augmented item uses ``(seed, row)``, reproducible but the same every
+    epoch. ``labels`` are given (not read from the store) so a test store can be mapped onto the
+    training classes.
+    """
+
+    def __init__(self, store, rows: np.ndarray, labels: np.ndarray, augment=None, seed: int = 0):
+        self.store = store
+        self.rows = np.asarray(rows, dtype=np.int64)
+        self.labels = np.asarray(labels, dtype=np.int64)
+        if self.labels.shape != self.rows.shape:
+            raise ValueError("rows and labels differ in length")
+        self.key_ids = np.asarray(store.key_ids)[self.rows].astype(np.int64)
+        self.augment = augment
+        self.seed = int(seed)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i):
+        aug_seed = None
+        if isinstance(i, tuple):
+            i, aug_seed = i
+        row = int(self.rows[i])
+        pts = np.asarray(self.store.points(row), dtype=np.float32)
+        if self.augment is not None:
+            rng = np.random.default_rng([self.seed, row] if aug_seed is None else aug_seed)
+            pts = np.asarray(self.augment(pts, rng), dtype=np.float32)
+            if pts.ndim != 2 or pts.shape[1] != 3 or len(pts) == 0:
+                raise ValueError(f"augmentation returned points of shape {pts.shape} for row {row}")
+        return row, int(self.labels[i]), int(self.key_ids[i]), pts
+
+
+# ---------------------------------------------------------------------------------------- collate
+class SketchCollate:
+    """Items -> the batch dict (all but the rendered views). Top-level and picklable for workers."""
+
+    def __init__(self, seq_std: float, fraction: float = 1.0, max_snapshots: int | None = 8):
+        if not seq_std > 0:
+            raise ValueError(f"seq_std must be > 0, got {seq_std}")
+        if not 0 < fraction <= 1:
+            raise ValueError(f"fraction must be in (0, 1], got {fraction}")
+        self.seq_std = float(seq_std)
+        self.fraction = float(fraction)
+        self.max_snapshots = None if not max_snapshots or max_snapshots <= 0 else int(max_snapshots)
+
+    def __call__(self, items: Sequence[tuple]) -> dict:
+        B = len(items)
+        full = np.fromiter((len(it[3]) for it in items), dtype=np.int64, count=B)
+        if self.fraction < 1:
+            lengths = np.fromiter((keep_count(n, self.fraction) for n in full), dtype=np.int64, count=B)
+        else:
+            lengths = full
+        T = int(lengths.max())
+        buf = np.zeros((2, B, T, 3), dtype=np.float32)  # [0] points, [1] seq: one allocation
+        pts, seq = buf[0], buf[1]
+        for b, it in enumerate(items):
+            pts[b, :lengths[b]] = it[3][:lengths[b]]
+        ar = np.arange(B)
+        pts[ar, lengths - 1, 2] = 1.0  # truncation ends a stroke (already 1 for whole drawings)
+
+        valid = np.arange(T)[None, :] < lengths[:, None]
+        seq[:, 0, :2] = pts[:, 0, :2]
+        np.subtract(pts[:, 1:, :2], pts[:, :-1, :2], out=seq[:, 1:, :2])
+        seq[..., :2] *= (valid * np.float32(1.0 / self.seq_std))[..., None]
+        seq[..., 2] = pts[..., 2]
+
+        eb, et = np.nonzero(valid & (pts[..., 2] > 0.5))  # row-major: grouped by drawing, in order
+        n_strokes = np.bincount(eb, minlength=B).astype(np.int64)
+        first = np.cumsum(n_strokes) - n_strokes
+        stroke_ends = np.full((B, int(n_strokes.max())), -1, dtype=np.int64)
+        stroke_ends[eb, np.arange(len(eb)) - first[eb]] = et
+
+        # Snapshots: m of the n stroke ends, k_j = ceil(j n / m) - 1 for j = 1..m: evenly spaced,
+        # distinct (n / m >= 1), and k_m = n - 1 is the drawing's last stroke end.
+        m = n_strokes if self.max_snapshots is None else np.minimum(n_strokes, self.max_snapshots)
+        snap_batch = np.repeat(ar, m)
+        j = np.arange(len(snap_batch)) - np.repeat(np.cumsum(m) - m, m) + 1
+        nb, mb = n_strokes[snap_batch], m[snap_batch]
+        snap_pos = stroke_ends[snap_batch, (j * nb + mb - 1) // mb - 1]
+
+        t = torch.from_numpy(buf)
+        return {
+            "points": t[0],
+            "lengths": torch.from_numpy(lengths),
+            "seq": t[1],
+            "stroke_ends": torch.from_numpy(stroke_ends),
+            "n_strokes": torch.from_numpy(n_strokes),
+            "snap_batch": torch.from_numpy(snap_batch.astype(np.int64)),
+            "snap_pos": torch.from_numpy(snap_pos),
+            "label": torch.tensor([it[1] for it in items], dtype=torch.int64),
+            "index": torch.tensor([it[0] for it in items], dtype=torch.int64),
+            "key_id": torch.tensor([it[2] for it in items], dtype=torch.int64),
+            "fraction": self.fraction,
+        }
+
+
+# ---------------------------------------------------------------------------------------- helpers
+def delta_std(store, rows: np.ndarray, *, chunk_points: int = 1 << 22) -> float:
+    """RMS of the within-drawing (dx, dy) of ``rows`` (mean assumed 0), both axes pooled.
+
+    Walks the store's flat points array in chunks of whole drawings, so it is one vectorized pass
+    whatever the number of drawings, with bounded memory.
+    """
+    offsets = np.asarray(store.offsets)
+    pts = store.all_points
+    n = len(offsets) - 1
+    wanted = np.zeros(n, dtype=bool)
+    wanted[np.asarray(rows, dtype=np.int64)] = True
+    total, count = 0.0, 0
+    a = 0
+    while a < n:
+        b = int(np.searchsorted(offsets, offsets[a] + chunk_points, side="right")) - 1
+        b = min(n, max(b, a + 1))
+        if wanted[a:b].any():
+            p = np.asarray(pts[offsets[a]:offsets[b], :2], dtype=np.float64)
+            local = offsets[a:b + 1] - offsets[a]
+            keep = np.repeat(wanted[a:b], np.diff(local))[1:]  # delta t: point t+1 minus point t
+            keep[local[1:-1] - 1] = False  # a delta into a drawing's first point crosses drawings
+            d = np.diff(p, axis=0)[keep]
+            total += float(np.square(d).sum())
+            count += 2 * len(d)
+        a = b
+    if count == 0:
+        raise ValueError(f"{store.root}: the train split has no point deltas to compute seq_std from")
+    std = math.sqrt(total / count)
+    if not std > 0:
+        raise ValueError(f"{store.root}: every train delta is zero; cannot normalize seq")
+    return std
+
+
+def resolve_root(root) -> Path:
+    """An embedded set's name (``study10``, ``others335``) or a prepared dataset's directory."""
+    if str(root) in EMBEDDED_NAMES:
+        from sketchembed.data.embedded import embedded_dataset_path
+
+        return Path(embedded_dataset_path(str(root)))
+    return Path(root)
+
+
+def _subset(rows: np.ndarray, keep: int, seed: int, salt: int) -> np.ndarray:
+    """A reproducible random ``keep`` of ``rows``, kept in row order (good for mmap locality)."""
+    if keep >= len(rows):
+        return rows
+    rng = np.random.default_rng([seed, salt])
+    return np.sort(rows[rng.choice(len(rows), size=keep, replace=False)])
+
+
+def _dataloader_kwargs(num_workers: int, pin_memory: bool) -> dict:
+    kw = {"num_workers": int(num_workers), "pin_memory": bool(pin_memory)}
+    if num_workers > 0:
+        kw["persistent_workers"] = True
+    return kw
+
+
+# ---------------------------------------------------------------------------------------- module
+class SketchDataModule(L.LightningDataModule):
+    """Hydra-configured DataModule serving ARCHITECTURE.md "Batches".
+
+    Args:
+        root: prepared dataset directory, or an embedded set's name (``study10``, ``others335``).
+        views: views to render on device (``sequence`` needs no rendering; ``seq`` is always served).
+        image_size, line_width, padding: the :class:`~sketchembed.data.raster.Rasterizer`.
+        batch_size: train batch size for ``sampler="random"`` (P*K for ``"pk"``).
+        eval_batch_size: val/test/``loader`` batch size (default ``batch_size``).
+        sampler: ``"random"`` or ``"pk"`` (class-balanced P classes x K drawings per batch).
+        pk_p, pk_k, batches_per_epoch: the P x K sampler (``batches_per_epoch`` over all ranks;
+            default ~ one pass over the train rows).
+        max_snapshots: snapshots per drawing (evenly spaced, last stroke end always in); None = all.
+        augment: a point augmentation ``(points, rng) -> points`` applied to train only, or None.
+        eval_fractions: val/test dataloader ``i`` serves drawings truncated to ``eval_fractions[i]``.
+        num_workers, pin_memory: DataLoader settings (workers are persistent when > 0).
+        seed: sampling, subsets and augmentation (with the epoch).
+        train_subset: keep this share of the train rows (quick runs); max_train / max_eval: caps on
+            the train rows / on each of val and test (reproducible random subsets).
+        test_dir: evaluate on these drawings instead of the dataset's test split: a prepared dataset
+            directory (all its rows are used) or a folder of per-class files, prepared into a
+            temporary directory by ``sketchembed.data.prepare``. Class names must be among the
+            training classes; labels are mapped by name.
+    """
+
+    def __init__(self, root: str = "study10", views: Iterable[str] = ("sequence", "image"),
+                 image_size: int = 64, line_width: float = 8.0, padding: float = 4.5,
+                 batch_size: int = 64, eval_batch_size: int | None = None, sampler: str = "random",
+                 pk_p: int = 3, pk_k: int = 16, batches_per_epoch: int | None = None,
+                 max_snapshots: int | None = 8, augment=None,
+                 eval_fractions: Sequence[float] = (1.0, 0.5), num_workers: int = 0,
+                 pin_memory: bool = False, seed: int = 0, train_subset: float | None = None,
+                 max_train: int | None = None, max_eval: int | None = None, test_dir: str | None = None):
+        super().__init__()
+        self.save_hyperparameters(ignore=["augment"])
+        self.root = str(root)
+        self.views = tuple(views)
+        bad = set(self.views) - set(VIEWS)
+        if bad:
+            raise ValueError(f"unknown views {sorted(bad)}; choose from {VIEWS}")
+        if sampler not in ("random", "pk"):
+            raise ValueError(f"sampler must be 'random' or 'pk', got {sampler!r}")
+        self.eval_fractions = tuple(float(f) for f in eval_fractions)
+        if not self.eval_fractions or not all(0 < f <= 1 for f in self.eval_fractions):
+            raise ValueError(f"eval_fractions must be non-empty, each in (0, 1]; got {self.eval_fractions}")
+        if train_subset is not None and not 0 < train_subset <= 1:
+            raise ValueError(f"train_subset must be in (0, 1], got {train_subset}")
+        self.image_size, self.line_width, self.padding = int(image_size), float(line_width), float(padding)
+        self.batch_size = int(batch_size)
+        self.eval_batch_size = int(eval_batch_size or batch_size)
+        self.sampler = sampler
+        self.pk_p, self.pk_k = int(pk_p), int(pk_k)
+        self.batches_per_epoch = batches_per_epoch
+        self.max_snapshots = max_snapshots
+        self.augment = augment
+        self.num_workers, self.pin_memory = int(num_workers), bool(pin_memory)
+        self.seed = int(seed)
+        self.train_subset, self.max_train, self.max_eval = train_subset, max_train, max_eval
+        self.test_dir = test_dir
+        self._rasterizer = None
+        self._store = None
+        self._test_store = None
+        self._test_tmp = None
+        self._rows: dict[str, np.ndarray] = {}
+        self._seq_std: float | None = None
+
+    # -- dataset facts ------------------------------------------------------------------------------
+    @property
+    def store(self):
+        """The prepared dataset (opened on first use, so models can ask for ``num_classes`` early)."""
+        if self._store is None:
+            from sketchembed.data.store import PreparedDataset
+
+            self._store = PreparedDataset(resolve_root(self.root))
+        return self._store
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.store.classes)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.store.classes)
+
+    @property
+    def seq_std(self) -> float:
+        """Std of the train deltas (from the checkpoint when one was loaded, else computed once)."""
+        if self._seq_std is None:
+            self._seq_std = delta_std(self.store, self.store.indices("train"))
+        return self._seq_std
+
+    @property
+    def rasterizer(self):
+        if self._rasterizer is None:
+            from sketchembed.data.raster import Rasterizer
+
+            self._rasterizer = Rasterizer(self.image_size, self.line_width, self.padding)
+        return self._rasterizer
+
+    # -- Lightning hooks ----------------------------------------------------------------------------
+    def setup(self, stage: str | None = None) -> None:
+        needed = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("test",)}
+        for split in needed.get(stage, SPLITS):
+            self.rows(split)
+        self.seq_std  # noqa: B018 - computed here, once, on the train split (unless restored)
+
+    def state_dict(self) -> dict:
+        return {"seq_std": self.seq_std, "classes": self.class_names}
+
+    def load_state_dict(self, state: dict) -> None:
+        classes = state.get("classes")
+        if classes is not None and list(classes) != self.class_names:
+            raise ValueError(f"checkpoint was trained on classes {list(classes)}, but {self.root} has "
+                             f"{self.class_names}: labels would not match")
+        self._seq_std = float(state["seq_std"])
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int = 0):
+        return self.render(batch)
+
+    def render(self, batch: dict) -> dict:
+        """Add the requested rendered views to a (device) batch; eval code calls this for ``loader``."""
+        if "image" not in self.views and "snapshots" not in self.views:
+            return batch
+        from sketchembed.data.raster import render_views
+
+        return render_views(batch, self.rasterizer, self.views)
+
+    # -- rows and datasets -----------------------------------------------------------------------------
+    def rows(self, split: str) -> np.ndarray:
+        """Rows (of :meth:`split_store`) that serve ``split``, after subsets and caps."""
+        if split not in self._rows:
+            if split == "test" and self.test_dir is not None:
+                rows = np.arange(len(self._open_test_dir()), dtype=np.int64)
+            else:
+                rows = self.store.indices(split)
+            salt = SPLITS.index(split)
+            if split == "train":
+                if self.train_subset is not None:
+                    rows = _subset(rows, max(1, round(self.train_subset * len(rows))), self.seed, salt)
+                if self.max_train is not None:
+                    rows = _subset(rows, int(self.max_train), self.seed, salt + 10)
+            elif self.max_eval is not None:
+                rows = _subset(rows, int(self.max_eval), self.seed, salt)
+            self._rows[split] = rows
+        return self._rows[split]
+
+    def split_store(self, split: str):
+        return self._open_test_dir() if split == "test" and self.test_dir is not None else self.store
+
+    def dataset(self, split: str, *, augment: bool = False) -> SketchSplit:
+        store, rows = self.split_store(split), self.rows(split)
+        labels = np.asarray(store.labels)[rows].astype(np.int64)
+        if store is not self.store:
+            labels = self._map_labels(store)[labels]
+        if len(rows) == 0:
+            raise ValueError(f"{store.root}: the {split} split is empty")
+        return SketchSplit(store, rows, labels, self.augment if augment else None, self.seed)
+
+    def _map_labels(self, store) -> np.ndarray:
+        index = {c: i for i, c in enumerate(self.class_names)}
+        missing = [c for c in store.classes if c not in index]
+        if missing:
+            raise DataFormatError(store.root, None, f"classes {missing} are not among the training classes "
+                                                    f"of {self.root}")
+        return np.array([index[c] for c in store.classes], dtype=np.int64)
+
+    def _open_test_dir(self):
+        """Hook for evaluation on outside drawings (``test_dir``); see the class docstring."""
+        if self._test_store is None:
+            from sketchembed.data.store import PreparedDataset
+
+            path = Path(self.test_dir)
+            if (path / "manifest.json").is_file():
+                self._test_store = PreparedDataset(path)
+            elif path.is_dir():
+                from sketchembed.data import prepare
+
+                self._test_tmp = tempfile.TemporaryDirectory(prefix="sketchembed-test-")
+                self._test_store = prepare.prepare_test_dir(path, Path(self._test_tmp.name) / "prepared")
+            else:
+                raise FileNotFoundError(f"test_dir not found: {path}")
+        return self._test_store
+
+    # -- distribution ---------------------------------------------------------------------------------
+    def _dist(self) -> tuple[int, int]:
+        trainer = self.trainer
+        if trainer is None:
+            return 1, 0
+        world = int(trainer.world_size)
+        if world > 1:
+            conn = getattr(trainer, "_accelerator_connector", None)
+            if getattr(conn, "use_distributed_sampler", False):
+                raise RuntimeError("SketchDataModule shards batches across ranks itself: run the Trainer with "
+                                   "use_distributed_sampler=False (trainer config)")
+        return world, int(trainer.global_rank)
+
+    # -- dataloaders ----------------------------------------------------------------------------------
+    def train_dataloader(self) -> DataLoader:
+        world, rank = self._dist()
+        ds = self.dataset("train", augment=True)
+        positions = np.arange(len(ds))
+        if self.sampler == "pk":
+            bs = PKBatchSampler(positions, ds.labels, self.pk_p, self.pk_k, batches_per_epoch=self.batches_per_epoch,
+                                seed=self.seed, num_replicas=world, rank=rank)
+        else:
+            bs = RandomBatchSampler(positions, self.batch_size, shuffle=True, drop_last=True, seed=self.seed,
+                                    num_replicas=world, rank=rank)
+        if ds.augment is not None:
+            bs = SeededBatches(bs, self.seed)
+        return DataLoader(ds, batch_sampler=bs, collate_fn=SketchCollate(self.seq_std, 1.0, self.max_snapshots),
+                          **_dataloader_kwargs(self.num_workers, self.pin_memory))
+
+    def val_dataloader(self) -> list[DataLoader]:
+        world, rank = self._dist()
+        return [self.loader("val", f, num_replicas=world, rank=rank) for f in self.eval_fractions]
+
+    def test_dataloader(self) -> list[DataLoader]:
+        world, rank = self._dist()
+        return [self.loader("test", f, num_replicas=world, rank=rank) for f in self.eval_fractions]
+
+    def predict_dataloader(self) -> DataLoader:
+        world, rank = self._dist()
+        return self.loader("test", 1.0, num_replicas=world, rank=rank)
+
+    def loader(self, split: str, fraction: float = 1.0, shuffle: bool = False, *, batch_size: int | None = None,
+               num_replicas: int = 1, rank: int = 0, num_workers: int | None = None) -> DataLoader:
+        """Any split (never augmented) at a fraction, for embedding/eval code. Batches are not rendered:
+        call :meth:`render` (or ``render_views``) on them after moving them to the device.
+
+        Unsharded by default; ``num_replicas``/``rank`` give rank ``rank`` its disjoint shard.
+        ``shuffle=True`` shuffles reproducibly (seed) and may repeat a few drawings to even the ranks.
+        """
+        if split not in SPLITS:
+            raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+        ds = self.dataset(split)
+        bsz = int(batch_size or self.eval_batch_size)
+        if shuffle:
+            bs = RandomBatchSampler(np.arange(len(ds)), bsz, shuffle=True, drop_last=False, seed=self.seed,
+                                    num_replicas=num_replicas, rank=rank)
+        else:
+            bs = BatchSampler(ShardSampler(len(ds), num_replicas, rank), bsz, drop_last=False)
+        workers = self.num_workers if num_workers is None else int(num_workers)
+        return DataLoader(ds, batch_sampler=bs, collate_fn=SketchCollate(self.seq_std, fraction, self.max_snapshots),
+                          **_dataloader_kwargs(workers, self.pin_memory))
+
+    def teardown(self, stage: str | None = None) -> None:
+        if self._test_tmp is not None and stage in (None, "test"):
+            self._test_store = None
+            self._test_tmp.cleanup()
+            self._test_tmp = None
+            self._rows.pop("test", None)

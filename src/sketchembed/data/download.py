@@ -1,0 +1,419 @@
+"""`sketchembed data download`: fetch the public Quick, Draw! files over HTTPS.
+
+Downloads are resumable (``<file>.part`` + ``Range``), verified (length from Content-Length /
+Content-Range, MD5 from Google Cloud Storage's ``x-goog-hash``) and placed atomically
+(``os.replace`` only after verification), so a file under its final name is always complete.
+Only the standard library's ``urllib`` is used for HTTP; ``rich`` draws the progress bars.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import hashlib
+import http.client
+import os
+import re
+import socket
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable
+
+BASE_URL = "https://storage.googleapis.com/quickdraw_dataset/"
+
+# format -> (folder in the bucket, file extension)
+FORMATS: dict[str, tuple[str, str]] = {
+    "simplified": ("full/simplified/", ".ndjson"),
+    "raw": ("full/raw/", ".ndjson"),
+    "binary": ("full/binary/", ".bin"),
+    "sketchrnn": ("sketchrnn/", ".npz"),
+}
+
+CHUNK = 1 << 16
+MAX_BACKOFF = 30.0
+# HTTP statuses worth another try; every other error status fails at once (404 will stay 404).
+RETRY_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
+
+
+class DownloadError(RuntimeError):
+    """A file could not be fetched or verified; the message names the file and the reason."""
+
+
+class _Transient(Exception):
+    """A failure that another attempt may cure (cut connection, short body, 5xx)."""
+
+
+class _Restart(Exception):
+    """The .part file cannot be continued (server sent other bytes than asked); start from zero."""
+
+
+@dataclass
+class _Remote:
+    length: int | None
+    md5: str | None  # base64, as in x-goog-hash
+    transcoded: bool  # GCS served a decompressed copy: the stored object's hash does not apply
+    partial: bool = False  # came with a 206/416, which need not carry the object's hash
+
+
+# ---------------------------------------------------------------------------------------------
+# names and URLs
+
+
+def resolve_classes(spec: str | Iterable[str]) -> list[str]:
+    """Turn ``"study"``, ``"all"``, ``"a,b"`` or a list into validated class names (order kept,
+    duplicates dropped). Unknown names fail here, before any request is made."""
+    from sketchembed import STUDY_CLASSES
+    from sketchembed.data.categories import CATEGORIES
+
+    if isinstance(spec, str):
+        key = spec.strip().lower()
+        if key == "study":
+            return list(STUDY_CLASSES)
+        if key == "all":
+            return list(CATEGORIES)
+        names = [n.strip() for n in spec.split(",")]
+    else:
+        names = [str(n).strip() for n in spec]
+    names = [n for n in names if n]
+    if not names:
+        raise ValueError("no class names given (use names separated by commas, 'study' or 'all')")
+    known = set(CATEGORIES)
+    for n in names:
+        if n not in known:
+            import difflib
+
+            close = difflib.get_close_matches(n, CATEGORIES, n=3)
+            hint = f" (did you mean {', '.join(repr(c) for c in close)}?)" if close else ""
+            raise ValueError(f"unknown Quick, Draw! class {n!r}{hint}")
+    return list(dict.fromkeys(names))
+
+
+def file_name(cls: str, fmt: str) -> str:
+    """Local file name of a class in a format (the bucket's own name)."""
+    return cls + _format(fmt)[1]
+
+
+def file_url(cls: str, fmt: str, url_base: str = BASE_URL) -> str:
+    """URL of a class file; the name is quoted because many classes contain spaces."""
+    folder, ext = _format(fmt)
+    return url_base.rstrip("/") + "/" + folder + urllib.parse.quote(cls + ext, safe="")
+
+
+def _format(fmt: str) -> tuple[str, str]:
+    try:
+        return FORMATS[fmt]
+    except KeyError:
+        raise ValueError(f"unknown format {fmt!r} (choose from {', '.join(FORMATS)})") from None
+
+
+# ---------------------------------------------------------------------------------------------
+# progress
+
+
+class _Bars:
+    """Per-file byte bars plus one overall files bar; a no-op when disabled."""
+
+    def __init__(self, n_files: int, enabled: bool):
+        self.enabled = enabled
+        if not enabled:
+            return
+        from rich.console import Console
+        from rich.progress import (BarColumn, DownloadColumn, Progress, ProgressColumn, TextColumn,
+                                   TimeRemainingColumn, TransferSpeedColumn)
+        from rich.text import Text
+
+        class PerFile(ProgressColumn):
+            """A byte column for file tasks; 'M/N files' (or nothing) for the overall task."""
+
+            def __init__(self, inner, count: bool):
+                super().__init__()
+                self.inner, self.count = inner, count
+
+            def render(self, task):
+                if task.fields.get("files"):
+                    return Text(f"{int(task.completed)}/{int(task.total)} files" if self.count else "")
+                return self.inner.render(task)
+
+        self.progress = Progress(
+            TextColumn("{task.description}"), BarColumn(), PerFile(DownloadColumn(), True),
+            PerFile(TransferSpeedColumn(), False),
+            TimeRemainingColumn(), console=Console(stderr=True),
+        )
+        self.progress.start()
+        self.overall = self.progress.add_task("[bold]total", total=n_files, files=True)
+        self.task = None
+
+    def start(self, name: str) -> None:
+        if self.enabled:
+            self.task = self.progress.add_task(name, total=None)
+
+    def reset(self, total: int | None, completed: int) -> None:
+        if self.enabled and self.task is not None:
+            self.progress.update(self.task, total=total, completed=completed)
+
+    def advance(self, n: int) -> None:
+        if self.enabled and self.task is not None:
+            self.progress.advance(self.task, n)
+
+    def done(self) -> None:
+        if self.enabled:
+            if self.task is not None:
+                self.progress.remove_task(self.task)
+                self.task = None
+            self.progress.advance(self.overall, 1)
+
+    def close(self) -> None:
+        if self.enabled:
+            self.progress.stop()
+
+
+# ---------------------------------------------------------------------------------------------
+# HTTP
+
+
+def _remote(headers) -> _Remote:
+    """Length and MD5 of the whole object from a response's headers."""
+    length = None
+    rng = headers.get("Content-Range")
+    if rng:
+        m = re.match(r"bytes\s+(?:\d+-\d+|\*)/(\d+)", rng.strip())
+        length = int(m.group(1)) if m else None
+    elif headers.get("Content-Length") is not None:
+        length = int(headers["Content-Length"])
+    md5 = None
+    for value in headers.get_all("x-goog-hash") or []:
+        for item in value.split(","):
+            k, _, v = item.strip().partition("=")
+            if k.lower() == "md5" and v:
+                md5 = v.strip()
+    stored = (headers.get("x-goog-stored-content-encoding") or "identity").lower()
+    served = (headers.get("Content-Encoding") or "identity").lower()
+    return _Remote(length, md5, stored != served)
+
+
+def _open(url: str, *, method: str = "GET", headers: dict | None = None, timeout: float):
+    req = urllib.request.Request(url, method=method, headers={"User-Agent": "sketchembed", **(headers or {})})
+    return urllib.request.urlopen(req, timeout=timeout)
+
+
+def _http_failure(e: urllib.error.HTTPError, name: str, url: str) -> Exception:
+    if e.code in RETRY_STATUSES:
+        return _Transient(f"HTTP {e.code} {e.reason}")
+    return DownloadError(f"{name}: HTTP {e.code} {e.reason} for {url}")
+
+
+def _head(url: str, name: str, timeout: float) -> _Remote:
+    try:
+        with _open(url, method="HEAD", timeout=timeout) as r:
+            return _remote(r.headers)
+    except urllib.error.HTTPError as e:
+        raise _http_failure(e, name, url) from None
+
+
+def _attempt(url: str, name: str, part: Path, timeout: float, bars: _Bars) -> _Remote:
+    """One GET, continuing ``part`` if it has bytes; returns what the server said about the
+    whole object once the body has been read to its end."""
+    offset = part.stat().st_size if part.exists() else 0
+    headers = {"Range": f"bytes={offset}-"} if offset else {}
+    try:
+        resp = _open(url, headers=headers, timeout=timeout)
+    except urllib.error.HTTPError as e:
+        if e.code == 416 and offset:
+            # Nothing after `offset`: the .part may already hold the whole file. Ask for the
+            # length/hash and let the caller verify it.
+            e.close()
+            info = _head(url, name, timeout)
+            if info.length != offset:
+                raise _Restart(f"server refused bytes={offset}- but the file has {info.length} bytes")
+            bars.reset(info.length, offset)
+            return info
+        raise _http_failure(e, name, url) from None
+    with resp:
+        info = _remote(resp.headers)
+        if resp.status == 206:
+            m = re.match(r"bytes\s+(\d+)-", resp.headers.get("Content-Range", ""))
+            if not m or int(m.group(1)) != offset:
+                raise _Restart(f"asked for bytes={offset}-, got {resp.headers.get('Content-Range')!r}")
+            mode, info.partial = "ab", True
+        elif resp.status == 200:
+            offset, mode = 0, "wb"  # the server ignored Range (or none was sent): start over
+        else:
+            raise DownloadError(f"{name}: unexpected HTTP {resp.status} for {url}")
+        bars.reset(info.length, offset)
+        with open(part, mode) as f:
+            while True:
+                chunk = resp.read1(CHUNK)  # read1: bytes already received survive a timeout
+                if not chunk:
+                    break
+                f.write(chunk)
+                bars.advance(len(chunk))
+            f.flush()
+            os.fsync(f.fileno())
+    size = part.stat().st_size
+    if info.length is not None and size < info.length:
+        raise _Transient(f"connection ended at {size} of {info.length} bytes")
+    return info
+
+
+def _md5_b64(path: Path) -> str:
+    h = hashlib.md5()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return base64.b64encode(h.digest()).decode("ascii")
+
+
+_NETWORK_ERRORS = (urllib.error.URLError, http.client.HTTPException, ConnectionError, TimeoutError,
+                   socket.timeout, _Transient)
+
+
+def _with_retries(fn: Callable, *, what: str, retries: int, backoff: float, progress_of: Callable[[], int] | None = None):
+    """Call ``fn`` until it succeeds; ``retries`` consecutive failures without progress are
+    tolerated, each followed by an exponential backoff pause."""
+    failures = 0
+    while True:
+        before = progress_of() if progress_of else 0
+        try:
+            return fn()
+        except _NETWORK_ERRORS as e:
+            if isinstance(e, urllib.error.HTTPError):  # callers convert these; never retry one blindly
+                raise DownloadError(f"{what}: HTTP {e.code} {e.reason}") from None
+            if progress_of and progress_of() > before:
+                failures = 0  # the connection broke after moving data forward: not stuck
+            failures += 1
+            if failures > retries:
+                reason = getattr(e, "reason", None) or e
+                kept = "; the .part file is kept: run again to resume" if progress_of and progress_of() else ""
+                raise DownloadError(f"{what}: {reason} (gave up after {retries} retries){kept}") from e
+            time.sleep(min(MAX_BACKOFF, backoff * 2 ** (failures - 1)))
+
+
+def fetch_file(url: str, final: Path, *, name: str | None = None, retries: int = 5, backoff: float = 1.0,
+               timeout: float = 60.0, force: bool = False, bars: _Bars | None = None) -> str:
+    """Fetch one URL to ``final`` (resuming ``final.part``); returns ``"present"``, ``"resumed"``
+    or ``"downloaded"``."""
+    final = Path(final)
+    name = name or final.name
+    part = final.with_name(final.name + ".part")
+    bars = bars or _Bars(1, False)
+    kw = dict(retries=retries, backoff=backoff)
+
+    if final.exists() and not force:
+        info = _with_retries(lambda: _head(url, name, timeout), what=name, **kw)
+        if info.length is not None and info.length == final.stat().st_size:
+            bars.start(name)
+            bars.done()
+            return "present"
+    if force and part.exists():
+        part.unlink()
+
+    resumed = part.exists() and part.stat().st_size > 0
+    bars.start(name)
+    part_size = lambda: part.stat().st_size if part.exists() else 0  # noqa: E731
+    restarts = 0
+    while True:
+        try:
+            info = _with_retries(lambda: _attempt(url, name, part, timeout, bars), what=f"{name} ({url})",
+                                 progress_of=part_size, **kw)
+        except _Restart as e:
+            part.unlink(missing_ok=True)
+            restarts += 1
+            resumed = False
+            if restarts > max(1, retries):
+                raise DownloadError(f"{name}: cannot resume ({e})") from None
+            continue
+        size = part.stat().st_size
+        if info.length is not None and size != info.length:
+            part.unlink(missing_ok=True)
+            restarts += 1
+            if restarts > max(1, retries):
+                raise DownloadError(f"{name}: {size} bytes on disk, server says {info.length}; deleted {part}")
+            continue
+        break
+    if info.partial and info.md5 is None:  # resumed: ask for the whole object's hash
+        info.md5 = _with_retries(lambda: _head(url, name, timeout), what=name, **kw).md5
+    if info.md5 and not info.transcoded:
+        got = _md5_b64(part)
+        if got != info.md5:
+            part.unlink(missing_ok=True)
+            raise DownloadError(f"{name}: MD5 mismatch (server {info.md5}, file {got}); deleted {part}")
+    os.replace(part, final)
+    bars.done()
+    return "resumed" if resumed else "downloaded"
+
+
+# ---------------------------------------------------------------------------------------------
+# API and CLI
+
+
+def download(classes: str | Iterable[str], fmt: str = "simplified", dest: str | os.PathLike = ".", *,
+             url_base: str = BASE_URL, retries: int = 5, backoff: float = 1.0, timeout: float = 60.0,
+             force: bool = False, progress: bool | None = None,
+             on_file: Callable[[Path, str], None] | None = None) -> list[Path]:
+    """Download the files of ``classes`` (names, ``"study"`` or ``"all"``) in ``fmt`` into ``dest``.
+
+    ``progress=None`` shows bars only when stderr is a terminal. ``on_file(path, status)`` is
+    called after each file with status ``present`` / ``resumed`` / ``downloaded``. Returns the
+    final paths in class order; raises ``ValueError`` for bad names before any request and
+    ``DownloadError`` when a file cannot be fetched or verified (its .part is kept for resuming,
+    except after an MD5 mismatch)."""
+    names = resolve_classes(classes)
+    _format(fmt)
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    if progress is None:
+        progress = sys.stderr.isatty()
+    bars = _Bars(len(names), bool(progress))
+    paths = []
+    try:
+        for cls in names:
+            final = dest / file_name(cls, fmt)
+            status = fetch_file(file_url(cls, fmt, url_base), final, name=final.name, retries=retries,
+                                backoff=backoff, timeout=timeout, force=force, bars=bars)
+            paths.append(final)
+            if on_file:
+                on_file(final, status)
+    finally:
+        bars.close()
+    return paths
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.description = "Fetch Quick, Draw! files from the public bucket (resumable, verified)."
+    parser.add_argument("--classes", required=True,
+                        help="comma-separated class names, 'study' (the ten study classes) or 'all' (345)")
+    parser.add_argument("--format", dest="fmt", choices=list(FORMATS), default="simplified")
+    parser.add_argument("--dest", type=Path, default=None,
+                        help="target directory (default: data/quickdraw/<format>)")
+    parser.add_argument("--url-base", default=BASE_URL, help=f"bucket base URL (default: {BASE_URL})")
+    parser.add_argument("--retries", type=int, default=5,
+                        help="consecutive failed attempts tolerated per file (default: 5)")
+    parser.add_argument("--backoff", type=float, default=1.0,
+                        help="first pause between retries in seconds, doubled each time (default: 1)")
+    parser.add_argument("--timeout", type=float, default=60.0, help="socket timeout in seconds (default: 60)")
+    parser.add_argument("--force", action="store_true", help="download even files already present")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars, no per-file lines")
+
+
+def run(args: argparse.Namespace) -> int:
+    dest = args.dest if args.dest is not None else Path("data/quickdraw") / args.fmt
+
+    def echo(path: Path, status: str) -> None:
+        if not args.quiet:
+            print(f"{status:>10}  {path} ({path.stat().st_size:,} bytes)")
+
+    try:
+        paths = download(args.classes, args.fmt, dest, url_base=args.url_base, retries=args.retries,
+                         backoff=args.backoff, timeout=args.timeout, force=args.force,
+                         progress=False if args.quiet else None, on_file=echo)
+    except DownloadError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    if not args.quiet:
+        print(f"{len(paths)} file(s) in {dest}")
+    return 0

@@ -1,0 +1,452 @@
+"""Prepared datasets: every drawing of a corpus in a few flat, memory-mapped arrays.
+
+Layout of a prepared directory (the contract in docs/ARCHITECTURE.md, "Prepared dataset"):
+
+==============  ==================  ===========================================================
+file            dtype, shape        meaning
+==============  ==================  ===========================================================
+points.npy      int16 (P, 3)        (x, y, pen_up) of all drawings, one after the other
+offsets.npy     int64 (n + 1,)      drawing i is ``points[offsets[i]:offsets[i + 1]]``
+labels.npy      int16 (n,)          class index into ``manifest["classes"]``
+key_ids.npy     uint64 (n,)         the dataset's key_id of each drawing
+splits.npy      int8 (n,)           0 train, 1 val, 2 test
+manifest.json                       classes, counts, sources, skipped inputs, split rule, sha256
+==============  ==================  ===========================================================
+
+Why this shape: a training process (and each DataLoader worker) memory-maps the arrays, so opening
+a 1.5 M-drawing dataset costs nothing and the OS page cache is shared between workers. The writer
+streams to disk, so preparing never holds the corpus as Python objects.
+"""
+
+from __future__ import annotations
+
+import array
+import hashlib
+import json
+import os
+import shutil
+import struct
+import time
+import uuid
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+
+from sketchembed.data.sketch import DataFormatError, Drawing, points_to_strokes
+
+FORMAT_NAME = "sketchembed-prepared"
+FORMAT_VERSION = 1
+
+SPLIT_NAMES = ("train", "val", "test")
+SPLIT_CODES = {"train": 0, "val": 1, "test": 2}
+
+# name -> (dtype, trailing shape). Dtypes are explicit little-endian so checksums are portable.
+ARRAYS: dict[str, tuple[str, tuple[int, ...]]] = {
+    "points": ("<i2", (3,)),
+    "offsets": ("<i8", ()),
+    "labels": ("<i2", ()),
+    "key_ids": ("<u8", ()),
+    "splits": ("|i1", ()),
+}
+#: Arrays whose checksum is checked on every open (small: ~19 bytes per drawing). ``points`` is
+#: only checked by :meth:`PreparedDataset.verify` (it is most of the bytes).
+CHEAP_TO_VERIFY = ("offsets", "labels", "key_ids", "splits")
+
+_NPY_HEADER_SIZE = 128  # fixed, so the header can be rewritten in place once the length is known
+_HASH_BLOCK = 1 << 24
+
+
+def _npy_header(dtype: str, shape: tuple[int, ...]) -> bytes:
+    """A .npy v1.0 header of exactly ``_NPY_HEADER_SIZE`` bytes (numpy accepts space padding)."""
+    d = repr({"descr": np.dtype(dtype).str, "fortran_order": False, "shape": tuple(int(s) for s in shape)})
+    body = d.encode("latin1")
+    room = _NPY_HEADER_SIZE - 10 - 1 - len(body)
+    if room < 0:  # pragma: no cover - shapes would need > 40 digits
+        raise ValueError(f"shape {shape} too large for the fixed .npy header")
+    body = body + b" " * room + b"\n"
+    return b"\x93NUMPY\x01\x00" + struct.pack("<H", len(body)) + body
+
+
+class _ArrayFile:
+    """One .npy file written by appending blocks; the header is fixed up on close."""
+
+    def __init__(self, path: Path, dtype: str, trailing: tuple[int, ...]):
+        self.path = path
+        self.dtype = np.dtype(dtype)
+        self.trailing = trailing
+        self.rows = 0
+        self.sha = hashlib.sha256()
+        self.fp = open(path, "wb")
+        self.fp.write(_npy_header(dtype, (0, *trailing)))
+
+    def append(self, block: np.ndarray) -> None:
+        block = np.ascontiguousarray(block, dtype=self.dtype)
+        if block.shape[1:] != self.trailing:
+            raise ValueError(f"{self.path.name}: block of shape {block.shape}, expected (*, {self.trailing})")
+        data = block.data.cast("B")
+        self.sha.update(data)
+        self.fp.write(data)
+        self.rows += len(block)
+
+    def close(self) -> dict:
+        self.fp.seek(0)
+        self.fp.write(_npy_header(self.dtype.str, (self.rows, *self.trailing)))
+        self.fp.flush()
+        os.fsync(self.fp.fileno())
+        self.fp.close()
+        return {"file": self.path.name, "dtype": self.dtype.str, "shape": [self.rows, *self.trailing],
+                "sha256": self.sha.hexdigest()}
+
+    def abort(self) -> None:
+        if not self.fp.closed:
+            self.fp.close()
+
+
+class PreparedWriter:
+    """Streams drawings into a prepared dataset directory.
+
+    Points are buffered up to ``chunk_points`` rows, then appended to ``points.npy`` on disk; the
+    per-drawing columns (lengths, labels, key_ids) grow in compact ``array.array`` buffers
+    (~18 bytes per drawing), never as Python objects per drawing. Everything is written into a
+    temporary sibling directory that replaces ``root`` only on :meth:`close`, so a crash or an
+    error never leaves a half-written dataset where a good one is expected.
+    """
+
+    def __init__(self, root, classes: Iterable[str], *, overwrite: bool = True, chunk_points: int = 1 << 20):
+        self.root = Path(root)
+        self.classes = list(classes)
+        if not self.classes:
+            raise ValueError("a prepared dataset needs at least one class")
+        if len(set(self.classes)) != len(self.classes):
+            raise ValueError(f"duplicate class names in {self.classes}")
+        if len(self.classes) > np.iinfo(np.int16).max:
+            raise ValueError("too many classes for int16 labels")
+        if self.root.exists() and not overwrite:
+            raise FileExistsError(f"{self.root} exists (pass overwrite=True to replace it)")
+        self.root.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp = self.root.parent / f".{self.root.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self.tmp.mkdir()
+        self.overwrite = overwrite
+        self.chunk_points = int(chunk_points)
+        self._points = _ArrayFile(self.tmp / "points.npy", *ARRAYS["points"])
+        self._pending: list[np.ndarray] = []
+        self._pending_rows = 0
+        self._lengths = array.array("q")
+        self._labels = array.array("h")
+        self._key_ids = array.array("Q")
+        self._closed = False
+
+    # -- adding ---------------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self._labels)
+
+    def add(self, points: np.ndarray, label: int, key_id: int) -> None:
+        """Append one drawing: ``points`` is ``(n, 3)`` (x, y, pen_up), already on the 0-255 canvas."""
+        points = np.asarray(points)
+        if points.ndim != 2 or points.shape[1] != 3 or len(points) == 0:
+            raise ValueError(f"key_id {key_id}: points must be a non-empty (n, 3) array, got {points.shape}")
+        if not 0 <= int(label) < len(self.classes):
+            raise ValueError(f"key_id {key_id}: label {label} outside 0..{len(self.classes) - 1}")
+        self._pending.append(points)
+        self._pending_rows += len(points)
+        self._lengths.append(len(points))
+        self._labels.append(int(label))
+        self._key_ids.append(int(key_id))
+        if self._pending_rows >= self.chunk_points:
+            self._flush()
+
+    def add_many(self, points: np.ndarray, lengths: np.ndarray, labels, key_ids) -> None:
+        """Append several drawings at once: ``points`` is their concatenation, ``lengths`` their sizes.
+
+        The fast path of bulk converters (one numpy call per chunk instead of per drawing).
+        """
+        points = np.asarray(points)
+        lengths = np.asarray(lengths, dtype=np.int64)
+        labels = np.broadcast_to(np.asarray(labels, dtype=np.int64), lengths.shape)
+        key_ids = np.asarray(key_ids, dtype=np.uint64)
+        if points.ndim != 2 or points.shape[1] != 3:
+            raise ValueError(f"points must be (P, 3), got {points.shape}")
+        if key_ids.shape != lengths.shape or int(lengths.sum()) != len(points):
+            raise ValueError("lengths/key_ids do not match points")
+        if len(lengths) and (lengths.min() < 1 or labels.min() < 0 or labels.max() >= len(self.classes)):
+            raise ValueError("empty drawing or label out of range in add_many")
+        self._pending.append(points)
+        self._pending_rows += len(points)
+        self._lengths.extend(lengths.tolist())
+        self._labels.extend(labels.tolist())
+        self._key_ids.frombytes(key_ids.astype("<u8").tobytes())
+        if self._pending_rows >= self.chunk_points:
+            self._flush()
+
+    def _flush(self) -> None:
+        if not self._pending:
+            return
+        block = np.concatenate(self._pending) if len(self._pending) > 1 else self._pending[0]
+        if len(block):
+            lo, hi = block.min(), block.max()
+            if lo < -32768 or hi > 32767:
+                raise ValueError(f"point values {lo}..{hi} do not fit int16")
+            pen = block[:, 2]
+            if np.any((pen != 0) & (pen != 1)):
+                raise ValueError("pen_up values must be 0 or 1")
+        self._points.append(block)
+        self._pending = []
+        self._pending_rows = 0
+
+    # -- what prepare needs to compute splits -----------------------------------------------------
+    @property
+    def labels(self) -> np.ndarray:
+        return np.frombuffer(self._labels, dtype=np.int16) if len(self._labels) else np.zeros(0, np.int16)
+
+    @property
+    def key_ids(self) -> np.ndarray:
+        return np.frombuffer(self._key_ids, dtype=np.uint64) if len(self._key_ids) else np.zeros(0, np.uint64)
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return np.frombuffer(self._lengths, dtype=np.int64) if len(self._lengths) else np.zeros(0, np.int64)
+
+    # -- finishing --------------------------------------------------------------------------------
+    def close(self, manifest_extra: dict | None = None, *, splits: np.ndarray | None = None) -> "PreparedDataset":
+        """Write the small arrays and the manifest, then move the directory into place atomically.
+
+        ``splits`` (int8 0/1/2 per drawing, in add order) is required: a dataset without a stated
+        split would silently train on its test set.
+        """
+        if self._closed:
+            raise RuntimeError("writer already closed")
+        try:
+            n = len(self._labels)
+            if n == 0:
+                raise ValueError(f"{self.root}: no drawings were added")
+            if splits is None:
+                raise ValueError("close() needs the split of every drawing (splits=...)")
+            splits = np.asarray(splits)
+            if splits.shape != (n,) or not np.isin(splits, (0, 1, 2)).all():
+                raise ValueError(f"splits must be {n} values in {{0, 1, 2}}, got shape {splits.shape}")
+            self._flush()
+            lengths = self.lengths
+            offsets = np.zeros(n + 1, dtype=np.int64)
+            np.cumsum(lengths, out=offsets[1:])
+            info = {"points": self._points.close()}
+            if info["points"]["shape"][0] != offsets[-1]:  # pragma: no cover - internal invariant
+                raise RuntimeError("points written do not match the lengths recorded")
+            # pen_up on the last point of every drawing is part of the contract; check it once.
+            pts = np.load(self.tmp / "points.npy", mmap_mode="r")
+            if not np.all(pts[offsets[1:] - 1, 2] == 1):
+                bad = int(np.flatnonzero(pts[offsets[1:] - 1, 2] != 1)[0])
+                raise ValueError(f"key_id {int(self.key_ids[bad])}: last point must have pen_up = 1")
+            del pts
+            for name, arr in (("offsets", offsets), ("labels", self.labels), ("key_ids", self.key_ids),
+                              ("splits", splits.astype(np.int8))):
+                f = _ArrayFile(self.tmp / f"{name}.npy", *ARRAYS[name])
+                f.append(arr)
+                info[name] = f.close()
+            manifest = self._manifest(info, splits, manifest_extra or {})
+            tmp_manifest = self.tmp / "manifest.json"
+            tmp_manifest.write_text(json.dumps(manifest, indent=1, ensure_ascii=False) + "\n")
+            self._move_into_place()
+        except BaseException:
+            self.abort()
+            raise
+        self._closed = True
+        return PreparedDataset(self.root)
+
+    def _manifest(self, info: dict, splits: np.ndarray, extra: dict) -> dict:
+        labels = self.labels.astype(np.int64)
+        counts = np.zeros((len(self.classes), 3), dtype=np.int64)
+        np.add.at(counts, (labels, splits.astype(np.int64)), 1)
+        lengths = self.lengths
+        manifest = {
+            "format": FORMAT_NAME,
+            "version": FORMAT_VERSION,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "classes": self.classes,
+            "n_drawings": int(len(labels)),
+            "n_points": int(lengths.sum()),
+            "counts": {c: dict(zip(SPLIT_NAMES, map(int, counts[i]))) for i, c in enumerate(self.classes)},
+            "split_totals": dict(zip(SPLIT_NAMES, map(int, counts.sum(0)))),
+            "arrays": info,
+        }
+        for k, v in extra.items():
+            if k in manifest:
+                raise ValueError(f"manifest_extra may not override {k!r}")
+            manifest[k] = v
+        return manifest
+
+    def _move_into_place(self) -> None:
+        old = None
+        if self.root.exists():
+            if not self.overwrite:
+                raise FileExistsError(f"{self.root} appeared while writing")
+            old = self.root.parent / f".{self.root.name}.old-{uuid.uuid4().hex[:8]}"
+            os.replace(self.root, old)
+        os.replace(self.tmp, self.root)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+
+    def abort(self) -> None:
+        """Drop everything written so far (the target directory is left untouched)."""
+        self._points.abort()
+        shutil.rmtree(self.tmp, ignore_errors=True)
+        self._closed = True
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is not None and not self._closed:
+            self.abort()
+        return False
+
+
+def _sha256_of(arr: np.ndarray) -> str:
+    h = hashlib.sha256()
+    flat = np.ascontiguousarray(arr).reshape(-1).view(np.uint8)
+    for a in range(0, len(flat), _HASH_BLOCK):
+        h.update(flat[a:a + _HASH_BLOCK])
+    return h.hexdigest()
+
+
+class PreparedDataset:
+    """Read-only, memory-mapped view of a prepared directory.
+
+    Opening checks that every file is there, that shapes and dtypes agree with each other and with
+    the manifest, and the sha256 of the small arrays; any problem is a :class:`DataFormatError`
+    naming the file. ``verify=True`` (or :meth:`verify`) also checks the points' checksum.
+    Pickles by path (re-opened in DataLoader workers, not copied).
+    """
+
+    def __init__(self, root, *, verify: bool = False, _check_small: bool = True):
+        self.root = Path(root)
+        if not self.root.is_dir():
+            raise FileNotFoundError(f"prepared dataset not found: {self.root}")
+        mpath = self.root / "manifest.json"
+        if not mpath.is_file():
+            raise DataFormatError(mpath, None, "missing manifest.json (not a prepared dataset, or unfinished)")
+        try:
+            self.manifest = json.loads(mpath.read_text())
+        except (ValueError, UnicodeDecodeError) as e:
+            raise DataFormatError(mpath, None, f"unreadable manifest: {e}") from None
+        if not isinstance(self.manifest, dict) or self.manifest.get("format") != FORMAT_NAME:
+            raise DataFormatError(mpath, None, f"not a {FORMAT_NAME} manifest")
+        if self.manifest.get("version") != FORMAT_VERSION:
+            raise DataFormatError(mpath, None, f"format version {self.manifest.get('version')}, "
+                                               f"this code reads {FORMAT_VERSION}")
+        try:
+            self.classes: list[str] = list(self.manifest["classes"])
+            n = int(self.manifest["n_drawings"])
+            info = self.manifest["arrays"]
+        except (KeyError, TypeError, ValueError) as e:
+            raise DataFormatError(mpath, None, f"manifest lacks {e}") from None
+
+        arrays = {}
+        for name, (dtype, trailing) in ARRAYS.items():
+            path = self.root / f"{name}.npy"
+            if not path.is_file():
+                raise DataFormatError(path, None, "missing file")
+            try:
+                a = np.load(path, mmap_mode="r", allow_pickle=False)
+            except (ValueError, OSError, EOFError) as e:
+                raise DataFormatError(path, None, f"unreadable or truncated .npy: {e}") from None
+            if a.dtype != np.dtype(dtype) or a.shape[1:] != trailing:
+                raise DataFormatError(path, None, f"dtype/shape {a.dtype}{a.shape}, expected {dtype} (*, {trailing})")
+            want = info.get(name, {}).get("shape") if isinstance(info, dict) else None
+            if want is not None and list(a.shape) != list(want):
+                raise DataFormatError(path, None, f"shape {a.shape} but the manifest says {tuple(want)}")
+            arrays[name] = a
+        self._points = arrays["points"]
+        self.offsets: np.ndarray = arrays["offsets"]
+        self.labels: np.ndarray = arrays["labels"]
+        self.key_ids: np.ndarray = arrays["key_ids"]
+        self.splits: np.ndarray = arrays["splits"]
+
+        def bad(name, reason):
+            return DataFormatError(self.root / f"{name}.npy", None, reason)
+
+        for name in ("labels", "key_ids", "splits"):
+            if len(arrays[name]) != n:
+                raise bad(name, f"{len(arrays[name])} rows, expected n_drawings = {n}")
+        if len(self.offsets) != n + 1:
+            raise bad("offsets", f"{len(self.offsets)} entries, expected n_drawings + 1 = {n + 1}")
+        if self.offsets[0] != 0 or self.offsets[-1] != len(self._points):
+            raise bad("offsets", f"offsets span {self.offsets[0]}..{self.offsets[-1]}, "
+                                 f"points.npy has {len(self._points)} rows")
+        if _check_small:
+            for name in CHEAP_TO_VERIFY:
+                self._check_sha(name)
+            if n and np.any(np.diff(self.offsets) < 1):
+                raise bad("offsets", "not strictly increasing (an empty drawing)")
+            if n and (self.labels.min() < 0 or self.labels.max() >= len(self.classes)):
+                raise bad("labels", f"labels outside 0..{len(self.classes) - 1}")
+            if n and (self.splits.min() < 0 or self.splits.max() > 2):
+                raise bad("splits", "split codes outside 0..2")
+        if verify:
+            self.verify()
+
+    def _check_sha(self, name: str) -> None:
+        want = self.manifest["arrays"].get(name, {}).get("sha256")
+        if want is None:
+            raise DataFormatError(self.root / "manifest.json", None, f"no sha256 recorded for {name}.npy")
+        got = _sha256_of(getattr(self, "_points" if name == "points" else name))
+        if got != want:
+            raise DataFormatError(self.root / f"{name}.npy", None,
+                                  f"sha256 mismatch (file changed or corrupt): {got[:12]}… != {want[:12]}…")
+
+    def verify(self) -> None:
+        """Check every array's sha256 against the manifest (reads the whole points file)."""
+        for name in ARRAYS:
+            self._check_sha(name)
+
+    def __reduce__(self):
+        return (_reopen, (str(self.root),))
+
+    # -- access -----------------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __repr__(self) -> str:
+        return f"PreparedDataset({str(self.root)!r}, n={len(self)}, classes={len(self.classes)})"
+
+    @property
+    def all_points(self) -> np.ndarray:
+        """The whole ``(P, 3)`` int16 points array (memory-mapped)."""
+        return self._points
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return np.diff(self.offsets)
+
+    def points(self, i: int) -> np.ndarray:
+        """``(n, 3)`` int16 (x, y, pen_up) of drawing ``i`` (a read-only view of the map)."""
+        i = int(i)
+        if not -len(self) <= i < len(self):
+            raise IndexError(f"drawing {i} out of range (n = {len(self)})")
+        i %= len(self)
+        return self._points[self.offsets[i]:self.offsets[i + 1]]
+
+    def drawing(self, i: int) -> Drawing:
+        pts = np.asarray(self.points(i))
+        return Drawing(key_id=int(self.key_ids[i]), word=self.classes[int(self.labels[i])],
+                       strokes=points_to_strokes(pts))
+
+    def split_mask(self, split: str | None) -> np.ndarray:
+        if split in (None, "all"):
+            return np.ones(len(self), dtype=bool)
+        if split not in SPLIT_CODES:
+            raise ValueError(f"split must be one of {SPLIT_NAMES} or 'all', got {split!r}")
+        return np.asarray(self.splits) == SPLIT_CODES[split]
+
+    def indices(self, split: str | None = None) -> np.ndarray:
+        """Rows of a split (``train``/``val``/``test``; ``all``/None for every row), int64, sorted."""
+        return np.flatnonzero(self.split_mask(split)).astype(np.int64)
+
+    def class_counts(self, split: str | None = None) -> np.ndarray:
+        """Drawings per class (int64, length ``len(classes)``) in a split or overall."""
+        labels = np.asarray(self.labels)[self.split_mask(split)]
+        return np.bincount(labels, minlength=len(self.classes)).astype(np.int64)
+
+
+def _reopen(root: str) -> PreparedDataset:
+    return PreparedDataset(root, _check_small=False)

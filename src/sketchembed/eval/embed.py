@@ -1,0 +1,140 @@
+"""Run a model over a dataloader and collect embeddings (and logits) as numpy.
+
+Outside a Trainer no ``on_after_batch_transfer`` runs, so the raster views are rendered here with
+the same ``render_views`` the DataModule uses — eval sees exactly the images training saw.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Iterable
+
+import numpy as np
+import torch
+
+
+@dataclass
+class Embedded:
+    embeddings: np.ndarray          # (n, D) float32
+    logits: np.ndarray | None       # (n, C) float32, None for models without a classifier
+    labels: np.ndarray              # (n,) int64
+    indices: np.ndarray             # (n,) int64 rows of the prepared dataset
+    key_ids: np.ndarray             # (n,) uint64
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def predictions(self) -> np.ndarray:
+        if self.logits is None:
+            raise ValueError("this model has no classifier (no logits)")
+        return self.logits.argmax(1)
+
+    def subset(self, rows) -> "Embedded":
+        rows = np.asarray(rows)
+        return Embedded(self.embeddings[rows], None if self.logits is None else self.logits[rows],
+                        self.labels[rows], self.indices[rows], self.key_ids[rows])
+
+
+def to_device(batch: dict, device) -> dict:
+    return {k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
+
+
+def model_views(model) -> tuple[str, ...]:
+    views = getattr(model, "views", None) or getattr(model, "VIEWS", None) or ()
+    return tuple(sorted(views))
+
+
+def has_classifier(model) -> bool:
+    fn = getattr(model, "logits", None)
+    return callable(fn)
+
+
+def embed_batch(model, batch: dict, rasterizer=None, with_logits: bool = True):
+    """``(embeddings, logits or None)`` tensors for one batch already on the model's device.
+
+    Uses the model's one-pass ``_eval_outputs`` when it has one (classifiers share the encoder).
+    """
+    from sketchembed.data.raster import render_views
+
+    views = model_views(model)
+    need = [v for v in views if v in ("image", "snapshots") and v not in batch]
+    if need:
+        if rasterizer is None:
+            raise ValueError(f"the model needs the {need} view(s): pass a rasterizer (datamodule.rasterizer)")
+        render_views(batch, rasterizer, need)
+    if with_logits and hasattr(model, "_eval_outputs"):
+        emb, logits = model._eval_outputs(batch)
+    else:
+        emb = model.embed(batch)
+        logits = model.logits(batch) if with_logits and has_classifier(model) else None
+    return emb, logits
+
+
+@torch.no_grad()
+def embed_loader(model, loader: Iterable[dict], *, rasterizer=None, device=None, max_items: int | None = None,
+                 with_logits: bool = True, progress: Callable[[int], None] | None = None) -> Embedded:
+    """Embed every batch of ``loader`` (eval mode, no grad; the model's mode is restored after).
+
+    ``max_items`` stops after that many drawings; ``progress(n)`` is called with each batch size.
+    """
+    if device is None:
+        try:
+            device = next(model.parameters()).device
+        except StopIteration:
+            device = torch.device("cpu")
+    was_training = model.training
+    model.eval()
+    embs, logs, labels, idx, keys = [], [], [], [], []
+    n = 0
+    try:
+        for batch in loader:
+            batch = to_device(batch, device)
+            emb, logits = embed_batch(model, batch, rasterizer, with_logits)
+            b = emb.shape[0]
+            take = b if max_items is None else min(b, max_items - n)
+            embs.append(emb[:take].float().cpu().numpy())
+            if logits is not None:
+                logs.append(logits[:take].float().cpu().numpy())
+            labels.append(batch["label"][:take].cpu().numpy())
+            idx.append(batch["index"][:take].cpu().numpy())
+            keys.append(batch["key_id"][:take].cpu().numpy())
+            n += take
+            if progress is not None:
+                progress(take)
+            if max_items is not None and n >= max_items:
+                break
+    finally:
+        model.train(was_training)
+    if not embs:
+        raise ValueError("embed_loader: the loader yielded no batches (empty split?)")
+    emb = np.concatenate(embs).astype(np.float32, copy=False)
+    if not np.all(np.isfinite(emb)):
+        raise ValueError("the model produced NaN/inf embeddings")
+    return Embedded(
+        embeddings=emb,
+        logits=np.concatenate(logs).astype(np.float32, copy=False) if logs else None,
+        labels=np.concatenate(labels).astype(np.int64),
+        indices=np.concatenate(idx).astype(np.int64),
+        key_ids=np.concatenate(keys).astype(np.int64).view(np.uint64),
+    )
+
+
+@torch.no_grad()
+def embed_points(model, drawings, *, seq_std: float, rasterizer=None, fraction: float = 1.0,
+                 max_snapshots: int | None = 8, device=None):
+    """Embed raw ``(n, 3)`` point arrays (a user's sketch) exactly as the DataModule would serve them:
+    same collate (truncation to ``fraction``, pen_up on the last kept point, normalised deltas)."""
+    from sketchembed.data.datamodule import SketchCollate
+
+    items = [(-1, 0, 0, np.asarray(p, dtype=np.float32)) for p in drawings]
+    batch = SketchCollate(seq_std, fraction, max_snapshots)(items)
+    if device is None:
+        device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    try:
+        emb, logits = embed_batch(model, to_device(batch, device), rasterizer)
+    finally:
+        model.train(was_training)
+    return (emb.float().cpu().numpy(), None if logits is None else logits.float().cpu().numpy(),
+            batch["points"].numpy(), batch["lengths"].numpy())

@@ -1,0 +1,230 @@
+"""`sketchembed human`: measure a person's accuracy on drawings shown at 50 % / 100 %.
+
+The study compares its models with humans (84 %); this lets anyone produce that number on the
+same data and fractions the models are evaluated on. Drawings are drawn in the terminal with
+braille characters (2 x 4 dots per character: a 64 x 64 dot canvas in 32 x 16 characters), so it
+works over ssh with nothing installed. Answers are read line by line from stdin — a script can
+answer (that is how it is tested) and EOF ends the session with the results so far.
+
+Each drawing is shown once, at one fraction (seeing it at 50 % first would help at 100 %).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence, TextIO
+
+import numpy as np
+
+BRAILLE_BASE = 0x2800
+# dot bit for (row 0..3, col 0..1) inside one braille cell
+_DOT = np.array([[0x01, 0x08], [0x02, 0x10], [0x04, 0x20], [0x40, 0x80]], dtype=np.int32)
+
+
+def keep_count(n: int, fraction: float) -> int:
+    """Same truncation as evaluation (ARCHITECTURE.md): ceil(f * n) points, at least 2."""
+    import math
+
+    return min(n, max(2, math.ceil(fraction * n - 1e-9)))
+
+
+def rasterize_dots(points, size: int = 64, canvas: float = 256.0) -> np.ndarray:
+    """``(size, size)`` bool: strokes sampled densely enough to leave no gaps at this resolution."""
+    pts = np.asarray(points, dtype=np.float64)
+    img = np.zeros((size, size), dtype=bool)
+    if len(pts) == 0:
+        return img
+    scale = (size - 1) / (canvas - 1)
+    xy = np.clip(pts[:, :2] * scale, 0, size - 1)
+    starts = np.concatenate([[0], np.flatnonzero(pts[:-1, 2] > 0.5) + 1])
+    ends = np.concatenate([np.flatnonzero(pts[:-1, 2] > 0.5) + 1, [len(pts)]])
+    for a, b in zip(starts, ends):
+        s = xy[a:b]
+        if len(s) == 1:
+            img[int(round(s[0, 1])), int(round(s[0, 0]))] = True
+            continue
+        seg_len = np.ceil(np.abs(np.diff(s, axis=0)).max(axis=1)).astype(int) + 1
+        for (p, q), m in zip(zip(s[:-1], s[1:]), seg_len):
+            t = np.linspace(0.0, 1.0, int(m) + 1)[:, None]
+            line = np.rint(p + (q - p) * t).astype(int)
+            img[line[:, 1], line[:, 0]] = True
+    return img
+
+
+def braille(points, width: int = 32, height: int = 16, canvas: float = 256.0) -> list[str]:
+    """Text lines drawing ``points`` in ``width x height`` braille characters."""
+    size = max(2 * width, 4 * height)
+    img = rasterize_dots(points, size, canvas)[: 4 * height, : 2 * width]
+    cells = img.reshape(height, 4, width, 2)
+    codes = (cells * _DOT[None, :, None, :]).sum(axis=(1, 3))
+    return ["".join(chr(BRAILLE_BASE + int(c)) for c in row) for row in codes]
+
+
+@dataclass
+class Item:
+    row: int
+    label: int
+    key_id: int
+    fraction: float
+    points: np.ndarray
+
+
+def sample_items(ds, n: int, fractions: Sequence[float], seed: int = 0, split: str = "test") -> list[Item]:
+    """``n`` distinct drawings of ``split`` (seeded), fractions dealt out evenly, in shuffled order."""
+    rows = ds.indices(split)
+    if len(rows) == 0:
+        raise ValueError(f"{ds.root}: the {split} split is empty")
+    fractions = [float(f) for f in fractions]
+    if not fractions or not all(0 < f <= 1 for f in fractions):
+        raise ValueError(f"--fractions must be in (0, 1], got {fractions}")
+    rng = np.random.default_rng(seed)
+    n = min(int(n), len(rows))
+    chosen = rng.choice(rows, size=n, replace=False)
+    fr = [fractions[i % len(fractions)] for i in range(n)]
+    rng.shuffle(fr)
+    items = []
+    for r, f in zip(chosen, fr):
+        pts = np.asarray(ds.points(int(r)), dtype=np.int16).copy()
+        keep = keep_count(len(pts), f)
+        pts = pts[:keep]
+        pts[-1, 2] = 1
+        items.append(Item(int(r), int(ds.labels[r]), int(ds.key_ids[r]), f, pts))
+    return items
+
+
+def parse_answer(text: str, classes: Sequence[str]) -> int | None:
+    """Class index from ``3`` (1-based), a name, or an unambiguous name prefix; None if unclear."""
+    t = text.strip().lower()
+    if not t:
+        return None
+    if t.isdigit():
+        i = int(t) - 1
+        return i if 0 <= i < len(classes) else None
+    names = [c.lower() for c in classes]
+    if t in names:
+        return names.index(t)
+    hits = [i for i, c in enumerate(names) if c.startswith(t)]
+    return hits[0] if len(hits) == 1 else None
+
+
+@dataclass
+class Results:
+    shown: dict[float, int] = field(default_factory=dict)
+    correct: dict[float, int] = field(default_factory=dict)
+    answers: list[dict] = field(default_factory=list)
+
+    def add(self, item: Item, guess: int) -> None:
+        self.shown[item.fraction] = self.shown.get(item.fraction, 0) + 1
+        ok = int(guess == item.label)
+        self.correct[item.fraction] = self.correct.get(item.fraction, 0) + ok
+        self.answers.append({"row": item.row, "key_id": item.key_id, "fraction": item.fraction,
+                             "label": item.label, "guess": guess, "correct": bool(ok)})
+
+    def accuracy(self) -> dict[float, float]:
+        return {f: self.correct[f] / self.shown[f] for f in sorted(self.shown)}
+
+    def metrics(self) -> dict[str, float]:
+        """``human/acc@50`` … in the metrics.json convention (mergeable into a run's report)."""
+        return {f"human/acc@{_tag(f)}": a for f, a in self.accuracy().items()}
+
+
+def _tag(f: float) -> str:
+    pct = 100 * f
+    return str(int(round(pct))) if abs(pct - round(pct)) < 1e-6 else f"{pct:g}"
+
+
+def run_session(items: Sequence[Item], classes: Sequence[str], inp: TextIO, out: TextIO) -> Results:
+    """Show each item, read a guess per item; EOF or ``q`` ends early. Unclear answers are asked again."""
+    res = Results()
+    menu = "  ".join(f"{i + 1} {c}" for i, c in enumerate(classes))
+    out.write(f"Guess the class of each drawing (a number or a name; q quits).\nclasses: {menu}\n")
+    for k, item in enumerate(items, start=1):
+        out.write(f"\n[{k}/{len(items)}] {100 * item.fraction:g} % of the drawing\n")
+        out.write("\n".join(braille(item.points)) + "\n")
+        while True:
+            out.write("your guess> ")
+            out.flush()
+            line = inp.readline()
+            if line == "":
+                out.write("\n(end of input)\n")
+                return res
+            if line.strip().lower() in ("q", "quit", "exit"):
+                return res
+            guess = parse_answer(line, classes)
+            if guess is None:
+                out.write(f"not a class: {line.strip()!r}; choose from: {menu}\n")
+                continue
+            res.add(item, guess)
+            verdict = "right" if guess == item.label else f"wrong, it was {classes[item.label]}"
+            out.write(f"→ {verdict}\n")
+            break
+    return res
+
+
+def model_accuracy(metrics: dict, fraction: float) -> float | None:
+    for split in ("test", "val"):
+        v = metrics.get(f"{split}/acc@{_tag(fraction)}")
+        if v is not None:
+            return float(v)
+    return None
+
+
+def format_results(res: Results, model_metrics: dict | None = None) -> str:
+    lines = ["", "results:"]
+    header = f"  {'share of drawing':<18}{'you':>16}"
+    if model_metrics is not None:
+        header += f"{'model':>12}"
+    lines.append(header)
+    fractions = sorted(set(res.shown))
+    if not fractions:
+        lines.append("  no answers given")
+    for f in fractions:
+        acc = res.correct[f] / res.shown[f]
+        row = f"  {f'{100 * f:g} %':<18}{f'{100 * acc:5.1f} % ({res.correct[f]}/{res.shown[f]})':>16}"
+        if model_metrics is not None:
+            m = model_accuracy(model_metrics, f)
+            row += f"{'–' if m is None else f'{100 * m:.1f} %':>12}"
+        lines.append(row)
+    lines.append("  (the study's humans: 84 %, full data)")
+    return "\n".join(lines) + "\n"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", default="study10", help="prepared dataset dir or embedded name")
+    parser.add_argument("--split", default="test", choices=("train", "val", "test"))
+    parser.add_argument("--n", type=int, default=20, help="drawings in total, dealt evenly over the fractions")
+    parser.add_argument("--fractions", default="0.5,1.0", help="comma-separated shares of the drawing")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--metrics", help="a run's metrics.json: show the model's accuracy beside yours")
+    parser.add_argument("--out", help="write your results (human/acc@… and every answer) to this JSON file")
+
+
+def run(args, stdin: TextIO | None = None, stdout: TextIO | None = None) -> int:
+    from sketchembed.data.datamodule import resolve_root
+    from sketchembed.data.store import PreparedDataset
+
+    inp = stdin or sys.stdin
+    out = stdout or sys.stdout
+    try:
+        fractions = [float(x) for x in str(args.fractions).split(",") if x.strip()]
+    except ValueError:
+        raise ValueError(f"--fractions must be numbers like 0.5,1.0, got {args.fractions!r}") from None
+    if args.n < 1:
+        raise ValueError(f"--n must be >= 1, got {args.n}")
+    model_metrics = None
+    if args.metrics:
+        from sketchembed.eval.report import load_metrics
+
+        model_metrics = load_metrics(Path(args.metrics))
+    ds = PreparedDataset(resolve_root(args.data))
+    items = sample_items(ds, args.n, fractions, args.seed, args.split)
+    res = run_session(items, ds.classes, inp, out)
+    out.write(format_results(res, model_metrics))
+    if args.out:
+        Path(args.out).write_text(json.dumps({**res.metrics(), "answers": res.answers, "data": str(ds.root),
+                                              "seed": args.seed, "classes": ds.classes}, indent=2))
+    return 0

@@ -1,0 +1,84 @@
+"""`sketchembed index build`: embed a prepared dataset once and save a KNN index of it.
+
+Suggestions then only embed the user's sketch; the index records which checkpoint (path and
+sha256) made it, so a suggestion never silently mixes two embedding spaces.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def pick_device(name: str = "auto"):
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def build_index(model, dm, split: str, *, ckpt_path: str = "", ckpt_sha256: str = "", device=None,
+                max_items: int | None = None, keep_drawings: bool = True, show_progress: bool = True):
+    """Embed ``dm``'s ``split`` at 100 % with ``model`` → :class:`KNNIndex` (not yet saved)."""
+    from sketchembed.eval.embed import embed_loader
+    from sketchembed.eval.knn import KNNIndex, pack_points
+
+    n_total = len(dm.rows(split))
+    if max_items is not None:
+        n_total = min(n_total, int(max_items))
+    loader = dm.loader(split, 1.0)
+    if show_progress:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+        with Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
+                      TimeRemainingColumn(), transient=False, console=None) as bar:
+            task = bar.add_task(f"embedding {split}", total=n_total)
+            res = embed_loader(model, loader, rasterizer=dm.rasterizer, device=device, max_items=max_items,
+                               with_logits=False, progress=lambda n: bar.advance(task, n))
+    else:
+        res = embed_loader(model, loader, rasterizer=dm.rasterizer, device=device, max_items=max_items,
+                           with_logits=False)
+    store = dm.split_store(split)
+    points = offsets = None
+    if keep_drawings:
+        points, offsets = pack_points([store.points(int(i)) for i in res.indices])
+    return KNNIndex(embeddings=res.embeddings, labels=res.labels, key_ids=res.key_ids, classes=dm.class_names,
+                    ckpt_path=str(ckpt_path), ckpt_sha256=ckpt_sha256, indices=res.indices, points=points,
+                    offsets=offsets,
+                    meta={"split": split, "data": str(store.root), "model_kind": getattr(model, "MODEL_KIND", ""),
+                          "created": time.strftime("%Y-%m-%dT%H:%M:%S")})
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--ckpt", required=True, help="sketchembed checkpoint (.ckpt)")
+    parser.add_argument("--data", required=True, help="prepared dataset dir or embedded name (study10, others335)")
+    parser.add_argument("--split", default="train", choices=("train", "val", "test"))
+    parser.add_argument("--out", required=True, help="index directory to write")
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 …")
+    parser.add_argument("--max", type=int, default=None, help="index at most this many drawings")
+    parser.add_argument("--no-drawings", action="store_true",
+                        help="do not copy the drawings into the index (smaller; suggest --png then cannot draw)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def run(args) -> int:
+    from sketchembed.eval.checkpoint import datamodule_for, file_sha256, load_model, read_checkpoint
+
+    ckpt = read_checkpoint(args.ckpt)
+    device = pick_device(args.device)
+    model = load_model(args.ckpt, map_location=device)
+    dm = datamodule_for(args.ckpt, args.data, views=model.views, batch_size=args.batch_size, ckpt=ckpt)
+    index = build_index(model, dm, args.split, ckpt_path=str(Path(args.ckpt).resolve()),
+                        ckpt_sha256=file_sha256(args.ckpt), device=device, max_items=args.max,
+                        keep_drawings=not args.no_drawings, show_progress=not args.quiet)
+    out = index.save(args.out)
+    counts = np.bincount(index.labels, minlength=len(index.classes))
+    print(f"indexed {len(index)} drawings ({args.split} of {dm.split_store(args.split).root}), "
+          f"dim {index.dim}, {int((counts > 0).sum())} classes → {out}", file=sys.stderr)
+    return 0

@@ -1,0 +1,209 @@
+"""KNN classification in the embedding space and a saved nearest-neighbour index.
+
+The study reports KNN accuracy (K=3 for the combined model, K=4 for the triplet CNNs) with the train
+embeddings as the index; one neighbour search with the largest K serves every K. Ties in the vote
+(frequent for even K) go to the tied class with the nearest member — deterministic, and the choice a
+person would make looking at the neighbours.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+from sklearn.neighbors import NearestNeighbors
+
+INDEX_FORMAT = "sketchembed-knn-index"
+INDEX_VERSION = 1
+
+
+def _check_pair(emb: np.ndarray, labels: np.ndarray, what: str) -> tuple[np.ndarray, np.ndarray]:
+    emb = np.asarray(emb, dtype=np.float32)
+    labels = np.asarray(labels).astype(np.int64, copy=False)
+    if emb.ndim != 2:
+        raise ValueError(f"{what} embeddings must be (n, d), got shape {emb.shape}")
+    if len(labels) != len(emb):
+        raise ValueError(f"{what}: {len(emb)} embeddings but {len(labels)} labels")
+    if not np.all(np.isfinite(emb)):
+        raise ValueError(f"{what} embeddings contain NaN/inf")
+    return emb, labels
+
+
+def vote(neighbor_labels: np.ndarray, k: int, n_classes: int) -> np.ndarray:
+    """Majority class among the first ``k`` columns of (n, >=k) neighbour labels (nearest first)."""
+    lab = neighbor_labels[:, :k]
+    n = len(lab)
+    rows = np.repeat(np.arange(n), k)
+    counts = np.zeros((n, n_classes), dtype=np.int64)
+    np.add.at(counts, (rows, lab.ravel()), 1)
+    first_rank = np.full((n, n_classes), k, dtype=np.int64)
+    for j in range(k - 1, -1, -1):  # smaller ranks written last win
+        first_rank[np.arange(n), lab[:, j]] = j
+    score = counts * (k + 1) - first_rank
+    return score.argmax(axis=1)
+
+
+def knn_predict(train_emb, train_labels, query_emb, ks: Iterable[int] = (1, 3, 4, 5),
+                n_classes: int | None = None, exclude_self: bool = False) -> dict[int, np.ndarray]:
+    """Predicted classes of ``query_emb`` for every K in ``ks`` (euclidean distance).
+
+    ``exclude_self`` drops each query's own row when the query set *is* the index (leave-one-out).
+    """
+    train_emb, train_labels = _check_pair(train_emb, train_labels, "index")
+    query_emb = np.asarray(query_emb, dtype=np.float32)
+    ks = sorted({int(k) for k in ks})
+    if not ks or ks[0] < 1:
+        raise ValueError(f"K must be >= 1, got {ks}")
+    kmax = ks[-1] + (1 if exclude_self else 0)
+    if kmax > len(train_emb):
+        raise ValueError(f"K={ks[-1]} needs at least {kmax} indexed embeddings, have {len(train_emb)}")
+    if query_emb.ndim != 2 or query_emb.shape[1] != train_emb.shape[1]:
+        raise ValueError(f"query embeddings {query_emb.shape} do not match index dimension {train_emb.shape[1]}")
+    n_classes = int(n_classes if n_classes is not None else train_labels.max() + 1)
+    nn = NearestNeighbors(n_neighbors=kmax, metric="euclidean", n_jobs=1).fit(train_emb)
+    _, idx = nn.kneighbors(query_emb, return_distance=True)
+    if exclude_self:
+        own = np.arange(len(query_emb))[:, None]
+        keep = idx != own
+        # a duplicate point may displace the own row from column 0: drop exactly one column per row
+        drop = np.where(keep.all(axis=1), kmax - 1, (~keep).argmax(axis=1))
+        mask = np.ones_like(idx, dtype=bool)
+        mask[np.arange(len(idx)), drop] = False
+        idx = idx[mask].reshape(len(idx), kmax - 1)
+    nl = train_labels[idx]
+    return {k: vote(nl, k, n_classes) for k in ks}
+
+
+def knn_accuracy(train_emb, train_labels, test_emb, test_labels, ks: Iterable[int] = (1, 3, 4, 5),
+                 n_classes: int | None = None, exclude_self: bool = False) -> dict[int, float]:
+    """Accuracy of KNN classification for each K: ``{k: accuracy in [0, 1]}``."""
+    test_emb, test_labels = _check_pair(test_emb, test_labels, "query")
+    if len(test_labels) == 0:
+        raise ValueError("no query embeddings to evaluate")
+    preds = knn_predict(train_emb, train_labels, test_emb, ks, n_classes, exclude_self)
+    return {k: float((p == test_labels).mean()) for k, p in preds.items()}
+
+
+@dataclass
+class KNNIndex:
+    """Embeddings of a dataset split with what is needed to show and trust a suggestion.
+
+    ``points``/``offsets`` (optional) keep the drawings themselves so that suggestions can be drawn
+    without the dataset; ``ckpt_sha256`` ties the index to the model that made it.
+    """
+
+    embeddings: np.ndarray
+    labels: np.ndarray
+    key_ids: np.ndarray
+    classes: list[str]
+    ckpt_path: str = ""
+    ckpt_sha256: str = ""
+    indices: np.ndarray | None = None
+    points: np.ndarray | None = None
+    offsets: np.ndarray | None = None
+    meta: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        self.embeddings, self.labels = _check_pair(self.embeddings, self.labels, "index")
+        self.key_ids = np.asarray(self.key_ids).astype(np.uint64, copy=False)
+        if len(self.key_ids) != len(self.labels):
+            raise ValueError(f"index: {len(self.labels)} labels but {len(self.key_ids)} key_ids")
+        if len(self.labels) and (self.labels.min() < 0 or self.labels.max() >= len(self.classes)):
+            raise ValueError(f"index: labels outside 0..{len(self.classes) - 1}")
+        if (self.points is None) != (self.offsets is None):
+            raise ValueError("index: points and offsets go together")
+        if self.offsets is not None and len(self.offsets) != len(self.labels) + 1:
+            raise ValueError("index: offsets must have n + 1 entries")
+        self._nn = None
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    @property
+    def dim(self) -> int:
+        return int(self.embeddings.shape[1])
+
+    def drawing(self, i: int) -> np.ndarray:
+        """Points ``(n, 3)`` of indexed drawing ``i`` (requires an index saved with points)."""
+        if self.points is None:
+            raise ValueError("this index was saved without drawings")
+        return np.asarray(self.points[self.offsets[i]:self.offsets[i + 1]])
+
+    def query(self, emb: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """The ``k`` nearest indexed rows of each query: ``(idx (q, k), dist (q, k))``, nearest first."""
+        emb = np.asarray(emb, dtype=np.float32)
+        if emb.ndim == 1:
+            emb = emb[None]
+        if emb.ndim != 2 or emb.shape[1] != self.dim:
+            raise ValueError(f"query of shape {emb.shape} does not match the index dimension {self.dim}")
+        k = min(int(k), len(self))
+        if k < 1:
+            raise ValueError("k must be >= 1 and the index non-empty")
+        if self._nn is None:
+            self._nn = NearestNeighbors(metric="euclidean", n_jobs=1).fit(self.embeddings)
+        dist, idx = self._nn.kneighbors(emb, n_neighbors=k)
+        return idx, dist.astype(np.float32)
+
+    def save(self, out_dir) -> Path:
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        np.save(out / "embeddings.npy", self.embeddings)
+        np.save(out / "labels.npy", self.labels)
+        np.save(out / "key_ids.npy", self.key_ids)
+        for name in ("indices", "points", "offsets"):
+            arr = getattr(self, name)
+            if arr is not None:
+                np.save(out / f"{name}.npy", np.asarray(arr))
+            elif (out / f"{name}.npy").exists():
+                (out / f"{name}.npy").unlink()  # never leave a stale array from an older index
+        meta = dict(self.meta)
+        meta.update(format=INDEX_FORMAT, version=INDEX_VERSION, classes=list(self.classes),
+                    ckpt_path=self.ckpt_path, ckpt_sha256=self.ckpt_sha256, n=len(self), dim=self.dim)
+        (out / "index.json").write_text(json.dumps(meta, indent=2))
+        return out
+
+    @classmethod
+    def load(cls, path, mmap: bool = True) -> "KNNIndex":
+        root = Path(path)
+        meta_file = root / "index.json"
+        if not meta_file.is_file():
+            raise FileNotFoundError(f"{root}: not a KNN index (no index.json); build one with `sketchembed index build`")
+        try:
+            meta = json.loads(meta_file.read_text())
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{meta_file}: unreadable index metadata ({e})") from None
+        if meta.get("format") != INDEX_FORMAT:
+            raise ValueError(f"{meta_file}: not a sketchembed KNN index")
+        if meta.get("version") != INDEX_VERSION:
+            raise ValueError(f"{meta_file}: index version {meta.get('version')} (this code reads {INDEX_VERSION})")
+        mode = "r" if mmap else None
+
+        def arr(name, required=True):
+            f = root / f"{name}.npy"
+            if not f.exists():
+                if required:
+                    raise FileNotFoundError(f"{f}: missing from the index")
+                return None
+            return np.load(f, mmap_mode=mode, allow_pickle=False)
+
+        extra = {k: v for k, v in meta.items()
+                 if k not in ("format", "version", "classes", "ckpt_path", "ckpt_sha256", "n", "dim")}
+        index = cls(embeddings=arr("embeddings"), labels=arr("labels"), key_ids=arr("key_ids"),
+                    classes=list(meta["classes"]), ckpt_path=meta.get("ckpt_path", ""),
+                    ckpt_sha256=meta.get("ckpt_sha256", ""), indices=arr("indices", False),
+                    points=arr("points", False), offsets=arr("offsets", False), meta=extra)
+        if len(index) != meta.get("n", len(index)):
+            raise ValueError(f"{root}: index.json says {meta['n']} rows, arrays hold {len(index)}")
+        return index
+
+
+def pack_points(drawings: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """List of ``(n_i, 3)`` point arrays → concatenated int16 points and (n+1) offsets."""
+    lengths = np.array([len(d) for d in drawings], dtype=np.int64)
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    pts = (np.concatenate([np.asarray(d, dtype=np.int16) for d in drawings])
+           if len(drawings) else np.zeros((0, 3), np.int16))
+    return pts, offsets

@@ -1,0 +1,175 @@
+"""The study's two triplet losses, a cross-entropy wrapper, and triplet accuracy.
+
+Losses follow PML's calling convention, ``loss(embeddings, labels, indices_tuple=None)``; without
+indices they use every valid triplet of the batch. ``kind`` tells configs which models a loss fits
+("triplet": embeddings + mined triplets; "classification": logits).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from pytorch_metric_learning.distances import BaseDistance
+from torch import nn
+
+from sketchembed.metric.distances import get_distance
+from sketchembed.metric.miners import Triplets, all_triplets_indices, count_triplets, sample_triplets
+
+__all__ = ["CrossEntropy", "HingeTripletLoss", "SoftmaxTripletLoss", "TripletLoss", "triplet_accuracy"]
+
+
+def _check_indices(indices_tuple, n: int) -> Triplets:
+    if len(indices_tuple) != 3:
+        raise ValueError(f"expected an (anchors, positives, negatives) tuple, got {len(indices_tuple)} tensors")
+    a, p, neg = (torch.as_tensor(t).long() for t in indices_tuple)
+    if not (a.shape == p.shape == neg.shape) or a.ndim != 1:
+        raise ValueError(f"triplet index tensors differ in shape: {a.shape}, {p.shape}, {neg.shape}")
+    return a, p, neg
+
+
+class TripletLoss(nn.Module):
+    """Base: distances of each triplet's (anchor, positive) and (anchor, negative) pairs."""
+
+    kind = "triplet"
+    default_distance = "euclidean"
+
+    def __init__(self, distance: str | BaseDistance | None = None):
+        super().__init__()
+        self.distance = get_distance(distance, default=self.default_distance)
+
+    def triplet_losses(self, d_pos: torch.Tensor, d_neg: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def reduce(self, losses: torch.Tensor) -> torch.Tensor:
+        return losses.mean()
+
+    def pair_distances(self, embeddings, labels, indices_tuple=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(d_pos, d_neg) per triplet; all valid triplets when ``indices_tuple`` is None."""
+        if embeddings.ndim != 2 or labels.ndim != 1 or embeddings.shape[0] != labels.shape[0]:
+            raise ValueError(
+                f"expected embeddings (B, D) and labels (B,), got {tuple(embeddings.shape)} "
+                f"and {tuple(labels.shape)}"
+            )
+        if indices_tuple is None:
+            a, p, n = all_triplets_indices(labels.to(embeddings.device))
+        else:
+            a, p, n = _check_indices(indices_tuple, embeddings.shape[0])
+        if a.numel() == 0:
+            empty = embeddings.new_zeros(0)
+            return empty, empty
+        a, p, n = a.to(embeddings.device), p.to(embeddings.device), n.to(embeddings.device)
+        # Anchors are the leading rows (local rows of a gathered batch): only those rows needed.
+        rows = int(a.max()) + 1
+        query = embeddings if rows == embeddings.shape[0] else embeddings[:rows]
+        mat = self.distance(query, None if query is embeddings else embeddings)
+        return mat[a, p], mat[a, n]
+
+    def forward(self, embeddings, labels, indices_tuple=None) -> torch.Tensor:
+        d_pos, d_neg = self.pair_distances(embeddings, labels, indices_tuple)
+        if d_pos.numel() == 0:
+            # No triplet: a zero that still belongs to the graph, so backward/DDP go on.
+            return embeddings.sum() * 0.0
+        return self.reduce(self.triplet_losses(d_pos, d_neg))
+
+
+class SoftmaxTripletLoss(TripletLoss):
+    """Hoffer & Ailon's triplet-network loss on Euclidean distances:
+    (e^{d+} / (e^{d+} + e^{d-}))^2 = sigmoid(d+ - d-)^2, mean over triplets.
+    It never reaches 0, so every triplet keeps pulling, with less force once d- >> d+."""
+
+    default_distance = "euclidean"
+
+    def triplet_losses(self, d_pos, d_neg):
+        return torch.sigmoid(d_pos.float() - d_neg.float()).pow(2)
+
+
+class HingeTripletLoss(TripletLoss):
+    """max(0, d+ - d- + margin) on squared Euclidean distances (FaceNet), for semi-hard mining.
+
+    Args:
+        margin: alpha, in the distance's units.
+        reduction: ``"mean"`` over all triplets (FaceNet, the study) or ``"nonzero_mean"`` over
+            the triplets that still violate the margin (keeps the gradient from fading as most
+            triplets become easy).
+    """
+
+    default_distance = "squared_euclidean"
+    REDUCTIONS = ("mean", "nonzero_mean")
+
+    def __init__(self, margin: float = 1.0, reduction: str = "mean", distance: str | BaseDistance | None = None):
+        super().__init__(distance)
+        if reduction not in self.REDUCTIONS:
+            raise ValueError(f"reduction must be one of {self.REDUCTIONS}, got {reduction!r}")
+        if margin < 0:
+            raise ValueError(f"margin must be >= 0, got {margin}")
+        self.margin = float(margin)
+        self.reduction = reduction
+
+    def triplet_losses(self, d_pos, d_neg):
+        return F.relu(d_pos.float() - d_neg.float() + self.margin)
+
+    def reduce(self, losses):
+        if self.reduction == "nonzero_mean":
+            active = losses > 0
+            return losses.sum() / active.sum().clamp_min(1)
+        return losses.mean()
+
+
+class CrossEntropy(nn.Module):
+    """Cross-entropy on logits, for the classifiers (direct CNN, LSTM, combined)."""
+
+    kind = "classification"
+
+    def __init__(self, label_smoothing: float = 0.0):
+        super().__init__()
+        if not 0.0 <= label_smoothing < 1.0:
+            raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
+        self.label_smoothing = float(label_smoothing)
+
+    def forward(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(logits.float(), labels.long(), label_smoothing=self.label_smoothing)
+
+
+@torch.no_grad()
+def triplet_accuracy(
+    embeddings: torch.Tensor,
+    labels: torch.Tensor,
+    indices_tuple: Triplets | None = None,
+    *,
+    max_triplets: int | None = 200_000,
+    distance: str | BaseDistance = "euclidean",
+    generator: torch.Generator | None = None,
+    chunk: int = 65_536,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(share of triplets with d_neg > d_pos, mean d_pos, mean d_neg).
+
+    Without indices: all valid triplets, or — when there are more than ``max_triplets`` — that
+    many drawn uniformly from them (an unbiased estimate; pass a ``generator`` to fix it).
+    Distances are computed per triplet in chunks, so big evaluation sets fit in memory. With no
+    valid triplet (one class, or no class with two items) all three values are NaN.
+    """
+    dist = get_distance(distance)
+    labels = labels.to(embeddings.device)
+    if indices_tuple is None:
+        total = count_triplets(labels)
+        if max_triplets is not None and total > max_triplets:
+            indices_tuple = sample_triplets(labels, max_triplets, generator=generator)
+        else:
+            indices_tuple = all_triplets_indices(labels)
+    a, p, n = _check_indices(indices_tuple, embeddings.shape[0])
+    if a.numel() == 0:
+        nan = torch.tensor(float("nan"), device=embeddings.device)
+        return nan, nan.clone(), nan.clone()
+    a, p, n = a.to(embeddings.device), p.to(embeddings.device), n.to(embeddings.device)
+    correct = torch.zeros((), dtype=torch.float64, device=embeddings.device)
+    sum_pos = torch.zeros_like(correct)
+    sum_neg = torch.zeros_like(correct)
+    for s in range(0, a.numel(), chunk):
+        ea = embeddings[a[s : s + chunk]]
+        d_pos = dist.pairwise_distance(ea, embeddings[p[s : s + chunk]])
+        d_neg = dist.pairwise_distance(ea, embeddings[n[s : s + chunk]])
+        correct += (d_neg > d_pos).sum()
+        sum_pos += d_pos.double().sum()
+        sum_neg += d_neg.double().sum()
+    total = a.numel()
+    return (correct / total).float(), (sum_pos / total).float(), (sum_neg / total).float()

@@ -1,0 +1,153 @@
+"""The combined model: at every served stroke end, LSTM state ⊕ CNN embedding of that stroke end's
+snapshot → MLP classifier.
+
+The CNN is trained end-to-end (``cnn_ckpt=None``) or transferred from a triplet checkpoint (possibly
+trained on other classes) and then frozen or fine-tuned with its own learning rate — the study's best
+combined result (87.3 % at 100 %) is the fine-tuned transfer.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from sketchembed.models.base import SketchModule
+from sketchembed.nets.backbone import ImageEncoder
+from sketchembed.nets.sequence import SequenceEncoder, last_states
+
+log = logging.getLogger(__name__)
+
+# Image models whose ``encoder`` can be transferred.
+TRANSFERABLE = ("triplet", "direct")
+
+
+def load_encoder_state(path: str | Path, backbone: str, embedding_dim: int) -> tuple[dict, dict]:
+    """The ``encoder.*`` weights and hparams of an image-model checkpoint, after checking they fit."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"model.cnn_ckpt={str(path)!r}: no such checkpoint file")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise ValueError(f"model.cnn_ckpt={str(path)!r} cannot be read as a checkpoint: {e}") from None
+    hp = dict(ckpt.get("hyper_parameters") or {})
+    kind = hp.get("model_kind")
+    if kind not in TRANSFERABLE:
+        raise ValueError(f"model.cnn_ckpt={str(path)!r} is a model_kind={kind!r} checkpoint; "
+                         f"the CNN can only be transferred from {TRANSFERABLE} models")
+    theirs = (hp.get("backbone"), int(hp.get("embedding_dim", -1)))
+    if theirs != (backbone, int(embedding_dim)):
+        raise ValueError(f"model.cnn_ckpt={str(path)!r} holds backbone.name={theirs[0]!r} with "
+                         f"embedding_dim={theirs[1]}, but this model has backbone.name={backbone!r} and "
+                         f"model.embedding_dim={embedding_dim}: set them to match the checkpoint")
+    state = {k[len("encoder."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("encoder.")}
+    if not state:
+        raise ValueError(f"model.cnn_ckpt={str(path)!r} has no encoder.* weights")
+    return state, hp
+
+
+class CombinedModel(SketchModule):
+    MODEL_KIND = "combined"
+    VIEWS = frozenset({"sequence", "snapshots"})
+
+    def __init__(self, num_classes: int, backbone: Any = "resnet10t", embedding_dim: int = 256,
+                 hidden: int = 256, layers: int = 2, dropout: float = 0.0, mlp_hidden: int = 256,
+                 image_size: int = 64, pretrained: bool = False, normalize: bool = False,
+                 drop_rate: float = 0.0, cnn_ckpt: str | None = None, freeze_cnn: bool = False,
+                 cnn_lr: float | None = None, input_dim: int = 3, loss: Any = None, lr: float = 1e-3,
+                 weight_decay: float = 1e-4, scheduler: str = "none", warmup_steps: int = 0,
+                 min_lr_ratio: float = 0.0, class_names: list[str] | None = None,
+                 cnn_ckpt_source: str | None = None):
+        super().__init__()
+        self.save_hyperparameters(ignore=["loss"])
+        self.seq_encoder = SequenceEncoder(input_dim=input_dim, hidden=hidden, layers=layers, dropout=dropout)
+        self.cnn = ImageEncoder(backbone, embedding_dim=embedding_dim, pretrained=pretrained,
+                                image_size=image_size, normalize=normalize, drop_rate=drop_rate)
+        self._record_backbone(self.cnn)
+        if cnn_ckpt is not None:
+            state, hp = load_encoder_state(cnn_ckpt, self.cnn.backbone_name, embedding_dim)
+            self.cnn.load_state_dict(state)
+            # The transferred embedding was learned with (or without) L2 normalisation: keep it.
+            self.cnn.normalize = bool(hp.get("normalize", normalize))
+            self.hparams["normalize"] = self.cnn.normalize
+            self.hparams["cnn_ckpt_source"] = str(cnn_ckpt)
+            if int(hp.get("image_size", image_size)) != int(image_size):
+                log.warning("model.cnn_ckpt was trained at image_size=%s, this run uses %s",
+                            hp.get("image_size"), image_size)
+        self.freeze_cnn = bool(freeze_cnn)
+        if self.freeze_cnn:
+            self.cnn.requires_grad_(False)
+            self.cnn.eval()
+        d = int(hidden) + int(embedding_dim)
+        if mlp_hidden and mlp_hidden > 0:
+            self.head = nn.Sequential(nn.Linear(d, int(mlp_hidden)), nn.ReLU(), nn.Dropout(float(dropout)),
+                                      nn.Linear(int(mlp_hidden), int(num_classes)))
+        else:
+            self.head = nn.Linear(d, int(num_classes))
+        self._setup_common(loss=loss, num_classes=num_classes, lr=lr, weight_decay=weight_decay,
+                           scheduler=scheduler, warmup_steps=warmup_steps, min_lr_ratio=min_lr_ratio)
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        super().on_save_checkpoint(checkpoint)
+        # The transferred weights are in the state dict: loading must not need the source file.
+        hp = checkpoint.get("hyper_parameters")
+        if hp is not None and hp.get("cnn_ckpt") is not None:
+            hp["cnn_ckpt_source"] = str(hp["cnn_ckpt"])
+            hp["cnn_ckpt"] = None
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.freeze_cnn:  # a frozen CNN keeps its BatchNorm statistics too
+            self.cnn.eval()
+        return self
+
+    def param_groups(self) -> list[dict[str, Any]]:
+        rest = [p for n, p in self.named_parameters() if not n.startswith("cnn.") and p.requires_grad]
+        groups = [{"name": "sequence+head", "params": rest}]
+        cnn = [p for p in self.cnn.parameters() if p.requires_grad]
+        if cnn:
+            g = {"name": "cnn", "params": cnn}
+            if self.hparams.cnn_lr is not None:
+                g["lr"] = float(self.hparams.cnn_lr)
+            groups.append(g)
+        return groups
+
+    # ---- forward paths ---------------------------------------------------------------------
+    def _last_images(self, batch: dict) -> torch.Tensor:
+        """The snapshot at each drawing's last stroke end (= the whole drawing's image), ``(B,1,H,W)``."""
+        if "snapshots" not in batch:
+            if "image" in batch:
+                return batch["image"]
+            raise KeyError("batch has neither 'snapshots' nor 'image': the DataModule must serve the "
+                           "snapshots view for model=combined")
+        lengths = batch["lengths"]
+        sb, sp = batch["snap_batch"], batch["snap_pos"]
+        is_last = sp == (lengths - 1)[sb]
+        idx = torch.full((lengths.shape[0],), -1, dtype=torch.long, device=sb.device)
+        idx[sb[is_last]] = torch.nonzero(is_last, as_tuple=True)[0]
+        if bool((idx < 0).any()):
+            missing = torch.nonzero(idx < 0, as_tuple=True)[0].tolist()[:5]
+            raise ValueError(f"snap_batch/snap_pos: drawings {missing} have no snapshot at their last "
+                             "stroke end; the batch contract requires it")
+        return batch["snapshots"][idx]
+
+    def embed(self, batch: dict) -> torch.Tensor:
+        states = self.seq_encoder(batch["seq"], batch["lengths"])
+        return torch.cat([last_states(states, batch["lengths"]), self.cnn(self._last_images(batch))], dim=-1)
+
+    def _eval_outputs(self, batch: dict):
+        emb = self.embed(batch)
+        return emb, self.head(emb)
+
+    def training_loss(self, batch: dict):
+        states = self.seq_encoder(batch["seq"], batch["lengths"])
+        sb, sp = batch["snap_batch"], batch["snap_pos"]
+        feats = torch.cat([states[sb, sp], self.cnn(batch["snapshots"])], dim=-1)
+        logits = self.head(feats)
+        labels = batch["label"]
+        loss = self.loss(logits, labels[sb])
+        return loss, {"acc": (logits.detach().argmax(-1) == labels[sb]).float().mean()}

@@ -1,0 +1,1 @@
+"""Training: the Hydra entry point and training callbacks."""

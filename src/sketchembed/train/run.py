@@ -1,0 +1,232 @@
+"""Training entry point: composes data, model, loss, miner, trainer, logger and callbacks from Hydra
+configs (`conf/`), validates the combination before anything heavy is built, trains, tests with the
+best checkpoint and prints the study-style table."""
+
+from __future__ import annotations
+
+import inspect
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+log = logging.getLogger("sketchembed.train")
+
+
+class ConfigError(ValueError):
+    """A misconfiguration caught before training; its message names the offending config keys."""
+
+
+def _choices() -> dict[str, str]:
+    """The option picked in each config group (model=…, loss=…), for error messages and run names."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        return {k: str(v) for k, v in HydraConfig.get().runtime.choices.items() if v is not None}
+    except Exception:  # outside a Hydra app (tests composing configs by hand)
+        return {}
+
+
+def _has_target(node: Any) -> bool:
+    return isinstance(node, DictConfig) and "_target_" in node
+
+
+def _get_class(cfg: DictConfig, key: str):
+    from hydra.utils import get_class
+
+    target = OmegaConf.select(cfg, f"{key}._target_")
+    if target is None:
+        raise ConfigError(f"{key}: no _target_ given")
+    try:
+        return get_class(target)
+    except Exception as e:  # unknown class path in a config
+        raise ConfigError(f"{key}._target_={target!r} cannot be imported ({e.__class__.__name__})") from None
+
+
+def validate(cfg: DictConfig) -> dict[str, Any]:
+    """Checks that need no weights or data: the model/loss pairing, the backbone name, image size."""
+    from sketchembed.models import check_compatible
+    from sketchembed.nets.backbone import check_backbone
+
+    choices = _choices()
+    model_cls = _get_class(cfg, "model")
+    loss_cls = _get_class(cfg, "loss")
+    model_name = choices.get("model", model_cls.__name__)
+    loss_name = choices.get("loss", loss_cls.__name__)
+    check_compatible(model_name, getattr(loss_cls, "kind", None), loss_name=loss_name,
+                     model_cls=model_cls)
+    if "image" in model_cls.VIEWS or "snapshots" in model_cls.VIEWS:
+        check_backbone(OmegaConf.select(cfg, "model.backbone"), int(cfg.data.image_size))
+    return {"model_cls": model_cls, "loss_cls": loss_cls, "model_name": model_name,
+            "loss_name": loss_name}
+
+
+def _instantiate_model(cfg: DictConfig, model_cls, num_classes: int, loss):
+    from hydra.utils import instantiate
+
+    params = inspect.signature(model_cls.__init__).parameters
+    extra = {}
+    if "num_classes" in params:
+        extra["num_classes"] = num_classes
+    if "loss" in params:
+        extra["loss"] = loss
+    if "class_names" in params:
+        extra["class_names"] = None
+    return instantiate(cfg.model, **extra, _recursive_=False)
+
+
+def _callbacks(cfg: DictConfig, monitor: str, loss_kind: str | None) -> list:
+    from hydra.utils import instantiate
+
+    callbacks = []
+    for name, node in (cfg.get("callbacks") or {}).items():
+        if not _has_target(node):
+            continue
+        if node._target_.endswith("ModelCheckpoint") and node.get("monitor") in (None, "auto"):
+            node = OmegaConf.merge(node, {"monitor": monitor})
+        callbacks.append(instantiate(node))
+    if loss_kind == "triplet" and _has_target(cfg.get("miner")):
+        callbacks.append(instantiate(cfg.miner))
+    return callbacks
+
+
+def _loggers(cfg: DictConfig) -> list:
+    from hydra.utils import instantiate
+
+    loggers = []
+    for _, node in (cfg.get("logger") or {}).items():
+        if _has_target(node):
+            loggers.append(instantiate(node))
+    return loggers
+
+
+def _scalar_metrics(metrics: dict) -> dict[str, float]:
+    out = {}
+    for k, v in metrics.items():
+        try:
+            out[k] = float(v)
+        except (TypeError, ValueError):
+            continue
+    return out
+
+
+def print_table(metrics: dict[str, float], title: str) -> None:
+    """The study's table (accuracy at 50 % and 100 % of the drawing) for this run."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title)
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    order = ["test/acc@50", "test/acc@100", "test/knn@3", "test/knn@4", "test/probe_acc",
+             "test/triplet_acc"]
+    keys = [k for k in order if k in metrics] + sorted(
+        k for k in metrics if k.startswith("test/") and k not in order)
+    for k in keys:
+        v = metrics[k]
+        table.add_row(k, f"{100 * v:.1f} %" if ("acc" in k or "knn" in k) else f"{v:.4f}")
+    Console().print(table)
+
+
+def train(cfg: DictConfig) -> dict[str, float]:
+    """Train (and test) from a composed config; returns the final metrics."""
+    import lightning as L
+    from hydra.utils import instantiate
+
+    checked = validate(cfg)
+    model_cls = checked["model_cls"]
+    L.seed_everything(int(cfg.seed), workers=True)
+
+    augment = instantiate(cfg.augment) if _has_target(cfg.get("augment")) else None
+    datamodule = instantiate(cfg.data, augment=augment, views=sorted(model_cls.VIEWS))
+    loss = instantiate(cfg.loss)
+    model = _instantiate_model(cfg, model_cls, datamodule.num_classes, loss)
+
+    monitor = cfg.get("optimized_metric") or "auto"
+    if monitor == "auto":
+        monitor = model_cls.MONITOR
+    callbacks = _callbacks(cfg, monitor, getattr(loss, "kind", None))
+    loggers = _loggers(cfg)
+    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+
+    hparams = OmegaConf.to_container(cfg, resolve=True)
+    hparams["choices"] = _choices()
+    for lg in loggers:
+        lg.log_hyperparams(hparams)
+
+    out_dir = Path(cfg.paths.output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    metrics: dict[str, float] = {}
+    if cfg.get("train", True):
+        trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+        metrics.update(_scalar_metrics(trainer.callback_metrics))
+    if cfg.get("test", True):
+        best = getattr(trainer.checkpoint_callback, "best_model_path", "") if cfg.get("train", True) else ""
+        ckpt = best or (None if cfg.get("train", True) else cfg.get("ckpt_path"))
+        trainer.test(model, datamodule=datamodule, ckpt_path=ckpt, weights_only=False)
+        metrics.update(_scalar_metrics(trainer.callback_metrics))
+        metrics["best_checkpoint"] = ckpt or ""
+    if trainer.is_global_zero:
+        (out_dir / "train_metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
+        if cfg.get("test", True):
+            print_table({k: v for k, v in metrics.items() if isinstance(v, float)},
+                        f"{checked['model_name']} on {Path(str(cfg.data.root)).name} (test split)")
+    for lg in loggers:
+        if hasattr(lg, "experiment") and lg.__class__.__name__ == "WandbLogger":
+            import wandb
+
+            wandb.finish()
+    return metrics
+
+
+def conf_dir() -> str:
+    """`conf/` of the checkout (configs are not installed with the package)."""
+    here = Path(__file__).resolve()
+    for parent in [Path.cwd(), *here.parents]:
+        if (parent / "conf" / "train.yaml").is_file():
+            return str(parent / "conf")
+    raise FileNotFoundError("conf/train.yaml not found: run from a sketchembed checkout")
+
+
+def _unwrap(e: BaseException) -> BaseException:
+    while e.__cause__ is not None and type(e).__name__ == "InstantiationException":
+        e = e.__cause__
+    return e
+
+
+def hydra_entry(config_name: str, fn):
+    """Run ``fn(cfg)`` as a Hydra app whose misconfigurations end in one line, not a traceback."""
+    import hydra
+
+    os.environ.setdefault("PROJECT_ROOT", str(Path(conf_dir()).parent))
+
+    @hydra.main(version_base="1.3", config_path=conf_dir(), config_name=config_name)
+    def _main(cfg: DictConfig):
+        try:
+            result = fn(cfg)
+        except Exception as e:
+            from sketchembed.data.sketch import DataFormatError
+
+            inner = _unwrap(e)
+            if isinstance(inner, (ConfigError, DataFormatError, FileNotFoundError, ValueError)):
+                print(f"error: {inner}", file=sys.stderr)
+                sys.exit(2)
+            raise
+        metric = cfg.get("optimized_metric")
+        if isinstance(result, dict) and metric and metric != "auto":
+            return result.get(metric)
+        return None
+
+    return _main
+
+
+def main() -> None:
+    hydra_entry("train", train)()
+
+
+if __name__ == "__main__":
+    main()

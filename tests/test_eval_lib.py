@@ -1,0 +1,221 @@
+"""Evaluation library on synthetic embeddings: the numbers must be right where the answer is known."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from sketchembed.eval import knn, probe, report
+
+
+def clusters(n_per=30, n_classes=4, dim=16, spread=0.1, seed=0):
+    """Well-separated Gaussian clusters: every sensible classifier gets 100 %."""
+    r = np.random.default_rng(seed)
+    centers = r.normal(size=(n_classes, dim)) * 10
+    labels = np.repeat(np.arange(n_classes), n_per)
+    emb = centers[labels] + r.normal(size=(len(labels), dim)) * spread
+    return emb.astype(np.float32), labels
+
+
+def square(x0=0, y0=0, s=100):
+    pts = np.array([[x0, y0, 0], [x0 + s, y0, 0], [x0 + s, y0 + s, 0], [x0, y0 + s, 1],
+                    [x0 + 10, y0 + 10, 0], [x0 + 20, y0 + 40, 1]], dtype=np.int16)
+    return pts
+
+
+# ------------------------------------------------------------------------------------------- KNN
+def test_knn_separated_clusters_are_perfect():
+    tr, ytr = clusters(seed=0)
+    r = np.random.default_rng(5)
+    te = tr + r.normal(size=tr.shape).astype(np.float32) * 0.05
+    acc = knn.knn_accuracy(tr, ytr, te, ytr, ks=(1, 3, 4, 5))
+    assert acc == {1: 1.0, 3: 1.0, 4: 1.0, 5: 1.0}
+
+
+def test_knn_k1_on_index_itself_is_perfect_and_loo_is_not_trivial():
+    r = np.random.default_rng(0)
+    emb = r.normal(size=(60, 8)).astype(np.float32)
+    lab = r.integers(0, 3, size=60)          # random labels: no structure
+    assert knn.knn_accuracy(emb, lab, emb, lab, ks=(1,))[1] == 1.0
+    loo = knn.knn_accuracy(emb, lab, emb, lab, ks=(1,), exclude_self=True)[1]
+    assert loo < 0.7                          # leave-one-out cannot see the own label
+
+
+def test_knn_vote_counts_and_ties_go_to_nearest():
+    nl = np.array([[2, 1, 1, 2], [0, 1, 1, 1], [3, 3, 0, 0]])
+    assert knn.vote(nl, 1, 4).tolist() == [2, 0, 3]
+    assert knn.vote(nl, 3, 4).tolist() == [1, 1, 3]
+    assert knn.vote(nl, 4, 4).tolist() == [2, 1, 3]   # 2-2 ties: class of the nearest
+
+
+def test_knn_known_mistake_counted():
+    # 1-D: index points of class 0 at 0,1,2 and class 1 at 10,11,12; a query at 4 labelled 1 is wrong
+    idx = np.array([[0], [1], [2], [10], [11], [12]], np.float32)
+    lab = np.array([0, 0, 0, 1, 1, 1])
+    acc = knn.knn_accuracy(idx, lab, np.array([[4.0], [11.5]], np.float32), np.array([1, 1]), ks=(1, 3))
+    assert acc == {1: 0.5, 3: 0.5}
+
+
+def test_knn_errors():
+    emb, lab = clusters()
+    with pytest.raises(ValueError, match="dimension"):
+        knn.knn_accuracy(emb, lab, emb[:, :3], lab)
+    with pytest.raises(ValueError, match="needs at least"):
+        knn.knn_accuracy(emb[:2], lab[:2], emb, lab, ks=(3,))
+    bad = emb.copy()
+    bad[0, 0] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        knn.knn_accuracy(bad, lab, emb, lab)
+
+
+def test_index_round_trip_and_query(tmp_path):
+    emb, lab = clusters(n_per=5, n_classes=3)
+    drawings = [square(i, i) for i in range(len(lab))]
+    pts, offs = knn.pack_points(drawings)
+    idx = knn.KNNIndex(emb, lab, key_ids=np.arange(len(lab), dtype=np.uint64) + 2**63, classes=["a", "b", "c"],
+                       ckpt_path="/x/model.ckpt", ckpt_sha256="abc", indices=np.arange(len(lab)) * 2,
+                       points=pts, offsets=offs, meta={"split": "train"})
+    idx.save(tmp_path / "ix")
+    back = knn.KNNIndex.load(tmp_path / "ix")
+    assert back.classes == ["a", "b", "c"] and back.ckpt_sha256 == "abc" and back.meta["split"] == "train"
+    np.testing.assert_array_equal(back.embeddings, emb)
+    np.testing.assert_array_equal(back.key_ids, idx.key_ids)           # uint64 above 2**63 survives
+    np.testing.assert_array_equal(back.drawing(7), drawings[7])
+    i, d = back.query(emb[[4, 11]], k=3)
+    assert i.shape == (2, 3) and i[0, 0] == 4 and i[1, 0] == 11 and d[0, 0] == pytest.approx(0, abs=1e-4)
+    assert set(lab[i[0]]) == {lab[4]}
+    assert np.all(np.diff(d, axis=1) >= 0)
+
+
+def test_index_load_rejects_other_dirs(tmp_path):
+    with pytest.raises(FileNotFoundError, match="not a KNN index"):
+        knn.KNNIndex.load(tmp_path)
+    (tmp_path / "index.json").write_text(json.dumps({"format": "something-else"}))
+    with pytest.raises(ValueError, match="not a sketchembed KNN index"):
+        knn.KNNIndex.load(tmp_path)
+
+
+# ----------------------------------------------------------------------------------------- probe
+def test_probe_separated_clusters_and_determinism():
+    tr, ytr = clusters(n_per=40, n_classes=5, dim=32)
+    r = np.random.default_rng(3)
+    val = tr + r.normal(size=tr.shape).astype(np.float32) * 0.1
+    res = probe.linear_probe(tr, ytr, {"val": (val, ytr)}, epochs=20, seed=0)
+    assert res.accuracy["val"] == 1.0
+    again = probe.linear_probe(tr, ytr, {"val": (val, ytr)}, epochs=20, seed=0)
+    w1 = [p.detach().numpy() for p in res.model.parameters()]
+    w2 = [p.detach().numpy() for p in again.model.parameters()]
+    assert all(np.array_equal(a, b) for a, b in zip(w1, w2))
+    assert res.model[0].out_features == 64
+
+
+def test_probe_random_labels_do_not_generalise():
+    r = np.random.default_rng(0)
+    x = r.normal(size=(200, 16)).astype(np.float32)
+    y = r.integers(0, 4, 200)
+    xv = r.normal(size=(400, 16)).astype(np.float32)
+    yv = r.integers(0, 4, 400)
+    res = probe.linear_probe(x, y, {"val": (xv, yv)}, epochs=10)
+    assert res.accuracy["val"] < 0.4
+
+
+# ---------------------------------------------------------------------------------- tsne + plots
+def test_tsne_small_and_plots_write_pngs(tmp_path):
+    from sketchembed.eval import plots, tsne
+
+    emb, lab = clusters(n_per=8, n_classes=3)
+    xy = tsne.tsne_map(emb, seed=0)
+    assert xy.shape == (24, 2) and np.isfinite(xy).all()
+    assert tsne.adapted_perplexity(24) < 24 / 3
+    classes = ["apple", "pear", "bus"]
+    outs = [
+        plots.plot_tsne(tmp_path / "tsne.png", xy, lab, classes),
+        plots.plot_neighbors(tmp_path / "neighbors.png", [square(), square(50, 50)], [0, -1],
+                             [[square(), square(10, 0)], [square(), square(5, 5)]], [[0, 2], [1, 1]],
+                             classes, distances=[[0.1, 0.2], [0.3, 0.4]]),
+        plots.plot_confusion(tmp_path / "confusion.png", lab, np.roll(lab, 1), classes),
+        plots.plot_early_recognition(tmp_path / "early_recognition.png", {"ours": {0.5: 0.6, 1.0: 0.8}},
+                                     references={"study": {0.5: 0.777, 1.0: 0.867}}),
+    ]
+    for p in outs:
+        data = p.read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 2000
+    grid = plots.image_grid(np.zeros((5, 1, 16, 16)), titles=list("abcde"), ncols=3)
+    assert grid.ndim == 3 and grid.shape[2] == 3 and grid.dtype == np.uint8
+
+
+def test_draw_sketch_respects_pen_up():
+    from sketchembed.eval import plots
+
+    fig = plots._new_figure(2, 2)
+    ax = fig.add_subplot(1, 1, 1)
+    plots.draw_sketch(ax, square())
+    assert len(ax.lines) == 2                   # two strokes, no line joining them
+    np.testing.assert_array_equal(ax.lines[1].get_xdata(), [10, 20])
+    assert ax.get_ylim()[0] > ax.get_ylim()[1]  # y down, like the canvas
+
+
+# ---------------------------------------------------------------------------------------- report
+METRICS_LSTM = {"model_kind": "lstm", "dataset": "study10 (337 real drawings)", "test/acc@50": 0.5,
+                "test/acc@100": 0.625, "test/knn@3": 0.7, "test/knn@4": 0.71, "test/probe_acc": 0.66,
+                "test/acc@10": 0.2, "test/acc@30": 0.4, "human/acc@100": 0.9}
+
+
+def test_report_tables_from_metrics(tmp_path):
+    (tmp_path / "tsne.png").write_bytes(b"\x89PNG")
+    out = report.write_report(tmp_path, METRICS_LSTM)
+    text = out.read_text()
+    assert "| classification @ 50 % of the drawing | 50.0 | 77.7 |" in text
+    assert "| classification @ 100 % of the drawing | 62.5 | 86.7 |" in text
+    assert "| KNN K=3 | 70.0 |" in text and "| linear probe (emb → 64 → classes) | 66.0 |" in text
+    assert "triplet accuracy" not in text      # not measured → no row
+    assert report.STUDY_COL in text
+    assert "![t-SNE map of the test embeddings](tsne.png)" in text
+    assert "confusion.png" not in text          # figure absent → not embedded
+    assert "| 10 | 30 | 50 | 100 |" in text     # early-recognition curve
+
+
+def test_report_triplet_vs_direct():
+    t = {"model_kind": "triplet", "test/knn@4": 0.9, "test/probe_acc": 0.8, "test/triplet_acc": 0.97}
+    d = {"model_kind": "direct", "test/knn@4": 0.85, "test/probe_acc": 0.82, "test/acc@100": 0.83}
+    text = report.render_report(t, baseline=d)
+    assert "| KNN K=4 | 90.0 | 85.0 | 91 vs 89 |" in text
+    assert "| linear probe (emb → 64 → classes) | 80.0 | 82.0 | 87 vs 85 |" in text
+    assert "| triplet accuracy | 97.0 | – | – |" in text
+    # ours never lands in the study column: our 97.0 is not the study's 97–99.6 range
+    assert "| triplet accuracy | 97.0 | 97–99.6 (by backbone) |" in text
+
+
+def test_report_cli_merges_runs(tmp_path, capsys):
+    from sketchembed.cli import main
+
+    sweep = tmp_path / "multirun"
+    for i, (kind, acc) in enumerate([("lstm", 0.61), ("combined", 0.72)]):
+        d = sweep / str(i)
+        (d / ".hydra").mkdir(parents=True)
+        (d / ".hydra" / "overrides.yaml").write_text(f"- model={kind}\n- seed={i}\n")
+        (d / "metrics.json").write_text(json.dumps({"model_kind": kind, "test/acc@100": acc, "test/knn@3": 0.5}))
+    other = tmp_path / "single"
+    other.mkdir()
+    (other / "train_metrics.json").write_text(json.dumps({"model_kind": "triplet", "val/knn@4": 0.4}))
+    out = tmp_path / "cmp.md"
+    assert main(["report", str(sweep), str(other), "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert text == out.read_text()
+    assert "| multirun/0 | lstm | test | model=lstm seed=0 | 61.0 | 50.0 | – |" in text
+    assert "| multirun/1 | combined | test | model=combined seed=1 | 72.0 | 50.0 | – |" in text
+    assert "| single | triplet | val | – | – | – | 40.0 |" in text
+    study = text.split(report.STUDY_COL)[1]
+    assert "86.7" in study and "61.0" not in study
+
+
+def test_report_cli_errors(tmp_path, capsys):
+    from sketchembed.cli import main
+
+    assert main(["report", str(tmp_path)]) == 2
+    assert "no metrics.json" in capsys.readouterr().err
+    (tmp_path / "metrics.json").write_text("{not json")
+    assert main(["report", str(tmp_path)]) == 2
+    assert "metrics.json: unreadable" in capsys.readouterr().err

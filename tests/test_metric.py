@@ -1,0 +1,394 @@
+"""Distances, triplet losses, miners and triplet accuracy (sketchembed.metric)."""
+
+from __future__ import annotations
+
+import itertools
+import math
+from unittest.mock import MagicMock
+
+import pytest
+import torch
+
+from sketchembed.metric import (
+    AllTripletsMiner,
+    CrossEntropy,
+    EuclideanDistance,
+    HardMiner,
+    HingeTripletLoss,
+    RandomTripletMiner,
+    SemiHardMiner,
+    SoftmaxTripletLoss,
+    SquaredEuclideanDistance,
+    TripletMiner,
+    all_triplets_indices,
+    count_triplets,
+    find_miner,
+    gather_across_ranks,
+    get_distance,
+    sample_triplets,
+    triplet_accuracy,
+)
+
+MINERS = [RandomTripletMiner, AllTripletsMiner, SemiHardMiner, HardMiner]
+
+
+def _brute_triplets(labels, n_anchors=None):
+    b = len(labels)
+    n_anchors = b if n_anchors is None else n_anchors
+    return {
+        (a, p, n)
+        for a in range(n_anchors)
+        for p in range(b)
+        for n in range(b)
+        if p != a and labels[p] == labels[a] and labels[n] != labels[a]
+    }
+
+
+def _as_set(idx):
+    return set(zip(*(t.tolist() for t in idx)))
+
+
+def _batch(seed=0, b=24, d=6, classes=4):
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.randint(classes, (b,), generator=g)
+    labels[-1] = classes  # a singleton class: may only serve as a negative
+    return torch.randn(b, d, generator=g), labels
+
+
+# ------------------------------------------------------------------ distances
+def test_distance_matrices_match_direct_computation_and_have_finite_grad_at_zero():
+    x = torch.randn(7, 5, dtype=torch.float64) + 100.0  # far from the origin: tests the centring
+    y = torch.randn(4, 5, dtype=torch.float64) + 100.0
+    direct = (x[:, None] - y[None]).pow(2).sum(-1)
+    assert torch.allclose(SquaredEuclideanDistance()(x, y), direct, atol=1e-8)
+    assert torch.allclose(EuclideanDistance()(x, y), direct.sqrt(), atol=1e-8)
+    self_sq = SquaredEuclideanDistance()(x)
+    assert torch.equal(self_sq.diagonal(), torch.zeros(7, dtype=torch.float64))
+
+    z = torch.tensor([[1.0, 2.0], [1.0, 2.0], [4.0, 6.0]], requires_grad=True)  # rows 0, 1 coincide
+    d = EuclideanDistance()(z)
+    assert d[0, 1] == 0 and torch.isclose(d[0, 2], torch.tensor(5.0))
+    d.sum().backward()
+    assert torch.isfinite(z.grad).all()
+    zp = z.detach().clone().requires_grad_(True)
+    EuclideanDistance().pairwise_distance(zp[:2], zp[[1, 0]]).sum().backward()
+    assert torch.equal(zp.grad, torch.zeros_like(zp))  # 0, not NaN, at zero distance
+
+
+def test_get_distance_names_and_errors():
+    assert isinstance(get_distance("euclidean"), EuclideanDistance)
+    assert isinstance(get_distance("squared"), SquaredEuclideanDistance)
+    assert isinstance(get_distance(None), SquaredEuclideanDistance)
+    with pytest.raises(ValueError, match="unknown distance 'cosine'"):
+        get_distance("cosine")
+
+
+# ------------------------------------------------------------------ losses
+# 1-D points: anchor 0 at 0, positive 1 at 1, negative 2 at 3  ->  d+ = 1, d- = 3.
+EMB = torch.tensor([[0.0], [1.0], [3.0]])
+LAB = torch.tensor([0, 0, 1])
+TRIPLET = (torch.tensor([0]), torch.tensor([1]), torch.tensor([2]))
+
+
+def test_softmax_triplet_loss_hand_computed():
+    loss = SoftmaxTripletLoss()
+    expected = (math.exp(1) / (math.exp(1) + math.exp(3))) ** 2
+    assert loss(EMB, LAB, TRIPLET).item() == pytest.approx(expected, rel=1e-6)
+    # No indices: all valid triplets, (0,1,2) and (1,0,2) with d+ = 1, d- = 3 and 2.
+    second = (math.exp(1) / (math.exp(1) + math.exp(2))) ** 2
+    assert loss(EMB, LAB).item() == pytest.approx((expected + second) / 2, rel=1e-6)
+    assert SoftmaxTripletLoss.kind == "triplet"
+
+
+def test_hinge_loss_hand_computed_zero_when_margin_met():
+    # squared distances: d+ = 1, d- = 9
+    assert HingeTripletLoss(margin=1.0)(EMB, LAB, TRIPLET).item() == 0.0
+    assert HingeTripletLoss(margin=8.5)(EMB, LAB, TRIPLET).item() == pytest.approx(0.5)
+    # all triplets: (0,1,2): 1 - 9 + m, (1,0,2): 1 - 4 + m
+    assert HingeTripletLoss(margin=4.0)(EMB, LAB).item() == pytest.approx((0 + 1) / 2)
+    assert HingeTripletLoss(margin=4.0, reduction="nonzero_mean")(EMB, LAB).item() == pytest.approx(1.0)
+    swapped = (torch.tensor([0]), torch.tensor([2]), torch.tensor([1]))  # invalid on purpose: d+ > d-
+    assert HingeTripletLoss(margin=0.0)(EMB, torch.tensor([0, 1, 0]), swapped).item() == pytest.approx(8.0)
+    with pytest.raises(ValueError, match="reduction"):
+        HingeTripletLoss(reduction="sum")
+
+
+def test_losses_without_triplets_are_zero_but_differentiable():
+    e = torch.randn(4, 3, requires_grad=True)
+    for loss in (SoftmaxTripletLoss(), HingeTripletLoss()):
+        out = loss(e, torch.zeros(4, dtype=torch.long))  # one class: no negatives
+        assert out.item() == 0.0
+        out.backward()
+
+
+def test_softmax_loss_gradient_pulls_positive_in_and_pushes_negative_out():
+    e = torch.tensor([[0.0, 0.0], [1.0, 0.5], [2.0, 1.0]], requires_grad=True)
+    lab = torch.tensor([0, 0, 1])
+    trip = (torch.tensor([0]), torch.tensor([1]), torch.tensor([2]))
+    SoftmaxTripletLoss()(e, lab, trip).backward()
+    stepped = (e - 0.1 * e.grad).detach()
+    d = EuclideanDistance()
+    before, after = d(e.detach()), d(stepped)
+    assert after[0, 1] < before[0, 1]
+    assert after[0, 2] > before[0, 2]
+
+
+def test_cross_entropy_wrapper():
+    logits, labels = torch.randn(5, 3), torch.tensor([0, 2, 1, 1, 0])
+    ce = CrossEntropy(label_smoothing=0.1)
+    expected = torch.nn.functional.cross_entropy(logits, labels, label_smoothing=0.1)
+    assert torch.isclose(ce(logits, labels), expected)
+    assert CrossEntropy.kind == "classification" and HingeTripletLoss.kind == "triplet"
+
+
+# ------------------------------------------------------------------ triplet indices
+def test_all_triplets_match_brute_force_and_pml():
+    from pytorch_metric_learning.utils.loss_and_miner_utils import get_all_triplets_indices
+
+    _, labels = _batch(seed=3, b=15)
+    idx = all_triplets_indices(labels)
+    assert len(idx[0]) == len(_as_set(idx)) == count_triplets(labels)  # no duplicates
+    assert _as_set(idx) == _brute_triplets(labels.tolist())
+    assert _as_set(idx) == _as_set(get_all_triplets_indices(labels))
+    assert _as_set(all_triplets_indices(labels, n_anchors=6)) == _brute_triplets(labels.tolist(), 6)
+    assert count_triplets(torch.tensor([1, 2, 3])) == 0
+
+
+def test_sampled_triplets_are_valid_and_uniform():
+    labels = torch.tensor([0, 0, 0, 0, 1, 1, 2])  # anchors of class 0 own 4*3*3 = 36 of 44 triplets
+    a, p, n = sample_triplets(labels, 4000, generator=torch.Generator().manual_seed(0))
+    assert _as_set((a, p, n)) <= _brute_triplets(labels.tolist())
+    share_class0 = (labels[a] == 0).float().mean().item()
+    assert share_class0 == pytest.approx(36 / 44, abs=0.03)
+
+
+# ------------------------------------------------------------------ miners
+@pytest.mark.parametrize("miner_cls", MINERS)
+def test_miner_triplets_are_valid(miner_cls):
+    emb, labels = _batch(seed=1)
+    a, p, n = miner_cls().mine(emb, labels)
+    assert a.dtype == p.dtype == n.dtype == torch.long and len(a) > 0
+    assert (labels[a] == labels[p]).all() and (a != p).all()
+    assert (labels[a] != labels[n]).all()
+    singleton = len(labels) - 1
+    assert singleton not in a.tolist() and singleton not in p.tolist()
+
+
+def test_random_miner_triplets_per_anchor():
+    emb, labels = _batch(seed=2)
+    a, _, _ = RandomTripletMiner(triplets_per_anchor=3).mine(emb, labels)
+    valid_anchors = {t[0] for t in _brute_triplets(labels.tolist())}
+    counts = torch.bincount(a, minlength=len(labels))
+    assert {i for i in range(len(labels)) if counts[i]} == valid_anchors
+    assert set(counts[sorted(valid_anchors)].tolist()) == {3}
+
+
+def _expected_semi_hard(d, labels, fallback):
+    out = set()
+    b = len(labels)
+    for a, p in itertools.product(range(b), range(b)):
+        if a == p or labels[a] != labels[p]:
+            continue
+        negs = [n for n in range(b) if labels[n] != labels[a]]
+        if not negs:
+            continue
+        farther = [n for n in negs if d[a][n] > d[a][p]]
+        if farther:
+            out.add((a, p, min(farther, key=lambda n: d[a][n])))
+        elif fallback == "hardest":
+            out.add((a, p, min(negs, key=lambda n: d[a][n])))
+        elif fallback == "easiest":
+            out.add((a, p, max(negs, key=lambda n: d[a][n])))
+    return out
+
+
+@pytest.mark.parametrize("fallback", ["hardest", "easiest", "none"])
+def test_semi_hard_miner_picks_nearest_negative_beyond_the_positive(fallback):
+    emb, labels = _batch(seed=4, b=20, d=3)
+    emb[3] = emb[labels != labels[3]].mean(0)  # make some pairs have no farther negative
+    d = SquaredEuclideanDistance()(emb).tolist()
+    miner = SemiHardMiner(fallback=fallback)
+    got = _as_set(miner.mine(emb, labels))
+    assert got == _expected_semi_hard(d, labels.tolist(), fallback)
+    n_pairs = len({(a, p) for a, p, _ in _brute_triplets(labels.tolist())})
+    if fallback == "none":
+        assert len(got) < n_pairs
+        assert all(d[a][n] > d[a][p] for a, p, n in got)
+    else:
+        assert len(got) == n_pairs
+
+
+def test_hard_miner_picks_extremes():
+    emb, labels = _batch(seed=5)
+    d = SquaredEuclideanDistance()(emb)
+    a, p, n = HardMiner().mine(emb, labels)
+    for ai, pi, ni in zip(a.tolist(), p.tolist(), n.tolist()):
+        pos = [j for j in range(len(labels)) if j != ai and labels[j] == labels[ai]]
+        neg = [j for j in range(len(labels)) if labels[j] != labels[ai]]
+        assert d[ai, pi] == max(d[ai, j] for j in pos)
+        assert d[ai, ni] == min(d[ai, j] for j in neg)
+    assert len(a) == len({t[0] for t in _brute_triplets(labels.tolist())})
+
+
+def test_mining_stats_values_and_logging_hook():
+    emb = torch.tensor([[0.0], [1.0], [1.5], [3.0]])
+    labels = torch.tensor([0, 0, 1, 1])
+    miner = AllTripletsMiner(margin=1.0)
+    miner.mine(emb, labels)
+    # squared: (0,1,2) 1 vs 2.25 semi-hard; (0,1,3) 1 vs 9 easy; (1,0,2) 1 vs .25 hard;
+    # (1,0,3) 1 vs 4 easy; (2,3,0) 2.25 vs 2.25 hard; (2,3,1) 2.25 vs .25 hard;
+    # (3,2,0) 2.25 vs 9 easy; (3,2,1) 2.25 vs 4 semi-hard
+    s = {k: v.item() for k, v in miner.last_stats.items()}
+    assert s["miner/triplets"] == 8
+    assert s["miner/d_pos"] == pytest.approx((1 * 4 + 2.25 * 4) / 8)
+    assert s["miner/d_neg"] == pytest.approx((2.25 + 9 + 0.25 + 4 + 2.25 + 0.25 + 9 + 4) / 8)
+    assert s["miner/semi_hard"] == pytest.approx(2 / 8)
+    assert s["miner/easy"] == pytest.approx(3 / 8)
+    assert s["miner/hard"] == pytest.approx(3 / 8)
+
+    module = MagicMock()
+    miner.on_train_batch_end(MagicMock(), module, None, None, 0)
+    logged = module.log_dict.call_args.args[0]
+    assert set(logged) == set(s) and logged["miner/triplets"].item() == 8
+    module.reset_mock()
+    miner.on_train_batch_end(MagicMock(), module, None, None, 1)  # nothing mined since: no log
+    module.log_dict.assert_not_called()
+
+
+def test_miner_stats_reach_the_trainer_through_find_miner():
+    import lightning.pytorch as pl
+
+    class Tiny(pl.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.table = torch.nn.Embedding(12, 4)
+            self.loss = HingeTripletLoss(margin=0.5)
+
+        def training_step(self, batch, batch_idx):
+            idx, labels = batch
+            mined = find_miner(self.trainer).mine_batch(self.table(idx), labels)
+            return self.loss(*mined)
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    data = torch.utils.data.TensorDataset(torch.arange(12), torch.arange(12) % 3)
+    miner = SemiHardMiner(margin=0.5)
+    trainer = pl.Trainer(
+        fast_dev_run=2, callbacks=[miner], accelerator="cpu", enable_progress_bar=False,
+        enable_model_summary=False, logger=False,
+    )
+    trainer.fit(Tiny(), torch.utils.data.DataLoader(data, batch_size=12))
+    metrics = trainer.callback_metrics
+    for key in ("miner/triplets", "miner/d_pos", "miner/d_neg", "miner/semi_hard", "miner/easy"):
+        assert any(k.startswith(key) for k in metrics), (key, sorted(metrics))
+    assert metrics["miner/triplets_step"].item() == 12 * 3  # every positive pair once
+
+
+@pytest.mark.parametrize(
+    "loss,miner",
+    [(SoftmaxTripletLoss(), m()) for m in MINERS] + [(HingeTripletLoss(margin=0.5), m(margin=0.5)) for m in MINERS],
+    ids=lambda x: type(x).__name__,
+)
+def test_loss_falls_when_training_an_embedding_table(loss, miner):
+    torch.manual_seed(0)
+    labels = torch.arange(16) % 4
+    table = torch.nn.Parameter(torch.randn(16, 4) * 0.5)
+    opt = torch.optim.SGD([table], lr=0.2)
+
+    def full_loss():
+        with torch.no_grad():
+            return loss(table, labels).item()  # all triplets: comparable across steps
+
+    before = full_loss()
+    acc_before = triplet_accuracy(table.detach(), labels)[0].item()
+    for _ in range(40):
+        opt.zero_grad()
+        loss(*miner.mine_batch(table, labels)).backward()
+        opt.step()
+    assert full_loss() < 0.8 * before
+    assert triplet_accuracy(table.detach(), labels)[0].item() > acc_before
+
+
+def test_find_miner_single_default_and_error():
+    trainer = MagicMock()
+    trainer.callbacks = [object()]
+    default = find_miner(trainer)
+    assert isinstance(default, RandomTripletMiner) and default in trainer.callbacks
+    assert find_miner(trainer) is default  # the same one on later steps
+    hard = HardMiner()
+    trainer.callbacks = [object(), hard]
+    assert find_miner(trainer) is hard
+    trainer.callbacks = [hard, SemiHardMiner()]
+    with pytest.raises(ValueError, match="several triplet miners"):
+        find_miner(trainer)
+    assert isinstance(find_miner(None), TripletMiner)
+
+
+# ------------------------------------------------------------------ cross-rank gathering
+def test_gather_across_ranks_bookkeeping_with_fake_gather():
+    torch.manual_seed(0)
+    # This is rank 1 of 3; rank sizes differ. Local rows are all class 0 except one class-1 row,
+    # so most negatives of local anchors live on other ranks.
+    local_emb = torch.randn(4, 3, requires_grad=True)
+    local_lab = torch.tensor([0, 0, 0, 1])
+    # Other ranks' tensors require grad here, to check that they enter detached.
+    other_emb = {0: torch.randn(3, 3, requires_grad=True), 2: torch.randn(5, 3, requires_grad=True)}
+    other_lab = {0: torch.tensor([1, 2, 2]), 2: torch.tensor([0, 1, 3, 3, 2])}
+
+    def fake_gather(x):
+        table = other_emb if x.is_floating_point() else other_lab
+        return [table[0], x, table[2]], 1
+
+    miner = SemiHardMiner(gather_across_ranks=True, gather_fn=fake_gather)
+    emb, lab, (a, p, n) = miner.mine_batch(local_emb, local_lab)
+    assert emb.shape == (12, 3) and lab.tolist() == [0, 0, 0, 1, 1, 2, 2, 0, 1, 3, 3, 2]
+    assert torch.equal(emb[4:7], other_emb[0]) and torch.equal(emb[7:], other_emb[2])
+    assert a.max() < 4 and set(a.tolist()) == {0, 1, 2, 3}  # every local anchor has a positive elsewhere
+    assert (lab[a] == lab[p]).all() and (lab[a] != lab[n]).all()
+    assert (n >= 4).any() and (p >= 4).any()  # partners come from other ranks
+    d = SquaredEuclideanDistance()(emb.detach()).tolist()
+    assert _as_set((a, p, n)) == {t for t in _expected_semi_hard(d, lab.tolist(), "hardest") if t[0] < 4}
+
+    HingeTripletLoss(margin=10.0)(emb, lab, (a, p, n)).backward()
+    assert local_emb.grad is not None and local_emb.grad.abs().sum() > 0
+    assert all(t.grad is None for t in other_emb.values())
+
+
+def test_gather_is_identity_without_process_group_and_works_in_a_single_rank_group(tmp_path):
+    import torch.distributed as dist
+
+    emb, labels = _batch(seed=6, b=8)
+    out_emb, out_lab = gather_across_ranks(emb, labels)
+    assert out_emb is emb and out_lab is labels
+    a, _, _ = SemiHardMiner(gather_across_ranks=True).mine_batch(emb, labels).indices
+    assert len(a) > 0
+
+    from sketchembed.metric.miners import _torch_all_gather
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'pg'}", rank=0, world_size=1)
+    try:
+        parts, rank = _torch_all_gather(labels)
+        assert rank == 0 and len(parts) == 1 and torch.equal(parts[0], labels)
+    finally:
+        dist.destroy_process_group()
+
+
+# ------------------------------------------------------------------ triplet accuracy
+def test_triplet_accuracy_hand_computed_and_capped():
+    emb = torch.tensor([[0.0], [1.0], [1.5], [3.0]])
+    labels = torch.tensor([0, 0, 1, 1])
+    acc, d_pos, d_neg = triplet_accuracy(emb, labels)
+    # Euclidean: d+ 1,1,1,1,1.5,1.5,1.5,1.5 ; d- 1.5,3,.5,2,1.5,.5,3,2 -> 5 of 8 with d- > d+
+    assert acc.item() == pytest.approx(5 / 8)
+    assert d_pos.item() == pytest.approx(1.25)
+    assert d_neg.item() == pytest.approx(14 / 8)
+    one = (torch.tensor([0]), torch.tensor([1]), torch.tensor([3]))
+    assert triplet_accuracy(emb, labels, one)[0].item() == 1.0
+    assert math.isnan(triplet_accuracy(emb, torch.zeros(4, dtype=torch.long))[0].item())
+
+    emb, labels = _batch(seed=7, b=60)
+    exact = triplet_accuracy(emb, labels, max_triplets=None)[0].item()
+    capped = triplet_accuracy(emb, labels, max_triplets=5000, generator=torch.Generator().manual_seed(1))
+    assert count_triplets(labels) > 5000
+    assert capped[0].item() == pytest.approx(exact, abs=0.03)
