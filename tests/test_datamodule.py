@@ -173,6 +173,17 @@ def test_ddp_shards_disjoint_equal(tiny):
     assert sorted(seen[0] + seen[1]) == dm.rows("test").tolist()
 
 
+def test_predict_rebuild_keeps_shard(tiny):
+    """Lightning's predict loop rebuilds the batch sampler around ``loader.sampler``: the shard survives."""
+    from lightning.pytorch.trainer.states import RunningStage
+    from lightning.pytorch.utilities.data import _update_dataloader
+
+    dm = _dm(tiny, batch_size=3)
+    loader = dm.loader("test", num_replicas=2, rank=1)
+    rebuilt = _update_dataloader(loader, loader.sampler, mode=RunningStage.PREDICTING)
+    assert torch.cat([b["index"] for b in rebuilt]).tolist() == dm.rows("test")[1::2].tolist()
+
+
 def test_ddp_requires_own_sharding(tiny):
     class FakeTrainer:
         world_size, global_rank = 2, 1
@@ -261,7 +272,9 @@ def test_subsets_and_errors(tiny):
     with pytest.raises(ValueError, match="sampler"):
         SketchDataModule(sampler="fifo")
     with pytest.raises(ValueError, match="eval_fractions"):
-        SketchDataModule(eval_fractions=[0.0])
+        SketchDataModule(eval_fractions=[1.0, 0.0])
+    with pytest.raises(ValueError, match="start with 1.0"):
+        SketchDataModule(eval_fractions=[0.5, 1.0])
 
 
 def test_test_dir_prepared_maps_labels_by_name(tmp_path, tiny):
@@ -281,6 +294,23 @@ def test_test_dir_prepared_maps_labels_by_name(tmp_path, tiny):
         w.close(splits=np.array([2], np.int8))
     with pytest.raises(Exception, match="zebra"):
         _dm(tiny, test_dir=str(bad)).dataset("test")
+
+
+def test_test_dir_of_class_files_is_prepared(tmp_path, shared_quickdraw):
+    """A folder of per-class ndjson files (real drawings) becomes the test split, labels by name."""
+    folder = tmp_path / "eval_files"
+    folder.mkdir()
+    for name, n in (("bus", 3), ("apple", 4)):
+        lines = (shared_quickdraw / "simplified" / f"{name}.ndjson").read_text().splitlines()[:n]
+        (folder / f"{name}.ndjson").write_text("\n".join(lines) + "\n")
+    root = tmp_path / "train_set"
+    _write_tiny(root)
+    dm = SketchDataModule(root=str(root), test_dir=str(folder), batch_size=16)
+    dm.setup("test")
+    b = _first(dm.test_dataloader()[0])
+    assert sorted(b["label"].tolist()) == [0] * 4 + [1] * 3  # apple = 0, bus = 1 in CLASSES
+    assert int(b["lengths"].min()) >= 2
+    dm.teardown("test")
 
 
 # ------------------------------------------------------------------------------------------ Lightning
@@ -316,7 +346,34 @@ def test_lightning_fast_dev_run_renders_on_transfer(tiny):
     assert ("val", 0, 1.0, True) in model.seen and ("val", 1, 0.5, True) in model.seen
 
 
+def test_pickles_for_workers_and_ddp_spawn(tiny):
+    """ddp_spawn pickles the DataModule, spawn workers the dataset and collate: all must round-trip."""
+    import pickle
+
+    dm = _dm(tiny, augment=_Jitter())
+    clone = pickle.loads(pickle.dumps(dm))
+    assert clone.seq_std == dm.seq_std and clone.store.root == dm.store.root
+    ds = pickle.loads(pickle.dumps(dm.dataset("train", augment=True)))
+    collate = pickle.loads(pickle.dumps(SketchCollate(dm.seq_std, 0.5, 2)))
+    b = collate([ds[(0, 123)], ds[(1, 7)]])
+    ref = SketchCollate(dm.seq_std, 0.5, 2)([dm.dataset("train", augment=True)[(0, 123)],
+                                             dm.dataset("train", augment=True)[(1, 7)]])
+    assert all(torch.equal(b[k], ref[k]) for k in ("points", "seq", "snap_pos", "stroke_ends"))
+
+
 @pytest.mark.slow
+def test_spawned_workers(tiny):
+    """Workers started with spawn (macOS/Windows default) get everything by pickling."""
+    from torch.utils.data import DataLoader
+
+    dm = _dm(tiny)
+    ds = dm.dataset("val")
+    loader = DataLoader(ds, batch_size=5, num_workers=2, multiprocessing_context="spawn",
+                        collate_fn=SketchCollate(dm.seq_std))
+    got = torch.cat([b["index"] for b in loader])
+    assert got.tolist() == dm.rows("val").tolist()
+
+
 def test_workers_pickle_collate(tiny):
     """num_workers=2: dataset, store and collate travel to worker processes."""
     dm = _dm(tiny, num_workers=2, augment=_Jitter())
@@ -324,3 +381,52 @@ def test_workers_pickle_collate(tiny):
     got = [b["points"] for b in dm.train_dataloader()]
     want = [b["points"] for b in ref.train_dataloader()]
     assert len(got) == len(want) and all(torch.equal(a, b) for a, b in zip(got, want))
+
+
+class _Recorder(L.LightningModule):
+    """Writes the dataset rows each rank saw (train, then val loader 0) to ``out/<rank>.json``."""
+
+    def __init__(self, out):
+        super().__init__()
+        self.out = str(out)
+        self.w = torch.nn.Parameter(torch.zeros(1))
+        self.rows = {"train": [], "val": []}
+
+    def training_step(self, batch, batch_idx):
+        self.rows["train"].append(batch["index"].tolist())
+        return (self.w * batch["seq"].mean()).sum()
+
+    def validation_step(self, batch, batch_idx, dataloader_idx=0):
+        if dataloader_idx == 0 and not self.trainer.sanity_checking:
+            self.rows["val"] += batch["index"].tolist()
+
+    def on_fit_end(self):
+        import json
+        from pathlib import Path
+
+        Path(self.out, f"{self.global_rank}.json").write_text(json.dumps(self.rows))
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sampler", ["random", "pk"])
+def test_real_ddp_two_cpu_ranks(tiny, tmp_path, sampler):
+    """Lightning ddp_spawn, 2 CPU ranks: disjoint equal train shards, val split partitioned once."""
+    import json
+
+    dm = SketchDataModule(root=str(tiny), views=("sequence",), batch_size=4, sampler=sampler, pk_p=2, pk_k=3)
+    trainer = L.Trainer(accelerator="cpu", devices=2, strategy="ddp_spawn", max_epochs=1,
+                        use_distributed_sampler=False, logger=False, enable_progress_bar=False,
+                        enable_model_summary=False, enable_checkpointing=False, num_sanity_val_steps=0)
+    trainer.fit(_Recorder(tmp_path), datamodule=dm)
+    seen = [json.loads((tmp_path / f"{r}.json").read_text()) for r in range(2)]
+    assert len(seen[0]["train"]) == len(seen[1]["train"]) > 0
+    batches = [tuple(b) for s in seen for b in s["train"]]
+    assert len(set(batches)) == len(batches)
+    if sampler == "random":  # no drawing twice in an epoch across ranks
+        flat = [i for b in batches for i in b]
+        assert len(flat) == len(set(flat))
+    val = seen[0]["val"] + seen[1]["val"]
+    assert sorted(val) == SketchDataModule(root=str(tiny)).rows("val").tolist()  # each drawing exactly once

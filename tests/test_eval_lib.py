@@ -172,7 +172,7 @@ def test_report_tables_from_metrics(tmp_path):
     assert "| KNN K=3 | 70.0 |" in text and "| linear probe (emb → 64 → classes) | 66.0 |" in text
     assert "triplet accuracy" not in text      # not measured → no row
     assert report.STUDY_COL in text
-    assert "![t-SNE map of the test embeddings](tsne.png)" in text
+    assert "## t-SNE map" in text and "![t-SNE map of the test embeddings](tsne.png)" in text
     assert "confusion.png" not in text          # figure absent → not embedded
     assert "| 10 | 30 | 50 | 100 |" in text     # early-recognition curve
 
@@ -218,4 +218,186 @@ def test_report_cli_errors(tmp_path, capsys):
     assert "no metrics.json" in capsys.readouterr().err
     (tmp_path / "metrics.json").write_text("{not json")
     assert main(["report", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "skipped 1 unreadable" in err and "metrics.json: unreadable" in err and "no readable metrics" in err
+    assert main(["report", str(tmp_path / "metrics.json")]) == 2          # named explicitly: an error
     assert "metrics.json: unreadable" in capsys.readouterr().err
+    (tmp_path / "ok").mkdir()
+    (tmp_path / "ok" / "metrics.json").write_text(json.dumps({"model_kind": "lstm", "test/acc@100": 0.5}))
+    assert main(["report", str(tmp_path)]) == 0                           # the bad one is skipped, counted
+    out = capsys.readouterr()
+    assert "skipped 1 unreadable" in out.err and "| 50.0 |" in out.out
+
+
+# ------------------------------------------------- a real (tiny) training: callbacks, index, suggest
+CLASSES3 = ["apple", "banana", "bus"]
+
+
+def _class_drawing(c: int, r) -> np.ndarray:
+    """Class c: strokes heading in direction c (so the classes are learnable and distinct)."""
+    n = int(r.integers(6, 16))
+    angle = 2 * np.pi * c / 3
+    step = np.stack([np.cos(angle), np.sin(angle)]) * 9 + r.normal(size=(n, 2))
+    xy = np.clip(128 + np.cumsum(step, 0) - step.sum(0) / 2, 0, 255)
+    pts = np.zeros((n, 3), np.int16)
+    pts[:, :2] = np.rint(xy)
+    pts[n // 2, 2] = 1
+    pts[-1, 2] = 1
+    return pts
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A 1-epoch tiny LSTM trained with both callbacks; its checkpoint, data dir and logs."""
+    import lightning as L
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    from sketchembed.data.datamodule import SketchDataModule
+    from sketchembed.data.store import PreparedWriter
+    from sketchembed.models import LSTMModel
+    from sketchembed.train.callbacks import EmbeddingEvalCallback, SampleImagesCallback
+
+    tmp = tmp_path_factory.mktemp("trained")
+    r = np.random.default_rng(0)
+    w = PreparedWriter(tmp / "data", CLASSES3)
+    splits = []
+    for i in range(72):
+        w.add(_class_drawing(i % 3, r), i % 3, 5000 + i)
+        splits.append(0 if i < 48 else 1 if i < 60 else 2)
+    w.close(splits=np.array(splits))
+    L.seed_everything(0)
+    dm = SketchDataModule(root=str(tmp / "data"), views=("sequence",), batch_size=16, num_workers=0)
+    model = LSTMModel(num_classes=3, hidden=16, layers=1, lr=3e-3)
+    emb_cb = EmbeddingEvalCallback(ks=(1, 3), max_train=40, probe_epochs=5)
+    logger = TensorBoardLogger(tmp, name="tb")
+    trainer = L.Trainer(max_epochs=2, accelerator="cpu", devices=1, logger=logger, enable_progress_bar=False,
+                        enable_model_summary=False, enable_checkpointing=False, num_sanity_val_steps=1,
+                        callbacks=[emb_cb, SampleImagesCallback(n=6)])
+    trainer.fit(model, datamodule=dm)
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    trainer.save_checkpoint(tmp / "model.ckpt")
+    trainer.test(model, datamodule=dm, verbose=False)
+    test_metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    return {"tmp": tmp, "ckpt": tmp / "model.ckpt", "data": tmp / "data", "metrics": metrics,
+            "test_metrics": test_metrics, "logdir": Path(logger.log_dir), "dm": dm, "model": model, "cb": emb_cb}
+
+
+from pathlib import Path  # noqa: E402
+
+
+def test_embedding_callback_logs_knn_and_probe(trained):
+    m = trained["metrics"]
+    for key in ("val/knn@1", "val/knn@3", "val/probe_acc"):
+        assert key in m and 0.0 <= m[key] <= 1.0
+    for key in ("test/knn@1", "test/knn@3", "test/probe_acc"):
+        assert key in trained["test_metrics"]
+    # the logged value is what the library computes from the same embeddings
+    from sketchembed.eval.embed import embed_loader
+
+    dm, model = trained["dm"], trained["model"]
+    tr = embed_loader(model, dm.loader("train", 1.0, shuffle=True), rasterizer=dm.rasterizer, max_items=40)
+    te = embed_loader(model, dm.loader("test", 1.0), rasterizer=dm.rasterizer)
+    assert tr.logits is not None and tr.logits.shape == (40, 3) and len(set(tr.indices)) == 40
+    want = knn.knn_accuracy(tr.embeddings, tr.labels, te.embeddings, te.labels, ks=(1, 3), n_classes=3)
+    assert trained["test_metrics"]["test/knn@3"] == pytest.approx(want[3], abs=1e-6)
+
+
+def test_sample_images_reach_tensorboard(trained):
+    events = list(trained["logdir"].glob("events.out.tfevents.*"))
+    assert events
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(trained["logdir"]), size_guidance={"images": 0})
+    acc.Reload()
+    assert "samples/train" in acc.Tags()["images"]
+
+
+def test_load_model_and_clear_errors(trained, tmp_path):
+    from sketchembed.eval.checkpoint import load_model, read_checkpoint
+    from sketchembed.models import LSTMModel
+
+    model = load_model(trained["ckpt"])
+    assert isinstance(model, LSTMModel) and not model.training
+    junk = tmp_path / "junk.ckpt"
+    junk.write_bytes(b"definitely not a checkpoint")
+    with pytest.raises(ValueError, match=r"junk.ckpt: not a sketchembed checkpoint"):
+        load_model(junk)
+    import torch
+
+    foreign = tmp_path / "foreign.ckpt"
+    torch.save({"state_dict": {}, "hyper_parameters": {"lr": 1}}, foreign)
+    with pytest.raises(ValueError, match="no model_kind"):
+        load_model(foreign)
+    ck = read_checkpoint(trained["ckpt"])
+    ck["hyper_parameters"]["model_kind"] = "transformer"
+    odd = tmp_path / "odd.ckpt"
+    torch.save(ck, odd)
+    with pytest.raises(ValueError, match="unexpected model kind 'transformer'"):
+        load_model(odd)
+    with pytest.raises(ValueError, match="cannot be used here"):
+        load_model(trained["ckpt"], kinds=("triplet",))
+
+
+def _ndjson(path, pts, word="banana", key_id=42):
+    from sketchembed.data.sketch import points_to_strokes
+
+    strokes = [[s[:, 0].astype(int).tolist(), s[:, 1].astype(int).tolist()] for s in points_to_strokes(pts)]
+    path.write_text(json.dumps({"word": word, "countrycode": "DE", "timestamp": "2017-03-01 00:00:00.0",
+                                "recognized": True, "key_id": str(key_id), "drawing": strokes}) + "\n")
+    return path
+
+
+def test_index_build_and_suggest_cli(trained, tmp_path, capsys):
+    from sketchembed.cli import main
+    from sketchembed.eval.checkpoint import file_sha256
+
+    out = tmp_path / "index"
+    assert main(["index", "build", "--ckpt", str(trained["ckpt"]), "--data", str(trained["data"]),
+                 "--out", str(out), "--quiet", "--device", "cpu"]) == 0
+    index = knn.KNNIndex.load(out)
+    assert len(index) == 48 and index.classes == CLASSES3
+    assert index.ckpt_sha256 == file_sha256(trained["ckpt"])
+    # K=1 on the index itself: every drawing finds itself
+    assert knn.knn_accuracy(index.embeddings, index.labels, index.embeddings, index.labels, ks=(1,))[1] == 1.0
+    row = 7
+    sketch = _ndjson(tmp_path / "s.ndjson", index.drawing(row), word=CLASSES3[int(index.labels[row])])
+    png = tmp_path / "s.png"
+    capsys.readouterr()
+    assert main(["suggest", "--ckpt", str(trained["ckpt"]), "--index", str(out), "--sketch", str(sketch),
+                 "--k", "4", "--png", str(png), "--device", "cpu"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    first = lines[2].split()
+    assert first[0] == "1" and int(first[1]) == int(index.key_ids[row]) and float(first[-1]) < 1e-3
+    assert len(lines) == 2 + 4 and png.read_bytes()[:4] == b"\x89PNG"
+    # unfinished: half of the drawing gives another embedding, still 4 suggestions
+    assert main(["suggest", "--ckpt", str(trained["ckpt"]), "--index", str(out), "--sketch", str(sketch),
+                 "--k", "4", "--fraction", "0.5", "--device", "cpu"]) == 0
+    half = capsys.readouterr().out.splitlines()
+    assert f"{len(index.drawing(row)) // 2 + len(index.drawing(row)) % 2}/{len(index.drawing(row))} points" in half[0]
+
+
+def test_suggest_errors(trained, tmp_path, capsys):
+    import torch
+
+    from sketchembed.cli import main
+    from sketchembed.eval.checkpoint import read_checkpoint
+
+    out = tmp_path / "index"
+    assert main(["index", "build", "--ckpt", str(trained["ckpt"]), "--data", str(trained["data"]),
+                 "--out", str(out), "--quiet", "--max", "10"]) == 0
+    assert "indexed 10 drawings" in capsys.readouterr().err
+    bad = tmp_path / "bad.ndjson"
+    bad.write_text('{"word": "apple", "key_id": "1", "drawing": [[[1, 2]]]}\n')
+    assert main(["suggest", "--ckpt", str(trained["ckpt"]), "--index", str(out), "--sketch", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "bad.ndjson" in err and len(err.strip().splitlines()) == 1
+    other = tmp_path / "other.ckpt"
+    ck = read_checkpoint(trained["ckpt"])
+    ck["epoch"] = 99                           # any change: another file, another hash
+    torch.save(ck, other)
+    good = _ndjson(tmp_path / "g.ndjson", _class_drawing(1, np.random.default_rng(1)))
+    assert main(["suggest", "--ckpt", str(other), "--index", str(out), "--sketch", str(good)]) == 2
+    assert "index was built with checkpoint" in capsys.readouterr().err
+    assert main(["suggest", "--ckpt", str(other), "--index", str(out), "--sketch", str(good),
+                 "--allow-mismatch", "--k", "3"]) == 0
+    assert "warning: index was built" in capsys.readouterr().err

@@ -155,11 +155,11 @@ def test_all_triplets_match_brute_force_and_pml():
 
 
 def test_sampled_triplets_are_valid_and_uniform():
-    labels = torch.tensor([0, 0, 0, 0, 1, 1, 2])  # anchors of class 0 own 4*3*3 = 36 of 44 triplets
+    labels = torch.tensor([0, 0, 0, 0, 1, 1, 2])  # class 0 anchors own 4*3*3 = 36 of 36 + 2*1*5 triplets
     a, p, n = sample_triplets(labels, 4000, generator=torch.Generator().manual_seed(0))
     assert _as_set((a, p, n)) <= _brute_triplets(labels.tolist())
     share_class0 = (labels[a] == 0).float().mean().item()
-    assert share_class0 == pytest.approx(36 / 44, abs=0.03)
+    assert share_class0 == pytest.approx(36 / 46, abs=0.03)
 
 
 # ------------------------------------------------------------------ miners
@@ -233,11 +233,11 @@ def test_hard_miner_picks_extremes():
 def test_mining_stats_values_and_logging_hook():
     emb = torch.tensor([[0.0], [1.0], [1.5], [3.0]])
     labels = torch.tensor([0, 0, 1, 1])
-    miner = AllTripletsMiner(margin=1.0)
+    miner = AllTripletsMiner(margin=2.0)
     miner.mine(emb, labels)
-    # squared: (0,1,2) 1 vs 2.25 semi-hard; (0,1,3) 1 vs 9 easy; (1,0,2) 1 vs .25 hard;
-    # (1,0,3) 1 vs 4 easy; (2,3,0) 2.25 vs 2.25 hard; (2,3,1) 2.25 vs .25 hard;
-    # (3,2,0) 2.25 vs 9 easy; (3,2,1) 2.25 vs 4 semi-hard
+    # squared d+ vs d-, margin 2: (0,1,2) 1 vs 2.25 semi-hard; (0,1,3) 1 vs 9 easy;
+    # (1,0,2) 1 vs .25 hard; (1,0,3) 1 vs 4 easy; (2,3,0) 2.25 vs 2.25 hard (a tie is not > );
+    # (2,3,1) 2.25 vs .25 hard; (3,2,0) 2.25 vs 9 easy; (3,2,1) 2.25 vs 4 semi-hard
     s = {k: v.item() for k, v in miner.last_stats.items()}
     assert s["miner/triplets"] == 8
     assert s["miner/d_pos"] == pytest.approx((1 * 4 + 2.25 * 4) / 8)
@@ -294,7 +294,7 @@ def test_loss_falls_when_training_an_embedding_table(loss, miner):
     torch.manual_seed(0)
     labels = torch.arange(16) % 4
     table = torch.nn.Parameter(torch.randn(16, 4) * 0.5)
-    opt = torch.optim.SGD([table], lr=0.2)
+    opt = torch.optim.Adam([table], lr=0.05)
 
     def full_loss():
         with torch.no_grad():
@@ -306,8 +306,9 @@ def test_loss_falls_when_training_an_embedding_table(loss, miner):
         opt.zero_grad()
         loss(*miner.mine_batch(table, labels)).backward()
         opt.step()
-    assert full_loss() < 0.8 * before
-    assert triplet_accuracy(table.detach(), labels)[0].item() > acc_before
+    assert full_loss() < 0.5 * before
+    acc_after = triplet_accuracy(table.detach(), labels)[0].item()
+    assert acc_before < 0.7 and acc_after > 0.9
 
 
 def test_find_miner_single_default_and_error():

@@ -17,7 +17,7 @@ counted twice; shards differ by at most one drawing, so log eval metrics per epo
 
 ``seq`` normalization: ``(dx, dy) / seq_std`` with one std for both axes (keeps the aspect ratio),
 computed once on the train split's within-drawing deltas as their RMS, i.e. assuming mean 0 (pen
-motions go back and forth; the mean is ~1 % of the std on the real data). ``dx_0`` is ``x_0`` itself
+motions go back and forth: on the shared real drawings the mean delta is 2-4 % of the std). ``dx_0`` is ``x_0`` itself
 and is not counted in the std. The value lives in :meth:`state_dict`, so checkpoints carry it and a
 restored model sees the inputs it was trained on.
 """
@@ -32,14 +32,14 @@ from typing import Iterable, Sequence
 import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import BatchSampler, DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset
 
+from sketchembed.data.embedded import EMBEDDED_NAMES, embedded_dataset_path
 from sketchembed.data.samplers import PKBatchSampler, RandomBatchSampler, SeededBatches, ShardSampler
 from sketchembed.data.sketch import DataFormatError
 
 VIEWS = ("sequence", "image", "snapshots")
 SPLITS = ("train", "val", "test")
-EMBEDDED_NAMES = ("study10", "others335")
 
 
 def keep_count(n: int, fraction: float) -> int:
@@ -187,8 +187,6 @@ def delta_std(store, rows: np.ndarray, *, chunk_points: int = 1 << 22) -> float:
 def resolve_root(root) -> Path:
     """An embedded set's name (``study10``, ``others335``) or a prepared dataset's directory."""
     if str(root) in EMBEDDED_NAMES:
-        from sketchembed.data.embedded import embedded_dataset_path
-
         return Path(embedded_dataset_path(str(root)))
     return Path(root)
 
@@ -252,8 +250,9 @@ class SketchDataModule(L.LightningDataModule):
         if sampler not in ("random", "pk"):
             raise ValueError(f"sampler must be 'random' or 'pk', got {sampler!r}")
         self.eval_fractions = tuple(float(f) for f in eval_fractions)
-        if not self.eval_fractions or not all(0 < f <= 1 for f in self.eval_fractions):
-            raise ValueError(f"eval_fractions must be non-empty, each in (0, 1]; got {self.eval_fractions}")
+        if not self.eval_fractions or self.eval_fractions[0] != 1.0 or not all(0 < f <= 1 for f in self.eval_fractions):
+            raise ValueError(f"eval_fractions must start with 1.0 (dataloader 0 = whole drawings), each in (0, 1]; "
+                             f"got {self.eval_fractions}")
         if train_subset is not None and not 0 < train_subset <= 1:
             raise ValueError(f"train_subset must be in (0, 1], got {train_subset}")
         self.image_size, self.line_width, self.padding = int(image_size), float(line_width), float(padding)
@@ -387,7 +386,8 @@ class SketchDataModule(L.LightningDataModule):
                 from sketchembed.data import prepare
 
                 self._test_tmp = tempfile.TemporaryDirectory(prefix="sketchembed-test-")
-                self._test_store = prepare.prepare_test_dir(path, Path(self._test_tmp.name) / "prepared")
+                # every row is used as test data, so the split rule prepare applies does not matter
+                self._test_store = prepare.prepare(path, Path(self._test_tmp.name) / "prepared", classes="all")
             else:
                 raise FileNotFoundError(f"test_dir not found: {path}")
         return self._test_store
@@ -445,14 +445,16 @@ class SketchDataModule(L.LightningDataModule):
             raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
         ds = self.dataset(split)
         bsz = int(batch_size or self.eval_batch_size)
+        collate = SketchCollate(self.seq_std, fraction, self.max_snapshots)
+        kw = _dataloader_kwargs(self.num_workers if num_workers is None else int(num_workers), self.pin_memory)
         if shuffle:
             bs = RandomBatchSampler(np.arange(len(ds)), bsz, shuffle=True, drop_last=False, seed=self.seed,
                                     num_replicas=num_replicas, rank=rank)
-        else:
-            bs = BatchSampler(ShardSampler(len(ds), num_replicas, rank), bsz, drop_last=False)
-        workers = self.num_workers if num_workers is None else int(num_workers)
-        return DataLoader(ds, batch_sampler=bs, collate_fn=SketchCollate(self.seq_std, fraction, self.max_snapshots),
-                          **_dataloader_kwargs(workers, self.pin_memory))
+            return DataLoader(ds, batch_sampler=bs, collate_fn=collate, **kw)
+        # A plain sampler (not a batch sampler): Lightning's predict loop rebuilds the batch sampler
+        # around ``loader.sampler`` and would otherwise drop our shard.
+        return DataLoader(ds, sampler=ShardSampler(len(ds), num_replicas, rank), batch_size=bsz,
+                          drop_last=False, collate_fn=collate, **kw)
 
     def teardown(self, stage: str | None = None) -> None:
         if self._test_tmp is not None and stage in (None, "test"):

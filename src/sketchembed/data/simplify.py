@@ -25,7 +25,7 @@ see tests/test_simplify.py for the agreement measured on all pairs.
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Sequence
+from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -116,24 +116,51 @@ def rdp(points: np.ndarray, epsilon: float = EPSILON) -> np.ndarray:
     return points[rdp_mask(points, np.array([[0, len(points) - 1]]), epsilon)]
 
 
+def simplify_many(drawings_strokes: Sequence[Sequence[np.ndarray]], epsilon: float = EPSILON,
+                  spacing: float = 1.0) -> list[list[np.ndarray]]:
+    """Simplify many drawings' strokes in one RDP pass (cheaper per drawing than one at a time)."""
+    dense, owner = [], []
+    for j, strokes in enumerate(drawings_strokes):
+        for s in normalize_to_canvas(strokes):
+            dense.append(resample(s, spacing))
+            owner.append(j)
+    out: list[list[np.ndarray]] = [[] for _ in drawings_strokes]
+    if not dense:
+        return out
+    sizes = np.array([len(s) for s in dense])
+    ends = np.cumsum(sizes)
+    pts = np.concatenate(dense)
+    keep = rdp_mask(pts, np.stack([ends - sizes, ends - 1], axis=1), epsilon)
+    kept_ends = np.cumsum(keep)[ends - 1]
+    kept = np.rint(pts[keep]).astype(np.int64)
+    for j, part in zip(owner, np.split(kept, kept_ends[:-1])):
+        out[j].append(part)
+    return out
+
+
 def simplify_strokes(strokes: Sequence[np.ndarray], epsilon: float = EPSILON,
                      spacing: float = 1.0) -> list[np.ndarray]:
     """Raw strokes (any frame, x/y in the first two columns) → simplified int64 ``(n, 2)`` strokes."""
-    if len(strokes) == 0:
-        return []
-    dense = [resample(s, spacing) for s in normalize_to_canvas(strokes)]
-    sizes = np.array([len(s) for s in dense])
-    ends = np.cumsum(sizes)
-    bounds = np.stack([ends - sizes, ends - 1], axis=1)
-    pts = np.concatenate(dense)
-    keep = rdp_mask(pts, bounds, epsilon)
-    out = np.rint(pts).astype(np.int64)
-    stroke_of = np.repeat(np.arange(len(dense)), sizes)
-    kept_stroke = stroke_of[keep]
-    cuts = np.searchsorted(kept_stroke, np.arange(1, len(dense)))
-    return np.split(out[keep], cuts)
+    return simplify_many([strokes], epsilon, spacing)[0]
 
 
 def simplify_drawing(drawing: Drawing, epsilon: float = EPSILON) -> Drawing:
     """A raw drawing as the dataset's simplified form (strokes ``(n, 2)`` int on 0–255)."""
     return replace(drawing, strokes=simplify_strokes(drawing.strokes, epsilon))
+
+
+def simplify_drawings(drawings: Iterable[Drawing], epsilon: float = EPSILON,
+                      batch: int = 256) -> Iterator[Drawing]:
+    """Stream :func:`simplify_drawing` over many drawings, ``batch`` at a time for speed."""
+    buf: list[Drawing] = []
+    for d in drawings:
+        buf.append(d)
+        if len(buf) >= batch:
+            yield from _flush(buf, epsilon)
+            buf = []
+    yield from _flush(buf, epsilon)
+
+
+def _flush(buf: list[Drawing], epsilon: float) -> Iterator[Drawing]:
+    for d, strokes in zip(buf, simplify_many([d.strokes for d in buf], epsilon)):
+        yield replace(d, strokes=strokes)

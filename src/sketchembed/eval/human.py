@@ -193,6 +193,16 @@ def format_results(res: Results, model_metrics: dict | None = None) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _resolve(data: str) -> Path:
+    """A dataset dir as is; an embedded set's name through the DataModule's resolver (which imports
+    Lightning — skipped for plain dirs so the session starts fast)."""
+    if Path(data).is_dir():
+        return Path(data)
+    from sketchembed.data.datamodule import resolve_root
+
+    return resolve_root(data)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", default="study10", help="prepared dataset dir or embedded name")
     parser.add_argument("--split", default="test", choices=("train", "val", "test"))
@@ -204,7 +214,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args, stdin: TextIO | None = None, stdout: TextIO | None = None) -> int:
-    from sketchembed.data.datamodule import resolve_root
     from sketchembed.data.store import PreparedDataset
 
     inp = stdin or sys.stdin
@@ -220,7 +229,7 @@ def run(args, stdin: TextIO | None = None, stdout: TextIO | None = None) -> int:
         from sketchembed.eval.report import load_metrics
 
         model_metrics = load_metrics(Path(args.metrics))
-    ds = PreparedDataset(resolve_root(args.data))
+    ds = PreparedDataset(_resolve(args.data))
     items = sample_items(ds, args.n, fractions, args.seed, args.split)
     res = run_session(items, ds.classes, inp, out)
     out.write(format_results(res, model_metrics))

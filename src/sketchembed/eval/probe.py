@@ -54,6 +54,12 @@ def linear_probe(train_emb, train_labels, eval_sets: dict[str, tuple[np.ndarray,
     def norm(a):
         return torch.from_numpy(((np.asarray(a, np.float32) - mean) / std).astype(np.float32))
 
+    with torch.inference_mode(False), torch.enable_grad():  # callable from Lightning's eval hooks
+        return _train(x, y, eval_sets, norm, mean, std, n_classes, hidden, epochs, lr, batch_size,
+                      weight_decay, seed)
+
+
+def _train(x, y, eval_sets, norm, mean, std, n_classes, hidden, epochs, lr, batch_size, weight_decay, seed):
     xt, yt = norm(x), torch.from_numpy(y)
     gen = torch.Generator().manual_seed(seed)
     with torch.random.fork_rng(devices=[]):
@@ -62,14 +68,13 @@ def linear_probe(train_emb, train_labels, eval_sets: dict[str, tuple[np.ndarray,
     opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
     loss_fn = nn.CrossEntropyLoss()
     model.train()
-    with torch.enable_grad():
-        for _ in range(epochs):
-            perm = torch.randperm(len(xt), generator=gen)
-            for start in range(0, len(xt), batch_size):
-                b = perm[start:start + batch_size]
-                opt.zero_grad(set_to_none=True)
-                loss_fn(model(xt[b]), yt[b]).backward()
-                opt.step()
+    for _ in range(epochs):
+        perm = torch.randperm(len(xt), generator=gen)
+        for start in range(0, len(xt), batch_size):
+            b = perm[start:start + batch_size]
+            opt.zero_grad(set_to_none=True)
+            loss_fn(model(xt[b]), yt[b]).backward()
+            opt.step()
     model.eval()
 
     def acc(a, lab):

@@ -21,10 +21,11 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 STUDY_COL = "study (full data, GPU)"
-FIGURES = [("tsne.png", "t-SNE map of the test embeddings"),
-           ("neighbors.png", "nearest neighbours (red frame: another class)"),
-           ("confusion.png", "confusion matrix (100 % of the drawing)"),
-           ("early_recognition.png", "accuracy vs share of the drawing")]
+# (file, heading, caption) of the figures an eval run may leave in its dir
+FIGURES = [("tsne.png", "t-SNE map", "t-SNE map of the test embeddings"),
+           ("neighbors.png", "Nearest neighbours", "nearest neighbours (red frame: another class)"),
+           ("confusion.png", "Confusion matrix", "confusion matrix (100 % of the drawing)"),
+           ("early_recognition.png", "Early recognition", "accuracy vs share of the drawing")]
 
 # What the study reports, per model kind and metric (strings: ranges and variants stay as reported).
 STUDY: dict[str, dict[str, str]] = {
@@ -92,7 +93,7 @@ def early_curve(metrics: Mapping, split: str | None = None) -> dict[float, float
 
 
 def render_report(metrics: Mapping, *, baseline: Mapping | None = None,
-                  figures: Sequence[tuple[str, str]] = ()) -> str:
+                  figures: Sequence[tuple[str, str, str]] = ()) -> str:
     """Markdown of one run. ``baseline``: a second run's metrics (triplet vs direct when kinds differ)."""
     kind = str(metrics.get("model_kind", "unknown"))
     split = split_of(metrics)
@@ -132,8 +133,8 @@ def render_report(metrics: Mapping, *, baseline: Mapping | None = None,
         lines.append("")
     if baseline is not None:
         lines += triplet_vs_direct(metrics, baseline)
-    for name, caption in figures:
-        lines += [f"## {caption[0].upper() + caption[1:]}", "", f"![{caption}]({name})", ""]
+    for name, heading, caption in figures:
+        lines += [f"## {heading}", "", f"![{caption}]({name})", ""]
     return "\n".join(lines).rstrip() + "\n"
 
 
@@ -161,7 +162,7 @@ def write_report(run_dir, metrics: Mapping, *, baseline: Mapping | None = None) 
     """Write ``RUN_DIR/report.md`` (figures present in the run dir are embedded)."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    figures = [(n, c) for n, c in FIGURES if (run_dir / n).is_file()]
+    figures = [f for f in FIGURES if (run_dir / f[0]).is_file()]
     out = run_dir / "report.md"
     out.write_text(render_report(metrics, baseline=baseline, figures=figures))
     return out
@@ -255,7 +256,19 @@ def run(args) -> int:
     if not files:
         raise FileNotFoundError(f"no metrics.json under {', '.join(map(str, args.runs))}")
     roots = [Path(p) for p in args.runs]
-    runs = [(_run_label(f, roots), load_metrics(f), _overrides(f.parent)) for f in files]
+    named = {Path(p).resolve() for p in args.runs if Path(p).is_file()}
+    runs, skipped = [], []
+    for f in files:
+        try:
+            runs.append((_run_label(f, roots), load_metrics(f), _overrides(f.parent)))
+        except ValueError as e:
+            if f.resolve() in named:  # a file asked for by name must be readable
+                raise
+            skipped.append(str(e))  # e.g. a crashed sweep job: counted, not fatal
+    if skipped:
+        print(f"skipped {len(skipped)} unreadable metrics file(s):\n  " + "\n  ".join(skipped), file=sys.stderr)
+    if not runs:
+        raise ValueError(f"no readable metrics.json under {', '.join(map(str, args.runs))}")
     text = compare_table(runs)
     sys.stdout.write(text)
     if args.out:

@@ -64,6 +64,8 @@ class CombinedModel(SketchModule):
                  cnn_ckpt_source: str | None = None):
         super().__init__()
         self.save_hyperparameters(ignore=["loss"])
+        self._setup_common(loss=loss, num_classes=num_classes, lr=lr, weight_decay=weight_decay,
+                           scheduler=scheduler, warmup_steps=warmup_steps, min_lr_ratio=min_lr_ratio)
         self.seq_encoder = SequenceEncoder(input_dim=input_dim, hidden=hidden, layers=layers, dropout=dropout)
         self.cnn = ImageEncoder(backbone, embedding_dim=embedding_dim, pretrained=pretrained,
                                 image_size=image_size, normalize=normalize, drop_rate=drop_rate)
@@ -88,8 +90,6 @@ class CombinedModel(SketchModule):
                                       nn.Linear(int(mlp_hidden), int(num_classes)))
         else:
             self.head = nn.Linear(d, int(num_classes))
-        self._setup_common(loss=loss, num_classes=num_classes, lr=lr, weight_decay=weight_decay,
-                           scheduler=scheduler, warmup_steps=warmup_steps, min_lr_ratio=min_lr_ratio)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         super().on_save_checkpoint(checkpoint)

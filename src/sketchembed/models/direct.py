@@ -22,12 +22,12 @@ class DirectImageModel(SketchModule):
                  min_lr_ratio: float = 0.0, class_names: list[str] | None = None):
         super().__init__()
         self.save_hyperparameters(ignore=["loss"])
+        self._setup_common(loss=loss, num_classes=num_classes, lr=lr, weight_decay=weight_decay,
+                           scheduler=scheduler, warmup_steps=warmup_steps, min_lr_ratio=min_lr_ratio)
         self.encoder = ImageEncoder(backbone, embedding_dim=embedding_dim, pretrained=pretrained,
                                     image_size=image_size, normalize=normalize, drop_rate=drop_rate)
         self._record_backbone(self.encoder)
         self.classifier = nn.Linear(int(embedding_dim), int(num_classes))
-        self._setup_common(loss=loss, num_classes=num_classes, lr=lr, weight_decay=weight_decay,
-                           scheduler=scheduler, warmup_steps=warmup_steps, min_lr_ratio=min_lr_ratio)
 
     def embed(self, batch: dict) -> torch.Tensor:
         return self.encoder(batch["image"])

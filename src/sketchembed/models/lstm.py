@@ -31,11 +31,11 @@ class LSTMModel(SketchModule):
         if train_on not in TRAIN_ON:
             raise ValueError(f"model.train_on={train_on!r}: choose one of {TRAIN_ON}")
         self.save_hyperparameters(ignore=["loss"])
+        self._setup_common(loss=loss, num_classes=num_classes, lr=lr, weight_decay=weight_decay,
+                           scheduler=scheduler, warmup_steps=warmup_steps, min_lr_ratio=min_lr_ratio)
         self.train_on = train_on
         self.encoder = SequenceEncoder(input_dim=input_dim, hidden=hidden, layers=layers, dropout=dropout)
         self.classifier = nn.Linear(int(hidden), int(num_classes))
-        self._setup_common(loss=loss, num_classes=num_classes, lr=lr, weight_decay=weight_decay,
-                           scheduler=scheduler, warmup_steps=warmup_steps, min_lr_ratio=min_lr_ratio)
 
     def states(self, batch: dict) -> torch.Tensor:
         """All hidden states ``(B, T, H)``."""

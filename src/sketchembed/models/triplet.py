@@ -28,14 +28,18 @@ class TripletImageModel(SketchModule):
                  num_classes: int | None = None, class_names: list[str] | None = None):
         super().__init__()
         self.save_hyperparameters(ignore=["loss"])
+        self._setup_common(loss=loss, num_classes=num_classes, lr=lr, weight_decay=weight_decay,
+                           scheduler=scheduler, warmup_steps=warmup_steps, min_lr_ratio=min_lr_ratio)
         self.encoder = ImageEncoder(backbone, embedding_dim=embedding_dim, pretrained=pretrained,
                                     image_size=image_size, normalize=normalize, drop_rate=drop_rate)
         self._record_backbone(self.encoder)
-        self._setup_common(loss=loss, num_classes=num_classes, lr=lr, weight_decay=weight_decay,
-                           scheduler=scheduler, warmup_steps=warmup_steps, min_lr_ratio=min_lr_ratio)
 
     def embed(self, batch: dict) -> torch.Tensor:
         return self.encoder(batch["image"])
+
+    def logits(self, batch: dict) -> None:
+        """No classifier: accuracies come from KNN / the linear probe on ``embed``."""
+        return None
 
     def training_loss(self, batch: dict):
         from sketchembed.metric import triplet_accuracy

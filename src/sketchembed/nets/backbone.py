@@ -68,13 +68,17 @@ def _meta_forward(model: nn.Module, in_chans: int, size: int) -> torch.Size | No
         return None
 
 
-def min_image_size(name: str, in_chans: int = 1) -> int | None:
-    """Smallest square input the backbone accepts (binary search; assumes larger sizes keep working)."""
+@lru_cache(maxsize=64)
+def min_image_size(name: str, in_chans: int = 1, above: int = 0) -> int | None:
+    """Smallest square input the backbone accepts (doubling, then bisection on the meta device;
+    assumes larger sizes keep working). ``above``: a size known to fail, to start the search from."""
     _check_name(name)
     model = _meta_model(name, in_chans)
-    if _meta_forward(model, in_chans, _MAX_PROBE) is None:
-        return None
-    lo, hi = 1, _MAX_PROBE
+    lo, hi = max(1, above + 1), max(2, 2 * above)
+    while _meta_forward(model, in_chans, hi) is None:
+        if hi >= _MAX_PROBE:
+            return None
+        lo, hi = hi + 1, min(_MAX_PROBE, 2 * hi)
     while lo < hi:
         mid = (lo + hi) // 2
         if _meta_forward(model, in_chans, mid) is not None:
@@ -95,7 +99,7 @@ def check_backbone(backbone: Any, image_size: int, in_chans: int = 1) -> int:
     image_size = int(image_size)
     shape = _meta_forward(_meta_model(name, in_chans), in_chans, image_size)
     if shape is None:
-        smallest = min_image_size(name, in_chans)
+        smallest = min_image_size(name, in_chans, above=image_size)
         if smallest is not None and smallest > image_size:
             need = f"needs at least {smallest} px"
         else:

@@ -1,0 +1,153 @@
+"""Rasterizer throughput with ALL stroke-end snapshots (and the final image alone), beside an OpenCV
+reference that renders the classic way in the same run: one drawing at a time, ``cv2.polylines`` per
+stroke on a 265 px canvas and a bicubic ``cv2.resize`` to the output size after each stroke.
+
+Both produce the same thing, a float32 ``(M, 1, size, size)`` stack of snapshots per batch of real
+drawings from ``../shared/quickdraw/simplified`` (repeated to ``n_drawings``); ``mad`` is their mean
+absolute difference, to show the two render alike. Threads: as the process has them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+from sketchembed.data.raster import Rasterizer
+
+SHARED = Path(os.environ.get("SKETCHEMBED_SHARED", Path(__file__).resolve().parents[2] / "shared"))
+BATCH = 256
+CV_CANVAS = 265
+
+
+def load_points(n: int, root: Path = SHARED / "quickdraw" / "simplified") -> list[np.ndarray]:
+    """Real drawings as (N, 3) float32 points, all files in name order, repeated to ``n``."""
+    files = sorted(root.glob("*.ndjson"))
+    if not files:
+        raise FileNotFoundError(f"no .ndjson drawings in {root} (set SKETCHEMBED_SHARED)")
+    out: list[np.ndarray] = []
+    for f in files:
+        with open(f) as fh:
+            for line in fh:
+                parts = []
+                for x, y in json.loads(line)["drawing"]:
+                    p = np.zeros((len(x), 3), np.float32)
+                    p[:, 0], p[:, 1], p[-1, 2] = x, y, 1
+                    parts.append(p)
+                out.append(np.concatenate(parts))
+                if len(out) >= n:
+                    return out
+    return [out[i % len(out)] for i in range(n)]
+
+
+def pad(drawings: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+    T = max(len(d) for d in drawings)
+    pts = np.zeros((len(drawings), T, 3), np.float32)
+    for i, d in enumerate(drawings):
+        pts[i, : len(d)] = d
+    return torch.from_numpy(pts), torch.tensor([len(d) for d in drawings])
+
+
+def opencv_snapshots(drawings: list[np.ndarray], size: int, line_width: float = 8.0,
+                     padding: float = 4.5, final_only: bool = False) -> np.ndarray:
+    """The classic per-drawing loop, same geometry as :class:`Rasterizer`'s defaults."""
+    ends = [np.flatnonzero(d[:, 2] > 0) + 1 for d in drawings]
+    counts = [1 if final_only else len(e) for e in ends]
+    out = np.empty((sum(counts), 1, size, size), np.float32)
+    canvas = np.zeros((CV_CANVAS, CV_CANVAS), np.uint8)
+    m = 0
+    for d, e in zip(drawings, ends):
+        canvas[:] = 0
+        # Point c sits at c + padding in cv2's pixel-centre coordinates; shift=1 keeps the half.
+        xy = np.rint((d[:, :2] + padding) * 2).astype(np.int32)
+        start = 0
+        for k, stop in enumerate(e):
+            cv2.polylines(canvas, [xy[start:stop]], False, 255, int(round(line_width)), cv2.LINE_AA, 1)
+            start = stop
+            if not final_only or k == len(e) - 1:
+                img = cv2.resize(canvas, (size, size), interpolation=cv2.INTER_CUBIC)
+                np.multiply(img, np.float32(1 / 255), out=out[m, 0], casting="unsafe")
+                m += 1
+    return out
+
+
+def _best(fn, repeats: int) -> float:
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def run(n_drawings: int = 2048, quick: bool = False) -> list[dict]:
+    if quick:
+        n_drawings = min(n_drawings, 256)
+    repeats = 1 if quick else 2
+    drawings = load_points(n_drawings)
+    batches = [drawings[i:i + BATCH] for i in range(0, len(drawings), BATCH)]
+    padded = [pad(b) for b in batches]
+    n_snaps = int(sum(int(d[:, 2].sum()) for d in drawings))
+    rows: list[dict] = []
+    for size in (64, 224):
+        r = Rasterizer(size)
+        for view in ("snapshots", "image"):
+            final_only = view == "image"
+            n_img = len(drawings) if final_only else n_snaps
+
+            def torch_all():
+                for p, n in padded:
+                    if final_only:
+                        r(p, n)
+                    else:
+                        r.all_snapshots(p, n)
+
+            def cv_all():
+                for b in batches:
+                    opencv_snapshots(b, size, r.line_width, r.padding, final_only)
+
+            p, n = padded[0]
+            mine = r(p, n) if final_only else r.all_snapshots(p, n)[0]          # warm-up + check
+            ref = torch.from_numpy(opencv_snapshots(batches[0], size, r.line_width, r.padding,
+                                                    final_only))
+            mad = float((mine - ref).abs().mean())
+            t_torch = _best(torch_all, repeats)
+            t_cv = _best(cv_all, repeats)
+            for method, t in (("torch", t_torch), ("opencv", t_cv)):
+                rows.append(dict(size=size, view=view, method=method, drawings=len(drawings),
+                                 images=n_img, seconds=round(t, 4),
+                                 drawings_per_s=round(len(drawings) / t, 1),
+                                 images_per_s=round(n_img / t, 1),
+                                 speedup_vs_opencv=round(t_cv / t, 3), mad_vs_opencv=round(mad, 4),
+                                 threads=torch.get_num_threads()))
+    _print(rows)
+    return rows
+
+
+def _print(rows: list[dict]) -> None:
+    cols = ["size", "view", "method", "drawings_per_s", "images_per_s", "speedup_vs_opencv",
+            "mad_vs_opencv"]
+    try:
+        from rich.console import Console
+        from rich.table import Table
+
+        t = Table(title=f"rasterizer ({rows[0]['drawings']} real drawings, batches of {BATCH}, "
+                        f"{rows[0]['threads']} threads)")
+        for c in cols:
+            t.add_column(c, justify="right")
+        for row in rows:
+            t.add_row(*[str(row[c]) for c in cols])
+        Console().print(t)
+    except ImportError:
+        print("  ".join(cols))
+        for row in rows:
+            print("  ".join(str(row[c]) for c in cols))
+
+
+if __name__ == "__main__":
+    run()

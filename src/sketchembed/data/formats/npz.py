@@ -1,0 +1,158 @@
+"""sketch-rnn's stroke-3 ``.npz`` files (splits ``train``/``valid``/``test``), read safely.
+
+Each split is an object array of ``(n, 3)`` int16 rows ``(dx, dy, pen_lift)``, where pen_lift = 1
+means the pen lifts after that point. Object arrays are stored as pickles, and unpickling runs
+whatever the file names, so a downloaded file goes only through :class:`NumpyOnlyUnpickler`, which
+admits numpy array reconstruction and nothing else. A file asking for anything more is refused with
+a ``DataFormatError`` **whatever** ``on_error`` says: it is hostile, not merely damaged.
+
+Deltas are summed into absolute points (the first row is taken as the offset from the origin) and,
+since stroke-3 coordinates are on no fixed canvas, normalised like the dataset's simplification
+(top-left aligned, scaled into 0–255) and rounded. One-point strokes are kept: sketch-rnn's own
+conversion drops each drawing's first point, which leaves one-point first strokes in real files.
+The files carry no ids: ``key_id`` is a deterministic 63-bit hash of (file name, split, index).
+
+Memory: one split at a time (a pickle cannot be read in parts); drawings are then yielded one by one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pickle
+import zipfile
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from sketchembed.data.formats import ErrorSink, display_name
+from sketchembed.data.simplify import normalize_to_canvas
+from sketchembed.data.sketch import DataFormatError, Drawing, SkipReport, check_strokes
+
+SPLITS = ("train", "valid", "test")
+
+_RECONSTRUCT = np.ndarray.__reduce__(np.zeros(1))[0]  # the function numpy's array pickles call
+_ALLOWED = {
+    ("numpy.core.multiarray", "_reconstruct"): _RECONSTRUCT,
+    ("numpy._core.multiarray", "_reconstruct"): _RECONSTRUCT,
+    ("numpy", "ndarray"): np.ndarray,
+    ("numpy", "dtype"): np.dtype,
+}
+
+
+class ForbiddenPickle(pickle.UnpicklingError):
+    pass
+
+
+class NumpyOnlyUnpickler(pickle.Unpickler):
+    """Unpickles numpy arrays (numeric or object) and refuses every other global."""
+
+    def find_class(self, module, name):
+        try:
+            return _ALLOWED[(module, name)]
+        except KeyError:
+            raise ForbiddenPickle(f"refused to unpickle {module}.{name}: only numpy arrays are "
+                                  f"allowed in an .npz file") from None
+
+    def persistent_load(self, pid):
+        raise ForbiddenPickle("refused to unpickle a persistent id")
+
+
+def load_npy_member(zf: zipfile.ZipFile, member: str):
+    """One ``.npy`` member: numeric arrays without pickle, object arrays through the safe unpickler."""
+    with zf.open(member) as f:
+        version = np.lib.format.read_magic(f)
+        if version == (1, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
+        else:
+            shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
+        if not dtype.hasobject:
+            f.seek(0)
+            return np.lib.format.read_array(f, allow_pickle=False)
+        arr = NumpyOnlyUnpickler(f, encoding="latin1").load()
+    if not isinstance(arr, np.ndarray) or arr.shape != tuple(shape):
+        raise pickle.UnpicklingError(f"pickle holds {type(arr).__name__}, not the declared array "
+                                     f"of shape {tuple(shape)}")
+    return arr
+
+
+def synthetic_key_id(file_name: str, split: str, index: int) -> int:
+    """Deterministic id for drawings that come without one (fits int64 and uint64)."""
+    h = hashlib.blake2b(f"{Path(file_name).name}/{split}/{index}".encode(), digest_size=8)
+    return int.from_bytes(h.digest(), "little") & (2**63 - 1)
+
+
+def stroke3_to_strokes(rows) -> tuple[list[np.ndarray] | None, str | None]:
+    """``(n, 3)`` (dx, dy, pen_lift) → absolute strokes (float), or a reason it is unusable."""
+    if not isinstance(rows, np.ndarray):
+        return None, f"element is {type(rows).__name__}, not an array"
+    if rows.ndim != 2 or rows.shape[1] != 3:
+        return None, f"array of shape {rows.shape}, expected (n, 3) stroke-3"
+    if rows.dtype.kind not in "iuf":
+        return None, f"array of dtype {rows.dtype}, expected numbers"
+    if len(rows) == 0:
+        return None, "empty drawing (no points)"
+    rows = rows.astype(np.float64)
+    if not np.all(np.isfinite(rows)):
+        return None, "non-finite values"
+    pen = rows[:, 2]
+    if not np.all((pen == 0) | (pen == 1)):
+        return None, "pen_lift values other than 0 and 1"
+    xy = np.cumsum(rows[:, :2], axis=0)
+    ends = np.flatnonzero(pen == 1) + 1
+    if len(ends) == 0 or ends[-1] != len(rows):
+        ends = np.append(ends, len(rows))
+    return np.split(xy, ends[:-1]), None
+
+
+def read_npz(path: str | os.PathLike, *, on_error: str = "skip", report: SkipReport | None = None,
+             word: str | None = None, split: str | None = None) -> Iterator[Drawing]:
+    """Stream the drawings of a sketch-rnn ``.npz``: ``split`` or all of train, valid, test."""
+    name = display_name(path)
+    sink = ErrorSink(name, on_error, report)
+    if split is not None and split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    cls = word if word is not None else Path(name).name.rsplit(".", 1)[0]
+    problem = sink.word_problem(cls, None)
+    if problem:
+        sink.bad(None, problem + " (class taken from the file name); file skipped")
+        sink.finish()
+        return
+    try:
+        zf = zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, OSError) as e:
+        sink.bad(None, f"not a readable .npz (zip) file: {e}")
+        sink.finish()
+        return
+    with zf:
+        members = {m.rsplit(".npy", 1)[0]: m for m in zf.namelist()}
+        wanted = [split] if split is not None else [s for s in SPLITS if s in members]
+        if not wanted:
+            sink.bad(None, f"no train/valid/test arrays (found {sorted(members)})")
+        for sp in wanted:
+            if sp not in members:
+                sink.bad(sp, f"no {sp!r} array (found {sorted(members)})")
+                continue
+            try:
+                arr = load_npy_member(zf, members[sp])
+            except ForbiddenPickle as e:
+                raise DataFormatError(name, sp, str(e)) from None
+            except (pickle.UnpicklingError, ValueError, EOFError, TypeError, AttributeError,
+                    zipfile.BadZipFile, OSError) as e:
+                sink.bad(sp, f"unreadable array: {type(e).__name__}: {e}")
+                continue
+            if arr.ndim != 1:
+                sink.bad(sp, f"expected a 1-d array of drawings, got shape {arr.shape}")
+                continue
+            for i, rows in enumerate(arr):
+                strokes, reason = stroke3_to_strokes(rows)
+                if strokes is not None:
+                    reason = check_strokes(strokes, coord_max=None, allow_single_point_strokes=True)
+                if reason:
+                    sink.bad(f"{sp}/{i}", reason)
+                    continue
+                canvas = [np.rint(s).astype(np.int16) for s in normalize_to_canvas(strokes)]
+                yield Drawing(key_id=synthetic_key_id(name, sp, i), word=cls, strokes=canvas,
+                              countrycode="", recognized=True, timestamp=None)
+    sink.finish()

@@ -1,0 +1,600 @@
+"""`sketchembed data prepare`: per-class files → one prepared dataset (see :mod:`sketchembed.data.store`).
+
+Inputs are files or directories (searched recursively) of ``<class>.ndjson`` (simplified or raw),
+``<class>.bin`` or ``<class>.npz``; the file name is the class. Raw drawings are simplified with the
+dataset's own simplification, so a prepared dataset always holds simplified 0–255 coordinates.
+
+Splits are a function of the key_id, not of file order: within a class, drawings are ranked by a
+seeded 64-bit hash of their key_id; the first ``n_test`` ranks are test, the next ``n_val`` val, the
+rest train. Preparing the same drawings from files in another order gives the same split; adding
+drawings moves only drawings at the two boundaries, and always towards train (test → val → train),
+so a drawing once used for training or model selection never lands in the test set.
+
+* rule ``study`` (default): 5,000 val + 5,000 test per class, the rest train — for classes with at
+  least ``study_min_factor`` × (val + test) drawings (30,000 by default, so train keeps ≥ 2/3);
+  smaller classes get the fraction rule, and the manifest records which rule each class got;
+* rule ``fractions``: round(f_val·n) val and round(f_test·n) test (at least one each when n ≥ 3).
+
+The same key_id seen twice in a class (e.g. raw and simplified copies) is kept once — simplified
+files are read first, so the simplified copy wins and raw duplicates are not even simplified. A
+key_id already kept in another class is a counted bad input (it would carry two labels).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import json.scanner
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from sketchembed.data.sketch import DataFormatError, SkipReport, check_strokes, strokes_to_points
+from sketchembed.data.store import SPLIT_CODES, PreparedDataset, PreparedWriter
+
+SUFFIXES = (".ndjson", ".bin", ".npz")
+FORMAT_SUFFIX = {"simplified": ".ndjson", "raw": ".ndjson", "binary": ".bin", "npz": ".npz"}
+DEFAULT_FRACTIONS = (0.7, 0.15, 0.15)
+_BATCH = 4096  # drawings per pending batch (cross-class duplicate check, bulk writes)
+
+# --------------------------------------------------------------------------------------------
+# splits
+
+
+def _splitmix64(x: np.ndarray) -> np.ndarray:
+    """A well-mixed 64-bit hash (SplitMix64 finalizer), vectorized; wraps modulo 2**64 on purpose."""
+    x = np.asarray(x, dtype=np.uint64).copy()
+    with np.errstate(over="ignore"):
+        x += np.uint64(0x9E3779B97F4A7C15)
+        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        x = x ^ (x >> np.uint64(31))
+    return x
+
+
+def key_hash(key_ids: np.ndarray, seed: int = 0) -> np.ndarray:
+    """The rank key of each drawing: a seeded hash of its key_id (independent of file order)."""
+    salt = _splitmix64(np.array([seed & 0xFFFFFFFFFFFFFFFF], dtype=np.uint64))[0]
+    return _splitmix64(np.asarray(key_ids, dtype=np.uint64) ^ salt)
+
+
+def split_sizes(n: int, rule: str, *, eval_per_class: int, test_per_class: int,
+                fractions: Sequence[float], study_min_factor: float = 3.0) -> tuple[str, int, int]:
+    """``(rule applied, n_val, n_test)`` for a class of ``n`` drawings (see the module docstring)."""
+    if rule == "study" and n >= study_min_factor * (eval_per_class + test_per_class):
+        return "study", eval_per_class, test_per_class
+    _, fv, ft = fractions
+    n_val, n_test = int(round(fv * n)), int(round(ft * n))
+    if n >= 3:
+        n_val = max(n_val, 1) if fv > 0 else 0
+        n_test = max(n_test, 1) if ft > 0 else 0
+    else:
+        n_val = n_test = 0
+    while n_val + n_test > n:  # only possible with fractions that leave train ~0
+        if n_val >= n_test and n_val:
+            n_val -= 1
+        else:
+            n_test -= 1
+    return "fractions", n_val, n_test
+
+
+def assign_splits(labels: np.ndarray, key_ids: np.ndarray, classes: Sequence[str], *, rule: str = "study",
+                  eval_per_class: int = 5000, test_per_class: int = 5000,
+                  fractions: Sequence[float] = DEFAULT_FRACTIONS, seed: int = 0,
+                  study_min_factor: float = 3.0) -> tuple[np.ndarray, dict[str, str]]:
+    """int8 split code per drawing and the rule each class got. Ties in the hash break by key_id."""
+    labels = np.asarray(labels, dtype=np.int64)
+    key_ids = np.asarray(key_ids, dtype=np.uint64)
+    order = np.lexsort((key_ids, key_hash(key_ids, seed), labels))
+    counts = np.bincount(labels, minlength=len(classes))
+    starts = np.concatenate([[0], np.cumsum(counts)])
+    rank_split = np.zeros(len(labels), dtype=np.int8)
+    per_class = {}
+    for c, name in enumerate(classes):
+        a = starts[c]
+        applied, n_val, n_test = split_sizes(int(counts[c]), rule, eval_per_class=eval_per_class,
+                                             test_per_class=test_per_class, fractions=fractions,
+                                             study_min_factor=study_min_factor)
+        per_class[name] = applied
+        rank_split[a:a + n_test] = SPLIT_CODES["test"]
+        rank_split[a + n_test:a + n_test + n_val] = SPLIT_CODES["val"]
+    splits = np.empty(len(labels), dtype=np.int8)
+    splits[order] = rank_split
+    return splits, per_class
+
+
+# --------------------------------------------------------------------------------------------
+# inputs
+
+
+@dataclass
+class Source:
+    path: Path
+    cls: str
+    kind: str  # simplified | raw | binary | npz | empty
+    read: int = 0
+    kept: int = 0
+    duplicates: int = 0
+    simplified_here: int = 0
+
+    def to_json(self) -> dict:
+        return {"file": str(self.path), "class": self.cls, "kind": self.kind, "bytes": self.path.stat().st_size,
+                "sha256": _file_sha256(self.path), "drawings_read": self.read, "kept": self.kept,
+                "duplicates": self.duplicates, "simplified_from_raw": self.simplified_here}
+
+
+def _file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def discover(inputs: Iterable, fmt: str = "auto") -> dict[str, list[Path]]:
+    """Class name → its files, from files and (recursively searched) directories."""
+    if fmt not in ("auto", *FORMAT_SUFFIX):
+        raise ValueError(f"unknown format {fmt!r} (auto, {', '.join(FORMAT_SUFFIX)})")
+    wanted = SUFFIXES if fmt == "auto" else (FORMAT_SUFFIX[fmt],)
+    found: dict[str, list[Path]] = {}
+    for item in inputs:
+        p = Path(item)
+        if p.is_dir():
+            files = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix in wanted)
+        elif p.is_file():
+            if p.suffix not in SUFFIXES:
+                raise DataFormatError(p, None, f"unsupported file type (expected {', '.join(SUFFIXES)})")
+            files = [p] if p.suffix in wanted else []
+        else:
+            raise FileNotFoundError(f"input not found: {p}")
+        for f in files:
+            lst = found.setdefault(f.stem, [])
+            if f.resolve() not in {g.resolve() for g in lst}:
+                lst.append(f)
+    return found
+
+
+def resolve_class_spec(spec: str | Sequence[str], found: dict[str, list[Path]]) -> list[str]:
+    """``all`` = every Quick, Draw! class with a file among the inputs (dataset order);
+    ``study`` = the ten study classes; otherwise names (comma-separated or a list)."""
+    from sketchembed.data.categories import CATEGORIES
+
+    if isinstance(spec, str) and spec.strip().lower() == "all":
+        classes = [c for c in CATEGORIES if c in found]
+        if not classes:
+            raise FileNotFoundError("no per-class files (<class>.ndjson/.bin/.npz named after a "
+                                    "Quick, Draw! category) among the inputs")
+        return classes
+    from sketchembed.data.download import resolve_classes
+
+    classes = resolve_classes(spec)
+    missing = [c for c in classes if c not in found]
+    if missing:
+        raise FileNotFoundError(f"no input file for class(es) {', '.join(map(repr, missing))} "
+                                f"(expected files named '<class>.ndjson', '.bin' or '.npz')")
+    return classes
+
+
+def sniff_kind(path: Path) -> str:
+    """``simplified``/``raw`` for ndjson (from the first parsable line), ``binary``, ``npz``."""
+    if path.suffix == ".bin":
+        return "binary"
+    if path.suffix == ".npz":
+        return "npz"
+    with open(path, "rb") as f:
+        for i, line in enumerate(f):
+            if i >= 100:
+                break
+            try:
+                d = json.loads(line)["drawing"]
+                return "raw" if len(d[0]) == 3 else "simplified"
+            except (ValueError, KeyError, TypeError, IndexError):
+                continue
+    return "simplified"  # unreadable head: the reader reports the bad lines
+
+
+# --------------------------------------------------------------------------------------------
+# reading
+
+
+class _ClassPass:
+    """Everything kept for one class, before it goes to the writer in batches.
+
+    Holds at most ``_BATCH`` drawings; checks each batch against the key_ids of earlier classes
+    (a sorted uint64 array, 8 bytes per drawing) instead of one Python set for the whole corpus.
+    """
+
+    def __init__(self, cls: str, label: int, writer: PreparedWriter, report: SkipReport,
+                 prev_keys: np.ndarray, prev_labels: np.ndarray, classes: Sequence[str]):
+        self.cls, self.label, self.writer, self.report = cls, label, writer, report
+        self.prev_keys, self.prev_labels, self.classes = prev_keys, prev_labels, classes
+        self.seen: set[int] = set()
+        self.parts: list[np.ndarray] = []  # point blocks
+        self.lengths: list[int] = []
+        self.keys: list[int] = []
+        self.srcs: list[Source] = []
+        self.kept = 0
+
+    def add_block(self, points: np.ndarray, lengths: Sequence[int], keys: Sequence[int], src: Source) -> None:
+        self.parts.append(points)
+        self.lengths.extend(lengths)
+        self.keys.extend(keys)
+        self.srcs.extend([src] * len(keys))
+        if len(self.keys) >= _BATCH:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.keys:
+            return
+        keys = np.array(self.keys, dtype=np.uint64)
+        lengths = np.array(self.lengths, dtype=np.int64)
+        points = np.concatenate(self.parts) if len(self.parts) > 1 else self.parts[0]
+        keep = np.ones(len(keys), dtype=bool)
+        if len(self.prev_keys):
+            pos = np.minimum(np.searchsorted(self.prev_keys, keys), len(self.prev_keys) - 1)
+            clash = self.prev_keys[pos] == keys
+            for j in np.flatnonzero(clash):
+                other = self.classes[int(self.prev_labels[pos[j]])]
+                self.seen.discard(int(keys[j]))
+                self.report.bad(self.srcs[j].path, f"key_id {int(keys[j])}",
+                                f"key_id already kept in class {other!r} (a drawing with two labels)")
+            keep = ~clash
+        for j in np.flatnonzero(keep):
+            self.srcs[j].kept += 1
+        if keep.all():
+            self.writer.add_many(points, lengths, self.label, keys)
+        elif keep.any():
+            row_keep = np.repeat(keep, lengths)
+            self.writer.add_many(points[row_keep], lengths[keep], self.label, keys[keep])
+        self.kept += int(keep.sum())
+        self.parts, self.lengths, self.keys, self.srcs = [], [], [], []
+
+
+def _generic(src: Source, cp: _ClassPass, on_error: str, fmt: str) -> None:
+    """Any format through :func:`read_drawings`; raw drawings are simplified here."""
+    from sketchembed.data.formats import read_drawings
+    from sketchembed.data.simplify import simplify_drawing
+
+    for d in read_drawings(src.path, on_error=on_error, report=cp.report, word=cp.cls):
+        src.read += 1
+        _take_drawing(d, src, cp, fmt)
+
+
+def _take_drawing(d, src: Source, cp: _ClassPass, fmt: str) -> None:
+    from sketchembed.data.simplify import simplify_drawing
+
+    k = int(d.key_id)
+    if k in cp.seen:
+        src.duplicates += 1
+        return
+    is_raw = d.strokes[0].shape[1] == 3
+    if is_raw:
+        if fmt == "simplified":
+            cp.report.bad(src.path, f"key_id {k}", "raw drawing where --format simplified was asked")
+            return
+        d = simplify_drawing(d)
+        src.simplified_here += 1
+    elif fmt == "raw" and src.kind in ("raw", "simplified"):
+        cp.report.bad(src.path, f"key_id {k}", "simplified drawing where --format raw was asked")
+        return
+    why = check_strokes(d.strokes, coord_max=255.0, allow_single_point_strokes=True)
+    if why:  # only reachable through a reader/simplifier bug: never store off-canvas points
+        cp.report.bad(src.path, f"key_id {k}", f"after conversion: {why}")
+        return
+    cp.seen.add(k)
+    pts = strokes_to_points(d.strokes)
+    cp.add_block(pts, [len(pts)], [k], src)
+
+
+def _fast_simplified(src: Source, cp: _ClassPass, on_error: str, fmt: str, advance) -> None:
+    """Simplified ndjson, several times faster than the generic reader: ``json.loads`` per line,
+    then one numpy conversion per batch of lines instead of several per stroke.
+
+    A line takes the fast path only if it is plainly well-formed (the fields the reader checks,
+    integer coordinates on 0–255, strokes of ≥ 2 points); anything else — raw lines, damaged lines —
+    goes through the ndjson reader's own record parser, so what is kept or skipped, and why, is
+    exactly what :func:`read_drawings` decides (tests/test_prepare.py compares both).
+    """
+    from sketchembed.data.categories import CATEGORY_SET
+    from sketchembed.data.formats import ErrorSink
+    from sketchembed.data.formats.ndjson import _parse as parse_record
+
+    if cp.cls not in CATEGORY_SET:  # the reader refuses unknown words; let it say so
+        return _generic(src, cp, on_error, fmt)
+    sink = ErrorSink(src.path, on_error, cp.report)
+    cls, seen, loads = cp.cls, cp.seen, json.loads
+    X: list[int] = []
+    Y: list[int] = []
+    slens: list[int] = []
+    nstrokes: list[int] = []
+    keys: list[int] = []
+    held: list[tuple[int, bytes]] = []  # (line number, line) of each pending drawing
+
+    def slow(lineno: int, line: bytes) -> None:
+        try:
+            obj = loads(line)
+        except (ValueError, UnicodeDecodeError) as e:
+            sink.bad(f"line {lineno}", f"broken JSON ({e})")
+            return
+        d, reason = parse_record(obj, cls, sink)
+        if reason:
+            sink.bad(f"line {lineno}", reason)
+            return
+        src.read += 1
+        _take_drawing(d, src, cp, fmt)
+
+    def flush() -> None:
+        nonlocal X, Y, slens, nstrokes, keys, held
+        if not keys:
+            return
+        sl = np.array(slens, dtype=np.int64)
+        ns = np.array(nstrokes, dtype=np.int64)
+        dl = np.add.reduceat(sl, np.cumsum(ns) - ns)  # points per drawing (every drawing has strokes)
+        ends = np.cumsum(dl)
+        try:
+            xa, ya = np.array(X), np.array(Y)
+            typed = xa.dtype.kind in "iu" and ya.dtype.kind in "iu" and xa.ndim == ya.ndim == 1
+        except (ValueError, TypeError, OverflowError):
+            typed = False
+        if typed:
+            bad = np.logical_or.reduceat((xa < 0) | (xa > 255) | (ya < 0) | (ya > 255), ends - dl)
+            if bad.any():
+                keep_pt = np.repeat(~bad, dl)
+                xa, ya = xa[keep_pt], ya[keep_pt]
+        else:  # rare: something that is not a plain int somewhere in the batch
+            bad = np.array([not all(type(v) is int and 0 <= v <= 255 for v in X[a:b] + Y[a:b])
+                            for a, b in zip(ends - dl, ends)])
+            good_segments = [(a, b) for (a, b), g in zip(zip(ends - dl, ends), ~bad) if g]
+            xa = np.array([v for a, b in good_segments for v in X[a:b]], dtype=np.int64)
+            ya = np.array([v for a, b in good_segments for v in Y[a:b]], dtype=np.int64)
+        good = ~bad
+        if good.any():
+            pts = np.zeros((len(xa), 3), dtype=np.int16)
+            pts[:, 0] = xa
+            pts[:, 1] = ya
+            pts[np.cumsum(sl[np.repeat(good, ns)]) - 1, 2] = 1
+            cp.add_block(pts, dl[good].tolist(), [k for k, g in zip(keys, good) if g], src)
+        src.read += int(good.sum())
+        for j in np.flatnonzero(bad):  # the reader's parser gives the verdict and the reason
+            seen.discard(keys[j])
+            slow(*held[j])
+        X, Y, slens, nstrokes, keys, held = [], [], [], [], [], []
+
+    # The C scanner json.loads ends up calling, minus loads' per-call Python wrappers (~30 % of it).
+    scan = json.scanner.make_scanner(json.JSONDecoder())
+    nbytes = 0
+    with open(src.path, "rb") as f:
+        for lineno, line in enumerate(f, 1):
+            nbytes += len(line)
+            n0 = len(slens)
+            x0 = len(X)
+            try:
+                text = line.decode()
+                obj, end = scan(text, 0)
+                if end != len(text) and not text[end:].isspace():
+                    raise ValueError("extra data")
+                kid = obj["key_id"]
+                k = int(kid)
+                strokes = obj["drawing"]
+                if (obj["word"] != cls or type(kid) is bool or not 0 <= k < 18446744073709551616
+                        or type(strokes) is not list or not strokes
+                        or type(obj.get("recognized", True)) is not bool
+                        or type(obj.get("countrycode", "")) is not str):
+                    raise ValueError("not plainly well-formed")
+                for xs, ys in strokes:
+                    m = len(xs)
+                    if m < 2 or m != len(ys) or type(xs) is not list or type(ys) is not list:
+                        raise ValueError("not plainly well-formed")
+                    slens.append(m)
+                    X += xs
+                    Y += ys
+            except (ValueError, TypeError, KeyError, AttributeError, UnicodeDecodeError, StopIteration):
+                del slens[n0:], X[x0:], Y[x0:]
+                if line.strip():
+                    slow(lineno, line)
+                continue
+            if k in seen:
+                del slens[n0:], X[x0:], Y[x0:]
+                src.read += 1
+                src.duplicates += 1
+                continue
+            seen.add(k)
+            nstrokes.append(len(strokes))
+            keys.append(k)
+            held.append((lineno, line))
+            if len(keys) >= _BATCH:
+                flush()
+                advance(nbytes)
+                nbytes = 0
+        flush()
+        advance(nbytes)
+    sink.finish()
+
+
+# --------------------------------------------------------------------------------------------
+# the whole preparation
+
+_KIND_ORDER = {"simplified": 0, "binary": 1, "npz": 2, "raw": 3}  # simplified copies win duplicates
+
+
+def _stderr_console():
+    from rich.console import Console
+
+    return Console(stderr=True)
+
+
+def _progress(enabled: bool, console=None):
+    from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn,
+                               TimeRemainingColumn)
+
+    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), DownloadColumn(),
+                    TextColumn("{task.fields[drawings]:,} drawings"), TimeElapsedColumn(),
+                    TimeRemainingColumn(), disable=not enabled, console=console or _stderr_console(), transient=False)
+
+
+def prepare(inputs: str | os.PathLike | Iterable, out, classes: str | Sequence[str] = "all", *,
+            fmt: str = "auto", split: str = "study", eval_per_class: int = 5000, test_per_class: int = 5000,
+            fractions: Sequence[float] = DEFAULT_FRACTIONS, on_error: str = "skip", seed: int = 0,
+            study_min_factor: float = 3.0, progress: bool = False, fast: bool = True,
+            console=None) -> PreparedDataset:
+    """Prepare per-class files into a dataset at ``out`` (replaced atomically); returns it opened.
+
+    ``classes``: names, ``"study"`` or ``"all"`` (every category with a file among ``inputs``).
+    ``fmt``: which files to use (``auto`` = every supported one; ``simplified``/``raw`` pick
+    ndjson files by their content). ``split``: ``study`` or ``fractions`` (module docstring).
+    ``fast=False`` reads simplified ndjson through the generic reader (same result, slower).
+    """
+    if isinstance(inputs, (str, os.PathLike)):
+        inputs = [inputs]
+    inputs = list(inputs)
+    if split not in ("study", "fractions"):
+        raise ValueError(f"split must be 'study' or 'fractions', got {split!r}")
+    fractions = tuple(float(f) for f in fractions)
+    if len(fractions) != 3 or min(fractions) < 0 or abs(sum(fractions) - 1) > 1e-6:
+        raise ValueError(f"fractions must be three non-negative numbers (train, val, test) summing to 1, "
+                         f"got {fractions}")
+    if eval_per_class < 0 or test_per_class < 0:
+        raise ValueError("eval/test per class must be >= 0")
+    report = SkipReport(on_error=on_error)
+    found = discover(inputs, fmt)
+    class_list = resolve_class_spec(classes, found)
+    t0 = time.perf_counter()
+
+    plan: list[list[Source]] = []
+    ignored: list[str] = []
+    for cls in class_list:
+        srcs = []
+        for path in found[cls]:
+            kind = sniff_kind(path)
+            if fmt in ("simplified", "raw") and kind != fmt:
+                ignored.append(str(path))
+                continue
+            srcs.append(Source(path, cls, kind))
+        if not srcs:
+            raise FileNotFoundError(f"class {cls!r}: no {fmt} file among {', '.join(map(str, found[cls]))}")
+        srcs.sort(key=lambda s: (_KIND_ORDER[s.kind], str(s.path)))
+        plan.append(srcs)
+    total_bytes = sum(s.path.stat().st_size for srcs in plan for s in srcs)
+
+    writer = PreparedWriter(out, class_list)
+    prev_keys = np.zeros(0, dtype=np.uint64)
+    prev_labels = np.zeros(0, dtype=np.int16)
+    with writer, _progress(progress, console) as bar:
+        task = bar.add_task("prepare", total=total_bytes, drawings=0)
+        for label, (cls, srcs) in enumerate(zip(class_list, plan)):
+            cp = _ClassPass(cls, label, writer, report, prev_keys, prev_labels, class_list)
+            start = len(writer)
+            for src in srcs:
+                bar.update(task, description=f"{cls} ({src.kind})")
+                size = src.path.stat().st_size
+                if fast and src.kind == "simplified":
+                    _fast_simplified(src, cp, on_error, fmt,
+                                     lambda n: bar.update(task, advance=n, drawings=len(writer)))
+                else:
+                    _generic(src, cp, on_error, fmt)
+                    bar.update(task, advance=size)
+                cp.flush()
+                bar.update(task, drawings=len(writer))
+            if cp.kept == 0:
+                files = ", ".join(str(s.path) for s in srcs)
+                skipped = sum(1 for p, _, _ in report.items if p in {str(s.path) for s in srcs})
+                raise DataFormatError(srcs[0].path, None,
+                                      f"class {cls!r} has no valid drawings (files: {files}; "
+                                      f"{skipped} bad record(s) listed among the skipped)")
+            new = np.sort(writer.key_ids[start:])
+            at = np.searchsorted(prev_keys, new)
+            prev_keys = np.insert(prev_keys, at, new)
+            prev_labels = np.insert(prev_labels, at, np.int16(label))
+
+        del prev_keys, prev_labels
+        splits, per_class = assign_splits(writer.labels, writer.key_ids, class_list, rule=split,
+                                          eval_per_class=eval_per_class, test_per_class=test_per_class,
+                                          fractions=fractions, seed=seed, study_min_factor=study_min_factor)
+        sources = [s for srcs in plan for s in srcs]
+        extra = {
+            "split_rule": {
+                "rule": split, "eval_per_class": eval_per_class, "test_per_class": test_per_class,
+                "fractions": list(fractions), "study_min_per_class": study_min_factor * (eval_per_class
+                                                                                       + test_per_class),
+                "seed": seed, "per_class": per_class,
+                "how": "within a class, drawings ranked by splitmix64(key_id ^ splitmix64(seed)) "
+                       "(ties by key_id): first n_test ranks test, next n_val val, rest train",
+            },
+            "sources": [s.to_json() for s in sources],
+            "ignored_files": ignored,
+            "skipped": report.to_json(),
+            "duplicates": sum(s.duplicates for s in sources),
+            "simplified_from_raw": sum(s.simplified_here for s in sources),
+            "prepare_seconds": round(time.perf_counter() - t0, 2),
+        }
+        ds = writer.close(extra, splits=splits)
+    return ds
+
+
+def summary(ds: PreparedDataset) -> str:
+    m = ds.manifest
+    t = m["split_totals"]
+    lines = [f"{ds.root}: {len(ds):,} drawings, {m['n_points']:,} points, {len(ds.classes)} classes "
+             f"(train {t['train']:,} / val {t['val']:,} / test {t['test']:,})",
+             f"duplicates dropped: {m.get('duplicates', 0):,}; simplified from raw here: "
+             f"{m.get('simplified_from_raw', 0):,}"]
+    rules = m.get("split_rule", {}).get("per_class", {})
+    by_rule: dict[str, list[str]] = {}
+    for c, r in rules.items():
+        by_rule.setdefault(r, []).append(c)
+    for r, cs in by_rule.items():
+        lines.append(f"split rule {r}: {len(cs)} class(es)" + (f" ({', '.join(cs[:10])}{'…' if len(cs) > 10 else ''})"))
+    sk = m.get("skipped", {})
+    rep = SkipReport()
+    rep.count = sk.get("count", 0)
+    rep.items = [(i["file"], i["position"], i["reason"]) for i in sk.get("items", [])]
+    lines.append(rep.summary())
+    if m.get("ignored_files"):
+        lines.append(f"ignored {len(m['ignored_files'])} file(s) of another format")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------
+# command line
+
+
+def _fractions_arg(text: str) -> tuple[float, float, float]:
+    try:
+        parts = tuple(float(x) for x in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"fractions must be numbers like 0.7,0.15,0.15, got {text!r}") from None
+    if len(parts) != 3:
+        raise argparse.ArgumentTypeError("fractions are three numbers: train,val,test")
+    return parts
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.description = "Turn per-class Quick, Draw! files into one prepared (memory-mapped) dataset."
+    parser.add_argument("--input", "-i", nargs="+", required=True, metavar="DIR_OR_FILE",
+                        help="per-class files (<class>.ndjson/.bin/.npz) or directories searched recursively")
+    parser.add_argument("--out", "-o", required=True, type=Path, help="output directory (replaced atomically)")
+    parser.add_argument("--classes", default="all", help="a,b,… | study | all (every class found; default)")
+    parser.add_argument("--format", dest="fmt", default="auto", choices=["auto", *FORMAT_SUFFIX])
+    parser.add_argument("--split", default="study", choices=["study", "fractions"],
+                        help="study: 5,000 val + 5,000 test per class (fractions for small classes)")
+    parser.add_argument("--eval-per-class", type=int, default=5000)
+    parser.add_argument("--test-per-class", type=int, default=5000)
+    parser.add_argument("--fractions", type=_fractions_arg, default=DEFAULT_FRACTIONS, metavar="TRAIN,VAL,TEST")
+    parser.add_argument("--on-error", default="skip", choices=["skip", "raise"])
+    parser.add_argument("--seed", type=int, default=0, help="salt of the key_id hash that orders splits")
+    parser.add_argument("--no-progress", action="store_true")
+
+
+def run(args: argparse.Namespace) -> int:
+    ds = prepare(args.input, args.out, args.classes, fmt=args.fmt, split=args.split,
+                 eval_per_class=args.eval_per_class, test_per_class=args.test_per_class,
+                 fractions=args.fractions, on_error=args.on_error, seed=args.seed,
+                 progress=not args.no_progress and sys.stderr.isatty())
+    print(summary(ds))
+    return 0

@@ -1,0 +1,191 @@
+"""Training callbacks that look at the representation space, not just the loss.
+
+``EmbeddingEvalCallback`` logs KNN accuracy and the linear-probe accuracy on val while training
+(the numbers the study judges a space by), ``SampleImagesCallback`` shows once what the model is
+actually fed (snapshots/images with labels) — the quickest check that rasterization and labels agree.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Sequence
+
+import numpy as np
+from lightning.pytorch.callbacks import Callback
+
+log = logging.getLogger("sketchembed.train")
+
+
+class EmbeddingEvalCallback(Callback):
+    """At validation (and test) end: KNN@K (index = a capped, seeded subset of train) and the probe.
+
+    Rank 0 computes and broadcasts, so every rank logs the same values and they can be monitored
+    (checkpointing, sweeps). Val embeddings come from the validation steps' outputs when running in
+    one process (no second pass); with several ranks the val split is re-embedded on rank 0.
+    """
+
+    def __init__(self, every_n_epochs: int = 1, ks: Sequence[int] = (3, 4), max_train: int = 20000,
+                 max_eval: int | None = None, probe_epochs: int = 30, probe: bool = True,
+                 batch_size: int | None = None, seed: int = 0):
+        super().__init__()
+        if every_n_epochs < 1:
+            raise ValueError(f"every_n_epochs must be >= 1, got {every_n_epochs}")
+        self.every_n_epochs = int(every_n_epochs)
+        self.ks = tuple(int(k) for k in ks)
+        self.max_train = int(max_train)
+        self.max_eval = max_eval
+        self.probe_epochs = int(probe_epochs)
+        self.probe = bool(probe)
+        self.batch_size = batch_size
+        self.seed = int(seed)
+        self._collected: list[tuple[np.ndarray, np.ndarray]] = []
+        self._warned = False
+
+    # -- collection of the val embeddings computed anyway by validation_step -----------------
+    def on_validation_epoch_start(self, trainer, pl_module) -> None:
+        self._collected = []
+
+    def on_test_epoch_start(self, trainer, pl_module) -> None:
+        self._collected = []
+
+    def _collect(self, trainer, outputs, dataloader_idx):
+        if trainer.world_size != 1 or not isinstance(outputs, dict) or "embeddings" not in outputs:
+            return
+        if str(outputs.get("fraction")) != "100":
+            return
+        self._collected.append((outputs["embeddings"].float().cpu().numpy(), outputs["labels"].cpu().numpy()))
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
+        if not trainer.sanity_checking and self._due(trainer):
+            self._collect(trainer, outputs, dataloader_idx)
+
+    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
+        self._collect(trainer, outputs, dataloader_idx)
+
+    # -- evaluation ------------------------------------------------------------------------------
+    def _due(self, trainer) -> bool:
+        return (trainer.current_epoch + 1) % self.every_n_epochs == 0
+
+    def on_validation_epoch_end(self, trainer, pl_module) -> None:
+        if trainer.sanity_checking or not self._due(trainer):
+            return
+        self._run(trainer, pl_module, "val")
+
+    def on_test_epoch_end(self, trainer, pl_module) -> None:
+        self._run(trainer, pl_module, "test")
+
+    def _run(self, trainer, pl_module, split: str) -> None:
+        dm = trainer.datamodule
+        if dm is None or not hasattr(dm, "loader"):
+            if not self._warned:
+                log.warning("EmbeddingEvalCallback needs a SketchDataModule (trainer.datamodule); skipped")
+                self._warned = True
+            return
+        values = None
+        if trainer.is_global_zero:
+            values = self.compute(pl_module, dm, split)
+        if trainer.world_size > 1:
+            values = trainer.strategy.broadcast(values, src=0)
+        self._collected = []
+        for name, v in (values or {}).items():
+            # identical on every rank (broadcast), so syncing only silences Lightning's DDP warning
+            pl_module.log(name, float(v), on_step=False, on_epoch=True, sync_dist=trainer.world_size > 1,
+                          prog_bar=name.endswith(f"knn@{self.ks[-1]}"))
+
+    def compute(self, pl_module, dm, split: str) -> dict[str, float]:
+        """``{SPLIT/knn@K, SPLIT/probe_acc}`` for the current model (rank-local, no collectives)."""
+        from sketchembed.eval.embed import embed_loader
+        from sketchembed.eval.knn import knn_accuracy
+        from sketchembed.eval.probe import linear_probe
+
+        device = pl_module.device
+        train = embed_loader(pl_module, dm.loader("train", 1.0, shuffle=True, batch_size=self.batch_size),
+                             rasterizer=dm.rasterizer, device=device, max_items=self.max_train, with_logits=False)
+        if self._collected:
+            q_emb = np.concatenate([e for e, _ in self._collected])
+            q_lab = np.concatenate([lab for _, lab in self._collected])
+            if self.max_eval is not None:
+                q_emb, q_lab = q_emb[: self.max_eval], q_lab[: self.max_eval]
+        else:
+            q = embed_loader(pl_module, dm.loader(split, 1.0, batch_size=self.batch_size), rasterizer=dm.rasterizer,
+                             device=device, max_items=self.max_eval, with_logits=False)
+            q_emb, q_lab = q.embeddings, q.labels
+        n_classes = getattr(dm, "num_classes", None)
+        ks = [k for k in self.ks if k <= len(train)]
+        out: dict[str, float] = {}
+        if ks:
+            for k, acc in knn_accuracy(train.embeddings, train.labels, q_emb, q_lab, ks, n_classes).items():
+                out[f"{split}/knn@{k}"] = acc
+        if self.probe:
+            res = linear_probe(train.embeddings, train.labels, {split: (q_emb, q_lab)}, n_classes=n_classes,
+                               epochs=self.probe_epochs, seed=self.seed)
+            out[f"{split}/probe_acc"] = res.accuracy[split]
+        return out
+
+
+class SampleImagesCallback(Callback):
+    """Logs one grid of what the model sees in training (snapshots, else images, else the points)
+    with class names, once, to every logger that takes images (wandb, tensorboard); else a no-op."""
+
+    def __init__(self, n: int = 24, ncols: int = 8, key: str = "samples/train"):
+        super().__init__()
+        self.n, self.ncols, self.key = int(n), int(ncols), key
+        self._done = False
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if self._done:
+            return
+        self._done = True
+        if not trainer.is_global_zero or not trainer.loggers:
+            return
+        dm = trainer.datamodule
+        classes = list(getattr(dm, "class_names", []) or [])
+        try:
+            grid = self.make_grid(batch, classes)
+        except Exception as e:  # a picture must never stop a training run
+            log.warning("SampleImagesCallback: could not draw samples (%s)", e)
+            return
+        log_image(trainer.loggers, self.key, grid, trainer.global_step)
+
+    def make_grid(self, batch: dict, classes: Sequence[str]) -> np.ndarray:
+        from sketchembed.eval.plots import image_grid, sketch_grid
+
+        labels = batch["label"].cpu().numpy()
+
+        def name(i):
+            return classes[int(i)] if 0 <= int(i) < len(classes) else str(int(i))
+
+        if "snapshots" in batch:
+            sb = batch["snap_batch"].cpu().numpy()[: self.n]
+            n_per = np.bincount(batch["snap_batch"].cpu().numpy(), minlength=len(labels))
+            pos = np.concatenate([np.arange(c) for c in n_per])[: self.n] if len(sb) else sb
+            titles = [f"{name(labels[b])} {p + 1}/{n_per[b]}" for b, p in zip(sb, pos)]
+            return image_grid(batch["snapshots"][: self.n].float().cpu().numpy(), titles, self.ncols)
+        if "image" in batch:
+            imgs = batch["image"][: self.n].float().cpu().numpy()
+            return image_grid(imgs, [name(lab) for lab in labels[: len(imgs)]], self.ncols)
+        pts = batch["points"][: self.n].cpu().numpy()
+        lengths = batch["lengths"][: self.n].cpu().numpy()
+        return sketch_grid([p[:n] for p, n in zip(pts, lengths)], [name(lab) for lab in labels[: len(pts)]],
+                           self.ncols)
+
+
+def log_image(loggers, key: str, image: np.ndarray, step: int) -> list[str]:
+    """Send an RGB ``(H, W, 3)`` uint8 image to each logger that can take one; returns their names."""
+    used = []
+    for lg in loggers:
+        cls = type(lg).__name__
+        try:
+            if cls == "WandbLogger":
+                lg.log_image(key=key, images=[image], step=step)
+            elif cls == "TensorBoardLogger":
+                lg.experiment.add_image(key, image, global_step=step, dataformats="HWC")
+            elif hasattr(lg, "log_image"):
+                lg.log_image(key=key, images=[image], step=step)
+            else:
+                continue
+        except Exception as e:  # never fail training over a picture
+            log.warning("could not log %s to %s (%s)", key, cls, e)
+            continue
+        used.append(cls)
+    return used

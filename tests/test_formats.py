@@ -1,0 +1,421 @@
+"""Format readers on real drawings, on corrupted copies of them, and on files too big to hold."""
+
+from __future__ import annotations
+
+import io
+import json
+import pickle
+import struct
+import zipfile
+
+import numpy as np
+import pytest
+
+from sketchembed.data.formats import read_drawings, read_ndjson, write_binary
+from sketchembed.data.formats.binary import read_binary, timestamp_seconds
+from sketchembed.data.formats.npz import read_npz, synthetic_key_id
+from sketchembed.data.simplify import normalize_to_canvas
+from sketchembed.data.sketch import DataFormatError, Drawing, SkipReport
+
+
+def _lines(path, n=None):
+    with open(path, "rb") as f:
+        lines = [ln for ln in f.read().splitlines() if ln.strip()]
+    return lines[:n] if n else lines
+
+
+# --- real ndjson -----------------------------------------------------------------------------------
+
+def test_simplified_ndjson_real_file(shared_quickdraw):
+    path = shared_quickdraw / "simplified" / "apple.ndjson"
+    rep = SkipReport()
+    ds = list(read_drawings(path, report=rep, word="apple"))
+    lines = _lines(path)
+    assert rep.count == 0 and len(ds) == len(lines)
+    first = json.loads(lines[0])
+    d = ds[0]
+    assert d.key_id == int(first["key_id"]) and isinstance(d.key_id, int)
+    assert (d.word, d.countrycode, d.recognized, d.timestamp) == (
+        "apple", first["countrycode"], first["recognized"], first["timestamp"])
+    assert [s.T.tolist() for s in d.strokes] == first["drawing"]
+    for d in ds:
+        for s in d.strokes:
+            assert s.ndim == 2 and s.shape[1] == 2 and s.dtype.kind == "i" and len(s) >= 2
+            assert s.min() >= 0 and s.max() <= 255
+
+
+def test_raw_ndjson_real_file_keeps_time_and_dots(shared_quickdraw):
+    path = shared_quickdraw / "raw" / "apple.ndjson"
+    rep = SkipReport()
+    ds = list(read_drawings(path, report=rep))
+    lines = _lines(path)
+    assert rep.count == 0 and len(ds) == len(lines)
+    first = json.loads(lines[0])
+    assert [s.T.tolist() for s in ds[0].strokes] == first["drawing"]
+    assert all(s.shape[1] == 3 for d in ds for s in d.strokes)
+    # real raw data hold one-point strokes (dots): valid, returned as they are
+    assert ds[0].strokes[0].tolist() == [[675.0, 158.0, 0.0]]
+    t = np.concatenate([s[:, 2] for s in ds[0].strokes])
+    assert np.all(np.diff(t) >= 0)
+
+
+@pytest.mark.parametrize("name", ["The Eiffel Tower", "bridge", "zigzag", "hurricane", "octopus"])
+def test_real_raw_and_simplified_files_read_without_skips(shared_quickdraw, name):
+    # bridge / The Eiffel Tower hold raw drawings with negative and fractional coordinates: valid
+    for folder in ("raw", "simplified"):
+        rep = SkipReport(on_error="raise")
+        n = sum(1 for _ in read_drawings(shared_quickdraw / folder / f"{name}.ndjson", report=rep,
+                                         word=name))
+        assert n == len(_lines(shared_quickdraw / folder / f"{name}.ndjson"))
+
+
+@pytest.mark.slow
+def test_every_shared_file_reads_without_skips(shared_quickdraw):
+    for folder in ("raw", "simplified"):
+        for path in sorted((shared_quickdraw / folder).glob("*.ndjson")):
+            rep = SkipReport()
+            assert sum(1 for _ in read_drawings(path, report=rep, word=path.stem)) > 0
+            assert rep.count == 0, rep.summary()
+
+
+def test_raw_and_simplified_detected_per_line(shared_quickdraw, tmp_path):
+    mixed = tmp_path / "apple.ndjson"
+    mixed.write_bytes(b"\n".join([_lines(shared_quickdraw / "raw" / "apple.ndjson", 1)[0],
+                                  _lines(shared_quickdraw / "simplified" / "apple.ndjson", 1)[0]]))
+    raw, simp = list(read_drawings(mixed, on_error="raise"))
+    assert raw.strokes[0].shape[1] == 3 and simp.strokes[0].shape[1] == 2
+    assert raw.key_id == simp.key_id
+
+
+# --- corrupted ndjson ------------------------------------------------------------------------------
+
+NDJSON_CORRUPTIONS = {
+    "broken JSON": (lambda line: line[: len(line) // 2], "broken JSON"),
+    "x/y length mismatch": (lambda o: _with(o, lambda d: d[0][0].append(3)), "length mismatch"),
+    "empty drawing": (lambda o: _with(o, lambda d: d.clear()), "empty drawing"),
+    "one-point stroke": (lambda o: _with(o, lambda d: d.append([[5], [6]])), "single point"),
+    "coordinate over 255": (lambda o: _with(o, lambda d: d[0][1].__setitem__(0, 300)), "0–255"),
+    "negative coordinate": (lambda o: _with(o, lambda d: d[0][0].__setitem__(0, -1)), "0–255"),
+    "fractional coordinate": (lambda o: _with(o, lambda d: d[0][0].__setitem__(0, 1.5)),
+                              "non-integer"),
+    "unknown class": (lambda o: {**o, "word": "unicorn"}, "unknown class"),
+    "bad key_id": (lambda o: {**o, "key_id": "abc"}, "key_id"),
+}
+
+
+def _with(obj, edit):
+    obj = json.loads(json.dumps(obj))
+    edit(obj["drawing"])
+    return obj
+
+
+def _write_corrupted(src_lines, tmp_path, name):
+    lines = list(src_lines)
+    fn, _ = NDJSON_CORRUPTIONS[name]
+    lines[1] = fn(lines[1]) if name == "broken JSON" else json.dumps(fn(json.loads(lines[1]))).encode()
+    path = tmp_path / "apple.ndjson"
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    return path
+
+
+@pytest.mark.parametrize("name", list(NDJSON_CORRUPTIONS))
+def test_corrupted_ndjson_is_counted_or_raised(shared_quickdraw, tmp_path, name):
+    src = _lines(shared_quickdraw / "simplified" / "apple.ndjson", 3)
+    path = _write_corrupted(src, tmp_path, name)
+    words = NDJSON_CORRUPTIONS[name][1]
+    rep = SkipReport()
+    ds = list(read_drawings(path, report=rep))
+    assert [d.key_id for d in ds] == [int(json.loads(src[0])["key_id"]), int(json.loads(src[2])["key_id"])]
+    assert rep.count == 1
+    file, pos, reason = rep.items[0]
+    assert (file, pos) == (str(path), "line 2") and words in reason
+    gen = read_drawings(path, on_error="raise")
+    assert next(gen).key_id == ds[0].key_id  # the good first line comes out before the error
+    with pytest.raises(DataFormatError) as e:
+        next(gen)
+    assert str(path) in str(e.value) and "line 2" in str(e.value) and words in str(e.value)
+
+
+@pytest.mark.parametrize("edit, words", [
+    (lambda d: d[0][2].pop(), "length mismatch"),
+    (lambda d: d[0][0].__setitem__(0, float("nan")), "non-finite"),
+    (lambda d: d.clear(), "empty drawing"),
+    (lambda d: d[0][0].__setitem__(0, "12"), "non-numeric"),
+])
+def test_corrupted_raw_ndjson(shared_quickdraw, tmp_path, edit, words):
+    src = _lines(shared_quickdraw / "raw" / "apple.ndjson", 2)
+    path = tmp_path / "apple.ndjson"
+    path.write_bytes(src[0] + b"\n" + json.dumps(_with(json.loads(src[1]), edit)).encode() + b"\n")
+    rep = SkipReport()
+    assert len(list(read_drawings(path, report=rep))) == 1
+    assert rep.items[0][1] == "line 2" and words in rep.items[0][2]
+    with pytest.raises(DataFormatError, match="line 2"):
+        list(read_drawings(path, on_error="raise"))
+
+
+def test_expected_word_mismatch_and_warning_without_report(shared_quickdraw, tmp_path):
+    path = tmp_path / "pear.ndjson"
+    path.write_bytes(b"\n".join(_lines(shared_quickdraw / "simplified" / "apple.ndjson", 2)))
+    rep = SkipReport()
+    assert list(read_drawings(path, report=rep, word="pear")) == []
+    assert rep.count == 2 and "'pear' was expected" in rep.items[0][2]
+    with pytest.warns(UserWarning, match="skipped 2 bad input"):  # no report given: never silent
+        assert list(read_drawings(path, word="pear")) == []
+
+
+def test_unknown_suffix_is_refused(tmp_path):
+    with pytest.raises(DataFormatError, match="unknown format"):
+        read_drawings(tmp_path / "apple.csv")
+
+
+# --- binary ----------------------------------------------------------------------------------------
+
+def _real_simplified(root, names=("apple", "The Eiffel Tower", "zigzag")):
+    return {n: list(read_drawings(root / "simplified" / f"{n}.ndjson", on_error="raise")) for n in names}
+
+
+def test_binary_round_trip_is_exact(shared_quickdraw, tmp_path):
+    for name, ds in _real_simplified(shared_quickdraw).items():
+        path = tmp_path / f"{name}.bin"
+        assert write_binary(path, ds) == len(ds)
+        back = list(read_drawings(path, on_error="raise"))
+        assert len(back) == len(ds)
+        for a, b in zip(ds, back):
+            assert (b.key_id, b.word, b.countrycode, b.recognized) == (a.key_id, name, a.countrycode,
+                                                                        a.recognized)
+            assert b.timestamp == timestamp_seconds(a.timestamp)
+            assert len(a.strokes) == len(b.strokes)
+            assert all(np.array_equal(x, y) for x, y in zip(a.strokes, b.strokes))
+        again = io.BytesIO()
+        write_binary(again, back)
+        assert again.getvalue() == path.read_bytes()
+
+
+def test_timestamp_conversion_matches_the_dataset():
+    assert timestamp_seconds("2017-03-10 22:17:57.57466 UTC") == 1489184277
+    assert timestamp_seconds(1489184277) == 1489184277
+
+
+def _record(key_id, strokes, cc=b"US", recognized=1, ts=1489184277):
+    out = [struct.pack("<Q2sBIH", key_id, cc, recognized, ts, len(strokes))]
+    for s in strokes:
+        s = np.asarray(s, dtype=np.uint8)
+        out.append(struct.pack("<H", len(s)) + s[:, 0].tobytes() + s[:, 1].tobytes())
+    return b"".join(out)
+
+
+GOOD = [[0, 0], [10, 20], [255, 255]]
+
+
+@pytest.mark.parametrize("bad, words", [
+    (_record(2, []), "empty drawing"),
+    (_record(2, [GOOD, [[5, 5]]]), "single point"),
+    (_record(2, [GOOD], cc=b"\xff\xfe"), "not ASCII"),
+    (_record(2, [GOOD], recognized=7), "recognized"),
+])
+def test_bad_binary_record_is_counted_and_reading_goes_on(tmp_path, bad, words):
+    first = _record(1, [GOOD])
+    path = tmp_path / "apple.bin"
+    path.write_bytes(first + bad + _record(3, [GOOD, GOOD]))
+    rep = SkipReport()
+    assert [d.key_id for d in read_binary(path, report=rep)] == [1, 3]
+    assert rep.items == [(str(path), f"byte {len(first)}", rep.items[0][2])] and words in rep.items[0][2]
+    with pytest.raises(DataFormatError, match=f"apple.bin:byte {len(first)}"):
+        list(read_binary(path, on_error="raise"))
+
+
+def test_truncated_binary_record(shared_quickdraw, tmp_path):
+    ds = _real_simplified(shared_quickdraw, ("apple",))["apple"][:5]
+    path = tmp_path / "apple.bin"
+    write_binary(path, ds)
+    data = path.read_bytes()
+    buf = io.BytesIO()
+    write_binary(buf, ds[:4])
+    last_start = len(buf.getvalue())
+    for cut in (3, len(data) - last_start - 1, len(data) - last_start - 20):  # in the body / header
+        path.write_bytes(data[: len(data) - cut])
+        rep = SkipReport()
+        assert [d.key_id for d in read_drawings(path, report=rep)] == [d.key_id for d in ds[:4]]
+        assert rep.count == 1 and rep.items[0][:2] == (str(path), f"byte {last_start}")
+        assert "truncated" in rep.items[0][2]
+        with pytest.raises(DataFormatError, match=f"byte {last_start}: truncated"):
+            list(read_drawings(path, on_error="raise"))
+
+
+def test_binary_unknown_class_from_file_name(tmp_path):
+    path = tmp_path / "unicorn.bin"
+    path.write_bytes(_record(1, [GOOD]))
+    rep = SkipReport()
+    assert list(read_drawings(path, report=rep)) == []
+    assert rep.items[0][:2] == (str(path), "byte 0") and "unknown class" in rep.items[0][2]
+    assert [d.word for d in read_drawings(path, word="apple")] == ["apple"]
+
+
+@pytest.mark.parametrize("strokes, words", [
+    ([np.array([[0, 0], [256, 3]])], "outside"),
+    ([np.array([[0.5, 0], [3, 3]])], "non-integer"),
+    ([np.array([[1, 1]])], "single point"),
+])
+def test_binary_writer_refuses_what_it_cannot_hold(tmp_path, strokes, words):
+    path = tmp_path / "apple.bin"
+    with pytest.raises(DataFormatError, match=words) as e:
+        write_binary(path, [Drawing(key_id=1, word="apple", strokes=strokes, countrycode="US")])
+    assert str(path) in str(e.value)
+
+
+# --- npz -------------------------------------------------------------------------------------------
+
+def _stroke3(d: Drawing) -> np.ndarray:
+    pts = d.points().astype(np.int16)
+    out = pts.copy()
+    out[1:, :2] = np.diff(pts[:, :2], axis=0)
+    return out
+
+
+def _object_array(items):
+    arr = np.empty(len(items), dtype=object)
+    for i, x in enumerate(items):
+        arr[i] = x
+    return arr
+
+
+def _npz(path, ds, sizes=(6, 3, 3)):
+    a, b, _ = np.cumsum(sizes)
+    rows = [_stroke3(d) for d in ds[: sum(sizes)]]
+    np.savez(path, train=_object_array(rows[:a]), valid=_object_array(rows[a:b]),
+             test=_object_array(rows[b:]))
+
+
+def test_npz_reads_stroke3_splits(shared_quickdraw, tmp_path):
+    ds = _real_simplified(shared_quickdraw, ("apple",))["apple"][:12]
+    path = tmp_path / "apple.npz"
+    _npz(path, ds)
+    got = list(read_drawings(path, on_error="raise"))
+    assert len(got) == 12 and {d.word for d in got} == {"apple"}
+    for src, d in zip(ds, got):
+        want = [np.rint(s).astype(np.int16) for s in normalize_to_canvas(src.strokes)]
+        assert len(d.strokes) == len(want) and all(np.array_equal(x, y) for x, y in zip(d.strokes, want))
+        pts = np.concatenate(d.strokes)
+        assert pts.min() == 0 and pts.max() == 255
+    valid = list(read_drawings(path, split="valid"))
+    assert [d.key_id for d in valid] == [d.key_id for d in got[6:9]]
+    assert got[6].key_id == synthetic_key_id("apple.npz", "valid", 0)
+    assert len({d.key_id for d in got}) == 12 and all(0 <= d.key_id < 2**63 for d in got)
+    assert [d.key_id for d in read_npz(path)] == [d.key_id for d in got]  # deterministic
+
+
+def test_npz_scaled_coordinates_are_normalised(tmp_path):
+    rows = np.array([[1000, 500, 0], [2000, 0, 1], [-3000, 1000, 0], [0, 1000, 1]], dtype=np.int16)
+    path = tmp_path / "cat.npz"
+    np.savez(path, train=_object_array([rows]))
+    (d,) = read_npz(path, on_error="raise")
+    # absolute (1000, 500) (3000, 500) | (0, 1500) (0, 2500): x spans 3000 → scale 255 / 3000
+    assert [s.tolist() for s in d.strokes] == [[[85, 0], [255, 0]], [[0, 85], [0, 170]]]
+
+
+@pytest.mark.parametrize("bad, words", [
+    (np.array([[1, 2, 0], [3, 4, 2]], dtype=np.int16), "pen_lift"),
+    (np.array([[1, 2], [3, 4]], dtype=np.int16), "shape"),
+    (np.zeros((0, 3), dtype=np.int16), "empty"),
+    (np.array([[1.0, np.nan, 0], [3, 4, 1]]), "non-finite"),
+    (np.array([[5, 5, 1]], dtype=np.int16), "single point"),
+])
+def test_bad_npz_drawing_is_counted(tmp_path, bad, words):
+    good = np.array([[10, 10, 0], [5, 5, 1]], dtype=np.int16)
+    path = tmp_path / "cat.npz"
+    np.savez(path, train=_object_array([good, bad, good]), valid=_object_array([good]))
+    rep = SkipReport()
+    assert len(list(read_drawings(path, report=rep))) == 3
+    assert rep.count == 1 and rep.items[0][:2] == (str(path), "train/1") and words in rep.items[0][2]
+    with pytest.raises(DataFormatError, match="train/1"):
+        list(read_drawings(path, on_error="raise"))
+
+
+class _Evil:
+    def __init__(self, call, arg):
+        self.call, self.arg = call, arg
+
+    def __reduce__(self):
+        return self.call, (self.arg,)
+
+
+def _evil_npz(path, payload):
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, {"descr": "|O", "fortran_order": False, "shape": (1,)})
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("train.npy", header.getvalue() + pickle.dumps(payload, protocol=3))  # as np.save
+
+
+@pytest.mark.parametrize("how", ["os.system", "builtins.eval"])
+@pytest.mark.parametrize("on_error", ["skip", "raise"])
+def test_malicious_npz_is_refused_and_nothing_runs(tmp_path, how, on_error):
+    import builtins
+    import os
+
+    marker = tmp_path / "pwned"
+    if how == "os.system":
+        payload = _object_array([_Evil(os.system, f"touch '{marker}'")])
+    else:
+        payload = _object_array([_Evil(builtins.eval, f"open({str(marker)!r}, 'w').close()")])
+    path = tmp_path / "apple.npz"
+    _evil_npz(path, payload)
+    with pytest.raises(DataFormatError) as e:
+        list(read_drawings(path, on_error=on_error))
+    assert str(path) in str(e.value) and "refused" in str(e.value)
+    assert how.split(".")[1] in str(e.value)  # refused at the hostile global itself
+    assert not marker.exists()
+
+
+# --- streaming -------------------------------------------------------------------------------------
+
+class _Endless(io.RawIOBase):
+    """A file that never ends (``body`` repeated forever); counts the bytes handed out."""
+
+    name = "endless"
+
+    def __init__(self, body: bytes):
+        self.body, self.served = body, 0
+
+    def readable(self):
+        return True
+
+    def readinto(self, b):
+        k = self.served % len(self.body)
+        data = (self.body[k:] + self.body * (len(b) // len(self.body) + 1))[: len(b)]
+        b[: len(data)] = data
+        self.served += len(data)
+        return len(data)
+
+
+def test_ndjson_reader_streams(shared_quickdraw):
+    path = shared_quickdraw / "raw" / "apple.ndjson"
+    with open(path, "rb") as f:
+        gen = read_ndjson(f)
+        first = next(gen)
+        assert f.tell() <= len(_lines(path, 1)[0]) + 2 * io.DEFAULT_BUFFER_SIZE < path.stat().st_size / 4
+    assert first.key_id == int(json.loads(_lines(path, 1)[0])["key_id"])
+    line = _lines(shared_quickdraw / "simplified" / "apple.ndjson", 1)[0] + b"\n"
+    endless = _Endless(line)
+    gen = read_ndjson(io.BufferedReader(endless))
+    n = sum(1 for _, _ in zip(range(3000), gen))  # a file with no end is read lazily, line by line
+    assert n == 3000 and endless.served < 3000 * len(line) + 4 * io.DEFAULT_BUFFER_SIZE
+
+
+def test_binary_reader_streams(shared_quickdraw):
+    ds = _real_simplified(shared_quickdraw, ("apple",))["apple"][:1]
+    rec = io.BytesIO()
+    write_binary(rec, ds)
+    endless = _Endless(rec.getvalue())
+    gen = read_binary(io.BufferedReader(endless), word="apple")
+    n = sum(1 for _, _ in zip(range(3000), gen))
+    assert n == 3000 and endless.served < 3000 * len(rec.getvalue()) + 4 * io.DEFAULT_BUFFER_SIZE
+
+
+def test_reading_stops_at_the_bad_record_not_before(tmp_path, shared_quickdraw):
+    # with on_error="raise", a good first line is served before the bad second line is even parsed
+    path = tmp_path / "apple.ndjson"
+    path.write_bytes(_lines(shared_quickdraw / "simplified" / "apple.ndjson", 1)[0] + b"\n{broken\n")
+    gen = read_drawings(path, on_error="raise")
+    assert isinstance(next(gen), Drawing)
+    with pytest.raises(DataFormatError, match="line 2"):
+        next(gen)

@@ -1,0 +1,320 @@
+"""The study's models at tiny sizes: they learn (loss falls on a fixed batch), embed with the right
+shapes, log the contract's metric names, round-trip through checkpoints, transfer the triplet CNN, and
+refuse bad configs with messages that name the keys."""
+
+from __future__ import annotations
+
+import math
+
+import lightning as L
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from sketchembed.metric.losses import CrossEntropy, HingeTripletLoss, SoftmaxTripletLoss
+from sketchembed.models import (MODELS, CombinedModel, DirectImageModel, LSTMModel, TripletImageModel,
+                                check_compatible)
+
+TINY = "test_byobnet"
+SIZE = 32
+NUM_CLASSES = 4
+
+
+def make_batch(B: int = 8, num_classes: int = NUM_CLASSES, image_size: int = SIZE, max_points: int = 16,
+               max_snapshots: int = 3, fraction: float = 1.0, seed: int = 0) -> dict:
+    """A batch following ARCHITECTURE.md "Batches" exactly, with class-dependent strokes and images
+    (so there is something to learn): drawing b of class c moves in direction c and its images carry a
+    bar at a class-specific column; each snapshot shows the strokes drawn so far (the last = image)."""
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.arange(B) % num_classes
+    lengths = torch.randint(4, max_points + 1, (B,), generator=g)
+    T = int(lengths.max())
+    points = torch.zeros(B, T, 3)
+    seq = torch.zeros(B, T, 3)
+    ends: list[list[int]] = []
+    for b in range(B):
+        n = int(lengths[b])
+        angle = 2 * math.pi * int(labels[b]) / num_classes
+        step = torch.tensor([math.cos(angle), math.sin(angle)]) * 8 + torch.randn(n, 2, generator=g)
+        xy = 128 + torch.cumsum(step, 0) - step.sum(0) / 2
+        pen = (torch.rand(n, generator=g) < 0.3).float()
+        pen[-1] = 1
+        points[b, :n, :2], points[b, :n, 2] = xy, pen
+        seq[b, 0, :2] = xy[0] / 20
+        seq[b, 1:n, :2] = (xy[1:] - xy[:-1]) / 20
+        seq[b, :n, 2] = pen
+        ends.append(torch.nonzero(pen, as_tuple=True)[0].tolist())
+    S = max(len(e) for e in ends)
+    stroke_ends = torch.full((B, S), -1, dtype=torch.long)
+    snap_batch, snap_pos, snap_share = [], [], []
+    for b, e in enumerate(ends):
+        stroke_ends[b, :len(e)] = torch.tensor(e)
+        m = min(len(e), max_snapshots)
+        for j in range(1, m + 1):  # evenly chosen, the last stroke end always in
+            k = math.ceil(j * len(e) / m) - 1
+            snap_batch.append(b)
+            snap_pos.append(e[k])
+            snap_share.append((e[k] + 1) / len(points[b, :int(lengths[b])]))
+    image = torch.zeros(B, 1, image_size, image_size)
+    for b in range(B):
+        col = int(labels[b]) * image_size // num_classes
+        image[b, 0, :, col:col + 2] = 1.0
+    image += 0.1 * torch.rand(image.shape, generator=g)
+    sb = torch.tensor(snap_batch)
+    share = torch.tensor(snap_share).view(-1, 1, 1, 1)
+    snapshots = image[sb] * share  # the last snapshot of each drawing equals its image
+    return {
+        "points": points, "lengths": lengths, "seq": seq, "stroke_ends": stroke_ends,
+        "n_strokes": torch.tensor([len(e) for e in ends]), "snap_batch": sb,
+        "snap_pos": torch.tensor(snap_pos), "label": labels, "index": torch.arange(B),
+        "key_id": torch.arange(B) + 1000, "fraction": fraction, "image": image, "snapshots": snapshots,
+    }
+
+
+def tiny(kind: str, **kw):
+    common = dict(lr=kw.pop("lr", 3e-3), weight_decay=0.0)
+    if kind == "triplet":
+        return TripletImageModel(TINY, embedding_dim=16, image_size=SIZE, **common, **kw)
+    if kind == "direct":
+        return DirectImageModel(NUM_CLASSES, TINY, embedding_dim=16, image_size=SIZE, **common, **kw)
+    if kind == "lstm":
+        return LSTMModel(NUM_CLASSES, hidden=16, layers=2, **common, **kw)
+    return CombinedModel(NUM_CLASSES, TINY, embedding_dim=16, hidden=16, layers=2, mlp_hidden=16,
+                         image_size=SIZE, **common, **kw)
+
+
+def overfit(model, batch, steps: int = 25) -> tuple[float, float]:
+    """(first loss, mean of the last 3) after ``steps`` AdamW steps on one fixed batch."""
+    opt = model.configure_optimizers()
+    model.train()
+    losses = []
+    for _ in range(steps):
+        loss, _ = model.training_loss(batch)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+    return losses[0], sum(losses[-3:]) / 3
+
+
+@pytest.mark.parametrize("kind", ["triplet", "direct", "lstm", "combined"])
+def test_loss_falls_on_a_fixed_batch(kind):
+    torch.manual_seed(0)
+    kw = {"loss": SoftmaxTripletLoss()} if kind == "triplet" else {}
+    if kind == "lstm":  # a 16-unit LSTM needs a bolder step to memorise within a few steps
+        kw["lr"] = 2e-2
+    model = tiny(kind, **kw)
+    first, last = overfit(model, make_batch(B=12), steps=30)
+    assert last < 0.6 * first, (first, last)
+
+
+@pytest.mark.parametrize("kind,dim", [("triplet", 16), ("direct", 16), ("lstm", 16), ("combined", 32)])
+def test_embed_and_logits_shapes(kind, dim):
+    model = tiny(kind).eval()
+    batch = make_batch(B=5)
+    with torch.no_grad():
+        assert model.embed(batch).shape == (5, dim)
+        logits = model.logits(batch)
+    assert (logits is None) if kind == "triplet" else logits.shape == (5, NUM_CLASSES)
+    assert model.views == MODELS[kind].VIEWS and model.hparams.model_kind == kind
+
+
+@pytest.mark.parametrize("train_on,expected", [("stroke_ends", "n_strokes"), ("all", "lengths"), ("last", None)])
+def test_lstm_train_on_positions(train_on, expected):
+    batch = make_batch(B=6)
+    _, extra = tiny("lstm", train_on=train_on).training_loss(batch)
+    want = 6 if expected is None else int(batch[expected].sum())
+    assert extra["positions"] == want
+
+
+def test_lstm_embed_is_state_at_last_point():
+    model = tiny("lstm").eval()
+    batch = make_batch(B=4)
+    with torch.no_grad():
+        states = model.states(batch)
+        emb = model.embed(batch)
+    for b in range(4):
+        assert torch.equal(emb[b], states[b, int(batch["lengths"][b]) - 1])
+
+
+def test_combined_eval_reads_the_last_snapshot():
+    model = tiny("combined").eval()
+    batch = make_batch(B=5)
+    with torch.no_grad():
+        from_snaps = model.embed(batch)
+        only_image = {k: v for k, v in batch.items() if k != "snapshots"}
+        assert torch.allclose(model.embed(only_image), from_snaps, atol=1e-5)
+        # dropping a drawing's last-stroke-end snapshot breaks the contract: a clear error
+        keep = batch["snap_pos"] != (batch["lengths"] - 1)[batch["snap_batch"]]
+        keep[0] = True
+        bad = dict(batch, snap_batch=batch["snap_batch"][keep], snap_pos=batch["snap_pos"][keep],
+                   snapshots=batch["snapshots"][keep])
+        with pytest.raises(ValueError, match="snap_pos"):
+            model.embed(bad)
+
+
+def test_incompatible_losses_name_the_keys():
+    with pytest.raises(ValueError, match="loss=hinge is incompatible with model=lstm"):
+        check_compatible("lstm", "triplet", loss_name="hinge")
+    with pytest.raises(ValueError, match="loss=cross_entropy is incompatible with model=triplet"):
+        check_compatible("triplet", CrossEntropy.kind, loss_name="cross_entropy")
+    check_compatible("combined", "classification", loss_name="cross_entropy")
+    with pytest.raises(ValueError, match="model='nope' is unknown"):
+        check_compatible("nope", "triplet")
+    with pytest.raises(ValueError, match="loss=hinge is incompatible with model=lstm"):
+        LSTMModel(NUM_CLASSES, hidden=8, loss=HingeTripletLoss())
+    with pytest.raises(ValueError, match="loss=softmax_triplet is incompatible with model=direct"):
+        DirectImageModel(NUM_CLASSES, TINY, image_size=SIZE, loss=SoftmaxTripletLoss())
+
+
+def test_bad_backbone_and_image_size_name_the_keys():
+    with pytest.raises(ValueError, match=r"backbone\.name='resnet10x'"):
+        tiny("direct").__class__(NUM_CLASSES, "resnet10x", image_size=64)
+    with pytest.raises(ValueError, match=r"data\.image_size=64.*at least 75"):
+        TripletImageModel("inception_v4", image_size=64)
+    with pytest.raises(ValueError, match=r"model\.train_on"):
+        LSTMModel(NUM_CLASSES, train_on="middle")
+    with pytest.raises(ValueError, match=r"model\.scheduler"):
+        LSTMModel(NUM_CLASSES, scheduler="step")
+
+
+def test_warmup_cosine_schedule_and_param_groups():
+    model = tiny("lstm", scheduler="cosine", warmup_steps=4, min_lr_ratio=0.1)
+    conf = model.configure_optimizers()  # no trainer: a 1-step horizon, still well defined
+    sched = conf["lr_scheduler"]["scheduler"]
+    fn = sched.lr_lambdas[0]
+    assert fn(0) == pytest.approx(0.25) and fn(3) == pytest.approx(1.0)
+    from sketchembed.models.base import _lr_lambda
+
+    cos = _lr_lambda("cosine", 10, 110, 0.1)
+    assert cos(10) == pytest.approx(1.0) and cos(60) == pytest.approx(0.55) and cos(110) == pytest.approx(0.1)
+
+
+# ---------------------------------------------------------------------- with a Lightning Trainer
+def _loaders(n_train: int = 3, B: int = 8):
+    train = [make_batch(B=B, seed=i) for i in range(n_train)]
+    val = [DataLoader([make_batch(B=B, seed=50, fraction=f)], batch_size=None) for f in (1.0, 0.5)]
+    return DataLoader(train, batch_size=None), val
+
+
+def _trainer(tmp_path, steps: int = 3) -> L.Trainer:
+    return L.Trainer(default_root_dir=tmp_path, max_steps=steps, accelerator="cpu", devices=1,
+                     logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                     enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=1)
+
+
+@pytest.mark.parametrize("kind", ["triplet", "direct", "lstm", "combined"])
+def test_trainer_fit_logs_metrics_and_checkpoint_round_trip(kind, tmp_path):
+    torch.manual_seed(0)
+    model = tiny(kind)
+    train, val = _loaders()
+    trainer = _trainer(tmp_path)
+    trainer.fit(model, train_dataloaders=train, val_dataloaders=val)
+    m = trainer.callback_metrics
+    if kind == "triplet":
+        for key in ("val/triplet_acc@100", "val/triplet_acc@50", "val/d_pos@100", "val/d_neg@50"):
+            assert key in m, sorted(m)
+        assert "val/acc@100" not in m
+    else:
+        assert {"val/acc@100", "val/acc@50", "val/loss@100"} <= set(m), sorted(m)
+        assert 0.0 <= float(m["val/acc@100"]) <= 1.0
+    assert MODELS[kind].MONITOR in m
+    ckpt = tmp_path / "m.ckpt"
+    trainer.save_checkpoint(ckpt)
+    # plain content: loadable without unpickling arbitrary objects
+    raw = torch.load(ckpt, map_location="cpu", weights_only=True)
+    assert raw["hyper_parameters"]["model_kind"] == kind
+    loaded = MODELS[kind].load_from_checkpoint(ckpt, map_location="cpu")
+    batch = make_batch(B=4, seed=7)
+    model.eval(), loaded.eval()
+    with torch.no_grad():
+        assert torch.allclose(model.embed(batch), loaded.embed(batch), atol=1e-6)
+    assert type(loaded.loss) is type(model.loss)
+
+
+def test_checkpoint_never_asks_for_a_download():
+    model = tiny("direct")
+    ckpt = {"hyper_parameters": dict(model.hparams, pretrained=True)}
+    model.on_save_checkpoint(ckpt)
+    assert ckpt["hyper_parameters"]["pretrained"] is False and ckpt["hyper_parameters"]["pretrained_init"]
+
+
+@pytest.fixture(scope="module")
+def triplet_ckpt(tmp_path_factory):
+    """A TripletImageModel checkpoint (trained on *other* classes: 6 here vs 4 below)."""
+    tmp = tmp_path_factory.mktemp("triplet")
+    model = TripletImageModel(TINY, embedding_dim=16, image_size=SIZE, normalize=True)
+    trainer = _trainer(tmp, steps=1)
+    trainer.fit(model, train_dataloaders=DataLoader([make_batch(B=12, num_classes=6)], batch_size=None))
+    path = tmp / "triplet.ckpt"
+    trainer.save_checkpoint(path)
+    return path, {k: v.clone() for k, v in model.encoder.state_dict().items()}
+
+
+def test_transfer_loads_triplet_cnn_frozen(triplet_ckpt):
+    path, weights = triplet_ckpt
+    model = tiny("combined", cnn_ckpt=str(path), freeze_cnn=True)
+    for k, v in model.cnn.state_dict().items():
+        assert torch.equal(v, weights[k]), k
+    assert model.cnn.normalize  # the transferred embedding keeps its L2 normalisation
+    assert all(g["name"] != "cnn" for g in model.param_groups())
+    overfit(model, make_batch(B=8), steps=2)
+    assert not model.cnn.training  # BatchNorm statistics stay frozen too
+    for k, v in model.cnn.state_dict().items():
+        assert torch.equal(v, weights[k]), f"frozen {k} changed"
+
+
+def test_transfer_fine_tune_has_own_lr_and_checkpoint_needs_no_source(triplet_ckpt, tmp_path):
+    path, weights = triplet_ckpt
+    model = tiny("combined", cnn_ckpt=str(path), cnn_lr=1e-5)
+    opt = model.configure_optimizers()
+    lrs = {g["name"]: g["lr"] for g in opt.param_groups}
+    assert lrs == {"sequence+head": 3e-3, "cnn": 1e-5}
+    overfit(model, make_batch(B=8), steps=2)
+    assert any(not torch.equal(v, weights[k]) for k, v in model.cnn.state_dict().items())
+    # The combined checkpoint carries the weights; loading it does not re-read the source file.
+    trainer = _trainer(tmp_path, steps=1)
+    trainer.strategy.connect(model)
+    ckpt = tmp_path / "combined.ckpt"
+    trainer.save_checkpoint(ckpt)
+    hp = torch.load(ckpt, map_location="cpu", weights_only=True)["hyper_parameters"]
+    assert hp["cnn_ckpt"] is None and hp["cnn_ckpt_source"] == str(path)
+    loaded = CombinedModel.load_from_checkpoint(ckpt, map_location="cpu")
+    for k, v in model.cnn.state_dict().items():
+        assert torch.equal(v, loaded.cnn.state_dict()[k])
+
+
+def test_transfer_mismatch_names_the_keys(triplet_ckpt, tmp_path):
+    path, _ = triplet_ckpt
+    with pytest.raises(ValueError, match=r"model\.cnn_ckpt=.*embedding_dim=16.*model\.embedding_dim=8"):
+        CombinedModel(NUM_CLASSES, TINY, embedding_dim=8, hidden=8, image_size=SIZE, cnn_ckpt=str(path))
+    with pytest.raises(FileNotFoundError, match=r"model\.cnn_ckpt"):
+        tiny("combined", cnn_ckpt=str(tmp_path / "missing.ckpt"))
+    lstm = tiny("lstm")
+    trainer = _trainer(tmp_path, steps=1)
+    trainer.strategy.connect(lstm)
+    bad = tmp_path / "lstm.ckpt"
+    trainer.save_checkpoint(bad)
+    with pytest.raises(ValueError, match=r"model\.cnn_ckpt=.*model_kind='lstm'"):
+        tiny("combined", cnn_ckpt=str(bad))
+
+
+# ---------------------------------------------------------------------- on the embedded real data
+@pytest.mark.parametrize("kind", ["combined", "triplet"])
+def test_loss_falls_on_a_real_batch(kind):
+    """A real batch from the default SketchDataModule (embedded study10 drawings, rendered views)."""
+    from sketchembed.data.datamodule import SketchDataModule
+
+    torch.manual_seed(0)
+    dm = SketchDataModule(views=sorted(MODELS[kind].VIEWS), image_size=SIZE, batch_size=12,
+                          sampler="pk" if kind == "triplet" else "random", pk_p=3, pk_k=4)
+    dm.setup("fit")
+    batch = dm.render(next(iter(dm.train_dataloader())))
+    assert set(MODELS[kind].VIEWS) - {"sequence"} <= set(batch)
+    if kind == "combined":
+        model = CombinedModel(dm.num_classes, TINY, embedding_dim=16, hidden=16, mlp_hidden=16,
+                              image_size=SIZE, lr=3e-3, weight_decay=0.0)
+    else:
+        model = tiny("triplet")
+    first, last = overfit(model, batch, steps=20)
+    assert last < 0.7 * first, (first, last)

@@ -1,0 +1,165 @@
+"""The prepared-dataset store: exact round trip, streaming writer, atomic replace, corruption errors."""
+
+from __future__ import annotations
+
+import json
+import pickle
+
+import numpy as np
+import pytest
+
+from sketchembed.data.sketch import DataFormatError, strokes_to_points
+from sketchembed.data.store import PreparedDataset, PreparedWriter
+
+
+def random_points(rng, n_strokes=None):
+    n_strokes = n_strokes or int(rng.integers(1, 6))
+    strokes = [rng.integers(0, 256, (int(rng.integers(2, 20)), 2)) for _ in range(n_strokes)]
+    return strokes_to_points(strokes)
+
+
+def build(root, n=60, classes=("apple", "pear", "bus"), chunk_points=64, seed=0):
+    rng = np.random.default_rng(seed)
+    drawings = [(random_points(rng), i % len(classes), 5_000_000_000_000_000 + 7 * i) for i in range(n)]
+    splits = (np.arange(n) // len(classes)) % 3
+    with PreparedWriter(root, classes, chunk_points=chunk_points) as w:
+        for pts, label, key in drawings:
+            w.add(pts, label, key)
+        ds = w.close({"note": "test"}, splits=splits)
+    return ds, drawings, splits
+
+
+def test_round_trip_and_accessors(tmp_path):
+    ds, drawings, splits = build(tmp_path / "ds")  # chunk of 64 points: many flushes
+    assert len(ds) == len(drawings) and ds.classes == ["apple", "pear", "bus"]
+    for i, (pts, label, key) in enumerate(drawings):
+        got = ds.points(i)
+        assert got.dtype == np.int16 and np.array_equal(got, pts)
+        assert ds.labels[i] == label and int(ds.key_ids[i]) == key
+        d = ds.drawing(i)
+        assert d.word == ds.classes[label] and np.array_equal(strokes_to_points(d.strokes), pts)
+    assert np.array_equal(ds.indices("val"), np.flatnonzero(splits == 1))
+    assert ds.indices("train").dtype == np.int64
+    assert ds.class_counts().tolist() == [20, 20, 20]
+    assert ds.class_counts("test").sum() == (splits == 2).sum()
+    assert ds.manifest["note"] == "test" and ds.manifest["n_points"] == sum(len(p) for p, _, _ in drawings)
+    assert ds.manifest["counts"]["apple"] == {"train": 7, "val": 7, "test": 6}
+    ds.verify()
+    again = pickle.loads(pickle.dumps(ds))  # workers re-open by path instead of copying arrays
+    assert len(pickle.dumps(ds)) < 500 and np.array_equal(again.points(5), ds.points(5))
+    with pytest.raises(ValueError, match="split"):
+        ds.indices("eval")
+
+
+def test_add_many_matches_add(tmp_path):
+    ds, drawings, splits = build(tmp_path / "one")
+    with PreparedWriter(tmp_path / "many", ds.classes) as w:
+        for a in range(0, len(drawings), 7):
+            part = drawings[a:a + 7]
+            w.add_many(np.concatenate([p for p, _, _ in part]), [len(p) for p, _, _ in part],
+                       [lab for _, lab, _ in part], [k for _, _, k in part])
+        many = w.close(splits=splits)
+    for name in ("offsets", "labels", "key_ids", "splits"):
+        assert np.array_equal(getattr(many, name), getattr(ds, name))
+    assert np.array_equal(many.all_points, ds.all_points)
+    assert many.manifest["arrays"]["points"]["sha256"] == ds.manifest["arrays"]["points"]["sha256"]
+
+
+def test_writer_refuses_bad_input(tmp_path):
+    w = PreparedWriter(tmp_path / "x", ["apple"])
+    with pytest.raises(ValueError, match="label"):
+        w.add(np.array([[0, 0, 0], [1, 1, 1]]), 3, 1)
+    with pytest.raises(ValueError, match=r"\(n, 3\)"):
+        w.add(np.zeros((4, 2)), 0, 1)
+    w.add(np.array([[0, 0, 0], [1, 1, 0]]), 0, 1)  # last point without pen_up
+    with pytest.raises(ValueError, match="splits"):
+        w.close()
+    w = PreparedWriter(tmp_path / "x", ["apple"])
+    w.add(np.array([[0, 0, 0], [1, 1, 0]]), 0, 42)
+    with pytest.raises(ValueError, match="key_id 42: last point must have pen_up"):
+        w.close(splits=[0])
+    assert not (tmp_path / "x").exists() and not list(tmp_path.glob(".x.tmp*"))
+    with pytest.raises(ValueError, match="no drawings"):
+        PreparedWriter(tmp_path / "y", ["apple"]).close(splits=[])
+
+
+def test_replace_is_atomic(tmp_path):
+    ds, _, _ = build(tmp_path / "ds", n=30)
+    before = ds.manifest["arrays"]["points"]["sha256"]
+    # a failure while writing the replacement leaves the old dataset intact
+    with pytest.raises(RuntimeError):
+        with PreparedWriter(tmp_path / "ds", ["apple"]) as w:
+            w.add(np.array([[0, 0, 1], [3, 3, 1]]), 0, 1)
+            raise RuntimeError("boom")
+    assert PreparedDataset(tmp_path / "ds").manifest["arrays"]["points"]["sha256"] == before
+    assert not list(tmp_path.glob(".ds.*"))
+    with pytest.raises(FileExistsError):
+        PreparedWriter(tmp_path / "ds", ["apple"], overwrite=False)
+    new, _, _ = build(tmp_path / "ds", n=9, seed=1)
+    assert len(PreparedDataset(tmp_path / "ds")) == 9 == len(new)
+
+
+def _corrupt_bytes(path, at=-5):
+    data = bytearray(path.read_bytes())
+    data[at] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("case, file, message", [
+    ("truncate", "points.npy", "truncated"),
+    ("missing", "labels.npy", "missing file"),
+    ("flip", "labels.npy", "sha256 mismatch"),
+    ("flip", "key_ids.npy", "sha256 mismatch"),
+    ("garbage", "manifest.json", "unreadable manifest"),
+    ("missing", "manifest.json", "missing manifest"),
+    ("other_shape", "offsets.npy", "manifest says"),
+])
+def test_corrupt_store_names_the_file(tmp_path, case, file, message):
+    build(tmp_path / "ds", n=30)
+    path = tmp_path / "ds" / file
+    if case == "truncate":
+        path.write_bytes(path.read_bytes()[:-20])
+    elif case == "missing":
+        path.unlink()
+    elif case == "flip":
+        _corrupt_bytes(path)
+    elif case == "garbage":
+        path.write_text("{ not json")
+    elif case == "other_shape":
+        np.save(path, np.arange(12, dtype=np.int64))
+    with pytest.raises(DataFormatError, match=message) as e:
+        PreparedDataset(tmp_path / "ds")
+    assert e.value.path.endswith(file)
+
+
+def test_corrupt_points_found_by_verify(tmp_path):
+    build(tmp_path / "ds", n=30)
+    _corrupt_bytes(tmp_path / "ds" / "points.npy", at=-3)  # an x/y byte; sizes unchanged
+    ds = PreparedDataset(tmp_path / "ds")  # cheap open does not hash the points
+    with pytest.raises(DataFormatError, match="points.npy.*sha256 mismatch"):
+        ds.verify()
+    with pytest.raises(DataFormatError, match="points.npy"):
+        PreparedDataset(tmp_path / "ds", verify=True)
+
+
+def test_inconsistent_offsets_are_refused(tmp_path):
+    build(tmp_path / "ds", n=30)
+    root = tmp_path / "ds"
+    off = np.load(root / "offsets.npy")
+    off[-1] += 1  # claims a point that does not exist; keep the checksum consistent
+    np.save(root / "offsets.npy", off)
+    m = json.loads((root / "manifest.json").read_text())
+    from sketchembed.data.store import _sha256_of
+
+    m["arrays"]["offsets"]["sha256"] = _sha256_of(off)
+    (root / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(DataFormatError, match="offsets.npy.*points.npy has"):
+        PreparedDataset(root)
+
+
+def test_not_a_dataset(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        PreparedDataset(tmp_path / "nope")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataFormatError, match="manifest.json"):
+        PreparedDataset(tmp_path / "empty")
