@@ -130,21 +130,23 @@ def run(n_drawings: int = 2048, quick: bool = False) -> list[dict]:
 
 
 def _print(rows: list[dict]) -> None:
-    cols = ["size", "view", "method", "drawings_per_s", "images_per_s", "speedup_vs_opencv",
-            "mad_vs_opencv"]
+    cols = {"size": "px", "view": "view", "method": "method", "drawings_per_s": "drawings/s",
+            "images_per_s": "images/s", "speedup_vs_opencv": "x opencv", "mad_vs_opencv": "MAD"}
+    title = (f"rasterizer ({rows[0]['drawings']} real drawings, batches of {BATCH}, "
+             f"{rows[0]['threads']} threads)")
     try:
         from rich.console import Console
         from rich.table import Table
 
-        t = Table(title=f"rasterizer ({rows[0]['drawings']} real drawings, batches of {BATCH}, "
-                        f"{rows[0]['threads']} threads)")
-        for c in cols:
+        t = Table(title=title)
+        for c in cols.values():
             t.add_column(c, justify="right")
         for row in rows:
             t.add_row(*[str(row[c]) for c in cols])
-        Console().print(t)
+        Console(width=max(100, Console().width)).print(t)
     except ImportError:
-        print("  ".join(cols))
+        print(title)
+        print("  ".join(cols.values()))
         for row in rows:
             print("  ".join(str(row[c]) for c in cols))
 

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from sketchembed.data.augment import PointAugment
 from sketchembed.data.datamodule import SketchCollate, SketchDataModule, delta_std, keep_count
 from sketchembed.data.samplers import PKBatchSampler
 from sketchembed.data.store import PreparedWriter
@@ -137,13 +138,27 @@ def test_fraction_truncation(tiny):
     for i in range(len(full["label"])):
         n = int(full["lengths"][i])
         k = int(half["lengths"][i])
-        assert k == max(2, math.ceil(0.5 * n)) if n >= 2 else k == n
+        assert k == (max(2, math.ceil(0.5 * n)) if n >= 2 else n)
         np.testing.assert_array_equal(half["points"][i, :k, :2].numpy(), full["points"][i, :k, :2].numpy())
         np.testing.assert_array_equal(half["points"][i, :k - 1, 2].numpy(), full["points"][i, :k - 1, 2].numpy())
         assert half["points"][i, k - 1, 2] == 1  # the kept part ends a stroke
         assert int(half["stroke_ends"][i, half["n_strokes"][i] - 1]) == k - 1
         assert int(half["snap_pos"][half["snap_batch"] == i][-1]) == k - 1
     assert keep_count(10, 0.3) == 3 and keep_count(3, 0.1) == 2 and keep_count(1, 0.5) == 1
+
+
+def test_embedded_study10_is_the_default():
+    """The shipped real drawings: ten study classes, a sensible std, PK batches even for small classes."""
+    from sketchembed import STUDY_CLASSES
+
+    dm = SketchDataModule(batch_size=16, sampler="pk", pk_p=3, pk_k=8, batches_per_epoch=4)
+    dm.setup("fit")
+    assert dm.class_names == list(STUDY_CLASSES) and dm.num_classes == 10
+    assert 5 < dm.seq_std < 100  # canvas px per point step on the 256 canvas
+    b = _first(dm.train_dataloader())
+    assert b["label"].view(3, 8).unique(dim=1).shape == (3, 1)
+    assert (b["points"][..., :2] <= 255).all() and int(b["lengths"].min()) >= 2
+    assert SketchDataModule(root="others335").num_classes > 300
 
 
 # ------------------------------------------------------------------------------------------ samplers
@@ -201,18 +216,15 @@ def test_ddp_requires_own_sharding(tiny):
 
 
 # ------------------------------------------------------------------------------------------ augment
-class _Jitter:
-    """Stand-in augmentation: moves x by a random integer (so points stay integral)."""
-
-    def __call__(self, points, rng):
-        out = points.copy()
-        out[:, 0] += rng.integers(1, 50)
-        return out
+def _augment():
+    """The real augmentation with every part switched on (what conf/augment/default.yaml uses)."""
+    return PointAugment(scale=(0.85, 1.15), rotate_deg=12, shear=0.15, translate=12, jitter=0.8,
+                        stroke_dropout=0.1)
 
 
 def test_augment_train_only_and_deterministic(tiny):
     def batch(seed, split="train", epoch=0):
-        dm = _dm(tiny, augment=_Jitter(), seed=seed)
+        dm = _dm(tiny, augment=_augment(), seed=seed)
         loader = dm.train_dataloader() if split == "train" else dm.loader(split)
         if epoch:
             loader.batch_sampler.set_epoch(epoch)
@@ -222,16 +234,27 @@ def test_augment_train_only_and_deterministic(tiny):
     _, a2 = batch(1)
     _, c = batch(2)
     _, e1 = batch(1, epoch=1)
-    assert torch.equal(a["points"], a2["points"]) and torch.equal(a["seq"], a2["seq"])
-    raw = [np.asarray(dm.store.points(int(r)), np.float32) for r in a["index"]]
-    moved = [a["points"][i, 0, 0].item() - p[0, 0] for i, p in enumerate(raw)]
-    assert all(m >= 1 for m in moved)  # every train drawing was augmented, seq follows the points
-    np.testing.assert_allclose(a["seq"][0, 0, 0].item(), a["points"][0, 0, 0].item() / dm.seq_std, rtol=1e-6)
-    assert not torch.equal(a["index"], c["index"]) or not torch.equal(a["points"], c["points"])
-    assert not torch.equal(a["index"], e1["index"]) or not torch.equal(a["points"], e1["points"])
-    _, v = batch(1, split="val")
+    for k in ("points", "seq", "lengths", "stroke_ends", "snap_pos", "index"):
+        assert torch.equal(a[k], a2[k]), k  # same seed, same epoch: the same augmented batch
+    for i, r in enumerate(a["index"].tolist()):  # every train drawing was augmented ...
+        raw = np.asarray(dm.store.points(r), np.float32)
+        n = int(a["lengths"][i])
+        assert n != len(raw) or not np.array_equal(a["points"][i, :n].numpy(), raw)
+        # ... and seq is derived from the augmented points (views stay consistent)
+        pts = a["points"][i, :n].numpy()
+        d = np.diff(np.r_[[[0, 0]], pts[:, :2]], axis=0) / dm.seq_std
+        np.testing.assert_allclose(a["seq"][i, :n, :2].numpy(), d, rtol=1e-5, atol=1e-5)
+        assert int(a["stroke_ends"][i, a["n_strokes"][i] - 1]) == n - 1
+    assert not torch.equal(a["points"][0], c["points"][0]) or not torch.equal(a["index"], c["index"])
+    assert not torch.equal(a["points"][0], e1["points"][0]) or not torch.equal(a["index"], e1["index"])
+    _, v = batch(1, split="val")  # val/test are never augmented
     for i, r in enumerate(v["index"]):
         np.testing.assert_array_equal(v["points"][i, : v["lengths"][i]].numpy(), dm.store.points(int(r)))
+    dm_t = _dm(tiny, augment=_augment())
+    dm_t.setup("test")
+    t = _first(dm_t.test_dataloader()[0])
+    r0 = int(t["index"][0])
+    np.testing.assert_array_equal(t["points"][0, : t["lengths"][0]].numpy(), dm_t.store.points(r0))
 
 
 # ------------------------------------------------------------------------------------------ seq_std
@@ -350,7 +373,7 @@ def test_pickles_for_workers_and_ddp_spawn(tiny):
     """ddp_spawn pickles the DataModule, spawn workers the dataset and collate: all must round-trip."""
     import pickle
 
-    dm = _dm(tiny, augment=_Jitter())
+    dm = _dm(tiny, augment=_augment())
     clone = pickle.loads(pickle.dumps(dm))
     assert clone.seq_std == dm.seq_std and clone.store.root == dm.store.root
     ds = pickle.loads(pickle.dumps(dm.dataset("train", augment=True)))
@@ -376,8 +399,8 @@ def test_spawned_workers(tiny):
 
 def test_workers_pickle_collate(tiny):
     """num_workers=2: dataset, store and collate travel to worker processes."""
-    dm = _dm(tiny, num_workers=2, augment=_Jitter())
-    ref = _dm(tiny, num_workers=0, augment=_Jitter())
+    dm = _dm(tiny, num_workers=2, augment=_augment())
+    ref = _dm(tiny, num_workers=0, augment=_augment())
     got = [b["points"] for b in dm.train_dataloader()]
     want = [b["points"] for b in ref.train_dataloader()]
     assert len(got) == len(want) and all(torch.equal(a, b) for a, b in zip(got, want))

@@ -55,6 +55,7 @@ def test_add_many_matches_add(tmp_path):
     ds, drawings, splits = build(tmp_path / "one")
     with PreparedWriter(tmp_path / "many", ds.classes) as w:
         for a in range(0, len(drawings), 7):
+            assert len(w.key_ids) == len(w.labels) == a  # reading the columns does not block adding
             part = drawings[a:a + 7]
             w.add_many(np.concatenate([p for p, _, _ in part]), [len(p) for p, _, _ in part],
                        [lab for _, lab, _ in part], [k for _, _, k in part])

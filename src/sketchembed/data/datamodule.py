@@ -17,9 +17,9 @@ counted twice; shards differ by at most one drawing, so log eval metrics per epo
 
 ``seq`` normalization: ``(dx, dy) / seq_std`` with one std for both axes (keeps the aspect ratio),
 computed once on the train split's within-drawing deltas as their RMS, i.e. assuming mean 0 (pen
-motions go back and forth: on the shared real drawings the mean delta is 2-4 % of the std). ``dx_0`` is ``x_0`` itself
-and is not counted in the std. The value lives in :meth:`state_dict`, so checkpoints carry it and a
-restored model sees the inputs it was trained on.
+motions go back and forth: over 1,300 shared real drawings the mean delta is 2-4 % of the std).
+``dx_0`` is ``x_0`` itself and is not counted in the std. The value lives in :meth:`state_dict`, so
+checkpoints carry it and a restored model sees the inputs it was trained on.
 """
 
 from __future__ import annotations

@@ -6,9 +6,11 @@ dataset's own simplification, so a prepared dataset always holds simplified 0–
 
 Splits are a function of the key_id, not of file order: within a class, drawings are ranked by a
 seeded 64-bit hash of their key_id; the first ``n_test`` ranks are test, the next ``n_val`` val, the
-rest train. Preparing the same drawings from files in another order gives the same split; adding
-drawings moves only drawings at the two boundaries, and always towards train (test → val → train),
-so a drawing once used for training or model selection never lands in the test set.
+rest train. Preparing the same drawings from files in another order gives the same split, and
+adding drawings moves only drawings at the two boundaries: under the study rule (fixed counts) at
+most two per added drawing, always towards train (test → val → train), so a drawing once used for
+training or model selection never lands in the test set; under the fraction rule the counts grow
+with the class, so a few boundary drawings can also move from train to val/test.
 
 * rule ``study`` (default): 5,000 val + 5,000 test per class, the rest train — for classes with at
   least ``study_min_factor`` × (val + test) drawings (30,000 by default, so train keeps ≥ 2/3);
@@ -259,7 +261,6 @@ class _ClassPass:
 def _generic(src: Source, cp: _ClassPass, on_error: str, fmt: str) -> None:
     """Any format through :func:`read_drawings`; raw drawings are simplified here."""
     from sketchembed.data.formats import read_drawings
-    from sketchembed.data.simplify import simplify_drawing
 
     for d in read_drawings(src.path, on_error=on_error, report=cp.report, word=cp.cls):
         src.read += 1
@@ -394,7 +395,8 @@ def _fast_simplified(src: Source, cp: _ClassPass, on_error: str, fmt: str, advan
                     slens.append(m)
                     X += xs
                     Y += ys
-            except (ValueError, TypeError, KeyError, AttributeError, UnicodeDecodeError, StopIteration):
+            except (ValueError, TypeError, KeyError, AttributeError, OverflowError, UnicodeDecodeError,
+                    StopIteration):
                 del slens[n0:], X[x0:], Y[x0:]
                 if line.strip():
                     slow(lineno, line)

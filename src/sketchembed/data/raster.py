@@ -113,9 +113,13 @@ class Rasterizer:
             raise ValueError("snap_batch/snap_pos out of range (need 0 <= snap_batch < B and "
                              "-1 <= snap_pos < lengths[snap_batch])")
 
-        xy = (points[..., :2].float() + (0.5 + self.padding)) * self.scale   # output px
+        if T == 0:
+            return torch.zeros(M, 1, H, W, device=dev)
         idx = torch.arange(T, device=dev)
         valid = idx < lengths[:, None]
+        if not bool(torch.isfinite(points[..., :2][valid]).all()):
+            raise ValueError("points hold non-finite coordinates within lengths")
+        xy = (points[..., :2].float() + (0.5 + self.padding)) * self.scale   # output px
         pen = (points[..., 2] > 0.5) | (idx == lengths[:, None] - 1)     # last point closes its stroke
         start = torch.ones_like(pen)
         start[:, 1:] = pen[:, :-1]
@@ -157,6 +161,7 @@ class Rasterizer:
         snap_order = torch.argsort(rank, stable=True)                    # sorted positions by rank
         snap_start = [0] + torch.cumsum(torch.bincount(rank, minlength=n_rank), 0).tolist()
         rows_per_copy = max(1, self.chunk_elems // (H * W))
+        buf = out.new_empty(min(rows_per_copy, M), H * W)
         flat = out.view(-1)
         copied = 0                     # snapshots of ranks 1..copied start from their predecessor
 
@@ -166,7 +171,8 @@ class Rasterizer:
                 pos = snap_order[snap_start[q]:snap_start[q + 1]]
                 for c in range(0, pos.numel(), rows_per_copy):
                     pc = pos[c:c + rows_per_copy]
-                    out.index_copy_(0, perm[pc], out.index_select(0, perm[pc - 1]))
+                    tmp = torch.index_select(out, 0, perm[pc - 1], out=buf[:pc.numel()])
+                    out.index_copy_(0, perm[pc], tmp)
             copied = max(copied, k)
 
         # Coverage in big chunks of pieces (in rank order); the scatter and the copies then go rank
@@ -248,18 +254,18 @@ class Rasterizer:
         cm = om[:, None] + col + 0.5 - am[:, None]                      # (P,C) column centre - start
         hb = r * torch.sqrt(1.0 + slope * slope)
         on = torch.floor(an[:, None] + cm * slope[:, None] - hb[:, None]).clamp_(0.0, float(H - R))
-        dm = cm[:, :, None]                                            # (P,C,1)
-        dn = (on - an[:, None])[:, :, None] + (rows.float() + 0.5)      # (P,C,R)
-        uhm3, uhn3 = uhm[:, None, None], uhn[:, None, None]
-        along = dm * uhm3 + dn * uhn3
-        across = dn * uhm3 - dm * uhn3
-        beyond = along - along.clamp(min=0.0).clamp_(max=ln[:, None, None])
-        cov = torch.hypot(across, beyond).neg_().add_(r).clamp_(0.0, 1.0)
+        # along/across the piece = per-column part + per-row part, so each is one full-size op.
+        dn0 = on - an[:, None]                                          # (P,C) first row - start
+        rc = (rows.float() + 0.5)[None, None, :]                        # (1,1,R)
+        along = (cm * uhm[:, None] + dn0 * uhn[:, None])[:, :, None] + rc * uhn[:, None, None]
+        across = (dn0 * uhm[:, None] - cm * uhn[:, None])[:, :, None] + rc * uhm[:, None, None]
+        beyond = along.sub_(torch.clamp(along, min=torch.zeros_like(ln)[:, None, None],
+                                         max=ln[:, None, None]))
+        cov = torch.hypot(across, beyond, out=across).neg_().add_(r).clamp_(0.0, 1.0)
         sm = torch.where(mx, 1, W)                                       # index strides of the axes
         sn = torch.where(mx, W, 1)
-        base = row * (H * W) + om.long() * sm
-        idx = (base[:, None] + col * sm[:, None])[:, :, None] \
-            + (on.long()[:, :, None] + rows) * sn[:, None, None]         # (P,C,R) into out
+        head = (row * (H * W) + om.long() * sm)[:, None] + col * sm[:, None] + on.long() * sn[:, None]
+        idx = head[:, :, None] + rows * sn[:, None, None]                # (P,C,R) into out
         n = pa.shape[0]
         return idx.reshape(n, -1), cov.reshape(n, -1)
 

@@ -132,6 +132,7 @@ class PreparedWriter:
         self._points = _ArrayFile(self.tmp / "points.npy", *ARRAYS["points"])
         self._pending: list[np.ndarray] = []
         self._pending_rows = 0
+        self._pending_drawings = 0
         self._lengths = array.array("q")
         self._labels = array.array("h")
         self._key_ids = array.array("Q")
@@ -150,6 +151,7 @@ class PreparedWriter:
             raise ValueError(f"key_id {key_id}: label {label} outside 0..{len(self.classes) - 1}")
         self._pending.append(points)
         self._pending_rows += len(points)
+        self._pending_drawings += 1
         self._lengths.append(len(points))
         self._labels.append(int(label))
         self._key_ids.append(int(key_id))
@@ -173,6 +175,7 @@ class PreparedWriter:
             raise ValueError("empty drawing or label out of range in add_many")
         self._pending.append(points)
         self._pending_rows += len(points)
+        self._pending_drawings += len(lengths)
         self._lengths.extend(lengths.tolist())
         self._labels.extend(labels.tolist())
         self._key_ids.frombytes(key_ids.astype("<u8").tobytes())
@@ -190,22 +193,32 @@ class PreparedWriter:
             pen = block[:, 2]
             if np.any((pen != 0) & (pen != 1)):
                 raise ValueError("pen_up values must be 0 or 1")
+            # pen_up on every drawing's last point is part of the contract (checked here, while the
+            # block is in memory, rather than by reading the whole points file back)
+            first = len(self._lengths) - self._pending_drawings
+            ends = np.cumsum(np.frombuffer(self._lengths[first:].tobytes(), dtype=np.int64)) - 1
+            if not np.all(pen[ends] == 1):
+                j = int(np.flatnonzero(pen[ends] != 1)[0])
+                key = int(self._key_ids[first + j])
+                raise ValueError(f"key_id {key}: last point must have pen_up = 1")
         self._points.append(block)
         self._pending = []
         self._pending_rows = 0
+        self._pending_drawings = 0
 
     # -- what prepare needs to compute splits -----------------------------------------------------
+    # Copies, not views: a numpy view would pin the array.array's buffer and make the next add fail.
     @property
     def labels(self) -> np.ndarray:
-        return np.frombuffer(self._labels, dtype=np.int16) if len(self._labels) else np.zeros(0, np.int16)
+        return np.array(self._labels, dtype=np.int16)
 
     @property
     def key_ids(self) -> np.ndarray:
-        return np.frombuffer(self._key_ids, dtype=np.uint64) if len(self._key_ids) else np.zeros(0, np.uint64)
+        return np.frombuffer(self._key_ids.tobytes(), dtype=np.uint64)
 
     @property
     def lengths(self) -> np.ndarray:
-        return np.frombuffer(self._lengths, dtype=np.int64) if len(self._lengths) else np.zeros(0, np.int64)
+        return np.frombuffer(self._lengths.tobytes(), dtype=np.int64)
 
     # -- finishing --------------------------------------------------------------------------------
     def close(self, manifest_extra: dict | None = None, *, splits: np.ndarray | None = None) -> "PreparedDataset":
@@ -232,12 +245,6 @@ class PreparedWriter:
             info = {"points": self._points.close()}
             if info["points"]["shape"][0] != offsets[-1]:  # pragma: no cover - internal invariant
                 raise RuntimeError("points written do not match the lengths recorded")
-            # pen_up on the last point of every drawing is part of the contract; check it once.
-            pts = np.load(self.tmp / "points.npy", mmap_mode="r")
-            if not np.all(pts[offsets[1:] - 1, 2] == 1):
-                bad = int(np.flatnonzero(pts[offsets[1:] - 1, 2] != 1)[0])
-                raise ValueError(f"key_id {int(self.key_ids[bad])}: last point must have pen_up = 1")
-            del pts
             for name, arr in (("offsets", offsets), ("labels", self.labels), ("key_ids", self.key_ids),
                               ("splits", splits.astype(np.int8))):
                 f = _ArrayFile(self.tmp / f"{name}.npy", *ARRAYS[name])

@@ -260,12 +260,12 @@ def check_compatible(model_name: str, loss_kind: str | None, loss_name: str | No
             raise ValueError(f"model={model_name!r} is unknown; choose one of {sorted(MODELS)}")
         model_cls = MODELS[model_name]
     loss_name = loss_name or str(loss_kind)
-    expected = model_cls.LOSS_KIND
+    expected = getattr(model_cls, "LOSS_KINDS", None) or (model_cls.LOSS_KIND,)
     if loss_kind not in ("triplet", "classification"):
         raise ValueError(f"loss={loss_name}: its class declares no kind ('triplet' or 'classification'), "
                          f"so it cannot be checked against model={model_name}")
-    if loss_kind != expected:
-        what = ("a triplet loss on embeddings (loss=hinge or loss=softmax_triplet)" if expected == "triplet"
+    if loss_kind not in expected:
+        what = ("a triplet loss on embeddings (loss=hinge or loss=softmax_triplet)" if expected == ("triplet",)
                 else "a classification loss on logits (loss=cross_entropy)")
         raise ValueError(f"loss={loss_name} is incompatible with model={model_name}: the model needs {what}, "
                          f"{loss_name} is a {loss_kind} loss")

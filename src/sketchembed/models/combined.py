@@ -53,6 +53,10 @@ def load_encoder_state(path: str | Path, backbone: str, embedding_dim: int) -> t
 class CombinedModel(SketchModule):
     MODEL_KIND = "combined"
     VIEWS = frozenset({"sequence", "snapshots"})
+    # With a triplet loss (loss=hinge / softmax_triplet) the classifier still learns with
+    # cross-entropy and the representation at each drawing's last stroke end is also shaped by the
+    # metric loss on mined in-batch triplets (weight ``triplet_weight``): the KNN space of the study.
+    LOSS_KINDS = ("classification", "triplet")
 
     def __init__(self, num_classes: int, backbone: Any = "resnet10t", embedding_dim: int = 256,
                  hidden: int = 256, layers: int = 2, dropout: float = 0.0, mlp_hidden: int = 256,
@@ -61,7 +65,7 @@ class CombinedModel(SketchModule):
                  cnn_lr: float | None = None, input_dim: int = 3, loss: Any = None, lr: float = 1e-3,
                  weight_decay: float = 1e-4, scheduler: str = "none", warmup_steps: int = 0,
                  min_lr_ratio: float = 0.0, class_names: list[str] | None = None,
-                 cnn_ckpt_source: str | None = None):
+                 cnn_ckpt_source: str | None = None, triplet_weight: float = 1.0):
         super().__init__()
         self.save_hyperparameters(ignore=["loss"])
         self._setup_common(loss=loss, num_classes=num_classes, lr=lr, weight_decay=weight_decay,
@@ -80,6 +84,13 @@ class CombinedModel(SketchModule):
             if int(hp.get("image_size", image_size)) != int(image_size):
                 log.warning("model.cnn_ckpt was trained at image_size=%s, this run uses %s",
                             hp.get("image_size"), image_size)
+        self.triplet_weight = float(triplet_weight)
+        if getattr(self.loss, "kind", None) == "triplet":
+            from sketchembed.metric.losses import CrossEntropy
+
+            self.metric_loss, self.loss = self.loss, CrossEntropy()
+        else:
+            self.metric_loss = None
         self.freeze_cnn = bool(freeze_cnn)
         if self.freeze_cnn:
             self.cnn.requires_grad_(False)
@@ -150,4 +161,13 @@ class CombinedModel(SketchModule):
         logits = self.head(feats)
         labels = batch["label"]
         loss = self.loss(logits, labels[sb])
-        return loss, {"acc": (logits.detach().argmax(-1) == labels[sb]).float().mean()}
+        extra = {"acc": (logits.detach().argmax(-1) == labels[sb]).float().mean()}
+        if self.metric_loss is not None:
+            from sketchembed.metric.miners import find_miner
+
+            is_last = sp == (batch["lengths"] - 1)[sb]
+            emb, emb_labels = feats[is_last], labels[sb[is_last]]
+            metric = self.metric_loss(*find_miner(self._trainer).mine_batch(emb, emb_labels))
+            extra["ce"], extra["metric_loss"] = loss.detach(), metric.detach()
+            loss = loss + self.triplet_weight * metric
+        return loss, extra

@@ -1,0 +1,261 @@
+"""The torch rasterizer against independent references on real drawings, and its contracts
+(snapshots, truncation, batching, padding, dots, chunking, render_views)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image, ImageDraw
+
+from sketchembed.data.raster import Rasterizer, render_views, stroke_ends
+
+FILES = ("apple", "cat", "airplane", "The Eiffel Tower", "bus", "helicopter")
+
+
+@pytest.fixture(scope="module")
+def drawings(shared_quickdraw) -> list[np.ndarray]:
+    """A few real simplified drawings per class as (N, 3) float32 points."""
+    out = []
+    for name in FILES:
+        with open(shared_quickdraw / "simplified" / f"{name}.ndjson") as fh:
+            for _, line in zip(range(4), fh):
+                parts = []
+                for x, y in json.loads(line)["drawing"]:
+                    p = np.zeros((len(x), 3), np.float32)
+                    p[:, 0], p[:, 1], p[-1, 2] = x, y, 1
+                    parts.append(p)
+                out.append(np.concatenate(parts))
+    assert len(out) == 4 * len(FILES)
+    return out
+
+
+def pad(drawings, fill=0.0):
+    T = max(len(d) for d in drawings)
+    pts = torch.full((len(drawings), T, 3), float(fill))
+    for i, d in enumerate(drawings):
+        pts[i, : len(d)] = torch.as_tensor(d)
+    return pts, torch.tensor([len(d) for d in drawings])
+
+
+def pil_reference(pts: np.ndarray, r: Rasterizer, ss: int = 4) -> np.ndarray:
+    """Independent reference: PIL lines with round joints and caps, drawn ss x larger, box-reduced."""
+    S = r.size * ss
+    img = Image.new("L", (S, S), 0)
+    draw = ImageDraw.Draw(img)
+    u = (pts[:, :2] + 0.5 + r.padding) * r.scale * ss
+    w = 2 * r.half_width * ss
+    start = 0
+    for end in np.flatnonzero(pts[:, 2] > 0) + 1:
+        seg = [tuple(p) for p in u[start:end]]
+        if len(seg) > 1:
+            draw.line(seg, fill=255, width=int(round(w)), joint="curve")
+        for x, y in (seg[0], seg[-1]):
+            draw.ellipse([x - w / 2, y - w / 2, x + w / 2, y + w / 2], fill=255)
+        start = end
+    return np.asarray(img.reduce(ss), dtype=np.float32) / 255
+
+
+def brute_force(pts: np.ndarray, r: Rasterizer) -> torch.Tensor:
+    """The rasterizer's own formula, evaluated at every pixel for every segment (float64)."""
+    S, hw = r.size, r.half_width
+    xy = (torch.as_tensor(pts[:, :2], dtype=torch.float64) + 0.5 + r.padding) * r.scale
+    pen = [bool(v > 0.5) for v in pts[:, 2]]
+    pen[-1] = True
+    c = torch.arange(S, dtype=torch.float64) + 0.5
+    Y, X = torch.meshgrid(c, c, indexing="ij")
+    P = torch.stack([X, Y], -1)
+    img = torch.zeros(S, S, dtype=torch.float64)
+    for i in range(len(pts)):
+        if not pen[i]:
+            a, b = xy[i], xy[i + 1]
+        elif i == 0 or pen[i - 1]:
+            a = b = xy[i]
+        else:
+            continue
+        u = b - a
+        l2 = float(u @ u)
+        t = ((P - a) @ u / l2).clamp(0, 1) if l2 > 0 else torch.zeros(S, S, dtype=torch.float64)
+        d = (P - a - t[..., None] * u).norm(dim=-1)
+        img = torch.maximum(img, (hw + 0.5 - d).clamp(0, 1))
+    return img
+
+
+def truncate(pts: np.ndarray, fraction: float) -> np.ndarray:
+    """ARCHITECTURE.md: keep the first ceil(f * N) points (at least 2), pen_up = 1 on the last."""
+    n = max(2, math.ceil(fraction * len(pts)))
+    out = pts[:n].copy()
+    out[-1, 2] = 1
+    return out
+
+
+@pytest.mark.parametrize("size,kw", [(64, dict(padding=0.0)), (224, {})])
+def test_matches_pil_reference(drawings, size, kw):
+    r = Rasterizer(size, **kw)
+    pts, n = pad(drawings)
+    img = r(pts, n)[:, 0].numpy()
+    ious = []
+    for i, d in enumerate(drawings):
+        ref = pil_reference(d, r)
+        a, b = img[i] > 0.5, ref > 0.5
+        ious.append((a & b).sum() / (a | b).sum())
+        assert ious[-1] > 0.8, (i, ious[-1])
+        assert np.abs(img[i] - ref).mean() < 0.03
+        assert abs(img[i].sum() - ref.sum()) < 0.15 * ref.sum()      # same amount of ink
+    assert np.mean(ious) > 0.85
+
+
+@pytest.mark.parametrize("size,kw", [(32, {}), (48, dict(line_width=20.0, padding=0.0)),
+                                     (40, dict(piece_len=3.0))])
+def test_exact_against_brute_force(drawings, size, kw):
+    """The windowed strips miss no ink and invent none: equal to evaluating every pixel."""
+    r = Rasterizer(size, **kw)
+    sel = drawings[::3]
+    pts, n = pad(sel)
+    img = r(pts, n)[:, 0].double()
+    for i, d in enumerate(sel):
+        torch.testing.assert_close(img[i], brute_force(d, r), atol=1e-4, rtol=0)
+
+
+def test_snapshots_count_last_equals_final_and_each_is_a_truncation(drawings):
+    r = Rasterizer(48)
+    pts, n = pad(drawings)
+    snaps, sb, sp = r.all_snapshots(pts, n)
+    final = r(pts, n)
+    strokes = [int((d[:, 2] > 0).sum()) for d in drawings]
+    assert snaps.shape == (sum(strokes), 1, 48, 48)
+    assert torch.bincount(sb, minlength=len(drawings)).tolist() == strokes
+    for b in range(len(drawings)):
+        mine = snaps[sb == b]
+        torch.testing.assert_close(mine[-1], final[b], atol=1e-6, rtol=0)
+        # each snapshot is the drawing rendered up to that stroke end, and ink only grows
+        for m, pos in zip(mine, sp[sb == b].tolist()):
+            cut = drawings[b][: pos + 1]
+            alone = r(torch.as_tensor(cut)[None], torch.tensor([len(cut)]))[0]
+            torch.testing.assert_close(m, alone, atol=1e-6, rtol=0)
+        assert bool((mine[1:] >= mine[:-1] - 1e-6).all())
+
+
+@pytest.mark.parametrize("fraction", [0.3, 0.5, 0.77])
+def test_truncated_snapshot_equals_rendering_truncated_points(drawings, fraction):
+    r = Rasterizer(40)
+    pts, n = pad(drawings)
+    pos = torch.tensor([max(2, math.ceil(fraction * len(d))) - 1 for d in drawings])
+    snaps = r.snapshots(pts, n, torch.arange(len(drawings)), pos)
+    cut = [truncate(d, fraction) for d in drawings]
+    torch.testing.assert_close(snaps, r(*pad(cut)), atol=1e-6, rtol=0)
+
+
+def test_truncation_on_a_stroke_start_shows_a_dot():
+    r = Rasterizer(32, padding=0.0)
+    pts = torch.tensor([[[10.0, 10, 0], [100, 10, 1], [200, 200, 0], [220, 200, 1]]])
+    img = r.snapshots(pts, torch.tensor([4]), torch.tensor([0]), torch.tensor([2]))
+    alone = r(pts[:, :3].clone().index_put_((torch.tensor([0]), torch.tensor([2]), torch.tensor([2])),
+                                             torch.tensor(1.0)), torch.tensor([3]))
+    torch.testing.assert_close(img, alone)
+    assert float(img[0, 0, 24:27, 24:27].max()) > 0.3                 # the dot at (200, 200)
+    assert float(img[0, 0, 24:27, 24:27].sum()) > 0.5
+
+
+def test_mixed_lengths_batch_equals_each_alone_and_padding_leaves_no_ink(drawings):
+    r = Rasterizer(48)
+    pts, n = pad(drawings)
+    junk, _ = pad(drawings, fill=0.0)
+    mask = torch.arange(pts.shape[1])[None, :] >= n[:, None]
+    gen = torch.Generator().manual_seed(0)
+    junk[mask] = torch.rand(int(mask.sum()), 3, generator=gen) * torch.tensor([255.0, 255.0, 1.0])
+    together = r(pts, n)
+    torch.testing.assert_close(r(junk, n), together, atol=0, rtol=0)
+    snaps_junk = r.all_snapshots(junk, n)[0]
+    torch.testing.assert_close(snaps_junk, r.all_snapshots(pts, n)[0], atol=0, rtol=0)
+    for i, d in enumerate(drawings):
+        alone = r(torch.as_tensor(d)[None], torch.tensor([len(d)]))
+        torch.testing.assert_close(together[i], alone[0], atol=1e-6, rtol=0)
+
+
+def test_dots_show_ink():
+    r = Rasterizer(64, padding=0.0)                                   # 4 canvas units per pixel
+    two_same = torch.tensor([[[100.0, 60, 0], [100, 60, 1], [0, 0, 0]]])
+    one_point = torch.tensor([[[30.0, 200, 1], [0, 0, 0], [0, 0, 0]]])
+    line_then_dot = torch.tensor([[[10.0, 10, 0], [50, 10, 1], [150, 150, 1]]])
+    for pts, n, (x, y) in ((two_same, 2, (100, 60)), (one_point, 1, (30, 200)),
+                           (line_then_dot, 3, (150, 150))):
+        img = r(pts, torch.tensor([n]))[0, 0]
+        assert float(img[y // 4, x // 4]) > 0.9
+        assert 2 < float(img.sum()) < 5 or n == 3                     # about a disc of diameter 2
+    assert float(r(one_point, torch.tensor([0])).sum()) == 0.0       # empty drawing: blank
+
+
+def test_range_dtype_and_line_width_across_sizes(drawings):
+    pts, n = pad(drawings)
+    ink = {}
+    for size in (32, 64, 128):
+        img = Rasterizer(size)(pts, n)
+        assert img.dtype == torch.float32 and img.shape == (len(drawings), 1, size, size)
+        assert float(img.min()) >= 0.0 and 0.99 < float(img.max()) <= 1.0
+        ink[size] = float(img.mean())
+    # widths are in canvas units: the share of inked area does not depend on the image size
+    assert abs(ink[32] / ink[128] - 1) < 0.15 and abs(ink[64] / ink[128] - 1) < 0.1
+
+
+def test_chunking_and_window_settings_do_not_change_the_result(drawings):
+    pts, n = pad(drawings)
+    ref = Rasterizer(48).all_snapshots(pts, n)[0]
+    small = Rasterizer(48, chunk_elems=300, piece_len=5.0).all_snapshots(pts, n)[0]
+    torch.testing.assert_close(small, ref, atol=1e-5, rtol=0)
+
+
+def test_out_of_canvas_points_are_clipped():
+    r = Rasterizer(32, padding=0.0)
+    far = torch.tensor([[[-1e7, 128.0, 0], [1e7, 128, 1], [128, 500, 0], [128, 600, 1]]])
+    img = r(far, torch.tensor([4]))[0, 0]
+    assert float(img[15:17].amax(0).min()) > 0.5          # the horizontal line crosses the image
+    assert float(img[:14].sum()) == 0.0 and float(img[18:].sum()) == 0.0    # ... nothing else
+
+
+def test_snapshot_order_duplicates_and_errors(drawings):
+    r = Rasterizer(32)
+    pts, n = pad(drawings[:3])
+    sb = torch.tensor([2, 0, 2, 1, 0, 2])
+    sp = torch.tensor([n[2] - 1, 3, 5, n[1] - 1, 3, 5])
+    snaps = r.snapshots(pts, n, sb, sp)
+    for m in range(len(sb)):
+        one = r.snapshots(pts, n, sb[m:m + 1], sp[m:m + 1])
+        torch.testing.assert_close(snaps[m], one[0], atol=1e-6, rtol=0)
+    torch.testing.assert_close(snaps[1], snaps[4], atol=0, rtol=0)
+    assert r.snapshots(pts, n, sb[:0], sp[:0]).shape == (0, 1, 32, 32)
+    with pytest.raises(ValueError, match="out of range"):
+        r.snapshots(pts, n, torch.tensor([0]), n[:1])
+    with pytest.raises(ValueError, match="out of range"):
+        r.snapshots(pts, n, torch.tensor([3]), torch.tensor([0]))
+    bad = pts.clone()
+    bad[0, 1, 0] = float("nan")
+    with pytest.raises(ValueError, match="non-finite"):
+        r(bad, n)
+    bad[0, 1, 0] = pts[0, 1, 0]
+    short = int(n.argmin())
+    assert n[short] < pts.shape[1]
+    bad[short, n[short]:, :2] = float("nan")                  # beyond lengths: ignored
+    torch.testing.assert_close(r(bad, n), r(pts, n))
+    assert r(torch.zeros(2, 0, 3), torch.zeros(2, dtype=torch.long)).abs().sum() == 0
+    with pytest.raises(ValueError, match="too wide"):
+        Rasterizer(8, line_width=200.0)
+
+
+def test_render_views_adds_image_and_snapshots(drawings):
+    r = Rasterizer(32)
+    pts, n = pad(drawings[:5])
+    sb, sp = stroke_ends(pts, n)
+    batch = {"points": pts, "lengths": n, "snap_batch": sb, "snap_pos": sp}
+    out = render_views(dict(batch), r, {"image", "snapshots"})
+    torch.testing.assert_close(out["image"], r(pts, n), atol=1e-6, rtol=0)
+    torch.testing.assert_close(out["snapshots"], r.snapshots(pts, n, sb, sp), atol=1e-6, rtol=0)
+    only = render_views(dict(batch), r, {"image", "sequence"})
+    assert "snapshots" not in only and only["image"].shape == (5, 1, 32, 32)
+    assert "image" not in render_views(dict(batch), r, {"snapshots"})
+    assert set(render_views(dict(batch), r, {"sequence"})) == set(batch)
+    with pytest.raises(KeyError, match="snap_batch"):
+        render_views({"points": pts, "lengths": n}, r, {"snapshots"})
