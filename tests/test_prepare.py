@@ -4,7 +4,6 @@ key-based splits, dedupe of raw + simplified copies, skip accounting, clear erro
 from __future__ import annotations
 
 import json
-import shutil
 
 import numpy as np
 import pytest
