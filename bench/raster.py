@@ -9,7 +9,6 @@ absolute difference, to show the two render alike. Threads: as the process has t
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from pathlib import Path
@@ -30,18 +29,14 @@ def load_points(n: int, root: Path = SHARED / "quickdraw" / "simplified") -> lis
     files = sorted(root.glob("*.ndjson"))
     if not files:
         raise FileNotFoundError(f"no .ndjson drawings in {root} (set SKETCHEMBED_SHARED)")
+    from sketchembed.data.formats import read_drawings
+
     out: list[np.ndarray] = []
     for f in files:
-        with open(f) as fh:
-            for line in fh:
-                parts = []
-                for x, y in json.loads(line)["drawing"]:
-                    p = np.zeros((len(x), 3), np.float32)
-                    p[:, 0], p[:, 1], p[-1, 2] = x, y, 1
-                    parts.append(p)
-                out.append(np.concatenate(parts))
-                if len(out) >= n:
-                    return out
+        for d in read_drawings(f):
+            out.append(d.points().astype(np.float32))
+            if len(out) >= n:
+                return out
     return [out[i % len(out)] for i in range(n)]
 
 

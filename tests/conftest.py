@@ -32,3 +32,18 @@ def shared_quickdraw() -> Path:
     if not (SHARED_QUICKDRAW / "simplified").is_dir():
         pytest.fail(f"real data not found at {SHARED_QUICKDRAW} (set SKETCHEMBED_SHARED)")
     return SHARED_QUICKDRAW
+
+
+def real_points(shared: Path, names, per_class: int) -> list:
+    """The first ``per_class`` simplified drawings of each class as ``(N, 3)`` float32 points."""
+    from itertools import islice
+
+    import numpy as np
+
+    from sketchembed.data.formats import read_drawings
+
+    out = []
+    for name in names:
+        for d in islice(read_drawings(shared / "simplified" / f"{name}.ndjson", on_error="raise"), per_class):
+            out.append(d.points().astype(np.float32))
+    return out

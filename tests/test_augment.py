@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-import json
+from conftest import real_points
 
 import cv2
 import numpy as np
@@ -17,17 +17,7 @@ from sketchembed.data.sketch import points_to_strokes
 
 @pytest.fixture(scope="module")
 def drawings(shared_quickdraw) -> list[np.ndarray]:
-    out = []
-    for name in ("banana", "truck", "grapes", "van"):
-        with open(shared_quickdraw / "simplified" / f"{name}.ndjson") as fh:
-            for _, line in zip(range(3), fh):
-                parts = []
-                for x, y in json.loads(line)["drawing"]:
-                    p = np.zeros((len(x), 3), np.float32)
-                    p[:, 0], p[:, 1], p[-1, 2] = x, y, 1
-                    parts.append(p)
-                out.append(np.concatenate(parts))
-    return out
+    return real_points(shared_quickdraw, ("banana", "truck", "grapes", "van"), 3)
 
 
 FULL = dict(scale=(0.8, 1.2), rotate_deg=15, shear=0.2, translate=12, jitter=1.0, stroke_dropout=0.3)

@@ -100,6 +100,7 @@ NDJSON_CORRUPTIONS = {
                               "non-integer"),
     "unknown class": (lambda o: {**o, "word": "unicorn"}, "unknown class"),
     "bad key_id": (lambda o: {**o, "key_id": "abc"}, "key_id"),
+    "infinite key_id": (lambda o: {**o, "key_id": float("inf")}, "key_id"),
 }
 
 

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-import json
+from conftest import real_points
 import math
 
 import numpy as np
@@ -19,16 +19,7 @@ FILES = ("apple", "cat", "airplane", "The Eiffel Tower", "bus", "helicopter")
 @pytest.fixture(scope="module")
 def drawings(shared_quickdraw) -> list[np.ndarray]:
     """A few real simplified drawings per class as (N, 3) float32 points."""
-    out = []
-    for name in FILES:
-        with open(shared_quickdraw / "simplified" / f"{name}.ndjson") as fh:
-            for _, line in zip(range(4), fh):
-                parts = []
-                for x, y in json.loads(line)["drawing"]:
-                    p = np.zeros((len(x), 3), np.float32)
-                    p[:, 0], p[:, 1], p[-1, 2] = x, y, 1
-                    parts.append(p)
-                out.append(np.concatenate(parts))
+    out = real_points(shared_quickdraw, FILES, 4)
     assert len(out) == 4 * len(FILES)
     return out
 

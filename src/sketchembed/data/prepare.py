@@ -304,7 +304,7 @@ def _fast_simplified(src: Source, cp: _ClassPass, on_error: str, fmt: str, advan
     """
     from sketchembed.data.categories import CATEGORY_SET
     from sketchembed.data.formats import ErrorSink
-    from sketchembed.data.formats.ndjson import _parse as parse_record
+    from sketchembed.data.formats.ndjson import parse_line
 
     if cp.cls not in CATEGORY_SET:  # the reader refuses unknown words; let it say so
         return _generic(src, cp, on_error, fmt)
@@ -318,14 +318,8 @@ def _fast_simplified(src: Source, cp: _ClassPass, on_error: str, fmt: str, advan
     held: list[tuple[int, bytes]] = []  # (line number, line) of each pending drawing
 
     def slow(lineno: int, line: bytes) -> None:
-        try:
-            obj = loads(line)
-        except (ValueError, UnicodeDecodeError) as e:
-            sink.bad(f"line {lineno}", f"broken JSON ({e})")
-            return
-        d, reason = parse_record(obj, cls, sink)
-        if reason:
-            sink.bad(f"line {lineno}", reason)
+        d = parse_line(line, lineno, cls, sink, loads)
+        if d is None:
             return
         src.read += 1
         _take_drawing(d, src, cp, fmt)

@@ -114,8 +114,9 @@ def load_model(ckpt_path, *, kinds: Iterable[str] | None = None, map_location="c
         model = cls.load_from_checkpoint(str(path), map_location=map_location, weights_only=False)
     except TypeError:  # older signature without weights_only
         model = cls.load_from_checkpoint(str(path), map_location=map_location)
-    except (RuntimeError, KeyError) as e:
-        raise ValueError(f"{path}: checkpoint does not fit model kind {kind!r} ({str(e).splitlines()[0]})") from None
+    except (RuntimeError, KeyError, ValueError) as e:  # weights or hparams that do not fit the kind
+        first = (str(e).splitlines() or [e.__class__.__name__])[0]
+        raise ValueError(f"{path}: checkpoint does not fit model kind {kind!r} ({first})") from None
     model.eval()
     return model
 

@@ -43,6 +43,9 @@ STUDY_TRIPLET_VS_DIRECT = {"probe_acc": ("87", "85"), "knn@4": ("91", "89")}
 
 CLASSIFICATION_ROWS = [("acc@50", "classification @ 50 % of the drawing"),
                        ("acc@100", "classification @ 100 % of the drawing")]
+# Only in a run's own report (the comparison table keeps the study's columns).
+BALANCED_ROWS = [("balanced_acc@50", "balanced accuracy @ 50 % of the drawing"),
+                 ("balanced_acc@100", "balanced accuracy @ 100 % of the drawing")]
 SPACE_ROWS = [("knn@1", "KNN K=1"), ("knn@3", "KNN K=3"), ("knn@4", "KNN K=4"), ("knn@5", "KNN K=5"),
               ("probe_acc", "linear probe (emb → 64 → classes)"), ("triplet_acc", "triplet accuracy")]
 TABLE_COLUMNS = [k for k, _ in CLASSIFICATION_ROWS] + [k for k, _ in SPACE_ROWS]
@@ -70,8 +73,13 @@ def split_of(metrics: Mapping) -> str:
 
 
 def metric(metrics: Mapping, name: str, split: str | None = None):
+    """``SPLIT/name``; for metrics that are not per fraction also ``SPLIT/name@100`` (training logs
+    ``val/triplet_acc@100`` per eval dataloader, eval writes ``test/triplet_acc``)."""
     split = split or split_of(metrics)
-    return _num(metrics.get(f"{split}/{name}"))
+    v = _num(metrics.get(f"{split}/{name}"))
+    if v is None and "@" not in name:
+        v = _num(metrics.get(f"{split}/{name}@100"))
+    return v
 
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
@@ -100,7 +108,10 @@ def render_report(metrics: Mapping, *, baseline: Mapping | None = None,
     study = STUDY.get(kind, {})
     lines = [f"# sketchembed report: {metrics.get('run_name') or kind}", ""]
     facts = [("model kind", kind), ("dataset", metrics.get("dataset")), ("split", split),
+             ("classified by", metrics.get("classifier")),
              ("train drawings", metrics.get("n_train")), (f"{split} drawings", metrics.get(f"n_{split}")),
+             ("drawings skipped (bad records)", metrics.get("n_skipped")),
+             ("evaluated drawings also in the KNN index", metrics.get("n_test_in_index") or None),
              ("checkpoint", metrics.get("checkpoint"))]
     lines += [f"- **{k}**: {v}" for k, v in facts if v not in (None, "")]
     lines += ["", f"Our numbers are measured on this run's data ({metrics.get('dataset', 'see above')}); "
@@ -108,7 +119,7 @@ def render_report(metrics: Mapping, *, baseline: Mapping | None = None,
               "for orientation only — they are not results of this run.", ""]
 
     cls_rows = [(label, pct(metric(metrics, key, split)), study.get(key, "–"))
-                for key, label in CLASSIFICATION_ROWS if metric(metrics, key, split) is not None]
+                for key, label in CLASSIFICATION_ROWS + BALANCED_ROWS if metric(metrics, key, split) is not None]
     if cls_rows:
         lines += ["## Classification (early recognition)", ""]
         lines += _table(["metric (accuracy, %)", "this run", STUDY_COL], cls_rows)
@@ -124,6 +135,13 @@ def render_report(metrics: Mapping, *, baseline: Mapping | None = None,
     if space_rows:
         lines += ["## Representation space", ""]
         lines += _table(["metric (accuracy, %)", "this run", STUDY_COL], space_rows)
+        lines.append("")
+    per_class = metrics.get("per_class_acc@100")
+    if isinstance(per_class, Mapping) and per_class:
+        n = metrics.get("per_class_n") if isinstance(metrics.get("per_class_n"), Mapping) else {}
+        lines += ["## Per-class accuracy (100 % of the drawing)", ""]
+        lines += _table(["class", "drawings", "accuracy (%)"],
+                        [(c, n.get(c, "–"), pct(v)) for c, v in per_class.items()])
         lines.append("")
     human = {k: _num(v) for k, v in metrics.items() if str(k).startswith("human/") and _num(v) is not None}
     if human:

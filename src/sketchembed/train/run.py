@@ -61,8 +61,35 @@ def validate(cfg: DictConfig) -> dict[str, Any]:
                      model_cls=model_cls)
     if "image" in model_cls.VIEWS or "snapshots" in model_cls.VIEWS:
         check_backbone(OmegaConf.select(cfg, "model.backbone"), int(cfg.data.image_size))
+    # `cnn_ckpt: ???` merged over combined's `cnn_ckpt: null` stays null (OmegaConf keeps a value
+    # when merging MISSING onto it), so a transfer run would silently train its CNN from scratch.
+    transfer = choices.get("model") == "combined_transfer" or "transfer" in choices.get("experiment", "")
+    if transfer and OmegaConf.select(cfg, "model.cnn_ckpt") is None:
+        raise ConfigError("model.cnn_ckpt is required for a transfer run (model=combined_transfer or a "
+                          "*transfer experiment): model.cnn_ckpt=PATH of a triplet/direct checkpoint")
+    _check_launch(cfg)
     return {"model_cls": model_cls, "loss_cls": loss_cls, "model_name": model_name,
             "loss_name": loss_name}
+
+
+def _check_launch(cfg: DictConfig) -> None:
+    """A local multirun cannot host a DDP run that relaunches the script for its other ranks
+    (Lightning would re-run the whole sweep command in each child)."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        hc = HydraConfig.get()
+    except Exception:
+        return
+    devices = OmegaConf.select(cfg, "trainer.devices")
+    strategy = str(OmegaConf.select(cfg, "trainer.strategy") or "auto")
+    launcher = str(OmegaConf.select(hc, "launcher._target_") or "")
+    several = devices not in (1, "1", None) or int(OmegaConf.select(cfg, "trainer.num_nodes") or 1) > 1
+    if (hc.mode == RunMode.MULTIRUN and several and strategy.startswith("ddp") and "spawn" not in strategy
+            and launcher.endswith("BasicLauncher") and "LOCAL_RANK" not in os.environ):
+        raise ConfigError(f"trainer.strategy={strategy} with trainer.devices={devices} cannot run inside a "
+                          "local multirun (-m): start each run on its own, or use hydra/launcher=slurm")
 
 
 def _instantiate_model(cfg: DictConfig, model_cls, num_classes: int, loss):
@@ -76,7 +103,7 @@ def _instantiate_model(cfg: DictConfig, model_cls, num_classes: int, loss):
         extra["loss"] = loss
     if "class_names" in params:
         extra["class_names"] = None
-    return instantiate(cfg.model, **extra, _recursive_=False)
+    return instantiate(cfg.model, **extra, _recursive_=False, _convert_="all")
 
 
 def _callbacks(cfg: DictConfig, monitor: str, loss_kind: str | None) -> list:
@@ -86,7 +113,9 @@ def _callbacks(cfg: DictConfig, monitor: str, loss_kind: str | None) -> list:
     for name, node in (cfg.get("callbacks") or {}).items():
         if not _has_target(node):
             continue
-        if node._target_.endswith("ModelCheckpoint") and node.get("monitor") in (None, "auto"):
+        # "auto" = the model's own metric; an explicit `monitor: null` keeps Lightning's meaning
+        # (no metric: the latest checkpoints, e.g. every_n_train_steps snapshots).
+        if node._target_.endswith("ModelCheckpoint") and node.get("monitor") == "auto":
             node = OmegaConf.merge(node, {"monitor": monitor})
         callbacks.append(instantiate(node))
     if loss_kind == "triplet" and _has_target(cfg.get("miner")):
@@ -142,7 +171,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     L.seed_everything(int(cfg.seed), workers=True)
 
     augment = instantiate(cfg.augment) if _has_target(cfg.get("augment")) else None
-    datamodule = instantiate(cfg.data, augment=augment, views=sorted(model_cls.VIEWS))
+    datamodule = instantiate(cfg.data, augment=augment, views=sorted(model_cls.VIEWS),
+                             _convert_="all")
     loss = instantiate(cfg.loss)
     model = _instantiate_model(cfg, model_cls, datamodule.num_classes, loss)
 
@@ -164,6 +194,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if cfg.get("train", True):
         trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
         metrics.update(_scalar_metrics(trainer.callback_metrics))
+        ckpt_cb = trainer.checkpoint_callback
+        if ckpt_cb is not None and ckpt_cb.monitor == monitor and ckpt_cb.best_model_score is not None:
+            # the value the best checkpoint holds (what `test` evaluates and a sweep should optimize)
+            metrics[f"best/{monitor}"] = float(ckpt_cb.best_model_score)
     if cfg.get("test", True):
         best = getattr(trainer.checkpoint_callback, "best_model_path", "") if cfg.get("train", True) else ""
         ckpt = best or (None if cfg.get("train", True) else cfg.get("ckpt_path"))
@@ -198,6 +232,26 @@ def _unwrap(e: BaseException) -> BaseException:
     return e
 
 
+def optimized_value(cfg: DictConfig, result) -> float | None:
+    """What the entry returns to Hydra (the sweeper maximizes it): ``optimized_metric`` ("auto": the
+    model's own metric), its best value over the run's validations when the checkpoint tracked it,
+    else its last value. A named metric the run never logged is a ConfigError naming the key."""
+    metric = cfg.get("optimized_metric")
+    if not isinstance(result, dict) or not metric:
+        return None
+    if metric == "auto":
+        metric = getattr(_get_class(cfg, "model"), "MONITOR", None)
+        if metric is None:
+            return None
+    value = result.get(f"best/{metric}", result.get(metric))
+    if value is None:
+        if not cfg.get("train", True) or cfg.get("optimized_metric") == "auto":
+            return None
+        logged = sorted(k for k in result if k.startswith("val/"))
+        raise ConfigError(f"optimized_metric={metric!r} was not logged by this run; it logged {logged}")
+    return float(value)
+
+
 def hydra_entry(config_name: str, fn):
     """Run ``fn(cfg)`` as a Hydra app whose misconfigurations end in one line, not a traceback."""
     import hydra
@@ -206,20 +260,21 @@ def hydra_entry(config_name: str, fn):
 
     @hydra.main(version_base="1.3", config_path=conf_dir(), config_name=config_name)
     def _main(cfg: DictConfig):
+        from lightning.fabric.utilities.exceptions import MisconfigurationException
+
+        from sketchembed.data.sketch import DataFormatError
+
         try:
             result = fn(cfg)
+            return optimized_value(cfg, result)
         except Exception as e:
-            from sketchembed.data.sketch import DataFormatError
-
             inner = _unwrap(e)
-            if isinstance(inner, (ConfigError, DataFormatError, FileNotFoundError, ValueError)):
-                print(f"error: {inner}", file=sys.stderr)
+            if isinstance(inner, (ConfigError, DataFormatError, FileNotFoundError, ValueError,
+                                  MisconfigurationException)):
+                msg = " ".join(str(inner).split())  # one line
+                print(f"error: {msg}", file=sys.stderr)
                 sys.exit(2)
             raise
-        metric = cfg.get("optimized_metric")
-        if isinstance(result, dict) and metric and metric != "auto":
-            return result.get(metric)
-        return None
 
     return _main
 

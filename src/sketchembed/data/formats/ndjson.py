@@ -31,7 +31,7 @@ def _parse(obj, expected_word: str | None, sink: ErrorSink) -> tuple[Drawing | N
             return None, f"missing field {key!r}"
     try:
         key_id = int(obj["key_id"])
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return None, f"key_id {obj['key_id']!r} is not an integer"
     if key_id < 0 or key_id >= 2**64:
         return None, f"key_id {key_id} out of the u64 range"
@@ -87,6 +87,20 @@ def _parse(obj, expected_word: str | None, sink: ErrorSink) -> tuple[Drawing | N
                    recognized=recognized, timestamp=obj.get("timestamp")), None
 
 
+def parse_line(line: bytes, lineno: int, word: str | None, sink: ErrorSink, loads=json.loads) -> Drawing | None:
+    """One ndjson line → a Drawing, or None after reporting why it is bad (shared with ``prepare``)."""
+    try:
+        obj = loads(line)
+    except (ValueError, UnicodeDecodeError) as e:
+        sink.bad(f"line {lineno}", f"broken JSON ({e})")
+        return None
+    drawing, reason = _parse(obj, word, sink)
+    if reason:
+        sink.bad(f"line {lineno}", reason)
+        return None
+    return drawing
+
+
 def read_ndjson(source: str | os.PathLike | IO[bytes], *, on_error: str = "skip",
                 report: SkipReport | None = None, word: str | None = None) -> Iterator[Drawing]:
     """Stream the drawings of an ndjson file (path or binary file object), one line at a time."""
@@ -98,16 +112,9 @@ def read_ndjson(source: str | os.PathLike | IO[bytes], *, on_error: str = "skip"
         for lineno, line in enumerate(f, 1):
             if not line.strip():
                 continue
-            try:
-                obj = json.loads(line)
-            except (ValueError, UnicodeDecodeError) as e:
-                sink.bad(f"line {lineno}", f"broken JSON ({e})")
-                continue
-            drawing, reason = _parse(obj, word, sink)
-            if reason:
-                sink.bad(f"line {lineno}", reason)
-                continue
-            yield drawing
+            drawing = parse_line(line, lineno, word, sink)
+            if drawing is not None:
+                yield drawing
     finally:
         if own:
             f.close()

@@ -1,0 +1,442 @@
+"""The training entry (train.py / sketchembed.train.run) end to end on the embedded real drawings:
+every model trains through it, sweeps (basic + Optuna) write one run per job, DDP on 2 CPU processes
+reduces metrics correctly, resuming continues step count and optimizer state, misconfigurations stop
+before training with a one-line error, every experiment config composes (and runs at reduced size),
+wandb works offline, and checkpoints land in the run dir.
+
+Trainings run in-process through Hydra's compose API where possible (fast); multirun, DDP and the
+exit-code checks run `python train.py ...` in a subprocess. Tiny sizes everywhere: these prove the
+wiring, not accuracy.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from omegaconf import OmegaConf, open_dict
+
+REPO = Path(__file__).resolve().parents[1]
+CONF = REPO / "conf"
+EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
+
+# Settings that make any run tiny (2 train steps of small batches, 1 val/test batch, 32 px).
+TINY = [
+    "backbone=test_resnet",
+    "data.image_size=32",
+    "data.batch_size=8",
+    "data.eval_batch_size=32",
+    "data.pk_p=3",
+    "data.pk_k=4",
+    "data.max_snapshots=3",
+    "trainer.max_epochs=1",
+    "trainer.max_steps=2",
+    "trainer.limit_train_batches=2",
+    "trainer.limit_val_batches=1",
+    "trainer.limit_test_batches=1",
+    "trainer.num_sanity_val_steps=0",
+    "trainer.enable_progress_bar=false",
+    "logger=csv",
+    "callbacks.sample_images=null",
+    "callbacks.progress=null",
+    "callbacks.embedding_eval.max_train=48",
+    "callbacks.embedding_eval.probe_epochs=5",
+]
+# Model sizes per model config (the keys each one has).
+MODEL_TINY = {
+    "triplet": ["model.embedding_dim=16"],
+    "direct": ["model.embedding_dim=16"],
+    "lstm": ["model.hidden=16"],
+    "combined": ["model.embedding_dim=16", "model.hidden=16", "model.mlp_hidden=16"],
+    "combined_transfer": ["model.embedding_dim=16", "model.hidden=16", "model.mlp_hidden=16"],
+}
+
+
+def tiny(model: str, *extra: str) -> list[str]:
+    return [f"model={model}", *TINY, *MODEL_TINY[model], *extra]
+
+
+# ------------------------------------------------------------------------------------ helpers
+def compose_cfg(overrides: list[str], run_dir: Path | None = None):
+    """The config `python train.py OVERRIDES` would run with, the HydraConfig singleton set as in
+    a real run (so `${hydra:runtime.output_dir}` and the group choices resolve)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
+
+    GlobalHydra.instance().clear()
+    os.environ.setdefault("PROJECT_ROOT", str(REPO))
+    run = [f"hydra.run.dir={run_dir}"] if run_dir is not None else []
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("train", overrides=[*overrides, *run], return_hydra_config=True)
+    with open_dict(cfg):
+        cfg.hydra.runtime.output_dir = str(run_dir) if run_dir is not None else cfg.hydra.run.dir
+    HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):  # the job's config has no hydra node (as in a real run)
+        del cfg["hydra"]
+    return cfg
+
+
+def run_inproc(overrides: list[str], run_dir: Path):
+    """Train through the real entry (validation, one-line errors, returned optimized metric)."""
+    from sketchembed.train.run import hydra_entry, train
+
+    cfg = compose_cfg(overrides, run_dir)
+    value = hydra_entry("train", train)(cfg)
+    metrics = json.loads((run_dir / "train_metrics.json").read_text())
+    return cfg, value, metrics
+
+
+def run_cli(args: list[str], *, timeout: int = 600, env: dict | None = None) -> subprocess.CompletedProcess:
+    e = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline", "WANDB_SILENT": "true",
+         "HYDRA_FULL_ERROR": "0", **(env or {})}
+    return subprocess.run([sys.executable, str(REPO / "train.py"), *args], cwd=REPO, env=e,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def load_ckpt(path: Path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def read_csv_metrics(run_dir: Path) -> list[dict[str, str]]:
+    files = sorted(run_dir.glob("csv/version_*/metrics.csv"))
+    assert files, f"no csv metrics under {run_dir}"
+    with open(files[-1], newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def last_value(rows: list[dict[str, str]], key: str) -> float:
+    vals = [float(r[key]) for r in rows if r.get(key) not in (None, "")]
+    assert vals, f"{key} never logged; columns: {sorted(rows[0]) if rows else []}"
+    return vals[-1]
+
+
+def checkpoint_files(run_dir: Path) -> tuple[Path, Path]:
+    """(best, last) of a run: both in the run dir's checkpoints/."""
+    ckpts = run_dir / "checkpoints"
+    last = ckpts / "last.ckpt"
+    best = [p for p in ckpts.glob("*.ckpt") if p.name != "last.ckpt"]
+    assert last.is_file(), f"no last.ckpt in {ckpts}: {sorted(os.listdir(ckpts)) if ckpts.is_dir() else 'missing'}"
+    assert len(best) == 1, f"expected one best checkpoint in {ckpts}, got {best}"
+    return best[0], last
+
+
+# ------------------------------------------------------------------------------------ 1. models
+@pytest.fixture(scope="session")
+def triplet_run(tmp_path_factory):
+    """A tiny triplet run (its checkpoint feeds the transfer model)."""
+    run_dir = tmp_path_factory.mktemp("triplet_run")
+    cfg, value, metrics = run_inproc(tiny("triplet"), run_dir)
+    return run_dir, cfg, value, metrics
+
+
+def _check_trained_run(run_dir: Path, cfg, value, metrics, model_name: str) -> dict:
+    from hydra.utils import get_class
+
+    model_cls = get_class(cfg.model._target_)
+    best, last = checkpoint_files(run_dir)
+    assert best.resolve().is_relative_to(run_dir.resolve())
+    ck = load_ckpt(last)
+    assert ck["global_step"] == 2
+    assert ck["hyper_parameters"]["model_kind"] == model_name.replace("_transfer", "")
+    # The entry returns the model's own metric (optimized_metric=auto), the best checkpoint's value.
+    monitor = model_cls.MONITOR
+    mc_state = next(v for k, v in ck["callbacks"].items() if k.startswith("ModelCheckpoint"))
+    assert mc_state["monitor"] == monitor
+    assert value == pytest.approx(float(mc_state["best_model_score"]))
+    assert metrics[f"best/{monitor}"] == pytest.approx(value)
+    assert metrics["best_checkpoint"] == str(best)
+    # tested with the best checkpoint; both fractions of the study's table
+    tags = ["test/acc@100", "test/acc@50"] if model_cls.LOSS_KIND != "triplet" else ["test/triplet_acc@100"]
+    for k in [*tags, "test/knn@3", "test/knn@4", "test/probe_acc"]:
+        assert 0.0 <= metrics[k] <= 1.0, (k, metrics)
+    return ck
+
+
+@pytest.mark.parametrize("model", ["direct", "lstm", "combined"])
+def test_model_trains_through_entry(model, tmp_path):
+    cfg, value, metrics = run_inproc(tiny(model), tmp_path)
+    _check_trained_run(tmp_path, cfg, value, metrics, model)
+    rows = read_csv_metrics(tmp_path)
+    assert last_value(rows, "val/acc@100") >= 0
+
+
+def test_triplet_trains_through_entry(triplet_run):
+    run_dir, cfg, value, metrics = triplet_run
+    ck = _check_trained_run(run_dir, cfg, value, metrics, "triplet")
+    assert ck["hyper_parameters"]["loss"]["_target_"].endswith("HingeTripletLoss")  # the model's default
+    rows = read_csv_metrics(run_dir)
+    assert last_value(rows, "miner/triplets_epoch") > 0  # the semi-hard miner ran and logged
+    assert 0 <= last_value(rows, "val/triplet_acc@100") <= 1
+
+
+def test_combined_transfer_uses_triplet_checkpoint(triplet_run, tmp_path):
+    triplet_dir = triplet_run[0]
+    src = triplet_dir / "checkpoints" / "last.ckpt"
+    cfg, value, metrics = run_inproc(
+        tiny("combined_transfer", f"model.cnn_ckpt={src}", "model.freeze_cnn=true"), tmp_path)
+    ck = _check_trained_run(tmp_path, cfg, value, metrics, "combined_transfer")
+    assert ck["hyper_parameters"]["cnn_ckpt_source"] == str(src)
+    # frozen: the CNN in the trained model is exactly the triplet run's encoder
+    enc = {k[len("encoder."):]: v for k, v in load_ckpt(src)["state_dict"].items() if k.startswith("encoder.")}
+    cnn = {k[len("cnn."):]: v for k, v in ck["state_dict"].items() if k.startswith("cnn.")}
+    assert enc and set(enc) == set(cnn)
+    for k in enc:
+        assert torch.equal(enc[k], cnn[k]), k
+
+
+def test_combined_transfer_requires_cnn_ckpt(tmp_path):
+    from sketchembed.train.run import ConfigError, validate
+
+    cfg = compose_cfg(["model=combined_transfer"], tmp_path)
+    with pytest.raises(ConfigError, match="model.cnn_ckpt"):
+        validate(cfg)
+
+
+INCEPTION_CMD = ["model=combined", "backbone=inception_v4", "loss=hinge", "data.image_size=75",
+                 "trainer.fast_dev_run=true"]
+
+
+def test_inception_combined_hinge_composes_and_validates(tmp_path):
+    from sketchembed.train.run import ConfigError, validate
+
+    cfg = compose_cfg(INCEPTION_CMD, tmp_path)
+    checked = validate(cfg)
+    assert checked["model_name"] == "combined" and checked["loss_name"] == "hinge"
+    assert cfg.model.backbone.name == "inception_v4" and cfg.model.image_size == 75
+    assert cfg.loss._target_.endswith("HingeTripletLoss")
+    assert cfg.trainer.fast_dev_run is True
+    cfg = compose_cfg([*INCEPTION_CMD[:-2], "data.image_size=74"], tmp_path)
+    with pytest.raises(ValueError, match=r"data.image_size=74.*inception_v4.*75"):
+        validate(cfg)
+
+
+@pytest.mark.slow
+def test_inception_combined_hinge_runs(tmp_path):
+    """The exact command (about 45 s and 0.5 GB of checkpoint on 1 CPU core)."""
+    r = run_cli([*INCEPTION_CMD, "logger=csv", f"hydra.run.dir={tmp_path}"])
+    assert r.returncode == 0, r.stderr[-3000:]
+    metrics = json.loads((tmp_path / "train_metrics.json").read_text())
+    assert 0 <= metrics["test/acc@100"] <= 1
+
+
+# ------------------------------------------------------------------------------------ 2. sweeps
+def test_basic_sweep_one_run_dir_per_job(tmp_path):
+    sweep = tmp_path / "sweep"
+    r = run_cli(["-m", *tiny("triplet"), "loss=hinge,softmax_triplet", f"hydra.sweep.dir={sweep}"])
+    assert r.returncode == 0, r.stderr[-3000:]
+    jobs = sorted(p for p in sweep.iterdir() if p.is_dir() and p.name.isdigit())
+    assert [p.name for p in jobs] == ["0", "1"]
+    losses = {}
+    for job in jobs:
+        overrides = yaml.safe_load((job / ".hydra" / "overrides.yaml").read_text())
+        loss = next(o.split("=", 1)[1] for o in overrides if o.startswith("loss="))
+        _, last = checkpoint_files(job)
+        ck = load_ckpt(last)
+        assert ck["global_step"] == 2
+        losses[loss] = ck["hyper_parameters"]["loss"]["_target_"].rsplit(".", 1)[-1]
+        assert json.loads((job / "train_metrics.json").read_text())["best_checkpoint"].startswith(str(job))
+    assert losses == {"hinge": "HingeTripletLoss", "softmax_triplet": "SoftmaxTripletLoss"}
+
+
+def test_optuna_config_is_template_style():
+    cfg = compose_cfg(["hparams_search=optuna"])
+    from hydra.core.hydra_config import HydraConfig
+
+    hc = HydraConfig.get()
+    assert hc.sweeper._target_.endswith("OptunaSweeper")
+    assert hc.sweeper.direction == "maximize" and hc.sweeper.sampler._target_ == "optuna.samplers.TPESampler"
+    assert {"model.lr", "data.batch_size"} <= set(hc.sweeper.params)
+    assert cfg.optimized_metric == "val/acc@100"
+
+
+def test_optuna_sweep_two_trials(tmp_path):
+    sweep = tmp_path / "optuna"
+    r = run_cli(["-m", "hparams_search=optuna", *tiny("lstm"), "hydra.sweeper.n_trials=2",
+                 "hydra.sweeper.sampler.n_startup_trials=2", f"hydra.sweep.dir={sweep}"])
+    assert r.returncode == 0, r.stderr[-3000:]
+    jobs = sorted(p for p in sweep.iterdir() if p.is_dir() and p.name.isdigit())
+    assert len(jobs) == 2
+    values, lrs = [], []
+    for job in jobs:
+        m = json.loads((job / "train_metrics.json").read_text())
+        values.append(m["best/val/acc@100"])
+        overrides = yaml.safe_load((job / ".hydra" / "overrides.yaml").read_text())
+        lrs.append(next(float(o.split("=", 1)[1]) for o in overrides if o.startswith("model.lr=")))
+    assert lrs[0] != lrs[1] and all(1e-4 <= lr <= 1e-2 for lr in lrs)
+    results = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
+    # the value each job returned reached the sweeper: its best is the best job's metric
+    assert results["best_value"] == pytest.approx(max(values))
+
+
+def test_entry_returns_optimized_metric_and_rejects_unlogged_one(tmp_path, capsys):
+    from sketchembed.train.run import hydra_entry
+
+    fake = {"val/acc@100": 0.25, "best/val/acc@100": 0.5, "val/knn@4": 0.75}
+    cfg = compose_cfg(["model=lstm", "optimized_metric=val/acc@100"], tmp_path)
+    assert hydra_entry("train", lambda c: fake)(cfg) == 0.5  # the best value, not the last
+    cfg = compose_cfg(["model=lstm", "optimized_metric=val/knn@4"], tmp_path)
+    assert hydra_entry("train", lambda c: fake)(cfg) == 0.75
+    cfg = compose_cfg(["model=lstm"], tmp_path)  # auto = the model's own metric
+    assert hydra_entry("train", lambda c: fake)(cfg) == 0.5
+    cfg = compose_cfg(["model=lstm", "optimized_metric=val/acc@10"], tmp_path)
+    with pytest.raises(SystemExit) as e:
+        hydra_entry("train", lambda c: fake)(cfg)
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "optimized_metric='val/acc@10'" in err[0] and "val/acc@100" in err[0]
+
+
+def test_unlogged_optimized_metric_stops_a_real_run(tmp_path, capsys):
+    from sketchembed.train.run import hydra_entry, train
+
+    cfg = compose_cfg(tiny("lstm", "optimized_metric=val/nope"), tmp_path)
+    with pytest.raises(SystemExit) as e:
+        hydra_entry("train", train)(cfg)
+    assert e.value.code == 2
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("error:")]
+    assert len(err) == 1 and "val/nope" in err[0]
+    assert not (tmp_path / "train_metrics.json").exists()
+
+
+# ------------------------------------------------------------------------------------ 3. DDP
+def _single_process_accuracy(ckpt: Path, fraction: float) -> float:
+    """Accuracy over the WHOLE val split, one process, the checkpoint's weights."""
+    from sketchembed.data.datamodule import SketchDataModule
+    from sketchembed.models import LSTMModel
+
+    model = LSTMModel.load_from_checkpoint(ckpt, map_location="cpu").eval()
+    dm = SketchDataModule(root="study10", views=("sequence",), eval_batch_size=1000, eval_fractions=(1.0, 0.5))
+    dm.load_state_dict(load_ckpt(ckpt).get("SketchDataModule", {}))
+    correct = total = 0
+    with torch.no_grad():
+        for batch in dm.loader("val", fraction):
+            logits = model.logits(batch)
+            correct += int((logits.argmax(-1) == batch["label"]).sum())
+            total += len(batch["label"])
+    assert total == len(dm.dataset("val"))
+    return correct / total
+
+
+def test_ddp_sim_reduces_metrics_across_ranks(tmp_path):
+    args = ["model=lstm", "trainer=ddp_sim", "model.hidden=32", "model.lr=0.01", "model.scheduler=none",
+            "data.batch_size=8", "trainer.max_epochs=4", "trainer.max_steps=-1", "trainer.limit_train_batches=14",
+            "trainer.check_val_every_n_epoch=4", "callbacks.embedding_eval.every_n_epochs=4",
+            "trainer.num_sanity_val_steps=0", "trainer.enable_progress_bar=false", "logger=csv",
+            "callbacks.sample_images=null", "callbacks.progress=null", "callbacks.embedding_eval.max_train=48",
+            "callbacks.embedding_eval.probe_epochs=5", f"hydra.run.dir={tmp_path}"]
+    r = run_cli(args)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert (tmp_path / "train_ddp_process_1.log").is_file()  # rank 1 ran in the same run dir
+    _, last = checkpoint_files(tmp_path)
+    ck = load_ckpt(last)
+    assert ck["global_step"] == 4 * 14  # each rank: 117 train drawings = 14 batches of 8
+    rows = read_csv_metrics(tmp_path)
+    val_rows = [r for r in rows if r.get("val/acc@100")]
+    assert len(val_rows) == 1  # one validation, at the end of the epoch, with the checkpoint's weights
+    for frac, tag in ((1.0, "100"), (0.5, "50")):
+        logged = float(val_rows[0][f"val/acc@{tag}"])
+        assert logged == pytest.approx(_single_process_accuracy(last, frac), abs=1e-6), tag
+        assert logged > 4 / 51  # learned something: not one class for every drawing (3/51)
+    hp = yaml.safe_load(open(next(tmp_path.glob("csv/version_*/hparams.yaml"))))
+    assert hp["trainer"]["devices"] == 2 and hp["trainer"]["strategy"] == "ddp"
+
+
+def test_ddp_sim_mining_gathers_across_ranks(tmp_path):
+    # miner=all with 3 x 4 local batches: 12 anchors x 3 positives x 8 negatives = 288 triplets on
+    # one rank; gathering the other rank's 12 rows gives every anchor more (n_pos + n_neg = 23).
+    args = [*tiny("triplet"), "trainer=ddp_sim", "miner=all", "miner.gather_across_ranks=true",
+            "trainer.log_every_n_steps=1", f"hydra.run.dir={tmp_path}"]
+    r = run_cli(args)
+    assert r.returncode == 0, r.stderr[-3000:]
+    rows = read_csv_metrics(tmp_path)
+    counts = [float(r["miner/triplets_step"]) for r in rows if r.get("miner/triplets_step")]
+    assert len(counts) == 2 and all(c > 288 for c in counts), counts
+
+
+def test_ddp_sim_is_refused_inside_a_local_multirun(tmp_path):
+    r = run_cli(["-m", *tiny("lstm"), "trainer=ddp_sim", "model.lr=0.001,0.002",
+                 f"hydra.sweep.dir={tmp_path}"], timeout=300)
+    assert r.returncode == 2, r.stderr[-3000:]
+    assert "Traceback" not in r.stderr
+    assert "trainer.strategy=ddp" in r.stderr and "multirun" in r.stderr
+
+
+def test_gpu_ddp_config_stays_ddp():
+    cfg = compose_cfg(["trainer=ddp"])
+    assert cfg.trainer.strategy == "ddp" and cfg.trainer.accelerator == "gpu"
+    assert cfg.trainer.use_distributed_sampler is False
+
+
+# ------------------------------------------------------------------------------------ 4. resume
+def _adam_steps(ck: dict) -> set[int]:
+    return {int(s["step"]) for s in ck["optimizer_states"][0]["state"].values()}
+
+
+def test_resume_continues_step_and_optimizer_state(tmp_path):
+    # 6 steps planned (2 epochs of 3); a step checkpoint every step; then resume from step 3.
+    step_ckpt = ("+callbacks.every_step={_target_:lightning.pytorch.callbacks.ModelCheckpoint,"
+                 "dirpath:${paths.output_dir}/steps,filename:'step{step}',every_n_train_steps:1,"
+                 "save_top_k:-1,monitor:null,auto_insert_metric_name:false}")
+    plan = tiny("lstm", "trainer.max_epochs=2", "trainer.max_steps=6", "trainer.limit_train_batches=3",
+                "model.lr=0.01")
+    first = tmp_path / "first"
+    run_inproc([*plan, step_ckpt], first)
+    mid = first / "steps" / "step3.ckpt"
+    mid_ck = load_ckpt(mid)
+    assert mid_ck["global_step"] == 3 and _adam_steps(mid_ck) == {3}
+
+    resumed = tmp_path / "resumed"
+    _, _, metrics = run_inproc([*plan, f"ckpt_path={mid}"], resumed)
+    _, last = checkpoint_files(resumed)
+    ck = load_ckpt(last)
+    assert ck["global_step"] == 6  # ended at the requested max_steps, counting from 3
+    assert ck["epoch"] == mid_ck["epoch"] + 1
+    assert _adam_steps(ck) == {6}  # AdamW moments continued (a fresh optimizer would say 3)
+    sched = ck["lr_schedulers"][0]
+    assert sched["last_epoch"] == 6
+    # only 3 steps were trained in the resumed run: the uninterrupted run's step 6 is the reference
+    ref = load_ckpt(first / "steps" / "step6.ckpt")
+    assert ref["global_step"] == 6 and _adam_steps(ref) == {6}
+    # the resumed run's checkpoints are its own
+    assert metrics["best_checkpoint"].startswith(str(resumed))
+
+
+# ------------------------------------------------------------------------------------ 5. errors
+def _assert_one_line_error(r: subprocess.CompletedProcess, *needles: str, code: int = 2) -> None:
+    out = r.stdout + r.stderr
+    assert r.returncode == code, out[-3000:]
+    assert "Traceback" not in out, out[-3000:]
+    errors = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
+    assert len(errors) == 1, r.stderr[-3000:]
+    for n in needles:
+        assert n in errors[0], errors[0]
+
+
+@pytest.mark.parametrize("overrides, needles", [
+    (["loss=hinge", "model=lstm"], ["loss=hinge", "model=lstm"]),
+    (["backbone=inception_v4", "data.image_size=64"], ["data.image_size=64", "inception_v4", "75"]),
+    (["backbone.name=resnet_nope"], ["backbone.name='resnet_nope'"]),
+    (["data.root=/nonexistent"], ["/nonexistent"]),
+    (["model=combined_transfer"], ["model.cnn_ckpt"]),
+], ids=["loss-model", "image-size", "backbone-name", "data-root", "transfer-ckpt"])
+def test_misconfiguration_stops_before_training(overrides, needles, tmp_path):
+    r = run_cli([*overrides, "logger=csv", f"hydra.run.dir={tmp_path}"], timeout=300)
+    _assert_one_line_error(r, *needles)
+    assert not (tmp_path / "checkpoints").exists() and not (tmp_path / "csv").exists()
+
+
+def test_unknown_config_option_is_hydras_message(tmp_path):
+    r = run_cli(["model=nope", f"hydra.run.dir={tmp_path}"], timeout=300)
+    assert r.returncode != 0
+    assert "Traceback" not in r.stderr
+    assert "Could not find 'model/nope'" in r.stderr and "combined_transfer" in r.stderr  # lists the options
+    assert not (tmp_path / "checkpoints").exists()
