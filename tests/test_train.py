@@ -421,14 +421,40 @@ def _assert_one_line_error(r: subprocess.CompletedProcess, *needles: str, code: 
         assert n in errors[0], errors[0]
 
 
-@pytest.mark.parametrize("overrides, needles", [
-    (["loss=hinge", "model=lstm"], ["loss=hinge", "model=lstm"]),
-    (["backbone=inception_v4", "data.image_size=64"], ["data.image_size=64", "inception_v4", "75"]),
-    (["backbone.name=resnet_nope"], ["backbone.name='resnet_nope'"]),
-    (["data.root=/nonexistent"], ["/nonexistent"]),
-    (["model=combined_transfer"], ["model.cnn_ckpt"]),
-], ids=["loss-model", "image-size", "backbone-name", "data-root", "transfer-ckpt"])
-def test_misconfiguration_stops_before_training(overrides, needles, tmp_path):
+MISCONFIGS = {
+    "loss-model": (["loss=hinge", "model=lstm"], ["loss=hinge", "model=lstm"]),
+    "image-size": (["backbone=inception_v4", "data.image_size=64"], ["data.image_size=64", "inception_v4", "75"]),
+    "backbone-name": (["backbone.name=resnet_nope"], ["backbone.name='resnet_nope'"]),
+    "data-root": (["data.root=/nonexistent"], ["/nonexistent"]),
+    "transfer-ckpt": (["model=combined_transfer"], ["model.cnn_ckpt"]),
+    "transfer-ckpt-file": (["model=combined_transfer", "model.cnn_ckpt=/nope.ckpt"], ["model.cnn_ckpt='/nope.ckpt'"]),
+}
+
+
+@pytest.mark.parametrize("name", list(MISCONFIGS))
+def test_misconfiguration_stops_before_training(name, tmp_path, capsys, monkeypatch):
+    """In-process through the entry: exit code 2, one `error:` line naming the keys, nothing trained."""
+    import lightning.pytorch as pl
+
+    from sketchembed.train.run import hydra_entry, train
+
+    overrides, needles = MISCONFIGS[name]
+    cfg = compose_cfg([*overrides, "logger=csv"], tmp_path)
+    fit_called = []
+    monkeypatch.setattr(pl.Trainer, "fit", lambda *a, **k: fit_called.append(1))
+    with pytest.raises(SystemExit) as e:
+        hydra_entry("train", train)(cfg)
+    assert e.value.code == 2 and not fit_called
+    errors = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("error:")]
+    assert len(errors) == 1, errors
+    for n in needles:
+        assert n in errors[0], errors[0]
+    assert not (tmp_path / "checkpoints").exists()
+
+
+@pytest.mark.parametrize("name", ["loss-model", "data-root"])
+def test_misconfiguration_cli_exit_code(name, tmp_path):
+    overrides, needles = MISCONFIGS[name]
     r = run_cli([*overrides, "logger=csv", f"hydra.run.dir={tmp_path}"], timeout=300)
     _assert_one_line_error(r, *needles)
     assert not (tmp_path / "checkpoints").exists() and not (tmp_path / "csv").exists()
@@ -440,3 +466,97 @@ def test_unknown_config_option_is_hydras_message(tmp_path):
     assert "Traceback" not in r.stderr
     assert "Could not find 'model/nope'" in r.stderr and "combined_transfer" in r.stderr  # lists the options
     assert not (tmp_path / "checkpoints").exists()
+
+
+# ------------------------------------------------------------------------------------ 6. experiments
+def _experiment_overrides(name: str, extra_ckpt: str = "/tmp/cnn.ckpt") -> list[str]:
+    text = (CONF / "experiment" / f"{name}.yaml").read_text()
+    return [f"experiment={name}"] + ([f"model.cnn_ckpt={extra_ckpt}"] if "cnn_ckpt: ???" in text else [])
+
+
+def test_experiments_exist():
+    assert EXPERIMENTS, "no conf/experiment/*.yaml"
+
+
+@pytest.mark.parametrize("name", EXPERIMENTS)
+def test_experiment_composes_with_its_gpu_settings(name, tmp_path):
+    from sketchembed.train.run import validate
+
+    cfg = compose_cfg(_experiment_overrides(name), tmp_path)
+    checked = validate(cfg)  # model/loss pairing, backbone name and image size at the real settings
+    assert checked["model_name"] in MODEL_TINY
+    OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)  # nothing left ??? or unresolvable
+    assert cfg.trainer.accelerator == "gpu"
+
+
+# Heavy backbones (VGG-16, Inception-v4, ResNet-v2-50) take 10-60 s each even at reduced size on CPU.
+_LIGHT = {"study_lstm"}
+
+
+def _reduced(name: str, tmp_path: Path) -> list[str]:
+    import sketchembed.nets.backbone as bb
+
+    cfg = compose_cfg(_experiment_overrides(name), tmp_path)
+    size = max(32, bb.min_image_size(cfg.model.backbone.name) or 32) if "backbone" in cfg.model else 32
+    return ["trainer=cpu", "trainer.precision=32-true", "trainer.fast_dev_run=true", "data.root=study10",
+            f"data.image_size={size}", "data.batch_size=4", "data.eval_batch_size=8", "data.pk_k=2",
+            "data.max_snapshots=2", "data.num_workers=0", "data.pin_memory=false", "logger=csv",
+            "callbacks.model_checkpoint=null", "callbacks.progress=null", "callbacks.sample_images=null",
+            "callbacks.embedding_eval.max_train=16", "callbacks.embedding_eval.probe_epochs=2"]
+
+
+def _encoder_checkpoint(cfg, path: Path) -> Path:
+    """A triplet-model checkpoint with the experiment's backbone/embedding size (for *transfer)."""
+    from sketchembed.models import TripletImageModel
+
+    m = TripletImageModel(cfg.model.backbone.name, embedding_dim=int(cfg.model.embedding_dim),
+                          image_size=int(cfg.model.image_size))
+    torch.save({"state_dict": m.state_dict(), "hyper_parameters": dict(m.hparams)}, path)
+    return path
+
+
+@pytest.mark.parametrize("name", [
+    pytest.param(n, marks=() if n in _LIGHT else pytest.mark.slow) for n in EXPERIMENTS])
+def test_experiment_runs_fast_dev_run_at_reduced_size(name, tmp_path):
+    overrides = [*_experiment_overrides(name), *_reduced(name, tmp_path)]
+    if any(o.startswith("model.cnn_ckpt=") for o in overrides):
+        cfg = compose_cfg(overrides, tmp_path)
+        ckpt = _encoder_checkpoint(cfg, tmp_path / "cnn.ckpt")
+        overrides = [o if not o.startswith("model.cnn_ckpt=") else f"model.cnn_ckpt={ckpt}" for o in overrides]
+    run_dir = tmp_path / "run"
+    cfg, _, metrics = run_inproc(overrides, run_dir)
+    assert cfg.trainer.accelerator == "cpu" and cfg.trainer.fast_dev_run is True
+    assert any(k.startswith("test/") for k in metrics), metrics
+    assert metrics.get("test/acc@100", metrics.get("test/triplet_acc@100")) is not None
+
+
+# ------------------------------------------------------------------------------------ 7. wandb
+def test_default_logger_is_wandb_offline_with_metrics_config_and_images(tmp_path, monkeypatch):
+    from PIL import Image
+
+    monkeypatch.delenv("WANDB_MODE", raising=False)  # offline by the config, not by the environment
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path / "elsewhere"))
+    overrides = [o for o in tiny("combined") if o not in ("logger=csv", "callbacks.sample_images=null")]
+    cfg, _, _ = run_inproc([*overrides, "trainer.log_every_n_steps=1"], tmp_path)
+    assert cfg.logger.wandb.offline is True
+    runs = list((tmp_path / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1, list(tmp_path.rglob("*"))[:20]
+    data = next(runs[0].glob("run-*.wandb")).read_bytes()
+    for key in (b"val/acc@100", b"test/acc@100", b"train/loss", b"samples/train",  # metrics, image
+                b"sketchembed.models.CombinedModel", b"test_resnet"):  # config
+        assert key in data, key
+    pngs = list(runs[0].glob("files/media/images/samples/train_*.png"))
+    assert len(pngs) == 1
+    with Image.open(pngs[0]) as im:
+        assert im.size[0] > 64 and im.size[1] > 64
+
+
+# ------------------------------------------------------------------------------------ 8. run dirs
+def test_default_run_dir_is_under_outputs(tmp_path):
+    cfg = compose_cfg(["model=lstm"])
+    from hydra.core.hydra_config import HydraConfig
+
+    run_dir = Path(HydraConfig.get().run.dir)
+    assert run_dir.parent == REPO / "outputs" / "train" / "runs"
+    assert cfg.callbacks.model_checkpoint.dirpath == f"{HydraConfig.get().runtime.output_dir}/checkpoints"
+    assert cfg.callbacks.model_checkpoint.save_last is True and cfg.callbacks.model_checkpoint.save_top_k == 1

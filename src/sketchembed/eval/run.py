@@ -44,9 +44,12 @@ def _device(name: str):
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
-        return torch.device(name)
+        dev = torch.device(name)
     except RuntimeError:
         raise ValueError(f"device={name!r} is not a torch device (auto, cpu, cuda, cuda:0 …)") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={name}: no CUDA device here (device=auto picks one when there is)")
+    return dev
 
 
 def _sel(cfg: DictConfig, key: str, default=None):
