@@ -22,10 +22,15 @@ SECTIONS = {
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench")
-    p.add_argument("sections", nargs="*", default=list(SECTIONS), choices=list(SECTIONS))
+    # checked by hand: argparse refuses an empty nargs="*" list when `choices` is set
+    p.add_argument("sections", nargs="*", help=f"any of {', '.join(SECTIONS)} (default: all)")
     p.add_argument("--quick", action="store_true", help="small sizes: checks the benchmarks run")
     p.add_argument("--json", type=Path, default=Path(".bench/results.json"))
     args = p.parse_args(argv)
+    args.sections = args.sections or list(SECTIONS)
+    unknown = [s for s in args.sections if s not in SECTIONS]
+    if unknown:
+        p.error(f"unknown section {', '.join(unknown)}; choose from {', '.join(SECTIONS)}")
     print(f"machine: {platform.processor() or platform.machine()}, torch {torch.__version__}, "
           f"threads {torch.get_num_threads()}, cuda {torch.cuda.is_available()}")
     results = {}

@@ -12,8 +12,8 @@ import time
 
 import torch
 
-# CPU defaults: the small backbone the CPU configs use, 64 px, batch 32.
-FULL = dict(backbone="resnet10t", image_size=64, batch_size=32, steps=8, warmup=2, hidden=256, embedding_dim=256)
+# CPU defaults: the backbone of the main job (conf/backbone/test_resnet.yaml), 64 px, batch 32.
+FULL = dict(backbone="test_resnet", image_size=64, batch_size=32, steps=8, warmup=2, hidden=256, embedding_dim=256)
 QUICK = dict(backbone="test_byobnet", image_size=32, batch_size=16, steps=3, warmup=1, hidden=32, embedding_dim=32)
 KINDS = ("triplet", "direct", "lstm", "combined")
 

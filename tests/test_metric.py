@@ -393,3 +393,23 @@ def test_triplet_accuracy_hand_computed_and_capped():
     capped = triplet_accuracy(emb, labels, max_triplets=5000, generator=torch.Generator().manual_seed(1))
     assert count_triplets(labels) > 5000
     assert capped[0].item() == pytest.approx(exact, abs=0.03)
+
+
+def test_epoch_triplet_accuracy_sums_batches_and_ignores_batches_without_triplets():
+    """Many classes and small eval batches: some batches hold no valid triplet. The epoch value is
+    the share over all in-batch triplets (not a mean of per-batch shares, never NaN from one batch)."""
+    from sketchembed.metric import TripletAccuracy
+
+    emb1, lab1 = torch.tensor([[0.0], [1.0], [1.5], [3.0]]), torch.tensor([0, 0, 1, 1])  # 8 triplets, 5 right
+    emb2, lab2 = torch.tensor([[0.0], [5.0], [9.0]]), torch.tensor([3, 4, 5])              # no triplet
+    emb3, lab3 = torch.tensor([[0.0], [0.1], [5.0]]), torch.tensor([7, 7, 8])              # 2 triplets, 2 right
+    m = TripletAccuracy()
+    for e, y in ((emb1, lab1), (emb2, lab2), (emb3, lab3)):
+        m.update(e, y)
+    out = m.compute()
+    assert out["triplet_acc"].item() == pytest.approx(7 / 10)  # a mean of batch shares would be NaN or 0.81
+    assert out["d_pos"].item() == pytest.approx((8 * 1.25 + 2 * 0.1) / 10)
+    assert out["d_neg"].item() == pytest.approx((14 + 5.0 + 4.9) / 10)
+    m.reset()
+    m.update(emb2, lab2)
+    assert math.isnan(m.compute()["triplet_acc"].item())

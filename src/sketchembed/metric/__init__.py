@@ -15,8 +15,10 @@ from sketchembed.metric.losses import (
     CrossEntropy,
     HingeTripletLoss,
     SoftmaxTripletLoss,
+    TripletAccuracy,
     TripletLoss,
     triplet_accuracy,
+    triplet_sums,
 )
 from sketchembed.metric.miners import (
     AllTripletsMiner,
@@ -44,6 +46,7 @@ __all__ = [
     "SemiHardMiner",
     "SoftmaxTripletLoss",
     "SquaredEuclideanDistance",
+    "TripletAccuracy",
     "TripletLoss",
     "TripletMiner",
     "all_triplets_indices",
@@ -56,4 +59,5 @@ __all__ = [
     "sample_triplets",
     "squared_euclidean_matrix",
     "triplet_accuracy",
+    "triplet_sums",
 ]

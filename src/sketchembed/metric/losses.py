@@ -11,11 +11,13 @@ import torch
 import torch.nn.functional as F
 from pytorch_metric_learning.distances import BaseDistance
 from torch import nn
+from torchmetrics import Metric
 
 from sketchembed.metric.distances import get_distance
 from sketchembed.metric.miners import Triplets, all_triplets_indices, count_triplets, sample_triplets
 
-__all__ = ["CrossEntropy", "HingeTripletLoss", "SoftmaxTripletLoss", "TripletLoss", "triplet_accuracy"]
+__all__ = ["CrossEntropy", "HingeTripletLoss", "SoftmaxTripletLoss", "TripletAccuracy", "TripletLoss",
+           "triplet_accuracy", "triplet_sums"]
 
 
 def _check_indices(indices_tuple, n: int) -> Triplets:
@@ -131,7 +133,7 @@ class CrossEntropy(nn.Module):
 
 
 @torch.no_grad()
-def triplet_accuracy(
+def triplet_sums(
     embeddings: torch.Tensor,
     labels: torch.Tensor,
     indices_tuple: Triplets | None = None,
@@ -140,13 +142,13 @@ def triplet_accuracy(
     distance: str | BaseDistance = "euclidean",
     generator: torch.Generator | None = None,
     chunk: int = 65_536,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(share of triplets with d_neg > d_pos, mean d_pos, mean d_neg).
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
+    """(triplets with d_neg > d_pos, sum of d_pos, sum of d_neg, number of triplets), float64.
 
-    Without indices: all valid triplets, or — when there are more than ``max_triplets`` — that
-    many drawn uniformly from them (an unbiased estimate; pass a ``generator`` to fix it).
-    Distances are computed per triplet in chunks, so big evaluation sets fit in memory. With no
-    valid triplet (one class, or no class with two items) all three values are NaN.
+    Sums rather than means, so batches (and ranks) combine by adding: a batch without any valid
+    triplet adds nothing instead of a NaN. Without indices: all valid triplets, or — when there are
+    more than ``max_triplets`` — that many drawn uniformly from them (an unbiased estimate; pass a
+    ``generator`` to fix it). Distances are computed in chunks, so big evaluation sets fit in memory.
     """
     dist = get_distance(distance)
     labels = labels.to(embeddings.device)
@@ -157,9 +159,6 @@ def triplet_accuracy(
         else:
             indices_tuple = all_triplets_indices(labels)
     a, p, n = _check_indices(indices_tuple, embeddings.shape[0])
-    if a.numel() == 0:
-        nan = torch.tensor(float("nan"), device=embeddings.device)
-        return nan, nan.clone(), nan.clone()
     a, p, n = a.to(embeddings.device), p.to(embeddings.device), n.to(embeddings.device)
     correct = torch.zeros((), dtype=torch.float64, device=embeddings.device)
     sum_pos = torch.zeros_like(correct)
@@ -171,5 +170,48 @@ def triplet_accuracy(
         correct += (d_neg > d_pos).sum()
         sum_pos += d_pos.double().sum()
         sum_neg += d_neg.double().sum()
-    total = a.numel()
+    return correct, sum_pos, sum_neg, int(a.numel())
+
+
+def triplet_accuracy(embeddings: torch.Tensor, labels: torch.Tensor, indices_tuple: Triplets | None = None,
+                     **kwargs) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(share of triplets with d_neg > d_pos, mean d_pos, mean d_neg); see :func:`triplet_sums`
+    for the options. With no valid triplet (one class, or no class with two items) all three are NaN.
+    """
+    correct, sum_pos, sum_neg, total = triplet_sums(embeddings, labels, indices_tuple, **kwargs)
+    if total == 0:
+        nan = torch.tensor(float("nan"), device=embeddings.device)
+        return nan, nan.clone(), nan.clone()
     return (correct / total).float(), (sum_pos / total).float(), (sum_neg / total).float()
+
+
+class TripletAccuracy(Metric):
+    """Triplet accuracy and mean d_pos / d_neg over an epoch, accumulated as sums of in-batch
+    triplets: averaging per-batch shares would weigh a batch of 10 triplets like one of 10,000, and
+    one batch without any (many classes, small batches) would turn the epoch's value into NaN.
+    Reduced across DDP ranks by summing. ``compute()`` → dict(triplet_acc, d_pos, d_neg); NaN
+    only when the whole epoch had no valid triplet."""
+
+    full_state_update = False
+
+    def __init__(self, distance: str = "euclidean", max_triplets: int | None = 200_000, **kwargs):
+        super().__init__(**kwargs)
+        self.distance = distance
+        self.max_triplets = max_triplets
+        for name in ("correct", "sum_pos", "sum_neg", "total"):
+            self.add_state(name, default=torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
+
+    def update(self, embeddings: torch.Tensor, labels: torch.Tensor) -> None:
+        correct, sum_pos, sum_neg, total = triplet_sums(embeddings.detach(), labels, distance=self.distance,
+                                                        max_triplets=self.max_triplets)
+        self.correct += correct.to(self.correct.device)
+        self.sum_pos += sum_pos.to(self.sum_pos.device)
+        self.sum_neg += sum_neg.to(self.sum_neg.device)
+        self.total += total
+
+    def compute(self) -> dict[str, torch.Tensor]:
+        if self.total == 0:
+            nan = torch.tensor(float("nan"), device=self.total.device)
+            return {"triplet_acc": nan, "d_pos": nan.clone(), "d_neg": nan.clone()}
+        return {"triplet_acc": (self.correct / self.total).float(), "d_pos": (self.sum_pos / self.total).float(),
+                "d_neg": (self.sum_neg / self.total).float()}

@@ -128,6 +128,7 @@ class SketchModule(L.LightningModule):
         self.hparams["model_kind"] = self.MODEL_KIND
         # One accuracy per (stage, fraction); created on first use (eval fractions are configurable).
         self.eval_acc = nn.ModuleDict()
+        self.eval_triplet = nn.ModuleDict()  # same, for triplet accuracy (triplet-loss models)
 
     def _record_backbone(self, encoder) -> None:
         """Keep the resolved backbone name (not a config mapping) in hparams: checkpoints stay plain."""
@@ -196,23 +197,39 @@ class SketchModule(L.LightningModule):
             self.log(f"{stage}/loss@{tag}", nn.functional.cross_entropy(logits.float(), labels),
                      on_step=False, on_epoch=True, batch_size=bs, add_dataloader_idx=False, sync_dist=True)
         if self.LOSS_KIND == "triplet":
-            from sketchembed.metric import triplet_accuracy
+            key = f"{stage}_{tag}"
+            if key not in self.eval_triplet:
+                from sketchembed.metric import TripletAccuracy
 
-            t_acc, d_pos, d_neg = triplet_accuracy(emb.detach(), labels)
-            for name, v in (("triplet_acc", t_acc), ("d_pos", d_pos), ("d_neg", d_neg)):
-                self.log(f"{stage}/{name}@{tag}", v, on_step=False, on_epoch=True, batch_size=bs,
-                         add_dataloader_idx=False, sync_dist=True, prog_bar=(name == "triplet_acc"))
+                self.eval_triplet[key] = TripletAccuracy().to(self.device)
+            self.eval_triplet[key].update(emb, labels)  # logged at the epoch's end: _log_triplet_metrics
         # Returned (not stored) so an embedding callback can collect them without a second pass.
         out = {"embeddings": emb.detach(), "labels": labels, "fraction": tag}
         if logits is not None:
             out["logits"] = logits.detach()
         return out
 
+    def _log_triplet_metrics(self, stage: str) -> None:
+        """Epoch values from the summed in-batch triplets (TripletAccuracy syncs the ranks itself)."""
+        for key, metric in self.eval_triplet.items():
+            if not key.startswith(f"{stage}_") or not metric.update_called:
+                continue
+            tag = key[len(stage) + 1:]
+            for name, value in metric.compute().items():
+                self.log(f"{stage}/{name}@{tag}", value, prog_bar=(name == "triplet_acc" and tag == "100"))
+            metric.reset()
+
     def validation_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0):
         return self._eval_step(batch, "val")
 
     def test_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0):
         return self._eval_step(batch, "test")
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_triplet_metrics("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_triplet_metrics("test")
 
     def predict_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0):
         emb, logits = self._eval_outputs(batch)
