@@ -420,6 +420,10 @@ def _assert_one_line_error(r: subprocess.CompletedProcess, *needles: str, code: 
     assert len(errors) == 1, r.stderr[-3000:]
     for n in needles:
         assert n in errors[0], errors[0]
+    # the stack is not lost: the message points at the run dir's error.log
+    trace = errors[0].rsplit("(traceback: ", 1)
+    assert len(trace) == 2, errors[0]
+    assert "Traceback" in Path(trace[1].rstrip(")")).read_text()
 
 
 MISCONFIGS = {
@@ -450,6 +454,10 @@ def test_misconfiguration_stops_before_training(name, tmp_path, capsys, monkeypa
     assert len(errors) == 1, errors
     for n in needles:
         assert n in errors[0], errors[0]
+    # the stack is not lost: the message points at the run dir's error.log
+    trace = errors[0].rsplit("(traceback: ", 1)
+    assert len(trace) == 2, errors[0]
+    assert "Traceback" in Path(trace[1].rstrip(")")).read_text()
     assert not (tmp_path / "checkpoints").exists()
 
 

@@ -252,6 +252,21 @@ def optimized_value(cfg: DictConfig, result) -> float | None:
     return float(value)
 
 
+def _save_traceback(e: BaseException) -> str | None:
+    """Write ``e``'s traceback to ``error.log`` in the run dir; its path, or None outside a run."""
+    import traceback
+
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        path = Path(HydraConfig.get().runtime.output_dir) / "error.log"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("".join(traceback.format_exception(e)))
+        return str(path)
+    except Exception:
+        return None
+
+
 def hydra_entry(config_name: str, fn):
     """Run ``fn(cfg)`` as a Hydra app whose misconfigurations end in one line, not a traceback."""
     import hydra
@@ -272,7 +287,10 @@ def hydra_entry(config_name: str, fn):
             if isinstance(inner, (ConfigError, DataFormatError, FileNotFoundError, ValueError,
                                   MisconfigurationException)):
                 msg = " ".join(str(inner).split())  # one line
-                print(f"error: {msg}", file=sys.stderr)
+                # A ValueError may also be a bug rather than bad input: its stack is kept on disk.
+                trace = _save_traceback(e)
+                where = f" (traceback: {trace})" if trace else ""
+                print(f"error: {msg}{where}", file=sys.stderr)
                 sys.exit(2)
             raise
 
