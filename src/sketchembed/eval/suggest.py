@@ -66,10 +66,13 @@ def suggest(model, index, points, settings: dict, *, k: int = 8, fraction: float
 
     if not 0 < fraction <= 1:
         raise ValueError(f"--fraction must be in (0, 1], got {fraction}")
-    raster = Rasterizer(settings["image_size"], settings["line_width"], settings["padding"])
+    raster = Rasterizer(settings["image_size"], settings["line_width"], settings["padding"],
+                        settings.get("canvas", 256.0), background=settings.get("background", "black"),
+                        standardize=settings.get("standardize", False))
     emb, _, pts, lengths = embed_points(model, [points], seq_std=settings["seq_std"], rasterizer=raster,
                                         fraction=fraction, max_snapshots=settings.get("max_snapshots"),
-                                        device=device)
+                                        fraction_rule=settings.get("fraction_rule", "ceil"),
+                                        seq_origin=settings.get("seq_origin", (0.0, 0.0)), device=device)
     idx, dist = index.query(emb, k)
     return idx[0], dist[0], pts[0, :lengths[0]]
 
