@@ -11,6 +11,7 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
+from bench.raster import study_match
 from sketchembed.data.raster import Rasterizer, per_image_standardize, render_views, stroke_ends
 
 FILES = ("apple", "cat", "airplane", "The Eiffel Tower", "bus", "helicopter")
@@ -307,3 +308,11 @@ def test_render_views_image_lengths_shows_fewer_points(drawings):
 def test_bad_style_is_an_error(kw, match):
     with pytest.raises(ValueError, match=match):
         Rasterizer(32, **kw)
+
+
+def test_study_settings_match_the_studys_cv2_rendering(shared_quickdraw):
+    """conf/data/study.yaml renders like the study's cv2.polylines(thickness 3, LINE_AA) + bicubic."""
+    config, nominal = study_match(real_points(shared_quickdraw, FILES, 6))
+    assert config["setting"] == "conf/data/study.yaml" and nominal["line_width"] == 3.0
+    assert config["mad"] < 0.006 and config["mad_standardized"] < 0.03
+    assert nominal["mad"] > 3 * config["mad"]   # the nominal 3 px draws visibly thinner lines

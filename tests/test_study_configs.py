@@ -15,6 +15,7 @@ from omegaconf import OmegaConf
 from sketchembed.data.batch_filter import MaxMeanStrokes, stroke_counts
 from sketchembed.data.datamodule import SketchCollate, SketchDataModule, image_count, keep_count
 from sketchembed.data.raster import Rasterizer, render_views
+from sketchembed.eval.report import STUDY
 
 REPO = Path(__file__).resolve().parents[1]
 CONF = REPO / "conf"
@@ -47,7 +48,7 @@ def test_study_inputs_and_loop(name):
     # simplified drawings, study splits (prepared with the study rule), 265 px canvas -> 224 px,
     # 3 px lines, black ink on white, per-image standardisation, "50 %" by the study's rule
     assert d.root.endswith("prepared/study10")
-    assert (d.image_size, d.canvas, d.padding, d.line_width) == (224, 255.0, 5.0, 3.0)
+    assert (d.image_size, d.canvas, d.padding, d.line_width) == (224, 255.0, 5.0, 5.25)
     assert d.background == "white" and d.standardize is True
     assert d.fraction_rule == "study" and list(d.eval_fractions) == [1.0, 0.5]
     assert d.seq_norm == "none"
@@ -129,7 +130,7 @@ def test_study_data_config_builds_a_datamodule():
     dm = instantiate(cfg.data, seed=0)
     r = dm.rasterizer
     assert (r.size, r.canvas, r.padding, r.line_width, r.background, r.standardize) == (
-        224, 255.0, 5.0, 3.0, "white", True)
+        224, 255.0, 5.0, 5.25, "white", True)
     assert dm.seq_std == 1.0 and dm.seq_origin == (122.5, 122.5) and dm.max_mean_snapshots == 7
 
 
@@ -222,3 +223,8 @@ def test_datamodule_train_batches_respect_max_mean_snapshots():
         assert float(batch["n_strokes"].float().mean()) <= 3
         n += 1
     assert n == len(loader) and 0 < n < len(plain.train_dataloader())
+
+
+def test_human_baseline_quotes_both_study_figures():
+    human = STUDY["human"]["acc"]
+    assert "84" in human and "72.1" in human and "43 answers" in human
