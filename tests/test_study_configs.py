@@ -15,7 +15,7 @@ from omegaconf import OmegaConf
 from sketchembed.data.batch_filter import MaxMeanStrokes, stroke_counts
 from sketchembed.data.datamodule import SketchCollate, SketchDataModule, image_count, keep_count
 from sketchembed.data.raster import Rasterizer, render_views
-from sketchembed.eval.report import STUDY
+from sketchembed.eval.report import STUDY as STUDY_FIGURES
 
 REPO = Path(__file__).resolve().parents[1]
 CONF = REPO / "conf"
@@ -226,5 +226,5 @@ def test_datamodule_train_batches_respect_max_mean_snapshots():
 
 
 def test_human_baseline_quotes_both_study_figures():
-    human = STUDY["human"]["acc"]
+    human = STUDY_FIGURES["human"]["acc"]
     assert "84" in human and "72.1" in human and "43 answers" in human
