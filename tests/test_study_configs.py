@@ -10,6 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from hydra import compose as hydra_compose
+from hydra import initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from sketchembed.data.batch_filter import MaxMeanStrokes, stroke_counts
@@ -28,10 +32,6 @@ COMBINED = [n for n in STUDY if n.startswith("study_combined_")]
 
 
 def compose(name: str, *extra: str):
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-
     GlobalHydra.instance().clear()
     os.environ.setdefault("PROJECT_ROOT", str(REPO))
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
@@ -114,10 +114,6 @@ def test_study_combined(name):
 
 def test_framework_defaults_are_unchanged():
     """The study's settings are options: the main job keeps normalised inputs and 64 px."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         d = hydra_compose("train").data
@@ -126,8 +122,6 @@ def test_framework_defaults_are_unchanged():
 
 
 def test_study_data_config_builds_a_datamodule():
-    from hydra.utils import instantiate
-
     cfg = compose("study_combined_e2e", "data.root=study10", "data.num_workers=0", "data.pin_memory=false")
     dm = instantiate(cfg.data, seed=0)
     r = dm.rasterizer
