@@ -11,7 +11,8 @@ from __future__ import annotations
 from typing import Iterator
 
 import numpy as np
-from torch.utils.data import Sampler
+
+from sketchembed.data.samplers import WrappedBatches
 
 
 def stroke_counts(store, rows: np.ndarray, *, chunk_drawings: int = 1 << 18) -> np.ndarray:
@@ -32,7 +33,7 @@ def stroke_counts(store, rows: np.ndarray, *, chunk_drawings: int = 1 << 18) -> 
     return counts[rows]
 
 
-class MaxMeanStrokes(Sampler[list[int]]):
+class MaxMeanStrokes(WrappedBatches):
     """Yields the batches of ``batch_sampler`` whose items average at most ``max_mean`` strokes.
 
     ``strokes[i]`` is the stroke count of item ``i`` (a position the inner sampler yields). The
@@ -40,29 +41,10 @@ class MaxMeanStrokes(Sampler[list[int]]):
     """
 
     def __init__(self, batch_sampler, strokes: np.ndarray, max_mean: float):
-        self.batch_sampler = batch_sampler
+        super().__init__(batch_sampler)
         self.strokes = np.asarray(strokes, dtype=np.int64)
         self.max_mean = float(max_mean)
-        self.epoch = 0
         self._len: tuple[int, int] | None = None  # (epoch, kept batches)
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
-        if hasattr(self.batch_sampler, "set_epoch"):
-            self.batch_sampler.set_epoch(epoch)
-
-    @property
-    def sampler(self):
-        """Lightning's ``_set_sampler_epoch`` reaches ``batch_sampler.sampler.set_epoch`` only."""
-        return self
-
-    @property
-    def batch_size(self):
-        return getattr(self.batch_sampler, "batch_size", None)
-
-    @property
-    def rank(self) -> int:
-        return int(getattr(self.batch_sampler, "rank", 0))
 
     def _keep(self, batch) -> bool:
         return float(self.strokes[np.asarray(batch, dtype=np.int64)].mean()) <= self.max_mean
