@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable
 
+from sketchembed.data.categories import resolve_classes
+
 BASE_URL = "https://storage.googleapis.com/quickdraw_dataset/"
 
 # format -> (folder in the bucket, file extension)
@@ -62,35 +64,6 @@ class _Remote:
 
 # ---------------------------------------------------------------------------------------------
 # names and URLs
-
-
-def resolve_classes(spec: str | Iterable[str]) -> list[str]:
-    """Turn ``"study"``, ``"all"``, ``"a,b"`` or a list into validated class names (order kept,
-    duplicates dropped). Unknown names fail here, before any request is made."""
-    from sketchembed import STUDY_CLASSES
-    from sketchembed.data.categories import CATEGORIES
-
-    if isinstance(spec, str):
-        key = spec.strip().lower()
-        if key == "study":
-            return list(STUDY_CLASSES)
-        if key == "all":
-            return list(CATEGORIES)
-        names = [n.strip() for n in spec.split(",")]
-    else:
-        names = [str(n).strip() for n in spec]
-    names = [n for n in names if n]
-    if not names:
-        raise ValueError("no class names given (use names separated by commas, 'study' or 'all')")
-    known = set(CATEGORIES)
-    for n in names:
-        if n not in known:
-            import difflib
-
-            close = difflib.get_close_matches(n, CATEGORIES, n=3)
-            hint = f" (did you mean {', '.join(repr(c) for c in close)}?)" if close else ""
-            raise ValueError(f"unknown Quick, Draw! class {n!r}{hint}")
-    return list(dict.fromkeys(names))
 
 
 def file_name(cls: str, fmt: str) -> str:
