@@ -55,6 +55,7 @@ def read_binary(source: str | os.PathLike | IO[bytes], *, on_error: str = "skip"
         problem = sink.word_problem(cls, None)
         if problem:
             sink.bad("byte 0", problem + " (class taken from the file name); file skipped")
+            sink.finish()
             return
         try:
             pos = f.tell()
