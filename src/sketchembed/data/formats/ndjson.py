@@ -43,21 +43,31 @@ def decode_line(line: bytes | str):
     a ``RecursionError`` that would end the whole file.
     """
     try:
-        text = line.decode() if isinstance(line, (bytes, bytearray)) else line
+        text = line.decode()
+    except AttributeError:  # already a str
+        text = line
     except UnicodeDecodeError as e:
         raise ValueError(f"not UTF-8 ({e})") from None
-    start = _SPACE(text, 0).end() if text[:1] in " \t\r\n" else 0  # ("" is in every str)
-    try:
-        obj, end = _SCAN(text, start)
-    except StopIteration as e:
-        raise json.JSONDecodeError("Expecting value", text, e.value) from None
+    try:  # the common case first: no leading space, one newline after the value
+        obj, end = _SCAN(text, 0)
+    except StopIteration:
+        obj, end = _scan(text, _SPACE(text, 0).end())
     except RecursionError:
         raise ValueError("nested too deeply") from None
-    if end != len(text):
+    if end != len(text) and text[end:] != "\n":
         end = _SPACE(text, end).end()
         if end != len(text):
             raise json.JSONDecodeError("Extra data", text, end)
     return obj
+
+
+def _scan(text: str, start: int):
+    try:
+        return _SCAN(text, start)
+    except StopIteration as e:
+        raise json.JSONDecodeError("Expecting value", text, e.value) from None
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
 
 
 def key_id_of(value) -> int | None:
@@ -72,31 +82,6 @@ def key_id_of(value) -> int | None:
     else:
         return None
     return k if 0 <= k < _U64 else None
-
-
-def plain_simplified(obj, word: str):
-    """``(key_id, strokes)`` if ``obj`` is plainly a well-formed simplified record of ``word`` as far
-    as the JSON structure goes (numbers are checked in bulk by the caller), else None.
-
-    Only a shortcut for ``prepare``'s fast path: it never rejects, it defers to :func:`parse_line`,
-    whose verdict and reason are the only ones.
-    """
-    try:
-        strokes = obj["drawing"]
-        k = key_id_of(obj["key_id"])
-        if (k is None or obj["word"] != word or type(strokes) is not list or not strokes
-                or type(obj.get("recognized", True)) is not bool
-                or type(obj.get("countrycode", "")) is not str):
-            return None
-        for stroke in strokes:
-            if type(stroke) is not list or len(stroke) != 2:
-                return None
-            xs, ys = stroke
-            if type(xs) is not list or type(ys) is not list or len(xs) < 2 or len(xs) != len(ys):
-                return None
-    except (TypeError, KeyError, AttributeError):
-        return None
-    return k, strokes
 
 
 def _parse(obj, expected_word: str | None, sink: ErrorSink) -> tuple[Drawing | None, str | None]:
