@@ -476,3 +476,13 @@ def test_any_class_name_when_asked(shared_quickdraw, tmp_path):
     assert [x.word for x in read_drawings(binpath, words=None)] == ["wyvern"]
     with pytest.warns(UserWarning, match="unknown class 'wyvern'"):
         assert list(read_drawings(binpath)) == []
+
+
+def test_suggest_reads_a_sketch_of_any_class(shared_quickdraw, tmp_path):
+    from sketchembed.eval.suggest import read_sketch
+
+    line = json.loads(_lines(shared_quickdraw / "simplified" / "apple.ndjson", 1)[0])
+    path = tmp_path / "mine.ndjson"
+    path.write_text(json.dumps({**line, "word": "wyvern"}) + "\n")
+    drawing, points = read_sketch(path, 1)
+    assert drawing.word == "wyvern" and len(points) == drawing.n_points
