@@ -238,6 +238,8 @@ def test_files_not_used_are_reported_and_other_datasets_read_with_from_files(sma
                  "--split", "fractions", "--no-progress"]) == 0
     text = capsys.readouterr().out
     assert "4 classes" in text and "no ignored files" in text
+    with pytest.raises(ValueError, match="unknown Quick, Draw! class 'wyvern'.*--classes from-files"):
+        prepare([small_set], tmp_path / "named", "wyvern")
     ds = prepare([small_set], out, "from-files")
     assert ds.classes == ["apple", "bus", "pear", "wyvern"] and ds.class_counts().tolist() == [40, 20, 25, 6]
     # the word of each line must still be its file's name

@@ -180,12 +180,16 @@ def resolve_class_spec(spec: str | Sequence[str], found: dict[str, list[Path]]) 
     if key == "all":
         classes = [c for c in CATEGORIES if c in found]
         if not classes:
-            others = f" (found {', '.join(map(repr, sorted(found)[:5]))}…: use --classes {FROM_FILES} for " \
-                     f"class names outside Quick, Draw!)" if found else ""
+            names = ", ".join(map(repr, sorted(found)[:5])) + ("…" if len(found) > 5 else "")
+            others = (f" (found {names}: use --classes {FROM_FILES} for class names outside Quick, Draw!)"
+                      if found else "")
             raise FileNotFoundError("no per-class files (<class>.ndjson/.bin/.npz named after a "
                                     f"Quick, Draw! category) among the inputs{others}")
         return classes
-    classes = resolve_classes(spec)
+    try:
+        classes = resolve_classes(spec)
+    except ValueError as e:
+        raise ValueError(f"{e}; --classes {FROM_FILES} reads every file, whatever its name") from None
     missing = [c for c in classes if c not in found]
     if missing:
         raise FileNotFoundError(f"no input file for class(es) {', '.join(map(repr, missing))} "
