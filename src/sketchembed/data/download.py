@@ -26,9 +26,9 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
-import warnings
 from typing import Callable, Iterable
 
 from sketchembed.data.categories import resolve_classes
@@ -443,7 +443,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--verify", action="store_true",
                         help="check files already present against the server's MD5 (not only their size) "
                              "and fetch again any that differ")
-    parser.add_argument("--quiet", action="store_true", help="no progress bars, no per-file lines")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars, no per-file lines (warnings are still printed)")
 
 
 def run(args: argparse.Namespace) -> int:
