@@ -110,8 +110,8 @@ class SkipReport:
                 "items": [{"file": p, "position": pos, "reason": r} for p, pos, r in self.items]}
 
 
-#: Raw coordinates (canvas pixels) beyond ± this are refused: the real raw files span about
-#: −1,000…2,800; a million-pixel coordinate is a broken record, not a drawing.
+#: Raw coordinates (canvas pixels) beyond ± this are refused: the real raw drawings span
+#: −1,013…2,755 (tests/test_formats.py, slow); a million-pixel coordinate is a broken record.
 RAW_COORD_LIMIT = 100_000.0
 #: A drawing must span at least this much (larger of its x and y ranges, in its own units) before
 #: it is scaled onto the canvas: all points in one place carry no shape, and scaling a near-zero
