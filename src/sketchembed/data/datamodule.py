@@ -460,8 +460,10 @@ class SketchDataModule(L.LightningDataModule):
                 from sketchembed.data import prepare
 
                 self._test_tmp = tempfile.TemporaryDirectory(prefix="sketchembed-test-")
-                # every row is used as test data, so the split rule prepare applies does not matter
-                self._test_store = prepare.prepare(path, Path(self._test_tmp.name) / "prepared", classes="all")
+                # every row is used as test data, so the split rule prepare applies does not matter;
+                # file names are the model's classes, Quick, Draw!'s or not (_labels_for maps them)
+                self._test_store = prepare.prepare(path, Path(self._test_tmp.name) / "prepared",
+                                                   classes="from-files")
             else:
                 raise FileNotFoundError(f"test_dir not found: {path}")
         return self._test_store

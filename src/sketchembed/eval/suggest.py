@@ -27,7 +27,8 @@ def read_sketch(path, line: int = 1):
     report = SkipReport(on_error="raise")
     drawing = None
     try:
-        for i, d in enumerate(read_drawings(path, on_error="raise", report=report), start=1):
+        # any class name: the sketch's word is only shown, and a model may know classes outside Quick, Draw!
+        for i, d in enumerate(read_drawings(path, on_error="raise", report=report, words=None), start=1):
             if i == line:
                 drawing = d
                 break
