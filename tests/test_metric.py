@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import itertools
 import math
-from unittest.mock import MagicMock
-
+import lightning.pytorch as pl
 import pytest
 import torch
 from conftest import REPO_ROOT
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
+from pytorch_metric_learning.miners import TripletMarginMiner
 
 from sketchembed.metric import (
     AllTripletsMiner,
@@ -25,8 +25,8 @@ from sketchembed.metric import (
     TripletMiner,
     all_triplets_indices,
     count_triplets,
-    find_miner,
     gather_across_ranks,
+    mine_batch,
     get_distance,
     sample_triplets,
     triplet_accuracy,
@@ -233,7 +233,7 @@ def test_hard_miner_picks_extremes():
     assert len(a) == len({t[0] for t in _brute_triplets(labels.tolist())})
 
 
-def test_mining_stats_values_and_logging_hook():
+def test_mining_stats_values():
     emb = torch.tensor([[0.0], [1.0], [1.5], [3.0]])
     labels = torch.tensor([0, 0, 1, 1])
     miner = AllTripletsMiner(margin=2.0)
@@ -248,44 +248,119 @@ def test_mining_stats_values_and_logging_hook():
     assert s["miner/semi_hard"] == pytest.approx(2 / 8)
     assert s["miner/easy"] == pytest.approx(3 / 8)
     assert s["miner/hard"] == pytest.approx(3 / 8)
+    # the same numbers through mine_batch (what the models call), for ours and for a PML miner
+    _, stats = mine_batch(AllTripletsMiner(margin=2.0), emb, labels)
+    assert {k: v.item() for k, v in stats.items()} == pytest.approx(s)
+    # PML keeps the triplets with d_neg - d_pos <= margin: a wide one keeps them all
+    pml = TripletMarginMiner(margin=100.0, type_of_triplets="all", distance=SquaredEuclideanDistance())
+    mined, stats = mine_batch(pml, emb, labels)
+    assert _as_set(mined.indices) == _as_set(AllTripletsMiner().mine(emb, labels))
+    for key in ("miner/triplets", "miner/d_pos", "miner/d_neg", "miner/hard"):
+        assert stats[key].item() == pytest.approx(s[key]), key
+    assert stats["miner/easy"].item() == 0.0  # none beyond a margin of 100
 
-    module = MagicMock()
-    miner.on_train_batch_end(MagicMock(), module, None, None, 0)
-    logged = module.log_dict.call_args.args[0]
-    assert set(logged) == set(s) and logged["miner/triplets"].item() == 8
-    module.reset_mock()
-    miner.on_train_batch_end(MagicMock(), module, None, None, 1)  # nothing mined since: no log
-    module.log_dict.assert_not_called()
 
+def test_miner_stats_reach_the_trainer_from_the_injected_miner():
+    """A model gets its miner injected (no callback); its miner/* statistics are logged per step."""
+    from sketchembed.models.base import SketchModule
 
-def test_miner_stats_reach_the_trainer_through_find_miner():
-    import lightning.pytorch as pl
+    class Table(SketchModule):
+        LOSS_KINDS = ("triplet",)
+        DEFAULT_LOSS = "hinge"
 
-    class Tiny(pl.LightningModule):
-        def __init__(self):
-            super().__init__()
+        def __init__(self, **common):
+            super().__init__(**common)
             self.table = torch.nn.Embedding(12, 4)
-            self.loss = HingeTripletLoss(margin=0.5)
 
-        def training_step(self, batch, batch_idx):
-            idx, labels = batch
-            mined = find_miner(self.trainer).mine_batch(self.table(idx), labels)
-            return self.loss(*mined)
+        def training_loss(self, batch):
+            return self.loss(*self.mine(self.table(batch["index"]), batch["label"])), {}
 
-        def configure_optimizers(self):
-            return torch.optim.SGD(self.parameters(), lr=0.1)
-
-    data = torch.utils.data.TensorDataset(torch.arange(12), torch.arange(12) % 3)
-    miner = SemiHardMiner(margin=0.5)
-    trainer = pl.Trainer(
-        fast_dev_run=2, callbacks=[miner], accelerator="cpu", enable_progress_bar=False,
-        enable_model_summary=False, logger=False,
-    )
-    trainer.fit(Tiny(), torch.utils.data.DataLoader(data, batch_size=12))
+    data = [{"index": torch.arange(12), "label": torch.arange(12) % 3}] * 2
+    model = Table(loss=HingeTripletLoss(margin=0.5), miner=SemiHardMiner(margin=0.5), scheduler=None)
+    trainer = pl.Trainer(fast_dev_run=2, accelerator="cpu", enable_progress_bar=False,
+                         enable_model_summary=False, logger=False)
+    trainer.fit(model, torch.utils.data.DataLoader(data, batch_size=None))
     metrics = trainer.callback_metrics
     for key in ("miner/triplets", "miner/d_pos", "miner/d_neg", "miner/semi_hard", "miner/easy"):
         assert any(k.startswith(key) for k in metrics), (key, sorted(metrics))
     assert metrics["miner/triplets_step"].item() == 12 * 3  # every positive pair once
+
+
+def test_no_miner_means_every_triplet_not_random_ones():
+    emb, labels = _batch(seed=3)
+    mined, stats = mine_batch(None, emb, labels)
+    assert mined.indices is None and stats == {}
+    loss = HingeTripletLoss(margin=0.5)
+    assert loss(*mined).item() == pytest.approx(loss(emb, labels, AllTripletsMiner().mine(emb, labels)).item())
+
+
+# ------------------------------------------------------------------ PML's parts next to ours
+def test_hinge_loss_is_pml_triplet_margin_loss_on_squared_distances():
+    """Our hinge = PML's TripletMarginLoss with squared Euclidean distances (PML's LpDistance(power=2)
+    gives the same numbers) and the mean (or PML's default non-zero mean) reducer."""
+    from pytorch_metric_learning.distances import LpDistance
+    from pytorch_metric_learning.losses import TripletMarginLoss
+    from pytorch_metric_learning.reducers import AvgNonZeroReducer, MeanReducer
+
+    emb, labels = _batch(seed=11, b=24)
+    emb = emb.clone().requires_grad_(True)
+    mined = SemiHardMiner().mine(emb, labels)
+    for reduction, reducer in (("mean", MeanReducer), ("nonzero_mean", AvgNonZeroReducer)):
+        ours = HingeTripletLoss(margin=1.0, reduction=reduction)
+        pml = TripletMarginLoss(margin=1.0, distance=LpDistance(normalize_embeddings=False, power=2),
+                                reducer=reducer())
+        for idx in (mined, None):
+            a, b = ours(emb, labels, idx), pml(emb, labels, idx)
+            assert a.item() == pytest.approx(b.item(), rel=1e-5, abs=1e-6), (reduction, idx is None)
+            ga, = torch.autograd.grad(a, emb)
+            gb, = torch.autograd.grad(b, emb)
+            assert torch.allclose(ga, gb, atol=1e-5)
+
+
+def test_hard_miner_is_pml_batch_hard_miner():
+    from pytorch_metric_learning.miners import BatchHardMiner
+
+    for seed in range(5):
+        emb, labels = _batch(seed=seed, b=20)
+        ours = HardMiner().mine(emb, labels)
+        pml = BatchHardMiner(distance=SquaredEuclideanDistance())(emb, labels)
+        assert _as_set(ours) == _as_set(pml) and len(ours[0]) == len(pml[0])
+
+
+@pytest.mark.parametrize("name", ["pml_semihard", "pml_batch_hard", "pml_multi_similarity"])
+def test_pml_miner_configs_train_a_table(name):
+    """A PML miner from conf/miner/ mines for our loss (pairs become triplets, as PML does) and logs."""
+    miner = instantiate(OmegaConf.load(REPO_ROOT / "conf" / "miner" / f"{name}.yaml"))
+    assert not isinstance(miner, TripletMiner)
+    _train_table(HingeTripletLoss(margin=0.5), miner)
+
+
+def test_pml_loss_config_trains_a_table():
+    from pytorch_metric_learning.losses import TripletMarginLoss
+
+    from sketchembed.registry import loss_kind
+
+    loss = instantiate(OmegaConf.load(REPO_ROOT / "conf" / "loss" / "pml_triplet_margin.yaml"))
+    assert isinstance(loss, TripletMarginLoss) and loss_kind(loss) == "triplet"
+    _train_table(loss, SemiHardMiner(margin=0.5))
+
+
+def _train_table(loss, miner, steps: int = 40):
+    torch.manual_seed(0)
+    labels = torch.arange(16) % 4
+    table = torch.nn.Parameter(torch.randn(16, 4) * 0.5)
+    opt = torch.optim.Adam([table], lr=0.05)
+    acc_before = triplet_accuracy(table.detach(), labels)[0].item()
+    counts = []
+    for _ in range(steps):
+        opt.zero_grad()
+        mined, stats = mine_batch(miner, table, labels)
+        counts.append(stats["miner/triplets"].item())
+        loss(*mined).backward()
+        opt.step()
+    assert counts[0] > 0  # (late steps may find none left to mine)
+    acc_after = triplet_accuracy(table.detach(), labels)[0].item()
+    assert acc_before < 0.7 and acc_after > 0.9, (acc_before, acc_after)
 
 
 @pytest.mark.parametrize(
@@ -312,21 +387,6 @@ def test_loss_falls_when_training_an_embedding_table(loss, miner):
     assert full_loss() < 0.5 * before
     acc_after = triplet_accuracy(table.detach(), labels)[0].item()
     assert acc_before < 0.7 and acc_after > 0.9
-
-
-def test_find_miner_single_default_and_error():
-    trainer = MagicMock()
-    trainer.callbacks = [object()]
-    default = find_miner(trainer)
-    assert isinstance(default, RandomTripletMiner) and default in trainer.callbacks
-    assert find_miner(trainer) is default  # the same one on later steps
-    hard = HardMiner()
-    trainer.callbacks = [object(), hard]
-    assert find_miner(trainer) is hard
-    trainer.callbacks = [hard, SemiHardMiner()]
-    with pytest.raises(ValueError, match="several triplet miners"):
-        find_miner(trainer)
-    assert isinstance(find_miner(None), TripletMiner)
 
 
 # ------------------------------------------------------------------ cross-rank gathering

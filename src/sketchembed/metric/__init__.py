@@ -1,7 +1,7 @@
 """Metric learning parts in pytorch-metric-learning's style: distances, triplet losses, miners.
 
-Miners are Lightning callbacks (chosen under ``miner/``); the triplet model gets the configured one
-with :func:`find_miner` and feeds ``miner.mine_batch(...)`` to its loss.
+Miners and losses have PML's interface, so PML's own work next to ours from a config; the model
+gets the configured miner injected and calls :func:`mine_batch` before its loss.
 """
 
 from sketchembed.metric.distances import (
@@ -29,8 +29,9 @@ from sketchembed.metric.miners import (
     TripletMiner,
     all_triplets_indices,
     count_triplets,
-    find_miner,
     gather_across_ranks,
+    mine_batch,
+    mining_stats,
     random_triplets_per_anchor,
     sample_triplets,
 )
@@ -51,8 +52,9 @@ __all__ = [
     "TripletMiner",
     "all_triplets_indices",
     "count_triplets",
-    "find_miner",
     "gather_across_ranks",
+    "mine_batch",
+    "mining_stats",
     "get_distance",
     "random_triplets_per_anchor",
     "safe_sqrt",

@@ -111,3 +111,9 @@ def get_distance(spec: str | BaseDistance | None, default: str = "squared_euclid
                 f"unknown distance {spec!r}; expected one of {sorted(_BY_NAME)}"
             ) from None
     raise TypeError(f"distance must be a name or a BaseDistance, got {type(spec).__name__}")
+
+
+def config_name(distance: BaseDistance) -> str | None:
+    """The config name of one of our distances (``squared_euclidean``); None for any other."""
+    cls = type(distance)
+    return cls.name if cls in _BY_NAME.values() else None

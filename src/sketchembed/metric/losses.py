@@ -2,7 +2,9 @@
 
 Losses follow PML's calling convention, ``loss(embeddings, labels, indices_tuple=None)``; without
 indices they use every valid triplet of the batch. ``kind`` tells configs which models a loss fits
-("triplet": embeddings + mined triplets; "classification": logits).
+("triplet": embeddings + mined tuples; "classification": logits); any PML loss is triplet-kind
+(:func:`sketchembed.registry.loss_kind`). The hinge loss *is* PML's ``TripletMarginLoss`` on squared
+distances; only the softmax triplet loss, which PML lacks, is computed here.
 """
 
 from __future__ import annotations
@@ -10,17 +12,23 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from pytorch_metric_learning.distances import BaseDistance
+from pytorch_metric_learning.losses import TripletMarginLoss
+from pytorch_metric_learning.reducers import AvgNonZeroReducer, MeanReducer
+from pytorch_metric_learning.utils.loss_and_miner_utils import convert_to_triplets
 from torch import nn
 from torchmetrics import Metric
 
 from sketchembed.metric.distances import get_distance
 from sketchembed.metric.miners import Triplets, all_triplets_indices, count_triplets, sample_triplets
+from sketchembed.registry import CLASSIFICATION, LOSSES, TRIPLET
 
 __all__ = ["CrossEntropy", "HingeTripletLoss", "SoftmaxTripletLoss", "TripletAccuracy", "TripletLoss",
            "triplet_accuracy", "triplet_sums"]
 
 
-def _check_indices(indices_tuple, n: int) -> Triplets:
+def _check_indices(indices_tuple, labels: torch.Tensor) -> Triplets:
+    if len(indices_tuple) == 4:  # a pair miner's (a1, p, a2, n): the triplets they form, as PML does
+        indices_tuple = convert_to_triplets(indices_tuple, labels)
     if len(indices_tuple) != 3:
         raise ValueError(f"expected an (anchors, positives, negatives) tuple, got {len(indices_tuple)} tensors")
     a, p, neg = (torch.as_tensor(t).long() for t in indices_tuple)
@@ -32,7 +40,7 @@ def _check_indices(indices_tuple, n: int) -> Triplets:
 class TripletLoss(nn.Module):
     """Base: distances of each triplet's (anchor, positive) and (anchor, negative) pairs."""
 
-    kind = "triplet"
+    kind = TRIPLET
     default_distance = "euclidean"
 
     def __init__(self, distance: str | BaseDistance | None = None):
@@ -55,7 +63,7 @@ class TripletLoss(nn.Module):
         if indices_tuple is None:
             a, p, n = all_triplets_indices(labels.to(embeddings.device))
         else:
-            a, p, n = _check_indices(indices_tuple, embeddings.shape[0])
+            a, p, n = _check_indices(indices_tuple, labels)
         if a.numel() == 0:
             empty = embeddings.new_zeros(0)
             return empty, empty
@@ -74,13 +82,14 @@ class TripletLoss(nn.Module):
         return self.reduce(self.triplet_losses(d_pos, d_neg))
 
 
+@LOSSES.register("softmax_triplet")
 class SoftmaxTripletLoss(TripletLoss):
     """Hoffer & Ailon's triplet-network loss (the study's "exp" loss):
     (e^{d+} / (e^{d+} + e^{d-}))^2 = sigmoid(d+ - d-)^2, mean over triplets.
     It never reaches 0, so every triplet keeps pulling, with less force once d- >> d+.
 
     ``distance``: ``"euclidean"`` (default; plain, not squared, distances as in the study's code) or
-    ``"squared_euclidean"``."""
+    ``"squared_euclidean"``. Ours because PML has no such loss."""
 
     default_distance = "euclidean"
 
@@ -88,42 +97,38 @@ class SoftmaxTripletLoss(TripletLoss):
         return torch.sigmoid(d_pos.float() - d_neg.float()).pow(2)
 
 
-class HingeTripletLoss(TripletLoss):
-    """max(0, d+ - d- + margin) on squared Euclidean distances (FaceNet), for semi-hard mining.
+@LOSSES.register("hinge")
+class HingeTripletLoss(TripletMarginLoss):
+    """max(0, d+ - d- + margin) on squared Euclidean distances (FaceNet), for semi-hard mining:
+    PML's ``TripletMarginLoss`` with our distance and reducer named in config words.
 
     Args:
         margin: alpha, in the distance's units.
-        reduction: ``"mean"`` over all triplets (FaceNet, the study) or ``"nonzero_mean"`` over
-            the triplets that still violate the margin (keeps the gradient from fading as most
-            triplets become easy).
+        reduction: ``"mean"`` over all triplets (FaceNet, the study; PML's ``MeanReducer``) or
+            ``"nonzero_mean"`` over the triplets that still violate the margin (``AvgNonZeroReducer``,
+            PML's default: keeps the gradient from fading as most triplets become easy).
+        distance: ``"squared_euclidean"`` (default), ``"euclidean"`` or a PML distance.
     """
 
-    default_distance = "squared_euclidean"
-    REDUCTIONS = ("mean", "nonzero_mean")
+    kind = TRIPLET
+    REDUCTIONS = {"mean": MeanReducer, "nonzero_mean": AvgNonZeroReducer}
 
-    def __init__(self, margin: float = 1.0, reduction: str = "mean", distance: str | BaseDistance | None = None):
-        super().__init__(distance)
+    def __init__(self, margin: float = 1.0, reduction: str = "mean",
+                 distance: str | BaseDistance | None = "squared_euclidean"):
         if reduction not in self.REDUCTIONS:
-            raise ValueError(f"reduction must be one of {self.REDUCTIONS}, got {reduction!r}")
+            raise ValueError(f"reduction must be one of {tuple(self.REDUCTIONS)}, got {reduction!r}")
         if margin < 0:
             raise ValueError(f"margin must be >= 0, got {margin}")
-        self.margin = float(margin)
+        super().__init__(margin=float(margin), distance=get_distance(distance, default="squared_euclidean"),
+                         reducer=self.REDUCTIONS[reduction]())
         self.reduction = reduction
 
-    def triplet_losses(self, d_pos, d_neg):
-        return F.relu(d_pos.float() - d_neg.float() + self.margin)
 
-    def reduce(self, losses):
-        if self.reduction == "nonzero_mean":
-            active = losses > 0
-            return losses.sum() / active.sum().clamp_min(1)
-        return losses.mean()
-
-
+@LOSSES.register("cross_entropy")
 class CrossEntropy(nn.Module):
     """Cross-entropy on logits, for the classifiers (direct CNN, LSTM, combined)."""
 
-    kind = "classification"
+    kind = CLASSIFICATION
 
     def __init__(self, label_smoothing: float = 0.0):
         super().__init__()
@@ -161,7 +166,7 @@ def triplet_sums(
             indices_tuple = sample_triplets(labels, max_triplets, generator=generator)
         else:
             indices_tuple = all_triplets_indices(labels)
-    a, p, n = _check_indices(indices_tuple, embeddings.shape[0])
+    a, p, n = _check_indices(indices_tuple, labels)
     a, p, n = a.to(embeddings.device), p.to(embeddings.device), n.to(embeddings.device)
     correct = torch.zeros((), dtype=torch.float64, device=embeddings.device)
     sum_pos = torch.zeros_like(correct)

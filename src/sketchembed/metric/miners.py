@@ -1,11 +1,17 @@
 """Triplet miners: which (anchor, positive, negative) triplets of a batch the loss sees.
 
-Each miner is a Lightning ``Callback`` so that a config selects it under ``miner/`` and the Trainer
-carries it; the triplet model finds it with :func:`find_miner` and calls
-``miner.mine_batch(embeddings, labels)`` every training step. The callback hook then logs what the
-miner saw (``miner/triplets``, ``miner/d_pos``, ``miner/d_neg``, ``miner/semi_hard``,
-``miner/easy``, ``miner/hard``; the semi-hard miner adds ``miner/skipped``), which is how one tells
-whether the sampling still finds useful triplets late in training.
+A miner speaks pytorch-metric-learning's language: a module called as ``miner(embeddings, labels)``
+that returns an indices tuple. A config under ``miner/`` builds it and the model gets it injected
+(``model.miner``); any PML miner works the same way. :func:`mine_batch` is the one call the models
+make: it gathers across ranks when our miner asks for it, mines, and returns the statistics the model
+logs (``miner/triplets``, ``miner/d_pos``, ``miner/d_neg``, ``miner/semi_hard``, ``miner/easy``,
+``miner/hard``; the semi-hard miner adds ``miner/skipped``), which is how one tells whether the
+sampling still finds useful triplets late in training.
+
+Ours are kept where they differ from PML in a way the study needs: ``SemiHardMiner`` (the study's
+rule has no margin bound; PML's ``TripletMarginMiner(type_of_triplets="semihard")`` keeps only
+d_neg < d_pos + margin), ``RandomTripletMiner`` (the study's random triplets), and local anchors
+over a cross-rank batch. ``HardMiner`` delegates its choice to PML's ``BatchHardMiner``.
 
 Triplets are addressed through the batch's label structure (``_LabelIndex``), never through a
 B x B x B mask, so "all triplets" and uniform sampling stay cheap for large batches.
@@ -16,10 +22,14 @@ from __future__ import annotations
 from typing import Callable, NamedTuple, Sequence
 
 import torch
-from lightning.pytorch.callbacks import Callback
+import torch.distributed as dist
 from pytorch_metric_learning.distances import BaseDistance
+from pytorch_metric_learning.miners import BatchHardMiner
+from pytorch_metric_learning.utils.loss_and_miner_utils import convert_to_triplets
+from torch import nn
 
 from sketchembed.metric.distances import get_distance
+from sketchembed.registry import MINERS
 
 __all__ = [
     "AllTripletsMiner",
@@ -30,8 +40,9 @@ __all__ = [
     "TripletMiner",
     "all_triplets_indices",
     "count_triplets",
-    "find_miner",
     "gather_across_ranks",
+    "mine_batch",
+    "mining_stats",
     "random_triplets_per_anchor",
     "sample_triplets",
 ]
@@ -148,8 +159,6 @@ def random_triplets_per_anchor(
 # --------------------------------------------------------------------------------------------
 def _torch_all_gather(x: torch.Tensor) -> tuple[list[torch.Tensor], int]:
     """All-gather that tolerates different batch sizes per rank (pads to the largest)."""
-    import torch.distributed as dist
-
     world = dist.get_world_size()
     size = torch.tensor([x.shape[0]], device=x.device)
     sizes = [torch.zeros_like(size) for _ in range(world)]
@@ -171,8 +180,6 @@ def gather_across_ranks(
     Without ``gather_fn`` and without an initialised process group this is the identity.
     """
     if gather_fn is None:
-        import torch.distributed as dist
-
         if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
             return embeddings, labels
         gather_fn = _torch_all_gather
@@ -200,8 +207,9 @@ class MinedBatch(NamedTuple):
     indices: Triplets
 
 
-class TripletMiner(Callback):
-    """Base: distances for mining, cross-rank gathering, and per-step mining statistics.
+class TripletMiner(nn.Module):
+    """Base of our miners: PML's call (``miner(embeddings, labels) -> (anchors, positives,
+    negatives)``), plus cross-rank gathering with local anchors and per-step mining statistics.
 
     Args:
         distance: ``"squared_euclidean"`` (default), ``"euclidean"`` or a PML ``BaseDistance``.
@@ -209,7 +217,6 @@ class TripletMiner(Callback):
             d_neg > d_pos + margin), in the mining distance's units; set it to the hinge loss's.
         gather_across_ranks: mine over the embeddings of all ranks (anchors stay local).
         gather_fn: replaces the torch.distributed all-gather (tests, custom backends).
-        log_stats: log the statistics in ``on_train_batch_end``.
     """
 
     def __init__(
@@ -218,22 +225,17 @@ class TripletMiner(Callback):
         margin: float = 1.0,
         gather_across_ranks: bool = False,
         gather_fn: GatherFn | None = None,
-        log_stats: bool = True,
     ):
         super().__init__()
         self.distance = get_distance(distance)
         self.margin = float(margin)
         self.gather_across_ranks = bool(gather_across_ranks)
         self.gather_fn = gather_fn
-        self.log_stats = bool(log_stats)
-        self.last_stats: dict[str, torch.Tensor] | None = None
+        self.last_stats: dict[str, torch.Tensor] = {}
         self._extra_stats: dict[str, float] = {}  # a subclass's own per-step counts (set in select)
 
-    def __repr__(self) -> str:
-        return (
-            f"{type(self).__name__}(distance={type(self.distance).__name__}, margin={self.margin}, "
-            f"gather_across_ranks={self.gather_across_ranks})"
-        )
+    def extra_repr(self) -> str:
+        return f"margin={self.margin}, gather_across_ranks={self.gather_across_ranks}"
 
     # -- the part subclasses write ------------------------------------------------------------
     def select(self, dist: torch.Tensor, labels: torch.Tensor, n_anchors: int) -> Triplets:
@@ -241,6 +243,13 @@ class TripletMiner(Callback):
         raise NotImplementedError
 
     # -- public API ---------------------------------------------------------------------------
+    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor, ref_emb=None, ref_labels=None) -> Triplets:
+        """PML's miner call. A separate reference set is not supported: set gather_across_ranks."""
+        if ref_emb is not None or ref_labels is not None:
+            raise ValueError(f"{type(self).__name__} mines within one batch (no ref_emb); for other "
+                             "ranks' rows set miner.gather_across_ranks=true")
+        return self.mine(embeddings, labels)
+
     def mine(
         self, embeddings: torch.Tensor, labels: torch.Tensor, n_anchors: int | None = None
     ) -> Triplets:
@@ -262,7 +271,7 @@ class TripletMiner(Callback):
             dist = self.distance(rows, None if rows is emb else emb)
             a, p, n = self.select(dist, labels, n_anchors)
             a, p, n = a.long(), p.long(), n.long()
-            self._record(dist[a, p], dist[a, n])
+            self.last_stats = mining_stats(dist[a, p], dist[a, n], self.margin, self._extra_stats)
         return a, p, n
 
     def mine_batch(self, embeddings: torch.Tensor, labels: torch.Tensor) -> MinedBatch:
@@ -276,26 +285,49 @@ class TripletMiner(Callback):
             embeddings, labels = gather_across_ranks(embeddings, labels, self.gather_fn)
         return MinedBatch(embeddings, labels, self.mine(embeddings, labels, n_anchors=n_local))
 
-    # -- statistics ---------------------------------------------------------------------------
-    def _record(self, d_pos: torch.Tensor, d_neg: torch.Tensor) -> None:
-        n = d_pos.numel()
-        stats = {"miner/triplets": torch.tensor(float(n), device=d_pos.device)}
-        stats.update({k: torch.tensor(float(v), device=d_pos.device) for k, v in self._extra_stats.items()})
-        if n:
-            d_pos, d_neg = d_pos.float(), d_neg.float()
-            stats["miner/d_pos"] = d_pos.mean()
-            stats["miner/d_neg"] = d_neg.mean()
-            stats["miner/semi_hard"] = ((d_neg > d_pos) & (d_neg < d_pos + self.margin)).float().mean()
-            stats["miner/easy"] = (d_neg > d_pos + self.margin).float().mean()
-            stats["miner/hard"] = (d_neg <= d_pos).float().mean()
-        self.last_stats = stats
 
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if self.log_stats and self.last_stats:
-            pl_module.log_dict(self.last_stats, on_step=True, on_epoch=True, batch_size=1)
-        self.last_stats = None
+def mining_stats(d_pos: torch.Tensor, d_neg: torch.Tensor, margin: float,
+                 extra: dict[str, float] | None = None) -> dict[str, torch.Tensor]:
+    """``miner/*`` scalars of one step's triplets (their distances under the mining distance)."""
+    n = d_pos.numel()
+    stats = {"miner/triplets": torch.tensor(float(n), device=d_pos.device)}
+    stats.update({k: torch.tensor(float(v), device=d_pos.device) for k, v in (extra or {}).items()})
+    if n:
+        d_pos, d_neg = d_pos.float(), d_neg.float()
+        stats["miner/d_pos"] = d_pos.mean()
+        stats["miner/d_neg"] = d_neg.mean()
+        stats["miner/semi_hard"] = ((d_neg > d_pos) & (d_neg < d_pos + margin)).float().mean()
+        stats["miner/easy"] = (d_neg > d_pos + margin).float().mean()
+        stats["miner/hard"] = (d_neg <= d_pos).float().mean()
+    return stats
 
 
+def mine_batch(miner: nn.Module | None, embeddings: torch.Tensor, labels: torch.Tensor
+               ) -> tuple[MinedBatch, dict[str, torch.Tensor]]:
+    """(what ``loss(*mined)`` needs, the step's ``miner/*`` statistics) for any miner.
+
+    Ours may gather across ranks; any other PML-style miner is called as ``miner(embeddings,
+    labels)``, its pairs converted to triplets for the statistics (measured with the miner's own
+    ``distance``). Without a miner the indices are None: the loss uses every valid triplet.
+    """
+    if miner is None:
+        return MinedBatch(embeddings, labels, None), {}
+    if isinstance(miner, TripletMiner):
+        mined = miner.mine_batch(embeddings, labels)
+        return mined, miner.last_stats
+    indices = miner(embeddings, labels)
+    with torch.no_grad():
+        a, p, n = convert_to_triplets(indices, labels)
+        distance = getattr(miner, "distance", None) or get_distance(None)
+        mat = distance(embeddings.detach())
+        d_pos, d_neg = mat[a, p], mat[a, n]
+        if distance.is_inverted:  # a similarity: compare as distances
+            d_pos, d_neg = -d_pos, -d_neg
+        stats = mining_stats(d_pos, d_neg, float(getattr(miner, "margin", 1.0) or 0.0))
+    return MinedBatch(embeddings, labels, indices), stats
+
+
+@MINERS.register("random")
 class RandomTripletMiner(TripletMiner):
     """Random valid triplets: per anchor, ``triplets_per_anchor`` uniform (positive, negative) —
     the study's first sampling."""
@@ -310,6 +342,7 @@ class RandomTripletMiner(TripletMiner):
         return random_triplets_per_anchor(labels, self.triplets_per_anchor, n_anchors)
 
 
+@MINERS.register("all")
 class AllTripletsMiner(TripletMiner):
     """Every valid triplet (what the losses use when given no indices)."""
 
@@ -324,6 +357,7 @@ def _masks(dist: torch.Tensor, labels: torch.Tensor, n_anchors: int):
     return pos, ~same
 
 
+@MINERS.register("semihard")
 class SemiHardMiner(TripletMiner):
     """FaceNet semi-hard: for every positive pair (a, p), the nearest negative still farther than
     the positive (smallest d_an with d_an > d_ap), with no upper (margin) bound.
@@ -370,38 +404,28 @@ class SemiHardMiner(TripletMiner):
         return a, p, sorted_i[a, col]
 
 
+@MINERS.register("hard")
 class HardMiner(TripletMiner):
-    """Batch-hard: per anchor, the farthest positive and the nearest negative."""
+    """Batch-hard: per anchor, the farthest positive and the nearest negative — PML's
+    ``BatchHardMiner`` on our mining distance (tests/test_metric.py checks they agree). This class
+    only adds what ours share: local anchors over a cross-rank batch and the statistics."""
 
     def select(self, dist, labels, n_anchors):
-        pos, neg = _masks(dist, labels, n_anchors)
-        ok = pos.any(1) & neg.any(1)
-        a = torch.nonzero(ok).flatten()
-        if a.numel() == 0:
-            return _empty(dist.device)
-        p = dist.masked_fill(~pos, float("-inf")).argmax(1)
-        n = dist.masked_fill(~neg, float("inf")).argmin(1)
-        return a, p[a], n[a]
+        miner = BatchHardMiner(distance=_Given(dist))
+        rows = dist.new_zeros(labels.shape[0], 1)  # stand-ins: the distances are given
+        if n_anchors == labels.shape[0]:
+            return miner(rows, labels)
+        a, p, n = miner(rows[:n_anchors], labels[:n_anchors], rows, labels)
+        keep = p != a  # the anchors are the reference batch's leading rows: not their own positive
+        return a[keep], p[keep], n[keep]
 
 
-def find_miner(trainer) -> TripletMiner:
-    """The single ``TripletMiner`` among ``trainer.callbacks``.
+class _Given(BaseDistance):
+    """A PML distance that returns a matrix computed already (ours, once per step)."""
 
-    With none, a ``RandomTripletMiner()`` is created and appended to the callbacks (so its
-    statistics are logged and later calls get the same one); several is a config error.
-    ``trainer=None`` (a model used outside a Trainer) gets a fresh default.
-    """
-    if trainer is None:
-        return RandomTripletMiner()
-    miners = [cb for cb in trainer.callbacks if isinstance(cb, TripletMiner)]
-    if len(miners) > 1:
-        raise ValueError(
-            "several triplet miners among the trainer's callbacks: "
-            + ", ".join(repr(m) for m in miners)
-            + " – select exactly one under miner/"
-        )
-    if miners:
-        return miners[0]
-    miner = RandomTripletMiner()
-    trainer.callbacks.append(miner)
-    return miner
+    def __init__(self, mat: torch.Tensor):
+        super().__init__(normalize_embeddings=False)
+        self.mat = mat
+
+    def compute_mat(self, query_emb, ref_emb):
+        return self.mat

@@ -7,91 +7,86 @@ live here once.
 
 from __future__ import annotations
 
-import math
+import copy
+import inspect
 from collections.abc import Mapping
-from typing import Any, Callable
+from typing import Any
 
 import lightning as L
 import torch
+from hydra.utils import instantiate
 from torch import nn
+from torchmetrics.classification import MulticlassAccuracy
 
-# Config group names of the losses (conf/loss/*.yaml) → class path; used to name losses in errors and
-# to accept a plain name where a loss is expected.
-LOSS_CLASSES = {
-    "cross_entropy": "sketchembed.metric.losses.CrossEntropy",
-    "hinge": "sketchembed.metric.losses.HingeTripletLoss",
-    "softmax_triplet": "sketchembed.metric.losses.SoftmaxTripletLoss",
-}
-SCHEDULERS = ("none", "cosine")
+from sketchembed.metric import TripletAccuracy
+from sketchembed.metric.distances import config_name
+from sketchembed.metric.miners import mine_batch
+from sketchembed.registry import CLASSIFICATION, LOSSES, MODELS, TRIPLET, loss_kind, loss_names
 
-
-def _get_class(path: str):
-    from hydra.utils import get_class
-
-    return get_class(path)
-
-
-def loss_name(loss: Any) -> str:
-    """The config name of a loss (``hinge``) for messages; the class name when it is not a known one."""
-    if isinstance(loss, str):
-        return loss
-    cls = loss if isinstance(loss, type) else type(loss)
-    path = f"{cls.__module__}.{cls.__qualname__}"
-    for name, p in LOSS_CLASSES.items():
-        if p == path:
-            return name
-    return cls.__name__
+# The Python defaults of every model = conf/optimizer/adamw.yaml and conf/scheduler/warmup_cosine.yaml
+# (tests/test_models.py holds them equal).
+DEFAULT_OPTIMIZER = {"_target_": "torch.optim.AdamW", "_partial_": True, "lr": 1.0e-3, "weight_decay": 1.0e-4}
+DEFAULT_SCHEDULER = {"_target_": "sketchembed.models.optim.warmup_cosine", "_partial_": True,
+                     "warmup_steps": 0, "eta_min": 0.0}
+# Init arguments of checkpoints written before the optimizer/scheduler were injected.
+_LEGACY_KEYS = {"lr", "weight_decay", "warmup_steps", "min_lr_ratio", "class_names"}
 
 
-def build_loss(loss: Any, default: str) -> nn.Module:
-    """A loss module from a module, a ``{_target_: ...}`` mapping (checkpoints), a name, or None."""
-    if loss is None:
-        loss = default
-    if isinstance(loss, nn.Module):
-        return loss
-    if isinstance(loss, str):
-        if loss not in LOSS_CLASSES:
-            raise ValueError(f"loss={loss!r} is unknown; choose one of {sorted(LOSS_CLASSES)}")
-        return _get_class(LOSS_CLASSES[loss])()
-    if isinstance(loss, Mapping) or hasattr(loss, "keys"):
-        from hydra.utils import instantiate
+def build_part(part: Any, what: str, default: str | None = None) -> nn.Module | None:
+    """A loss or miner from a module, a ``{_target_: ...}`` mapping (configs, checkpoints), a
+    registered name (``hinge``), or None (``default``'s name, or no part)."""
+    if part is None:
+        part = default
+    if part is None or isinstance(part, nn.Module):
+        return part
+    if isinstance(part, str):
+        registry = LOSSES if what == "loss" else None
+        if registry is None:
+            raise ValueError(f"{what}={part!r}: give a config with _target_ (conf/{what}/)")
+        return registry[part]()
+    if isinstance(part, Mapping) or hasattr(part, "keys"):
+        if "_target_" not in part:
+            raise ValueError(f"{what}: a mapping needs a _target_, got {dict(part)!r}")
+        return instantiate(part, _convert_="all")
+    raise ValueError(f"{what}: expected a module, a config with _target_ or a name, got {part!r}")
 
-        if "_target_" not in loss:
-            raise ValueError(f"loss: a mapping needs a _target_, got {dict(loss)!r}")
-        return instantiate(loss)
-    raise ValueError(f"loss: expected a loss module, a config with _target_ or a name, got {loss!r}")
 
-
-def loss_spec(loss: nn.Module) -> dict[str, Any]:
-    """A ``{_target_, **init args}`` record of a loss, so ``load_from_checkpoint`` can rebuild it.
-
-    Init args are read back from same-named attributes (the losses keep them); plain values only.
-    """
-    import inspect
-
-    cls = type(loss)
+def part_spec(part: nn.Module | None) -> dict[str, Any] | None:
+    """A ``{_target_, **init args}`` record of a loss or miner, so ``load_from_checkpoint`` can
+    rebuild it. Init args are read back from same-named attributes (plain values; our distances by
+    their config name); what cannot be recorded plainly is left to its default."""
+    if part is None:
+        return None
+    cls = type(part)
     spec: dict[str, Any] = {"_target_": f"{cls.__module__}.{cls.__qualname__}"}
     for name, p in inspect.signature(cls.__init__).parameters.items():
-        if name == "self" or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) or not hasattr(loss, name):
+        if name == "self" or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) or not hasattr(part, name):
             continue
-        value = getattr(loss, name)
+        value = getattr(part, name)
         if value is None or isinstance(value, (bool, int, float, str)):
             spec[name] = value
         elif isinstance(value, (list, tuple)) and all(isinstance(v, (bool, int, float, str)) for v in value):
             spec[name] = list(value)
-        elif name == "distance":
-            spec[name] = _distance_name(value)
+        elif name == "distance" and config_name(value) is not None:
+            spec[name] = config_name(value)
     return spec
 
 
-def _distance_name(distance) -> str | None:
-    """Config name of a distance instance (``squared_euclidean``), so the record stays plain."""
-    from sketchembed.metric import distances
-
-    for key, cls in getattr(distances, "_BY_NAME", {}).items():
-        if type(distance) is cls:
-            return key
-    raise ValueError(f"loss.distance: {type(distance).__name__} has no config name; cannot record it")
+def _legacy_optim(scheduler: str, legacy: dict[str, Any]) -> tuple[dict, dict | None]:
+    """(optimizer, scheduler) configs equal to the old ``lr / weight_decay / scheduler /
+    warmup_steps / min_lr_ratio`` arguments, so older checkpoints still load and resume alike."""
+    lr = float(legacy.get("lr", DEFAULT_OPTIMIZER["lr"]))
+    opt = dict(DEFAULT_OPTIMIZER, lr=lr, weight_decay=float(legacy.get("weight_decay", 1e-4)))
+    warmup = int(legacy.get("warmup_steps", 0))
+    if scheduler == "cosine":
+        return opt, dict(DEFAULT_SCHEDULER, warmup_steps=warmup,
+                         eta_min=float(legacy.get("min_lr_ratio", 0.0)) * lr)
+    if scheduler != "none":
+        raise ValueError(f"model.scheduler={scheduler!r}: give a scheduler config (conf/scheduler/) or null")
+    if warmup <= 1:
+        return opt, None
+    return opt, {"_target_": "torch.optim.lr_scheduler.LinearLR", "_partial_": True,
+                 "start_factor": 1.0 / warmup, "end_factor": 1.0, "total_iters": warmup - 1}
 
 
 def fraction_tag(fraction: Any) -> str:
@@ -103,29 +98,55 @@ def fraction_tag(fraction: Any) -> str:
 
 
 class SketchModule(L.LightningModule):
-    """Shared plumbing. Subclasses set the class attributes and implement ``embed``, ``_eval_outputs``
-    and ``training_loss``; they call ``self.save_hyperparameters(ignore=["loss"])`` then
-    ``self._setup_common(...)`` in ``__init__``."""
+    """Shared plumbing. A model registers itself (``@MODELS.register("name")``, which sets
+    ``MODEL_KIND``), implements ``embed``, ``_eval_outputs`` and ``training_loss``, and passes the
+    shared arguments through: ``def __init__(self, <its own>, **common): super().__init__(**common)``
+    first. Every init argument lands in ``hparams`` (the loss and miner as ``_target_`` records).
 
-    MODEL_KIND: str = ""                 # config name of the model (model=...)
+    Args:
+        num_classes: classes of the data (classifier width, accuracy metric).
+        loss: a module, a ``_target_`` config or a registered name; default ``DEFAULT_LOSS``.
+        miner: PML-style ``miner(embeddings, labels) -> indices tuple`` for triplet-kind losses;
+            None = the loss sees every valid triplet of the batch (PML's rule).
+        optimizer: ``_partial_`` config of a ``torch.optim`` class (or a callable params → optimizer).
+        scheduler: ``_partial_`` config of an LR scheduler stepped every optimizer step; None = constant.
+    """
+
+    MODEL_KIND: str = ""                 # set by @MODELS.register (model=...)
     VIEWS: frozenset[str] = frozenset()  # what the DataModule must serve: sequence, image, snapshots
-    LOSS_KIND: str = "classification"    # the loss kind it trains with ("triplet" / "classification")
+    LOSS_KINDS: tuple[str, ...] = (CLASSIFICATION,)  # loss kinds it can train with
     DEFAULT_LOSS: str = "cross_entropy"
     MONITOR: str = "val/acc@100"         # checkpoint/sweep metric when optimized_metric=auto
     MONITOR_MODE: str = "max"
+    ENCODER_TRANSFERABLE: bool = False   # its ``encoder`` can seed combined's CNN (model.cnn_ckpt)
 
-    def _setup_common(self, *, loss: Any, num_classes: int | None, lr: float, weight_decay: float,
-                      scheduler: str, warmup_steps: int, min_lr_ratio: float) -> None:
-        if scheduler not in SCHEDULERS:
-            raise ValueError(f"model.scheduler={scheduler!r}: choose one of {SCHEDULERS}")
-        if lr <= 0:
-            raise ValueError(f"model.lr={lr} must be > 0")
-        self.loss = build_loss(loss, self.DEFAULT_LOSS)
-        check_compatible(self.MODEL_KIND, getattr(self.loss, "kind", None), loss_name=loss_name(self.loss),
+    def __init__(self, num_classes: int | None = None, loss: Any = None, miner: Any = None,
+                 optimizer: Any = None, scheduler: Any = DEFAULT_SCHEDULER, **legacy: Any):
+        super().__init__()
+        unknown = set(legacy) - _LEGACY_KEYS
+        if unknown:
+            raise TypeError(f"{type(self).__name__} got unknown arguments {sorted(unknown)}")
+        if optimizer is None and (isinstance(scheduler, str) or legacy):
+            optimizer, scheduler = _legacy_optim(scheduler if isinstance(scheduler, str) else "none", legacy)
+        elif isinstance(scheduler, str):
+            raise ValueError(f"model.scheduler={scheduler!r}: give a scheduler config (conf/scheduler/) "
+                             "or null for a constant rate")
+        self.save_hyperparameters(ignore=["loss", "miner", *legacy])  # the subclass's arguments too
+        for key in legacy:
+            self.hparams.pop(key, None)
+        self.optimizer_factory = _checked_optimizer(DEFAULT_OPTIMIZER if optimizer is None else optimizer)
+        self.scheduler_factory = None if scheduler is None else _partial(scheduler, "model.scheduler")
+        self.loss = build_part(loss, "loss", self.DEFAULT_LOSS)
+        check_compatible(self.MODEL_KIND, loss_kind(self.loss), loss_name=LOSSES.name_of(self.loss),
                          model_cls=type(self))
+        self.miner = build_part(miner, "miner")
         self.num_classes = None if num_classes is None else int(num_classes)
-        self.hparams["loss"] = loss_spec(self.loss)
+        self.hparams["loss"] = loss if _is_mapping(loss) else part_spec(self.loss)
+        self.hparams["miner"] = miner if _is_mapping(miner) else part_spec(self.miner)
+        self.hparams["optimizer"] = _plain(optimizer) if optimizer is not None else copy.deepcopy(DEFAULT_OPTIMIZER)
+        self.hparams["scheduler"] = _plain(scheduler)
         self.hparams["model_kind"] = self.MODEL_KIND
+        self._mining_stats: dict[str, torch.Tensor] = {}
         # One accuracy per (stage, fraction); created on first use (eval fractions are configurable).
         self.eval_acc = nn.ModuleDict()
         self.eval_triplet = nn.ModuleDict()  # same, for triplet accuracy (triplet-loss models)
@@ -172,14 +193,21 @@ class SketchModule(L.LightningModule):
         self.log("train/loss", loss, prog_bar=True, batch_size=bs)
         for k, v in extra.items():
             self.log(f"train/{k}", v, batch_size=bs)
+        if self._mining_stats:
+            self.log_dict(self._mining_stats, on_step=True, on_epoch=True, batch_size=1)
+            self._mining_stats = {}
         return loss
+
+    def mine(self, embeddings: torch.Tensor, labels: torch.Tensor):
+        """The configured miner's tuples for a triplet-kind loss: ``self.loss(*self.mine(e, y))``.
+        Keeps the step's statistics (``miner/*``) for ``training_step`` to log."""
+        mined, self._mining_stats = mine_batch(self.miner, embeddings, labels)
+        return mined
 
     # ---- evaluation ------------------------------------------------------------------------
     def _accuracy(self, stage: str, tag: str):
         key = f"{stage}_{tag}"
         if key not in self.eval_acc:
-            from torchmetrics.classification import MulticlassAccuracy
-
             self.eval_acc[key] = MulticlassAccuracy(num_classes=self.num_classes, average="micro").to(self.device)
         return key, self.eval_acc[key]
 
@@ -196,11 +224,9 @@ class SketchModule(L.LightningModule):
                      prog_bar=(tag == "100"))
             self.log(f"{stage}/loss@{tag}", nn.functional.cross_entropy(logits.float(), labels),
                      on_step=False, on_epoch=True, batch_size=bs, add_dataloader_idx=False, sync_dist=True)
-        if self.LOSS_KIND == "triplet":
+        if loss_kind(self.loss) == TRIPLET:
             key = f"{stage}_{tag}"
             if key not in self.eval_triplet:
-                from sketchembed.metric import TripletAccuracy
-
                 self.eval_triplet[key] = TripletAccuracy().to(self.device)
             self.eval_triplet[key].update(emb, labels)  # logged at the epoch's end: _log_triplet_metrics
         # Returned (not stored) so an embedding callback can collect them without a second pass.
@@ -241,48 +267,58 @@ class SketchModule(L.LightningModule):
         return [{"name": "all", "params": [p for p in self.parameters() if p.requires_grad]}]
 
     def configure_optimizers(self):
-        hp = self.hparams
         groups = [g for g in self.param_groups() if g["params"]]
-        opt = torch.optim.AdamW(groups, lr=float(hp.lr), weight_decay=float(hp.weight_decay))
-        warmup = int(hp.warmup_steps)
-        if hp.scheduler == "none" and warmup <= 0:
+        opt = self.optimizer_factory(groups)
+        if self.scheduler_factory is None:
             return opt
-        total = max(1, int(self.trainer.estimated_stepping_batches)) if self._trainer is not None else 1
-        opt_fn = _lr_lambda(hp.scheduler, warmup, total, float(hp.min_lr_ratio))
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, opt_fn)
+        make = self.scheduler_factory
+        if "total_steps" in inspect.signature(make).parameters:
+            total = max(1, int(self.trainer.estimated_stepping_batches)) if self._trainer is not None else 1
+            sched = make(opt, total_steps=total)
+        else:
+            sched = make(opt)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
 
-def _lr_lambda(kind: str, warmup: int, total: int, min_ratio: float) -> Callable[[int], float]:
-    """Linear warmup, then constant (``none``) or cosine decay to ``min_ratio`` of each group's lr."""
+def _is_mapping(x: Any) -> bool:
+    return isinstance(x, Mapping) or (x is not None and hasattr(x, "keys"))
 
-    def fn(step: int) -> float:
-        if warmup > 0 and step < warmup:
-            return (step + 1) / warmup
-        if kind == "cosine":
-            t = min(1.0, (step - warmup) / max(1, total - warmup))
-            return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * t))
-        return 1.0
 
-    return fn
+def _plain(x: Any) -> Any:
+    """A config mapping as plain dicts (hparams stay plain data); a callable is not recorded."""
+    if x is None or not _is_mapping(x):
+        return None
+    return {k: _plain(v) if _is_mapping(v) else (list(v) if isinstance(v, tuple) else v) for k, v in x.items()}
+
+
+def _partial(cfg: Any, key: str):
+    """``params → object`` from a ``_partial_`` config (or a callable given as is)."""
+    if callable(cfg) and not _is_mapping(cfg):
+        return cfg
+    if not _is_mapping(cfg) or "_target_" not in cfg:
+        raise ValueError(f"{key}: expected a config with _target_ and _partial_: true, got {cfg!r}")
+    return instantiate(dict(_plain(cfg), _partial_=True))
+
+
+def _checked_optimizer(cfg: Any):
+    if _is_mapping(cfg) and "lr" in cfg and not float(cfg["lr"]) > 0:
+        raise ValueError(f"model.optimizer.lr={cfg['lr']} must be > 0")
+    return _partial(cfg, "model.optimizer")
 
 
 def check_compatible(model_name: str, loss_kind: str | None, loss_name: str | None = None,
                      model_cls: type | None = None, **_: Any) -> None:
     """Fail early (before data or weights) when a loss cannot train a model, naming both config keys."""
     if model_cls is None:
-        from sketchembed.models import MODELS
-
-        if model_name not in MODELS:
-            raise ValueError(f"model={model_name!r} is unknown; choose one of {sorted(MODELS)}")
         model_cls = MODELS[model_name]
     loss_name = loss_name or str(loss_kind)
-    expected = getattr(model_cls, "LOSS_KINDS", None) or (model_cls.LOSS_KIND,)
-    if loss_kind not in ("triplet", "classification"):
-        raise ValueError(f"loss={loss_name}: its class declares no kind ('triplet' or 'classification'), "
-                         f"so it cannot be checked against model={model_name}")
+    expected = model_cls.LOSS_KINDS
+    if loss_kind not in (TRIPLET, CLASSIFICATION):
+        raise ValueError(f"loss={loss_name}: its class declares no kind ('{TRIPLET}' or '{CLASSIFICATION}') "
+                         f"and is no PML loss, so it cannot be checked against model={model_name}")
     if loss_kind not in expected:
-        what = ("a triplet loss on embeddings (loss=hinge or loss=softmax_triplet)" if expected == ("triplet",)
-                else "a classification loss on logits (loss=cross_entropy)")
+        names = " or ".join(f"loss={n}" for n in loss_names(expected[0]))
+        what = (f"a triplet loss on embeddings ({names})" if expected == (TRIPLET,)
+                else f"a classification loss on logits ({names})")
         raise ValueError(f"loss={loss_name} is incompatible with model={model_name}: the model needs {what}, "
                          f"{loss_name} is a {loss_kind} loss")

@@ -15,14 +15,16 @@ from typing import Any
 import torch
 from torch import nn
 
+from sketchembed.metric.losses import CrossEntropy
 from sketchembed.models.base import SketchModule
-from sketchembed.nets.backbone import ImageEncoder
+from sketchembed.nets.backbone import DEFAULT_BACKBONE, ImageEncoder
 from sketchembed.nets.sequence import SequenceEncoder, last_states
+from sketchembed.registry import CLASSIFICATION, MODELS, TRIPLET, loss_kind
 
 log = logging.getLogger(__name__)
 
-# Image models whose ``encoder`` can be transferred.
-TRANSFERABLE = ("triplet", "direct")
+# Image models whose ``encoder`` can be transferred (read from the registry when used).
+TRANSFERABLE = MODELS.where("ENCODER_TRANSFERABLE")
 
 
 def load_encoder_state(path: str | Path, backbone: str, embedding_dim: int) -> tuple[dict, dict]:
@@ -50,26 +52,28 @@ def load_encoder_state(path: str | Path, backbone: str, embedding_dim: int) -> t
     return state, hp
 
 
+@MODELS.register("combined")
 class CombinedModel(SketchModule):
-    MODEL_KIND = "combined"
+    """Args beyond the shared ones: ``transfer`` says the CNN must come from ``cnn_ckpt`` (the
+    transfer experiments set it, so a run cannot silently train its CNN from scratch);
+    ``cnn_ckpt_source`` is where a checkpoint's transferred CNN came from (written on save)."""
+
     VIEWS = frozenset({"sequence", "snapshots"})
     # With a triplet loss (loss=hinge / softmax_triplet) the classifier still learns with
     # cross-entropy and the representation at each drawing's last stroke end is also shaped by the
     # metric loss on mined in-batch triplets (weight ``triplet_weight``): the KNN space of the study.
-    LOSS_KINDS = ("classification", "triplet")
+    LOSS_KINDS = (CLASSIFICATION, TRIPLET)
 
-    def __init__(self, num_classes: int, backbone: Any = "resnet10t", embedding_dim: int = 256,
+    def __init__(self, num_classes: int, backbone: Any = DEFAULT_BACKBONE, embedding_dim: int = 256,
                  hidden: int = 256, layers: int = 2, dropout: float = 0.0, mlp_hidden: int = 256,
                  image_size: int = 64, pretrained: bool = False, normalize: bool = False,
                  drop_rate: float = 0.0, cnn_ckpt: str | None = None, freeze_cnn: bool = False,
-                 cnn_lr: float | None = None, input_dim: int = 3, loss: Any = None, lr: float = 1e-3,
-                 weight_decay: float = 1e-4, scheduler: str = "none", warmup_steps: int = 0,
-                 min_lr_ratio: float = 0.0, class_names: list[str] | None = None,
-                 cnn_ckpt_source: str | None = None, triplet_weight: float = 1.0):
-        super().__init__()
-        self.save_hyperparameters(ignore=["loss"])
-        self._setup_common(loss=loss, num_classes=num_classes, lr=lr, weight_decay=weight_decay,
-                           scheduler=scheduler, warmup_steps=warmup_steps, min_lr_ratio=min_lr_ratio)
+                 cnn_lr: float | None = None, input_dim: int = 3, transfer: bool = False,
+                 cnn_ckpt_source: str | None = None, triplet_weight: float = 1.0, **common: Any):
+        if transfer and cnn_ckpt is None and cnn_ckpt_source is None:
+            raise ValueError("model.cnn_ckpt is required for a transfer run (model.transfer=true): "
+                             "model.cnn_ckpt=PATH of a triplet/direct checkpoint")
+        super().__init__(num_classes=num_classes, **common)
         self.seq_encoder = SequenceEncoder(input_dim=input_dim, hidden=hidden, layers=layers, dropout=dropout)
         self.cnn = ImageEncoder(backbone, embedding_dim=embedding_dim, pretrained=pretrained,
                                 image_size=image_size, normalize=normalize, drop_rate=drop_rate)
@@ -85,9 +89,7 @@ class CombinedModel(SketchModule):
                 log.warning("model.cnn_ckpt was trained at image_size=%s, this run uses %s",
                             hp.get("image_size"), image_size)
         self.triplet_weight = float(triplet_weight)
-        if getattr(self.loss, "kind", None) == "triplet":
-            from sketchembed.metric.losses import CrossEntropy
-
+        if loss_kind(self.loss) == TRIPLET:
             self.metric_loss, self.loss = self.loss, CrossEntropy()
         else:
             self.metric_loss = None
@@ -163,11 +165,9 @@ class CombinedModel(SketchModule):
         loss = self.loss(logits, labels[sb])
         extra = {"acc": (logits.detach().argmax(-1) == labels[sb]).float().mean()}
         if self.metric_loss is not None:
-            from sketchembed.metric.miners import find_miner
-
             is_last = sp == (batch["lengths"] - 1)[sb]
             emb, emb_labels = feats[is_last], labels[sb[is_last]]
-            metric = self.metric_loss(*find_miner(self._trainer).mine_batch(emb, emb_labels))
+            metric = self.metric_loss(*self.mine(emb, emb_labels))
             extra["ce"], extra["metric_loss"] = loss.detach(), metric.detach()
             loss = loss + self.triplet_weight * metric
         return loss, extra

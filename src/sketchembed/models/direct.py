@@ -8,22 +8,19 @@ import torch
 from torch import nn
 
 from sketchembed.models.base import SketchModule
-from sketchembed.nets.backbone import ImageEncoder
+from sketchembed.nets.backbone import DEFAULT_BACKBONE, ImageEncoder
+from sketchembed.registry import MODELS
 
 
+@MODELS.register("direct")
 class DirectImageModel(SketchModule):
-    MODEL_KIND = "direct"
     VIEWS = frozenset({"image"})
+    ENCODER_TRANSFERABLE = True
 
-    def __init__(self, num_classes: int, backbone: Any = "resnet10t", embedding_dim: int = 256,
-                 loss: Any = None, image_size: int = 64, pretrained: bool = False,
-                 normalize: bool = False, drop_rate: float = 0.0, lr: float = 1e-3,
-                 weight_decay: float = 1e-4, scheduler: str = "none", warmup_steps: int = 0,
-                 min_lr_ratio: float = 0.0, class_names: list[str] | None = None):
-        super().__init__()
-        self.save_hyperparameters(ignore=["loss"])
-        self._setup_common(loss=loss, num_classes=num_classes, lr=lr, weight_decay=weight_decay,
-                           scheduler=scheduler, warmup_steps=warmup_steps, min_lr_ratio=min_lr_ratio)
+    def __init__(self, num_classes: int, backbone: Any = DEFAULT_BACKBONE, embedding_dim: int = 256,
+                 image_size: int = 64, pretrained: bool = False, normalize: bool = False,
+                 drop_rate: float = 0.0, **common: Any):
+        super().__init__(num_classes=num_classes, **common)
         self.encoder = ImageEncoder(backbone, embedding_dim=embedding_dim, pretrained=pretrained,
                                     image_size=image_size, normalize=normalize, drop_rate=drop_rate)
         self._record_backbone(self.encoder)

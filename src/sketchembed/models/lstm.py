@@ -12,27 +12,22 @@ import torch
 from torch import nn
 
 from sketchembed.models.base import SketchModule
+from sketchembed.registry import MODELS
 from sketchembed.nets.sequence import (SequenceEncoder, last_states, stroke_end_positions,
                                        valid_positions)
 
 TRAIN_ON = ("stroke_ends", "last", "all")
 
 
+@MODELS.register("lstm")
 class LSTMModel(SketchModule):
-    MODEL_KIND = "lstm"
     VIEWS = frozenset({"sequence"})
 
     def __init__(self, num_classes: int, hidden: int = 256, layers: int = 2, dropout: float = 0.0,
-                 train_on: str = "stroke_ends", input_dim: int = 3, loss: Any = None,
-                 lr: float = 1e-3, weight_decay: float = 1e-4, scheduler: str = "none",
-                 warmup_steps: int = 0, min_lr_ratio: float = 0.0,
-                 class_names: list[str] | None = None):
-        super().__init__()
+                 train_on: str = "stroke_ends", input_dim: int = 3, **common: Any):
         if train_on not in TRAIN_ON:
             raise ValueError(f"model.train_on={train_on!r}: choose one of {TRAIN_ON}")
-        self.save_hyperparameters(ignore=["loss"])
-        self._setup_common(loss=loss, num_classes=num_classes, lr=lr, weight_decay=weight_decay,
-                           scheduler=scheduler, warmup_steps=warmup_steps, min_lr_ratio=min_lr_ratio)
+        super().__init__(num_classes=num_classes, **common)
         self.train_on = train_on
         self.encoder = SequenceEncoder(input_dim=input_dim, hidden=hidden, layers=layers, dropout=dropout)
         self.classifier = nn.Linear(int(hidden), int(num_classes))

@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+# The backbone of the default config (conf/train.yaml's backbone: test_resnet; held equal by a test).
+DEFAULT_BACKBONE = "test_resnet"
 # Largest size probed when searching a backbone's minimum input size.
 _MAX_PROBE = 512
 
@@ -120,7 +122,7 @@ class ImageEncoder(nn.Module):
     network and is never the default.
     """
 
-    def __init__(self, backbone: Any = "resnet10t", embedding_dim: int = 256, pretrained: bool = False,
+    def __init__(self, backbone: Any = DEFAULT_BACKBONE, embedding_dim: int = 256, pretrained: bool = False,
                  in_chans: int = 1, image_size: int = 64, normalize: bool = False,
                  drop_rate: float = 0.0):
         super().__init__()

@@ -4,7 +4,6 @@ best checkpoint and prints the study-style table."""
 
 from __future__ import annotations
 
-import inspect
 import json
 import logging
 import os
@@ -51,25 +50,24 @@ def validate(cfg: DictConfig) -> dict[str, Any]:
     """Checks that need no weights or data: the model/loss pairing, the backbone name, image size."""
     from sketchembed.models import check_compatible
     from sketchembed.nets.backbone import check_backbone
+    from sketchembed.registry import LOSSES, MODELS, loss_kind
 
     choices = _choices()
     model_cls = _get_class(cfg, "model")
     loss_cls = _get_class(cfg, "loss")
-    model_name = choices.get("model", model_cls.__name__)
-    loss_name = choices.get("loss", loss_cls.__name__)
-    check_compatible(model_name, getattr(loss_cls, "kind", None), loss_name=loss_name,
-                     model_cls=model_cls)
+    model_name = choices.get("model", MODELS.name_of(model_cls))
+    loss_name = choices.get("loss", LOSSES.name_of(loss_cls))
+    check_compatible(model_name, loss_kind(loss_cls), loss_name=loss_name, model_cls=model_cls)
     if "image" in model_cls.VIEWS or "snapshots" in model_cls.VIEWS:
         check_backbone(OmegaConf.select(cfg, "model.backbone"), int(cfg.data.image_size))
     # `cnn_ckpt: ???` merged over combined's `cnn_ckpt: null` stays null (OmegaConf keeps a value
-    # when merging MISSING onto it), so a transfer run would silently train its CNN from scratch.
-    transfer = choices.get("model") == "combined_transfer" or "transfer" in choices.get("experiment", "")
-    if transfer and OmegaConf.select(cfg, "model.cnn_ckpt") is None:
-        raise ConfigError("model.cnn_ckpt is required for a transfer run (model=combined_transfer or a "
-                          "*transfer experiment): model.cnn_ckpt=PATH of a triplet/direct checkpoint")
+    # when merging MISSING onto it): the explicit model.transfer says the CNN must be transferred.
+    if OmegaConf.select(cfg, "model.transfer") and OmegaConf.select(cfg, "model.cnn_ckpt") is None:
+        raise ConfigError("model.cnn_ckpt is required for a transfer run (model.transfer=true, set by "
+                          "model=combined_transfer): model.cnn_ckpt=PATH of a triplet/direct checkpoint")
     _check_launch(cfg)
     return {"model_cls": model_cls, "loss_cls": loss_cls, "model_name": model_name,
-            "loss_name": loss_name}
+            "loss_name": loss_name, "loss_kind": loss_kind(loss_cls)}
 
 
 def _check_launch(cfg: DictConfig) -> None:
@@ -92,21 +90,20 @@ def _check_launch(cfg: DictConfig) -> None:
                           "local multirun (-m): start each run on its own, or use hydra/launcher=slurm")
 
 
-def _instantiate_model(cfg: DictConfig, model_cls, num_classes: int, loss):
+def _instantiate_model(cfg: DictConfig, num_classes: int, loss_kind: str | None):
+    """The model with its loss and (triplet-kind losses) miner configs injected; the model builds
+    them and keeps the configs as the record of what it trained with."""
     from hydra.utils import instantiate
 
-    params = inspect.signature(model_cls.__init__).parameters
-    extra = {}
-    if "num_classes" in params:
-        extra["num_classes"] = num_classes
-    if "loss" in params:
-        extra["loss"] = loss
-    if "class_names" in params:
-        extra["class_names"] = None
-    return instantiate(cfg.model, **extra, _recursive_=False, _convert_="all")
+    from sketchembed.registry import TRIPLET
+
+    parts = {"loss": OmegaConf.to_container(cfg.loss, resolve=True), "miner": None}
+    if loss_kind == TRIPLET and _has_target(cfg.get("miner")):
+        parts["miner"] = OmegaConf.to_container(cfg.miner, resolve=True)
+    return instantiate(cfg.model, num_classes=num_classes, **parts, _recursive_=False, _convert_="all")
 
 
-def _callbacks(cfg: DictConfig, monitor: str, loss_kind: str | None) -> list:
+def _callbacks(cfg: DictConfig, monitor: str) -> list:
     from hydra.utils import instantiate
 
     callbacks = []
@@ -118,8 +115,6 @@ def _callbacks(cfg: DictConfig, monitor: str, loss_kind: str | None) -> list:
         if node._target_.endswith("ModelCheckpoint") and node.get("monitor") == "auto":
             node = OmegaConf.merge(node, {"monitor": monitor})
         callbacks.append(instantiate(node))
-    if loss_kind == "triplet" and _has_target(cfg.get("miner")):
-        callbacks.append(instantiate(cfg.miner))
     return callbacks
 
 
@@ -173,13 +168,12 @@ def train(cfg: DictConfig) -> dict[str, float]:
     augment = instantiate(cfg.augment) if _has_target(cfg.get("augment")) else None
     datamodule = instantiate(cfg.data, augment=augment, views=sorted(model_cls.VIEWS),
                              _convert_="all")
-    loss = instantiate(cfg.loss)
-    model = _instantiate_model(cfg, model_cls, datamodule.num_classes, loss)
+    model = _instantiate_model(cfg, datamodule.num_classes, checked["loss_kind"])
 
     monitor = cfg.get("optimized_metric") or "auto"
     if monitor == "auto":
         monitor = model_cls.MONITOR
-    callbacks = _callbacks(cfg, monitor, getattr(loss, "kind", None))
+    callbacks = _callbacks(cfg, monitor)
     loggers = _loggers(cfg)
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
 
