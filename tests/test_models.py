@@ -4,16 +4,21 @@ refuse bad configs with messages that name the keys."""
 
 from __future__ import annotations
 
+import inspect
 import math
 
 import lightning as L
 import pytest
 import torch
+from conftest import REPO_ROOT
+from omegaconf import OmegaConf
 from torch.utils.data import DataLoader
 
 from sketchembed.metric.losses import CrossEntropy, HingeTripletLoss, SoftmaxTripletLoss
 from sketchembed.models import (MODELS, CombinedModel, DirectImageModel, LSTMModel, TripletImageModel,
                                 check_compatible)
+from sketchembed.models.base import DEFAULT_OPTIMIZER, DEFAULT_SCHEDULER
+from sketchembed.nets.backbone import DEFAULT_BACKBONE
 
 TINY = "test_byobnet"
 SIZE = 32
@@ -72,7 +77,8 @@ def make_batch(B: int = 8, num_classes: int = NUM_CLASSES, image_size: int = SIZ
 
 
 def tiny(kind: str, **kw):
-    common = dict(lr=kw.pop("lr", 3e-3), weight_decay=0.0)
+    common = dict(optimizer=dict(DEFAULT_OPTIMIZER, lr=kw.pop("lr", 3e-3), weight_decay=0.0),
+                  scheduler=kw.pop("scheduler", None))
     if kind == "triplet":
         return TripletImageModel(TINY, embedding_dim=16, image_size=SIZE, **common, **kw)
     if kind == "direct":
@@ -176,18 +182,96 @@ def test_bad_backbone_and_image_size_name_the_keys():
         LSTMModel(NUM_CLASSES, train_on="middle")
     with pytest.raises(ValueError, match=r"model\.scheduler"):
         LSTMModel(NUM_CLASSES, scheduler="step")
+    with pytest.raises(ValueError, match=r"model\.scheduler"):
+        LSTMModel(NUM_CLASSES, optimizer=DEFAULT_OPTIMIZER, scheduler="cosine")
 
 
-def test_warmup_cosine_schedule_and_param_groups():
-    model = tiny("lstm", scheduler="cosine", warmup_steps=4, min_lr_ratio=0.1)
-    conf = model.configure_optimizers()  # no trainer: a 1-step horizon, still well defined
-    sched = conf["lr_scheduler"]["scheduler"]
-    fn = sched.lr_lambdas[0]
-    assert fn(0) == pytest.approx(0.25) and fn(3) == pytest.approx(1.0)
-    from sketchembed.models.base import _lr_lambda
+def _old_lr_factor(step: int, kind: str, warmup: int, total: int, min_ratio: float) -> float:
+    """The hand-written schedule the configs used before torch's schedulers (reference only)."""
+    if warmup > 0 and step < warmup:
+        return (step + 1) / warmup
+    if kind == "cosine":
+        t = min(1.0, (step - warmup) / max(1, total - warmup))
+        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * t))
+    return 1.0
 
-    cos = _lr_lambda("cosine", 10, 110, 0.1)
-    assert cos(10) == pytest.approx(1.0) and cos(60) == pytest.approx(0.55) and cos(110) == pytest.approx(0.1)
+
+def _lrs(model, total: int) -> list[list[float]]:
+    """Each group's learning rate at every step of a ``total``-step run."""
+    trainer = type("T", (), {"estimated_stepping_batches": total})()
+    model._trainer = trainer  # what configure_optimizers reads
+    try:
+        conf = model.configure_optimizers()
+    finally:
+        model._trainer = None
+    opt, sched = (conf, None) if not isinstance(conf, dict) else (conf["optimizer"],
+                                                                  conf["lr_scheduler"]["scheduler"])
+    out = []
+    for _ in range(total):
+        out.append([g["lr"] for g in opt.param_groups])
+        opt.step()
+        if sched is not None:
+            sched.step()
+    return out
+
+
+@pytest.mark.parametrize("warmup,total", [(0, 50), (1, 20), (4, 37), (10, 110)])
+def test_warmup_cosine_equals_the_old_schedule_step_by_step(warmup, total):
+    """The default config's schedule (torch's LinearLR + CosineAnnealingLR) gives the learning rate
+    the hand-written warmup-cosine gave, at every step, in every parameter group."""
+    model = tiny("combined", cnn_lr=1e-4, scheduler=dict(DEFAULT_SCHEDULER, warmup_steps=warmup))
+    base = [3e-3, 1e-4]  # sequence+head, cnn (its own rate)
+    for step, lrs in enumerate(_lrs(model, total)):
+        want = [b * _old_lr_factor(step, "cosine", warmup, total, 0.0) for b in base]
+        assert lrs == pytest.approx(want, rel=1e-6, abs=1e-12), step
+
+
+def test_constant_rate_and_legacy_arguments():
+    assert all(lrs == [3e-3] for lrs in _lrs(tiny("lstm"), 10))  # scheduler: null
+    # a checkpoint written before injection (lr, weight_decay, scheduler="none"|"cosine", warmup, min ratio)
+    old = LSTMModel(NUM_CLASSES, hidden=8, lr=0.02, weight_decay=0.0, scheduler="cosine", warmup_steps=3,
+                    min_lr_ratio=0.1, class_names=None)
+    assert old.hparams.optimizer == dict(DEFAULT_OPTIMIZER, lr=0.02, weight_decay=0.0)
+    assert "lr" not in old.hparams and "class_names" not in old.hparams
+    for step, (lr,) in enumerate(_lrs(old, 30)):
+        assert lr == pytest.approx(0.02 * _old_lr_factor(step, "cosine", 3, 30, 0.1), rel=1e-6), step
+    ramp = LSTMModel(NUM_CLASSES, hidden=8, lr=0.02, scheduler="none", warmup_steps=4)
+    for step, (lr,) in enumerate(_lrs(ramp, 8)):
+        assert lr == pytest.approx(0.02 * _old_lr_factor(step, "none", 4, 8, 0.0)), step
+    with pytest.raises(TypeError, match="unknown arguments"):
+        LSTMModel(NUM_CLASSES, hidden=8, nope=1)
+    with pytest.raises(ValueError, match=r"model\.optimizer\.lr"):
+        LSTMModel(NUM_CLASSES, hidden=8, optimizer=dict(DEFAULT_OPTIMIZER, lr=0.0))
+
+
+def test_any_torch_optimizer_and_scheduler_from_config():
+    model = tiny("lstm", scheduler={"_target_": "torch.optim.lr_scheduler.StepLR", "_partial_": True,
+                                    "step_size": 2, "gamma": 0.5})
+    model.optimizer_factory = tiny("lstm").optimizer_factory
+    sgd = LSTMModel(NUM_CLASSES, hidden=8, optimizer={"_target_": "torch.optim.SGD", "_partial_": True, "lr": 0.1},
+                    scheduler=None)
+    assert type(sgd.configure_optimizers()).__name__ == "SGD"
+    assert [lr for (lr,) in _lrs(model, 5)] == pytest.approx([3e-3, 3e-3, 1.5e-3, 1.5e-3, 7.5e-4])
+
+
+def test_python_defaults_equal_config_defaults():
+    conf = REPO_ROOT / "conf"
+    assert OmegaConf.to_container(OmegaConf.load(conf / "model/optimizer/adamw.yaml")) == DEFAULT_OPTIMIZER
+    assert OmegaConf.to_container(OmegaConf.load(conf / "model/scheduler/warmup_cosine.yaml")) == DEFAULT_SCHEDULER
+    assert "backbone: " + DEFAULT_BACKBONE in (conf / "train.yaml").read_text()
+    for kind, cls in MODELS.items():
+        yaml = OmegaConf.load(conf / "model" / f"{kind}.yaml").model
+        assert yaml._target_.endswith(cls.__name__)
+        for key in yaml:  # every plain value a model config sets is its Python default
+            if key.startswith("_") or OmegaConf.is_interpolation(yaml, key):
+                continue
+            default = inspect.signature(cls.__init__).parameters[key].default
+            assert default == yaml[key], (kind, key, yaml[key], default)
+
+
+def test_transfer_flag_requires_a_cnn_checkpoint():
+    with pytest.raises(ValueError, match=r"model\.cnn_ckpt is required.*model\.transfer"):
+        CombinedModel(NUM_CLASSES, TINY, image_size=SIZE, transfer=True)
 
 
 # ---------------------------------------------------------------------- with a Lightning Trainer
@@ -313,7 +397,8 @@ def test_loss_falls_on_a_real_batch(kind):
     assert set(MODELS[kind].VIEWS) - {"sequence"} <= set(batch)
     if kind == "combined":
         model = CombinedModel(dm.num_classes, TINY, embedding_dim=16, hidden=16, mlp_hidden=16,
-                              image_size=SIZE, lr=3e-3, weight_decay=0.0)
+                              image_size=SIZE, optimizer=dict(DEFAULT_OPTIMIZER, lr=3e-3, weight_decay=0.0),
+                              scheduler=None)
     else:
         model = tiny("triplet")
     first, last = overfit(model, batch, steps=20)

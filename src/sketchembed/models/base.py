@@ -30,6 +30,8 @@ DEFAULT_SCHEDULER = {"_target_": "sketchembed.models.optim.warmup_cosine", "_par
                      "warmup_steps": 0, "eta_min": 0.0}
 # Init arguments of checkpoints written before the optimizer/scheduler were injected.
 _LEGACY_KEYS = {"lr", "weight_decay", "warmup_steps", "min_lr_ratio", "class_names"}
+# What a model writes into its hparams after init (a record, not an argument): ignored on load.
+RECORD_KEYS = {"model_kind", "pretrained_init"}
 
 
 def build_part(part: Any, what: str, default: str | None = None) -> nn.Module | None:
@@ -123,6 +125,8 @@ class SketchModule(L.LightningModule):
     def __init__(self, num_classes: int | None = None, loss: Any = None, miner: Any = None,
                  optimizer: Any = None, scheduler: Any = DEFAULT_SCHEDULER, **legacy: Any):
         super().__init__()
+        for key in RECORD_KEYS & set(legacy):
+            legacy.pop(key)
         unknown = set(legacy) - _LEGACY_KEYS
         if unknown:
             raise TypeError(f"{type(self).__name__} got unknown arguments {sorted(unknown)}")
