@@ -56,7 +56,8 @@ def test_study_inputs_and_loop(name):
     assert d.seq_norm == "none"
     assert "_target_" not in cfg.augment  # the study does not augment
     # Adam (weight decay 0), constant rate, clipped by value at 1, 50,000 steps in float32
-    assert cfg.model.weight_decay == 0.0 and cfg.model.scheduler == "none"
+    assert cfg.model.optimizer._target_ == "torch.optim.AdamW" and cfg.model.optimizer.weight_decay == 0.0
+    assert cfg.model.scheduler is None
     assert (t.gradient_clip_algorithm, t.gradient_clip_val) == ("value", 1.0)
     assert (t.max_steps, t.max_epochs, t.precision, t.accelerator) == (50000, -1, "32-true", "gpu")
 
@@ -66,7 +67,7 @@ def test_study_triplet(name):
     cfg = compose(name)
     assert (cfg.data.sampler, cfg.data.pk_p, cfg.data.pk_k) == ("pk", 3, 10)  # 30 in 3 buckets of 10
     assert cfg.model._target_.endswith("TripletImageModel")
-    assert (cfg.model.embedding_dim, cfg.model.lr) == (256, 1e-4)
+    assert (cfg.model.embedding_dim, cfg.model.optimizer.lr) == (256, 1e-4)
     assert cfg.backbone.name == name.split("_", 2)[2].rsplit("_", 1)[0]
     if name.endswith("_semihard"):
         assert cfg.loss._target_.endswith("HingeTripletLoss")
@@ -87,14 +88,14 @@ def test_study_default_backbone_is_resnetv2_50():
 def test_study_direct(name):
     cfg = compose(name)
     assert cfg.model._target_.endswith("DirectImageModel") and cfg.loss._target_.endswith("CrossEntropy")
-    assert (cfg.data.batch_size, cfg.model.lr, cfg.model.embedding_dim) == (30, 1e-4, 256)
+    assert (cfg.data.batch_size, cfg.model.optimizer.lr, cfg.model.embedding_dim) == (30, 1e-4, 256)
 
 
 def test_study_lstm():
     cfg = compose("study_lstm")
     assert cfg.model._target_.endswith("LSTMModel")
     assert (cfg.model.hidden, cfg.model.layers, cfg.model.train_on) == (256, 2, "stroke_ends")
-    assert (cfg.data.batch_size, cfg.data.sampler, cfg.model.lr) == (30, "random", 1e-3)
+    assert (cfg.data.batch_size, cfg.data.sampler, cfg.model.optimizer.lr) == (30, "random", 1e-3)
     assert (cfg.data.seq_norm, list(cfg.data.seq_origin)) == ("none", [0.0, 0.0])
 
 
@@ -103,11 +104,12 @@ def test_study_combined(name):
     cfg = compose(name)
     m = cfg.model
     assert m._target_.endswith("CombinedModel")
-    assert (m.hidden, m.layers, m.embedding_dim, m.mlp_hidden, m.lr) == (256, 2, 256, 64, 1e-3)
+    assert (m.hidden, m.layers, m.embedding_dim, m.mlp_hidden, m.optimizer.lr) == (256, 2, 256, 64, 1e-3)
     assert (cfg.data.batch_size, cfg.data.max_snapshots, cfg.data.max_mean_snapshots) == (20, None, 7)
     assert list(cfg.data.seq_origin) == [122.5, 122.5]
     if name.endswith("_transfer"):
         assert OmegaConf.is_missing(m, "cnn_ckpt") and m.freeze_cnn is False and m.cnn_lr > 0
+        assert m.transfer is True
     else:
         assert "cnn_ckpt" not in m or m.cnn_ckpt is None
 

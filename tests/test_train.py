@@ -155,7 +155,7 @@ def _check_trained_run(run_dir: Path, cfg, value, metrics, model_name: str) -> d
     assert metrics[f"best/{monitor}"] == pytest.approx(value)
     assert metrics["best_checkpoint"] == str(best)
     # tested with the best checkpoint; both fractions of the study's table
-    tags = ["test/acc@100", "test/acc@50"] if model_cls.LOSS_KIND != "triplet" else ["test/triplet_acc@100"]
+    tags = ["test/acc@100", "test/acc@50"] if model_cls.LOSS_KINDS != ("triplet",) else ["test/triplet_acc@100"]
     for k in [*tags, "test/knn@3", "test/knn@4", "test/probe_acc"]:
         assert 0.0 <= metrics[k] <= 1.0, (k, metrics)
     return ck
@@ -254,7 +254,7 @@ def test_optuna_config_is_template_style():
     hc = HydraConfig.get()
     assert hc.sweeper._target_.endswith("OptunaSweeper")
     assert hc.sweeper.direction == "maximize" and hc.sweeper.sampler._target_ == "optuna.samplers.TPESampler"
-    assert {"model.lr", "data.batch_size"} <= set(hc.sweeper.params)
+    assert {"model.optimizer.lr", "data.batch_size"} <= set(hc.sweeper.params)
     assert cfg.optimized_metric == "val/acc@100"
 
 
@@ -270,7 +270,7 @@ def test_optuna_sweep_two_trials(tmp_path):
         m = json.loads((job / "train_metrics.json").read_text())
         values.append(m["best/val/acc@100"])
         overrides = yaml.safe_load((job / ".hydra" / "overrides.yaml").read_text())
-        lrs.append(next(float(o.split("=", 1)[1]) for o in overrides if o.startswith("model.lr=")))
+        lrs.append(next(float(o.split("=", 1)[1]) for o in overrides if o.startswith("model.optimizer.lr=")))
     assert lrs[0] != lrs[1] and all(1e-4 <= lr <= 1e-2 for lr in lrs)
     results = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
     # the value each job returned reached the sweeper: its best is the best job's metric
@@ -327,7 +327,7 @@ def _single_process_accuracy(ckpt: Path, fraction: float) -> float:
 
 
 def test_ddp_sim_reduces_metrics_across_ranks(tmp_path):
-    args = ["model=lstm", "trainer=ddp_sim", "model.hidden=32", "model.lr=0.02", "model.scheduler=none",
+    args = ["model=lstm", "trainer=ddp_sim", "model.hidden=32", "model.optimizer.lr=0.02", "model.scheduler=null",
             "data.batch_size=8", "trainer.max_epochs=2", "trainer.max_steps=-1", "trainer.limit_train_batches=14",
             "trainer.check_val_every_n_epoch=2", "callbacks.embedding_eval.every_n_epochs=2",
             "trainer.limit_test_batches=1",
@@ -364,7 +364,7 @@ def test_ddp_sim_mining_gathers_across_ranks(tmp_path):
 
 
 def test_ddp_sim_is_refused_inside_a_local_multirun(tmp_path):
-    r = run_cli(["-m", *tiny("lstm"), "trainer=ddp_sim", "model.lr=0.001,0.002",
+    r = run_cli(["-m", *tiny("lstm"), "trainer=ddp_sim", "model.optimizer.lr=0.001,0.002",
                  f"hydra.sweep.dir={tmp_path}"], timeout=300)
     assert r.returncode == 2, r.stderr[-3000:]
     assert "Traceback" not in r.stderr
@@ -388,7 +388,7 @@ def test_resume_continues_step_and_optimizer_state(tmp_path):
                  "dirpath:${paths.output_dir}/steps,filename:'step{step}',every_n_train_steps:1,"
                  "save_top_k:-1,monitor:null,auto_insert_metric_name:false}")
     plan = tiny("lstm", "trainer.max_epochs=2", "trainer.max_steps=6", "trainer.limit_train_batches=3",
-                "model.lr=0.01")
+                "model.optimizer.lr=0.01")
     first = tmp_path / "first"
     run_inproc([*plan, step_ckpt], first)
     mid = first / "steps" / "step3.ckpt"
