@@ -58,7 +58,8 @@ def validate(cfg: DictConfig) -> dict[str, Any]:
     model_name = choices.get("model", MODELS.name_of(model_cls))
     loss_name = choices.get("loss", LOSSES.name_of(loss_cls))
     check_compatible(model_name, loss_kind(loss_cls), loss_name=loss_name, model_cls=model_cls)
-    if "image" in model_cls.VIEWS or "snapshots" in model_cls.VIEWS:
+    has_cnn = "image" in model_cls.VIEWS or "snapshots" in model_cls.VIEWS
+    if has_cnn and OmegaConf.select(cfg, "model.backbone") is not None:  # a model without one may draw images
         check_backbone(OmegaConf.select(cfg, "model.backbone"), int(cfg.data.image_size))
     # `cnn_ckpt: ???` merged over combined's `cnn_ckpt: null` stays null (OmegaConf keeps a value
     # when merging MISSING onto it): the explicit model.transfer says the CNN must be transferred.
