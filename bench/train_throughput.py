@@ -32,15 +32,18 @@ def _augment():
 
 
 def _model(kind: str, num_classes: int, cfg: dict):
+    from sketchembed.metric.miners import RandomTripletMiner
     from sketchembed.models import CombinedModel, DirectImageModel, LSTMModel, TripletImageModel
 
-    img = dict(backbone=cfg["backbone"], image_size=cfg["image_size"], embedding_dim=cfg["embedding_dim"])
-    if kind == "triplet":
-        return TripletImageModel(**img)
+    # constant rate: configure_optimizers returns the bare optimizer the manual loop steps
+    img = dict(backbone=cfg["backbone"], image_size=cfg["image_size"], embedding_dim=cfg["embedding_dim"],
+               scheduler=None)
+    if kind == "triplet":  # random triplets, as measured before miners were injected
+        return TripletImageModel(**img, miner=RandomTripletMiner())
     if kind == "direct":
         return DirectImageModel(num_classes, **img)
     if kind == "lstm":
-        return LSTMModel(num_classes, hidden=cfg["hidden"])
+        return LSTMModel(num_classes, hidden=cfg["hidden"], scheduler=None)
     return CombinedModel(num_classes, hidden=cfg["hidden"], **img)
 
 
