@@ -21,7 +21,7 @@ from torchmetrics.classification import MulticlassAccuracy
 from sketchembed.metric import TripletAccuracy
 from sketchembed.metric.distances import config_name
 from sketchembed.metric.miners import mine_batch
-from sketchembed.registry import CLASSIFICATION, LOSSES, MODELS, TRIPLET, loss_kind, loss_names
+from sketchembed.registry import CLASSIFICATION, LOSSES, MINERS, MODELS, TRIPLET, loss_kind, loss_names
 
 # The Python defaults of every model = conf/optimizer/adamw.yaml and conf/scheduler/warmup_cosine.yaml
 # (tests/test_models.py holds them equal).
@@ -42,10 +42,7 @@ def build_part(part: Any, what: str, default: str | None = None) -> nn.Module | 
     if part is None or isinstance(part, nn.Module):
         return part
     if isinstance(part, str):
-        registry = LOSSES if what == "loss" else None
-        if registry is None:
-            raise ValueError(f"{what}={part!r}: give a config with _target_ (conf/{what}/)")
-        return registry[part]()
+        return {"loss": LOSSES, "miner": MINERS}[what][part]()
     if isinstance(part, Mapping) or hasattr(part, "keys"):
         if "_target_" not in part:
             raise ValueError(f"{what}: a mapping needs a _target_, got {dict(part)!r}")
@@ -76,15 +73,16 @@ def part_spec(part: nn.Module | None) -> dict[str, Any] | None:
 
 def _legacy_optim(scheduler: str, legacy: dict[str, Any]) -> tuple[dict, dict | None]:
     """(optimizer, scheduler) configs equal to the old ``lr / weight_decay / scheduler /
-    warmup_steps / min_lr_ratio`` arguments, so older checkpoints still load and resume alike."""
+    warmup_steps / min_lr_ratio`` arguments, so older checkpoints still load. (``min_lr_ratio`` was
+    per group; ``eta_min`` is one floor: equal for the single-group models and the default ratio 0.)"""
     lr = float(legacy.get("lr", DEFAULT_OPTIMIZER["lr"]))
-    opt = dict(DEFAULT_OPTIMIZER, lr=lr, weight_decay=float(legacy.get("weight_decay", 1e-4)))
+    opt = dict(DEFAULT_OPTIMIZER, lr=lr, weight_decay=float(legacy.get("weight_decay", DEFAULT_OPTIMIZER["weight_decay"])))
     warmup = int(legacy.get("warmup_steps", 0))
     if scheduler == "cosine":
         return opt, dict(DEFAULT_SCHEDULER, warmup_steps=warmup,
                          eta_min=float(legacy.get("min_lr_ratio", 0.0)) * lr)
     if scheduler != "none":
-        raise ValueError(f"model.scheduler={scheduler!r}: give a scheduler config (conf/scheduler/) or null")
+        raise ValueError(f"model.scheduler={scheduler!r}: give a scheduler config (conf/model/scheduler/) or null")
     if warmup <= 1:
         return opt, None
     return opt, {"_target_": "torch.optim.lr_scheduler.LinearLR", "_partial_": True,
@@ -133,7 +131,7 @@ class SketchModule(L.LightningModule):
         if optimizer is None and (isinstance(scheduler, str) or legacy):
             optimizer, scheduler = _legacy_optim(scheduler if isinstance(scheduler, str) else "none", legacy)
         elif isinstance(scheduler, str):
-            raise ValueError(f"model.scheduler={scheduler!r}: give a scheduler config (conf/scheduler/) "
+            raise ValueError(f"model.scheduler={scheduler!r}: give a scheduler config (conf/model/scheduler/) "
                              "or null for a constant rate")
         self.save_hyperparameters(ignore=["loss", "miner", *legacy])  # the subclass's arguments too
         for key in legacy:
@@ -145,8 +143,8 @@ class SketchModule(L.LightningModule):
                          model_cls=type(self))
         self.miner = build_part(miner, "miner")
         self.num_classes = None if num_classes is None else int(num_classes)
-        self.hparams["loss"] = loss if _is_mapping(loss) else part_spec(self.loss)
-        self.hparams["miner"] = miner if _is_mapping(miner) else part_spec(self.miner)
+        self.hparams["loss"] = _plain(loss) if _is_mapping(loss) else part_spec(self.loss)
+        self.hparams["miner"] = _plain(miner) if _is_mapping(miner) else part_spec(self.miner)
         self.hparams["optimizer"] = _plain(optimizer) if optimizer is not None else copy.deepcopy(DEFAULT_OPTIMIZER)
         self.hparams["scheduler"] = _plain(scheduler)
         self.hparams["model_kind"] = self.MODEL_KIND
