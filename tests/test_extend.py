@@ -154,3 +154,15 @@ def test_pml_loss_and_miner_train_from_config_without_registration(tmp_path):
     assert cfg.loss._target_.startswith("pytorch_metric_learning.losses")
     counts = [r["miner/triplets_step"] for r in read_csv_metrics(run_dir) if r.get("miner/triplets_step")]
     assert len(counts) == 2
+
+
+@pytest.mark.parametrize("group,registry", [("loss", LOSSES), ("miner", MINERS), ("model", MODELS)])
+def test_every_registered_part_has_its_config_file(group, registry):
+    """A registered name is the config name: conf/<group>/<name>.yaml builds that very class."""
+    conf = Path(__file__).resolve().parents[1] / "conf" / group
+    ours = {n: c for n, c in registry.items() if c.__module__.startswith("sketchembed.")}
+    assert ours
+    for name, cls in ours.items():
+        text = (conf / f"{name}.yaml").read_text()
+        assert f"_target_: {cls.__module__}.{cls.__qualname__}" in text or \
+            f"_target_: sketchembed.models.{cls.__qualname__}" in text, (name, cls)

@@ -330,7 +330,7 @@ def mine_batch(miner: nn.Module | None, embeddings: torch.Tensor, labels: torch.
 @MINERS.register("random")
 class RandomTripletMiner(TripletMiner):
     """Random valid triplets: per anchor, ``triplets_per_anchor`` uniform (positive, negative) —
-    the study's first sampling."""
+    the study's first sampling. Ours because PML has no random miner (only a loss option)."""
 
     def __init__(self, triplets_per_anchor: int = 1, **kwargs):
         super().__init__(**kwargs)
@@ -360,7 +360,9 @@ def _masks(dist: torch.Tensor, labels: torch.Tensor, n_anchors: int):
 @MINERS.register("semihard")
 class SemiHardMiner(TripletMiner):
     """FaceNet semi-hard: for every positive pair (a, p), the nearest negative still farther than
-    the positive (smallest d_an with d_an > d_ap), with no upper (margin) bound.
+    the positive (smallest d_an with d_an > d_ap), with no upper (margin) bound. Ours because of that
+    bound: PML's ``TripletMarginMiner(type_of_triplets="semihard")`` keeps only d_an < d_ap + margin
+    (``miner=pml_semihard``), which is not the study's rule.
 
     With ``fallback="none"`` this is exactly the study's rule (``triplet-training.py``): in a batch of
     three class-pure buckets, every (anchor, positive) pair of a bucket gets the closest sample of the
