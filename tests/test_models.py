@@ -238,7 +238,7 @@ def test_constant_rate_and_legacy_arguments():
     ramp = LSTMModel(NUM_CLASSES, hidden=8, lr=0.02, scheduler="none", warmup_steps=4)
     for step, (lr,) in enumerate(_lrs(ramp, 8)):
         assert lr == pytest.approx(0.02 * _old_lr_factor(step, "none", 4, 8, 0.0)), step
-    with pytest.raises(TypeError, match="unknown arguments"):
+    with pytest.raises(ValueError, match="unknown arguments"):
         LSTMModel(NUM_CLASSES, hidden=8, nope=1)
     with pytest.raises(ValueError, match=r"model\.optimizer\.lr"):
         LSTMModel(NUM_CLASSES, hidden=8, optimizer=dict(DEFAULT_OPTIMIZER, lr=0.0))

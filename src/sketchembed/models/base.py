@@ -127,7 +127,8 @@ class SketchModule(L.LightningModule):
             legacy.pop(key)
         unknown = set(legacy) - _LEGACY_KEYS
         if unknown:
-            raise TypeError(f"{type(self).__name__} got unknown arguments {sorted(unknown)}")
+            # ValueError (bad input, one line): e.g. a checkpoint of another model kind
+            raise ValueError(f"{type(self).__name__} got unknown arguments {sorted(unknown)}")
         if optimizer is None and (isinstance(scheduler, str) or legacy):
             optimizer, scheduler = _legacy_optim(scheduler if isinstance(scheduler, str) else "none", legacy)
         elif isinstance(scheduler, str):
