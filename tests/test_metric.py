@@ -327,6 +327,25 @@ def test_hard_miner_is_pml_batch_hard_miner():
         assert _as_set(ours) == _as_set(pml) and len(ours[0]) == len(pml[0])
 
 
+def test_hard_miner_over_a_gathered_batch_keeps_local_anchors_and_no_self_pairs():
+    torch.manual_seed(1)
+    local_emb, local_lab = torch.randn(5, 3), torch.tensor([0, 0, 1, 2, 3])  # class 3: no local positive
+    other_emb, other_lab = torch.randn(6, 3), torch.tensor([1, 1, 2, 0, 4, 4])
+
+    def fake_gather(x):
+        return [x, other_emb if x.is_floating_point() else other_lab], 0
+
+    emb, lab, (a, p, n) = HardMiner(gather_across_ranks=True, gather_fn=fake_gather).mine_batch(local_emb, local_lab)
+    d = SquaredEuclideanDistance()(emb)
+    want = set()
+    for i in range(5):
+        pos = [j for j in range(len(lab)) if j != i and lab[j] == lab[i]]
+        neg = [j for j in range(len(lab)) if lab[j] != lab[i]]
+        if pos:
+            want.add((i, max(pos, key=lambda j: d[i, j]), min(neg, key=lambda j: d[i, j])))
+    assert _as_set((a, p, n)) == want and 4 not in a.tolist()
+
+
 @pytest.mark.parametrize("name", ["pml_semihard", "pml_batch_hard", "pml_multi_similarity"])
 def test_pml_miner_configs_train_a_table(name):
     """A PML miner from conf/miner/ mines for our loss (pairs become triplets, as PML does) and logs."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import inspect
+import logging
 from collections.abc import Mapping
 from typing import Any
 
@@ -22,6 +23,8 @@ from sketchembed.metric import TripletAccuracy
 from sketchembed.metric.distances import config_name
 from sketchembed.metric.miners import mine_batch
 from sketchembed.registry import CLASSIFICATION, LOSSES, MINERS, MODELS, TRIPLET, loss_kind, loss_names
+
+log = logging.getLogger(__name__)
 
 # The Python defaults of every model = conf/optimizer/adamw.yaml and conf/scheduler/warmup_cosine.yaml
 # (tests/test_models.py holds them equal).
@@ -143,6 +146,8 @@ class SketchModule(L.LightningModule):
         check_compatible(self.MODEL_KIND, loss_kind(self.loss), loss_name=LOSSES.name_of(self.loss),
                          model_cls=type(self))
         self.miner = build_part(miner, "miner")
+        if self.miner is None and loss_kind(self.loss) == TRIPLET:
+            log.info("no miner: %s sees every valid triplet of each batch", LOSSES.name_of(self.loss))
         self.num_classes = None if num_classes is None else int(num_classes)
         self.hparams["loss"] = _plain(loss) if _is_mapping(loss) else part_spec(self.loss)
         self.hparams["miner"] = _plain(miner) if _is_mapping(miner) else part_spec(self.miner)
