@@ -189,6 +189,7 @@ def _evaluate(cfg, ckpt_path, model, kind, dm, fractions, ks) -> dict:
     from sketchembed.eval.knn import knn_predict
     from sketchembed.eval.probe import linear_probe
     from sketchembed.eval.report import write_report
+    from sketchembed.eval.stats import with_intervals
 
     classes = dm.class_names
     C = len(classes)
@@ -269,6 +270,7 @@ def _evaluate(cfg, ckpt_path, model, kind, dm, fractions, ks) -> dict:
     m["per_class_acc@100"] = {c: (float(cm[i, i] / n_per[i]) if n_per[i] else None) for i, c in enumerate(classes)}
     m["per_class_n"] = {c: int(n_per[i]) for i, c in enumerate(classes)}
     m["early_recognition"] = {_tag(f): curve[f] for f in fractions}
+    m = with_intervals(m)
 
     np.savez(out / "predictions.npz", classes=np.array(classes), fractions=np.array(fractions), labels=y,
              key_ids=test.key_ids, indices=test.indices, probe=probe_pred,
@@ -343,14 +345,19 @@ def _print(m: dict, kind: str) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    from sketchembed.eval.stats import interval
+
     t = Table(title=f"{kind}: {m['dataset']} ({m['n_test']} drawings, {m['n_skipped']} skipped; "
                     f"classifier: {m['classifier']})")
     t.add_column("metric")
     t.add_column("value", justify="right")
+    t.add_column("95 % interval (Wilson)", justify="right")
     for k, v in m.items():
         if k.startswith("test/") and isinstance(v, float):
             is_acc = "acc" in k or "knn@" in k
-            t.add_row(k, (f"{100 * v:.1f} %" if is_acc else f"{v:.3f}") if math.isfinite(v) else "–")
+            ci = interval(m, k) if is_acc else None
+            t.add_row(k, (f"{100 * v:.1f} %" if is_acc else f"{v:.3f}") if math.isfinite(v) else "–",
+                      f"{100 * ci.low:.1f}–{100 * ci.high:.1f} %{' ≈' if ci.approximate else ''}" if ci else "")
     Console().print(t)
 
 
