@@ -121,6 +121,11 @@ def _check_consistent(out: Path, m: dict) -> dict:
     for k in (1, 3, 4, 5):
         assert m[f"test/knn@{k}"] == pytest.approx(float((pred[f"knn@{k}"] == y).mean()), abs=1e-12)
     assert m["test/probe_acc"] == pytest.approx(float((pred["probe"] == y).mean()), abs=1e-12)
+    from sketchembed.eval.stats import wilson
+
+    k100 = int((pred["pred@100"] == y).sum())  # every accuracy saved with n and its 95 % interval
+    assert m["intervals"]["test/acc@100"] == {"n": n, "ci95": pytest.approx(list(wilson(k100, n))), "method": "wilson"}
+    assert {f"test/knn@{k}" for k in (1, 3, 4, 5)} | {"test/probe_acc", "test/acc@10"} <= set(m["intervals"])
     assert isinstance(m["n_skipped"], int) and m["n_skipped"] >= 0
     report = (out / "report.md").read_text()
     for name in FIGURES:
