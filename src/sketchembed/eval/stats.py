@@ -24,10 +24,10 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
+from statistics import NormalDist
 from typing import Mapping
 
 import numpy as np
-from scipy.stats import binomtest, fisher_exact, norm
 
 CONFIDENCE = 0.95
 ALPHA = 1 - CONFIDENCE
@@ -46,12 +46,13 @@ def wilson(successes: float, n: int, confidence: float = CONFIDENCE) -> tuple[fl
         return float("nan"), float("nan")
     if not 0 <= successes <= n:
         raise ValueError(f"successes={successes} outside [0, n={n}]")
-    z = float(norm.ppf(1 - (1 - confidence) / 2))
+    z = NormalDist().inv_cdf(1 - (1 - confidence) / 2)
     p = successes / n
     denom = 1 + z * z / n
     centre = (p + z * z / (2 * n)) / denom
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return max(0.0, centre - half), min(1.0, centre + half)
+    # at p = 0 or 1 the bound is exactly 0 or 1 (rounding would leave 0.9999999999999999)
+    return (0.0 if successes == 0 else max(0.0, centre - half)), (1.0 if successes == n else min(1.0, centre + half))
 
 
 @dataclass(frozen=True)
@@ -162,6 +163,8 @@ class Difference:
 
 def mcnemar(correct_a: np.ndarray, correct_b: np.ndarray) -> Difference:
     """McNemar's exact test on per-drawing correctness of two runs on the same drawings (aligned)."""
+    from scipy.stats import binomtest  # here, not at the top: scipy.stats takes seconds to import
+
     a, b = np.asarray(correct_a, bool), np.asarray(correct_b, bool)
     if a.shape != b.shape:
         raise ValueError(f"paired predictions differ in length: {a.shape} vs {b.shape}")
@@ -172,6 +175,8 @@ def mcnemar(correct_a: np.ndarray, correct_b: np.ndarray) -> Difference:
 
 def two_proportions(a: Interval, b: Interval) -> Difference:
     """Fisher's exact test on ``round(value × n)`` correct of n for each run (unpaired)."""
+    from scipy.stats import fisher_exact  # here, not at the top: scipy.stats takes seconds to import
+
     ka, kb = round(a.value * a.n), round(b.value * b.n)
     _, p = fisher_exact([[ka, a.n - ka], [kb, b.n - kb]])
     return Difference(float(p), "Fisher exact (unpaired)")
