@@ -398,7 +398,8 @@ def collect_runs(files: Sequence[Path], roots: Sequence[Path],
         if m.get("split") == "test_dir" or not facts.get("dataset"):
             facts["dataset"] = m.get("dataset")
         eval_cfg, _ = _hydra(f.parent)
-        label = _run_label(f, roots) + (f" ({ckpt.name})" if ckpt.name else "")
+        of = f"{train_dir.name}/{ckpt.name}" if train_dir is not None else ckpt.name  # the model evaluated
+        label = _run_label(f, roots) + (f" ({of})" if ckpt.name else "")
         over = " ".join(o for o in [_overrides(train_dir) if train_dir else "", _overrides(f.parent)] if o)
         runs.append(Run(label, facts, over,
                         trained=trained, evaluated=m, eval_dir=f.parent,
@@ -548,11 +549,16 @@ def compare_table(cmp: Comparison) -> str:
 def print_comparison(cmp: Comparison, console: Console) -> None:
     """The same tables for the terminal (rich): text columns left, figures right."""
     t = Table(title=f"This project's runs ({len(cmp.runs)})", title_justify="left")
-    for i, h in enumerate(cmp.header()):
-        t.add_column(h, justify="left" if i < cmp.n_text else "right", overflow="fold")
-    for row in cmp.rows():
-        t.add_row(*row)
+    header = cmp.header()
+    keep = [i for i, h in enumerate(header) if h != "overrides"]  # long: listed below the table instead
+    for i in keep:
+        t.add_column(header[i], justify="left" if i < cmp.n_text else "right", overflow="fold")
+    for row in cmp.rows():  # figures: the interval on a second line keeps the columns narrow
+        t.add_row(*[row[i] if i < cmp.n_text else row[i].replace(" [", "\n[", 1) for i in keep])
     console.print(t)
+    for r in cmp.runs:
+        if r.overrides:
+            console.print(f"{r.label}: {r.overrides}", markup=False, highlight=False)
     for line in cmp.notes():
         console.print(line, markup=False, highlight=False)
     header, rows = _study_rows(cmp.runs)
