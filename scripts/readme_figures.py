@@ -29,6 +29,8 @@ import sys
 import time
 from pathlib import Path
 
+import yaml
+
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
@@ -116,15 +118,17 @@ def _record(run_dir: Path) -> dict:
     return rec
 
 
-def _seed(run_dir: Path, metrics: dict):
-    if metrics.get("seed") is not None:
-        return metrics["seed"]
+def _config(run_dir: Path) -> dict:
+    """The run's saved Hydra config ({} when absent)."""
     try:
-        import yaml
+        data = yaml.safe_load((run_dir / ".hydra" / "config.yaml").read_text())
+    except (OSError, yaml.YAMLError):
+        return {}
+    return data if isinstance(data, dict) else {}
 
-        return (yaml.safe_load((run_dir / ".hydra" / "config.yaml").read_text()) or {}).get("seed", "?")
-    except (OSError, ValueError):
-        return "?"
+
+def _seed(run_dir: Path, metrics: dict):
+    return metrics["seed"] if metrics.get("seed") is not None else _config(run_dir).get("seed", "?")
 
 
 def cell(metrics: dict, key: str) -> str:
@@ -173,14 +177,14 @@ def main_eval_table(root: Path) -> str:
             f"| classification @50 % of the drawing | {cell(m, 'test/acc@50')} |",
             f"| classification @100 % | {cell(m, 'test/acc@100')} |",
             f"| KNN K = 3 | {cell(m, 'test/knn@3')} |",
-            f"| linear probe, trained anew (eval's `probe_epochs`) | {cell(m, 'test/probe_acc')} |"]
+            f"| linear probe, trained anew ({_config(d).get('probe_epochs', '?')} epochs) | {cell(m, 'test/probe_acc')} |"]
     if curve:
         rows += ["", "Early recognition (accuracy by share of the drawing's points):", "",
                  "| % of the drawing | " + " | ".join(f"{p:g}" for p, _ in curve) + " |",
                  "|---|" + "---:|" * len(curve),
                  "| accuracy, % | " + " | ".join(f"{100 * m[k]:.1f}" for _, k in curve) + " |",
                  "| 95 % interval | " + " | ".join(_ci(m, k) for _, k in curve) + " |"]
-    rows += ["", _provenance(rec, m.get("seed", _seed(d, m)), n, " test drawings")]
+    rows += ["", _provenance(rec, _seed(d, m), n, " test drawings")]
     return "\n".join(rows)
 
 
