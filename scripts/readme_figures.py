@@ -85,6 +85,8 @@ def run_command(script: str, args: list[str], run_dir: Path, commit: str) -> dic
 def make_runs(root: Path, what: str, extra: list[str], eval_extra: list[str]) -> None:
     """Run the commands behind the tables ``what`` (main, choose, all) into ``root``."""
     commit = git_commit()
+    if root.exists() and any(root.iterdir()):  # old checkpoints would mix with the new runs'
+        raise FiguresError(f"{root} already holds runs: reuse them with --from-runs {root}, or remove it")
     train_dir = root / "main" / "train"
     run_command("train.py", extra, train_dir, commit)
     if what in ("main", "all"):

@@ -134,6 +134,9 @@ def test_bad_input_one_line(figures, tmp_path, capsys):
     assert figures.main(["main", "--from-runs", str(root), "--readme", str(readme)]) == 2
     assert "needs 'command' and 'commit'" in capsys.readouterr().err
     assert figures.main(["--from-runs", str(tmp_path / "nope"), "--readme", str(readme)]) == 2
+    assert "no such folder" in capsys.readouterr().err
+    assert figures.main(["--root", str(root), "--readme", str(readme)]) == 2   # never trains into old runs
+    assert "already holds runs: reuse them with --from-runs" in capsys.readouterr().err
 
 
 def test_repo_readme_has_each_marker_once(figures):
