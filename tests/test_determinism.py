@@ -43,3 +43,6 @@ def test_same_seed_same_metrics(tmp_path):
     b = train_once(tmp_path / "b", "seed=7")
     assert any(k.startswith("test/") for k in a), a
     assert a == b, {k: (a.get(k), b.get(k)) for k in set(a) | set(b) if a.get(k) != b.get(k)}
+    # and the comparison can fail: another seed trains another model
+    c = train_once(tmp_path / "c", "seed=8")
+    assert {k: v for k, v in c.items() if k != "seed"} != {k: v for k, v in a.items() if k != "seed"}

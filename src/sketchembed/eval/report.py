@@ -29,7 +29,7 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
-from sketchembed.eval.stats import Difference, Interval, interval, mcnemar, split_n, two_proportions
+from sketchembed.eval.stats import Difference, Interval, ci_text, interval, mcnemar, split_n, two_proportions
 
 STUDY_COL = "study (full data, GPU)"
 # (file, heading, caption) of the figures an eval run may leave in its dir
@@ -99,13 +99,6 @@ def metric_key(metrics: Mapping, name: str, split: str | None = None) -> str | N
     split = split or split_of(metrics)
     keys = [f"{split}/{name}"] + ([f"{split}/{name}@100"] if "@" not in name else [])
     return next((k for k in keys if _num(metrics.get(k)) is not None), None)
-
-
-def ci_text(ci: Interval | None) -> str:
-    """``65.4–87.5`` (percent), ``≈`` marking an approximate interval; "–" when unknown."""
-    if ci is None:
-        return "–"
-    return f"{100 * ci.low:.1f}–{100 * ci.high:.1f}{' ≈' if ci.approximate else ''}"
 
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[str]], left: int = 1) -> list[str]:

@@ -345,7 +345,7 @@ def _print(m: dict, kind: str) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from sketchembed.eval.stats import interval
+    from sketchembed.eval.stats import ci_text, interval
 
     t = Table(title=f"{kind}: {m['dataset']} ({m['n_test']} drawings, {m['n_skipped']} skipped; "
                     f"classifier: {m['classifier']})")
@@ -357,7 +357,7 @@ def _print(m: dict, kind: str) -> None:
             is_acc = "acc" in k or "knn@" in k
             ci = interval(m, k) if is_acc else None
             t.add_row(k, (f"{100 * v:.1f} %" if is_acc else f"{v:.3f}") if math.isfinite(v) else "–",
-                      f"{100 * ci.low:.1f}–{100 * ci.high:.1f} %{' ≈' if ci.approximate else ''}" if ci else "")
+                      ci_text(ci, " %") if ci else "")
     Console().print(t)
 
 

@@ -81,6 +81,13 @@ class Interval:
         return f"{100 * self.value:.1f} [{100 * self.low:.1f}–{100 * self.high:.1f}]"
 
 
+def ci_text(ci: Interval | None, unit: str = "") -> str:
+    """``65.4–87.5`` (percent; ``unit`` appended), `` ≈`` marking an approximate interval; "–" when unknown."""
+    if ci is None:
+        return "–"
+    return f"{100 * ci.low:.1f}–{100 * ci.high:.1f}{unit}{' ≈' if ci.approximate else ''}"
+
+
 def accuracy_key(key: str) -> re.Match | None:
     """The match (groups ``split``, ``name``) when ``key`` names an accuracy, else None."""
     return _ACCURACY.match(str(key))

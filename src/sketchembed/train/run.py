@@ -148,7 +148,7 @@ def print_table(metrics: dict[str, float], title: str) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from sketchembed.eval.stats import interval, split_n
+    from sketchembed.eval.stats import ci_text, interval, split_n
 
     n = split_n(metrics, "test")
     table = Table(title=f"{title}, n = {n if n else '?'} drawings")
@@ -163,7 +163,7 @@ def print_table(metrics: dict[str, float], title: str) -> None:
         v = metrics[k]
         ci = interval(metrics, k)
         table.add_row(k, f"{100 * v:.1f} %" if ("acc" in k or "knn" in k) else f"{v:.4f}",
-                      f"{100 * ci.low:.1f}–{100 * ci.high:.1f} %{' ≈' if ci.approximate else ''}" if ci else "")
+                      ci_text(ci, " %") if ci else "")
     Console().print(table)
 
 
@@ -214,7 +214,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
         from sketchembed.eval.report import run_facts
         from sketchembed.eval.stats import with_intervals
 
-        saved = with_intervals({**metrics, **run_facts(hparams, hparams["choices"], getattr(model_cls, "MODEL_KIND", "") or checked["model_name"])})
+        kind = getattr(model_cls, "MODEL_KIND", "") or checked["model_name"]
+        saved = with_intervals({**metrics, **run_facts(hparams, hparams["choices"], kind)})
         (out_dir / "train_metrics.json").write_text(json.dumps(saved, indent=2, sort_keys=True))
         if cfg.get("test", True):
             print_table({k: v for k, v in metrics.items() if isinstance(v, float)},
