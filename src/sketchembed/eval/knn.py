@@ -1,9 +1,17 @@
 """KNN classification in the embedding space and a saved nearest-neighbour index.
 
 The study reports KNN accuracy (K=3 for the combined model, K=4 for the triplet CNNs) with the train
-embeddings as the index; one neighbour search with the largest K serves every K. Ties in the vote
-(frequent for even K) go to the tied class with the nearest member — deterministic, and the choice a
-person would make looking at the neighbours.
+embeddings as the index; one neighbour search with the largest K serves every K. Two vote rules:
+
+* strict (``vote``, metrics ``knn@K``): majority; ties go to the tied class with the nearest member —
+  deterministic, and the choice a person would make looking at the neighbours.
+* the study's (``study_tie_correct``, metrics ``knn@K_study_tie``): its notebook counts a tied vote
+  (1-1-1 at K=3) as correct when the true class is among the tied classes — optimistic, an upper
+  bound of the strict rule.
+
+The search is exact brute force (squared euclidean distance, as the study's notebook): faiss'
+``IndexFlatL2`` when faiss is installed, else blocks of torch matmul with a running top-k, so memory
+stays bounded (one query block x one index block of distances) at any index size.
 """
 
 from __future__ import annotations
@@ -14,21 +22,31 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 import numpy as np
+import torch
 from sklearn.neighbors import NearestNeighbors
 
+try:
+    import faiss
+except ImportError:  # optional: the torch search gives the same neighbours
+    faiss = None
+
+BACKENDS = ("auto", "faiss", "torch", "sklearn")
 INDEX_FORMAT = "sketchembed-knn-index"
 INDEX_VERSION = 1
 
 
 def _check_pair(emb: np.ndarray, labels: np.ndarray, what: str) -> tuple[np.ndarray, np.ndarray]:
-    emb = np.asarray(emb, dtype=np.float32)
+    emb = np.asarray(emb)
+    if emb.dtype not in (np.float32, np.float16):
+        emb = emb.astype(np.float32)
     labels = np.asarray(labels).astype(np.int64, copy=False)
     if emb.ndim != 2:
         raise ValueError(f"{what} embeddings must be (n, d), got shape {emb.shape}")
     if len(labels) != len(emb):
         raise ValueError(f"{what}: {len(emb)} embeddings but {len(labels)} labels")
-    if not np.all(np.isfinite(emb)):
-        raise ValueError(f"{what} embeddings contain NaN/inf")
+    for a in range(0, len(emb), 1 << 16):  # blockwise: no full-size temporary on a large index
+        if not np.all(np.isfinite(emb[a:a + (1 << 16)])):
+            raise ValueError(f"{what} embeddings contain NaN/inf")
     return emb, labels
 
 
@@ -46,25 +64,95 @@ def vote(neighbor_labels: np.ndarray, k: int, n_classes: int) -> np.ndarray:
     return score.argmax(axis=1)
 
 
-def knn_predict(train_emb, train_labels, query_emb, ks: Iterable[int] = (1, 3, 4, 5),
-                n_classes: int | None = None, exclude_self: bool = False) -> dict[int, np.ndarray]:
-    """Predicted classes of ``query_emb`` for every K in ``ks`` (euclidean distance).
+def resolve_backend(backend: str = "auto") -> str:
+    """``auto`` = faiss when installed (faster in ``make bench``'s eval-at-scale section), else torch."""
+    if backend not in BACKENDS:
+        raise ValueError(f"knn.backend={backend!r}: choose from {', '.join(BACKENDS)}")
+    if backend == "faiss" and faiss is None:
+        raise ValueError("knn.backend=faiss: faiss is not installed (pip install faiss-cpu), or use torch")
+    if backend == "auto":
+        return "faiss" if faiss is not None else "torch"
+    return backend
+
+
+def _torch_search(index: np.ndarray, queries: np.ndarray, k: int, query_block: int, index_block: int):
+    d2_best = idx_best = None
+    out_d = np.empty((len(queries), k), np.float32)
+    out_i = np.empty((len(queries), k), np.int64)
+    norms = [torch.from_numpy(np.asarray(index[a:a + index_block], np.float32)).square().sum(1)
+             for a in range(0, len(index), index_block)]
+    for q0 in range(0, len(queries), query_block):
+        q = torch.from_numpy(np.asarray(queries[q0:q0 + query_block], np.float32))
+        qn = q.square().sum(1, keepdim=True)
+        d2_best = idx_best = None
+        for j, a in enumerate(range(0, len(index), index_block)):
+            t = torch.from_numpy(np.asarray(index[a:a + index_block], np.float32))
+            d2 = torch.addmm(qn + norms[j][None, :], q, t.T, alpha=-2.0).clamp_(min=0)
+            kk = min(k, d2.shape[1])
+            d, i = torch.topk(d2, kk, dim=1, largest=False, sorted=True)
+            i += a
+            if d2_best is not None:
+                d, pos = torch.topk(torch.cat([d2_best, d], 1), min(k, d2_best.shape[1] + kk), dim=1,
+                                    largest=False, sorted=True)
+                i = torch.gather(torch.cat([idx_best, i], 1), 1, pos)
+            d2_best, idx_best = d, i
+        out_d[q0:q0 + len(q)] = d2_best.numpy()
+        out_i[q0:q0 + len(q)] = idx_best.numpy()
+    return out_i, out_d
+
+
+def search(index, queries, k: int, *, backend: str = "auto", query_block: int = 2048,
+           index_block: int = 65536) -> tuple[np.ndarray, np.ndarray]:
+    """The ``k`` nearest index rows of each query, nearest first: ``(idx (q, k) int64, d2 (q, k))``
+    with squared euclidean distances. ``index``/``queries`` may be float16 or memory-mapped: blocks
+    are converted to float32 one at a time."""
+    backend = resolve_backend(backend)
+    k = int(k)
+    if k < 1 or k > len(index):
+        raise ValueError(f"K={k} needs 1 <= K <= {len(index)} indexed embeddings")
+    if len(queries) == 0:
+        return np.zeros((0, k), np.int64), np.zeros((0, k), np.float32)
+    if backend == "faiss":
+        flat = faiss.IndexFlatL2(int(index.shape[1]))
+        for a in range(0, len(index), index_block):
+            flat.add(np.ascontiguousarray(index[a:a + index_block], dtype=np.float32))
+        out_d = np.empty((len(queries), k), np.float32)
+        out_i = np.empty((len(queries), k), np.int64)
+        for q0 in range(0, len(queries), query_block):
+            d, i = flat.search(np.ascontiguousarray(queries[q0:q0 + query_block], dtype=np.float32), k)
+            out_d[q0:q0 + len(d)], out_i[q0:q0 + len(i)] = d, i
+        return out_i, out_d
+    if backend == "sklearn":
+        nn = NearestNeighbors(n_neighbors=k, metric="euclidean", n_jobs=1).fit(np.asarray(index, np.float32))
+        d, i = nn.kneighbors(np.asarray(queries, np.float32))
+        return i.astype(np.int64), np.square(d).astype(np.float32)
+    return _torch_search(index, queries, k, int(query_block), int(index_block))
+
+
+def study_tie_correct(neighbor_labels: np.ndarray, k: int, true_labels: np.ndarray, n_classes: int) -> np.ndarray:
+    """The study notebook's rule: correct when the true class has the most votes among the first
+    ``k`` neighbours, *including* a tie for the most (1-1-1 at K=3 counts if the true class is one)."""
+    lab = np.asarray(neighbor_labels)[:, :k]
+    y = np.asarray(true_labels).astype(np.int64)
+    counts = np.zeros((len(lab), n_classes), dtype=np.int64)
+    np.add.at(counts, (np.repeat(np.arange(len(lab)), k), lab.ravel()), 1)
+    return counts[np.arange(len(lab)), y] == counts.max(axis=1)
+
+
+def neighbor_labels(train_emb, train_labels, query_emb, k: int, *, exclude_self: bool = False,
+                    backend: str = "auto", query_block: int = 2048) -> np.ndarray:
+    """``(q, k)`` labels of each query's ``k`` nearest index rows, nearest first.
 
     ``exclude_self`` drops each query's own row when the query set *is* the index (leave-one-out).
     """
     train_emb, train_labels = _check_pair(train_emb, train_labels, "index")
-    query_emb = np.asarray(query_emb, dtype=np.float32)
-    ks = sorted({int(k) for k in ks})
-    if not ks or ks[0] < 1:
-        raise ValueError(f"K must be >= 1, got {ks}")
-    kmax = ks[-1] + (1 if exclude_self else 0)
+    query_emb = np.asarray(query_emb)
+    kmax = int(k) + (1 if exclude_self else 0)
     if kmax > len(train_emb):
-        raise ValueError(f"K={ks[-1]} needs at least {kmax} indexed embeddings, have {len(train_emb)}")
+        raise ValueError(f"K={k} needs at least {kmax} indexed embeddings, have {len(train_emb)}")
     if query_emb.ndim != 2 or query_emb.shape[1] != train_emb.shape[1]:
         raise ValueError(f"query embeddings {query_emb.shape} do not match index dimension {train_emb.shape[1]}")
-    n_classes = int(n_classes if n_classes is not None else train_labels.max() + 1)
-    nn = NearestNeighbors(n_neighbors=kmax, metric="euclidean", n_jobs=1).fit(train_emb)
-    _, idx = nn.kneighbors(query_emb, return_distance=True)
+    idx, _ = search(train_emb, query_emb, kmax, backend=backend, query_block=query_block)
     if exclude_self:
         own = np.arange(len(query_emb))[:, None]
         keep = idx != own
@@ -73,7 +161,19 @@ def knn_predict(train_emb, train_labels, query_emb, ks: Iterable[int] = (1, 3, 4
         mask = np.ones_like(idx, dtype=bool)
         mask[np.arange(len(idx)), drop] = False
         idx = idx[mask].reshape(len(idx), kmax - 1)
-    nl = train_labels[idx]
+    return train_labels[idx]
+
+
+def knn_predict(train_emb, train_labels, query_emb, ks: Iterable[int] = (1, 3, 4, 5),
+                n_classes: int | None = None, exclude_self: bool = False,
+                backend: str = "auto") -> dict[int, np.ndarray]:
+    """Predicted classes of ``query_emb`` for every K in ``ks`` (strict vote, euclidean distance)."""
+    ks = sorted({int(k) for k in ks})
+    if not ks or ks[0] < 1:
+        raise ValueError(f"K must be >= 1, got {ks}")
+    labels = np.asarray(train_labels)
+    n_classes = int(n_classes if n_classes is not None else labels.max() + 1)
+    nl = neighbor_labels(train_emb, train_labels, query_emb, ks[-1], exclude_self=exclude_self, backend=backend)
     return {k: vote(nl, k, n_classes) for k in ks}
 
 

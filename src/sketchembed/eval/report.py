@@ -20,11 +20,14 @@ import sys
 from pathlib import Path
 from typing import Mapping, Sequence
 
+from sketchembed.eval.confusion import pairs_markdown
+
 STUDY_COL = "study (full data, GPU)"
 # (file, heading, caption) of the figures an eval run may leave in its dir
 FIGURES = [("tsne.png", "t-SNE map", "t-SNE map of the test embeddings"),
            ("neighbors.png", "Nearest neighbours", "nearest neighbours (red frame: another class)"),
            ("confusion.png", "Confusion matrix", "confusion matrix (100 % of the drawing)"),
+           ("per_class.png", "Per-class accuracy", "per-class accuracy, sorted (100 % of the drawing)"),
            ("early_recognition.png", "Early recognition", "accuracy vs share of the drawing")]
 
 # What the study reports, per model kind and metric (strings: ranges and variants stay as reported).
@@ -32,7 +35,7 @@ STUDY: dict[str, dict[str, str]] = {
     "lstm": {"acc@50": "77.7", "acc@100": "86.7"},
     "combined": {"acc@50": "77.8 (end-to-end and transferred)",
                  "acc@100": "86.5 end-to-end / 87.3 transferred + fine-tuned",
-                 "knn@3": "88.95"},
+                 "knn@3_study_tie": "88.95"},
     "triplet": {"triplet_acc": "97–99.6 (by backbone)", "probe_acc": "82–87 (by backbone)",
                 "knn@4": "86–91 (by backbone)"},
     "direct": {},
@@ -46,7 +49,9 @@ CLASSIFICATION_ROWS = [("acc@50", "classification @ 50 % of the drawing"),
 # Only in a run's own report (the comparison table keeps the study's columns).
 BALANCED_ROWS = [("balanced_acc@50", "balanced accuracy @ 50 % of the drawing"),
                  ("balanced_acc@100", "balanced accuracy @ 100 % of the drawing")]
-SPACE_ROWS = [("knn@1", "KNN K=1"), ("knn@3", "KNN K=3"), ("knn@4", "KNN K=4"), ("knn@5", "KNN K=5"),
+SPACE_ROWS = [("knn@1", "KNN K=1"), ("knn@3", "KNN K=3"),
+              ("knn@3_study_tie", "KNN K=3, study's tie rule (a tie with the true class counts)"),
+              ("knn@4", "KNN K=4"), ("knn@5", "KNN K=5"),
               ("probe_acc", "linear probe (emb → 64 → classes)"), ("triplet_acc", "triplet accuracy")]
 TABLE_COLUMNS = [k for k, _ in CLASSIFICATION_ROWS] + [k for k, _ in SPACE_ROWS]
 
@@ -140,9 +145,10 @@ def render_report(metrics: Mapping, *, baseline: Mapping | None = None,
     if isinstance(per_class, Mapping) and per_class:
         n = metrics.get("per_class_n") if isinstance(metrics.get("per_class_n"), Mapping) else {}
         lines += ["## Per-class accuracy (100 % of the drawing)", ""]
-        lines += _table(["class", "drawings", "accuracy (%)"],
-                        [(c, n.get(c, "–"), pct(v)) for c, v in per_class.items()])
+        lines += _table(["class", "drawings", "accuracy (%)"],  # worst first
+                        [(c, n.get(c, "–"), pct(v)) for c, v in sorted(per_class.items(), key=_acc_key)])
         lines.append("")
+    lines += pairs_markdown(metrics.get("confused_pairs") or [], len(metrics.get("classes") or per_class or ()))
     human = {k: _num(v) for k, v in metrics.items() if str(k).startswith("human/") and _num(v) is not None}
     if human:
         lines += ["## Humans", ""]
@@ -154,6 +160,11 @@ def render_report(metrics: Mapping, *, baseline: Mapping | None = None,
     for name, heading, caption in figures:
         lines += [f"## {heading}", "", f"![{caption}]({name})", ""]
     return "\n".join(lines).rstrip() + "\n"
+
+
+def _acc_key(item) -> float:
+    v = _num(item[1])
+    return math.inf if v is None else v
 
 
 def triplet_vs_direct(a: Mapping, b: Mapping) -> list[str]:
