@@ -76,9 +76,14 @@ def linear_probe(train_emb, train_labels, eval_sets: dict[str, tuple[np.ndarray,
     def norm(a):
         return torch.from_numpy(((np.asarray(a, np.float32) - mean) / std).astype(np.float32))
 
-    with torch.inference_mode(False), torch.enable_grad():  # callable from Lightning's eval hooks
-        return _train(x, y, eval_sets, norm, mean, std, n_classes, int(hidden), epochs, steps, lr,
-                      int(batch_size), weight_decay, seed)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a 64-unit MLP gains nothing from threads; on a busy CPU they cost 5x
+    try:
+        with torch.inference_mode(False), torch.enable_grad():  # callable from Lightning's eval hooks
+            return _train(x, y, eval_sets, norm, mean, std, n_classes, int(hidden), epochs, steps, lr,
+                          int(batch_size), weight_decay, seed)
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _batches(n: int, batch_size: int, epochs: int, steps: int | None, gen: torch.Generator):
