@@ -75,7 +75,7 @@ def _frame(ax, color, width):
         sp.set_linewidth(width)
 
 
-def plot_tsne(path, xy, labels, classes: Sequence[str], title: str | None = None, max_legend: int = 20) -> Path:
+def plot_tsne(path, xy, labels, classes: Sequence[str], title: str | None = None, max_legend: int = 18) -> Path:
     """Scatter of a 2-D map coloured by class, legend beside it.
 
     With more than ``max_legend`` classes only the ``max_legend`` most frequent ones in the map get
@@ -91,9 +91,14 @@ def plot_tsne(path, xy, labels, classes: Sequence[str], title: str | None = None
         shown = np.arange(len(classes))
     fig = _new_figure(8, 6.5)
     ax = fig.add_subplot(1, 1, 1)
-    colors = class_colors(len(shown))
     size = float(np.clip(3000 / max(len(xy), 1), 2, 30))
     other = ~np.isin(labels, shown)
+    if len(shown) < len(classes) and len(shown) <= 18:  # tab20 without its two greys (the "other" colour)
+        from matplotlib import colormaps
+
+        colors = [colormaps["tab20"](i) for i in range(20) if i not in (14, 15)][:len(shown)]
+    else:
+        colors = class_colors(len(shown))
     if other.any():
         n_other = len(classes) - len(shown)
         ax.scatter(xy[other, 0], xy[other, 1], s=size, color="#cccccc", alpha=0.5, linewidths=0,
@@ -101,7 +106,8 @@ def plot_tsne(path, xy, labels, classes: Sequence[str], title: str | None = None
     for color, c in zip(colors, shown):
         m = labels == c
         if m.any():
-            ax.scatter(xy[m, 0], xy[m, 1], s=size, color=color, label=f"{classes[c]} ({int(m.sum())})",
+            ax.scatter(xy[m, 0], xy[m, 1], s=size if not other.any() else max(size, 6.0), color=color,
+                       label=f"{classes[c]} ({int(m.sum())})",
                        alpha=0.8, linewidths=0)
     ax.set_xticks([])
     ax.set_yticks([])

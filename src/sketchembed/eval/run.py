@@ -404,7 +404,7 @@ def _figures(cfg, st, out: Path, dm, train, test, pred, m, classes, kind, stages
                           n_iter=int(_sel(cfg, "tsne.n_iter", 500)), perplexity=float(_sel(cfg, "tsne.perplexity", 30)),
                           n_jobs=int(_sel(cfg, "tsne.n_jobs", 1)))
             info["n"] = len(rows)
-            plot_tsne(out / "tsne.png", xy, test.labels[rows], classes, max_legend=min(20, st["max_classes"]),
+            plot_tsne(out / "tsne.png", xy, test.labels[rows], classes, max_legend=min(18, st["max_classes"]),
                       title=f"t-SNE of {len(rows)} {kind} {where} embeddings")
     with stages("figures"):
         acc = 100 * float((pred == test.labels).mean())
