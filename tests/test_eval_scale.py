@@ -219,7 +219,9 @@ def test_stages_record_time_and_peak_memory():
 
 @pytest.mark.parametrize("override,key", [("knn.backend=annoy", "knn.backend"), ("embed_dtype=int8", "embed_dtype"),
                                           ("knn.max_train=2", "knn.max_train"), ("probe.steps=0", "probe.steps"),
-                                          ("curve_max_eval=-1", "curve_max_eval"), ("knn.ks=[0]", "knn.ks")])
+                                          ("curve_max_eval=-1", "curve_max_eval"), ("knn.ks=[0]", "knn.ks"),
+                                          ("knn.ks=[a]", "knn.ks"), ("probe.lr=fast", "probe.lr"),
+                                          ("tsne.perplexity=0", "tsne.perplexity")])
 def test_bad_eval_settings_name_their_key(override, key):
     from sketchembed.eval.run import _settings
 

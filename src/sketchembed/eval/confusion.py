@@ -52,7 +52,8 @@ def pairs_markdown(pairs: Sequence[dict], n_classes: int) -> list[str]:
     """The "Most confused pairs" section of report.md (empty when nothing was confused)."""
     if not pairs:
         return []
-    lines = [f"## Most confused pairs ({len(pairs)} of {n_classes} classes' pairs, 100 % of the drawing)", "",
+    lines = [f"## Most confused pairs (top {len(pairs)} of the {n_classes * (n_classes - 1) // 2} class pairs, "
+             "100 % of the drawing)", "",
              "| class a | class b | a taken for b | b taken for a | total | share of a + b (%) |",
              "|---|---|---:|---:|---:|---:|"]
     for p in pairs:

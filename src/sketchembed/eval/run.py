@@ -167,14 +167,27 @@ def _int_or_none(cfg: DictConfig, key: str, minimum: int = 1) -> int | None:
     return int(v)
 
 
+def _positive_float(cfg: DictConfig, key: str, default: float) -> float:
+    v = _sel(cfg, key, default)
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        f = float("nan")
+    if isinstance(v, bool) or not f > 0:
+        raise ValueError(f"{key} must be a number > 0, got {v!r}")
+    return f
+
+
 def _settings(cfg: DictConfig) -> dict:
     """Every eval setting checked up front (one line naming the key on a bad value)."""
     fractions = sorted({float(f) for f in cfg.fractions} | {0.5, 1.0})
     if not all(0 < f <= 1 for f in fractions):
         raise ValueError(f"fractions must be in (0, 1], got {list(cfg.fractions)}")
-    ks = sorted({int(k) for k in _sel(cfg, "knn.ks", [])})
-    if not ks or ks[0] < 1:
-        raise ValueError(f"knn.ks must be integers >= 1, got {_sel(cfg, 'knn.ks')}")
+    raw_ks = _sel(cfg, "knn.ks", [])
+    if not OmegaConf.is_list(raw_ks) or not raw_ks or not all(isinstance(k, int) and not isinstance(k, bool)
+                                                              and k >= 1 for k in raw_ks):
+        raise ValueError(f"knn.ks must be a list of integers >= 1, got {raw_ks}")
+    ks = sorted({int(k) for k in raw_ks})
     from sketchembed.eval.knn import resolve_backend
 
     dtype = str(_sel(cfg, "embed_dtype", "float32"))
@@ -185,10 +198,13 @@ def _settings(cfg: DictConfig) -> dict:
             "max_train": _int_or_none(cfg, "knn.max_train", max(ks + [KNN_CLASSIFIER_K])),
             "curve_max_eval": _int_or_none(cfg, "curve_max_eval"),
             "probe": {k: _int_or_none(cfg, f"probe.{k}") for k in ("hidden", "steps", "batch_size")}
-            | {"lr": float(_sel(cfg, "probe.lr", 1e-3))},
+            | {"lr": _positive_float(cfg, "probe.lr", 1e-3)},
             "tsne": bool(_sel(cfg, "tsne.enabled", True)), "tsne_max_points": _int_or_none(cfg, "tsne.max_points") or 5000,
+            "tsne_n_iter": _int_or_none(cfg, "tsne.n_iter") or 500, "tsne_n_jobs": _int_or_none(cfg, "tsne.n_jobs") or 1,
+            "tsne_perplexity": _positive_float(cfg, "tsne.perplexity", 30.0),
             "max_classes": _int_or_none(cfg, "plots.max_classes", 2) or 30,
             "confused_pairs": _int_or_none(cfg, "plots.confused_pairs", 0) or 0,
+            "per_class_each": _int_or_none(cfg, "plots.per_class_each") or 20,
             "dtype": np.float16 if dtype == "float16" else np.float32}
 
 
@@ -387,7 +403,7 @@ def _write_outputs(out: Path, m: dict, arrays: dict) -> None:
 
 
 def _figures(cfg, st, out: Path, dm, train, test, pred, m, classes, kind, stages) -> None:
-    from sketchembed.eval.knn import KNNIndex
+    from sketchembed.eval.knn import search
     from sketchembed.eval.plots import (plot_confusion, plot_early_recognition, plot_neighbors, plot_per_class,
                                         plot_tsne)
 
@@ -401,8 +417,7 @@ def _figures(cfg, st, out: Path, dm, train, test, pred, m, classes, kind, stages
             if len(rows) > st["tsne_max_points"]:
                 rows = np.sort(rng.choice(rows, st["tsne_max_points"], replace=False))
             xy = tsne_map(np.asarray(test.embeddings[rows], np.float32), seed=int(cfg.seed), max_points=None,
-                          n_iter=int(_sel(cfg, "tsne.n_iter", 500)), perplexity=float(_sel(cfg, "tsne.perplexity", 30)),
-                          n_jobs=int(_sel(cfg, "tsne.n_jobs", 1)))
+                          n_iter=st["tsne_n_iter"], perplexity=st["tsne_perplexity"], n_jobs=st["tsne_n_jobs"])
             info["n"] = len(rows)
             plot_tsne(out / "tsne.png", xy, test.labels[rows], classes, max_legend=min(18, st["max_classes"]),
                       title=f"t-SNE of {len(rows)} {kind} {where} embeddings")
@@ -411,17 +426,17 @@ def _figures(cfg, st, out: Path, dm, train, test, pred, m, classes, kind, stages
         plot_confusion(out / "confusion.png", test.labels, pred, classes, max_classes=st["max_classes"],
                        title=f"{kind}: {where}, 100 % of the drawing (accuracy {acc:.1f} %, n={len(test)})")
         plot_per_class(out / "per_class.png", np.asarray(m["confusion_matrix"]), classes,
-                       n_each=int(_sel(cfg, "plots.per_class_each", 20)))
+                       n_each=st["per_class_each"])
         curve = {float(f) / 100: v for f, v in m["early_recognition"].items()}
         study = {"lstm": {0.5: 0.777, 1.0: 0.867}, "combined": {0.5: 0.778, 1.0: 0.873}}.get(kind)
         plot_early_recognition(out / "early_recognition.png", {f"{kind} (this run)": curve},
                                references={"study (full data, GPU)": study} if study else None)
         n_refs, k = int(cfg.neighbors.n_refs), int(cfg.neighbors.k)
         if n_refs > 0 and k > 0:
-            index = KNNIndex(train.embeddings, train.labels, train.key_ids, classes)
             rng = np.random.default_rng(int(cfg.seed))
             refs = np.sort(rng.choice(len(test), min(n_refs, len(test)), replace=False))
-            idx, dist = index.query(test.embeddings[refs], k=min(k, len(train)))
+            idx, d2 = search(train.embeddings, test.embeddings[refs], min(k, len(train)), backend=st["backend"])
+            dist = np.sqrt(d2)
             test_store, train_store = dm.split_store("test"), dm.split_store("train")
             plot_neighbors(out / "neighbors.png",
                            [test_store.points(int(test.indices[r])) for r in refs], [int(test.labels[r]) for r in refs],
