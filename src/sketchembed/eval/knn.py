@@ -9,9 +9,10 @@ embeddings as the index; one neighbour search with the largest K serves every K.
   (1-1-1 at K=3) as correct when the true class is among the tied classes — optimistic, an upper
   bound of the strict rule.
 
-The search is exact brute force (squared euclidean distance, as the study's notebook): faiss'
-``IndexFlatL2`` when faiss is installed, else blocks of torch matmul with a running top-k, so memory
-stays bounded (one query block x one index block of distances) at any index size.
+The search is exact brute force (squared euclidean distance, as the study's notebook), one block of
+the index at a time merged into a running top-k, so memory stays bounded at any index size: each
+block searched by faiss' ``IndexFlatL2`` when faiss is installed (the faster in `make bench`'s
+eval-at-scale section), else by torch matmul.
 """
 
 from __future__ import annotations
@@ -55,9 +56,9 @@ def vote(neighbor_labels: np.ndarray, k: int, n_classes: int) -> np.ndarray:
     lab = neighbor_labels[:, :k]
     n = len(lab)
     rows = np.repeat(np.arange(n), k)
-    counts = np.zeros((n, n_classes), dtype=np.int64)
+    counts = np.zeros((n, n_classes), dtype=np.int32)
     np.add.at(counts, (rows, lab.ravel()), 1)
-    first_rank = np.full((n, n_classes), k, dtype=np.int64)
+    first_rank = np.full((n, n_classes), k, dtype=np.int32)
     for j in range(k - 1, -1, -1):  # smaller ranks written last win
         first_rank[np.arange(n), lab[:, j]] = j
     score = counts * (k + 1) - first_rank
@@ -135,7 +136,7 @@ def study_tie_correct(neighbor_labels: np.ndarray, k: int, true_labels: np.ndarr
     ``k`` neighbours, *including* a tie for the most (1-1-1 at K=3 counts if the true class is one)."""
     lab = np.asarray(neighbor_labels)[:, :k]
     y = np.asarray(true_labels).astype(np.int64)
-    counts = np.zeros((len(lab), n_classes), dtype=np.int64)
+    counts = np.zeros((len(lab), n_classes), dtype=np.int32)
     np.add.at(counts, (np.repeat(np.arange(len(lab)), k), lab.ravel()), 1)
     return counts[np.arange(len(lab)), y] == counts.max(axis=1)
 
