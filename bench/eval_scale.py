@@ -34,7 +34,7 @@ from sketchembed.data.categories import CATEGORIES
 
 REPO = Path(__file__).resolve().parents[1]
 FULL = dict(drawings=1_500_000, max_train=100_000, max_eval=None, drawings_345=345_000, max_eval_345=20_000,
-            knn_index=(100_000, 1_400_000), knn_queries=50_000, model="triplet")
+            knn_index=(100_000, 1_400_000), knn_queries=10_000, model="triplet")
 QUICK = dict(drawings=20_000, max_train=2_000, max_eval=500, drawings_345=345 * 60, max_eval_345=1_000,
              knn_index=(2_000,), knn_queries=500, model="triplet")
 # the CPU default backbone and image size (README, "Choosing the CPU default")
