@@ -5,9 +5,9 @@
    (speed and memory do not depend on how well it is trained), then the whole eval in a child
    process: its ``stages.json`` gives wall time and peak resident memory of each stage (embed, KNN,
    probe, t-SNE, figures); the child's own peak is its ``VmHWM``.
-2. The exact KNN search of ``sketchembed.eval.knn`` by backend (faiss, blocks of torch matmul) on
-   the index and query sizes of step 1 and on the whole 1.4 M train split: the ``knn.backend=auto``
-   choice rests on this.
+2. The exact KNN search of ``sketchembed.eval.knn`` by backend (faiss, torch matmul) over 100 k
+   (eval's default index) and 1.4 M (the whole train split) indexed embeddings, 10 k queries: the
+   ``knn.backend=auto`` choice rests on this.
 3. 345 classes (a synthetic set over every category): the same eval, with the size of
    ``confusion.png`` and the time of the figures, which must stay small at 345 classes.
 

@@ -103,8 +103,8 @@ def embed_loader(model, loader: Iterable[dict], *, rasterizer=None, device=None,
     Streams: each batch is rendered, embedded and written into arrays preallocated for the loader's
     dataset size, so memory is the outputs (``dtype``: float32, or float16 to halve a large index)
     plus one batch, whatever the split size. ``keep_logits=False`` keeps only the argmax of the
-    logits (``Embedded.pred``; ``(n, C)`` logits of 1.4 M drawings would not fit). ``max_items`` stops after that many drawings; ``progress(n)`` is
-    called with each batch size.
+    logits (``Embedded.pred``; ``(n, C)`` logits of 1.4 M drawings would not fit). ``max_items``
+    stops after that many drawings; ``progress(n)`` is called with each batch size.
     """
     if device is None:
         try:
