@@ -17,6 +17,7 @@ SECTIONS = {
     "raster": "bench.raster",
     "train": "bench.train_throughput",
     "prepare": "bench.prepare",
+    "eval_scale": "bench.eval_scale",
 }
 
 

@@ -179,7 +179,7 @@ def main_eval_table(root: Path) -> str:
             f"| classification @50 % of the drawing | {cell(m, 'test/acc@50')} |",
             f"| classification @100 % | {cell(m, 'test/acc@100')} |",
             f"| KNN K = 3 | {cell(m, 'test/knn@3')} |",
-            f"| linear probe, trained anew ({_config(d).get('probe_epochs', '?')} epochs) | {cell(m, 'test/probe_acc')} |"]
+            f"| linear probe, trained anew ({(_config(d).get('probe') or {}).get('steps', '?')} steps) | {cell(m, 'test/probe_acc')} |"]
     if curve:
         rows += ["", "Early recognition (accuracy by share of the drawing's points):", "",
                  "| % of the drawing | " + " | ".join(f"{p:g}" for p, _ in curve) + " |",

@@ -42,7 +42,7 @@ def synthetic_runs(root: Path) -> None:
           "test/probe_acc": 0.575})
     (root / "main" / "eval" / "tsne.png").write_bytes(b"\x89PNG tsne")
     (root / "main" / "eval" / ".hydra").mkdir()
-    (root / "main" / "eval" / ".hydra" / "config.yaml").write_text("seed: 42\nprobe_epochs: 200\n")
+    (root / "main" / "eval" / ".hydra" / "config.yaml").write_text("seed: 42\nprobe:\n  steps: 300\n")
     _run(root / "choose" / "epochs30", "python train.py trainer.max_epochs=30", "train_metrics.json", train(0.7))
     _run(root / "choose" / "augment_none", "python train.py augment=none", "train_metrics.json", train(0.75))
     _run(root / "choose" / "lstm", "python train.py model=lstm", "train_metrics.json", train(0.3))
@@ -92,7 +92,7 @@ def test_rewrite_from_runs(figures, tmp_path, capsys):
     assert "| linear probe on the frozen embeddings, 30 epochs | – | 55.0 % [39.8–69.3] |" in main
     assert "`python train.py` — seed 42, n = 40 test drawings, commit `abc1234`, 1 min 15 s on 2 CPU cores" in main
     ev = section(text, "main-eval")
-    assert "| linear probe, trained anew (200 epochs) | 57.5 % [42.2–71.5] |" in ev
+    assert "| linear probe, trained anew (300 steps) | 57.5 % [42.2–71.5] |" in ev
     assert "| % of the drawing | 10 | 50 | 100 |" in ev and "| accuracy, % | 20.0 | 50.0 | 80.0 |" in ev
     assert "`python eval.py ckpt_path=/x/best.ckpt`" in ev
     ch = section(text, "choose")
@@ -161,7 +161,7 @@ def test_end_to_end_tiny(figures, tmp_path):
     root = tmp_path / "runs"
     # model=lstm has no image size or snapshots: its row gets the model-neutral overrides only
     assert figures.main(["main", "--root", str(root), "--readme", str(readme), "--extra", *TINY,
-                         "--eval-extra", "probe_epochs=5", "tsne=false", "neighbors.n_refs=0", "logger=none"]) == 0
+                         "--eval-extra", "probe.steps=5", "tsne.enabled=false", "neighbors.n_refs=0", "logger=none"]) == 0
     m = json.loads((root / "main" / "train" / "train_metrics.json").read_text())
     rec = json.loads((root / "main" / "train" / "figures_run.json").read_text())
     assert rec["commit"] == figures.git_commit() and rec["command"].startswith("python train.py model.embedding_dim=16")

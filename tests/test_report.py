@@ -139,8 +139,8 @@ def _train_dir(d: Path, model: str, seed: int, acc: float, probe: float, n: int 
     return d
 
 
-def _eval_dir(d: Path, train: Path, labels: np.ndarray, pred: np.ndarray, probe_epochs: int = 200) -> Path:
-    _hydra_dir(d, {"seed": 42, "probe_epochs": probe_epochs}, {}, [f"ckpt_path={train}/checkpoints/best.ckpt"])
+def _eval_dir(d: Path, train: Path, labels: np.ndarray, pred: np.ndarray, probe_steps: int = 300) -> Path:
+    _hydra_dir(d, {"seed": 42, "probe": {"steps": probe_steps}}, {}, [f"ckpt_path={train}/checkpoints/best.ckpt"])
     m = {"model_kind": "combined", "checkpoint": str(train / "checkpoints" / "best.ckpt"), "dataset": "study10",
          "split": "test", "n_test": len(labels), "test/acc@100": float((pred == labels).mean()),
          "test/probe_acc": 0.6}
@@ -168,7 +168,7 @@ def test_report_cli_one_row_per_trained_model(tmp_path, capsys):
     text = out.read_text()
     header = next(ln for ln in text.splitlines() if ln.startswith("| run |"))
     assert header.startswith("| run | model kind | backbone | loss | miner | seed | data | split | overrides | n |")
-    assert "probe, train-time (30 ep) (%)" in header and "probe, eval (200 ep) (%)" in header
+    assert "probe, train-time (30 ep) (%)" in header and "probe, eval (300 steps) (%)" in header
     rows = [ln for ln in text.splitlines() if ln.startswith("| eval/") or ln.startswith("| train/")]
     assert len(rows) == 3                                     # a and b merged with their evaluation
     row_a = next(r for r in rows if r.startswith("| eval/a"))
@@ -181,7 +181,7 @@ def test_report_cli_one_row_per_trained_model(tmp_path, capsys):
     assert "McNemar exact (paired, n=60, discordant 30/0)" in text  # same drawings, predictions aligned by key
     assert "▲" not in row_c and "▼" in row_c                  # 40 % vs 100 % @100: Fisher
     assert "|---|---|---|---|---|---|---|---|---|---:|" in text    # text columns left-aligned, n right
-    for word in ("eval/a", "McNemar", "test_resnet", "probe, eval (200 ep)"):
+    for word in ("eval/a", "McNemar", "test_resnet", "probe, eval (300 steps)"):
         assert word in console
     assert "86.5" in text.split(report.STUDY_COL)[1]          # the study's figures apart
 

@@ -29,6 +29,7 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
+from sketchembed.eval.confusion import pairs_markdown
 from sketchembed.eval.stats import Difference, Interval, ci_text, interval, mcnemar, split_n, two_proportions
 
 STUDY_COL = "study (full data, GPU)"
@@ -36,6 +37,7 @@ STUDY_COL = "study (full data, GPU)"
 FIGURES = [("tsne.png", "t-SNE map", "t-SNE map of the test embeddings"),
            ("neighbors.png", "Nearest neighbours", "nearest neighbours (red frame: another class)"),
            ("confusion.png", "Confusion matrix", "confusion matrix (100 % of the drawing)"),
+           ("per_class.png", "Per-class accuracy", "per-class accuracy, sorted (100 % of the drawing)"),
            ("early_recognition.png", "Early recognition", "accuracy vs share of the drawing")]
 
 # What the study reports, per model kind and metric (strings: ranges and variants stay as reported).
@@ -43,7 +45,7 @@ STUDY: dict[str, dict[str, str]] = {
     "lstm": {"acc@50": "77.7", "acc@100": "86.7"},
     "combined": {"acc@50": "77.8 (end-to-end and transferred)",
                  "acc@100": "86.5 end-to-end / 87.3 transferred + fine-tuned",
-                 "knn@3": "88.95"},
+                 "knn@3_study_tie": "88.95"},
     "triplet": {"triplet_acc": "97–99.6 (by backbone)", "probe_acc": "82–87 (by backbone)",
                 "knn@4": "86–91 (by backbone)"},
     "direct": {},
@@ -58,7 +60,9 @@ CLASSIFICATION_ROWS = [("acc@50", "classification @ 50 % of the drawing"),
 # Only in a run's own report (the comparison table keeps the study's columns).
 BALANCED_ROWS = [("balanced_acc@50", "balanced accuracy @ 50 % of the drawing"),
                  ("balanced_acc@100", "balanced accuracy @ 100 % of the drawing")]
-SPACE_ROWS = [("knn@1", "KNN K=1"), ("knn@3", "KNN K=3"), ("knn@4", "KNN K=4"), ("knn@5", "KNN K=5"),
+SPACE_ROWS = [("knn@1", "KNN K=1"), ("knn@3", "KNN K=3"),
+              ("knn@3_study_tie", "KNN K=3, study's tie rule (a tie with the true class counts)"),
+              ("knn@4", "KNN K=4"), ("knn@5", "KNN K=5"),
               ("probe_acc", "linear probe (emb → 64 → classes)"), ("triplet_acc", "triplet accuracy")]
 TABLE_COLUMNS = [k for k, _ in CLASSIFICATION_ROWS] + [k for k, _ in SPACE_ROWS]
 
@@ -167,10 +171,11 @@ def render_report(metrics: Mapping, *, baseline: Mapping | None = None,
     if isinstance(per_class, Mapping) and per_class:
         n = metrics.get("per_class_n") if isinstance(metrics.get("per_class_n"), Mapping) else {}
         lines += ["## Per-class accuracy (100 % of the drawing)", ""]
-        lines += _table(["class", "drawings", "accuracy (%)", "95 % interval"],
+        lines += _table(["class", "drawings", "accuracy (%)", "95 % interval"],  # worst first
                         [(c, n.get(c, "–"), pct(v), ci_text(interval(metrics, f"per_class_acc@100/{c}", v)))
-                         for c, v in per_class.items()])
+                         for c, v in sorted(per_class.items(), key=_acc_key)])
         lines.append("")
+    lines += pairs_markdown(metrics.get("confused_pairs") or [], len(metrics.get("classes") or per_class or ()))
     human = {k: _num(v) for k, v in metrics.items() if str(k).startswith("human/") and _num(v) is not None}
     if human:
         lines += ["## Humans", ""]
@@ -182,6 +187,11 @@ def render_report(metrics: Mapping, *, baseline: Mapping | None = None,
     for name, heading, caption in figures:
         lines += [f"## {heading}", "", f"![{caption}]({name})", ""]
     return "\n".join(lines).rstrip() + "\n"
+
+
+def _acc_key(item) -> float:
+    v = _num(item[1])
+    return math.inf if v is None else v
 
 
 def triplet_vs_direct(a: Mapping, b: Mapping) -> list[str]:
@@ -262,7 +272,7 @@ class Run:
     trained: dict | None = None     # train_metrics.json (train.py: test split, train-time probe)
     evaluated: dict | None = None   # metrics.json (eval.py)
     eval_dir: Path | None = None
-    eval_probe_epochs: int | None = None
+    eval_probe_steps: int | None = None
     _predictions: dict | None = field(default=None, repr=False)
 
     @property
@@ -397,7 +407,7 @@ def collect_runs(files: Sequence[Path], roots: Sequence[Path],
         over = " ".join(o for o in [_overrides(train_dir) if train_dir else "", _overrides(f.parent)] if o)
         runs.append(Run(label, facts, over,
                         trained=trained, evaluated=m, eval_dir=f.parent,
-                        eval_probe_epochs=eval_cfg.get("probe_epochs")))
+                        eval_probe_steps=(eval_cfg.get("probe") or {}).get("steps")))
     for d, f in trains.items():
         if d in used or f not in loaded:
             continue
@@ -411,11 +421,12 @@ def _columns(runs: Sequence[Run]) -> list[tuple[str, str]]:
     cols = []
     for c in TABLE_COLUMNS:
         if c == "probe_acc":
-            for cid, who, epochs in (("probe_train", "train-time", [r.facts.get("probe_epochs") for r in runs]),
-                                     ("probe_eval", "eval", [r.eval_probe_epochs for r in runs])):
+            for cid, who, unit, lengths in (
+                    ("probe_train", "train-time", "ep", [r.facts.get("probe_epochs") for r in runs]),
+                    ("probe_eval", "eval", "steps", [r.eval_probe_steps for r in runs])):
                 if any(r.value(cid) is not None for r in runs):
-                    ep = {e for e, r in zip(epochs, runs) if r.value(cid) is not None} - {None}
-                    cols.append((cid, f"probe, {who}" + (f" ({ep.pop()} ep)" if len(ep) == 1 else "") + " (%)"))
+                    ep = {e for e, r in zip(lengths, runs) if r.value(cid) is not None} - {None}
+                    cols.append((cid, f"probe, {who}" + (f" ({ep.pop()} {unit})" if len(ep) == 1 else "") + " (%)"))
         elif any(r.value(c) is not None for r in runs):
             cols.append((c, f"{c} (%)"))
     return cols

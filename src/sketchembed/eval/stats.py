@@ -33,7 +33,7 @@ CONFIDENCE = 0.95
 ALPHA = 1 - CONFIDENCE
 METHOD = "wilson"
 # Keys (after an optional ``best/`` and the split) whose values are accuracies in [0, 1].
-_ACCURACY = re.compile(r"^(?:best/)?(?P<split>[a-z_]+)/(?P<name>(?:balanced_)?acc@[\d.]+|knn@\d+|probe_acc"
+_ACCURACY = re.compile(r"^(?:best/)?(?P<split>[a-z_]+)/(?P<name>(?:balanced_)?acc@[\d.]+|knn@\d+(?:_study_tie)?|probe_acc"
                        r"|triplet_acc(?:@[\d.]+)?)$")
 APPROXIMATE = ("balanced_acc", "triplet_acc")
 
@@ -112,10 +112,11 @@ def split_n(metrics: Mapping, split: str) -> int | None:
     return None
 
 
-def with_intervals(metrics: Mapping) -> dict:
+def with_intervals(metrics: Mapping, n_overrides: Mapping[str, int] | None = None) -> dict:
     """``metrics`` plus ``intervals``: ``{key: {"n", "ci95": [low, high], "method"[, "approximate"]}}``
-    for every accuracy key whose split's n is known (``SPLIT/n`` or ``n_SPLIT``), and for
-    ``per_class_acc@100`` (key ``per_class_acc@100/CLASS``, n from ``per_class_n``)."""
+    for every accuracy key whose split's n is known (``SPLIT/n`` or ``n_SPLIT``; ``n_overrides[key]``
+    for figures measured on a sample of the split), and for ``per_class_acc@100`` (key
+    ``per_class_acc@100/CLASS``, n from ``per_class_n``)."""
     out = dict(metrics)
     intervals: dict[str, dict] = {}
     for key, v in metrics.items():
@@ -123,7 +124,7 @@ def with_intervals(metrics: Mapping) -> dict:
         value = _finite(v)
         if m is None or value is None:
             continue
-        n = split_n(metrics, m["split"])
+        n = (n_overrides or {}).get(key, split_n(metrics, m["split"]))
         if n is None:
             continue
         intervals[key] = Interval.of(value, n, approximate=m["name"].startswith(APPROXIMATE)).as_dict()
