@@ -18,6 +18,7 @@ SECTIONS = {
     "train": "bench.train_throughput",
     "prepare": "bench.prepare",
     "eval_scale": "bench.eval_scale",
+    "studio": "bench.studio",
 }
 
 

@@ -12,10 +12,6 @@ import json
 import math
 import os
 import re
-import shutil
-import socket
-import threading
-import time
 from itertools import islice
 from pathlib import Path
 
@@ -25,7 +21,6 @@ import pytest
 from conftest import real_points
 
 STUDY10 = ["apple", "pear", "blackberry", "grapes", "banana", "bus", "van", "truck", "airplane", "helicopter"]
-CHROMIUM = os.environ.get("SKETCHEMBED_CHROMIUM", "/usr/bin/chromium")
 
 
 def _train_tiny(kind: str, out: Path) -> Path:
@@ -334,76 +329,51 @@ def test_serve_refuses_an_index_of_another_model(ckpts, studio, tmp_path, capsys
 
 
 # ------------------------------------------------------------------------------------ the browser
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def live_server(studio):
-    import uvicorn
-
     from sketchembed.studio import create_app
+    from sketchembed.studio.live import serve_in_thread
 
-    port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(studio), host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.time() + 20
-    while not server.started:
-        if time.time() > deadline or not thread.is_alive():
-            pytest.fail("the studio server did not start")
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(10)
+    with serve_in_thread(create_app(studio)) as url:
+        yield url
 
 
-def _browser():
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        pytest.skip("browser test: Python package 'playwright' is missing (pip install playwright)")
-    if not (Path(CHROMIUM).is_file() or shutil.which(CHROMIUM)):
-        pytest.skip(f"browser test: Chromium not found at {CHROMIUM} (apt-get install -y chromium, "
-                    f"or set SKETCHEMBED_CHROMIUM)")
-    return sync_playwright
+def test_bench_measures_latency_and_throughput(live_server):
+    from bench.studio import measure, stroke_prefixes
 
-
-def _stroke(page, box, pts):
-    x0, y0 = box["x"], box["y"]
-    page.mouse.move(x0 + pts[0][0] * box["width"], y0 + pts[0][1] * box["height"])
-    page.mouse.down()
-    for (ax, ay), (bx, by) in zip(pts, pts[1:]):
-        for t in np.linspace(0, 1, 8)[1:]:
-            page.mouse.move(x0 + (ax + (bx - ax) * t) * box["width"], y0 + (ay + (by - ay) * t) * box["height"])
-    page.mouse.up()
+    bodies = stroke_prefixes(2)
+    assert len(bodies) >= 2 and all(b["format"] == "simplified" for b in bodies)
+    assert [len(b["drawing"]) for b in bodies][:2] == [1, 2]  # cut after each stroke
+    res = measure(live_server, bodies, latency_requests=6, throughput_requests=12, clients=4, warmup=1)
+    assert 0 < res["p50_ms"] <= res["p95_ms"] and res["requests_per_s"] > 0 and res["throughput_requests"] == 12
 
 
 def test_page_in_a_real_browser_guesses_after_every_stroke(live_server, tmp_path):
-    sync_playwright = _browser()
+    from sketchembed.studio.live import browser_missing, draw_stroke, launch, wait_predictions
+
+    why = browser_missing()
+    if why:
+        pytest.skip(f"browser test: {why}")
+    from playwright.sync_api import sync_playwright
+
     shot = Path(os.environ.get("SKETCHEMBED_STUDIO_SCREENSHOT", tmp_path / "studio.png"))
     with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=[
-            "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-            "--disable-component-update", "--disable-sync", "--no-first-run"])
+        browser = launch(pw)
         try:
             page = browser.new_page(viewport={"width": 1200, "height": 820})
             errors = []
             page.on("pageerror", lambda e: errors.append(str(e)))
             page.goto(live_server + "/")
             page.wait_for_function("document.getElementById('model-info').textContent.includes('combined')")
-            box = page.locator("#canvas").bounding_box()
-            # a bus: the body, then wheels
-            _stroke(page, box, [(0.15, 0.35), (0.85, 0.35), (0.85, 0.7), (0.15, 0.7), (0.15, 0.35)])
-            page.wait_for_selector("body[data-predictions='1']", timeout=20000)
+            # a bus: the body, then a wheel
+            draw_stroke(page, [(0.15, 0.35), (0.85, 0.35), (0.85, 0.7), (0.15, 0.7), (0.15, 0.35)])
+            wait_predictions(page, 1)
             guesses1 = page.locator("#guesses li").all_inner_texts()
             neighbours1 = page.locator("#neighbours .card").all_inner_texts()
             assert len(guesses1) == 5 and all(re.search(r"\d+(\.\d)? %", g) for g in guesses1), guesses1
             assert len(neighbours1) == 8 and page.locator("#neighbours .card svg polyline").count() >= 8
-            _stroke(page, box, [(0.3, 0.75), (0.35, 0.8), (0.3, 0.85), (0.25, 0.8), (0.3, 0.75)])
-            page.wait_for_selector("body[data-predictions='2']", timeout=20000)
+            draw_stroke(page, [(0.3, 0.75), (0.35, 0.8), (0.3, 0.85), (0.25, 0.8), (0.3, 0.75)])
+            wait_predictions(page, 2)
             guesses2 = page.locator("#guesses li").all_inner_texts()
             neighbours2 = page.locator("#neighbours .card").all_inner_texts()
             assert len(guesses2) == 5 and len(neighbours2) == 8
@@ -411,9 +381,9 @@ def test_page_in_a_real_browser_guesses_after_every_stroke(live_server, tmp_path
             assert "2 strokes" in page.locator("#by").inner_text()
             shot.parent.mkdir(parents=True, exist_ok=True)
             page.screenshot(path=str(shot), full_page=True)
-            # undo goes back to one stroke's answer
+            # undo goes back to the first stroke's answer
             page.click("#undo")
-            page.wait_for_selector("body[data-predictions='3']", timeout=20000)
+            wait_predictions(page, 3)
             assert page.locator("#guesses li").all_inner_texts() == guesses1
             assert not errors, errors
         finally:

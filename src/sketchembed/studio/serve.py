@@ -22,9 +22,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--device", default="cpu", help="cpu, auto, cuda, …")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch CPU threads (default 1: one sketch is too small to gain from more, and "
+                             "more threads on a busy machine make each request many times slower)")
 
 
 def run(args) -> int:
+    import torch
     import uvicorn
 
     from sketchembed.studio.app import create_app
@@ -34,6 +38,9 @@ def run(args) -> int:
         raise ValueError(f"--port must be in 0..65535, got {args.port}")
     if args.index_max < 1:
         raise ValueError(f"--index-max must be >= 1, got {args.index_max}")
+    if args.threads < 1:
+        raise ValueError(f"--threads must be >= 1, got {args.threads}")
+    torch.set_num_threads(args.threads)
     studio = Studio.open(args.ckpt, index_dir=args.index, data=args.data, index_max=args.index_max,
                          results_dir=args.results, device=args.device)
     print(f"sketch studio ({studio.model_kind}, {len(studio.classes)} classes, index of {len(studio.index)}) on "

@@ -22,12 +22,12 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from sketchembed.eval.run import KNN_CLASSIFIER_K
 from sketchembed.studio.drawing import BadInput, strokes_json
 
 TOP_CLASSES = 5
 DEFAULT_K = 8
 MAX_K = 50
-VOTE_K = 10            # neighbours whose classes give an embedding-only model's class shares
 MAX_SESSIONS = 32      # human-test sessions kept in memory (oldest dropped)
 MAX_HUMAN_ITEMS = 200
 FALLBACK_DATA = "study10"
@@ -60,7 +60,7 @@ class Studio:
     """A loaded model, the index its suggestions come from, and the drawings of its dataset."""
 
     def __init__(self, model, settings: dict, index, *, ckpt_path: str = "", data=None,
-                 results_dir: Path | str = "outputs/studio", vote_k: int = VOTE_K):
+                 results_dir: Path | str = "outputs/studio", vote_k: int = KNN_CLASSIFIER_K):
         from sketchembed.data.raster import Rasterizer
         from sketchembed.eval.embed import model_views
 
@@ -70,7 +70,7 @@ class Studio:
         self.data = data
         self.ckpt_path = str(ckpt_path)
         self.results_dir = Path(results_dir)
-        self.vote_k = int(vote_k)
+        self.vote_k = int(vote_k)  # embedding-only models: classes by KNN, with eval's K
         self.model_kind = str(getattr(model, "MODEL_KIND", "") or model.hparams.get("model_kind", "?"))
         needs_raster = any(v in ("image", "snapshots") for v in model_views(model))
         self.rasterizer = (Rasterizer(settings["image_size"], settings["line_width"], settings["padding"])
@@ -135,7 +135,7 @@ class Studio:
                                              max_snapshots=self.settings.get("max_snapshots"), device=self.device)
         return emb, logits
 
-    def _classes_of(self, emb: np.ndarray, logits, nb_idx: np.ndarray) -> list[tuple[str, float, float]]:
+    def _classes_of(self, logits, nb_idx: np.ndarray) -> list[tuple[str, float, float]]:
         """``(name, p, score)`` for each class of one drawing, best first."""
         if logits is not None:
             p = _softmax(logits.astype(np.float64))
@@ -152,7 +152,7 @@ class Studio:
         emb, logits = self._embed([points])
         idx, dist = self.index.query(emb, max(k, 0 if self.has_classifier else self.vote_k))
         idx, dist = idx[0], dist[0]
-        ranked = self._classes_of(emb[0], None if logits is None else logits[0], idx)
+        ranked = self._classes_of(None if logits is None else logits[0], idx)
         neighbours = [{"class": self.index.classes[int(self.index.labels[i])], "distance": float(d),
                        "key_id": str(int(self.index.key_ids[i])), "drawing": strokes_json(self.index.drawing(int(i)))}
                       for i, d in zip(idx[:k], dist[:k])]
@@ -166,7 +166,7 @@ class Studio:
         if logits is not None:
             return [self.classes[int(i)] for i in logits.argmax(1)]
         idx, _ = self.index.query(emb, self.vote_k)
-        return [self._classes_of(e, None, row)[0][0] for e, row in zip(emb, idx)]
+        return [self._classes_of(None, row)[0][0] for row in idx]
 
     # ---- dataset drawings -----------------------------------------------------------------------
     def _require_data(self):
