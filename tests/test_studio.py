@@ -386,6 +386,23 @@ def test_page_in_a_real_browser_guesses_after_every_stroke(live_server, tmp_path
             page.click("#undo")
             wait_predictions(page, 3)
             assert page.locator("#guesses li").all_inner_texts() == guesses1
+            # replay a test drawing: one step per stroke, the guess after each
+            page.click("#replay-test")
+            page.wait_for_function("document.getElementById('status').textContent.startsWith('replayed')",
+                                   timeout=60000)
+            steps = page.locator("#steps li").all_inner_texts()
+            assert steps and all(re.match(rf"after stroke {i}: \w", t) for i, t in enumerate(steps, start=1))
+            assert page.locator("#curve circle").count() == len(steps)
+            # the human test: two drawings, one answered, one skipped; the result table
+            page.click("#tab-human")
+            page.fill("#human-n", "2")
+            page.click("#human-start")
+            page.locator("#human-classes button").first.click()
+            page.click("#human-skip")
+            page.wait_for_selector("#human-result:not([hidden])")
+            rows = page.locator("#human-rows tr").all_inner_texts()
+            assert len(rows) == 1 and re.search(r"%\s+1\s+(0|100) %\s+(0|100) %", rows[0]), rows
+            assert Path(page.locator("#human-saved").inner_text()).is_file()
             assert not errors, errors
         finally:
             browser.close()

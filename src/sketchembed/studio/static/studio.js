@@ -36,13 +36,17 @@ function status(text, isError) {
 function pct(p) { return `${(100 * p).toFixed(p >= 0.995 || p < 0.001 ? 0 : 1)} %`; }
 
 function sketchSvg(drawing) {
-  // drawing: [[[x...], [y...]], ...] on 0-255
+  // drawing: [[[x...], [y...]], ...] on 0-255, shown centred in a square
+  const xs = drawing.flatMap((s) => s[0]), ys = drawing.flatMap((s) => s[1]);
+  const [x0, x1, y0, y1] = [Math.min(...xs), Math.max(...xs), Math.min(...ys), Math.max(...ys)];
+  const size = Math.max(x1 - x0, y1 - y0, 1), pad = size * 0.06;
   const svg = document.createElementNS(SVGNS, "svg");
-  svg.setAttribute("viewBox", "-10 -10 275 275");
+  svg.setAttribute("viewBox", `${(x0 + x1 - size) / 2 - pad} ${(y0 + y1 - size) / 2 - pad} ${size + 2 * pad} ${size + 2 * pad}`);
   svg.setAttribute("class", "sketch");
-  for (const [xs, ys] of drawing) {
+  for (const [sx, sy] of drawing) {
     const pl = document.createElementNS(SVGNS, "polyline");
-    pl.setAttribute("points", xs.map((x, i) => `${x},${ys[i]}`).join(" "));
+    pl.setAttribute("points", sx.map((x, i) => `${x},${sy[i]}`).join(" "));
+    pl.setAttribute("stroke-width", (size / 60).toFixed(2));
     svg.appendChild(pl);
   }
   return svg;
