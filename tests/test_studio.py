@@ -12,6 +12,7 @@ import json
 import math
 import os
 import re
+import socket
 from itertools import islice
 from pathlib import Path
 
@@ -320,10 +321,26 @@ def test_serve_refuses_a_bad_checkpoint_in_one_line(tmp_path, capsys):
     assert err.startswith("error:") and "junk.ckpt" in err and "\n" not in err
 
 
-def test_serve_refuses_an_index_of_another_model(ckpts, studio, tmp_path, capsys):
+def test_serve_refuses_a_taken_port_before_loading_anything(tmp_path, capsys):
     from sketchembed.cli import main
+    from sketchembed.studio.live import free_port
+
+    port = free_port()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", port))
+        s.listen()
+        assert main(["serve", "--ckpt", str(tmp_path / "never-read.ckpt"), "--port", str(port)]) == 2
+    err = capsys.readouterr().err
+    assert f"--port {port}: cannot listen there" in err and err.count("\n") == 1
+
+
+def test_serve_uses_a_saved_index_of_its_own_model_only(ckpts, studio, tmp_path, capsys):
+    from sketchembed.cli import main
+    from sketchembed.studio import Studio
 
     studio.index.save(tmp_path / "index")
+    same = Studio.open(ckpts["combined"], index_dir=tmp_path / "index", log=lambda m: None)
+    assert len(same.index) == len(studio.index) and same.index.ckpt_sha256 == studio.index.ckpt_sha256
     assert main(["serve", "--ckpt", str(ckpts["triplet"]), "--index", str(tmp_path / "index")]) == 2
     assert "index was built with checkpoint" in capsys.readouterr().err
 

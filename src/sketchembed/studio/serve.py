@@ -7,6 +7,7 @@ the machine (``--host 0.0.0.0`` shares it on the network, knowingly).
 from __future__ import annotations
 
 import argparse
+import socket
 import sys
 
 
@@ -27,6 +28,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "more threads on a busy machine make each request many times slower)")
 
 
+def check_listen(host: str, port: int) -> None:
+    """One line naming ``--host``/``--port`` when the server could not listen there."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as e:
+        raise ValueError(f"--host {host}: not an address of this machine ({e.strerror})") from None
+    family, _, _, _, addr = infos[0]
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does
+        try:
+            s.bind(addr)
+        except OSError as e:
+            raise ValueError(f"--host {host} --port {port}: cannot listen there ({e.strerror})") from None
+
+
 def run(args) -> int:
     import torch
     import uvicorn
@@ -41,6 +57,7 @@ def run(args) -> int:
     if args.threads < 1:
         raise ValueError(f"--threads must be >= 1, got {args.threads}")
     torch.set_num_threads(args.threads)
+    check_listen(args.host, args.port)  # before the model loads: a taken port fails at once
     studio = Studio.open(args.ckpt, index_dir=args.index, data=args.data, index_max=args.index_max,
                          results_dir=args.results, device=args.device)
     print(f"sketch studio ({studio.model_kind}, {len(studio.classes)} classes, index of {len(studio.index)}) on "
