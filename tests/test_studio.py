@@ -341,6 +341,8 @@ def test_serve_uses_a_saved_index_of_its_own_model_only(ckpts, studio, tmp_path,
     studio.index.save(tmp_path / "index")
     same = Studio.open(ckpts["combined"], index_dir=tmp_path / "index", log=lambda m: None)
     assert len(same.index) == len(studio.index) and same.index.ckpt_sha256 == studio.index.ckpt_sha256
+    capped = Studio.open(ckpts["combined"], index_max=30, progress=False, log=lambda m: None)
+    assert len(capped.index) == 30 and len(set(capped.index.labels.tolist())) >= 8  # a random subset, not the first rows
     assert main(["serve", "--ckpt", str(ckpts["triplet"]), "--index", str(tmp_path / "index")]) == 2
     assert "index was built with checkpoint" in capsys.readouterr().err
 

@@ -115,11 +115,11 @@ class Studio:
             log(f"index: {len(index)} drawings from {index_dir}")
         else:
             dm = datamodule_for(ckpt_path, root, views=model.views, ckpt=ckpt)
-            n = len(dm.rows("train")) if index_max is None else min(index_max, len(dm.rows("train")))
-            log(f"building an index of {n} training drawings of {dm.split_store('train').root} "
+            dm.max_train = index_max  # a seeded random subset: the first rows are sorted by class
+            log(f"building an index of {len(dm.rows('train'))} training drawings of {dm.split_store('train').root} "
                 f"(`sketchembed index build` once and --index DIR skips this)")
             index = build_index(model, dm, "train", ckpt_path=str(Path(ckpt_path).resolve()), ckpt_sha256=sha,
-                                device=dev, max_items=index_max, show_progress=progress)
+                                device=dev, show_progress=progress)
         if index.points is None:
             raise ValueError(f"{index_dir}: index built with --no-drawings: the studio needs the drawings to show them")
         return cls(model, settings, index, ckpt_path=str(ckpt_path), data=PreparedDataset(root),
