@@ -107,15 +107,13 @@ def test_predict_is_the_models_answer_and_the_cli_suggestion(client, studio, sha
     """Classes = softmax of the model's logits; neighbours = what `sketchembed suggest` finds."""
     import torch
 
-    from sketchembed.eval.embed import embed_points
-    from sketchembed.eval.suggest import suggest
+    from sketchembed.eval.suggest import embed_sketches, suggest
 
     pts = real_points(shared_quickdraw, ["bus"], 1)[0].astype(np.int16)
     r = client.post("/api/predict", json={"drawing": strokes_of(pts), "k": 6})
     assert r.status_code == 200, r.text
     res = r.json()
-    _, logits, _, _ = embed_points(studio.model, [pts], seq_std=studio.settings["seq_std"],
-                                   rasterizer=studio.rasterizer, max_snapshots=studio.settings["max_snapshots"])
+    _, logits, _, _ = embed_sketches(studio.model, [pts], studio.settings)
     p = torch.softmax(torch.from_numpy(logits[0]).double(), 0).numpy()
     order = np.argsort(-p)[:5]
     assert [c["name"] for c in res["classes"]] == [STUDY10[i] for i in order]
@@ -254,6 +252,8 @@ def test_human_test_scores_you_beside_the_model_and_saves_json(client, studio):
         assert row["n"] == len(mine)
         assert row["human"] == pytest.approx(np.mean([h for h, _ in mine]))
         assert row["model"] == pytest.approx(np.mean([m for _, m in mine]))
+        lo, hi = row["human_ci95"]
+        assert 0 <= lo <= row["human"] <= hi <= 1 and hi - lo > 0.2  # 3 drawings: a wide interval
     saved = json.loads(Path(res["saved"]).read_text())
     assert saved["skipped"] == 1 and len(saved["answers"]) == 5 and saved["seed"] == 4
     assert {"human/acc@50", "human/acc@100", "model/acc@50", "model/acc@100"} <= set(saved)
@@ -420,8 +420,9 @@ def test_page_in_a_real_browser_guesses_after_every_stroke(live_server, tmp_path
             page.click("#human-skip")
             page.wait_for_selector("#human-result:not([hidden])")
             rows = page.locator("#human-rows tr").all_inner_texts()
-            assert len(rows) == 1 and re.search(r"%\s+1\s+(0|100) %\s+(0|100) %", rows[0]), rows
+            assert len(rows) == 1 and re.search(r"%\s+1\s+(0|100) % \(\d+–\d+ %\)\s+(0|100) % \(", rows[0]), rows
             assert Path(page.locator("#human-saved").inner_text()).is_file()
+            assert page.locator("#human-study").inner_text().startswith("84")
             assert not errors, errors
         finally:
             browser.close()

@@ -22,7 +22,9 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from sketchembed.eval.report import STUDY
 from sketchembed.eval.run import KNN_CLASSIFIER_K
+from sketchembed.eval.stats import wilson
 from sketchembed.studio.drawing import BadInput, strokes_json
 
 TOP_CLASSES = 5
@@ -61,8 +63,7 @@ class Studio:
 
     def __init__(self, model, settings: dict, index, *, ckpt_path: str = "", data=None,
                  results_dir: Path | str = "outputs/studio", vote_k: int = KNN_CLASSIFIER_K):
-        from sketchembed.data.raster import Rasterizer
-        from sketchembed.eval.embed import model_views
+        from sketchembed.eval.suggest import rasterizer_for
 
         self.model = model
         self.settings = settings
@@ -72,9 +73,7 @@ class Studio:
         self.results_dir = Path(results_dir)
         self.vote_k = int(vote_k)  # embedding-only models: classes by KNN, with eval's K
         self.model_kind = str(getattr(model, "MODEL_KIND", "") or model.hparams.get("model_kind", "?"))
-        needs_raster = any(v in ("image", "snapshots") for v in model_views(model))
-        self.rasterizer = (Rasterizer(settings["image_size"], settings["line_width"], settings["padding"])
-                           if needs_raster else None)
+        self.rasterizer = rasterizer_for(settings)
         self._lock = threading.Lock()  # one forward pass at a time: no thread oversubscription on CPUs
         self._sessions: OrderedDict[str, HumanSession] = OrderedDict()
         self.device = next(model.parameters()).device
@@ -127,12 +126,11 @@ class Studio:
 
     # ---- guesses and suggestions ----------------------------------------------------------------
     def _embed(self, drawings: Sequence[np.ndarray]):
-        from sketchembed.eval.embed import embed_points
+        from sketchembed.eval.suggest import embed_sketches
 
         with self._lock:
-            emb, logits, _, _ = embed_points(self.model, drawings, seq_std=self.settings["seq_std"],
-                                             rasterizer=self.rasterizer,
-                                             max_snapshots=self.settings.get("max_snapshots"), device=self.device)
+            emb, logits, _, _ = embed_sketches(self.model, drawings, self.settings, rasterizer=self.rasterizer,
+                                               device=self.device)
         return emb, logits
 
     def _classes_of(self, logits, nb_idx: np.ndarray) -> list[tuple[str, float, float]]:
@@ -227,7 +225,9 @@ class Studio:
             human.add(it, classes.index(a))
             model.add(it, classes.index(g) if g in classes else -1)
         rows = [{"fraction": f, "n": human.shown[f], "human": human.correct[f] / human.shown[f],
-                 "model": model.correct[f] / model.shown[f]} for f in sorted(human.shown)]
+                 "human_ci95": list(wilson(human.correct[f], human.shown[f])),
+                 "model": model.correct[f] / model.shown[f],
+                 "model_ci95": list(wilson(model.correct[f], model.shown[f]))} for f in sorted(human.shown)]
         records = [{**rec, "label_name": classes[it.label], "guess_name": a, "model_guess_name": g}
                    for rec, (it, a, g) in zip(human.answers, answered)]
         out = {**human.metrics(), **{k.replace("human/", "model/"): v for k, v in model.metrics().items()},
@@ -237,7 +237,7 @@ class Studio:
         self.results_dir.mkdir(parents=True, exist_ok=True)
         path = self.results_dir / f"human-{time.strftime('%Y%m%d-%H%M%S')}-{session}.json"
         path.write_text(json.dumps(out, indent=2))
-        return {"rows": rows, "saved": str(path)}
+        return {"rows": rows, "saved": str(path), "study_human": STUDY["human"]["acc"]}
 
     def health(self) -> dict:
         return {"status": "ok", "model_kind": self.model_kind, "classes": list(self.classes),

@@ -297,13 +297,16 @@ async function answer(name) {
     body.replaceChildren();
     for (const r of res.rows) {
       const tr = document.createElement("tr");
-      for (const v of [`${Math.round(r.fraction * 100)} %`, r.n, pct(r.human), pct(r.model)]) {
+      const ci = ([lo, hi]) => `${Math.round(100 * lo)}–${Math.round(100 * hi)} %`;
+      for (const v of [`${Math.round(r.fraction * 100)} %`, r.n, `${pct(r.human)} (${ci(r.human_ci95)})`,
+                       `${pct(r.model)} (${ci(r.model_ci95)})`]) {
         const td = document.createElement("td"); td.textContent = v; tr.appendChild(td);
       }
       body.appendChild(tr);
     }
     if (!res.rows.length) body.innerHTML = "<tr><td colspan=4>no answers given</td></tr>";
     $("human-saved").textContent = res.saved;
+    $("human-study").textContent = res.study_human;
     $("human-play").hidden = true;
     $("human-result").hidden = false;
   } catch (err) { alert(err.message); }
