@@ -51,15 +51,17 @@ def make_checkpoint(out: Path, tiny: bool = False) -> Path:
 def stroke_prefixes(n_drawings: int, data: str = "study10") -> list[dict]:
     """``/api/predict`` bodies: the first ``n_drawings`` test drawings, each cut after every stroke."""
     from sketchembed.data.datamodule import resolve_root
-    from sketchembed.data.sketch import points_to_strokes
+    from sketchembed.data.sketch import check_strokes, points_to_strokes
     from sketchembed.data.store import PreparedDataset
 
     ds = PreparedDataset(resolve_root(data))
     bodies = []
     for row in ds.indices("test")[:n_drawings]:
-        strokes = [[s[:, 0].astype(int).tolist(), s[:, 1].astype(int).tolist()]
-                   for s in points_to_strokes(np.asarray(ds.points(int(row))))]
-        bodies += [{"drawing": strokes[:i], "format": "simplified"} for i in range(1, len(strokes) + 1)]
+        strokes = points_to_strokes(np.asarray(ds.points(int(row))))
+        as_json = [[s[:, 0].astype(int).tolist(), s[:, 1].astype(int).tolist()] for s in strokes]
+        # prefixes the studio refuses as the readers do (a first stroke that is a lone dot) are left out
+        bodies += [{"drawing": as_json[:i], "format": "simplified"} for i in range(1, len(strokes) + 1)
+                   if check_strokes(strokes[:i]) is None]
     return bodies
 
 

@@ -87,12 +87,11 @@ def to_points(drawing, fmt: str = "auto") -> np.ndarray:
     strokes = parse_strokes(drawing)
     if fmt == "auto":
         fmt = "simplified" if is_simplified(strokes) else "raw"
-    if fmt == "simplified":
-        why = check_strokes(strokes, coord_max=CANVAS_MAX)
-        if why:
-            raise BadInput(f"simplified drawing: {why}")
-    else:
-        strokes = simplify_strokes(strokes)
+    if fmt == "raw":
+        strokes = simplify_strokes(strokes)  # a one-point stroke (a tap) becomes a dot of two points
+    why = check_strokes(strokes, coord_max=CANVAS_MAX)  # the readers' rule: e.g. a lone dot is refused
+    if why:
+        raise BadInput(f"{fmt} drawing: {why}")
     return strokes_to_points(strokes)
 
 
