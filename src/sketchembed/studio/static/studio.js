@@ -164,7 +164,9 @@ async function guessNow() {
     renderGuesses(res);
     status(`${strokes.length} stroke${strokes.length > 1 ? "s" : ""}: ${res.classes[0].name}?`);
   } catch (err) {
-    if (seq === requestSeq) status(err.message, true);
+    if (seq !== requestSeq) return;
+    if (err.message.includes("all points in one place")) status("a single dot: keep drawing", false);
+    else status(err.message, true);
   }
 }
 
