@@ -568,4 +568,6 @@ def test_default_run_dir_is_under_outputs(tmp_path):
     run_dir = Path(HydraConfig.get().run.dir)
     assert run_dir.parent == REPO / "outputs" / "train" / "runs"
     assert cfg.callbacks.model_checkpoint.dirpath == f"{HydraConfig.get().runtime.output_dir}/checkpoints"
-    assert cfg.callbacks.model_checkpoint.save_last is True and cfg.callbacks.model_checkpoint.save_top_k == 1
+    assert cfg.callbacks.model_checkpoint.save_top_k == 1
+    # last.ckpt (the latest state, every epoch) comes from its own callback (tests/test_resume.py)
+    assert cfg.callbacks.last_checkpoint.dirpath == cfg.callbacks.model_checkpoint.dirpath
