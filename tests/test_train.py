@@ -24,6 +24,8 @@ import torch
 import yaml
 from omegaconf import OmegaConf, open_dict
 
+from sketchembed.safeload import safe_load
+
 REPO = Path(__file__).resolve().parents[1]
 CONF = REPO / "conf"
 EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
@@ -103,7 +105,7 @@ def run_cli(args: list[str], *, timeout: int = 600, env: dict | None = None) -> 
 
 
 def load_ckpt(path: Path) -> dict:
-    return torch.load(path, map_location="cpu", weights_only=False)
+    return safe_load(path)
 
 
 def read_csv_metrics(run_dir: Path) -> list[dict[str, str]]:

@@ -29,8 +29,8 @@ def safe_load(path, map_location="cpu") -> Any:
 
     A pickle may name any importable callable (``os.system``); ``weights_only=True`` refuses all but
     tensors and plain containers, and our checkpoints hold nothing else. There is no fallback: a
-    refusal is an :class:`UnsafeCheckpointError` naming the file, a file torch cannot read at all a
-    ``ValueError``.
+    pickle naming code is an :class:`UnsafeCheckpointError` naming the file, any other file the safe
+    loader cannot read a ``ValueError`` naming it.
     """
     path = Path(path)
     if not path.is_file():
@@ -40,14 +40,15 @@ def safe_load(path, map_location="cpu") -> Any:
             warnings.filterwarnings("ignore", message="Detected pickle protocol")
             return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
-        if "weights only load failed" in str(e).lower():
-            found = _GLOBAL.search(str(e))
-            what = f"it would import {found.group(1)}" if found else "it holds more than tensors and plain data"
-            raise UnsafeCheckpointError(f"{path}: refused to load this checkpoint: {what} (a pickle that "
-                                        "runs code; sketchembed checkpoints hold only tensors and plain data)"
-                                        ) from None
-        raise ValueError(f"{path}: not a sketchembed checkpoint (cannot be read by torch.load: "
-                         f"{e.__class__.__name__})") from None
+        found = _GLOBAL.search(str(e))
+        if found:  # the pickle names an importable object: code, refused before it is looked up
+            raise UnsafeCheckpointError(f"{path}: refused to load this checkpoint: it would import "
+                                        f"{found.group(1)} (a pickle that runs code; sketchembed checkpoints "
+                                        "hold only tensors and plain data)") from None
+        reason = next((ln.strip() for ln in str(e).splitlines() if ln.strip().startswith("Unsupported")),
+                      e.__class__.__name__)
+        raise ValueError(f"{path}: not a sketchembed checkpoint (torch's safe loader cannot read it: "
+                         f"{reason})") from None
     except Exception as e:  # not a torch file at all (zip/pickle errors of many types)
         raise ValueError(f"{path}: not a sketchembed checkpoint (cannot be read by torch.load: "
                          f"{e.__class__.__name__})") from None
