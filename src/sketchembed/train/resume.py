@@ -4,8 +4,9 @@ A run dir holds everything a continuation needs: the overrides it was started wi
 (``.hydra/overrides.yaml``), its latest state (``checkpoints/last.ckpt``, written every epoch) and its
 wandb run (``wandb/*run-<date>-<id>``). :func:`resume_argv` turns ``resume=DIR`` into that run's
 overrides plus the new ones (which win), the same run dir and ``ckpt_path=DIR/checkpoints/last.ckpt``;
-Hydra then composes the config as for the first start. :class:`EpochSeed` makes every epoch's
-randomness depend on ``(seed, epoch)`` only, so a resumed run draws what the uninterrupted one would.
+Hydra then composes the config as for the first start. :class:`StepSeed` makes every training step's
+randomness depend on ``(seed, rank, epoch, batch)`` only, so a resumed run draws what the
+uninterrupted one would.
 """
 
 from __future__ import annotations
@@ -137,19 +138,21 @@ def check_checkpoint_fits(path, model, model_name: str) -> dict:
     return ckpt
 
 
-class EpochSeed(Callback):
-    """Reseed python, numpy and torch at each training epoch's start from ``(seed, epoch)``.
+class StepSeed(Callback):
+    """Reseed python, numpy and torch before each training batch from ``(seed, rank, epoch, batch)``.
 
     Lightning restores weights, optimizer, scheduler and loops on resume, not the global RNGs, and
-    the sanity check and dataloader iterators draw from them: without this a resumed run's random
-    miner and dropout would draw other numbers than the uninterrupted run.
+    the sanity check and dataloader iterators draw from them (and a resumed epoch gets no
+    ``on_train_epoch_start``): without this a resumed run's random miner and dropout would draw other
+    numbers than the uninterrupted run. Per batch, so a resume from a mid-epoch checkpoint is exact too.
     """
 
     def __init__(self, seed: int):
         self.seed = int(seed)
 
-    def on_train_epoch_start(self, trainer, pl_module) -> None:
-        s = int(np.random.SeedSequence([self.seed, int(trainer.current_epoch)]).generate_state(1)[0])
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        key = [self.seed, int(trainer.global_rank), int(trainer.current_epoch), int(batch_idx)]
+        s = int(np.random.SeedSequence(key).generate_state(1)[0])
         random.seed(s)
         np.random.seed(s)
         torch.manual_seed(s)  # all devices
