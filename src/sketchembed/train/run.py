@@ -9,11 +9,13 @@ import json
 import logging
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from sketchembed.train.ranks import RankFailureReport, report_other_rank
 from sketchembed.train.resume import check_checkpoint_fits, continue_wandb_run, resume_argv
 from sketchembed.train.validate import ConfigError, check_config
 
@@ -183,6 +185,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if monitor == "auto":
         monitor = model_cls.MONITOR
     callbacks = _callbacks(cfg, monitor, getattr(loss, "kind", None))
+    callbacks.append(RankFailureReport(cfg.paths.output_dir))  # DDP: the failing rank's own error
     continue_wandb_run(cfg)
     loggers = _loggers(cfg)
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
@@ -283,11 +286,13 @@ def hydra_entry(config_name: str, fn):
 
         from sketchembed.data.sketch import DataFormatError
 
+        started = time.time()
         try:
             result = fn(cfg)
             return optimized_value(cfg, result)
         except Exception as e:
             inner = _unwrap(e)
+            report_other_rank(inner, started)  # DDP: exits with the failing rank's line
             if isinstance(inner, (ConfigError, DataFormatError, FileNotFoundError, ValueError,
                                   MisconfigurationException)):
                 msg = " ".join(str(inner).split())  # one line
