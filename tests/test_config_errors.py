@@ -25,6 +25,9 @@ BAD = {
     "+callbacks.model_checkpoint.nope=1": "callbacks.model_checkpoint.nope",
     "callbacks.embedding_eval.ks=[a]": "callbacks.embedding_eval.ks",
     "loss=hinge model=triplet loss.margin=wide": "loss.margin='wide'",
+    "model=triplet miner.margin=wide": "miner.margin='wide'",  # a parameter of the miner's base class
+    "model=triplet +miner.foo=1": "miner.foo: SemiHardMiner has no parameter 'foo'",
+    "+trainer.foo=1": "trainer.foo: Trainer has no parameter 'foo'",
 }
 
 

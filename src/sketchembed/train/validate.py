@@ -36,6 +36,7 @@ MINIMUM = {
     "trainer.accumulate_grad_batches": 1,
     "trainer.log_every_n_steps": 1,
 }
+_LIST = 15  # names shown in a message (Trainer takes 40)
 _HYDRA_KEYS = {"_target_", "_partial_", "_convert_", "_recursive_", "_args_"}
 
 
@@ -77,13 +78,9 @@ def _check_node(path: str, node: DictConfig) -> None:
         obj = get_object(target)
     except Exception as e:
         raise ConfigError(f"{path}._target_={target!r} cannot be imported ({e.__class__.__name__})") from None
-    fn = obj.__init__ if inspect.isclass(obj) else obj
-    try:
-        params = inspect.signature(obj).parameters
-    except (TypeError, ValueError):  # builtins without a signature: nothing to check against
+    params, takes_any, hints = _signature(obj)
+    if params is None:  # builtins without a signature: nothing to check against
         return
-    takes_any = any(p.kind is p.VAR_KEYWORD for p in params.values())
-    hints = _hints(fn)
     name = getattr(obj, "__name__", target)
     for key in node.keys():
         key = str(key)
@@ -95,13 +92,37 @@ def _check_node(path: str, node: DictConfig) -> None:
             if takes_any:
                 continue
             known = [k for k, p in params.items() if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
-            raise ConfigError(f"{full}: {name} has no parameter {key!r} (it takes: {', '.join(known)})")
+            shown = ", ".join(known[:_LIST]) + (f", … ({len(known)} in all)" if len(known) > _LIST else "")
+            raise ConfigError(f"{full}: {name} has no parameter {key!r} (it takes: {shown})")
         if OmegaConf.is_missing(node, key):
             continue
         value = _value(node, key)
         expected = hints.get(key, params[key].annotation)
         if not _fits(value, expected):
             raise ConfigError(f"{full}={value!r}: expected {_describe(expected)} ({name}.{key})")
+
+
+def _signature(obj) -> tuple[dict | None, bool, dict]:
+    """(parameters, takes **kwargs, resolved annotations) of a class or function.
+
+    Our own classes that pass ``**kwargs`` on to their base (the miners) are read up their MRO, so
+    a key the base takes is checked there and an unknown one is still refused.
+    """
+    try:
+        params = dict(inspect.signature(obj).parameters)
+    except (TypeError, ValueError):
+        return None, True, {}
+    hints = _hints(obj.__init__ if inspect.isclass(obj) else obj)
+    takes_any = any(p.kind is p.VAR_KEYWORD for p in params.values())
+    if inspect.isclass(obj):
+        for base in obj.__mro__[1:]:
+            if not takes_any or not base.__module__.startswith("sketchembed.") or "__init__" not in vars(base):
+                continue
+            own = inspect.signature(base.__init__).parameters
+            params.update({k: p for k, p in own.items() if k != "self" and k not in params})
+            hints = {**_hints(base.__init__), **hints}
+            takes_any = any(p.kind is p.VAR_KEYWORD for p in own.values())
+    return params, takes_any, hints
 
 
 def _hints(fn) -> dict[str, Any]:
