@@ -121,13 +121,13 @@ def embed_loader(model, loader: Iterable[dict], *, rasterizer=None, device=None,
 
 @torch.no_grad()
 def embed_points(model, drawings, *, seq_std: float, rasterizer=None, fraction: float = 1.0,
-                 max_snapshots: int | None = 8, device=None):
+                 max_snapshots: int | None = 8, fraction_rule: str = "ceil", seq_origin=(0.0, 0.0), device=None):
     """Embed raw ``(n, 3)`` point arrays (a user's sketch) exactly as the DataModule would serve them:
     same collate (truncation to ``fraction``, pen_up on the last kept point, normalised deltas)."""
     from sketchembed.data.datamodule import SketchCollate
 
     items = [(-1, 0, 0, np.asarray(p, dtype=np.float32)) for p in drawings]
-    batch = SketchCollate(seq_std, fraction, max_snapshots)(items)
+    batch = SketchCollate(seq_std, fraction, max_snapshots, fraction_rule=fraction_rule, seq_origin=seq_origin)(items)
     if device is None:
         device = next(model.parameters()).device
     was_training = model.training

@@ -30,7 +30,8 @@ from omegaconf import DictConfig, OmegaConf
 log = logging.getLogger("sketchembed.eval")
 
 KNN_CLASSIFIER_K = 4
-RASTER_KEYS = ("image_size", "line_width", "padding", "max_snapshots")
+RASTER_KEYS = ("image_size", "line_width", "padding", "max_snapshots", "canvas", "background", "standardize",
+               "fraction_rule", "seq_norm", "seq_origin")
 
 
 def _tag(f: float) -> str:

@@ -27,7 +27,8 @@ def read_sketch(path, line: int = 1):
     report = SkipReport(on_error="raise")
     drawing = None
     try:
-        for i, d in enumerate(read_drawings(path, on_error="raise", report=report), start=1):
+        # any class name: the sketch's word is only shown, and a model may know classes outside Quick, Draw!
+        for i, d in enumerate(read_drawings(path, on_error="raise", report=report, words=None), start=1):
             if i == line:
                 drawing = d
                 break
@@ -66,10 +67,13 @@ def suggest(model, index, points, settings: dict, *, k: int = 8, fraction: float
 
     if not 0 < fraction <= 1:
         raise ValueError(f"--fraction must be in (0, 1], got {fraction}")
-    raster = Rasterizer(settings["image_size"], settings["line_width"], settings["padding"])
+    raster = Rasterizer(settings["image_size"], settings["line_width"], settings["padding"],
+                        settings.get("canvas", 256.0), background=settings.get("background", "black"),
+                        standardize=settings.get("standardize", False))
     emb, _, pts, lengths = embed_points(model, [points], seq_std=settings["seq_std"], rasterizer=raster,
                                         fraction=fraction, max_snapshots=settings.get("max_snapshots"),
-                                        device=device)
+                                        fraction_rule=settings.get("fraction_rule", "ceil"),
+                                        seq_origin=settings.get("seq_origin", (0.0, 0.0)), device=device)
     idx, dist = index.query(emb, k)
     return idx[0], dist[0], pts[0, :lengths[0]]
 
