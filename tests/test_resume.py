@@ -88,6 +88,23 @@ def test_resume_run_dir_is_exact_and_keeps_the_run(straight, half, tmp_path):
     assert ids == {first_id}, ids
 
 
+def test_interrupted_run_with_cosine_schedule_resumes_exactly(tmp_path):
+    """The default case: a run planned for 2 epochs with the cosine schedule, stopped after epoch 0,
+    continued from that epoch's checkpoint with the same config (in-process)."""
+    plan = [*PLAN, "model.scheduler=cosine", "trainer.max_epochs=2", "logger=csv",
+            "+callbacks.every_epoch={_target_:lightning.pytorch.callbacks.ModelCheckpoint,"
+            "dirpath:${paths.output_dir}/epochs,filename:'e{epoch}',every_n_epochs:1,save_top_k:-1,"
+            "monitor:null,auto_insert_metric_name:false}"]
+    run_inproc(plan, tmp_path / "straight")
+    run_inproc([*plan, f"ckpt_path={tmp_path / 'straight' / 'epochs' / 'e0.ckpt'}"], tmp_path / "resumed")
+    ref = safe_load(tmp_path / "straight" / "checkpoints" / "last.ckpt")
+    got = safe_load(tmp_path / "resumed" / "checkpoints" / "last.ckpt")
+    assert ref["epoch"] == got["epoch"] == 1
+    assert ref["lr_schedulers"] == got["lr_schedulers"]
+    for k, v in ref["state_dict"].items():
+        assert torch.equal(v, got["state_dict"][k]), k
+
+
 def test_resume_argv_merges_overrides(tmp_path):
     run = tmp_path / "run"
     (run / ".hydra").mkdir(parents=True)

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import yaml
-from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from sketchembed.safeload import safe_load
@@ -136,6 +136,21 @@ def check_checkpoint_fits(path, model, model_name: str) -> dict:
             f"{len(unexpected)} unexpected (e.g. {unexpected[0]})" if unexpected else ""]))
         raise ConfigError(f"ckpt_path={path} does not fit the configured model={model_name}: {what}; {hint}")
     return ckpt
+
+
+class LastCheckpoint(ModelCheckpoint):
+    """``last.ckpt``: the latest state, rewritten every epoch — what a resume continues from.
+
+    Lightning's ``save_last`` on a monitored checkpoint rewrites it only when a new best is saved
+    (so it would hold the best epoch, not the latest). A class of its own, because its checkpoint
+    state is keyed by class name and settings: a user's own metric-less ModelCheckpoint beside it
+    would otherwise clash with it.
+    """
+
+    def __init__(self, dirpath, every_n_epochs: int = 1, every_n_train_steps: int | None = None):
+        super().__init__(dirpath=dirpath, filename="last", monitor=None, save_top_k=1, save_last=False,
+                         every_n_epochs=every_n_epochs, every_n_train_steps=every_n_train_steps,
+                         enable_version_counter=False)
 
 
 class StepSeed(Callback):
