@@ -22,6 +22,7 @@ from typing import Sequence, TextIO
 import numpy as np
 
 from sketchembed.eval.report import STUDY
+from sketchembed.eval.stats import wilson
 
 BRAILLE_BASE = 0x2800
 # dot bit for (row 0..3, col 0..1) inside one braille cell
@@ -178,7 +179,7 @@ def model_accuracy(metrics: dict, fraction: float) -> float | None:
 
 def format_results(res: Results, model_metrics: dict | None = None) -> str:
     lines = ["", "results:"]
-    header = f"  {'share of drawing':<18}{'you':>16}"
+    header = f"  {'share of drawing':<18}{'you':>16}{'95 % interval':>16}"
     if model_metrics is not None:
         header += f"{'model':>12}"
     lines.append(header)
@@ -187,7 +188,9 @@ def format_results(res: Results, model_metrics: dict | None = None) -> str:
         lines.append("  no answers given")
     for f in fractions:
         acc = res.correct[f] / res.shown[f]
-        row = f"  {f'{100 * f:g} %':<18}{f'{100 * acc:5.1f} % ({res.correct[f]}/{res.shown[f]})':>16}"
+        low, high = wilson(res.correct[f], res.shown[f])
+        row = (f"  {f'{100 * f:g} %':<18}{f'{100 * acc:5.1f} % ({res.correct[f]}/{res.shown[f]})':>16}"
+               f"{f'{100 * low:.0f}–{100 * high:.0f} %':>16}")
         if model_metrics is not None:
             m = model_accuracy(model_metrics, f)
             row += f"{'–' if m is None else f'{100 * m:.1f} %':>12}"

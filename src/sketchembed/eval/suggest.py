@@ -60,20 +60,31 @@ def check_index_matches(index, ckpt_path, ckpt_sha256: str, allow_mismatch: bool
     return "warning: " + msg
 
 
-def suggest(model, index, points, settings: dict, *, k: int = 8, fraction: float = 1.0, device=None):
-    """``(idx, dist, shown_points)``: the ``k`` nearest indexed drawings of ``points`` cut at ``fraction``."""
+def rasterizer_for(settings: dict):
+    """The :class:`Rasterizer` a checkpoint's model was trained with (``settings`` = :func:`data_settings`)."""
     from sketchembed.data.raster import Rasterizer
+
+    return Rasterizer(settings["image_size"], settings["line_width"], settings["padding"],
+                      settings.get("canvas", 256.0), background=settings.get("background", "black"),
+                      standardize=settings.get("standardize", False))
+
+
+def embed_sketches(model, drawings, settings: dict, *, rasterizer=None, fraction: float = 1.0, device=None):
+    """:func:`embed_points` with a checkpoint's data settings: ``(emb, logits or None, points, lengths)``."""
     from sketchembed.eval.embed import embed_points
 
+    return embed_points(model, drawings, seq_std=settings["seq_std"],
+                        rasterizer=rasterizer if rasterizer is not None else rasterizer_for(settings),
+                        fraction=fraction, max_snapshots=settings.get("max_snapshots"),
+                        fraction_rule=settings.get("fraction_rule", "ceil"),
+                        seq_origin=settings.get("seq_origin", (0.0, 0.0)), device=device)
+
+
+def suggest(model, index, points, settings: dict, *, k: int = 8, fraction: float = 1.0, device=None):
+    """``(idx, dist, shown_points)``: the ``k`` nearest indexed drawings of ``points`` cut at ``fraction``."""
     if not 0 < fraction <= 1:
         raise ValueError(f"--fraction must be in (0, 1], got {fraction}")
-    raster = Rasterizer(settings["image_size"], settings["line_width"], settings["padding"],
-                        settings.get("canvas", 256.0), background=settings.get("background", "black"),
-                        standardize=settings.get("standardize", False))
-    emb, _, pts, lengths = embed_points(model, [points], seq_std=settings["seq_std"], rasterizer=raster,
-                                        fraction=fraction, max_snapshots=settings.get("max_snapshots"),
-                                        fraction_rule=settings.get("fraction_rule", "ceil"),
-                                        seq_origin=settings.get("seq_origin", (0.0, 0.0)), device=device)
+    emb, _, pts, lengths = embed_sketches(model, [points], settings, fraction=fraction, device=device)
     idx, dist = index.query(emb, k)
     return idx[0], dist[0], pts[0, :lengths[0]]
 
