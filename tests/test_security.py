@@ -147,6 +147,11 @@ def test_suggest_refuses(evil, tmp_path, shared_quickdraw):
                   str(shared_quickdraw / "simplified" / "apple.ndjson")), ckpt, marker)
 
 
+def test_studio_serve_refuses(evil, tmp_path):
+    ckpt, marker = evil
+    _refused(_cli("serve", "--ckpt", str(ckpt), "--port", "0", "--results", str(tmp_path / "studio")), ckpt, marker)
+
+
 @pytest.mark.parametrize("extra", [[], ["train=false"]], ids=["resume", "test-only"])
 def test_train_ckpt_path_refuses(evil, tmp_path, extra):
     ckpt, marker = evil
