@@ -285,7 +285,7 @@ def test_checkpoint_of_another_kind(lstm_ckpt, triplet_ckpt, tmp_path):
     from sketchembed.eval.checkpoint import load_model
     from sketchembed.eval.run import _datamodule
 
-    ck = torch.load(lstm_ckpt, map_location="cpu", weights_only=False)
+    ck = torch.load(lstm_ckpt, map_location="cpu", weights_only=True)
     ck["hyper_parameters"]["model_kind"] = "vae"
     torch.save(ck, tmp_path / "vae.ckpt")
     with pytest.raises(ValueError, match=r"vae.ckpt: unexpected model kind 'vae'"):
@@ -293,7 +293,7 @@ def test_checkpoint_of_another_kind(lstm_ckpt, triplet_ckpt, tmp_path):
     ck.pop("SketchDataModule")  # a model checkpoint without the data state eval needs
     with pytest.raises(ValueError, match="nodata.ckpt: checkpoint carries no data state"):
         _datamodule(OmegaConf.create({"batch_size": 8, "seed": 0}), ck, tmp_path / "nodata.ckpt", ("sequence",))
-    ck = torch.load(triplet_ckpt, map_location="cpu", weights_only=False)
+    ck = torch.load(triplet_ckpt, map_location="cpu", weights_only=True)
     ck["hyper_parameters"]["model_kind"] = "lstm"  # a triplet network's weights claiming to be an LSTM
     torch.save(ck, tmp_path / "liar.ckpt")
     with pytest.raises(ValueError, match=r"liar.ckpt: checkpoint does not fit model kind 'lstm'"):

@@ -24,6 +24,8 @@ import torch
 import yaml
 from omegaconf import OmegaConf, open_dict
 
+from sketchembed.safeload import safe_load
+
 REPO = Path(__file__).resolve().parents[1]
 CONF = REPO / "conf"
 EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
@@ -103,7 +105,7 @@ def run_cli(args: list[str], *, timeout: int = 600, env: dict | None = None) -> 
 
 
 def load_ckpt(path: Path) -> dict:
-    return torch.load(path, map_location="cpu", weights_only=False)
+    return safe_load(path)
 
 
 def read_csv_metrics(run_dir: Path) -> list[dict[str, str]]:
@@ -568,4 +570,6 @@ def test_default_run_dir_is_under_outputs(tmp_path):
     run_dir = Path(HydraConfig.get().run.dir)
     assert run_dir.parent == REPO / "outputs" / "train" / "runs"
     assert cfg.callbacks.model_checkpoint.dirpath == f"{HydraConfig.get().runtime.output_dir}/checkpoints"
-    assert cfg.callbacks.model_checkpoint.save_last is True and cfg.callbacks.model_checkpoint.save_top_k == 1
+    assert cfg.callbacks.model_checkpoint.save_top_k == 1
+    # last.ckpt (the latest state, every epoch) comes from its own callback (tests/test_resume.py)
+    assert cfg.callbacks.last_checkpoint.dirpath == cfg.callbacks.model_checkpoint.dirpath

@@ -12,6 +12,9 @@ import inspect
 from pathlib import Path
 from typing import Any, Iterable
 
+# re-exported: callers open checkpoints through this module
+from sketchembed.safeload import UnsafeCheckpointError, safe_load  # noqa: F401
+
 _HASH_BLOCK = 1 << 22
 
 
@@ -22,27 +25,6 @@ def file_sha256(path) -> str:
         for block in iter(lambda: f.read(_HASH_BLOCK), b""):
             h.update(block)
     return h.hexdigest()
-
-
-def _torch_load(path: Path, map_location="cpu") -> Any:
-    import pickle
-
-    import torch
-
-    try:
-        return torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError:
-        # Lightning checkpoints may pickle hparams objects (OmegaConf nodes, enums); the user named
-        # this file explicitly, so load it fully as Lightning's own load_from_checkpoint would.
-        pass
-    except Exception as e:  # not a torch file at all (zip/pickle errors of many types)
-        raise ValueError(f"{path}: not a sketchembed checkpoint (cannot be read by torch.load: "
-                         f"{e.__class__.__name__})") from None
-    try:
-        return torch.load(path, map_location=map_location, weights_only=False)
-    except Exception as e:
-        raise ValueError(f"{path}: not a sketchembed checkpoint (cannot be read by torch.load: "
-                         f"{e.__class__.__name__})") from None
 
 
 def _plain(obj: Any) -> Any:
@@ -61,9 +43,7 @@ def _plain(obj: Any) -> Any:
 def read_checkpoint(path, map_location="cpu") -> dict:
     """The checkpoint dict, validated as a Lightning checkpoint carrying a ``model_kind``."""
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    ckpt = _torch_load(path, map_location)
+    ckpt = safe_load(path, map_location)
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
         raise ValueError(f"{path}: not a sketchembed checkpoint (no Lightning state_dict)")
     hp = _plain(ckpt.get("hyper_parameters") or {})
@@ -110,10 +90,8 @@ def load_model(ckpt_path, *, kinds: Iterable[str] | None = None, map_location="c
     if kinds is not None and kind not in set(kinds):
         raise ValueError(f"{path}: model kind {kind!r} cannot be used here (expected one of: {', '.join(kinds)})")
     cls = classes[kind]
-    try:
-        model = cls.load_from_checkpoint(str(path), map_location=map_location, weights_only=False)
-    except TypeError:  # older signature without weights_only
-        model = cls.load_from_checkpoint(str(path), map_location=map_location)
+    try:  # read_checkpoint has vetted the file; Lightning reads it again, as safely
+        model = cls.load_from_checkpoint(str(path), map_location=map_location, weights_only=True)
     except (RuntimeError, KeyError, ValueError) as e:  # weights or hparams that do not fit the kind
         first = (str(e).splitlines() or [e.__class__.__name__])[0]
         raise ValueError(f"{path}: checkpoint does not fit model kind {kind!r} ({first})") from None

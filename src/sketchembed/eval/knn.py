@@ -289,7 +289,10 @@ class KNNIndex:
                 if required:
                     raise FileNotFoundError(f"{f}: missing from the index")
                 return None
-            return np.load(f, mmap_mode=mode, allow_pickle=False)
+            try:  # plain numeric arrays only: an object array (a pickle) is refused, never unpickled
+                return np.load(f, mmap_mode=mode, allow_pickle=False)
+            except (ValueError, OSError, EOFError) as e:
+                raise ValueError(f"{f}: not a plain numeric array ({' '.join(str(e).split())})") from None
 
         extra = {k: v for k, v in meta.items()
                  if k not in ("format", "version", "classes", "ckpt_path", "ckpt_sha256", "n", "dim")}

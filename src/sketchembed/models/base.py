@@ -123,6 +123,9 @@ class SketchModule(L.LightningModule):
     MONITOR_MODE: str = "max"
     ENCODER_TRANSFERABLE: bool = False   # its ``encoder`` can seed combined's CNN (model.cnn_ckpt)
 
+    # `**legacy` reads back checkpoints of older versions; a config may not use it (train/validate.py).
+    CONFIG_CLOSED_KWARGS = True
+
     def __init__(self, num_classes: int | None = None, loss: Any = None, miner: Any = None,
                  optimizer: Any = None, scheduler: Any = DEFAULT_SCHEDULER, **legacy: Any):
         super().__init__()

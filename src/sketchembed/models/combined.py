@@ -20,6 +20,7 @@ from sketchembed.models.base import SketchModule
 from sketchembed.nets.backbone import DEFAULT_BACKBONE, ImageEncoder
 from sketchembed.nets.sequence import SequenceEncoder, last_states
 from sketchembed.registry import CLASSIFICATION, MODELS, TRIPLET, loss_kind
+from sketchembed.safeload import safe_load
 
 log = logging.getLogger(__name__)
 
@@ -33,9 +34,11 @@ def load_encoder_state(path: str | Path, backbone: str, embedding_dim: int) -> t
     if not path.is_file():
         raise FileNotFoundError(f"model.cnn_ckpt={str(path)!r}: no such checkpoint file")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise ValueError(f"model.cnn_ckpt={str(path)!r} cannot be read as a checkpoint: {e}") from None
+        ckpt = safe_load(path)
+    except ValueError as e:  # UnsafeCheckpointError included: the message names the file
+        raise type(e)(f"model.cnn_ckpt={str(path)!r}: {e}") from None
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
+        raise ValueError(f"model.cnn_ckpt={str(path)!r} is not a Lightning checkpoint (no state_dict)")
     hp = dict(ckpt.get("hyper_parameters") or {})
     kind = hp.get("model_kind")
     if kind not in TRANSFERABLE:

@@ -8,16 +8,17 @@ import json
 import logging
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from sketchembed.train.ranks import RankFailureReport, report_other_rank
+from sketchembed.train.resume import check_checkpoint_fits, continue_wandb_run, resume_argv
+from sketchembed.train.validate import ConfigError, check_config
+
 log = logging.getLogger("sketchembed.train")
-
-
-class ConfigError(ValueError):
-    """A misconfiguration caught before training; its message names the offending config keys."""
 
 
 def _choices() -> dict[str, str]:
@@ -47,11 +48,13 @@ def _get_class(cfg: DictConfig, key: str):
 
 
 def validate(cfg: DictConfig) -> dict[str, Any]:
-    """Checks that need no weights or data: the model/loss pairing, the backbone name, image size."""
+    """Checks that need no weights or data: value types and keys, the model/loss pairing, the backbone
+    name, image size."""
     from sketchembed.models import check_compatible
     from sketchembed.nets.backbone import check_backbone
     from sketchembed.registry import LOSSES, MODELS, loss_kind
 
+    check_config(cfg)
     choices = _choices()
     model_cls = _get_class(cfg, "model")
     loss_cls = _get_class(cfg, "loss")
@@ -176,11 +179,15 @@ def train(cfg: DictConfig) -> dict[str, float]:
     datamodule = instantiate(cfg.data, augment=augment, views=sorted(model_cls.VIEWS),
                              _convert_="all")
     model = _instantiate_model(cfg, datamodule.num_classes, checked["loss_kind"])
+    if cfg.get("ckpt_path"):  # read safely and matched to the config before Lightning opens it
+        check_checkpoint_fits(cfg.ckpt_path, model, checked["model_name"])
 
     monitor = cfg.get("optimized_metric") or "auto"
     if monitor == "auto":
         monitor = model_cls.MONITOR
     callbacks = _callbacks(cfg, monitor)
+    callbacks.append(RankFailureReport(cfg.paths.output_dir))  # DDP: the failing rank's own error
+    continue_wandb_run(cfg)
     loggers = _loggers(cfg)
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
 
@@ -193,7 +200,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     out_dir.mkdir(parents=True, exist_ok=True)
     metrics: dict[str, float] = {}
     if cfg.get("train", True):
-        trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+        trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
         metrics.update(_scalar_metrics(trainer.callback_metrics))
         ckpt_cb = trainer.checkpoint_callback
         if ckpt_cb is not None and ckpt_cb.monitor == monitor and ckpt_cb.best_model_score is not None:
@@ -202,7 +209,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if cfg.get("test", True):
         best = getattr(trainer.checkpoint_callback, "best_model_path", "") if cfg.get("train", True) else ""
         ckpt = best or (None if cfg.get("train", True) else cfg.get("ckpt_path"))
-        trainer.test(model, datamodule=datamodule, ckpt_path=ckpt, weights_only=False)
+        trainer.test(model, datamodule=datamodule, ckpt_path=ckpt, weights_only=True)
         metrics.update(_scalar_metrics(trainer.callback_metrics))
         metrics["best_checkpoint"] = ckpt or ""
     if trainer.is_global_zero:
@@ -285,11 +292,13 @@ def hydra_entry(config_name: str, fn):
 
         from sketchembed.data.sketch import DataFormatError
 
+        started = time.time()
         try:
             result = fn(cfg)
             return optimized_value(cfg, result)
         except Exception as e:
             inner = _unwrap(e)
+            report_other_rank(inner, started)  # DDP: exits with the failing rank's line
             if isinstance(inner, (ConfigError, DataFormatError, FileNotFoundError, ValueError,
                                   MisconfigurationException)):
                 msg = " ".join(str(inner).split())  # one line
@@ -304,6 +313,11 @@ def hydra_entry(config_name: str, fn):
 
 
 def main() -> None:
+    try:  # `resume=<run dir>`: that run's overrides, run dir and last checkpoint, before Hydra starts
+        sys.argv = resume_argv(sys.argv)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
     hydra_entry("train", train)()
 
 

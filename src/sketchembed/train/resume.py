@@ -1,0 +1,180 @@
+"""Continuing a run: `python train.py resume=<run dir>` and the checks that make a resume exact.
+
+A run dir holds everything a continuation needs: the overrides it was started with
+(``.hydra/overrides.yaml``), its latest state (``checkpoints/last.ckpt``, written every epoch) and its
+wandb run (``wandb/*run-<date>-<id>``). :func:`resume_argv` turns ``resume=DIR`` into that run's
+overrides plus the new ones (which win), the same run dir and ``ckpt_path=DIR/checkpoints/last.ckpt``;
+Hydra then composes the config as for the first start. :class:`StepSeed` makes every training step's
+randomness depend on ``(seed, rank, epoch, batch)`` only, so a resumed run draws what the
+uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from sketchembed.safeload import safe_load
+from sketchembed.train.validate import ConfigError
+
+LAST = Path("checkpoints") / "last.ckpt"
+# keys a resume sets itself; a saved value of them is the previous start's, not the run's
+_OWN_KEYS = ("resume", "ckpt_path")
+_WANDB_RUN = re.compile(r"^(?:offline-)?run-\d{8}_\d{6}-([A-Za-z0-9]+)$")
+
+
+def _key(override: str) -> str:
+    return override.lstrip("+~").split("=", 1)[0]
+
+
+def resume_argv(argv: list[str]) -> list[str]:
+    """``[prog, ..., resume=DIR, ...]`` → the argv that continues run DIR; other argv unchanged.
+
+    ``DIR`` is a run dir (or a checkpoint inside its ``checkpoints/``, to continue from that one).
+    """
+    prog, args = argv[0], list(argv[1:])
+    found = [a for a in args if _key(a) == "resume" and not a.startswith("~")]
+    if not found or found[-1].split("=", 1)[1] in ("", "null"):
+        return argv
+    if any(a in ("-m", "--multirun") for a in args):
+        raise ConfigError("resume=DIR continues one run: start it without -m/--multirun")
+    target = Path(found[-1].split("=", 1)[1]).expanduser()
+    if target.is_file():  # a checkpoint: its run dir is two levels up
+        run_dir, ckpt = target.parent.parent, target
+    else:
+        run_dir, ckpt = target, target / LAST
+    saved = run_dir / ".hydra" / "overrides.yaml"
+    if not saved.is_file():
+        raise ConfigError(f"resume={target}: not a run dir of train.py (no {saved})")
+    if not ckpt.is_file():
+        raise ConfigError(f"resume={target}: no checkpoint to continue from ({ckpt} is missing)")
+    try:
+        old = yaml.safe_load(saved.read_text()) or []
+    except yaml.YAMLError as e:
+        raise ConfigError(f"resume={target}: {saved} is not readable YAML ({e.__class__.__name__})") from None
+    if not isinstance(old, list) or not all(isinstance(o, str) for o in old):
+        raise ConfigError(f"resume={target}: {saved} is not a list of overrides")
+    new = [a for a in args if _key(a) != "resume"]
+    given = {_key(a) for a in new if "=" in a}
+    kept = [o for o in old if _key(o) not in given and _key(o) not in _OWN_KEYS]
+    extra = [] if "ckpt_path" in given else [f"ckpt_path={ckpt}"]
+    if "hydra.run.dir" not in given:
+        extra.append(f"hydra.run.dir={run_dir}")
+    _keep_previous_config(run_dir)
+    return [prog, *kept, *new, *extra, f"resume={run_dir}"]
+
+
+def _keep_previous_config(run_dir: Path) -> None:
+    """Hydra rewrites ``.hydra/`` for the continuation; the start's record is kept beside it."""
+    src = run_dir / ".hydra"
+    dst = src / f"before_resume_{time.strftime('%Y-%m-%d_%H-%M-%S')}"
+    dst.mkdir(parents=True, exist_ok=True)
+    for name in ("config.yaml", "hydra.yaml", "overrides.yaml"):
+        if (src / name).is_file():
+            shutil.copy2(src / name, dst / name)
+
+
+def wandb_run_id(run_dir) -> str | None:
+    """The id of the (latest) wandb run written in ``run_dir``, from wandb's own folder names."""
+    runs = sorted(p for p in (Path(run_dir) / "wandb").glob("*run-*") if p.is_dir() and _WANDB_RUN.match(p.name))
+    return _WANDB_RUN.match(runs[-1].name).group(1) if runs else None
+
+
+def continue_wandb_run(cfg: DictConfig) -> None:
+    """On ``resume=DIR``: log to DIR's wandb run (same id, ``resume="allow"``) instead of a new one."""
+    resumed = cfg.get("resume")
+    node = OmegaConf.select(cfg, "logger.wandb")
+    if not resumed or not isinstance(node, DictConfig) or node.get("id"):
+        return
+    run_id = wandb_run_id(resumed)
+    if run_id:
+        with open_dict(node):
+            node.id = run_id
+            node.resume = "allow"
+
+
+def _short(value, width: int = 40) -> str:
+    text = repr(value)
+    return text if len(text) <= width else text[:width - 1] + "…"
+
+
+def check_checkpoint_fits(path, model, model_name: str) -> dict:
+    """Open ``path`` safely and check it holds weights for ``model`` (the config's model).
+
+    One line naming the checkpoint's model kind and the config's, or the first parameters that
+    differ — not Lightning's state-dict traceback. Returns the checkpoint.
+    """
+    ckpt = safe_load(path)
+    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("state_dict"), dict):
+        raise ConfigError(f"ckpt_path={path}: not a Lightning checkpoint (no state_dict)")
+    hp = ckpt.get("hyper_parameters") or {}
+    theirs = hp.get("model_kind") if isinstance(hp, dict) else None
+    ours = getattr(model, "MODEL_KIND", type(model).__name__)
+    hint = "resume=<its run dir> reuses the run's own config"
+    if theirs != ours:
+        raise ConfigError(f"ckpt_path={path} holds a model_kind={theirs!r} model, but the config builds "
+                          f"model={model_name} (model_kind={ours!r}): pass model={theirs} and its other "
+                          f"settings, or {hint}")
+    state, mine = ckpt["state_dict"], model.state_dict()
+    missing = sorted(set(mine) - set(state))
+    unexpected = sorted(set(state) - set(mine))
+    shapes = sorted(k for k in set(mine) & set(state)
+                    if isinstance(state[k], torch.Tensor) and tuple(state[k].shape) != tuple(mine[k].shape))
+    if missing or unexpected or shapes:
+        # shape-giving settings (numbers, names) first; the loss/miner/optimizer records are long
+        differ = sorted((k for k in set(hp) & set(model.hparams)
+                         if k not in ("loss", "miner", "optimizer", "scheduler") and hp[k] != model.hparams[k]),
+                        key=lambda k: (isinstance(hp[k], dict), k))
+        what = "; ".join(filter(None, [
+            f"settings that differ: {', '.join(f'model.{k}={_short(hp[k])} (config: {_short(model.hparams[k])})' for k in differ[:4])}"
+            if differ else "",
+            f"{len(shapes)} weights of other shapes (e.g. {shapes[0]}: {tuple(state[shapes[0]].shape)} vs "
+            f"{tuple(mine[shapes[0]].shape)})" if shapes else "",
+            f"{len(missing)} weights missing (e.g. {missing[0]})" if missing else "",
+            f"{len(unexpected)} unexpected (e.g. {unexpected[0]})" if unexpected else ""]))
+        raise ConfigError(f"ckpt_path={path} does not fit the configured model={model_name}: {what}; {hint}")
+    return ckpt
+
+
+class LastCheckpoint(ModelCheckpoint):
+    """``last.ckpt``: the latest state, rewritten every epoch — what a resume continues from.
+
+    Lightning's ``save_last`` on a monitored checkpoint rewrites it only when a new best is saved
+    (so it would hold the best epoch, not the latest). A class of its own, because its checkpoint
+    state is keyed by class name and settings: a user's own metric-less ModelCheckpoint beside it
+    would otherwise clash with it.
+    """
+
+    def __init__(self, dirpath, every_n_epochs: int = 1, every_n_train_steps: int | None = None):
+        super().__init__(dirpath=dirpath, filename="last", monitor=None, save_top_k=1, save_last=False,
+                         every_n_epochs=every_n_epochs, every_n_train_steps=every_n_train_steps,
+                         enable_version_counter=False)
+
+
+class StepSeed(Callback):
+    """Reseed python, numpy and torch before each training batch from ``(seed, rank, epoch, batch)``.
+
+    Lightning restores weights, optimizer, scheduler and loops on resume, not the global RNGs, and
+    the sanity check and dataloader iterators draw from them (and a resumed epoch gets no
+    ``on_train_epoch_start``): without this a resumed run's random miner and dropout would draw other
+    numbers than the uninterrupted run. Per batch, so a resume from a mid-epoch checkpoint is exact too.
+    """
+
+    def __init__(self, seed: int):
+        self.seed = int(seed)
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        key = [self.seed, int(trainer.global_rank), int(trainer.current_epoch), int(batch_idx)]
+        s = int(np.random.SeedSequence(key).generate_state(1)[0])
+        random.seed(s)
+        np.random.seed(s)
+        torch.manual_seed(s)  # all devices

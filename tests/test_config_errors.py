@@ -1,0 +1,83 @@
+"""Config values of the wrong type, unknown keys and counts below their minimum stop `train.py` before
+anything is built, with one line naming the key and exit code 2 (sketchembed.train.validate); every
+shipped config passes the same check."""
+
+from __future__ import annotations
+
+import functools
+
+import lightning.pytorch as pl
+import pytest
+from test_train import EXPERIMENTS, _assert_one_line_error, compose_cfg, run_cli, tiny
+
+from sketchembed.train.run import hydra_entry, train
+from sketchembed.train.validate import ConfigError, check_config
+
+BAD = {
+    "trainer.max_epochs=abc": "trainer.max_epochs='abc'",
+    "model.optimizer.lr=abc": "model.optimizer.lr='abc'",
+    "data.batch_size=abc": "data.batch_size='abc'",
+    "+model.foo=1": "model.foo",
+    "data.batch_size=0": "data.batch_size=0",
+    "data.eval_batch_size=-3": "data.eval_batch_size=-3",
+    "trainer.max_epochs=1.5": "trainer.max_epochs=1.5",
+    "model.scheduler.warmup_steps=x": "model.scheduler.warmup_steps='x'",
+    "+callbacks.model_checkpoint.nope=1": "callbacks.model_checkpoint.nope",
+    "callbacks.embedding_eval.ks=[a]": "callbacks.embedding_eval.ks",
+    "loss=hinge model=triplet loss.margin=wide": "loss.margin='wide'",
+    "model=triplet miner.margin=wide": "miner.margin='wide'",  # a parameter of the miner's base class
+    "model=triplet +miner.foo=1": "miner.foo: SemiHardMiner has no parameter 'foo'",
+    "+trainer.foo=1": "trainer.foo: Trainer has no parameter 'foo'",
+}
+
+
+@pytest.mark.parametrize("override", list(BAD))
+def test_bad_value_is_one_line_naming_the_key_before_the_trainer(override, tmp_path, capsys, monkeypatch):
+    built, init = [], pl.Trainer.__init__
+
+    @functools.wraps(init)  # keeps the signature the check reads
+    def spy(self, *a, **k):
+        built.append(1)
+        init(self, *a, **k)
+
+    monkeypatch.setattr(pl.Trainer, "__init__", spy)
+    model = "triplet" if "model=triplet" in override else "lstm"
+    cfg = compose_cfg([*tiny(model), *override.split()], tmp_path)
+    with pytest.raises(SystemExit) as e:
+        hydra_entry("train", train)(cfg)
+    assert e.value.code == 2 and not built
+    errors = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("error:")]
+    assert len(errors) == 1 and BAD[override] in errors[0], errors
+
+
+def test_message_names_the_expected_type_and_the_class():
+    cfg = compose_cfg(["model=lstm", "data.batch_size=abc"])
+    with pytest.raises(ConfigError, match=r"data.batch_size='abc': expected int \(SketchDataModule.batch_size\)"):
+        check_config(cfg)
+    cfg = compose_cfg(["model=lstm", "+model.foo=1"])
+    with pytest.raises(ConfigError, match="model.foo: LSTMModel has no parameter 'foo' .*hidden"):
+        check_config(cfg)
+
+
+@pytest.mark.parametrize("overrides", [
+    [f"model={m}"] for m in ("combined", "lstm", "triplet", "direct")] + [
+    ["model=combined_transfer", "model.cnn_ckpt=/x.ckpt"],
+    ["trainer=ddp_sim"], ["trainer=gpu"], ["trainer=ddp"], ["logger=csv"], ["logger=tensorboard"],
+    ["logger=none"], ["callbacks=none"], ["augment=none"], ["data=others335"], ["data=full"],
+    ["hparams_search=optuna"], ["model=triplet", "loss=softmax_triplet", "miner=random"],
+    ["model=triplet", "miner=hard"], ["model=triplet", "miner=all"], ["backbone=inception_v4"]])
+def test_shipped_configs_pass(overrides):
+    check_config(compose_cfg(overrides))
+
+
+@pytest.mark.parametrize("name", EXPERIMENTS)
+def test_experiments_pass(name):
+    check_config(compose_cfg([f"experiment={name}", "model.cnn_ckpt=/x.ckpt"] if "transfer" in name
+                             else [f"experiment={name}"]))
+
+
+def test_real_exit_code(tmp_path):
+    r = run_cli([*tiny("lstm"), "trainer.max_epochs=abc", f"hydra.run.dir={tmp_path}"], timeout=300)
+    _assert_one_line_error(r, "trainer.max_epochs='abc'")
+    assert not (tmp_path / "checkpoints").exists() and not (tmp_path / "csv").exists()
+

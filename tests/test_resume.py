@@ -1,0 +1,157 @@
+"""Resume is exact and easy: last.ckpt holds the latest epoch (not the best), a run of 2 epochs resumed
+to 3 ends where a straight 3-epoch run ends (same weights), `python train.py resume=<run dir>` continues a run from
+its own config, run dir and wandb run, and a checkpoint that does not fit the config is one line."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from test_train import compose_cfg, run_inproc, tiny
+
+from sketchembed.safeload import safe_load
+from sketchembed.train.resume import resume_argv, wandb_run_id
+from sketchembed.train.run import hydra_entry, train
+from sketchembed.train.validate import ConfigError
+
+REPO = Path(__file__).resolve().parents[1]
+# A model that draws random numbers while training (random miner, augmentation), so an exact resume
+# also needs the RNGs in step; `monitor=epoch, mode=min` keeps the *first* epoch as the best, so
+# last.ckpt can only be the latest state if it is written every epoch.
+PLAN = [*tiny("triplet"), "miner=random", "loss=softmax_triplet", "model.scheduler=null",
+        "trainer.max_steps=-1", "trainer.limit_train_batches=2", "test=false", "logger=wandb",
+        "callbacks.model_checkpoint.monitor=epoch", "callbacks.model_checkpoint.mode=min",
+        "callbacks.embedding_eval.probe_epochs=2"]
+HALF, FULL = 2, 3
+
+
+def _weights(path: Path) -> dict:
+    return safe_load(path)["state_dict"]
+
+
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory):
+    run = tmp_path_factory.mktemp("straight")
+    _, _, metrics = run_inproc([*PLAN, f"trainer.max_epochs={FULL}"], run)
+    return run, metrics
+
+
+@pytest.fixture(scope="module")
+def half(tmp_path_factory):
+    run = tmp_path_factory.mktemp("half")
+    overrides = [*PLAN, f"trainer.max_epochs={HALF}"]
+    run_inproc(overrides, run)
+    # what Hydra writes in a run started from the command line (the in-process entry does not)
+    (run / ".hydra").mkdir()
+    (run / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
+    return run
+
+
+def test_last_ckpt_is_the_latest_epoch_not_the_best(half):
+    ckpts = half / "checkpoints"
+    assert safe_load(ckpts / "last.ckpt")["epoch"] == HALF - 1
+    best = [p for p in ckpts.glob("*.ckpt") if p.name != "last.ckpt"]
+    assert [p.name for p in best] == ["epoch000-step2.ckpt"]  # the monitored best stays epoch 0
+
+
+def test_resume_run_dir_is_exact_and_keeps_the_run(straight, half, tmp_path):
+    """`python train.py resume=<run dir> trainer.max_epochs=3` (the real command line)."""
+    first_id = wandb_run_id(half)
+    assert first_id
+    env = {**os.environ, "PYTHONPATH": f"{REPO / 'src'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+           "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
+    r = subprocess.run([sys.executable, str(REPO / "train.py"), f"resume={half}", f"trainer.max_epochs={FULL}"],
+                       cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+    straight_dir, straight_metrics = straight
+    last = safe_load(half / "checkpoints" / "last.ckpt")
+    assert last["epoch"] == FULL - 1
+    ref = _weights(straight_dir / "checkpoints" / "last.ckpt")
+    assert ref.keys() == last["state_dict"].keys()
+    for k, v in ref.items():
+        assert torch.equal(v, last["state_dict"][k]), k
+    metrics = json.loads((half / "train_metrics.json").read_text())
+    for k in ("val/triplet_acc@100", "val/knn@3", "train/loss"):
+        assert metrics[k] == straight_metrics[k], k
+    # same run dir, same config (+ the new override), same wandb run
+    cfg = yaml.safe_load((half / ".hydra" / "config.yaml").read_text())
+    assert cfg["trainer"]["max_epochs"] == FULL and cfg["miner"]["_target_"].endswith("RandomTripletMiner")
+    assert cfg["ckpt_path"] == str(half / "checkpoints" / "last.ckpt")
+    assert list((half / ".hydra").glob("before_resume_*/overrides.yaml"))
+    ids = {p.name.rsplit("-", 1)[1] for p in (half / "wandb").glob("offline-run-*")}
+    assert ids == {first_id}, ids
+
+
+def test_interrupted_run_with_cosine_schedule_resumes_exactly(tmp_path):
+    """The default case: a run planned for 2 epochs with the cosine schedule, stopped after epoch 0,
+    continued from that epoch's checkpoint with the same config (in-process)."""
+    plan = [*(o for o in PLAN if o != "model.scheduler=null"), "trainer.max_epochs=2", "logger=csv",
+            "+callbacks.every_epoch={_target_:lightning.pytorch.callbacks.ModelCheckpoint,"
+            "dirpath:${paths.output_dir}/epochs,filename:'e{epoch}',every_n_epochs:1,save_top_k:-1,"
+            "monitor:null,auto_insert_metric_name:false}"]
+    run_inproc(plan, tmp_path / "straight")
+    run_inproc([*plan, f"ckpt_path={tmp_path / 'straight' / 'epochs' / 'e0.ckpt'}"], tmp_path / "resumed")
+    ref = safe_load(tmp_path / "straight" / "checkpoints" / "last.ckpt")
+    got = safe_load(tmp_path / "resumed" / "checkpoints" / "last.ckpt")
+    assert ref["epoch"] == got["epoch"] == 1
+    assert ref["lr_schedulers"] == got["lr_schedulers"]
+    for k, v in ref["state_dict"].items():
+        assert torch.equal(v, got["state_dict"][k]), k
+
+
+def test_resume_argv_merges_overrides(tmp_path):
+    run = tmp_path / "run"
+    (run / ".hydra").mkdir(parents=True)
+    (run / "checkpoints").mkdir()
+    (run / "checkpoints" / "last.ckpt").write_bytes(b"")
+    (run / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(
+        ["model=triplet", "trainer.max_epochs=3", "ckpt_path=/old.ckpt", "+callbacks.x={a:1}"]))
+    argv = resume_argv(["train.py", f"resume={run}", "trainer.max_epochs=6"])
+    assert argv == ["train.py", "model=triplet", "+callbacks.x={a:1}", "trainer.max_epochs=6",
+                    f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}", f"hydra.run.dir={run}", f"resume={run}"]
+    # a checkpoint inside the run dir: continue from that one
+    other = run / "checkpoints" / "epoch000-step2.ckpt"
+    other.write_bytes(b"")
+    assert f"ckpt_path={other}" in resume_argv(["train.py", f"resume={other}"])
+    assert resume_argv(["train.py", "model=lstm"]) == ["train.py", "model=lstm"]
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["resume=/nonexistent/run"], "resume=/nonexistent/run: not a run dir of train.py"),
+    (["-m", "resume=RUN"], "without -m"),
+])
+def test_resume_argv_errors(argv, needle, tmp_path):
+    argv = [a.replace("RUN", str(tmp_path)) for a in argv]
+    with pytest.raises(ConfigError, match=needle):
+        resume_argv(["train.py", *argv])
+
+
+def test_resume_without_last_ckpt_is_one_line(tmp_path):
+    (tmp_path / ".hydra").mkdir()
+    (tmp_path / ".hydra" / "overrides.yaml").write_text("[]\n")
+    with pytest.raises(ConfigError, match=r"last.ckpt is missing"):
+        resume_argv(["train.py", f"resume={tmp_path}"])
+
+
+@pytest.mark.parametrize("overrides,needles", [
+    (["model=lstm"], ["model_kind='triplet'", "model=lstm", "model_kind='lstm'"]),
+    (["model=triplet", "model.embedding_dim=32"], ["model.embedding_dim=16 (config: 32)", "other shapes"]),
+])
+def test_checkpoint_that_does_not_fit_is_one_line(half, overrides, needles, tmp_path, capsys):
+    ckpt = half / "checkpoints" / "epoch000-step2.ckpt"
+    model = overrides[0].split("=")[1]
+    cfg = compose_cfg([*tiny(model), *overrides[1:], "logger=csv", f"ckpt_path={ckpt}"], tmp_path)
+    with pytest.raises(SystemExit) as e:
+        hydra_entry("train", train)(cfg)
+    assert e.value.code == 2
+    errors = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("error:")]
+    assert len(errors) == 1 and str(ckpt) in errors[0] and len(errors[0]) < 600, errors
+    for n in needles:
+        assert n in errors[0], errors[0]
+    assert not (tmp_path / "checkpoints").exists()
