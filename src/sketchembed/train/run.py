@@ -107,16 +107,31 @@ def _instantiate_model(cfg: DictConfig, model_cls, num_classes: int, loss):
 
 
 def _callbacks(cfg: DictConfig, monitor: str, loss_kind: str | None) -> list:
+    """The configured callbacks, adapted to the run: no checkpoints in a fast_dev_run, no learning-rate
+    monitor without a logger, plain epoch lines instead of the Rich bar when stdout is no terminal."""
     from hydra.utils import instantiate
 
+    from sketchembed.train.console import is_tty
+
+    fast_dev_run = bool(OmegaConf.select(cfg, "trainer.fast_dev_run", default=False))
+    has_logger = any(_has_target(n) for n in (cfg.get("logger") or {}).values())
+    bar_on = bool(OmegaConf.select(cfg, "trainer.enable_progress_bar", default=True))
     callbacks = []
     for name, node in (cfg.get("callbacks") or {}).items():
         if not _has_target(node):
             continue
-        # "auto" = the model's own metric; an explicit `monitor: null` keeps Lightning's meaning
-        # (no metric: the latest checkpoints, e.g. every_n_train_steps snapshots).
-        if node._target_.endswith("ModelCheckpoint") and node.get("monitor") == "auto":
-            node = OmegaConf.merge(node, {"monitor": monitor})
+        target = str(node._target_)
+        if target.endswith("ModelCheckpoint"):
+            if fast_dev_run:  # a smoke test must not leave a model-sized last.ckpt behind
+                continue
+            # "auto" = the model's own metric; an explicit `monitor: null` keeps Lightning's meaning
+            # (no metric: the latest checkpoints, e.g. every_n_train_steps snapshots).
+            if node.get("monitor") == "auto":
+                node = OmegaConf.merge(node, {"monitor": monitor})
+        if target.endswith("LearningRateMonitor") and not has_logger:
+            continue  # Lightning refuses it without a logger (logger=none, debug=*)
+        if target.endswith("RichProgressBar") and bar_on and not is_tty():
+            node = OmegaConf.create({"_target_": "sketchembed.train.console.EpochLineProgress"})
         callbacks.append(instantiate(node))
     if loss_kind == "triplet" and _has_target(cfg.get("miner")):
         callbacks.append(instantiate(cfg.miner))
@@ -124,12 +139,25 @@ def _callbacks(cfg: DictConfig, monitor: str, loss_kind: str | None) -> list:
 
 
 def _loggers(cfg: DictConfig) -> list:
+    """The configured loggers (none for logger=none); wandb runs get their name and group here."""
     from hydra.utils import instantiate
 
+    from sketchembed.train.wandb_run import WandbLogger, naming
+
+    hydra_cfg = None
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        hydra_cfg = HydraConfig.get()
+    except Exception:  # outside a Hydra app
+        pass
     loggers = []
     for _, node in (cfg.get("logger") or {}).items():
         if _has_target(node):
-            loggers.append(instantiate(node))
+            lg = instantiate(node)
+            if isinstance(lg, WandbLogger):
+                lg.set_naming(**naming(cfg, hydra_cfg))
+            loggers.append(lg)
     return loggers
 
 
@@ -267,6 +295,27 @@ def _save_traceback(e: BaseException) -> str | None:
         return None
 
 
+def _start(cfg: DictConfig) -> None:
+    """Before the run: library noise off, the `extras` (config tree, tags, warnings), a metric check."""
+    from lightning.pytorch.utilities.rank_zero import rank_zero_only
+
+    from sketchembed.train.console import quiet_libraries
+    from sketchembed.train.extras import extras
+    from sketchembed.train.search import check_optimized_metric
+
+    quiet_libraries()
+    if rank_zero_only.rank == 0:
+        try:
+            from hydra.core.hydra_config import HydraConfig
+
+            out_dir = HydraConfig.get().runtime.output_dir
+        except Exception:
+            out_dir = None
+        extras(cfg, out_dir)
+    if "optimized_metric" in cfg and "model" in cfg:  # training configs
+        check_optimized_metric(cfg)
+
+
 def hydra_entry(config_name: str, fn):
     """Run ``fn(cfg)`` as a Hydra app whose misconfigurations end in one line, not a traceback."""
     import hydra
@@ -280,6 +329,7 @@ def hydra_entry(config_name: str, fn):
         from sketchembed.data.sketch import DataFormatError
 
         try:
+            _start(cfg)
             result = fn(cfg)
             return optimized_value(cfg, result)
         except Exception as e:
