@@ -317,26 +317,10 @@ def _figures(cfg, out: Path, dm, train, test, pred, curve, classes, kind) -> Non
 
 
 def _log_wandb(cfg: DictConfig, out: Path, m: dict) -> None:
-    node = OmegaConf.select(cfg, "logger.wandb")
-    if not (isinstance(node, DictConfig) and "_target_" in node):
-        return
-    import wandb
+    """Charts, tables and figures to wandb, attached to the training run (sketchembed.eval.dashboard)."""
+    from sketchembed.eval.dashboard import log_eval
 
-    kw = {"project": node.get("project") or "sketchembed", "name": node.get("name"), "dir": str(out),
-          "job_type": "eval", "group": node.get("group"), "tags": list(node.get("tags") or []) or None,
-          "config": OmegaConf.to_container(cfg, resolve=True)}
-    if node.get("offline", True):
-        kw["mode"] = "offline"
-    run = wandb.init(**{k: v for k, v in kw.items() if v is not None})
-    try:
-        run.log({k: v for k, v in m.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
-                 and math.isfinite(v)})
-        for name in ("tsne", "neighbors", "confusion", "early_recognition"):
-            if (out / f"{name}.png").is_file():
-                run.log({name: wandb.Image(str(out / f"{name}.png"))})
-        run.save(str(out / "metrics.json"), base_path=str(out), policy="now")
-    finally:
-        run.finish()
+    log_eval(cfg, out, m)
 
 
 def _print(m: dict, kind: str) -> None:
