@@ -27,6 +27,8 @@ from pathlib import Path
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
+from sketchembed.messages import short_list
+
 log = logging.getLogger("sketchembed.eval")
 
 KNN_CLASSIFIER_K = 4
@@ -57,10 +59,6 @@ def _sel(cfg: DictConfig, key: str, default=None):
     return default if v is None else v
 
 
-def _names(classes, n: int = 12) -> str:
-    classes = list(classes)
-    head = ", ".join(classes[:n])
-    return head if len(classes) <= n else f"{head}, … ({len(classes)} classes)"
 
 
 def _ckpt_path(cfg: DictConfig) -> Path:
@@ -90,9 +88,9 @@ def _check_test_dir(test_dir: str, classes: list[str]) -> None:
         raise ValueError(f"data.test_dir={path}: no per-class files (<class>{', <class>'.join(SUFFIXES)}) in it")
     unknown = {c: files for c, files in found.items() if c not in set(classes)}
     if unknown:
-        names = ", ".join(str(f) for c in sorted(unknown) for f in unknown[c])
-        raise ValueError(f"data.test_dir={path}: {names}: class(es) {sorted(unknown)} unknown to the model "
-                         f"(trained on: {_names(classes)})")
+        names = short_list(f for c in sorted(unknown) for f in unknown[c])
+        raise ValueError(f"data.test_dir={path}: {names}: class(es) [{short_list(sorted(unknown))}] unknown to the model "
+                         f"(trained on: {short_list(classes)})")
 
 
 def _datamodule(cfg: DictConfig, ckpt: dict, ckpt_path: Path, views):
@@ -121,8 +119,8 @@ def _datamodule(cfg: DictConfig, ckpt: dict, ckpt_path: Path, views):
         raise type(e)(f"{e} (the dataset the checkpoint was trained on; set data.root=…)") from None
     trained = state.get("classes")
     if trained is not None and list(trained) != classes:
-        raise ValueError(f"{ckpt_path}: trained on classes [{_names(trained)}], but data.root={root} has "
-                         f"[{_names(classes)}] (labels would not match)")
+        raise ValueError(f"{ckpt_path}: trained on classes [{short_list(trained)}], but data.root={root} has "
+                         f"[{short_list(classes)}] (labels would not match)")
     dm.load_state_dict({"seq_std": float(state["seq_std"])})
     if test_dir:
         _check_test_dir(str(test_dir), classes)

@@ -2,8 +2,6 @@
 the library noise every run would otherwise show (doubled INFO lines, tips, deprecation warnings)
 silenced at the source.
 
-``short_list`` is the one helper every message that names many things (classes, keys) goes through,
-so an error about 335 classes stays one readable line.
 """
 
 from __future__ import annotations
@@ -23,13 +21,6 @@ NOISY_WARNINGS = (
     r".*isinstance\(treespec, LeafSpec\).*",         # lightning's pytree shim on torch >= 2.10
 )
 NOISY_LOG_TEXT = ("litlogger", "litmodels")           # Lightning's product tips
-
-
-def short_list(items: Iterable, n: int = 12) -> str:
-    """``a, b, c, … (335 in all)``: at most ``n`` names of a list in a message."""
-    items = [str(i) for i in items]
-    head = ", ".join(items[:n])
-    return head if len(items) <= n else f"{head}, … ({len(items)} in all)"
 
 
 class _DropText(logging.Filter):

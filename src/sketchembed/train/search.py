@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from omegaconf import DictConfig, OmegaConf
 
-from sketchembed.train.console import short_list
+from sketchembed.messages import short_list
 
 TRIPLET_METRICS = ("triplet_acc", "d_pos", "d_neg")  # TripletAccuracy.compute()
 CLASSIFIER_METRICS = ("acc", "loss")                 # SketchModule._eval_step with logits
