@@ -55,6 +55,17 @@ def quiet_libraries() -> None:
     logging.getLogger("optuna").setLevel(logging.ERROR)
 
 
+def quiet_sweeper(argv: list[str]) -> None:
+    """Before Hydra starts: an Optuna sweep (``hparams_search=optuna``) would print optuna's own
+    coloured INFO lines beside the sweeper's; optuna sets its level when first imported, so it is set
+    here, before the sweeper imports it (and only then: importing optuna costs seconds)."""
+    if not any("optuna" in a for a in argv):
+        return
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
 def is_tty() -> bool:
     try:
         return sys.stdout.isatty()

@@ -321,6 +321,9 @@ def hydra_entry(config_name: str, fn):
     import hydra
 
     os.environ.setdefault("PROJECT_ROOT", str(Path(conf_dir()).parent))
+    from sketchembed.train.console import quiet_sweeper
+
+    quiet_sweeper(sys.argv[1:])
 
     @hydra.main(version_base="1.3", config_path=conf_dir(), config_name=config_name)
     def _main(cfg: DictConfig):
