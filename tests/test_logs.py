@@ -108,3 +108,18 @@ def test_lists_in_messages_are_capped():
         dm.load_state_dict({"classes": list(STUDY_CLASSES), "seq_std": 1.0})
     msg = str(e.value)
     assert "335 [" in msg and "(335 in all)" in msg and len(msg) < 600 and "\n" not in msg
+
+
+def test_transfer_confirms_the_loaded_cnn_weights(tmp_path, caplog):
+    import logging
+
+    from test_train import run_inproc, tiny
+
+    run_inproc(tiny("triplet", "extras.print_config=false"), tmp_path / "triplet")
+    ckpt = tmp_path / "triplet" / "checkpoints" / "last.ckpt"
+    with caplog.at_level(logging.INFO, logger="sketchembed.models.combined"):
+        run_inproc(tiny("combined_transfer", f"model.cnn_ckpt={ckpt}", "extras.print_config=false"),
+                   tmp_path / "transfer")
+    lines = [r.getMessage() for r in caplog.records if "model.cnn_ckpt: loaded" in r.getMessage()]
+    assert lines and re.fullmatch(rf"model\.cnn_ckpt: loaded \d+ CNN weight tensors from {re.escape(str(ckpt))}",
+                                  lines[0]), lines

@@ -1,5 +1,6 @@
-"""Run-start conveniences of lightning-hydra-template (``extras`` in conf/train.yaml): the composed
-config printed as a tree and saved in the run dir, optional tag enforcement, a warnings switch."""
+"""What happens before a run starts: lightning-hydra-template's ``extras`` (conf/train.yaml: the
+composed config printed as a tree and saved in the run dir, optional tag enforcement, a warnings
+switch), library noise off, the optimized metric checked."""
 
 from __future__ import annotations
 
@@ -67,3 +68,24 @@ def extras(cfg: DictConfig, output_dir: str | Path | None = None) -> None:
         from rich.console import Console
 
         Console().print(tree)
+
+
+def start_run(cfg: DictConfig) -> None:
+    """Before any run of the entry (train, eval): library noise off, the `extras` on rank 0 (config
+    tree, tags, warnings), and for training the metric to optimize checked against the model."""
+    from lightning.pytorch.utilities.rank_zero import rank_zero_only
+
+    from sketchembed.train.console import quiet_libraries
+    from sketchembed.train.search import check_optimized_metric
+
+    quiet_libraries()
+    if rank_zero_only.rank == 0:
+        try:
+            from hydra.core.hydra_config import HydraConfig
+
+            out_dir = HydraConfig.get().runtime.output_dir
+        except Exception:  # outside a Hydra app
+            out_dir = None
+        extras(cfg, out_dir)
+    if "optimized_metric" in cfg and "model" in cfg:  # training configs
+        check_optimized_metric(cfg)

@@ -295,27 +295,6 @@ def _save_traceback(e: BaseException) -> str | None:
         return None
 
 
-def _start(cfg: DictConfig) -> None:
-    """Before the run: library noise off, the `extras` (config tree, tags, warnings), a metric check."""
-    from lightning.pytorch.utilities.rank_zero import rank_zero_only
-
-    from sketchembed.train.console import quiet_libraries
-    from sketchembed.train.extras import extras
-    from sketchembed.train.search import check_optimized_metric
-
-    quiet_libraries()
-    if rank_zero_only.rank == 0:
-        try:
-            from hydra.core.hydra_config import HydraConfig
-
-            out_dir = HydraConfig.get().runtime.output_dir
-        except Exception:
-            out_dir = None
-        extras(cfg, out_dir)
-    if "optimized_metric" in cfg and "model" in cfg:  # training configs
-        check_optimized_metric(cfg)
-
-
 def hydra_entry(config_name: str, fn):
     """Run ``fn(cfg)`` as a Hydra app whose misconfigurations end in one line, not a traceback."""
     import hydra
@@ -331,8 +310,10 @@ def hydra_entry(config_name: str, fn):
 
         from sketchembed.data.sketch import DataFormatError
 
+        from sketchembed.train.extras import start_run
+
         try:
-            _start(cfg)
+            start_run(cfg)
             result = fn(cfg)
             return optimized_value(cfg, result)
         except Exception as e:
