@@ -9,13 +9,12 @@ import warnings
 
 import pytest
 import torch
-from test_train import MODEL_TINY, compose_cfg, read_csv_metrics, run_cli, tiny
+from test_train import MODEL_TINY, compose_cfg, read_csv_metrics, tiny
 
 from sketchembed.train.run import hydra_entry, train
 
 # Tiny LSTM sizes that leave the debug options' own trainer settings alone.
-DEBUG_TINY = ["model=lstm", *MODEL_TINY["lstm"], "data.eval_batch_size=64",
-              "callbacks.embedding_eval.max_train=48", "callbacks.embedding_eval.probe_epochs=5",
+DEBUG_TINY = ["model=lstm", *MODEL_TINY["lstm"], "data.eval_batch_size=64", "callbacks.embedding_eval=null",
               "callbacks.sample_images=null", "callbacks.space_images=null", "extras.print_config=false"]
 MODELS = ["combined", "combined_transfer", "lstm", "triplet", "direct"]
 
@@ -62,8 +61,7 @@ def test_debug_limit_runs_a_few_batches_per_epoch(tmp_path):
 
 @pytest.mark.slow
 def test_debug_overfit_drives_the_train_loss_down(tmp_path):
-    cfg, _, _ = run(["debug=overfit", *DEBUG_TINY, "logger=csv", "model.lr=0.02", "model.scheduler=none",
-                     "callbacks.embedding_eval=null"], tmp_path)
+    cfg, _, _ = run(["debug=overfit", *DEBUG_TINY, "logger=csv", "model.lr=0.02", "model.scheduler=none"], tmp_path)
     assert cfg.data.max_train == 48 and cfg.trainer.max_epochs == 20 and not cfg.augment
     assert steps_run(tmp_path) == 60  # 3 batches of the same 48 drawings, 20 epochs
     losses = [float(r["train/loss"]) for r in read_csv_metrics(tmp_path) if r.get("train/loss")]
@@ -158,11 +156,17 @@ def test_a_metric_the_model_does_not_log_stops_before_training(tmp_path, capsys)
     assert not (tmp_path / "checkpoints").exists()
 
 
-def test_optuna_sweep_with_the_triplet_model(tmp_path):
-    sweep = tmp_path / "optuna"
-    r = run_cli(["-m", "hparams_search=optuna", *tiny("triplet"), "hydra.sweeper.n_trials=1",
-                 f"hydra.sweep.dir={sweep}", "extras.print_config=false"])
-    assert r.returncode == 0, r.stderr[-3000:]
-    metrics = json.loads((sweep / "0" / "train_metrics.json").read_text())
-    results = (sweep / "optimization_results.yaml").read_text()
-    assert f"best_value: {metrics['best/val/triplet_acc@100']}" in results
+# ------------------------------------------------------------------------------------ SLURM
+@pytest.mark.parametrize("env, want", [(None, "offline"), ("online", "online")])
+def test_slurm_launcher_keeps_wandb_offline_unless_asked(env, want, tmp_path, monkeypatch):
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import OmegaConf
+
+    if env is None:
+        monkeypatch.delenv("WANDB_MODE", raising=False)
+    else:
+        monkeypatch.setenv("WANDB_MODE", env)
+    compose_cfg(["hydra/launcher=slurm"], tmp_path)
+    setup = [OmegaConf.select(HydraConfig.get().launcher, f"setup.{i}")
+             for i in range(len(HydraConfig.get().launcher.setup))]
+    assert f"export WANDB_MODE={want}" in setup

@@ -85,12 +85,19 @@ def test_epoch_line_format():
     assert line == "epoch 3/60  step 21  train/loss 1.235  val/acc@100 0.5  val/knn@4 0.25  elapsed 0:30  eta 9:30"
 
 
-def test_optuna_sweep_prints_no_plugin_chatter(tmp_path):
+def test_optuna_sweep_with_the_triplet_model_and_no_plugin_chatter(tmp_path):
+    """The search that died after an epoch (it optimized val/acc@100, which triplet never logs) runs,
+    and prints the sweeper's lines without alembic's and optuna's own."""
+    import json
+
     from test_train import run_cli, tiny
 
-    r = run_cli(["-m", "hparams_search=optuna", *tiny("lstm"), "hydra.sweeper.n_trials=1",
-                 f"hydra.sweep.dir={tmp_path / 'sweep'}", "extras.print_config=false"])
+    sweep = tmp_path / "sweep"
+    r = run_cli(["-m", "hparams_search=optuna", *tiny("triplet"), "hydra.sweeper.n_trials=1",
+                 f"hydra.sweep.dir={sweep}", "extras.print_config=false"])
     assert r.returncode == 0, r.stderr[-3000:]
+    metrics = json.loads((sweep / "0" / "train_metrics.json").read_text())
+    assert f"best_value: {metrics['best/val/triplet_acc@100']}" in (sweep / "optimization_results.yaml").read_text()
     out = r.stdout + r.stderr
     assert "setup plugin" not in out and "A new study created" not in out
     assert "Best value:" in out
