@@ -215,3 +215,26 @@ def test_dashboard_settings_are_checked():
         settings(OmegaConf.create({"dashboard": {"attach": "sometimes"}}))
     with pytest.raises(ValueError, match="dashboard.rows: unknown key"):
         settings(OmegaConf.create({"dashboard": {"rows": 3}}))
+
+
+def test_eval_can_resume_the_training_run_itself(trained_and_evaluated, tmp_path, monkeypatch):
+    """dashboard.attach=resume (auto does so online): eval logs under the training run's id."""
+    import shutil
+
+    from omegaconf import OmegaConf
+
+    from sketchembed.eval.dashboard import log_eval
+
+    t = trained_and_evaluated
+    for k, v in _env(t["tmp"]).items():
+        if k.startswith("WANDB_"):
+            monkeypatch.setenv(k, v)
+    out = tmp_path / "eval"
+    shutil.copytree(t["eval_dir"], out, ignore=shutil.ignore_patterns("wandb"))
+    m = json.loads((out / "metrics.json").read_text())
+    cfg = OmegaConf.create({"logger": {"wandb": {"_target_": "x.WandbLogger", "project": "sketchembed", "offline": True}},
+                            "dashboard": {"attach": "resume", "table_rows": 0}, "tsne": False, "seed": 0})
+    run_dir = log_eval(cfg, out, m)
+    info = run_info(run_dir)
+    assert info["id"] == (t["run_dir"] / "wandb_id.txt").read_text().strip()
+    assert info["summary"]["eval/acc@100"] == pytest.approx(m["test/acc@100"])

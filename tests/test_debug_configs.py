@@ -8,7 +8,6 @@ import json
 import warnings
 
 import pytest
-import torch
 from test_train import MODEL_TINY, compose_cfg, read_csv_metrics, tiny
 
 from sketchembed.train.run import hydra_entry, train
