@@ -12,6 +12,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -44,6 +45,8 @@ def wandb_records(run_dir: Path) -> list:
             continue
         length = int.from_bytes(data[pos + 4:pos + 6], "little")
         kind = data[pos + 6]
+        if pos + 7 + length > len(data):  # a record still being written
+            break
         chunk = data[pos + 7:pos + 7 + length]
         pos += 7 + length
         if kind == 0 and length == 0:
@@ -235,6 +238,16 @@ def test_eval_can_resume_the_training_run_itself(trained_and_evaluated, tmp_path
     cfg = OmegaConf.create({"logger": {"wandb": {"_target_": "x.WandbLogger", "project": "sketchembed", "offline": True}},
                             "dashboard": {"attach": "resume", "table_rows": 0}, "tsne": False, "seed": 0})
     run_dir = log_eval(cfg, out, m)
-    info = run_info(run_dir)
+    from google.protobuf.message import DecodeError
+
+    info = {"summary": {}}
+    for _ in range(40):  # wandb's service may still be flushing the file when finish() returns
+        try:
+            info = run_info(run_dir)
+        except DecodeError:
+            info = {"summary": {}}
+        if "eval/acc@100" in info["summary"]:
+            break
+        time.sleep(0.5)
     assert info["id"] == (t["run_dir"] / "wandb_id.txt").read_text().strip()
     assert info["summary"]["eval/acc@100"] == pytest.approx(m["test/acc@100"])
