@@ -17,6 +17,8 @@ SECTIONS = {
     "raster": "bench.raster",
     "train": "bench.train_throughput",
     "prepare": "bench.prepare",
+    "eval_scale": "bench.eval_scale",
+    "studio": "bench.studio",
 }
 
 

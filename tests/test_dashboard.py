@@ -111,7 +111,7 @@ def trained_and_evaluated(tmp_path_factory):
                        cwd=REPO, env=_env(tmp), capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     r = subprocess.run([sys.executable, str(REPO / "eval.py"), f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}",
-                        "max_index=120", "data.max_eval=60", "probe_epochs=5", "tsne_max_points=50",
+                        "knn.max_train=120", "data.max_eval=60", "probe.steps=20", "tsne.max_points=50",
                         "neighbors.n_refs=2", "dashboard.table_rows=12", f"hydra.run.dir={eval_dir}"],
                        cwd=REPO, env=_env(tmp), capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
@@ -236,7 +236,9 @@ def test_eval_can_resume_the_training_run_itself(trained_and_evaluated, tmp_path
     shutil.copytree(t["eval_dir"], out, ignore=shutil.ignore_patterns("wandb"))
     m = json.loads((out / "metrics.json").read_text())
     cfg = OmegaConf.create({"logger": {"wandb": {"_target_": "x.WandbLogger", "project": "sketchembed", "offline": True}},
-                            "dashboard": {"attach": "resume", "table_rows": 0}, "tsne": False, "seed": 0})
+                            "dashboard": {"attach": "resume", "table_rows": 0}, "tsne": {"enabled": False},
+                            "fractions": [0.5, 1.0], "knn": {"ks": [4], "max_train": 120}, "seed": 42,
+                            "batch_size": 64})
     run_dir = log_eval(cfg, out, m)
     from google.protobuf.message import DecodeError
 

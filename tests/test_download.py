@@ -205,13 +205,69 @@ def test_resumed_file_without_hash_on_206_is_checked_by_head(bucket, tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def _statuses(server, dest, **kw):
+    seen, warned = [], []
+    _fetch(server, dest, on_file=lambda p, st: seen.append(st), on_warning=warned.append, **kw)
+    return seen, warned
+
+
 def test_server_ignoring_range_restarts_from_zero(bucket, tmp_path):
     src = (bucket.root / "full/simplified/apple.ndjson").read_bytes()
     (tmp_path / "apple.ndjson.part").write_bytes(b"junk that is not the start of the file")
     bucket.ignore_range = True
-    (path,) = _fetch(bucket, tmp_path)
+    assert _statuses(bucket, tmp_path) == (["restarted"], [])  # not "resumed": nothing was kept
     assert [(e["status"], e["range"]) for e in _get(bucket)] == [(200, "bytes=38-")]  # one request
-    assert path.read_bytes() == src
+    assert (tmp_path / "apple.ndjson").read_bytes() == src
+
+
+def test_resumed_part_is_said_resumed(bucket, tmp_path):
+    src = (bucket.root / "full/simplified/apple.ndjson").read_bytes()
+    (tmp_path / "apple.ndjson.part").write_bytes(src[:4000])
+    assert _statuses(bucket, tmp_path) == (["resumed"], [])
+    assert (tmp_path / "apple.ndjson").read_bytes() == src
+
+
+def test_without_md5_an_earlier_part_is_not_trusted(bucket, tmp_path):
+    """No MD5 from the server: a corrupt .part left by an earlier run would pass the size check, so
+    its bytes are fetched again; the file is then checked by size only, and says so in one line."""
+    src = (bucket.root / "full/simplified/apple.ndjson").read_bytes()
+    (tmp_path / "apple.ndjson.part").write_bytes(b"\0" * 4000)  # right length, wrong bytes
+    bucket.send_md5 = False
+    seen, warned = _statuses(bucket, tmp_path)
+    assert (tmp_path / "apple.ndjson").read_bytes() == src
+    assert seen == ["restarted"] and warned == ["apple.ndjson: the server sent no MD5: checked by its size only"]
+    assert [(e["method"], e["range"]) for e in bucket.log] == [("GET", "bytes=4000-"), ("HEAD", None), ("GET", None)]
+    # a fresh download without MD5: one warning line, nothing fetched twice
+    bucket.log.clear()
+    assert _statuses(bucket, tmp_path / "fresh") == (["downloaded"], warned)
+    assert len(bucket.log) == 1
+    with pytest.warns(UserWarning, match="apple.ndjson: the server sent no MD5"):  # never silent
+        _fetch(bucket, tmp_path / "again")
+
+
+def test_verify_rechecks_present_files_against_the_md5(bucket, tmp_path, capsys):
+    src = (bucket.root / "full/simplified/apple.ndjson").read_bytes()
+    final = tmp_path / "apple.ndjson"
+    final.write_bytes(src[:100] + b"X" * 50 + src[150:])  # same size, corrupt
+    assert _statuses(bucket, tmp_path) == (["present"], [])  # by size, as without --verify
+    bucket.log.clear()
+    seen, warned = _statuses(bucket, tmp_path, verify=True)
+    assert seen == ["replaced"] and len(warned) == 1 and warned[0].startswith("apple.ndjson: MD5 ")
+    assert final.read_bytes() == src and [e["method"] for e in bucket.log] == ["HEAD", "GET"]
+    assert _statuses(bucket, tmp_path, verify=True) == (["verified"], [])
+    bucket.send_md5 = False
+    assert _statuses(bucket, tmp_path, verify=True) == (
+        ["present"], ["apple.ndjson: the server sent no MD5: cannot verify it (its size matches)"])
+    bucket.send_md5 = True
+    final.write_bytes(b"Y" * len(src))
+    argv = ["data", "download", "--classes", "apple", "--dest", str(tmp_path), "--url-base", bucket.url,
+            "--retries", "0", "--verify"]
+    assert main(argv) == 0
+    cap = capsys.readouterr()
+    assert "  replaced  " in cap.out and "1 file(s)" in cap.out and cap.err.startswith("warning: apple.ndjson: MD5")
+    assert final.read_bytes() == src
+    assert main(argv + ["--quiet"]) == 0
+    assert capsys.readouterr().out == ""
 
 
 def test_complete_part_gets_416_and_is_verified(bucket, tmp_path):

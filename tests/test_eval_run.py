@@ -17,9 +17,10 @@ import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-FIGURES = ("tsne.png", "neighbors.png", "confusion.png", "early_recognition.png")
+FIGURES = ("tsne.png", "neighbors.png", "confusion.png", "per_class.png", "early_recognition.png")
+STAGES = ("load", "embed_train", "embed_test", "knn", "probe", "metrics", "tsne", "figures")
 # cheap but complete evals: every output is written
-FAST = ["probe_epochs=20", "batch_size=128"]
+FAST = ["probe.steps=60", "batch_size=128"]
 
 
 def _env() -> dict:
@@ -99,9 +100,12 @@ def _check_consistent(out: Path, m: dict) -> dict:
     assert m["n_test"] == m["n_evaluated"] == n == len(pred["key_ids"]) == len(pred["indices"]) > 0
     fr = [float(f) for f in pred["fractions"]]
     assert fr == [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0]
+    curve_rows = pred["curve_rows"]
+    assert m["n_curve"] == len(curve_rows) == min(n, m.get("_curve_max_eval", n))
     for f in fr:
         tag = str(round(100 * f))
-        acc = float((pred[f"pred@{tag}"] == y).mean())
+        yf = y if tag in ("50", "100") else y[curve_rows]
+        acc = float((pred[f"pred@{tag}"] == yf).mean())
         assert m[f"test/acc@{tag}"] == pytest.approx(acc, abs=1e-12)
         assert m["early_recognition"][tag] == pytest.approx(acc, abs=1e-12)
     assert m["early_recognition"]["100"] == m["test/acc@100"]
@@ -118,9 +122,32 @@ def _check_consistent(out: Path, m: dict) -> dict:
         assert m["per_class_n"][c] == int(rows.sum())
         want = float((pred["pred@100"][rows] == i).mean()) if rows.any() else None
         assert m["per_class_acc@100"][c] == (pytest.approx(want) if want is not None else None)
+    from sketchembed.eval.knn import study_tie_correct, vote
+
+    nl = pred["knn_neighbor_labels"]
     for k in (1, 3, 4, 5):
         assert m[f"test/knn@{k}"] == pytest.approx(float((pred[f"knn@{k}"] == y).mean()), abs=1e-12)
+        np.testing.assert_array_equal(pred[f"knn@{k}"], vote(nl, k, C))
+        tie = float(study_tie_correct(nl, k, y, C).mean())
+        assert m[f"test/knn@{k}_study_tie"] == pytest.approx(tie, abs=1e-12)
+        assert m[f"test/knn@{k}_study_tie"] >= m[f"test/knn@{k}"]  # the study's rule is never stricter
+    assert m["test/knn@1_study_tie"] == m["test/knn@1"]
+    pairs = m["confused_pairs"]
+    off = cm - np.diag(np.diag(cm))
+    assert [p["total"] for p in pairs] == sorted((p["total"] for p in pairs), reverse=True)
+    if pairs:
+        assert pairs[0]["total"] == int(np.triu(off + off.T, 1).max())
+        a, b = classes.index(pairs[0]["a"]), classes.index(pairs[0]["b"])
+        assert (pairs[0]["a_as_b"], pairs[0]["b_as_a"]) == (cm[a, b], cm[b, a])
+    stages = json.loads((out / "stages.json").read_text())
+    assert list(stages["stages"]) == list(STAGES)
+    assert all(r["wall_s"] >= 0 and r["peak_rss_mb"] > 0 for r in stages["stages"].values())
     assert m["test/probe_acc"] == pytest.approx(float((pred["probe"] == y).mean()), abs=1e-12)
+    from sketchembed.eval.stats import wilson
+
+    k100 = int((pred["pred@100"] == y).sum())  # every accuracy saved with n and its 95 % interval
+    assert m["intervals"]["test/acc@100"] == {"n": n, "ci95": pytest.approx(list(wilson(k100, n))), "method": "wilson"}
+    assert {f"test/knn@{k}" for k in (1, 3, 4, 5)} | {"test/probe_acc", "test/acc@10"} <= set(m["intervals"])
     assert isinstance(m["n_skipped"], int) and m["n_skipped"] >= 0
     report = (out / "report.md").read_text()
     for name in FIGURES:
@@ -129,6 +156,10 @@ def _check_consistent(out: Path, m: dict) -> dict:
 
     assert f"| classification @ 100 % of the drawing | {pct(m['test/acc@100'])} |" in report
     assert f"| KNN K=4 | {pct(m['test/knn@4'])} |" in report
+    assert f"| KNN K=3, study's tie rule (a tie with the true class counts) | {pct(m['test/knn@3_study_tie'])} | 88.95 |" \
+        in report or m["model_kind"] != "combined"
+    if pairs:
+        assert "## Most confused pairs" in report and f"| {pairs[0]['a']} | {pairs[0]['b']} |" in report
     return pred
 
 
@@ -152,7 +183,7 @@ def test_knn_k1_on_the_index_itself_is_perfect(lstm_ckpt, study10, tmp_path):
     """data.test_dir = the training dataset itself (a prepared dir: every row): the train drawings are
     the index, so their nearest neighbour is themselves."""
     out = tmp_path / "run"
-    m = _eval(out, lstm_ckpt, f"data.test_dir={study10.root}", "tsne=false", "neighbors.n_refs=0")
+    m = _eval(out, lstm_ckpt, f"data.test_dir={study10.root}", "tsne.enabled=false", "neighbors.n_refs=0")
     pred = dict(np.load(out / "predictions.npz"))
     assert m["n_test"] == len(study10) and m["split"] == "test_dir"
     train_keys = np.asarray(study10.key_ids)[study10.indices("train")]
@@ -205,10 +236,11 @@ def test_eval_test_dir_of_real_files(lstm_ckpt, shared_quickdraw, tmp_path):
 
 # ------------------------------------------------------------------------------------------ triplet
 def test_eval_triplet_checkpoint_classified_by_knn(triplet_ckpt, study10, tmp_path):
-    """Also: max_index caps the index with a random subset of the train split, not its first rows
-    (which are sorted by class)."""
+    """Also: knn.max_train caps the index with a random subset of the train split, not its first rows
+    (which are sorted by class); curve_max_eval measures the curve's other fractions on a subset."""
     out = tmp_path / "run"
-    m = _eval(out, triplet_ckpt, "max_index=60")
+    m = _eval(out, triplet_ckpt, "knn.max_train=60", "curve_max_eval=20", "knn.backend=torch")
+    m["_curve_max_eval"] = 20
     pred = _check_consistent(out, m)
     assert m["n_train"] == len(pred["index_key_ids"]) == 60
     train_rows = study10.indices("train")

@@ -71,11 +71,24 @@ def test_real_raw_and_simplified_files_read_without_skips(shared_quickdraw, name
 
 @pytest.mark.slow
 def test_every_shared_file_reads_without_skips(shared_quickdraw):
+    """Also the source of the raw bounds' figures in docs/ARCHITECTURE.md and the README: the real raw
+    drawings (9,513) span −1,013…2,755 and each spans at least 6.4, far inside ±100,000 and ≥ 1."""
+    lo = hi = 0.0
+    extent = np.inf
+    n_raw = 0
     for folder in ("raw", "simplified"):
         for path in sorted((shared_quickdraw / folder).glob("*.ndjson")):
             rep = SkipReport()
-            assert sum(1 for _ in read_drawings(path, report=rep, word=path.stem)) > 0
-            assert rep.count == 0, rep.summary()
+            n = 0
+            for d in read_drawings(path, report=rep, word=path.stem):
+                n += 1
+                if folder == "raw":
+                    n_raw += 1
+                    xy = np.concatenate([s[:, :2] for s in d.strokes])
+                    lo, hi = min(lo, xy.min()), max(hi, xy.max())
+                    extent = min(extent, (xy.max(0) - xy.min(0)).max())
+            assert n > 0 and rep.count == 0, rep.summary()
+    assert n_raw == 9513 and (lo, hi) == (-1013, 2755) and round(extent, 1) == 6.4
 
 
 def test_raw_and_simplified_detected_per_line(shared_quickdraw, tmp_path):
@@ -91,6 +104,8 @@ def test_raw_and_simplified_detected_per_line(shared_quickdraw, tmp_path):
 
 NDJSON_CORRUPTIONS = {
     "broken JSON": (lambda line: line[: len(line) // 2], "broken JSON"),
+    "deeply nested JSON": (lambda line: b"[" * 100_000, "nested too deeply"),
+    "not UTF-8": (lambda line: line.replace(b"apple", b"app\xffle"), "not UTF-8"),
     "x/y length mismatch": (lambda o: _with(o, lambda d: d[0][0].append(3)), "length mismatch"),
     "empty drawing": (lambda o: _with(o, lambda d: d.clear()), "empty drawing"),
     "one-point stroke": (lambda o: _with(o, lambda d: d.append([[5], [6]])), "single point"),
@@ -101,6 +116,11 @@ NDJSON_CORRUPTIONS = {
     "unknown class": (lambda o: {**o, "word": "unicorn"}, "unknown class"),
     "bad key_id": (lambda o: {**o, "key_id": "abc"}, "key_id"),
     "infinite key_id": (lambda o: {**o, "key_id": float("inf")}, "key_id"),
+    "key_id true": (lambda o: {**o, "key_id": True}, "key_id True"),  # not key 1
+    "fractional key_id": (lambda o: {**o, "key_id": 1.5}, "key_id 1.5"),
+    "key_id of 5,000 digits": (lambda o: {**o, "key_id": "9" * 5000}, "key_id"),  # int() limit
+    "negative key_id": (lambda o: {**o, "key_id": "-5"}, "key_id"),
+    "all points in one place": (lambda o: {**o, "drawing": [[[7, 7], [9, 9]]]}, "all points in one place"),
 }
 
 
@@ -113,7 +133,8 @@ def _with(obj, edit):
 def _write_corrupted(src_lines, tmp_path, name):
     lines = list(src_lines)
     fn, _ = NDJSON_CORRUPTIONS[name]
-    lines[1] = fn(lines[1]) if name == "broken JSON" else json.dumps(fn(json.loads(lines[1]))).encode()
+    raw_edit = name in ("broken JSON", "deeply nested JSON", "not UTF-8")
+    lines[1] = fn(lines[1]) if raw_edit else json.dumps(fn(json.loads(lines[1]))).encode()
     path = tmp_path / "apple.ndjson"
     path.write_bytes(b"\n".join(lines) + b"\n")
     return path
@@ -142,6 +163,9 @@ def test_corrupted_ndjson_is_counted_or_raised(shared_quickdraw, tmp_path, name)
     (lambda d: d[0][0].__setitem__(0, float("nan")), "non-finite"),
     (lambda d: d.clear(), "empty drawing"),
     (lambda d: d[0][0].__setitem__(0, "12"), "non-numeric"),
+    (lambda d: d[0][0].__setitem__(0, 1e9), "outside ±100,000"),
+    (lambda d: d[0][1].__setitem__(0, -1e9), "outside ±100,000"),
+    (lambda d: d.__setitem__(slice(None), [[[3.5, 3.5, 3.5], [2, 2, 2], [0, 10, 20]]]), "all points in one place"),
 ])
 def test_corrupted_raw_ndjson(shared_quickdraw, tmp_path, edit, words):
     src = _lines(shared_quickdraw / "raw" / "apple.ndjson", 2)
@@ -320,6 +344,9 @@ def test_npz_scaled_coordinates_are_normalised(tmp_path):
     (np.zeros((0, 3), dtype=np.int16), "empty"),
     (np.array([[1.0, np.nan, 0], [3, 4, 1]]), "non-finite"),
     (np.array([[5, 5, 1]], dtype=np.int16), "single point"),
+    (np.array([[1e300, 0, 0], [1, 1, 1]]), "outside ±100,000"),             # huge but finite
+    (np.array([[1e308, 0, 0], [1e308, 0, 1]]), "non-finite"),              # the sum overflows to inf
+    (np.array([[5, 5, 0], [0, 0, 0], [0, 0, 1]], dtype=np.int16), "all points in one place"),
 ])
 def test_bad_npz_drawing_is_counted(tmp_path, bad, words):
     good = np.array([[10, 10, 0], [5, 5, 1]], dtype=np.int16)
@@ -420,3 +447,55 @@ def test_reading_stops_at_the_bad_record_not_before(tmp_path, shared_quickdraw):
     assert isinstance(next(gen), Drawing)
     with pytest.raises(DataFormatError, match="line 2"):
         next(gen)
+
+
+# --- hostile JSON everywhere it is parsed; class names outside Quick, Draw! ---------------------------
+
+def test_decode_line_is_json_loads_but_never_raises_recursion():
+    from sketchembed.data.formats.ndjson import decode_line
+
+    for text in (b'{"a": [1, 2.5, "x", null, true]}\n', b'  [1]  \r\n', "[]"):
+        assert decode_line(text) == json.loads(text)
+    for text in (b"", b"\n", b"{oops", b"[1] x", b"[" * 100_000, b"{\"a\":" * 100_000, b"\xff"):
+        with pytest.raises(ValueError):
+            decode_line(text)
+
+
+def test_deeply_nested_line_in_suggest_sketch_file(shared_quickdraw, tmp_path):
+    """`sketchembed suggest` reads its sketch through the same decoder: one named error, no RecursionError."""
+    from sketchembed.eval.suggest import read_sketch
+
+    path = tmp_path / "apple.ndjson"
+    path.write_bytes(b"[" * 100_000 + b"\n" + _lines(shared_quickdraw / "simplified" / "apple.ndjson", 1)[0])
+    with pytest.raises(DataFormatError, match=r"apple.ndjson:line 1: broken JSON \(nested too deeply\)"):
+        read_sketch(path, 1)
+
+
+def test_any_class_name_when_asked(shared_quickdraw, tmp_path):
+    line = json.loads(_lines(shared_quickdraw / "simplified" / "apple.ndjson", 1)[0])
+    path = tmp_path / "wyvern.ndjson"
+    path.write_text(json.dumps({**line, "word": "wyvern"}) + "\n" + json.dumps({**line, "word": ""}) + "\n")
+    rep = SkipReport()
+    assert list(read_drawings(path, report=rep)) == []
+    assert rep.count == 2 and "unknown class 'wyvern'" in rep.items[0][2] and "from-files" in rep.items[0][2]
+    rep = SkipReport()
+    (d,) = read_drawings(path, report=rep, words=None)
+    assert d.word == "wyvern" and rep.count == 1 and "empty class name" in rep.items[0][2]
+    rep = SkipReport()
+    assert list(read_drawings(path, report=rep, words={"griffin"})) == []
+    assert "not among the 1 classes asked for" in rep.items[0][2]
+    binpath = tmp_path / "wyvern.bin"
+    write_binary(binpath, [d])
+    assert [x.word for x in read_drawings(binpath, words=None)] == ["wyvern"]
+    with pytest.warns(UserWarning, match="unknown class 'wyvern'"):
+        assert list(read_drawings(binpath)) == []
+
+
+def test_suggest_reads_a_sketch_of_any_class(shared_quickdraw, tmp_path):
+    from sketchembed.eval.suggest import read_sketch
+
+    line = json.loads(_lines(shared_quickdraw / "simplified" / "apple.ndjson", 1)[0])
+    path = tmp_path / "mine.ndjson"
+    path.write_text(json.dumps({**line, "word": "wyvern"}) + "\n")
+    drawing, points = read_sketch(path, 1)
+    assert drawing.word == "wyvern" and len(points) == drawing.n_points

@@ -8,6 +8,9 @@ from unittest.mock import MagicMock
 
 import pytest
 import torch
+from conftest import REPO_ROOT
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
 
 from sketchembed.metric import (
     AllTripletsMiner,
@@ -413,3 +416,52 @@ def test_epoch_triplet_accuracy_sums_batches_and_ignores_batches_without_triplet
     m.reset()
     m.update(emb2, lab2)
     assert math.isnan(m.compute()["triplet_acc"].item())
+
+
+# ------------------------------------------------------------------ the study's settings
+def test_softmax_loss_distance_option_plain_or_squared():
+    """The study's "exp" loss runs on plain Euclidean distances (the default); squared is the option."""
+    plain = (math.exp(1) / (math.exp(1) + math.exp(3))) ** 2
+    squared = (math.exp(1) / (math.exp(1) + math.exp(9))) ** 2
+    assert SoftmaxTripletLoss(distance="euclidean")(EMB, LAB, TRIPLET).item() == pytest.approx(plain, rel=1e-6)
+    assert SoftmaxTripletLoss(distance="squared_euclidean")(EMB, LAB, TRIPLET).item() == pytest.approx(
+        squared, rel=1e-5)
+    for name, cls, dist in (("softmax_triplet", SoftmaxTripletLoss, EuclideanDistance),
+                            ("hinge", HingeTripletLoss, SquaredEuclideanDistance)):
+        loss = instantiate(OmegaConf.load(REPO_ROOT / "conf" / "loss" / f"{name}.yaml"))
+        assert type(loss) is cls and type(loss.distance) is dist
+
+
+def _study_semi_hard(d, labels):
+    """The study's rule, literally: per (anchor, positive) of a bucket, the closest sample of the other
+    buckets farther than the positive; pairs with none are skipped (and counted)."""
+    picked, skipped = set(), 0
+    for a in range(len(labels)):
+        for p in range(len(labels)):
+            if p == a or labels[p] != labels[a]:
+                continue
+            farther = [n for n in range(len(labels)) if labels[n] != labels[a] and d[a][n] > d[a][p]]
+            if farther:
+                picked.add((a, p, min(farther, key=lambda n: d[a][n])))
+            else:
+                skipped += 1
+    return picked, skipped
+
+
+def test_semi_hard_miner_is_the_study_rule_on_three_buckets_of_ten():
+    g = torch.Generator().manual_seed(7)
+    labels = torch.tensor([4] * 10 + [1] * 10 + [7] * 10)    # three class-pure buckets of 10
+    emb = torch.randn(30, 8, generator=g) + labels[:, None] * 0.3
+    emb[0] = 40.0                                           # a far positive: its pairs find no negative
+    d = SquaredEuclideanDistance()(emb).tolist()
+    expected, skipped = _study_semi_hard(d, labels.tolist())
+    assert skipped >= 9
+    miner = SemiHardMiner(fallback="none")
+    assert _as_set(miner.mine(emb, labels)) == expected
+    assert miner.last_stats["miner/skipped"].item() == skipped
+    assert miner.last_stats["miner/triplets"].item() == 30 * 9 - skipped
+    # with a fallback the count still says how many pairs had no semi-hard negative
+    hardest = SemiHardMiner(fallback="hardest")
+    hardest.mine(emb, labels)
+    assert hardest.last_stats["miner/skipped"].item() == skipped
+    assert hardest.last_stats["miner/triplets"].item() == 30 * 9

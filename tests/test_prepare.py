@@ -177,6 +177,10 @@ def test_bad_lines_fast_path_matches_reader(tmp_path):
         "",                                                          # blank line
         good[0],                                                     # exact duplicate
         json.dumps([1, 2]),                                          # not an object
+        "[" * 100_000,                                               # RecursionError in json.loads
+        record("apple", KEY0 + 58, walk(rng)).replace(f'"{KEY0 + 58}"', "true"),  # key_id true ≠ 1
+        record("apple", KEY0 + 59, [[[7, 7], [9, 9]], [[7, 7], [9, 9]]]),  # all points in one place
+        record("apple", KEY0 + 60, walk(rng)).replace(f'"{KEY0 + 60}"', "1.5"),   # not an integer
     ]
     lines = good[:3] + odd + good[3:]
     src = tmp_path / "src"
@@ -192,14 +196,64 @@ def test_bad_lines_fast_path_matches_reader(tmp_path):
     kept = {int(k) for k in fast.key_ids}
     assert kept == {KEY0 + i for i in range(6)} | {KEY0 + 54, KEY0 + 56}
     sk_f, sk_s = fast.manifest["skipped"], slow.manifest["skipped"]
-    assert sk_f["count"] == sk_s["count"] == 9
+    assert sk_f["count"] == sk_s["count"] == 13
     assert sorted(map(json.dumps, sk_f["items"])) == sorted(map(json.dumps, sk_s["items"]))
-    assert {i["position"] for i in sk_f["items"]} == {f"line {n}" for n in (4, 5, 6, 7, 8, 10, 11, 13, 16)}
+    assert {i["position"] for i in sk_f["items"]} == {f"line {n}" for n in (4, 5, 6, 7, 8, 10, 11, 13, 16,
+                                                                             17, 18, 19, 20)}
+    reasons = {i["position"]: i["reason"] for i in sk_f["items"]}
+    assert "nested too deeply" in reasons["line 17"] and "key_id True" in reasons["line 18"]
+    assert "all points in one place" in reasons["line 19"] and "key_id 1.5" in reasons["line 20"]
     assert fast.manifest["duplicates"] == slow.manifest["duplicates"] == 1
     assert fast.manifest["simplified_from_raw"] == 1
     with pytest.raises(DataFormatError, match=r"apple.ndjson:line 4: broken JSON"):
         prepare([src], tmp_path / "raise", "apple", on_error="raise")
     assert not (tmp_path / "raise").exists()
+
+
+def test_hostile_first_line_loses_nothing_else(small_set, tmp_path):
+    """A nested-JSON bomb as the first line (where the format is sniffed) is one counted skip."""
+    path = small_set / "apple.ndjson"
+    path.write_text("[" * 100_000 + "\n" + path.read_text())
+    for fast in (True, False):
+        ds = prepare([small_set], tmp_path / f"out{fast}", "apple", fast=fast)
+        assert len(ds) == 40 and ds.manifest["skipped"]["count"] == 1
+        item = ds.manifest["skipped"]["items"][0]
+        assert item["file"] == str(path) and item["position"] == "line 1" and "nested too deeply" in item["reason"]
+
+
+def test_files_not_used_are_reported_and_other_datasets_read_with_from_files(small_set, tmp_path, capsys):
+    from sketchembed.cli import main
+
+    write_class(small_set / "wyvern.ndjson", "wyvern", range(KEY0 + 300, KEY0 + 306), seed=5)
+    ds = prepare([small_set], tmp_path / "qd", "all")
+    assert ds.classes == ["apple", "bus", "pear"]
+    assert ds.manifest["ignored_files"] == [{"file": str(small_set / "wyvern.ndjson"),
+                                             "reason": "not a Quick, Draw! category (--classes from-files "
+                                                       "takes every file name as a class)"}]
+    ds = prepare([small_set], tmp_path / "two", "apple,bus")
+    assert [(i["file"].rsplit("/", 1)[1], i["reason"][:24]) for i in ds.manifest["ignored_files"]] == [
+        ("pear.ndjson", "class not asked for (--c"), ("wyvern.ndjson", "not a Quick, Draw! categ")]
+    out = tmp_path / "any"
+    assert main(["data", "prepare", "--input", str(small_set), "--out", str(out), "--classes", "from-files",
+                 "--split", "fractions", "--no-progress"]) == 0
+    text = capsys.readouterr().out
+    assert "4 classes" in text and "no ignored files" in text
+    with pytest.raises(ValueError, match="unknown Quick, Draw! class 'wyvern'.*--classes from-files"):
+        prepare([small_set], tmp_path / "named", "wyvern")
+    ds = prepare([small_set], out, "from-files")
+    assert ds.classes == ["apple", "bus", "pear", "wyvern"] and ds.class_counts().tolist() == [40, 20, 25, 6]
+    # the word of each line must still be its file's name
+    (small_set / "griffin.ndjson").write_text(record("wyvern", KEY0 + 400, [[[1, 9], [1, 9]]]) + "\n")
+    with pytest.raises(DataFormatError, match="class 'griffin' has no valid drawings"):
+        prepare([small_set], tmp_path / "bad", "from-files")
+    (small_set / "griffin.ndjson").unlink()
+    assert main(["data", "prepare", "--input", str(small_set), "--out", str(tmp_path / "p"), "--no-progress"]) == 0
+    text = capsys.readouterr().out
+    assert "ignored 1 file(s):" in text and "wyvern.ndjson: not a Quick, Draw! category" in text
+    only_other = tmp_path / "other"
+    write_class(only_other / "wyvern.ndjson", "wyvern", range(KEY0, KEY0 + 3))
+    with pytest.raises(FileNotFoundError, match="'wyvern'.*--classes from-files"):
+        prepare([only_other], tmp_path / "none", "all")
 
 
 def test_empty_class_is_an_error_naming_class_and_file(small_set, tmp_path):
@@ -291,3 +345,24 @@ def test_embedded_missing_is_a_clear_error(monkeypatch, tmp_path):
     monkeypatch.setattr(emb, "EMBEDDED_ROOT", tmp_path)
     with pytest.raises(FileNotFoundError, match="build_embedded_data.py"):
         emb.embedded_dataset_path("study10")
+
+
+def test_other_dataset_through_the_datamodule_with_a_hostile_test_dir(tmp_path):
+    """Class names outside Quick, Draw! from prepare to batches; an eval test_dir (prepared on the
+    fly) with a nested-JSON bomb loses that line only."""
+    from sketchembed.data.datamodule import SketchDataModule
+
+    src = tmp_path / "beasts"
+    write_class(src / "wyvern.ndjson", "wyvern", range(KEY0, KEY0 + 30), seed=1)
+    write_class(src / "griffin.ndjson", "griffin", range(KEY0 + 100, KEY0 + 130), seed=2)
+    prepare([src], tmp_path / "train", "from-files", split="fractions")
+    test = tmp_path / "test"
+    write_class(test / "wyvern.ndjson", "wyvern", range(KEY0 + 500, KEY0 + 505), seed=3)
+    (test / "wyvern.ndjson").write_text("[" * 100_000 + "\n" + (test / "wyvern.ndjson").read_text())
+    dm = SketchDataModule(root=str(tmp_path / "train"), test_dir=str(test), batch_size=16)
+    dm.setup("test")
+    batch = next(iter(dm.test_dataloader()[0]))
+    assert dm.class_names == ["griffin", "wyvern"] and batch["label"].tolist() == [1] * 5
+    skipped = dm._open_test_dir().manifest["skipped"]
+    assert skipped["count"] == 1 and "nested too deeply" in skipped["items"][0]["reason"]
+    dm.teardown("test")

@@ -11,7 +11,8 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
-from sketchembed.data.raster import Rasterizer, render_views, stroke_ends
+from bench.raster import study_match
+from sketchembed.data.raster import Rasterizer, per_image_standardize, render_views, stroke_ends
 
 FILES = ("apple", "cat", "airplane", "The Eiffel Tower", "bus", "helicopter")
 
@@ -250,3 +251,68 @@ def test_render_views_adds_image_and_snapshots(drawings):
     assert set(render_views(dict(batch), r, {"sequence"})) == set(batch)
     with pytest.raises(KeyError, match="snap_batch"):
         render_views({"points": pts, "lengths": n}, r, {"snapshots"})
+
+
+# ------------------------------------------------------------------ the study's output style
+def test_study_geometry_puts_point_c_at_pixel_c_plus_border():
+    """canvas=255, padding=5 at 265 px = the study's 255 px canvas with a 5 px border, 1:1."""
+    r = Rasterizer(265, line_width=3.0, padding=5.0, canvas=255.0)
+    for c in (0, 17, 128, 255):
+        img = r(torch.tensor([[[float(c), float(c), 1.0]]]), torch.tensor([1]))[0, 0]
+        assert float(img[c + 5, c + 5]) == 1.0
+        assert float(img[c + 5, c + 5 + 3]) == 0.0 and float(img[c + 5 + 3, c + 5]) == 0.0
+        at = torch.arange(265, dtype=torch.float32)
+        cy, cx = (float((img.sum(k) * at).sum() / img.sum()) for k in (1, 0))
+        assert abs(cy - (c + 5)) < 1e-4 and abs(cx - (c + 5)) < 1e-4  # centred on the pixel
+
+
+def test_style_white_background_and_per_image_standardisation(drawings):
+    pts, n = pad(drawings[:6])
+    cov = Rasterizer(48)(pts, n)
+    white = Rasterizer(48, background="white")
+    torch.testing.assert_close(white.style(cov), 1.0 - cov)
+    std = Rasterizer(48, background="white", standardize=True).style(cov)
+    flat = std.reshape(len(cov), -1)
+    torch.testing.assert_close(flat.mean(1), torch.zeros(len(cov)), atol=1e-5, rtol=0)
+    torch.testing.assert_close(flat.std(1, unbiased=False), torch.ones(len(cov)), atol=1e-4, rtol=0)
+    # tf.image.per_image_standardization: a flat image stays finite (0), the floor is 1/sqrt(N)
+    flat_img = torch.full((1, 1, 4, 4), 0.7)
+    torch.testing.assert_close(per_image_standardize(flat_img), torch.zeros_like(flat_img), atol=1e-5, rtol=0)
+    faint = torch.zeros(1, 1, 4, 4)
+    faint[0, 0, 0, 0] = 0.01
+    ref = (faint - faint.mean()) / (1 / 4)                       # std 0.0024 < 1/sqrt(16)
+    torch.testing.assert_close(per_image_standardize(faint), ref)
+    # the style never changes the coverage the rasterizer computes
+    torch.testing.assert_close(Rasterizer(48, background="white", standardize=True)(pts, n), cov)
+
+
+def test_render_views_styles_both_views(drawings):
+    r = Rasterizer(32, background="white", standardize=True)
+    pts, n = pad(drawings[:4])
+    sb, sp = stroke_ends(pts, n)
+    out = render_views({"points": pts, "lengths": n, "snap_batch": sb, "snap_pos": sp}, r, {"image", "snapshots"})
+    torch.testing.assert_close(out["image"], r.style(r(pts, n)), atol=1e-5, rtol=0)
+    torch.testing.assert_close(out["snapshots"], r.style(r.snapshots(pts, n, sb, sp)), atol=1e-5, rtol=0)
+
+
+def test_render_views_image_lengths_shows_fewer_points(drawings):
+    r = Rasterizer(32)
+    pts, n = pad(drawings[:4])
+    shown = torch.clamp(n // 2, min=1)
+    out = render_views({"points": pts, "lengths": n, "image_lengths": shown}, r, {"image"})
+    torch.testing.assert_close(out["image"], r.snapshots(pts, n, torch.arange(4), shown - 1), atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("kw, match", [({"background": "grey"}, "background"),
+                                       ({"standardize": 1}, "standardize")])
+def test_bad_style_is_an_error(kw, match):
+    with pytest.raises(ValueError, match=match):
+        Rasterizer(32, **kw)
+
+
+def test_study_settings_match_the_studys_cv2_rendering(shared_quickdraw):
+    """conf/data/study.yaml renders like the study's cv2.polylines(thickness 3, LINE_AA) + bicubic."""
+    config, nominal = study_match(real_points(shared_quickdraw, FILES, 6))
+    assert config["setting"] == "conf/data/study.yaml" and nominal["line_width"] == 3.0
+    assert config["mad"] < 0.006 and config["mad_standardized"] < 0.03
+    assert nominal["mad"] > 3 * config["mad"]   # the nominal 3 px draws visibly thinner lines

@@ -107,7 +107,7 @@ def test_suggest_says_when_the_query_is_in_the_index(trained, index_dir, tmp_pat
     ('{"drawing": [[[1, 2, 3], [4, 5]]]}', "x/y length mismatch"),
     ('{"drawing": "nope"}', "not a list of strokes"),
     ('[[[1, 2], [3, 4]]', "broken JSON"),
-    ('{"word": "not a class", "drawing": [[[1, 2], [3, 4]]]}', "unknown class"),
+    ('{"key_id": "x", "drawing": [[[1, 2], [3, 4]]]}', "key_id 'x' is not an integer"),
 ])
 def test_suggest_refuses_bad_drawings_in_one_line(text, reason, trained, index_dir, tmp_path, capsys):  # noqa: F811
     bad = tmp_path / "bad.json"

@@ -16,7 +16,8 @@ COMMANDS = [
     (("index", "build"), "sketchembed.eval.index", "embed a prepared dataset and save a KNN index"),
     (("suggest",), "sketchembed.eval.suggest", "nearest drawings of a sketch, from an index"),
     (("human",), "sketchembed.eval.human", "measure your own accuracy on drawings at 50%%/100%%"),
-    (("report",), "sketchembed.eval.report", "merge eval run dirs into one comparison table"),
+    (("report",), "sketchembed.eval.report", "compare train and eval runs: one table with 95 %% intervals, differences beyond noise"),
+    (("serve",), "sketchembed.studio.serve", "sketch studio: draw in the browser, see guesses and suggestions"),
 ]
 
 

@@ -6,6 +6,9 @@ reject an unknown `word`). Sorted as the dataset's file listing sorts (upper cas
 
 from __future__ import annotations
 
+import difflib
+from typing import Iterable
+
 CATEGORIES: tuple[str, ...] = (
     'The Eiffel Tower',
     'The Great Wall of China',
@@ -365,3 +368,26 @@ assert len(CATEGORIES) == 345 and len(CATEGORY_SET) == 345
 
 def is_category(word: str) -> bool:
     return word in CATEGORY_SET
+
+
+def resolve_classes(spec: str | Iterable[str]) -> list[str]:
+    """Turn ``"study"``, ``"all"``, ``"a,b"`` or a list into validated class names (order kept,
+    duplicates dropped). Unknown names fail here, before any file is read or request made."""
+    if isinstance(spec, str):
+        key = spec.strip().lower()
+        if key == "study":
+            return list(STUDY_CLASSES)
+        if key == "all":
+            return list(CATEGORIES)
+        names = [n.strip() for n in spec.split(",")]
+    else:
+        names = [str(n).strip() for n in spec]
+    names = [n for n in names if n]
+    if not names:
+        raise ValueError("no class names given (use names separated by commas, 'study' or 'all')")
+    for n in names:
+        if n not in CATEGORY_SET:
+            close = difflib.get_close_matches(n, CATEGORIES, n=3)
+            hint = f" (did you mean {', '.join(repr(c) for c in close)}?)" if close else ""
+            raise ValueError(f"unknown Quick, Draw! class {n!r}{hint}")
+    return list(dict.fromkeys(names))

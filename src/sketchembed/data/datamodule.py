@@ -18,8 +18,16 @@ counted twice; shards differ by at most one drawing, so log eval metrics per epo
 ``seq`` normalization: ``(dx, dy) / seq_std`` with one std for both axes (keeps the aspect ratio),
 computed once on the train split's within-drawing deltas as their RMS, i.e. assuming mean 0 (pen
 motions go back and forth: over 1,300 shared real drawings the mean delta is 2-4 % of the std).
-``dx_0`` is ``x_0`` itself and is not counted in the std. The value lives in :meth:`state_dict`, so
-checkpoints carry it and a restored model sees the inputs it was trained on.
+``dx_0`` is ``x_0 - seq_origin`` and is not counted in the std. The value lives in
+:meth:`state_dict`, so checkpoints carry it and a restored model sees the inputs it was trained on.
+``seq_norm="none"`` (the study's ``lstm.py``: raw pixel deltas) is ``seq_std = 1``, stored the same way.
+``seq_origin``: the study's ``lstm.py`` takes the first point relative to (0, 0) (our default), its
+``combined_model.py`` relative to (122.5, 122.5).
+
+Truncation (``fraction_rule``): ``ceil`` (default) keeps ``ceil(f * n)`` points, at least 2, for both the
+sequence and the images; ``study`` is the study's code: the image shows ``floor(f * n)`` points (its
+``length // 2``) and the sequence runs to point ``floor(f * (n - 1))`` (its LSTM state at
+``(len - 1) // 2``), so on odd lengths the image has one point fewer (``image_lengths`` in the batch).
 """
 
 from __future__ import annotations
@@ -43,11 +51,26 @@ VIEWS = ("sequence", "image", "snapshots")
 SPLITS = ("train", "val", "test")
 
 
-def keep_count(n: int, fraction: float) -> int:
-    """Points kept at ``fraction``: ceil(f * n), at least 2 (never more than n).
+FRACTION_RULES = ("ceil", "study")
+SEQ_NORMS = ("std", "none")
+
+
+def keep_count(n: int, fraction: float, rule: str = "ceil") -> int:
+    """Points of the sequence kept at ``fraction`` (module docstring, "Truncation"): ``ceil``:
+    ceil(f * n), at least 2; ``study``: floor(f * (n - 1)) + 1. Never more than n.
 
     The 1e-9 guards against float noise (0.3 * 10 = 3.0000000000000004 must keep 3)."""
+    if rule == "study":
+        return min(n, math.floor(fraction * (n - 1) + 1e-9) + 1)
     return min(n, max(2, math.ceil(fraction * n - 1e-9)))
+
+
+def image_count(n: int, fraction: float, rule: str = "ceil") -> int:
+    """Points the image shows at ``fraction``: as :func:`keep_count`, except ``study``: floor(f * n),
+    at least 1 (the study's ``length // 2`` would leave a one-point drawing blank)."""
+    if rule == "study":
+        return min(n, max(1, math.floor(fraction * n + 1e-9)))
+    return keep_count(n, fraction, rule)
 
 
 # ---------------------------------------------------------------------------------------- dataset
@@ -91,20 +114,30 @@ class SketchSplit(Dataset):
 class SketchCollate:
     """Items -> the batch dict (all but the rendered views). Top-level and picklable for workers."""
 
-    def __init__(self, seq_std: float, fraction: float = 1.0, max_snapshots: int | None = 8):
+    def __init__(self, seq_std: float, fraction: float = 1.0, max_snapshots: int | None = 8, *,
+                 fraction_rule: str = "ceil", seq_origin: Sequence[float] = (0.0, 0.0)):
         if not seq_std > 0:
             raise ValueError(f"seq_std must be > 0, got {seq_std}")
         if not 0 < fraction <= 1:
             raise ValueError(f"fraction must be in (0, 1], got {fraction}")
+        if fraction_rule not in FRACTION_RULES:
+            raise ValueError(f"data.fraction_rule must be one of {FRACTION_RULES}, got {fraction_rule!r}")
         self.seq_std = float(seq_std)
         self.fraction = float(fraction)
         self.max_snapshots = None if not max_snapshots or max_snapshots <= 0 else int(max_snapshots)
+        self.fraction_rule = fraction_rule
+        self.seq_origin = np.asarray(check_origin(seq_origin), dtype=np.float32)
 
     def __call__(self, items: Sequence[tuple]) -> dict:
         B = len(items)
         full = np.fromiter((len(it[3]) for it in items), dtype=np.int64, count=B)
+        image_lengths = None
         if self.fraction < 1:
-            lengths = np.fromiter((keep_count(n, self.fraction) for n in full), dtype=np.int64, count=B)
+            lengths = np.fromiter((keep_count(n, self.fraction, self.fraction_rule) for n in full),
+                                  dtype=np.int64, count=B)
+            if self.fraction_rule != "ceil":
+                image_lengths = np.fromiter((image_count(n, self.fraction, self.fraction_rule) for n in full),
+                                            dtype=np.int64, count=B)
         else:
             lengths = full
         T = int(lengths.max())
@@ -116,7 +149,7 @@ class SketchCollate:
         pts[ar, lengths - 1, 2] = 1.0  # truncation ends a stroke (already 1 for whole drawings)
 
         valid = np.arange(T)[None, :] < lengths[:, None]
-        seq[:, 0, :2] = pts[:, 0, :2]
+        seq[:, 0, :2] = pts[:, 0, :2] - self.seq_origin
         np.subtract(pts[:, 1:, :2], pts[:, :-1, :2], out=seq[:, 1:, :2])
         seq[..., :2] *= (valid * np.float32(1.0 / self.seq_std))[..., None]
         seq[..., 2] = pts[..., 2]
@@ -136,7 +169,8 @@ class SketchCollate:
         snap_pos = stroke_ends[snap_batch, (j * nb + mb - 1) // mb - 1]
 
         t = torch.from_numpy(buf)
-        return {
+        extra = {} if image_lengths is None else {"image_lengths": torch.from_numpy(image_lengths)}
+        return {**extra,
             "points": t[0],
             "lengths": torch.from_numpy(lengths),
             "seq": t[1],
@@ -152,6 +186,17 @@ class SketchCollate:
 
 
 # ---------------------------------------------------------------------------------------- helpers
+def check_origin(origin) -> tuple[float, float]:
+    """``data.seq_origin`` as two finite floats, or one clear error."""
+    try:
+        x, y = (float(v) for v in origin)
+    except (TypeError, ValueError):
+        raise ValueError(f"data.seq_origin must be two numbers [x, y], got {origin!r}") from None
+    if not (math.isfinite(x) and math.isfinite(y)):
+        raise ValueError(f"data.seq_origin must be finite, got {origin!r}")
+    return x, y
+
+
 def delta_std(store, rows: np.ndarray, *, chunk_points: int = 1 << 22) -> float:
     """RMS of the within-drawing (dx, dy) of ``rows`` (mean assumed 0), both axes pooled.
 
@@ -214,7 +259,13 @@ class SketchDataModule(L.LightningDataModule):
     Args:
         root: prepared dataset directory, or an embedded set's name (``study10``, ``others335``).
         views: views to render on device (``sequence`` needs no rendering; ``seq`` is always served).
-        image_size, line_width, padding: the :class:`~sketchembed.data.raster.Rasterizer`.
+        image_size, line_width, padding, canvas, background, standardize: the
+            :class:`~sketchembed.data.raster.Rasterizer` (geometry and output style).
+        fraction_rule: ``ceil`` or ``study`` truncation (module docstring, "Truncation").
+        seq_norm: ``std`` (deltas / the train std) or ``none`` (raw canvas units, ``seq_std = 1``).
+        seq_origin: the first point's delta is taken from this point.
+        max_mean_snapshots: drop training batches whose drawings average more stroke ends than this
+            (the study's ``combined_model.py`` used 7); None keeps all. Single-process only.
         batch_size: train batch size for ``sampler="random"`` (P*K for ``"pk"``).
         eval_batch_size: val/test/``loader`` batch size (default ``batch_size``).
         sampler: ``"random"`` or ``"pk"`` (class-balanced P classes x K drawings per batch).
@@ -240,7 +291,10 @@ class SketchDataModule(L.LightningDataModule):
                  max_snapshots: int | None = 8, augment=None,
                  eval_fractions: Sequence[float] = (1.0, 0.5), num_workers: int = 0,
                  pin_memory: bool = False, seed: int = 0, train_subset: float | None = None,
-                 max_train: int | None = None, max_eval: int | None = None, test_dir: str | None = None):
+                 max_train: int | None = None, max_eval: int | None = None, test_dir: str | None = None,
+                 canvas: float = 256.0, background: str = "black", standardize: bool = False,
+                 fraction_rule: str = "ceil", seq_norm: str = "std", seq_origin: Sequence[float] = (0.0, 0.0),
+                 max_mean_snapshots: float | None = None):
         super().__init__()
         self.save_hyperparameters(ignore=["augment"])
         self.root = str(root)
@@ -257,6 +311,24 @@ class SketchDataModule(L.LightningDataModule):
         if train_subset is not None and not 0 < train_subset <= 1:
             raise ValueError(f"train_subset must be in (0, 1], got {train_subset}")
         self.image_size, self.line_width, self.padding = int(image_size), float(line_width), float(padding)
+        self.canvas, self.background, self.standardize = float(canvas), background, standardize
+        from sketchembed.data.raster import BACKGROUNDS
+
+        if background not in BACKGROUNDS:
+            raise ValueError(f"data.background must be one of {BACKGROUNDS}, got {background!r}")
+        if not isinstance(standardize, bool):
+            raise ValueError(f"data.standardize must be true or false, got {standardize!r}")
+        if fraction_rule not in FRACTION_RULES:
+            raise ValueError(f"data.fraction_rule must be one of {FRACTION_RULES}, got {fraction_rule!r}")
+        if seq_norm not in SEQ_NORMS:
+            raise ValueError(f"data.seq_norm must be one of {SEQ_NORMS}, got {seq_norm!r}")
+        if max_mean_snapshots is not None and not (isinstance(max_mean_snapshots, (int, float))
+                                                   and not isinstance(max_mean_snapshots, bool)
+                                                   and max_mean_snapshots > 0):
+            raise ValueError(f"data.max_mean_snapshots must be a number > 0 or null, got {max_mean_snapshots!r}")
+        self.fraction_rule, self.seq_norm = fraction_rule, seq_norm
+        self.seq_origin = check_origin(seq_origin)
+        self.max_mean_snapshots = max_mean_snapshots
         self.batch_size = int(batch_size)
         self.eval_batch_size = int(eval_batch_size or batch_size)
         self.sampler = sampler
@@ -295,9 +367,10 @@ class SketchDataModule(L.LightningDataModule):
 
     @property
     def seq_std(self) -> float:
-        """Std of the train deltas (from the checkpoint when one was loaded, else computed once)."""
+        """Std of the train deltas (from the checkpoint when one was loaded, else computed once);
+        1 with ``seq_norm="none"``, so a checkpoint's state says how its deltas were scaled."""
         if self._seq_std is None:
-            self._seq_std = delta_std(self.store, self.store.indices("train"))
+            self._seq_std = 1.0 if self.seq_norm == "none" else delta_std(self.store, self.store.indices("train"))
         return self._seq_std
 
     @property
@@ -305,7 +378,8 @@ class SketchDataModule(L.LightningDataModule):
         if self._rasterizer is None:
             from sketchembed.data.raster import Rasterizer
 
-            self._rasterizer = Rasterizer(self.image_size, self.line_width, self.padding)
+            self._rasterizer = Rasterizer(self.image_size, self.line_width, self.padding, self.canvas,
+                                          background=self.background, standardize=self.standardize)
         return self._rasterizer
 
     # -- Lightning hooks ----------------------------------------------------------------------------
@@ -388,8 +462,10 @@ class SketchDataModule(L.LightningDataModule):
                 from sketchembed.data import prepare
 
                 self._test_tmp = tempfile.TemporaryDirectory(prefix="sketchembed-test-")
-                # every row is used as test data, so the split rule prepare applies does not matter
-                self._test_store = prepare.prepare(path, Path(self._test_tmp.name) / "prepared", classes="all")
+                # every row is used as test data, so the split rule prepare applies does not matter;
+                # file names are the model's classes, Quick, Draw!'s or not (_labels_for maps them)
+                self._test_store = prepare.prepare(path, Path(self._test_tmp.name) / "prepared",
+                                                   classes="from-files")
             else:
                 raise FileNotFoundError(f"test_dir not found: {path}")
         return self._test_store
@@ -418,10 +494,22 @@ class SketchDataModule(L.LightningDataModule):
         else:
             bs = RandomBatchSampler(positions, self.batch_size, shuffle=True, drop_last=True, seed=self.seed,
                                     num_replicas=world, rank=rank)
+        if self.max_mean_snapshots is not None:
+            if world > 1:
+                raise ValueError("data.max_mean_snapshots is single-process only: ranks would drop different "
+                                 "batches and run different numbers of steps")
+            from sketchembed.data.batch_filter import MaxMeanStrokes, stroke_counts
+
+            bs = MaxMeanStrokes(bs, stroke_counts(ds.store, ds.rows), float(self.max_mean_snapshots))
         if ds.augment is not None:
             bs = SeededBatches(bs, self.seed)
-        return DataLoader(ds, batch_sampler=bs, collate_fn=SketchCollate(self.seq_std, 1.0, self.max_snapshots),
+        return DataLoader(ds, batch_sampler=bs, collate_fn=self.collate(1.0),
                           **_dataloader_kwargs(self.num_workers, self.pin_memory))
+
+    def collate(self, fraction: float = 1.0) -> SketchCollate:
+        """The collate for drawings truncated to ``fraction``, with this module's sequence settings."""
+        return SketchCollate(self.seq_std, fraction, self.max_snapshots, fraction_rule=self.fraction_rule,
+                             seq_origin=self.seq_origin)
 
     def val_dataloader(self) -> list[DataLoader]:
         world, rank = self._dist()
@@ -447,7 +535,7 @@ class SketchDataModule(L.LightningDataModule):
             raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
         ds = self.dataset(split)
         bsz = int(batch_size or self.eval_batch_size)
-        collate = SketchCollate(self.seq_std, fraction, self.max_snapshots)
+        collate = self.collate(fraction)
         kw = _dataloader_kwargs(self.num_workers if num_workers is None else int(num_workers), self.pin_memory)
         if shuffle:
             bs = RandomBatchSampler(np.arange(len(ds)), bsz, shuffle=True, drop_last=False, seed=self.seed,

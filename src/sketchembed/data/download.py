@@ -4,6 +4,12 @@ Downloads are resumable (``<file>.part`` + ``Range``), verified (length from Con
 Content-Range, MD5 from Google Cloud Storage's ``x-goog-hash``) and placed atomically
 (``os.replace`` only after verification), so a file under its final name is always complete.
 Only the standard library's ``urllib`` is used for HTTP; ``rich`` draws the progress bars.
+
+Where the server gives no MD5 (or serves a transcoded copy, to which the stored object's hash does
+not apply) only the size can be checked: each such file gets one warning line, and a ``.part`` left
+by an earlier run is not continued — its bytes could not be checked — but fetched again from zero
+("restarted"). Files already present are taken on their size; ``verify=True`` (``--verify``)
+checks them against the server's MD5 and fetches again any that differ.
 """
 
 from __future__ import annotations
@@ -20,9 +26,12 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable
+
+from sketchembed.data.categories import resolve_classes
 
 BASE_URL = "https://storage.googleapis.com/quickdraw_dataset/"
 
@@ -53,44 +62,42 @@ class _Restart(Exception):
 
 
 @dataclass
+class _Part:
+    """What the ``.part`` file holds, across the attempts of one fetch."""
+
+    path: Path
+    earlier: int = 0  # bytes left by an earlier run still at its start (unchecked until the MD5 says so)
+    restarted: bool = False  # earlier bytes were thrown away (server ignored Range, or they could not be kept)
+
+    def size(self) -> int:
+        return self.path.stat().st_size if self.path.exists() else 0
+
+    def discard(self) -> None:
+        self.path.unlink(missing_ok=True)
+        if self.earlier:
+            self.restarted = True
+        self.earlier = 0
+
+
+@dataclass
 class _Remote:
     length: int | None
     md5: str | None  # base64, as in x-goog-hash
     transcoded: bool  # GCS served a decompressed copy: the stored object's hash does not apply
     partial: bool = False  # came with a 206/416, which need not carry the object's hash
 
+    @property
+    def checksum(self) -> str | None:
+        """The MD5 a local copy must have, or None when there is none to check against."""
+        return None if self.transcoded else self.md5
+
+    def no_checksum(self, name: str, outcome: str = "checked by its size only") -> str:
+        why = "served a transcoded copy" if self.transcoded and self.md5 else "sent no MD5"
+        return f"{name}: the server {why}: {outcome}"
+
 
 # ---------------------------------------------------------------------------------------------
 # names and URLs
-
-
-def resolve_classes(spec: str | Iterable[str]) -> list[str]:
-    """Turn ``"study"``, ``"all"``, ``"a,b"`` or a list into validated class names (order kept,
-    duplicates dropped). Unknown names fail here, before any request is made."""
-    from sketchembed import STUDY_CLASSES
-    from sketchembed.data.categories import CATEGORIES
-
-    if isinstance(spec, str):
-        key = spec.strip().lower()
-        if key == "study":
-            return list(STUDY_CLASSES)
-        if key == "all":
-            return list(CATEGORIES)
-        names = [n.strip() for n in spec.split(",")]
-    else:
-        names = [str(n).strip() for n in spec]
-    names = [n for n in names if n]
-    if not names:
-        raise ValueError("no class names given (use names separated by commas, 'study' or 'all')")
-    known = set(CATEGORIES)
-    for n in names:
-        if n not in known:
-            import difflib
-
-            close = difflib.get_close_matches(n, CATEGORIES, n=3)
-            hint = f" (did you mean {', '.join(repr(c) for c in close)}?)" if close else ""
-            raise ValueError(f"unknown Quick, Draw! class {n!r}{hint}")
-    return list(dict.fromkeys(names))
 
 
 def file_name(cls: str, fmt: str) -> str:
@@ -215,10 +222,10 @@ def _head(url: str, name: str, timeout: float) -> _Remote:
         raise _http_failure(e, name, url) from None
 
 
-def _attempt(url: str, name: str, part: Path, timeout: float, bars: _Bars) -> _Remote:
+def _attempt(url: str, name: str, part: _Part, timeout: float, bars: _Bars) -> _Remote:
     """One GET, continuing ``part`` if it has bytes; returns what the server said about the
     whole object once the body has been read to its end."""
-    offset = part.stat().st_size if part.exists() else 0
+    offset = part.size()
     headers = {"Range": f"bytes={offset}-"} if offset else {}
     try:
         resp = _open(url, headers=headers, timeout=timeout)
@@ -241,11 +248,13 @@ def _attempt(url: str, name: str, part: Path, timeout: float, bars: _Bars) -> _R
                 raise _Restart(f"asked for bytes={offset}-, got {resp.headers.get('Content-Range')!r}")
             mode, info.partial = "ab", True
         elif resp.status == 200:
-            offset, mode = 0, "wb"  # the server ignored Range (or none was sent): start over
+            if offset:
+                part.discard()  # the server ignored Range: start over
+            offset, mode = 0, "wb"
         else:
             raise DownloadError(f"{name}: unexpected HTTP {resp.status} for {url}")
         bars.reset(info.length, offset)
-        with open(part, mode) as f:
+        with open(part.path, mode) as f:
             while True:
                 chunk = resp.read1(CHUNK)  # read1: bytes already received survive a timeout
                 if not chunk:
@@ -254,7 +263,7 @@ def _attempt(url: str, name: str, part: Path, timeout: float, bars: _Bars) -> _R
                 bars.advance(len(chunk))
             f.flush()
             os.fsync(f.fileno())
-    size = part.stat().st_size
+    size = part.size()
     if info.length is not None and size < info.length:
         raise _Transient(f"connection ended at {size} of {info.length} bytes")
     return info
@@ -294,57 +303,87 @@ def _with_retries(fn: Callable, *, what: str, retries: int, backoff: float, prog
 
 
 def fetch_file(url: str, final: Path, *, name: str | None = None, retries: int = 5, backoff: float = 1.0,
-               timeout: float = 60.0, force: bool = False, bars: _Bars | None = None) -> str:
-    """Fetch one URL to ``final`` (resuming ``final.part``); returns ``"present"``, ``"resumed"``
-    or ``"downloaded"``."""
+               timeout: float = 60.0, force: bool = False, verify: bool = False, bars: _Bars | None = None,
+               warn: Callable[[str], None] | None = None) -> str:
+    """Fetch one URL to ``final`` (resuming ``final.part``). Returns ``"present"`` (there, with the
+    server's size), ``"verified"`` (there, and ``verify`` found the server's MD5), ``"replaced"``
+    (there, but ``verify`` found another MD5: fetched again), ``"resumed"`` (an earlier ``.part``
+    continued), ``"restarted"`` (an earlier ``.part`` thrown away: the server ignored Range, or
+    there is no MD5 to check its bytes against) or ``"downloaded"``. ``warn`` gets one line per
+    file that could be checked by size only."""
     final = Path(final)
     name = name or final.name
-    part = final.with_name(final.name + ".part")
     bars = bars or _Bars(1, False)
+    warn = warn or (lambda msg: warnings.warn(msg, stacklevel=3))
     kw = dict(retries=retries, backoff=backoff)
+    part = _Part(final.with_name(final.name + ".part"))
 
+    replacing = False
     if final.exists() and not force:
         info = _with_retries(lambda: _head(url, name, timeout), what=name, **kw)
         if info.length is not None and info.length == final.stat().st_size:
-            bars.start(name)
-            bars.done()
-            return "present"
-    if force and part.exists():
-        part.unlink()
+            status = "present"
+            if verify and info.checksum is None:
+                warn(info.no_checksum(name, "cannot verify it (its size matches)"))
+            elif verify:
+                got = _md5_b64(final)
+                status = "verified" if got == info.checksum else "replaced"
+                if status == "replaced":
+                    warn(f"{name}: MD5 {got} on disk, the server's is {info.checksum}: fetching it again")
+            if status != "replaced":
+                bars.start(name)
+                bars.done()
+                return status
+            replacing = True
+    if force or replacing:
+        part.path.unlink(missing_ok=True)
 
-    resumed = part.exists() and part.stat().st_size > 0
+    part.earlier = part.size()
     bars.start(name)
-    part_size = lambda: part.stat().st_size if part.exists() else 0  # noqa: E731
+    while True:
+        info = _transfer(url, name, part, timeout, bars, **kw)
+        if info.partial and info.md5 is None:  # resumed: ask for the whole object's hash
+            info.md5 = _with_retries(lambda: _head(url, name, timeout), what=name, **kw).md5
+        if info.checksum is None and part.earlier:
+            part.discard()  # bytes of an earlier run that nothing can check: fetch them again
+            continue
+        break
+    if info.checksum is None:
+        warn(info.no_checksum(name))
+    else:
+        got = _md5_b64(part.path)
+        if got != info.checksum:
+            part.path.unlink(missing_ok=True)
+            raise DownloadError(f"{name}: MD5 mismatch (server {info.checksum}, file {got}); deleted {part.path}")
+    os.replace(part.path, final)
+    bars.done()
+    if replacing:
+        return "replaced"
+    return "restarted" if part.restarted else "resumed" if part.earlier else "downloaded"
+
+
+def _transfer(url: str, name: str, part: _Part, timeout: float, bars: _Bars, *, retries: int,
+              backoff: float) -> _Remote:
+    """GETs until ``part`` holds as many bytes as the server says the object has."""
     restarts = 0
     while True:
         try:
             info = _with_retries(lambda: _attempt(url, name, part, timeout, bars), what=f"{name} ({url})",
-                                 progress_of=part_size, **kw)
+                                 progress_of=part.size, retries=retries, backoff=backoff)
         except _Restart as e:
-            part.unlink(missing_ok=True)
+            part.discard()
             restarts += 1
-            resumed = False
             if restarts > max(1, retries):
                 raise DownloadError(f"{name}: cannot resume ({e})") from None
             continue
-        size = part.stat().st_size
+        size = part.size()
         if info.length is not None and size != info.length:
-            part.unlink(missing_ok=True)
+            part.discard()
             restarts += 1
             if restarts > max(1, retries):
-                raise DownloadError(f"{name}: {size} bytes on disk, server says {info.length}; deleted {part}")
+                raise DownloadError(f"{name}: {size} bytes on disk, server says {info.length}; deleted {part.path}")
             continue
-        break
-    if info.partial and info.md5 is None:  # resumed: ask for the whole object's hash
-        info.md5 = _with_retries(lambda: _head(url, name, timeout), what=name, **kw).md5
-    if info.md5 and not info.transcoded:
-        got = _md5_b64(part)
-        if got != info.md5:
-            part.unlink(missing_ok=True)
-            raise DownloadError(f"{name}: MD5 mismatch (server {info.md5}, file {got}); deleted {part}")
-    os.replace(part, final)
-    bars.done()
-    return "resumed" if resumed else "downloaded"
+        return info
 
 
 # ---------------------------------------------------------------------------------------------
@@ -353,12 +392,15 @@ def fetch_file(url: str, final: Path, *, name: str | None = None, retries: int =
 
 def download(classes: str | Iterable[str], fmt: str = "simplified", dest: str | os.PathLike = ".", *,
              url_base: str = BASE_URL, retries: int = 5, backoff: float = 1.0, timeout: float = 60.0,
-             force: bool = False, progress: bool | None = None,
-             on_file: Callable[[Path, str], None] | None = None) -> list[Path]:
+             force: bool = False, verify: bool = False, progress: bool | None = None,
+             on_file: Callable[[Path, str], None] | None = None,
+             on_warning: Callable[[str], None] | None = None) -> list[Path]:
     """Download the files of ``classes`` (names, ``"study"`` or ``"all"``) in ``fmt`` into ``dest``.
 
     ``progress=None`` shows bars only when stderr is a terminal. ``on_file(path, status)`` is
-    called after each file with status ``present`` / ``resumed`` / ``downloaded``. Returns the
+    called after each file with a status of :func:`fetch_file`; ``on_warning(line)`` for each file
+    checked by size only (default: ``warnings.warn``). ``verify`` checks files already present
+    against the server's MD5 and fetches again those that differ. Returns the
     final paths in class order; raises ``ValueError`` for bad names before any request and
     ``DownloadError`` when a file cannot be fetched or verified (its .part is kept for resuming,
     except after an MD5 mismatch)."""
@@ -374,7 +416,8 @@ def download(classes: str | Iterable[str], fmt: str = "simplified", dest: str | 
         for cls in names:
             final = dest / file_name(cls, fmt)
             status = fetch_file(file_url(cls, fmt, url_base), final, name=final.name, retries=retries,
-                                backoff=backoff, timeout=timeout, force=force, bars=bars)
+                                backoff=backoff, timeout=timeout, force=force, verify=verify, bars=bars,
+                                warn=on_warning)
             paths.append(final)
             if on_file:
                 on_file(final, status)
@@ -397,23 +440,32 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="first pause between retries in seconds, doubled each time (default: 1)")
     parser.add_argument("--timeout", type=float, default=60.0, help="socket timeout in seconds (default: 60)")
     parser.add_argument("--force", action="store_true", help="download even files already present")
-    parser.add_argument("--quiet", action="store_true", help="no progress bars, no per-file lines")
+    parser.add_argument("--verify", action="store_true",
+                        help="check files already present against the server's MD5 (not only their size) "
+                             "and fetch again any that differ")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars, no per-file lines (warnings are still printed)")
 
 
 def run(args: argparse.Namespace) -> int:
     dest = args.dest if args.dest is not None else Path("data/quickdraw") / args.fmt
 
+    counts: dict[str, int] = {}
+
     def echo(path: Path, status: str) -> None:
+        counts[status] = counts.get(status, 0) + 1
         if not args.quiet:
             print(f"{status:>10}  {path} ({path.stat().st_size:,} bytes)")
 
+    def warn(line: str) -> None:  # printed even with --quiet: the file is not what it should be, or unchecked
+        print(f"warning: {line}", file=sys.stderr)
+
     try:
         paths = download(args.classes, args.fmt, dest, url_base=args.url_base, retries=args.retries,
-                         backoff=args.backoff, timeout=args.timeout, force=args.force,
-                         progress=False if args.quiet else None, on_file=echo)
+                         backoff=args.backoff, timeout=args.timeout, force=args.force, verify=args.verify,
+                         progress=False if args.quiet else None, on_file=echo, on_warning=warn)
     except DownloadError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     if not args.quiet:
-        print(f"{len(paths)} file(s) in {dest}")
+        print(f"{len(paths)} file(s) in {dest}: " + ", ".join(f"{n} {s}" for s, n in counts.items()))
     return 0

@@ -3,6 +3,10 @@
 Inputs are files or directories (searched recursively) of ``<class>.ndjson`` (simplified or raw),
 ``<class>.bin`` or ``<class>.npz``; the file name is the class. Raw drawings are simplified with the
 dataset's own simplification, so a prepared dataset always holds simplified 0–255 coordinates.
+Class names are Quick, Draw!'s 345 unless ``classes="from-files"``, which takes every file name as a
+class (other sketch datasets in the same formats). Files found but not used — a name that is not a
+class, a class not asked for, another format than ``--format`` — are listed, with the reason, in
+the manifest's ``ignored_files`` and the printed summary.
 
 Splits are a function of the key_id, not of file order: within a class, drawings are ranked by a
 seeded 64-bit hash of their key_id; the first ``n_test`` ranks are test, the next ``n_val`` val, the
@@ -26,8 +30,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
-import json.scanner
 import os
 import sys
 import time
@@ -37,7 +39,11 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from sketchembed.data.sketch import DataFormatError, SkipReport, check_strokes, strokes_to_points
+from sketchembed.data.categories import CATEGORIES, CATEGORY_SET, resolve_classes
+from sketchembed.data.formats import ErrorSink, read_drawings
+from sketchembed.data.formats.ndjson import decode_line, key_id_of, parse_line
+from sketchembed.data.simplify import simplify_drawing
+from sketchembed.data.sketch import MIN_EXTENT, DataFormatError, SkipReport, check_strokes, strokes_to_points
 from sketchembed.data.store import SPLIT_CODES, PreparedDataset, PreparedWriter
 
 SUFFIXES = (".ndjson", ".bin", ".npz")
@@ -139,20 +145,17 @@ def _file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def discover(inputs: Iterable, fmt: str = "auto") -> dict[str, list[Path]]:
-    """Class name → its files, from files and (recursively searched) directories."""
-    if fmt not in ("auto", *FORMAT_SUFFIX):
-        raise ValueError(f"unknown format {fmt!r} (auto, {', '.join(FORMAT_SUFFIX)})")
-    wanted = SUFFIXES if fmt == "auto" else (FORMAT_SUFFIX[fmt],)
+def discover(inputs: Iterable) -> dict[str, list[Path]]:
+    """File name (class) → its files, from files and (recursively searched) directories."""
     found: dict[str, list[Path]] = {}
     for item in inputs:
         p = Path(item)
         if p.is_dir():
-            files = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix in wanted)
+            files = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix in SUFFIXES)
         elif p.is_file():
             if p.suffix not in SUFFIXES:
                 raise DataFormatError(p, None, f"unsupported file type (expected {', '.join(SUFFIXES)})")
-            files = [p] if p.suffix in wanted else []
+            files = [p]
         else:
             raise FileNotFoundError(f"input not found: {p}")
         for f in files:
@@ -162,20 +165,31 @@ def discover(inputs: Iterable, fmt: str = "auto") -> dict[str, list[Path]]:
     return found
 
 
+FROM_FILES = "from-files"
+
+
 def resolve_class_spec(spec: str | Sequence[str], found: dict[str, list[Path]]) -> list[str]:
     """``all`` = every Quick, Draw! class with a file among the inputs (dataset order);
-    ``study`` = the ten study classes; otherwise names (comma-separated or a list)."""
-    from sketchembed.data.categories import CATEGORIES
-
-    if isinstance(spec, str) and spec.strip().lower() == "all":
+    ``from-files`` = every file name, whatever it is (sorted); ``study`` = the ten study classes;
+    otherwise Quick, Draw! names (comma-separated or a list)."""
+    key = spec.strip().lower() if isinstance(spec, str) else None
+    if key == FROM_FILES:
+        if not found:
+            raise FileNotFoundError(f"no per-class files (<class>{', <class>'.join(SUFFIXES)}) among the inputs")
+        return sorted(found)
+    if key == "all":
         classes = [c for c in CATEGORIES if c in found]
         if not classes:
+            names = ", ".join(map(repr, sorted(found)[:5])) + ("…" if len(found) > 5 else "")
+            others = (f" (found {names}: use --classes {FROM_FILES} for class names outside Quick, Draw!)"
+                      if found else "")
             raise FileNotFoundError("no per-class files (<class>.ndjson/.bin/.npz named after a "
-                                    "Quick, Draw! category) among the inputs")
+                                    f"Quick, Draw! category) among the inputs{others}")
         return classes
-    from sketchembed.data.download import resolve_classes
-
-    classes = resolve_classes(spec)
+    try:
+        classes = resolve_classes(spec)
+    except ValueError as e:
+        raise ValueError(f"{e}; --classes {FROM_FILES} reads every file, whatever its name") from None
     missing = [c for c in classes if c not in found]
     if missing:
         raise FileNotFoundError(f"no input file for class(es) {', '.join(map(repr, missing))} "
@@ -194,7 +208,7 @@ def sniff_kind(path: Path) -> str:
             if i >= 100:
                 break
             try:
-                d = json.loads(line)["drawing"]
+                d = decode_line(line)["drawing"]
                 return "raw" if len(d[0]) == 3 else "simplified"
             except (ValueError, KeyError, TypeError, IndexError):
                 continue
@@ -213,8 +227,9 @@ class _ClassPass:
     """
 
     def __init__(self, cls: str, label: int, writer: PreparedWriter, report: SkipReport,
-                 prev_keys: np.ndarray, prev_labels: np.ndarray, classes: Sequence[str]):
-        self.cls, self.label, self.writer, self.report = cls, label, writer, report
+                 prev_keys: np.ndarray, prev_labels: np.ndarray, classes: Sequence[str],
+                 words: frozenset[str] | None):
+        self.cls, self.label, self.writer, self.report, self.words = cls, label, writer, report, words
         self.prev_keys, self.prev_labels, self.classes = prev_keys, prev_labels, classes
         self.seen: set[int] = set()
         self.parts: list[np.ndarray] = []  # point blocks
@@ -260,16 +275,12 @@ class _ClassPass:
 
 def _generic(src: Source, cp: _ClassPass, on_error: str, fmt: str) -> None:
     """Any format through :func:`read_drawings`; raw drawings are simplified here."""
-    from sketchembed.data.formats import read_drawings
-
-    for d in read_drawings(src.path, on_error=on_error, report=cp.report, word=cp.cls):
+    for d in read_drawings(src.path, on_error=on_error, report=cp.report, word=cp.cls, words=cp.words):
         src.read += 1
         _take_drawing(d, src, cp, fmt)
 
 
 def _take_drawing(d, src: Source, cp: _ClassPass, fmt: str) -> None:
-    from sketchembed.data.simplify import simplify_drawing
-
     k = int(d.key_id)
     if k in cp.seen:
         src.duplicates += 1
@@ -294,22 +305,19 @@ def _take_drawing(d, src: Source, cp: _ClassPass, fmt: str) -> None:
 
 
 def _fast_simplified(src: Source, cp: _ClassPass, on_error: str, fmt: str, advance) -> None:
-    """Simplified ndjson, several times faster than the generic reader: ``json.loads`` per line,
-    then one numpy conversion per batch of lines instead of several per stroke.
+    """Simplified ndjson, several times faster than the generic reader: the reader's own JSON
+    decoder and key_id rule per line, then one numpy conversion per batch of lines instead of
+    several per stroke.
 
     A line takes the fast path only if it is plainly well-formed (the fields the reader checks,
-    integer coordinates on 0–255, strokes of ≥ 2 points); anything else — raw lines, damaged lines —
-    goes through the ndjson reader's own record parser, so what is kept or skipped, and why, is
-    exactly what :func:`read_drawings` decides (tests/test_prepare.py compares both).
+    strokes of ≥ 2 points, then integer coordinates on 0–255 and an extent of at least
+    ``MIN_EXTENT`` checked per batch); anything else — raw lines, damaged lines — goes through the
+    reader's record parser, so what is kept or skipped, and why, is exactly what
+    :func:`read_drawings` decides (tests/test_prepare.py compares both). This acceptor stays inline:
+    as a function per line it cost 6 % of prepare's time (bench/prepare.py at 100,000 drawings).
     """
-    from sketchembed.data.categories import CATEGORY_SET
-    from sketchembed.data.formats import ErrorSink
-    from sketchembed.data.formats.ndjson import parse_line
-
-    if cp.cls not in CATEGORY_SET:  # the reader refuses unknown words; let it say so
-        return _generic(src, cp, on_error, fmt)
-    sink = ErrorSink(src.path, on_error, cp.report)
-    cls, seen, loads = cp.cls, cp.seen, json.loads
+    sink = ErrorSink(src.path, on_error, cp.report, cp.words)
+    cls, seen = cp.cls, cp.seen
     X: list[int] = []
     Y: list[int] = []
     slens: list[int] = []
@@ -318,11 +326,15 @@ def _fast_simplified(src: Source, cp: _ClassPass, on_error: str, fmt: str, advan
     held: list[tuple[int, bytes]] = []  # (line number, line) of each pending drawing
 
     def slow(lineno: int, line: bytes) -> None:
-        d = parse_line(line, lineno, cls, sink, loads)
+        d = parse_line(line, lineno, cls, sink)
         if d is None:
             return
         src.read += 1
         _take_drawing(d, src, cp, fmt)
+
+    def plain_numbers(xs: list, ys: list) -> bool:
+        return (all(type(v) is int and 0 <= v <= 255 for v in xs + ys)
+                and max(max(xs) - min(xs), max(ys) - min(ys)) >= MIN_EXTENT)
 
     def flush() -> None:
         nonlocal X, Y, slens, nstrokes, keys, held
@@ -332,20 +344,23 @@ def _fast_simplified(src: Source, cp: _ClassPass, on_error: str, fmt: str, advan
         ns = np.array(nstrokes, dtype=np.int64)
         dl = np.add.reduceat(sl, np.cumsum(ns) - ns)  # points per drawing (every drawing has strokes)
         ends = np.cumsum(dl)
+        starts = ends - dl
         try:
             xa, ya = np.array(X), np.array(Y)
             typed = xa.dtype.kind in "iu" and ya.dtype.kind in "iu" and xa.ndim == ya.ndim == 1
         except (ValueError, TypeError, OverflowError):
             typed = False
         if typed:
-            bad = np.logical_or.reduceat((xa < 0) | (xa > 255) | (ya < 0) | (ya > 255), ends - dl)
+            bad = np.logical_or.reduceat((xa < 0) | (xa > 255) | (ya < 0) | (ya > 255), starts)
+            span = np.maximum(np.maximum.reduceat(xa, starts) - np.minimum.reduceat(xa, starts),
+                              np.maximum.reduceat(ya, starts) - np.minimum.reduceat(ya, starts))
+            bad |= span < MIN_EXTENT
             if bad.any():
                 keep_pt = np.repeat(~bad, dl)
                 xa, ya = xa[keep_pt], ya[keep_pt]
         else:  # rare: something that is not a plain int somewhere in the batch
-            bad = np.array([not all(type(v) is int and 0 <= v <= 255 for v in X[a:b] + Y[a:b])
-                            for a, b in zip(ends - dl, ends)])
-            good_segments = [(a, b) for (a, b), g in zip(zip(ends - dl, ends), ~bad) if g]
+            bad = np.array([not plain_numbers(X[a:b], Y[a:b]) for a, b in zip(starts, ends)])
+            good_segments = [(a, b) for (a, b), g in zip(zip(starts, ends), ~bad) if g]
             xa = np.array([v for a, b in good_segments for v in X[a:b]], dtype=np.int64)
             ya = np.array([v for a, b in good_segments for v in Y[a:b]], dtype=np.int64)
         good = ~bad
@@ -361,8 +376,6 @@ def _fast_simplified(src: Source, cp: _ClassPass, on_error: str, fmt: str, advan
             slow(*held[j])
         X, Y, slens, nstrokes, keys, held = [], [], [], [], [], []
 
-    # The C scanner json.loads ends up calling, minus loads' per-call Python wrappers (~30 % of it).
-    scan = json.scanner.make_scanner(json.JSONDecoder())
     nbytes = 0
     with open(src.path, "rb") as f:
         for lineno, line in enumerate(f, 1):
@@ -370,15 +383,10 @@ def _fast_simplified(src: Source, cp: _ClassPass, on_error: str, fmt: str, advan
             n0 = len(slens)
             x0 = len(X)
             try:
-                text = line.decode()
-                obj, end = scan(text, 0)
-                if end != len(text) and not text[end:].isspace():
-                    raise ValueError("extra data")
-                kid = obj["key_id"]
-                k = int(kid)
+                obj = decode_line(line)
+                k = key_id_of(obj["key_id"])
                 strokes = obj["drawing"]
-                if (obj["word"] != cls or type(kid) is bool or not 0 <= k < 18446744073709551616
-                        or type(strokes) is not list or not strokes
+                if (k is None or obj["word"] != cls or type(strokes) is not list or not strokes
                         or type(obj.get("recognized", True)) is not bool
                         or type(obj.get("countrycode", "")) is not str):
                     raise ValueError("not plainly well-formed")
@@ -389,8 +397,7 @@ def _fast_simplified(src: Source, cp: _ClassPass, on_error: str, fmt: str, advan
                     slens.append(m)
                     X += xs
                     Y += ys
-            except (ValueError, TypeError, KeyError, AttributeError, OverflowError, UnicodeDecodeError,
-                    StopIteration):
+            except (ValueError, TypeError, KeyError, AttributeError):
                 del slens[n0:], X[x0:], Y[x0:]
                 if line.strip():
                     slow(lineno, line)
@@ -441,14 +448,16 @@ def prepare(inputs: str | os.PathLike | Iterable, out, classes: str | Sequence[s
             console=None) -> PreparedDataset:
     """Prepare per-class files into a dataset at ``out`` (replaced atomically); returns it opened.
 
-    ``classes``: names, ``"study"`` or ``"all"`` (every category with a file among ``inputs``).
-    ``fmt``: which files to use (``auto`` = every supported one; ``simplified``/``raw`` pick
+    ``classes``: names, ``"study"``, ``"all"`` (every category with a file among ``inputs``) or
+    ``"from-files"`` (every file name is a class, Quick, Draw!'s or not). ``fmt``: which files to use (``auto`` = every supported one; ``simplified``/``raw`` pick
     ndjson files by their content). ``split``: ``study`` or ``fractions`` (module docstring).
     ``fast=False`` reads simplified ndjson through the generic reader (same result, slower).
     """
     if isinstance(inputs, (str, os.PathLike)):
         inputs = [inputs]
     inputs = list(inputs)
+    if fmt not in ("auto", *FORMAT_SUFFIX):
+        raise ValueError(f"unknown format {fmt!r} (auto, {', '.join(FORMAT_SUFFIX)})")
     if split not in ("study", "fractions"):
         raise ValueError(f"split must be 'study' or 'fractions', got {split!r}")
     fractions = tuple(float(f) for f in fractions)
@@ -458,18 +467,24 @@ def prepare(inputs: str | os.PathLike | Iterable, out, classes: str | Sequence[s
     if eval_per_class < 0 or test_per_class < 0:
         raise ValueError("eval/test per class must be >= 0")
     report = SkipReport(on_error=on_error)
-    found = discover(inputs, fmt)
+    found = discover(inputs)
     class_list = resolve_class_spec(classes, found)
+    any_name = isinstance(classes, str) and classes.strip().lower() == FROM_FILES
+    words = None if any_name else CATEGORY_SET
     t0 = time.perf_counter()
 
+    ignored: list[dict] = []
+    for stem in sorted(set(found) - set(class_list)):
+        why = ("not a Quick, Draw! category (--classes from-files takes every file name as a class)"
+               if stem not in CATEGORY_SET else "class not asked for (--classes)")
+        ignored += [{"file": str(f), "reason": why} for f in found[stem]]
     plan: list[list[Source]] = []
-    ignored: list[str] = []
     for cls in class_list:
         srcs = []
         for path in found[cls]:
             kind = sniff_kind(path)
-            if fmt in ("simplified", "raw") and kind != fmt:
-                ignored.append(str(path))
+            if fmt != "auto" and kind != fmt:
+                ignored.append({"file": str(path), "reason": f"{kind} file, --format {fmt} asked"})
                 continue
             srcs.append(Source(path, cls, kind))
         if not srcs:
@@ -484,7 +499,7 @@ def prepare(inputs: str | os.PathLike | Iterable, out, classes: str | Sequence[s
     with writer, _progress(progress, console) as bar:
         task = bar.add_task("prepare", total=total_bytes, drawings=0)
         for label, (cls, srcs) in enumerate(zip(class_list, plan)):
-            cp = _ClassPass(cls, label, writer, report, prev_keys, prev_labels, class_list)
+            cp = _ClassPass(cls, label, writer, report, prev_keys, prev_labels, class_list, words)
             start = len(writer)
             for src in srcs:
                 bar.update(task, description=f"{cls} ({src.kind})")
@@ -551,8 +566,14 @@ def summary(ds: PreparedDataset) -> str:
     rep.count = sk.get("count", 0)
     rep.items = [(i["file"], i["position"], i["reason"]) for i in sk.get("items", [])]
     lines.append(rep.summary())
-    if m.get("ignored_files"):
-        lines.append(f"ignored {len(m['ignored_files'])} file(s) of another format")
+    ignored = m.get("ignored_files", [])
+    if ignored:
+        lines.append(f"ignored {len(ignored)} file(s):")
+        lines += [f"  {i['file']}: {i['reason']}" for i in ignored[:10]]
+        if len(ignored) > 10:
+            lines.append(f"  … and {len(ignored) - 10} more (manifest.json, ignored_files)")
+    else:
+        lines.append("no ignored files")
     return "\n".join(lines)
 
 
@@ -575,7 +596,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--input", "-i", nargs="+", required=True, metavar="DIR_OR_FILE",
                         help="per-class files (<class>.ndjson/.bin/.npz) or directories searched recursively")
     parser.add_argument("--out", "-o", required=True, type=Path, help="output directory (replaced atomically)")
-    parser.add_argument("--classes", default="all", help="a,b,… | study | all (every class found; default)")
+    parser.add_argument("--classes", default="all",
+                        help="a,b,… | study | all (every Quick, Draw! class found; default) | from-files "
+                             "(every file name is a class: sketch datasets with other class names)")
     parser.add_argument("--format", dest="fmt", default="auto", choices=["auto", *FORMAT_SUFFIX])
     parser.add_argument("--split", default="study", choices=["study", "fractions"],
                         help="study: 5,000 val + 5,000 test per class (fractions for small classes)")

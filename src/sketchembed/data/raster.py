@@ -28,7 +28,14 @@ fills the image, point ``c`` (integer canvas pixel, centre ``c + 0.5``) lands at
 ``(c + 0.5 + padding) * size / (canvas + 2 * padding)`` output pixels. The defaults (width 8,
 padding 4.5, i.e. the classic 265 px canvas) give a line of ``size / 33`` output pixels (about 2 px at
 64, 6.8 px at 224). Lines are never thinner than ``min_width_px`` output pixels so that small images
-keep their strokes. Points outside the canvas (augmentations) are clipped, not wrapped.
+keep their strokes. Points outside the canvas (augmentations) are clipped, not wrapped. The study's
+geometry is ``canvas=255, padding=5, line_width=3`` (its 255 px canvas plus a 5 px border, 3 px
+``cv2.polylines``, then a bicubic resize); ``bench/raster.py`` measures how close we come to it.
+
+Output style. :meth:`Rasterizer.snapshots` always returns coverage (ink = 1 on 0). What the network
+sees is decided once, in :func:`render_views` via :meth:`Rasterizer.style`: ``background="white"``
+(the study: black ink on white, ``1 - coverage``) and ``standardize=True`` (the study's per-image
+standardisation, as ``tf.image.per_image_standardization``: ``(x - mean) / max(std, 1/sqrt(N))``).
 """
 
 from __future__ import annotations
@@ -37,20 +44,32 @@ import math
 
 import torch
 
-__all__ = ["Rasterizer", "render_views", "stroke_ends"]
+__all__ = ["BACKGROUNDS", "Rasterizer", "per_image_standardize", "render_views", "stroke_ends"]
+
+BACKGROUNDS = ("black", "white")
 
 
 class Rasterizer:
-    """``Rasterizer(size)(points (B,T,3), lengths (B,)) -> (B,1,size,size)`` float in [0,1], ink = 1."""
+    """``Rasterizer(size)(points (B,T,3), lengths (B,)) -> (B,1,size,size)`` float in [0,1], ink = 1.
+
+    ``background`` and ``standardize`` do not change that coverage; they are the output style that
+    :func:`render_views` applies (:meth:`style`).
+    """
 
     def __init__(self, size: int = 64, line_width: float = 8.0, padding: float = 4.5,
-                 canvas: float = 256.0, *, min_width_px: float = 1.0, piece_len: float | None = None,
-                 chunk_elems: int = 1 << 21):
+                 canvas: float = 256.0, *, background: str = "black", standardize: bool = False,
+                 min_width_px: float = 1.0, piece_len: float | None = None, chunk_elems: int = 1 << 21):
         if int(size) < 1:
             raise ValueError(f"size must be >= 1, got {size}")
         if not (line_width > 0 and padding >= 0 and canvas > 0):
             raise ValueError(f"need line_width > 0, padding >= 0, canvas > 0; got "
                              f"{line_width}, {padding}, {canvas}")
+        if background not in BACKGROUNDS:
+            raise ValueError(f"background must be one of {BACKGROUNDS}, got {background!r}")
+        if not isinstance(standardize, bool):
+            raise ValueError(f"standardize must be true or false, got {standardize!r}")
+        self.background = background
+        self.standardize = standardize
         self.size = int(size)
         self.line_width = float(line_width)
         self.padding = float(padding)
@@ -70,7 +89,12 @@ class Rasterizer:
 
     def __repr__(self) -> str:
         return (f"Rasterizer(size={self.size}, line_width={self.line_width}, padding={self.padding}, "
-                f"canvas={self.canvas})")
+                f"canvas={self.canvas}, background={self.background!r}, standardize={self.standardize})")
+
+    def style(self, coverage: torch.Tensor) -> torch.Tensor:
+        """Coverage (ink = 1 on 0) -> the network's input: polarity, then per-image standardisation."""
+        out = 1.0 - coverage if self.background == "white" else coverage
+        return per_image_standardize(out) if self.standardize else out
 
     # ------------------------------------------------------------------ public API
     def __call__(self, points: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
@@ -270,6 +294,16 @@ class Rasterizer:
         return idx.reshape(n, -1), cov.reshape(n, -1)
 
 
+def per_image_standardize(images: torch.Tensor) -> torch.Tensor:
+    """``(x - mean) / max(std, 1 / sqrt(N))`` over each image's N pixels (``tf.image.
+    per_image_standardization``, which the study used); the floor keeps a blank image finite (0)."""
+    flat = images.reshape(images.shape[0], -1)
+    n = flat.shape[1]
+    mean = flat.mean(1, keepdim=True)
+    std = flat.std(1, unbiased=False, keepdim=True).clamp_min(1.0 / math.sqrt(max(n, 1)))
+    return ((flat - mean) / std).reshape(images.shape)
+
+
 def stroke_ends(points: torch.Tensor, lengths: torch.Tensor):
     """``(snap_batch, snap_pos)`` of every stroke end; a drawing's last point always counts as one."""
     dev = points.device
@@ -284,7 +318,10 @@ def stroke_ends(points: torch.Tensor, lengths: torch.Tensor):
 def render_views(batch: dict, rasterizer: Rasterizer, views) -> dict:
     """Add ``image`` and/or ``snapshots`` to a batch (see ARCHITECTURE.md "Batches"); returns it.
 
-    When both are asked for they are rendered in one pass, so each segment is drawn once.
+    When both are asked for they are rendered in one pass, so each segment is drawn once. The image
+    shows the first ``batch["image_lengths"]`` points when the batch has them (the study's fraction
+    rule keeps one point fewer for the image than for the sequence on odd lengths), else ``lengths``.
+    Both views get the rasterizer's output :meth:`~Rasterizer.style`.
     """
     views = set(views)
     want_image, want_snaps = "image" in views, "snapshots" in views
@@ -302,10 +339,11 @@ def render_views(batch: dict, rasterizer: Rasterizer, views) -> dict:
         sp = torch.as_tensor(batch["snap_pos"], device=points.device).long()
     n_snap = sb.numel()
     if want_image:
-        lengths_d = torch.as_tensor(lengths, device=points.device).long()
+        shown = batch.get("image_lengths", lengths)
+        shown = torch.as_tensor(shown, device=points.device).long()
         sb = torch.cat([sb, torch.arange(B, device=points.device)])
-        sp = torch.cat([sp, lengths_d - 1])
-    images = rasterizer.snapshots(points, lengths, sb, sp)
+        sp = torch.cat([sp, shown - 1])
+    images = rasterizer.style(rasterizer.snapshots(points, lengths, sb, sp))
     if want_snaps:
         batch["snapshots"] = images[:n_snap]
     if want_image:

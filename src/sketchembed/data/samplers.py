@@ -187,18 +187,17 @@ class ShardSampler(Sampler[int]):
         return iter(range(self.rank, self.n, self.num_replicas))
 
 
-class SeededBatches(Sampler[list[tuple[int, int]]]):
-    """Wraps a batch sampler so that each item carries its own augmentation seed: ``(index, seed)``.
+class WrappedBatches(Sampler):
+    """Base of the wrappers around a batch sampler: passes the epoch on and exposes what Lightning and
+    the other wrappers look for (``sampler``, ``batch_size``, ``rank``)."""
 
-    Why: augmentation runs in DataLoader workers, which know neither the epoch nor the seed (and
-    persistent workers never see ``set_epoch``). The seed of item ``j`` of batch ``b`` depends on
-    ``(seed, epoch, rank, b, j)`` only, so augmented batches are reproducible whatever ``num_workers``.
-    """
-
-    def __init__(self, batch_sampler, seed: int = 0):
+    def __init__(self, batch_sampler):
         self.batch_sampler = batch_sampler
-        self.seed = int(seed)
         self.epoch = 0
+
+    @property
+    def rank(self) -> int:
+        return int(getattr(self.batch_sampler, "rank", 0))
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
@@ -214,11 +213,25 @@ class SeededBatches(Sampler[list[tuple[int, int]]]):
     def batch_size(self):
         return getattr(self.batch_sampler, "batch_size", None)
 
+
+
+class SeededBatches(WrappedBatches):
+    """Wraps a batch sampler so that each item carries its own augmentation seed: ``(index, seed)``.
+
+    Why: augmentation runs in DataLoader workers, which know neither the epoch nor the seed (and
+    persistent workers never see ``set_epoch``). The seed of item ``j`` of batch ``b`` depends on
+    ``(seed, epoch, rank, b, j)`` only, so augmented batches are reproducible whatever ``num_workers``.
+    """
+
+    def __init__(self, batch_sampler, seed: int = 0):
+        super().__init__(batch_sampler)
+        self.seed = int(seed)
+
     def __len__(self) -> int:
         return len(self.batch_sampler)
 
     def __iter__(self):
-        rank = int(getattr(self.batch_sampler, "rank", 0))
+        rank = self.rank
         for b, batch in enumerate(self.batch_sampler):
             seeds = np.random.SeedSequence([self.seed, self.epoch, rank, b]).generate_state(len(batch), np.uint64)
             yield [(int(i), int(s)) for i, s in zip(batch, seeds)]

@@ -110,11 +110,28 @@ class SkipReport:
                 "items": [{"file": p, "position": pos, "reason": r} for p, pos, r in self.items]}
 
 
+#: Raw coordinates (canvas pixels) beyond ± this are refused: the real raw drawings span
+#: −1,013…2,755 (tests/test_formats.py, slow); a million-pixel coordinate is a broken record.
+RAW_COORD_LIMIT = 100_000.0
+#: A drawing must span at least this much (larger of its x and y ranges, in its own units) before
+#: it is scaled onto the canvas: all points in one place carry no shape, and scaling a near-zero
+#: extent up to 255 would blow rounding noise into a drawing.
+MIN_EXTENT = 1.0
+
+
 def check_strokes(strokes: list[np.ndarray], *, coord_max: float | None = 255.0,
                   allow_single_point_strokes: bool = False) -> str | None:
-    """Why a drawing is unusable, or None. Used by every reader so they agree on what is bad."""
+    """Why a drawing is unusable, or None. Used by every reader so they agree on what is bad.
+
+    ``coord_max=None`` is for data on no fixed canvas (raw, stroke-3): coordinates must then lie
+    within ±``RAW_COORD_LIMIT``. Every drawing must span at least ``MIN_EXTENT``.
+    """
     if len(strokes) == 0:
         return "empty drawing (no strokes)"
+    if coord_max is not None:
+        lo_ok, hi_ok, span = 0.0, coord_max, f"0–{coord_max:g}"
+    else:
+        lo_ok, hi_ok, span = -RAW_COORD_LIMIT, RAW_COORD_LIMIT, f"±{RAW_COORD_LIMIT:,.0f}"
     total = 0
     for i, s in enumerate(strokes):
         if len(s) == 0:
@@ -123,9 +140,13 @@ def check_strokes(strokes: list[np.ndarray], *, coord_max: float | None = 255.0,
             return f"stroke {i} has a single point"
         if not np.all(np.isfinite(s[:, :2])):
             return f"stroke {i} has non-finite coordinates"
-        if coord_max is not None and (s[:, :2].min() < 0 or s[:, :2].max() > coord_max):
-            return f"stroke {i} has coordinates outside 0–{coord_max:g}"
+        if s[:, :2].min() < lo_ok or s[:, :2].max() > hi_ok:
+            return f"stroke {i} has coordinates outside {span}"
         total += len(s)
     if total < 2:
         return "drawing has a single point"
+    xy = np.concatenate([np.asarray(s)[:, :2] for s in strokes])
+    extent = float((xy.max(axis=0) - xy.min(axis=0)).max())
+    if extent < MIN_EXTENT:
+        return f"drawing spans {extent:g} (all points in one place; at least {MIN_EXTENT:g} needed)"
     return None

@@ -127,7 +127,8 @@ def datamodule_hparams(ckpt_path) -> dict:
     return _plain(ckpt.get("datamodule_hyper_parameters") or {})
 
 
-DATA_KEYS = ("image_size", "line_width", "padding", "max_snapshots", "eval_batch_size", "seed")
+DATA_KEYS = ("image_size", "line_width", "padding", "max_snapshots", "eval_batch_size", "seed", "canvas", "background",
+             "standardize", "fraction_rule", "seq_norm", "seq_origin")
 
 
 def datamodule_for(ckpt_path, root, *, views=None, batch_size: int | None = None, num_workers: int = 0,
@@ -168,4 +169,7 @@ def data_settings(ckpt: dict, path="checkpoint") -> dict:
         raise ValueError(f"{path}: checkpoint carries no data state (seq_std); was it trained with SketchDataModule?")
     return {"seq_std": float(state["seq_std"]), "classes": state.get("classes"),
             "image_size": int(hp.get("image_size", 64)), "line_width": float(hp.get("line_width", 8.0)),
-            "padding": float(hp.get("padding", 4.5)), "max_snapshots": hp.get("max_snapshots", 8)}
+            "padding": float(hp.get("padding", 4.5)), "max_snapshots": hp.get("max_snapshots", 8),
+            "canvas": float(hp.get("canvas", 256.0)), "background": hp.get("background", "black"),
+            "standardize": bool(hp.get("standardize", False)), "fraction_rule": hp.get("fraction_rule", "ceil"),
+            "seq_origin": tuple(hp.get("seq_origin", (0.0, 0.0)))}

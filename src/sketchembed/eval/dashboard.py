@@ -29,7 +29,7 @@ from omegaconf import DictConfig, OmegaConf
 
 log = logging.getLogger("sketchembed.eval")
 
-DEFAULTS = {"attach": "auto", "table_rows": 200, "image_size": 96}
+DEFAULTS = {"attach": "auto", "table_rows": 200, "image_size": 96, "max_reembed": 20000}
 FIGURES = ("tsne", "neighbors", "confusion", "early_recognition")
 KNN_K = 4  # eval.run.KNN_CLASSIFIER_K: the classifier of models without a head
 
@@ -138,7 +138,7 @@ def _log_all(run, cfg: DictConfig, out: Path, m: dict, ckpt: dict, opts: dict) -
         if (out / f"{name}.png").is_file():
             charts[f"eval/{name}_png"] = wandb.Image(str(out / f"{name}.png"))
     run.log(charts)
-    with _Drawings(m, ckpt, cfg) as drawings:
+    with _Drawings(m, ckpt, cfg, opts) as drawings:
         rows = _sample_rows(len(labels), int(opts["table_rows"]), int(cfg.get("seed", 0)))
         if len(rows):
             table = predictions_table(drawings, pred, rows, classes, opts)
@@ -148,7 +148,7 @@ def _log_all(run, cfg: DictConfig, out: Path, m: dict, ckpt: dict, opts: dict) -
             art = wandb.Artifact(f"predictions-{run.id}", type="eval-predictions")
             art.add(table, "predictions")
             run.log_artifact(art)
-        if cfg.get("tsne", False):
+        if drawings.st["tsne"]:
             t = tsne_table(drawings, pred, cfg, classes)
             run.log({"eval/tsne_points": t,
                      "eval/tsne": wandb.plot.scatter(t, "x", "y", title="t-SNE of test embeddings")})
@@ -162,33 +162,28 @@ def _sample_rows(n: int, k: int, seed: int) -> np.ndarray:
 
 
 class _Drawings:
-    """The evaluated test drawings and the model, to re-run it on a few of them (confidences, t-SNE)."""
+    """The evaluated test drawings (eval's own DataModule and settings) and the model, to re-run it on
+    a few of them (confidences, t-SNE)."""
 
-    def __init__(self, m: dict, ckpt: dict, cfg: DictConfig):
-        self.m, self.ckpt, self.cfg = m, ckpt, cfg
-        self.batch_size = int(cfg.get("batch_size", 64))
+    def __init__(self, m: dict, ckpt: dict, cfg: DictConfig, opts: dict):
+        self.m, self.ckpt, self.cfg, self.opts = m, ckpt, cfg, opts
 
     def __enter__(self):
         import torch
 
-        from sketchembed.data.raster import Rasterizer
-        from sketchembed.eval.checkpoint import data_settings, datamodule_for, load_model
+        from sketchembed.eval.checkpoint import data_settings, load_model
         from sketchembed.eval.embed import model_views
+        from sketchembed.eval.run import _datamodule, _settings
 
-        path = self.m["checkpoint"]
+        path = Path(self.m["checkpoint"])
+        self.st = _settings(self.cfg)
+        self.batch_size = int(self.cfg.get("batch_size", 64))
         self.model = load_model(path)
         self.settings = data_settings(self.ckpt, path)
-        self.raster = Rasterizer(self.settings["image_size"], self.settings["line_width"], self.settings["padding"])
-        self.dm = datamodule_for(path, self.m["index_dataset"], views=model_views(self.model), ckpt=self.ckpt)
-        # eval's own index: the same capped, seeded train subset (SketchDataModule.rows)
-        max_index = self.cfg.get("max_index")
-        self.dm.max_train = int(max_index) if max_index else None
-        self.dm.seed = int(self.cfg.get("seed", 0))
-        if self.m.get("split") == "test_dir":
-            self.dm.test_dir = str(self.m["dataset"])
+        self.dm = _datamodule(self.cfg, self.ckpt, path, model_views(self.model), self.st["max_train"])
         self.store = self.dm.split_store("test")
         self.device = torch.device("cpu")
-        self._index = None
+        self.has_no_head = self.m.get("classifier", "").startswith("knn")
         return self
 
     def __exit__(self, *exc):
@@ -198,40 +193,42 @@ class _Drawings:
         return np.asarray(self.store.points(int(row)), dtype=np.float32)
 
     def embed(self, rows, fraction: float) -> tuple[np.ndarray, np.ndarray | None]:
-        """(embeddings, logits or None) of store rows ``rows`` cut at ``fraction``, as eval embeds them."""
-        from sketchembed.eval.embed import embed_points
+        """(embeddings, logits or None) of test-store rows ``rows`` cut at ``fraction``, as eval embeds them."""
+        from sketchembed.eval.embed import embed_loader, subset_loader
 
-        embs, logits = [], []
-        rows = list(rows)
-        for i in range(0, len(rows), self.batch_size):
-            e, lg, _, _ = embed_points(self.model, [self.points(r) for r in rows[i:i + self.batch_size]],
-                                       seq_std=self.settings["seq_std"], rasterizer=self.raster, fraction=fraction,
-                                       max_snapshots=self.settings.get("max_snapshots"), device=self.device)
-            embs.append(e)
-            if lg is not None:
-                logits.append(lg)
-        return np.concatenate(embs), (np.concatenate(logits) if logits else None)
+        res = embed_loader(self.model, subset_loader(self.dm, "test", self._positions(rows), fraction),
+                           rasterizer=self.dm.rasterizer, device=self.device)
+        return res.embeddings.astype(np.float32), res.logits
 
-    def knn_index(self):
-        """Models without a head are classified by KNN over eval's index (re-embedded here)."""
-        if self._index is None:
-            from sketchembed.eval.index import build_index
+    def _positions(self, rows) -> np.ndarray:
+        """Positions in the test split of store rows (``predictions.npz`` keeps store rows)."""
+        split_rows = self.dm.rows("test")
+        order = np.argsort(split_rows)
+        return order[np.searchsorted(split_rows, np.asarray(rows), sorter=order)]
 
-            self._index = build_index(self.model, self.dm, "train", device=self.device, keep_drawings=False,
-                                      show_progress=False)
-        return self._index
-
-    def confidence(self, rows, fraction: float, predicted: np.ndarray) -> np.ndarray:
-        """The model's confidence in ``predicted``: softmax probability for classifiers; for KNN-classified
-        models the share of the K=4 nearest train drawings voting for it."""
+    def confidence(self, rows, fraction: float, predicted: np.ndarray, neighbor_labels=None) -> np.ndarray | None:
+        """The model's confidence in ``predicted``: its softmax probability for classifiers; for models
+        classified by KNN the share of the K=4 nearest drawings of eval's index voting for it (at 100 %
+        eval's own neighbours; at 50 % the index is embedded again, unless it has more than
+        ``dashboard.max_reembed`` drawings: None)."""
+        if neighbor_labels is not None:
+            return (neighbor_labels[:, :KNN_K] == predicted[:, None]).mean(1)
         emb, logits = self.embed(rows, fraction)
         if logits is not None:
             z = logits - logits.max(1, keepdims=True)
             prob = np.exp(z) / np.exp(z).sum(1, keepdims=True)
             return prob[np.arange(len(prob)), predicted]
-        index = self.knn_index()
-        idx, _ = index.query(emb, KNN_K)
-        return (index.labels[idx] == predicted[:, None]).mean(1)
+        if len(self.dm.rows("train")) > int(self.opts["max_reembed"]):
+            log.info("dashboard: no KNN confidence at %g %% (index of %d drawings > dashboard.max_reembed)",
+                     100 * fraction, len(self.dm.rows("train")))
+            return None
+        from sketchembed.eval.embed import embed_loader
+        from sketchembed.eval.knn import neighbor_labels as search_labels
+
+        train = embed_loader(self.model, self.dm.loader("train", 1.0), rasterizer=self.dm.rasterizer,
+                             device=self.device, with_logits=False)
+        nl = search_labels(train.embeddings, train.labels, emb, KNN_K, backend=self.st["backend"])
+        return (nl[:, :KNN_K] == predicted[:, None]).mean(1)
 
 
 def sketch_image(points: np.ndarray, size: int = 96, pad: int = 4) -> np.ndarray:
@@ -261,14 +258,16 @@ def predictions_table(drawings: _Drawings, pred, rows: np.ndarray, classes: list
 
     store_rows = pred["indices"][rows]
     p50, p100 = pred["pred@50"][rows].astype(int), pred["pred@100"][rows].astype(int)
+    nl = pred["knn_neighbor_labels"][rows] if "knn_neighbor_labels" in pred and drawings.has_no_head else None
     c50 = drawings.confidence(store_rows, 0.5, p50)
-    c100 = drawings.confidence(store_rows, 1.0, p100)
+    c100 = drawings.confidence(store_rows, 1.0, p100, nl)
     table = wandb.Table(columns=["sketch", "key_id", "true class", "predicted@50", "confidence@50",
                                  "predicted@100", "confidence@100", "correct@100"])
     for i, r in enumerate(rows):
         y = int(pred["labels"][r])
         table.add_data(wandb.Image(sketch_image(drawings.points(store_rows[i]), int(opts["image_size"]))),
-                       str(int(pred["key_ids"][r])), classes[y], classes[p50[i]], round(float(c50[i]), 4),
+                       str(int(pred["key_ids"][r])), classes[y], classes[p50[i]],
+                       None if c50 is None else round(float(c50[i]), 4),
                        classes[p100[i]], round(float(c100[i]), 4), bool(p100[i] == y))
     return table
 
@@ -279,13 +278,13 @@ def tsne_table(drawings: _Drawings, pred, cfg: DictConfig, classes: list[str]):
 
     from sketchembed.eval.tsne import tsne_map
 
-    n, seed = len(pred["labels"]), int(cfg.get("seed", 0))
+    st, n, seed = drawings.st, len(pred["labels"]), int(cfg.get("seed", 0))
     rows = np.arange(n)
-    cap = int(cfg.get("tsne_max_points", n))
-    if n > cap:  # eval.run._figures picks its t-SNE rows this way
-        rows = np.sort(np.random.default_rng(seed).choice(rows, cap, replace=False))
+    if n > st["tsne_max_points"]:  # eval.run._figures picks its t-SNE rows and settings this way
+        rows = np.sort(np.random.default_rng(seed).choice(rows, st["tsne_max_points"], replace=False))
     emb, _ = drawings.embed(pred["indices"][rows], 1.0)
-    xy = tsne_map(emb, seed=seed, max_points=None)
+    xy = tsne_map(emb, seed=seed, max_points=None, n_iter=st["tsne_n_iter"], perplexity=st["tsne_perplexity"],
+                  n_jobs=st["tsne_n_jobs"])
     table = wandb.Table(columns=["x", "y", "class", "key_id"])
     for (x, y), r in zip(xy, rows):
         table.add_data(float(x), float(y), classes[int(pred["labels"][r])], str(int(pred["key_ids"][r])))

@@ -20,11 +20,14 @@ class Embedded:
     labels: np.ndarray              # (n,) int64
     indices: np.ndarray             # (n,) int64 rows of the prepared dataset
     key_ids: np.ndarray             # (n,) uint64
+    pred: np.ndarray | None = None  # (n,) int64 argmax of the logits, kept alone when keep_logits=False
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def predictions(self) -> np.ndarray:
+        if self.pred is not None:
+            return self.pred
         if self.logits is None:
             raise ValueError("this model has no classifier (no logits)")
         return self.logits.argmax(1)
@@ -32,7 +35,8 @@ class Embedded:
     def subset(self, rows) -> "Embedded":
         rows = np.asarray(rows)
         return Embedded(self.embeddings[rows], None if self.logits is None else self.logits[rows],
-                        self.labels[rows], self.indices[rows], self.key_ids[rows])
+                        self.labels[rows], self.indices[rows], self.key_ids[rows],
+                        None if self.pred is None else self.pred[rows])
 
 
 def to_device(batch: dict, device) -> dict:
@@ -70,21 +74,54 @@ def embed_batch(model, batch: dict, rasterizer=None, with_logits: bool = True):
     return emb, logits
 
 
+class _Grow:
+    """A preallocated array filled batch by batch (grows by doubling only if the loader yields more
+    rows than announced); ``view()`` is the filled part, no copy."""
+
+    def __init__(self, capacity: int, tail: tuple = (), dtype=np.float32):
+        self.a = np.empty((max(1, capacity),) + tail, dtype=dtype)
+        self.n = 0
+
+    def put(self, x: np.ndarray) -> None:
+        if self.n + len(x) > len(self.a):
+            grown = np.empty((max(2 * len(self.a), self.n + len(x)),) + self.a.shape[1:], self.a.dtype)
+            grown[:self.n] = self.a[:self.n]
+            self.a = grown
+        self.a[self.n:self.n + len(x)] = x
+        self.n += len(x)
+
+    def view(self) -> np.ndarray:
+        return self.a[:self.n]
+
+
 @torch.no_grad()
 def embed_loader(model, loader: Iterable[dict], *, rasterizer=None, device=None, max_items: int | None = None,
-                 with_logits: bool = True, progress: Callable[[int], None] | None = None) -> Embedded:
+                 with_logits: bool = True, progress: Callable[[int], None] | None = None,
+                 dtype=np.float32, keep_logits: bool = True) -> Embedded:
     """Embed every batch of ``loader`` (eval mode, no grad; the model's mode is restored after).
 
-    ``max_items`` stops after that many drawings; ``progress(n)`` is called with each batch size.
+    Streams: each batch is rendered, embedded and written into arrays preallocated for the loader's
+    dataset size, so memory is the outputs (``dtype``: float32, or float16 to halve a large index)
+    plus one batch, whatever the split size. ``keep_logits=False`` keeps only the argmax of the
+    logits (``Embedded.pred``; ``(n, C)`` logits of 1.4 M drawings would not fit). ``max_items``
+    stops after that many drawings; ``progress(n)`` is called with each batch size.
     """
     if device is None:
         try:
             device = next(model.parameters()).device
         except StopIteration:
             device = torch.device("cpu")
+    try:
+        cap = len(loader.dataset)
+    except (AttributeError, TypeError):
+        cap = 1024
+    if max_items is not None:
+        cap = min(cap, int(max_items))
     was_training = model.training
     model.eval()
-    embs, logs, labels, idx, keys = [], [], [], [], []
+    embs = logs = None
+    pred = _Grow(cap, (), np.int64)
+    labels, idx, keys = _Grow(cap, (), np.int64), _Grow(cap, (), np.int64), _Grow(cap, (), np.int64)
     n = 0
     try:
         for batch in loader:
@@ -92,12 +129,22 @@ def embed_loader(model, loader: Iterable[dict], *, rasterizer=None, device=None,
             emb, logits = embed_batch(model, batch, rasterizer, with_logits)
             b = emb.shape[0]
             take = b if max_items is None else min(b, max_items - n)
-            embs.append(emb[:take].float().cpu().numpy())
+            e = emb[:take].float().cpu().numpy()
+            if not np.all(np.isfinite(e)):
+                raise ValueError("the model produced NaN/inf embeddings")
+            if embs is None:
+                embs = _Grow(cap, e.shape[1:], dtype)
+            embs.put(e)
             if logits is not None:
-                logs.append(logits[:take].float().cpu().numpy())
-            labels.append(batch["label"][:take].cpu().numpy())
-            idx.append(batch["index"][:take].cpu().numpy())
-            keys.append(batch["key_id"][:take].cpu().numpy())
+                pred.put(logits[:take].argmax(1).cpu().numpy())
+                if keep_logits:
+                    lg = logits[:take].float().cpu().numpy()
+                    if logs is None:
+                        logs = _Grow(cap, lg.shape[1:], np.float32)
+                    logs.put(lg)
+            labels.put(batch["label"][:take].cpu().numpy())
+            idx.put(batch["index"][:take].cpu().numpy())
+            keys.put(batch["key_id"][:take].cpu().numpy())
             n += take
             if progress is not None:
                 progress(take)
@@ -105,29 +152,33 @@ def embed_loader(model, loader: Iterable[dict], *, rasterizer=None, device=None,
                 break
     finally:
         model.train(was_training)
-    if not embs:
+    if embs is None:
         raise ValueError("embed_loader: the loader yielded no batches (empty split?)")
-    emb = np.concatenate(embs).astype(np.float32, copy=False)
-    if not np.all(np.isfinite(emb)):
-        raise ValueError("the model produced NaN/inf embeddings")
-    return Embedded(
-        embeddings=emb,
-        logits=np.concatenate(logs).astype(np.float32, copy=False) if logs else None,
-        labels=np.concatenate(labels).astype(np.int64),
-        indices=np.concatenate(idx).astype(np.int64),
-        key_ids=np.concatenate(keys).astype(np.int64).view(np.uint64),
-    )
+    return Embedded(embeddings=embs.view(), logits=logs.view() if logs is not None else None,
+                    labels=labels.view(), indices=idx.view(), key_ids=keys.view().view(np.uint64),
+                    pred=pred.view() if pred.n else None)
+
+
+def subset_loader(dm, split: str, positions, fraction: float = 1.0, batch_size: int | None = None):
+    """A loader over some positions of ``dm.dataset(split)`` (the order of ``dm.loader``), at a fraction."""
+    from torch.utils.data import DataLoader, Subset
+
+    from sketchembed.data.datamodule import SketchCollate
+
+    ds = Subset(dm.dataset(split), np.asarray(positions, dtype=np.int64).tolist())
+    return DataLoader(ds, batch_size=int(batch_size or dm.eval_batch_size), shuffle=False,
+                      collate_fn=SketchCollate(dm.seq_std, fraction, dm.max_snapshots), num_workers=dm.num_workers)
 
 
 @torch.no_grad()
 def embed_points(model, drawings, *, seq_std: float, rasterizer=None, fraction: float = 1.0,
-                 max_snapshots: int | None = 8, device=None):
+                 max_snapshots: int | None = 8, fraction_rule: str = "ceil", seq_origin=(0.0, 0.0), device=None):
     """Embed raw ``(n, 3)`` point arrays (a user's sketch) exactly as the DataModule would serve them:
     same collate (truncation to ``fraction``, pen_up on the last kept point, normalised deltas)."""
     from sketchembed.data.datamodule import SketchCollate
 
     items = [(-1, 0, 0, np.asarray(p, dtype=np.float32)) for p in drawings]
-    batch = SketchCollate(seq_std, fraction, max_snapshots)(items)
+    batch = SketchCollate(seq_std, fraction, max_snapshots, fraction_rule=fraction_rule, seq_origin=seq_origin)(items)
     if device is None:
         device = next(model.parameters()).device
     was_training = model.training

@@ -1,9 +1,18 @@
 """KNN classification in the embedding space and a saved nearest-neighbour index.
 
 The study reports KNN accuracy (K=3 for the combined model, K=4 for the triplet CNNs) with the train
-embeddings as the index; one neighbour search with the largest K serves every K. Ties in the vote
-(frequent for even K) go to the tied class with the nearest member — deterministic, and the choice a
-person would make looking at the neighbours.
+embeddings as the index; one neighbour search with the largest K serves every K. Two vote rules:
+
+* strict (``vote``, metrics ``knn@K``): majority; ties go to the tied class with the nearest member —
+  deterministic, and the choice a person would make looking at the neighbours.
+* the study's (``study_tie_correct``, metrics ``knn@K_study_tie``): its notebook counts a tied vote
+  (1-1-1 at K=3) as correct when the true class is among the tied classes — optimistic, an upper
+  bound of the strict rule.
+
+The search is exact brute force (squared euclidean distance, as the study's notebook), one block of
+the index at a time merged into a running top-k, so memory stays bounded at any index size: each
+block searched by faiss' ``IndexFlatL2`` when faiss is installed (the faster in `make bench`'s
+eval-at-scale section), else by torch matmul.
 """
 
 from __future__ import annotations
@@ -14,21 +23,31 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 import numpy as np
+import torch
 from sklearn.neighbors import NearestNeighbors
 
+try:
+    import faiss
+except ImportError:  # optional: the torch search gives the same neighbours
+    faiss = None
+
+BACKENDS = ("auto", "faiss", "torch", "sklearn")
 INDEX_FORMAT = "sketchembed-knn-index"
 INDEX_VERSION = 1
 
 
 def _check_pair(emb: np.ndarray, labels: np.ndarray, what: str) -> tuple[np.ndarray, np.ndarray]:
-    emb = np.asarray(emb, dtype=np.float32)
+    emb = np.asarray(emb)
+    if emb.dtype not in (np.float32, np.float16):
+        emb = emb.astype(np.float32)
     labels = np.asarray(labels).astype(np.int64, copy=False)
     if emb.ndim != 2:
         raise ValueError(f"{what} embeddings must be (n, d), got shape {emb.shape}")
     if len(labels) != len(emb):
         raise ValueError(f"{what}: {len(emb)} embeddings but {len(labels)} labels")
-    if not np.all(np.isfinite(emb)):
-        raise ValueError(f"{what} embeddings contain NaN/inf")
+    for a in range(0, len(emb), 1 << 16):  # blockwise: no full-size temporary on a large index
+        if not np.all(np.isfinite(emb[a:a + (1 << 16)])):
+            raise ValueError(f"{what} embeddings contain NaN/inf")
     return emb, labels
 
 
@@ -37,34 +56,105 @@ def vote(neighbor_labels: np.ndarray, k: int, n_classes: int) -> np.ndarray:
     lab = neighbor_labels[:, :k]
     n = len(lab)
     rows = np.repeat(np.arange(n), k)
-    counts = np.zeros((n, n_classes), dtype=np.int64)
+    counts = np.zeros((n, n_classes), dtype=np.int32)
     np.add.at(counts, (rows, lab.ravel()), 1)
-    first_rank = np.full((n, n_classes), k, dtype=np.int64)
+    first_rank = np.full((n, n_classes), k, dtype=np.int32)
     for j in range(k - 1, -1, -1):  # smaller ranks written last win
         first_rank[np.arange(n), lab[:, j]] = j
     score = counts * (k + 1) - first_rank
     return score.argmax(axis=1)
 
 
-def knn_predict(train_emb, train_labels, query_emb, ks: Iterable[int] = (1, 3, 4, 5),
-                n_classes: int | None = None, exclude_self: bool = False) -> dict[int, np.ndarray]:
-    """Predicted classes of ``query_emb`` for every K in ``ks`` (euclidean distance).
+def resolve_backend(backend: str = "auto") -> str:
+    """``auto`` = faiss when installed (faster in ``make bench``'s eval-at-scale section), else torch."""
+    if backend not in BACKENDS:
+        raise ValueError(f"knn.backend={backend!r}: choose from {', '.join(BACKENDS)}")
+    if backend == "faiss" and faiss is None:
+        raise ValueError("knn.backend=faiss: faiss is not installed (pip install faiss-cpu), or use torch")
+    if backend == "auto":
+        return "faiss" if faiss is not None else "torch"
+    return backend
+
+
+def _torch_block(block: np.ndarray):
+    t = torch.from_numpy(block)
+    tn = t.square().sum(1)
+
+    def run(q: np.ndarray, k: int):
+        qt = torch.from_numpy(q)
+        d2 = torch.addmm(qt.square().sum(1, keepdim=True) + tn[None, :], qt, t.T, alpha=-2.0).clamp_(min=0)
+        d, i = torch.topk(d2, k, dim=1, largest=False, sorted=True)
+        return d.numpy(), i.numpy()
+    return run
+
+
+def _faiss_block(block: np.ndarray):
+    flat = faiss.IndexFlatL2(int(block.shape[1]))
+    flat.add(block)
+    return lambda q, k: flat.search(q, k)
+
+
+def search(index, queries, k: int, *, backend: str = "auto", query_block: int = 2048,
+           index_block: int = 131072) -> tuple[np.ndarray, np.ndarray]:
+    """The ``k`` nearest index rows of each query, nearest first: ``(idx (q, k) int64, d2 (q, k))``
+    with squared euclidean distances (ties: the lower index row first).
+
+    Blockwise: one float32 copy of ``index_block`` index rows at a time (``index``/``queries`` may
+    be float16 or memory-mapped), searched by every query block, merged into a running top-k —
+    so memory stays the inputs plus one block, at 1.4 M indexed drawings too.
+    """
+    backend = resolve_backend(backend)
+    k = int(k)
+    if k < 1 or k > len(index):
+        raise ValueError(f"K={k} needs 1 <= K <= {len(index)} indexed embeddings")
+    nq = len(queries)
+    if backend == "sklearn":
+        nn = NearestNeighbors(n_neighbors=k, metric="euclidean", n_jobs=1).fit(np.asarray(index, np.float32))
+        d, i = nn.kneighbors(np.asarray(queries, np.float32)) if nq else (np.zeros((0, k)), np.zeros((0, k), int))
+        return i.astype(np.int64), np.square(d).astype(np.float32)
+    best_d = np.full((nq, k), np.inf, np.float32)
+    best_i = np.full((nq, k), -1, np.int64)
+    make = _faiss_block if backend == "faiss" else _torch_block
+    for a in range(0, len(index), int(index_block)):
+        block = np.ascontiguousarray(index[a:a + int(index_block)], dtype=np.float32)
+        run = make(block)
+        kk = min(k, len(block))
+        for q0 in range(0, nq, int(query_block)):
+            q = np.ascontiguousarray(queries[q0:q0 + int(query_block)], dtype=np.float32)
+            d, i = run(q, kk)
+            d = np.concatenate([best_d[q0:q0 + len(q)], d], 1)
+            i = np.concatenate([best_i[q0:q0 + len(q)], i.astype(np.int64) + a], 1)
+            order = np.argsort(d, axis=1, kind="stable")[:, :k]
+            best_d[q0:q0 + len(q)] = np.take_along_axis(d, order, 1)
+            best_i[q0:q0 + len(q)] = np.take_along_axis(i, order, 1)
+        del run, block
+    return best_i, best_d
+
+
+def study_tie_correct(neighbor_labels: np.ndarray, k: int, true_labels: np.ndarray, n_classes: int) -> np.ndarray:
+    """The study notebook's rule: correct when the true class has the most votes among the first
+    ``k`` neighbours, *including* a tie for the most (1-1-1 at K=3 counts if the true class is one)."""
+    lab = np.asarray(neighbor_labels)[:, :k]
+    y = np.asarray(true_labels).astype(np.int64)
+    counts = np.zeros((len(lab), n_classes), dtype=np.int32)
+    np.add.at(counts, (np.repeat(np.arange(len(lab)), k), lab.ravel()), 1)
+    return counts[np.arange(len(lab)), y] == counts.max(axis=1)
+
+
+def neighbor_labels(train_emb, train_labels, query_emb, k: int, *, exclude_self: bool = False,
+                    backend: str = "auto", query_block: int = 2048) -> np.ndarray:
+    """``(q, k)`` labels of each query's ``k`` nearest index rows, nearest first.
 
     ``exclude_self`` drops each query's own row when the query set *is* the index (leave-one-out).
     """
     train_emb, train_labels = _check_pair(train_emb, train_labels, "index")
-    query_emb = np.asarray(query_emb, dtype=np.float32)
-    ks = sorted({int(k) for k in ks})
-    if not ks or ks[0] < 1:
-        raise ValueError(f"K must be >= 1, got {ks}")
-    kmax = ks[-1] + (1 if exclude_self else 0)
+    query_emb = np.asarray(query_emb)
+    kmax = int(k) + (1 if exclude_self else 0)
     if kmax > len(train_emb):
-        raise ValueError(f"K={ks[-1]} needs at least {kmax} indexed embeddings, have {len(train_emb)}")
+        raise ValueError(f"K={k} needs at least {kmax} indexed embeddings, have {len(train_emb)}")
     if query_emb.ndim != 2 or query_emb.shape[1] != train_emb.shape[1]:
         raise ValueError(f"query embeddings {query_emb.shape} do not match index dimension {train_emb.shape[1]}")
-    n_classes = int(n_classes if n_classes is not None else train_labels.max() + 1)
-    nn = NearestNeighbors(n_neighbors=kmax, metric="euclidean", n_jobs=1).fit(train_emb)
-    _, idx = nn.kneighbors(query_emb, return_distance=True)
+    idx, _ = search(train_emb, query_emb, kmax, backend=backend, query_block=query_block)
     if exclude_self:
         own = np.arange(len(query_emb))[:, None]
         keep = idx != own
@@ -73,7 +163,19 @@ def knn_predict(train_emb, train_labels, query_emb, ks: Iterable[int] = (1, 3, 4
         mask = np.ones_like(idx, dtype=bool)
         mask[np.arange(len(idx)), drop] = False
         idx = idx[mask].reshape(len(idx), kmax - 1)
-    nl = train_labels[idx]
+    return train_labels[idx]
+
+
+def knn_predict(train_emb, train_labels, query_emb, ks: Iterable[int] = (1, 3, 4, 5),
+                n_classes: int | None = None, exclude_self: bool = False,
+                backend: str = "auto") -> dict[int, np.ndarray]:
+    """Predicted classes of ``query_emb`` for every K in ``ks`` (strict vote, euclidean distance)."""
+    ks = sorted({int(k) for k in ks})
+    if not ks or ks[0] < 1:
+        raise ValueError(f"K must be >= 1, got {ks}")
+    labels = np.asarray(train_labels)
+    n_classes = int(n_classes if n_classes is not None else labels.max() + 1)
+    nl = neighbor_labels(train_emb, train_labels, query_emb, ks[-1], exclude_self=exclude_self, backend=backend)
     return {k: vote(nl, k, n_classes) for k in ks}
 
 

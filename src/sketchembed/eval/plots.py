@@ -75,24 +75,44 @@ def _frame(ax, color, width):
         sp.set_linewidth(width)
 
 
-def plot_tsne(path, xy, labels, classes: Sequence[str], title: str | None = None) -> Path:
-    """Scatter of a 2-D map coloured by class, legend beside it."""
+def plot_tsne(path, xy, labels, classes: Sequence[str], title: str | None = None, max_legend: int = 18) -> Path:
+    """Scatter of a 2-D map coloured by class, legend beside it.
+
+    With more than ``max_legend`` classes only the ``max_legend`` most frequent ones in the map get
+    their own colour and legend entry; the others are drawn in light grey as one "other" entry, so
+    the legend stays readable at 345 classes.
+    """
     xy = np.asarray(xy)
     labels = np.asarray(labels)
+    counts = np.bincount(labels, minlength=len(classes)) if len(labels) else np.zeros(len(classes), int)
+    if len(classes) > max_legend:
+        shown = np.sort(np.lexsort((np.arange(len(classes)), -counts))[:max_legend])
+    else:
+        shown = np.arange(len(classes))
     fig = _new_figure(8, 6.5)
     ax = fig.add_subplot(1, 1, 1)
-    colors = class_colors(len(classes))
     size = float(np.clip(3000 / max(len(xy), 1), 2, 30))
-    for c, name in enumerate(classes):
+    other = ~np.isin(labels, shown)
+    if len(shown) < len(classes) and len(shown) <= 18:  # tab20 without its two greys (the "other" colour)
+        from matplotlib import colormaps
+
+        colors = [colormaps["tab20"](i) for i in range(20) if i not in (14, 15)][:len(shown)]
+    else:
+        colors = class_colors(len(shown))
+    if other.any():
+        n_other = len(classes) - len(shown)
+        ax.scatter(xy[other, 0], xy[other, 1], s=size, color="#cccccc", alpha=0.5, linewidths=0,
+                   label=f"{n_other} other classes ({int(other.sum())})")
+    for color, c in zip(colors, shown):
         m = labels == c
         if m.any():
-            ax.scatter(xy[m, 0], xy[m, 1], s=size, color=colors[c], label=f"{name} ({int(m.sum())})",
+            ax.scatter(xy[m, 0], xy[m, 1], s=size if not other.any() else max(size, 6.0), color=color,
+                       label=f"{classes[c]} ({int(m.sum())})",
                        alpha=0.8, linewidths=0)
     ax.set_xticks([])
     ax.set_yticks([])
     ax.set_title(title or f"t-SNE of {len(xy)} embeddings")
-    if len(classes) <= 40:
-        ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8, markerscale=max(1, 20 / size))
+    ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8, markerscale=max(1, 20 / size))
     return _save(fig, path)
 
 
@@ -132,16 +152,27 @@ def plot_neighbors(path, ref_points: Sequence[np.ndarray], ref_labels: Sequence[
     return _save(fig, path)
 
 
-def plot_confusion(path, y_true, y_pred, classes: Sequence[str], title: str | None = None) -> Path:
-    """Row-normalised confusion matrix with counts, rows = true class."""
+def plot_confusion(path, y_true, y_pred, classes: Sequence[str], title: str | None = None,
+                   max_classes: int = 30) -> Path:
+    """Row-normalised confusion matrix with counts, rows = true class.
+
+    Above ``max_classes`` classes only the ``max_classes`` classes most involved in confusions are
+    shown (rows still normalised by the class's full count), so the figure stays a few inches wide:
+    a 345 x 345 grid is neither readable nor openable by common image viewers.
+    """
     from sklearn.metrics import confusion_matrix
+
+    from sketchembed.eval.confusion import most_confused_classes
 
     y_true = np.asarray(y_true)
     y_pred = np.asarray(y_pred)
     cm = confusion_matrix(y_true, y_pred, labels=np.arange(len(classes)))
     rows = cm.sum(1, keepdims=True)
     norm = np.divide(cm, rows, out=np.zeros_like(cm, dtype=float), where=rows > 0)
-    c = len(classes)
+    shown = most_confused_classes(cm, max_classes) if len(classes) > max_classes else np.arange(len(classes))
+    cm, norm = cm[np.ix_(shown, shown)], norm[np.ix_(shown, shown)]
+    names = [classes[i] for i in shown]
+    c = len(shown)
     side = max(4.0, 0.55 * c + 2)
     fig = _new_figure(side + 1, side)
     ax = fig.add_subplot(1, 1, 1)
@@ -149,8 +180,8 @@ def plot_confusion(path, y_true, y_pred, classes: Sequence[str], title: str | No
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
     ax.set_xticks(range(c))
     ax.set_yticks(range(c))
-    ax.set_xticklabels(classes, rotation=60, ha="right", fontsize=8)
-    ax.set_yticklabels(classes, fontsize=8)
+    ax.set_xticklabels(names, rotation=60, ha="right", fontsize=8)
+    ax.set_yticklabels(names, fontsize=8)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     if c <= 30:
@@ -161,6 +192,34 @@ def plot_confusion(path, y_true, y_pred, classes: Sequence[str], title: str | No
                             color="white" if norm[i, j] > 0.5 else "black")
     acc = float((y_true == y_pred).mean()) if len(y_true) else float("nan")
     ax.set_title(title or f"confusion (accuracy {100 * acc:.1f} %, n={len(y_true)})")
+    if c < len(classes):
+        ax.set_xlabel(f"predicted — the {c} classes most involved in confusions, of {len(classes)}")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_per_class(path, cm, classes: Sequence[str], n_each: int = 20, title: str | None = None) -> Path:
+    """Per-class accuracy sorted, worst at the top; with many classes the ``n_each`` worst and the
+    ``n_each`` best, the number of classes left out between them said in the figure."""
+    from sketchembed.eval.confusion import per_class_sorted
+
+    rows = per_class_sorted(cm, classes)
+    gap = 0
+    if len(rows) > 2 * n_each:
+        gap = len(rows) - 2 * n_each
+        rows = rows[:n_each] + [(f"… {gap} classes …", 0, float("nan"))] + rows[-n_each:]
+    fig = _new_figure(7, max(2.5, 0.22 * len(rows) + 1.2))
+    ax = fig.add_subplot(1, 1, 1)
+    y = np.arange(len(rows))
+    acc = np.array([r[2] for r in rows])
+    ax.barh(y, np.nan_to_num(100 * acc), color=["#d62728" if a < np.nanmedian(acc) else "#1f77b4" for a in acc])
+    ax.set_yticks(y)
+    ax.set_yticklabels([f"{r[0]} (n={r[1]})" if r[1] else r[0] for r in rows], fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xlim(0, 100)
+    ax.set_xlabel("accuracy @ 100 % of the drawing (%)")
+    ax.grid(axis="x", alpha=0.3)
+    ax.set_title(title or f"per-class accuracy, sorted ({len(classes)} classes)")
     fig.tight_layout()
     return _save(fig, path)
 

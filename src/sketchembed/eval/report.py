@@ -1,4 +1,5 @@
-"""`report.md` of one run, and `sketchembed report RUN_DIR…` (one comparison table of many runs).
+"""`report.md` of one run, and `sketchembed report RUN_DIR…` (one comparison table of many runs,
+train and eval run dirs together: one row per trained model).
 
 Our numbers come from whatever data the run used (here usually the small real set); the study's
 come from the full 10-class download on GPUs. They are printed side by side in a separate column
@@ -7,7 +8,9 @@ titled "study (full data, GPU)" so that nobody reads one as the other.
 ``metrics.json`` is a flat dict: accuracies in [0, 1] under Lightning-style keys
 (``test/acc@50``, ``test/acc@100``, ``test/knn@3``, ``test/probe_acc``, ``test/triplet_acc``, ``test/acc@10`` …
 for the early-recognition curve; ``val/…`` is used when a run has no test split) plus descriptive
-fields (``model_kind``, ``dataset``, ``checkpoint``, ``n_train``, ``n_test``, ``human/acc@50`` …).
+fields (``model_kind``, ``dataset``, ``checkpoint``, ``n_train``, ``n_test``, ``human/acc@50`` …) and
+``intervals`` (n and 95 % Wilson interval per accuracy, see :mod:`sketchembed.eval.stats`). Every
+accuracy in a report is shown with its interval; where the run did not save its n, "–".
 """
 
 from __future__ import annotations
@@ -18,13 +21,23 @@ import math
 import re
 import sys
 from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Mapping, Sequence
+
+import numpy as np
+import yaml
+from rich.console import Console
+from rich.table import Table
+
+from sketchembed.eval.confusion import pairs_markdown
+from sketchembed.eval.stats import Difference, Interval, ci_text, interval, mcnemar, split_n, two_proportions
 
 STUDY_COL = "study (full data, GPU)"
 # (file, heading, caption) of the figures an eval run may leave in its dir
 FIGURES = [("tsne.png", "t-SNE map", "t-SNE map of the test embeddings"),
            ("neighbors.png", "Nearest neighbours", "nearest neighbours (red frame: another class)"),
            ("confusion.png", "Confusion matrix", "confusion matrix (100 % of the drawing)"),
+           ("per_class.png", "Per-class accuracy", "per-class accuracy, sorted (100 % of the drawing)"),
            ("early_recognition.png", "Early recognition", "accuracy vs share of the drawing")]
 
 # What the study reports, per model kind and metric (strings: ranges and variants stay as reported).
@@ -32,11 +45,12 @@ STUDY: dict[str, dict[str, str]] = {
     "lstm": {"acc@50": "77.7", "acc@100": "86.7"},
     "combined": {"acc@50": "77.8 (end-to-end and transferred)",
                  "acc@100": "86.5 end-to-end / 87.3 transferred + fine-tuned",
-                 "knn@3": "88.95"},
+                 "knn@3_study_tie": "88.95"},
     "triplet": {"triplet_acc": "97–99.6 (by backbone)", "probe_acc": "82–87 (by backbone)",
                 "knn@4": "86–91 (by backbone)"},
     "direct": {},
-    "human": {"acc": "84"},
+    # The study's README says 84 %; its notebook's saved output shows 72.1 % on 43 answers.
+    "human": {"acc": "84 (its README) / 72.1 on 43 answers (its notebook's output)"},
 }
 # Triplet pre-training vs direct cross-entropy, best backbone (linear probe / KNN K=4).
 STUDY_TRIPLET_VS_DIRECT = {"probe_acc": ("87", "85"), "knn@4": ("91", "89")}
@@ -46,7 +60,9 @@ CLASSIFICATION_ROWS = [("acc@50", "classification @ 50 % of the drawing"),
 # Only in a run's own report (the comparison table keeps the study's columns).
 BALANCED_ROWS = [("balanced_acc@50", "balanced accuracy @ 50 % of the drawing"),
                  ("balanced_acc@100", "balanced accuracy @ 100 % of the drawing")]
-SPACE_ROWS = [("knn@1", "KNN K=1"), ("knn@3", "KNN K=3"), ("knn@4", "KNN K=4"), ("knn@5", "KNN K=5"),
+SPACE_ROWS = [("knn@1", "KNN K=1"), ("knn@3", "KNN K=3"),
+              ("knn@3_study_tie", "KNN K=3, study's tie rule (a tie with the true class counts)"),
+              ("knn@4", "KNN K=4"), ("knn@5", "KNN K=5"),
               ("probe_acc", "linear probe (emb → 64 → classes)"), ("triplet_acc", "triplet accuracy")]
 TABLE_COLUMNS = [k for k, _ in CLASSIFICATION_ROWS] + [k for k, _ in SPACE_ROWS]
 
@@ -75,15 +91,24 @@ def split_of(metrics: Mapping) -> str:
 def metric(metrics: Mapping, name: str, split: str | None = None):
     """``SPLIT/name``; for metrics that are not per fraction also ``SPLIT/name@100`` (training logs
     ``val/triplet_acc@100`` per eval dataloader, eval writes ``test/triplet_acc``)."""
+    key = metric_key(metrics, name, split)
+    return None if key is None else _num(metrics[key])
+
+
+INTERVAL_NOTE = ("95 % interval: Wilson score interval over the n drawings (balanced and triplet accuracy: "
+                 "an approximation, marked ≈); see docs/ARCHITECTURE.md, *Evaluation outputs*.")
+
+
+def metric_key(metrics: Mapping, name: str, split: str | None = None) -> str | None:
+    """The key :func:`metric` read ``name`` from (``SPLIT/name`` or ``SPLIT/name@100``), or None."""
     split = split or split_of(metrics)
-    v = _num(metrics.get(f"{split}/{name}"))
-    if v is None and "@" not in name:
-        v = _num(metrics.get(f"{split}/{name}@100"))
-    return v
+    keys = [f"{split}/{name}"] + ([f"{split}/{name}@100"] if "@" not in name else [])
+    return next((k for k in keys if _num(metrics.get(k)) is not None), None)
 
 
-def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
-    out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" if i == 0 else "---:" for i in range(len(header))) + "|"]
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]], left: int = 1) -> list[str]:
+    """Markdown table; the first ``left`` (text) columns left-aligned, the others right-aligned."""
+    out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" if i < left else "---:" for i in range(len(header))) + "|"]
     out += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
     return out
 
@@ -118,11 +143,16 @@ def render_report(metrics: Mapping, *, baseline: Mapping | None = None,
               f"the column *{STUDY_COL}* quotes the reference study (10 classes, full data, GPUs) "
               "for orientation only — they are not results of this run.", ""]
 
-    cls_rows = [(label, pct(metric(metrics, key, split)), study.get(key, "–"))
-                for key, label in CLASSIFICATION_ROWS + BALANCED_ROWS if metric(metrics, key, split) is not None]
+    def row(key, label):
+        ci = interval(metrics, metric_key(metrics, key, split) or "")
+        return (label, pct(metric(metrics, key, split)), ci_text(ci), ci.n if ci else "–", study.get(key, "–"))
+
+    header = ["metric (accuracy, %)", "this run", "95 % interval", "n", STUDY_COL]
+    cls_rows = [row(key, label) for key, label in CLASSIFICATION_ROWS + BALANCED_ROWS
+                if metric(metrics, key, split) is not None]
     if cls_rows:
         lines += ["## Classification (early recognition)", ""]
-        lines += _table(["metric (accuracy, %)", "this run", STUDY_COL], cls_rows)
+        lines += _table(header, cls_rows)
         lines.append("")
     curve = early_curve(metrics, split)
     if len(curve) > 2:
@@ -130,19 +160,22 @@ def render_report(metrics: Mapping, *, baseline: Mapping | None = None,
         lines += _table(["% of drawing"] + [f"{100 * f:g}" for f in curve],
                         [["this run"] + [pct(v) for v in curve.values()]])
         lines.append("")
-    space_rows = [(label, pct(metric(metrics, key, split)), study.get(key, "–"))
-                  for key, label in SPACE_ROWS if metric(metrics, key, split) is not None]
+    space_rows = [row(key, label) for key, label in SPACE_ROWS if metric(metrics, key, split) is not None]
     if space_rows:
         lines += ["## Representation space", ""]
-        lines += _table(["metric (accuracy, %)", "this run", STUDY_COL], space_rows)
+        lines += _table(header, space_rows)
         lines.append("")
+    if cls_rows or space_rows:
+        lines += [INTERVAL_NOTE, ""]
     per_class = metrics.get("per_class_acc@100")
     if isinstance(per_class, Mapping) and per_class:
         n = metrics.get("per_class_n") if isinstance(metrics.get("per_class_n"), Mapping) else {}
         lines += ["## Per-class accuracy (100 % of the drawing)", ""]
-        lines += _table(["class", "drawings", "accuracy (%)"],
-                        [(c, n.get(c, "–"), pct(v)) for c, v in per_class.items()])
+        lines += _table(["class", "drawings", "accuracy (%)", "95 % interval"],  # worst first
+                        [(c, n.get(c, "–"), pct(v), ci_text(interval(metrics, f"per_class_acc@100/{c}", v)))
+                         for c, v in sorted(per_class.items(), key=_acc_key)])
         lines.append("")
+    lines += pairs_markdown(metrics.get("confused_pairs") or [], len(metrics.get("classes") or per_class or ()))
     human = {k: _num(v) for k, v in metrics.items() if str(k).startswith("human/") and _num(v) is not None}
     if human:
         lines += ["## Humans", ""]
@@ -154,6 +187,11 @@ def render_report(metrics: Mapping, *, baseline: Mapping | None = None,
     for name, heading, caption in figures:
         lines += [f"## {heading}", "", f"![{caption}]({name})", ""]
     return "\n".join(lines).rstrip() + "\n"
+
+
+def _acc_key(item) -> float:
+    v = _num(item[1])
+    return math.inf if v is None else v
 
 
 def triplet_vs_direct(a: Mapping, b: Mapping) -> list[str]:
@@ -187,9 +225,98 @@ def write_report(run_dir, metrics: Mapping, *, baseline: Mapping | None = None) 
 
 
 # -------------------------------------------------------------------------- comparison of many runs
+# Facts that identify a run (one row each), in table order.
+FACT_COLUMNS = [("model_kind", "model kind"), ("backbone", "backbone"), ("loss", "loss"), ("miner", "miner"),
+                ("seed", "seed"), ("dataset", "data")]
+# Per-drawing predictions in predictions.npz, per metric (for McNemar's paired test).
+PAIRED_KEYS = {"acc@50": "pred@50", "acc@100": "pred@100", "knn@1": "knn@1", "knn@3": "knn@3",
+               "knn@4": "knn@4", "knn@5": "knn@5", "probe_eval": "probe"}
+
+
+def run_facts(config: Mapping, choices: Mapping, model_kind: str | None) -> dict:
+    """What identifies a training run in a comparison: model kind, backbone (not for the LSTM, which
+    has none), loss, miner (only with a metric loss), seed, dataset, train-time probe epochs.
+    ``config``: the run's config (resolved, or Hydra's saved ``config.yaml``); ``choices``: the option
+    picked per config group."""
+    loss = choices.get("loss")
+    data = config.get("data") if isinstance(config.get("data"), Mapping) else {}
+    cbs = config.get("callbacks") if isinstance(config.get("callbacks"), Mapping) else {}
+    probe = cbs.get("embedding_eval") if isinstance(cbs.get("embedding_eval"), Mapping) else {}
+    return {"model_kind": model_kind or choices.get("model"),
+            "backbone": None if model_kind == "lstm" else choices.get("backbone"),
+            "loss": loss, "miner": choices.get("miner") if loss and loss != "cross_entropy" else None,
+            "seed": config.get("seed"), "dataset": data.get("root"),
+            "probe_epochs": probe.get("probe_epochs") if probe.get("probe", True) else None}
+
+
+def _hydra(run_dir: Path) -> tuple[dict, dict]:
+    """(config, group choices) Hydra saved in ``RUN_DIR/.hydra`` ({} where absent or unreadable)."""
+    def load(name):
+        try:
+            data = yaml.safe_load((run_dir / ".hydra" / name).read_text())
+        except (OSError, yaml.YAMLError):
+            return {}
+        return data if isinstance(data, dict) else {}
+
+    choices = ((load("hydra.yaml").get("hydra") or {}).get("runtime") or {}).get("choices") or {}
+    return load("config.yaml"), {k: str(v) for k, v in choices.items() if v is not None}
+
+
+@dataclass
+class Run:
+    """One trained model: its training run's metrics and/or an evaluation of one of its checkpoints."""
+
+    label: str
+    facts: dict
+    overrides: str = ""
+    trained: dict | None = None     # train_metrics.json (train.py: test split, train-time probe)
+    evaluated: dict | None = None   # metrics.json (eval.py)
+    eval_dir: Path | None = None
+    eval_probe_steps: int | None = None
+    _predictions: dict | None = field(default=None, repr=False)
+
+    @property
+    def main(self) -> dict:
+        return self.evaluated if self.evaluated is not None else (self.trained or {})
+
+    @property
+    def split(self) -> str:
+        return split_of(self.main)
+
+    @property
+    def n(self) -> int | None:
+        if self.evaluated is not None:
+            return split_n(self.evaluated, "test")
+        return split_n(self.main, self.split)
+
+    def interval(self, col: str) -> Interval | None:
+        """The column's accuracy with its interval (None: not measured, or n unknown)."""
+        if col == "probe_train":
+            src = self.trained or {}
+            key = metric_key(src, "probe_acc")
+        elif col == "probe_eval":
+            src = self.evaluated or {}
+            key = metric_key(src, "probe_acc")
+        else:
+            src = self.main
+            key = metric_key(src, col)
+        return interval(src, key) if key else None
+
+    def value(self, col: str) -> float | None:
+        src = {"probe_train": self.trained, "probe_eval": self.evaluated}.get(col, self.main) or {}
+        return metric(src, "probe_acc" if col.startswith("probe_") else col)
+
+    def predictions(self) -> dict | None:
+        """``predictions.npz`` of the evaluation (None without one)."""
+        if self._predictions is None and self.eval_dir is not None and (self.eval_dir / "predictions.npz").is_file():
+            with np.load(self.eval_dir / "predictions.npz", allow_pickle=False) as z:
+                self._predictions = {k: z[k] for k in z.files}
+        return self._predictions
+
+
 def find_metrics(paths: Sequence) -> list[Path]:
-    """``metrics.json`` files under the given dirs (recursively); ``train_metrics.json`` where a run
-    dir has no ``metrics.json``. A path may also name a json file directly."""
+    """``metrics.json`` (eval) and ``train_metrics.json`` (train) files under the given dirs
+    (recursively); a path may also name a json file directly."""
     found: list[Path] = []
     for p in map(Path, paths):
         if p.is_file():
@@ -197,10 +324,7 @@ def find_metrics(paths: Sequence) -> list[Path]:
             continue
         if not p.is_dir():
             raise FileNotFoundError(f"run dir not found: {p}")
-        evals = sorted(p.rglob("metrics.json"))
-        dirs = {f.parent for f in evals}
-        trains = [f for f in sorted(p.rglob("train_metrics.json")) if f.parent not in dirs]
-        found += sorted(evals + trains)
+        found += sorted([*p.rglob("metrics.json"), *p.rglob("train_metrics.json")])
     seen, unique = set(), []
     for f in found:
         if f.resolve() not in seen:
@@ -212,7 +336,7 @@ def find_metrics(paths: Sequence) -> list[Path]:
 def load_metrics(path: Path) -> dict:
     try:
         data = json.loads(Path(path).read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
         raise ValueError(f"{path}: unreadable metrics file ({e.__class__.__name__}: {e})") from None
     if not isinstance(data, dict):
         raise ValueError(f"{path}: metrics file must hold a JSON object")
@@ -224,7 +348,8 @@ def _overrides(run_dir: Path) -> str:
     if not f.is_file():
         return ""
     items = [ln.strip()[2:].strip() for ln in f.read_text().splitlines() if ln.strip().startswith("- ")]
-    return " ".join(i.strip("'\"") for i in items)
+    # the checkpoint is in the run's label; hydra.* only places the run dir
+    return " ".join(i.strip("'\"") for i in items if not i.startswith(("hydra.", "ckpt_path=")))
 
 
 def _run_label(f: Path, roots: Sequence[Path]) -> str:
@@ -238,58 +363,250 @@ def _run_label(f: Path, roots: Sequence[Path]) -> str:
     return str(f.parent)
 
 
-def compare_table(runs: Sequence[tuple[str, dict, str]]) -> str:
-    """Markdown comparison of ``(label, metrics, overrides)`` runs, our numbers only, then the study's."""
-    cols = [c for c in TABLE_COLUMNS if any(metric(m, c) is not None for _, m, _ in runs)]
-    has_over = any(o for _, _, o in runs)
-    header = ["run", "model kind", "split"] + (["overrides"] if has_over else []) + [f"{c} (%)" for c in cols]
-    rows = []
-    for label, m, over in runs:
-        rows.append([label, str(m.get("model_kind", "?")), split_of(m)] + ([over or "–"] if has_over else [])
-                    + [pct(metric(m, c)) for c in cols])
-    lines = [f"## This project's runs ({len(runs)})", ""] + _table(header, rows) + [""]
-    runs_by_kind: dict[str, dict] = {}
-    for _, m, _ in runs:
-        runs_by_kind.setdefault(str(m.get("model_kind")), m)
-    if "triplet" in runs_by_kind and "direct" in runs_by_kind:
-        lines += triplet_vs_direct(runs_by_kind["triplet"], runs_by_kind["direct"])
-    kinds = [k for k in dict.fromkeys(str(m.get("model_kind")) for _, m, _ in runs) if STUDY.get(k)]
-    if kinds:
-        scols = [c for c in TABLE_COLUMNS if any(c in STUDY[k] for k in kinds)]
-        lines += [f"## {STUDY_COL} — reference only, not our results", ""]
-        lines += _table(["model kind"] + [f"{c} (%)" for c in scols],
-                        [[k] + [STUDY[k].get(c, "–") for c in scols] for k in kinds])
-        lines.append("")
+def _train_facts(run_dir: Path, trained: Mapping | None) -> dict:
+    """Facts of a training run: saved in train_metrics.json (train.py writes them), else from .hydra."""
+    config, choices = _hydra(run_dir)
+    facts = run_facts(config, choices, choices.get("model")) if (config or choices) else {}
+    for k, _ in FACT_COLUMNS + [("probe_epochs", "")]:
+        if trained and trained.get(k) is not None:
+            facts[k] = trained[k]
+    return facts
+
+
+def collect_runs(files: Sequence[Path], roots: Sequence[Path],
+                 loaded: Mapping[Path, dict]) -> list[Run]:
+    """One :class:`Run` per trained model: an eval run dir whose checkpoint lies in a training run dir
+    (``RUN/checkpoints/X.ckpt``) takes that run's train-time figures and facts; a training run no
+    eval refers to is a row of its own."""
+    trains = {f.parent.resolve(): f for f in files if f.name == "train_metrics.json"}
+    used: set[Path] = set()
+    runs = []
+    for f in files:
+        if f.name == "train_metrics.json" or f not in loaded:
+            continue
+        m = loaded[f]
+        ckpt = Path(str(m.get("checkpoint") or ""))
+        train_dir = ckpt.parent.parent.resolve() if ckpt.parent.name == "checkpoints" else None
+        trained = None
+        if train_dir is not None and train_dir in trains and trains[train_dir] in loaded:
+            trained = loaded[trains[train_dir]]
+            used.add(train_dir)
+        elif train_dir is not None and (train_dir / "train_metrics.json").is_file():
+            try:
+                trained = load_metrics(train_dir / "train_metrics.json")
+            except ValueError:
+                trained = None
+        facts = _train_facts(train_dir, trained) if train_dir is not None else {}
+        facts.setdefault("model_kind", m.get("model_kind"))
+        facts["model_kind"] = facts.get("model_kind") or m.get("model_kind")
+        if m.get("split") == "test_dir" or not facts.get("dataset"):
+            facts["dataset"] = m.get("dataset")
+        eval_cfg, _ = _hydra(f.parent)
+        of = f"{train_dir.name}/{ckpt.name}" if train_dir is not None else ckpt.name  # the model evaluated
+        label = _run_label(f, roots) + (f" ({of})" if ckpt.name else "")
+        over = " ".join(o for o in [_overrides(train_dir) if train_dir else "", _overrides(f.parent)] if o)
+        runs.append(Run(label, facts, over,
+                        trained=trained, evaluated=m, eval_dir=f.parent,
+                        eval_probe_steps=(eval_cfg.get("probe") or {}).get("steps")))
+    for d, f in trains.items():
+        if d in used or f not in loaded:
+            continue
+        runs.append(Run(_run_label(f, roots), _train_facts(f.parent, loaded[f]), _overrides(f.parent),
+                        trained=loaded[f]))
+    return runs
+
+
+def _columns(runs: Sequence[Run]) -> list[tuple[str, str]]:
+    """(column id, header) of the accuracies any run has; the two probes apart and named."""
+    cols = []
+    for c in TABLE_COLUMNS:
+        if c == "probe_acc":
+            for cid, who, unit, lengths in (
+                    ("probe_train", "train-time", "ep", [r.facts.get("probe_epochs") for r in runs]),
+                    ("probe_eval", "eval", "steps", [r.eval_probe_steps for r in runs])):
+                if any(r.value(cid) is not None for r in runs):
+                    ep = {e for e, r in zip(lengths, runs) if r.value(cid) is not None} - {None}
+                    cols.append((cid, f"probe, {who}" + (f" ({ep.pop()} {unit})" if len(ep) == 1 else "") + " (%)"))
+        elif any(r.value(c) is not None for r in runs):
+            cols.append((c, f"{c} (%)"))
+    return cols
+
+
+def compare(a: Run, b: Run, col: str) -> Difference | None:
+    """Does ``col`` differ between runs a and b beyond noise? McNemar (paired) when both evaluations
+    left predictions for the same drawings, else Fisher (unpaired); None when n is unknown."""
+    pa, pb, key = a.predictions(), b.predictions(), PAIRED_KEYS.get(col)
+    if pa is not None and pb is not None and key in pa and key in pb and "key_ids" in pa and "key_ids" in pb:
+        ka, kb = pa["key_ids"], pb["key_ids"]
+        if len(ka) == len(kb) and len(np.unique(ka)) == len(ka) and set(ka.tolist()) == set(kb.tolist()):
+            ia, ib = np.argsort(ka), np.argsort(kb)
+            return mcnemar(pa[key][ia] == pa["labels"][ia], pb[key][ib] == pb["labels"][ib])
+    ia, ib = a.interval(col), b.interval(col)
+    if ia is None or ib is None or ia.approximate or ib.approximate:
+        return None
+    return two_proportions(ia, ib)
+
+
+@dataclass
+class Comparison:
+    runs: list[Run]
+    columns: list[tuple[str, str]]
+    ref: int
+    diffs: dict[tuple[int, str], Difference]
+
+    def cell(self, i: int, col: str) -> str:
+        r = self.runs[i]
+        v, ci = r.value(col), r.interval(col)
+        if v is None:
+            return "–"
+        text = pct(v) + (f" [{ci_text(ci)}]" if ci else "")
+        d = self.diffs.get((i, col))
+        if d is not None and d.beyond_noise:
+            text += " ▲" if v > self.runs[self.ref].value(col) else " ▼"
+        return text
+
+    def header(self) -> list[str]:
+        has_over = any(r.overrides for r in self.runs)
+        return (["run"] + [h for _, h in FACT_COLUMNS] + ["split"] + (["overrides"] if has_over else [])
+                + ["n"] + [h for _, h in self.columns])
+
+    def rows(self) -> list[list[str]]:
+        has_over = any(r.overrides for r in self.runs)
+        out = []
+        for i, r in enumerate(self.runs):
+            facts = [str(r.facts.get(k)) if r.facts.get(k) not in (None, "") else "–" for k, _ in FACT_COLUMNS]
+            out.append([r.label + (" (ref)" if i == self.ref and len(self.runs) > 1 else "")] + facts
+                       + [r.split] + ([r.overrides or "–"] if has_over else [])
+                       + [str(r.n or "–")] + [self.cell(i, c) for c, _ in self.columns])
+        return out
+
+    @property
+    def n_text(self) -> int:
+        """Number of left-aligned (text) columns."""
+        return 1 + len(FACT_COLUMNS) + 1 + (1 if any(r.overrides for r in self.runs) else 0)
+
+    def notes(self) -> list[str]:
+        lines = ["Cells: accuracy [95 % Wilson interval over n drawings; ≈ approximate]."]
+        if len(self.runs) < 2:
+            return lines
+        ref = self.runs[self.ref].label
+        tests = sorted({d.test.split(" (")[0] for d in self.diffs.values()})
+        lines.append(f"▲/▼: differs from the reference run {ref} beyond noise (p < 0.05; "
+                     f"tests used: {', '.join(tests) or 'none possible (n unknown)'}; McNemar where both runs "
+                     "have predictions.npz for the same drawings, else Fisher on the counts, which is "
+                     "conservative for runs on the same drawings; each cell tested on its own, no "
+                     "multiple-comparison correction).")
+        beyond = [(i, c, d) for (i, c), d in self.diffs.items() if d.beyond_noise]
+        heads = dict(self.columns)
+        for i, c, d in beyond:
+            lines.append(f"- {self.runs[i].label} vs {ref}: {heads[c].replace(' (%)', '')} "
+                         f"{pct(self.runs[i].value(c))} vs {pct(self.runs[self.ref].value(c))} %, "
+                         f"p = {d.p_value:.3g}, {d.test}")
+        if not beyond:
+            lines.append(f"No run differs from {ref} beyond noise.")
+        return lines
+
+
+def comparison(runs: Sequence[Run], ref: str | None = None) -> Comparison:
+    """The comparison of ``runs`` against a reference run: the one whose label contains ``ref``,
+    else the first."""
+    runs = list(runs)
+    idx = 0
+    if ref:
+        hits = [i for i, r in enumerate(runs) if ref in r.label]
+        if not hits:
+            raise ValueError(f"--ref {ref!r} matches no run (runs: {', '.join(r.label for r in runs[:12])})")
+        idx = hits[0]
+    cols = _columns(runs)
+    diffs = {}
+    for i, r in enumerate(runs):
+        if i == idx:
+            continue
+        for c, _ in cols:
+            if r.value(c) is not None and runs[idx].value(c) is not None:
+                d = compare(runs[idx], r, c)
+                if d is not None:
+                    diffs[(i, c)] = d
+    return Comparison(runs, cols, idx, diffs)
+
+
+def _study_rows(runs: Sequence[Run]) -> tuple[list[str], list[list[str]]]:
+    kinds = [k for k in dict.fromkeys(str(r.facts.get("model_kind")) for r in runs) if STUDY.get(k)]
+    scols = [c for c in TABLE_COLUMNS if any(c in STUDY[k] for k in kinds)]
+    return ["model kind"] + [f"{c} (%)" for c in scols], [[k] + [STUDY[k].get(c, "–") for c in scols] for k in kinds]
+
+
+def compare_table(cmp: Comparison) -> str:
+    """Markdown: our runs (with intervals and differences), then the study's figures apart."""
+    lines = [f"## This project's runs ({len(cmp.runs)})", ""]
+    lines += _table(cmp.header(), cmp.rows(), left=cmp.n_text) + [""] + cmp.notes() + [""]
+    by_kind: dict[str, dict] = {}
+    for r in cmp.runs:
+        by_kind.setdefault(str(r.facts.get("model_kind")), {**r.main, "model_kind": r.facts.get("model_kind")})
+    if "triplet" in by_kind and "direct" in by_kind:
+        lines += triplet_vs_direct(by_kind["triplet"], by_kind["direct"])
+    header, rows = _study_rows(cmp.runs)
+    if rows:
+        lines += [f"## {STUDY_COL} — reference only, not our results", ""] + _table(header, rows) + [""]
     return "\n".join(lines).rstrip() + "\n"
+
+
+def print_comparison(cmp: Comparison, console: Console) -> None:
+    """The same tables for the terminal (rich): text columns left, figures right."""
+    t = Table(title=f"This project's runs ({len(cmp.runs)})", title_justify="left")
+    header = cmp.header()
+    keep = [i for i, h in enumerate(header) if h != "overrides"]  # long: listed below the table instead
+    for i in keep:
+        t.add_column(header[i], justify="left" if i < cmp.n_text else "right", overflow="fold")
+    for row in cmp.rows():  # figures: the interval on a second line keeps the columns narrow
+        t.add_row(*[row[i] if i < cmp.n_text else row[i].replace(" [", "\n[", 1) for i in keep])
+    console.print(t)
+    for r in cmp.runs:
+        if r.overrides:
+            console.print(f"{r.label}: {r.overrides}", markup=False, highlight=False)
+    for line in cmp.notes():
+        console.print(line, markup=False, highlight=False)
+    header, rows = _study_rows(cmp.runs)
+    if rows:
+        s = Table(title=f"{STUDY_COL} — reference only, not our results", title_justify="left")
+        for i, h in enumerate(header):
+            s.add_column(h, justify="left" if i == 0 else "right")
+        for row in rows:
+            s.add_row(*row)
+        console.print(s)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("runs", nargs="+", metavar="RUN_DIR",
-                        help="run dirs (searched recursively for metrics.json, e.g. a Hydra multirun dir) or json files")
-    parser.add_argument("--out", metavar="FILE", help="also write the markdown table to FILE")
+                        help="train and/or eval run dirs (searched recursively for metrics.json and "
+                             "train_metrics.json, e.g. a Hydra multirun dir) or json files")
+    parser.add_argument("--ref", metavar="TEXT",
+                        help="the reference run (first whose label contains TEXT; default: the first row)")
+    parser.add_argument("--out", metavar="FILE", help="also write the tables as markdown to FILE")
 
 
 def run(args) -> int:
     files = find_metrics(args.runs)
     if not files:
-        raise FileNotFoundError(f"no metrics.json under {', '.join(map(str, args.runs))}")
+        raise FileNotFoundError(f"no metrics.json or train_metrics.json under {', '.join(map(str, args.runs))}")
     roots = [Path(p) for p in args.runs]
     named = {Path(p).resolve() for p in args.runs if Path(p).is_file()}
-    runs, skipped = [], []
+    loaded, skipped = {}, []
     for f in files:
         try:
-            runs.append((_run_label(f, roots), load_metrics(f), _overrides(f.parent)))
+            loaded[f] = load_metrics(f)
         except ValueError as e:
             if f.resolve() in named:  # a file asked for by name must be readable
                 raise
             skipped.append(str(e))  # e.g. a crashed sweep job: counted, not fatal
     if skipped:
         print(f"skipped {len(skipped)} unreadable metrics file(s):\n  " + "\n  ".join(skipped), file=sys.stderr)
-    if not runs:
+    if not loaded:
         raise ValueError(f"no readable metrics.json under {', '.join(map(str, args.runs))}")
-    text = compare_table(runs)
-    sys.stdout.write(text)
+    cmp = comparison(collect_runs(files, roots, loaded), args.ref)
+    # not a terminal (a file, a batch job's log): wide enough that no column is cut
+    print_comparison(cmp, Console(width=None if sys.stdout.isatty() else 250))
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(text)
+        Path(args.out).write_text(compare_table(cmp))
     return 0

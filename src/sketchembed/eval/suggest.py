@@ -15,12 +15,16 @@ from pathlib import Path
 import numpy as np
 
 from sketchembed.data.formats import ErrorSink
-from sketchembed.data.formats.ndjson import parse_line
+from sketchembed.data.formats.ndjson import decode_line, parse_line
 from sketchembed.data.sketch import DataFormatError, Drawing, SkipReport
 
 
 class _UserSink(ErrorSink):
-    """A drawing made by a user has no class: an absent (empty) word is fine, any other is checked."""
+    """A drawing made by a user may have no class (an empty word) or any class name (a model may know
+    classes outside Quick, Draw!): the word is only shown."""
+
+    def __init__(self, path, report: SkipReport):
+        super().__init__(path, "skip", report, words=None)
 
     def word_problem(self, word: str, expected: str | None) -> str | None:
         return None if word == "" else super().word_problem(word, expected)
@@ -49,13 +53,13 @@ def parse_user_drawing(text: bytes, where: str, lineno: int = 1) -> Drawing:
     coordinates) → a Drawing, or a DataFormatError naming ``where`` and the problem."""
     report = SkipReport()
     record = _as_record(text)
-    drawing = parse_line(record, lineno, None, _UserSink(where, "skip", report))
+    drawing = parse_line(record, lineno, None, _UserSink(where, report))
     if drawing is None and any(r in report.items[-1][2] for r in _RAW_2ROW):
         # valid JSON (the parser read it): add a time row, so the raw rules (any finite numbers) apply
-        obj = json.loads(record)
+        obj = decode_line(record)
         obj["drawing"] = [list(s) + [list(range(len(s[0])))] for s in obj["drawing"]]
         report = SkipReport()
-        drawing = parse_line(json.dumps(obj).encode(), lineno, None, _UserSink(where, "skip", report))
+        drawing = parse_line(json.dumps(obj).encode(), lineno, None, _UserSink(where, report))
     if drawing is None:
         _, position, reason = report.items[-1]
         raise DataFormatError(where, position, reason)
@@ -96,7 +100,8 @@ def read_sketch(path, line: int = 1):
             drawing = _read_json_drawing(path, line)
         else:
             report = SkipReport(on_error="raise")
-            for i, d in enumerate(read_drawings(path, on_error="raise", report=report), start=1):
+            # any class name: the sketch's word is only shown, and a model may know classes outside Quick, Draw!
+            for i, d in enumerate(read_drawings(path, on_error="raise", report=report, words=None), start=1):
                 if i == line:
                     drawing = d
                     break
@@ -128,17 +133,31 @@ def check_index_matches(index, ckpt_path, ckpt_sha256: str, allow_mismatch: bool
     return "warning: " + msg
 
 
-def suggest(model, index, points, settings: dict, *, k: int = 8, fraction: float = 1.0, device=None):
-    """``(idx, dist, shown_points)``: the ``k`` nearest indexed drawings of ``points`` cut at ``fraction``."""
+def rasterizer_for(settings: dict):
+    """The :class:`Rasterizer` a checkpoint's model was trained with (``settings`` = :func:`data_settings`)."""
     from sketchembed.data.raster import Rasterizer
+
+    return Rasterizer(settings["image_size"], settings["line_width"], settings["padding"],
+                      settings.get("canvas", 256.0), background=settings.get("background", "black"),
+                      standardize=settings.get("standardize", False))
+
+
+def embed_sketches(model, drawings, settings: dict, *, rasterizer=None, fraction: float = 1.0, device=None):
+    """:func:`embed_points` with a checkpoint's data settings: ``(emb, logits or None, points, lengths)``."""
     from sketchembed.eval.embed import embed_points
 
+    return embed_points(model, drawings, seq_std=settings["seq_std"],
+                        rasterizer=rasterizer if rasterizer is not None else rasterizer_for(settings),
+                        fraction=fraction, max_snapshots=settings.get("max_snapshots"),
+                        fraction_rule=settings.get("fraction_rule", "ceil"),
+                        seq_origin=settings.get("seq_origin", (0.0, 0.0)), device=device)
+
+
+def suggest(model, index, points, settings: dict, *, k: int = 8, fraction: float = 1.0, device=None):
+    """``(idx, dist, shown_points)``: the ``k`` nearest indexed drawings of ``points`` cut at ``fraction``."""
     if not 0 < fraction <= 1:
         raise ValueError(f"--fraction must be in (0, 1], got {fraction}")
-    raster = Rasterizer(settings["image_size"], settings["line_width"], settings["padding"])
-    emb, _, pts, lengths = embed_points(model, [points], seq_std=settings["seq_std"], rasterizer=raster,
-                                        fraction=fraction, max_snapshots=settings.get("max_snapshots"),
-                                        device=device)
+    emb, _, pts, lengths = embed_sketches(model, [points], settings, fraction=fraction, device=device)
     idx, dist = index.query(emb, k)
     return idx[0], dist[0], pts[0, :lengths[0]]
 

@@ -75,9 +75,12 @@ class TripletLoss(nn.Module):
 
 
 class SoftmaxTripletLoss(TripletLoss):
-    """Hoffer & Ailon's triplet-network loss on Euclidean distances:
+    """Hoffer & Ailon's triplet-network loss (the study's "exp" loss):
     (e^{d+} / (e^{d+} + e^{d-}))^2 = sigmoid(d+ - d-)^2, mean over triplets.
-    It never reaches 0, so every triplet keeps pulling, with less force once d- >> d+."""
+    It never reaches 0, so every triplet keeps pulling, with less force once d- >> d+.
+
+    ``distance``: ``"euclidean"`` (default; plain, not squared, distances as in the study's code) or
+    ``"squared_euclidean"``."""
 
     default_distance = "euclidean"
 

@@ -4,8 +4,8 @@ Each miner is a Lightning ``Callback`` so that a config selects it under ``miner
 carries it; the triplet model finds it with :func:`find_miner` and calls
 ``miner.mine_batch(embeddings, labels)`` every training step. The callback hook then logs what the
 miner saw (``miner/triplets``, ``miner/d_pos``, ``miner/d_neg``, ``miner/semi_hard``,
-``miner/easy``, ``miner/hard``), which is how one tells whether the sampling still finds useful
-triplets late in training.
+``miner/easy``, ``miner/hard``; the semi-hard miner adds ``miner/skipped``), which is how one tells
+whether the sampling still finds useful triplets late in training.
 
 Triplets are addressed through the batch's label structure (``_LabelIndex``), never through a
 B x B x B mask, so "all triplets" and uniform sampling stay cheap for large batches.
@@ -227,6 +227,7 @@ class TripletMiner(Callback):
         self.gather_fn = gather_fn
         self.log_stats = bool(log_stats)
         self.last_stats: dict[str, torch.Tensor] | None = None
+        self._extra_stats: dict[str, float] = {}  # a subclass's own per-step counts (set in select)
 
     def __repr__(self) -> str:
         return (
@@ -279,6 +280,7 @@ class TripletMiner(Callback):
     def _record(self, d_pos: torch.Tensor, d_neg: torch.Tensor) -> None:
         n = d_pos.numel()
         stats = {"miner/triplets": torch.tensor(float(n), device=d_pos.device)}
+        stats.update({k: torch.tensor(float(v), device=d_pos.device) for k, v in self._extra_stats.items()})
         if n:
             d_pos, d_neg = d_pos.float(), d_neg.float()
             stats["miner/d_pos"] = d_pos.mean()
@@ -324,11 +326,17 @@ def _masks(dist: torch.Tensor, labels: torch.Tensor, n_anchors: int):
 
 class SemiHardMiner(TripletMiner):
     """FaceNet semi-hard: for every positive pair (a, p), the nearest negative still farther than
-    the positive (smallest d_an with d_an > d_ap).
+    the positive (smallest d_an with d_an > d_ap), with no upper (margin) bound.
+
+    With ``fallback="none"`` this is exactly the study's rule (``triplet-training.py``): in a batch of
+    three class-pure buckets, every (anchor, positive) pair of a bucket gets the closest sample of the
+    other two buckets that is farther than the positive. Where none qualifies the study's code silently
+    takes the first other sample; we skip that pair instead and count it (``miner/skipped``, the
+    number of positive pairs without a semi-hard negative, logged for every fallback).
 
     Args:
         fallback: what a pair with no such negative gets — ``"hardest"`` (the nearest negative),
-            ``"easiest"`` (the farthest negative, TF-addons' choice), or ``"none"`` (dropped).
+            ``"easiest"`` (the farthest negative, TF-addons' choice), or ``"none"`` (skipped).
     """
 
     FALLBACKS = ("hardest", "easiest", "none")
@@ -347,10 +355,12 @@ class SemiHardMiner(TripletMiner):
         neg_d = dist.masked_fill(~neg, float("inf"))
         sorted_d, sorted_i = neg_d.sort(dim=1)
         a, p = torch.nonzero(pos & (n_neg > 0)[:, None], as_tuple=True)
+        self._extra_stats = {"miner/skipped": 0}
         if a.numel() == 0:
             return _empty(dist.device)
         first = torch.searchsorted(sorted_d, dist.contiguous(), right=True)[a, p]
         found = first < n_neg[a]
+        self._extra_stats["miner/skipped"] = int((~found).sum())
         if self.fallback == "hardest":
             col = torch.where(found, first, torch.zeros_like(first))
         elif self.fallback == "easiest":

@@ -93,7 +93,8 @@ class EmbeddingEvalCallback(Callback):
                           prog_bar=name.endswith(f"knn@{self.ks[-1]}"))
 
     def compute(self, pl_module, dm, split: str) -> dict[str, float]:
-        """``{SPLIT/knn@K, SPLIT/probe_acc}`` for the current model (rank-local, no collectives)."""
+        """``{SPLIT/knn@K, SPLIT/probe_acc, SPLIT/n}`` for the current model (rank-local, no collectives);
+        ``SPLIT/n``: the drawings evaluated, the n of the accuracies' confidence intervals."""
         from sketchembed.eval.embed import embed_loader
         from sketchembed.eval.knn import knn_accuracy
         from sketchembed.eval.probe import linear_probe
@@ -112,7 +113,7 @@ class EmbeddingEvalCallback(Callback):
             q_emb, q_lab = q.embeddings, q.labels
         n_classes = getattr(dm, "num_classes", None)
         ks = [k for k in self.ks if k <= len(train)]
-        out: dict[str, float] = {}
+        out: dict[str, float] = {f"{split}/n": float(len(q_lab))}
         if ks:
             for k, acc in knn_accuracy(train.embeddings, train.labels, q_emb, q_lab, ks, n_classes).items():
                 out[f"{split}/knn@{k}"] = acc

@@ -176,16 +176,22 @@ def print_table(metrics: dict[str, float], title: str) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=title)
+    from sketchembed.eval.stats import ci_text, interval, split_n
+
+    n = split_n(metrics, "test")
+    table = Table(title=f"{title}, n = {n if n else '?'} drawings")
     table.add_column("metric")
     table.add_column("value", justify="right")
+    table.add_column("95 % interval (Wilson)", justify="right")
     order = ["test/acc@50", "test/acc@100", "test/knn@3", "test/knn@4", "test/probe_acc",
              "test/triplet_acc"]
     keys = [k for k in order if k in metrics] + sorted(
-        k for k in metrics if k.startswith("test/") and k not in order)
+        k for k in metrics if k.startswith("test/") and k not in order and k != "test/n")
     for k in keys:
         v = metrics[k]
-        table.add_row(k, f"{100 * v:.1f} %" if ("acc" in k or "knn" in k) else f"{v:.4f}")
+        ci = interval(metrics, k)
+        table.add_row(k, f"{100 * v:.1f} %" if ("acc" in k or "knn" in k) else f"{v:.4f}",
+                      ci_text(ci, " %") if ci else "")
     Console().print(table)
 
 
@@ -233,7 +239,12 @@ def train(cfg: DictConfig) -> dict[str, float]:
         metrics.update(_scalar_metrics(trainer.callback_metrics))
         metrics["best_checkpoint"] = ckpt or ""
     if trainer.is_global_zero:
-        (out_dir / "train_metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
+        from sketchembed.eval.report import run_facts
+        from sketchembed.eval.stats import with_intervals
+
+        kind = getattr(model_cls, "MODEL_KIND", "") or checked["model_name"]
+        saved = with_intervals({**metrics, **run_facts(hparams, hparams["choices"], kind)})
+        (out_dir / "train_metrics.json").write_text(json.dumps(saved, indent=2, sort_keys=True))
         if cfg.get("test", True):
             print_table({k: v for k, v in metrics.items() if isinstance(v, float)},
                         f"{checked['model_name']} on {Path(str(cfg.data.root)).name} (test split)")

@@ -15,10 +15,11 @@ import os
 import struct
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import IO, Iterable, Iterator
+from typing import IO, Collection, Iterable, Iterator
 
 import numpy as np
 
+from sketchembed.data.categories import CATEGORY_SET
 from sketchembed.data.formats import ErrorSink, display_name
 from sketchembed.data.sketch import DataFormatError, Drawing, SkipReport, check_strokes
 
@@ -42,10 +43,11 @@ def _word_from_name(name: str) -> str:
 
 
 def read_binary(source: str | os.PathLike | IO[bytes], *, on_error: str = "skip",
-                report: SkipReport | None = None, word: str | None = None) -> Iterator[Drawing]:
+                report: SkipReport | None = None, word: str | None = None,
+                words: Collection[str] | None = CATEGORY_SET) -> Iterator[Drawing]:
     """Stream the drawings of a ``.bin`` file (path or binary file object)."""
     name = display_name(source)
-    sink = ErrorSink(name, on_error, report)
+    sink = ErrorSink(name, on_error, report, words)
     cls = word if word is not None else _word_from_name(name)
     own = isinstance(source, (str, os.PathLike))
     f = open(Path(source), "rb") if own else source
@@ -53,6 +55,7 @@ def read_binary(source: str | os.PathLike | IO[bytes], *, on_error: str = "skip"
         problem = sink.word_problem(cls, None)
         if problem:
             sink.bad("byte 0", problem + " (class taken from the file name); file skipped")
+            sink.finish()
             return
         try:
             pos = f.tell()

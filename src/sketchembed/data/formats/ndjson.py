@@ -8,19 +8,80 @@ both still reads. What counts as bad differs by form, because the real data diff
 * raw: any finite numbers — real raw files hold fractional and **negative** coordinates (strokes
   that left the canvas; ~3 % of the shared raw drawings, which Google simplified like any other)
   and one-point strokes (dots), which are all valid. A time row must match x/y in length.
+  Coordinates beyond ±100,000 and drawings with all points in one place are not (``check_strokes``).
+
+Every JSON parse of drawing data goes through :func:`decode_line` (here, in ``prepare`` and in
+``suggest``), so hostile input — nesting too deep for the decoder, bytes that are not UTF-8 — is one
+counted bad line, never an exception that loses the rest of the file.
 """
 
 from __future__ import annotations
 
 import json
+import json.decoder
+import json.scanner
 import os
 from pathlib import Path
-from typing import IO, Iterator
+from typing import IO, Collection, Iterator
 
 import numpy as np
 
+from sketchembed.data.categories import CATEGORY_SET
 from sketchembed.data.formats import ErrorSink, display_name
 from sketchembed.data.sketch import Drawing, SkipReport, check_strokes
+
+# The C scanner json.loads ends up calling, without loads' per-call Python wrappers (~30 % of it).
+_SCAN = json.scanner.make_scanner(json.JSONDecoder())
+_SPACE = json.decoder.WHITESPACE.match
+_U64 = 2**64
+
+
+def decode_line(line: bytes | str):
+    """One line's JSON value, as ``json.loads`` would give it; ``ValueError`` for anything else.
+
+    Unlike ``json.loads``, nesting too deep for the decoder (``[[[[…``) is a ``ValueError`` too, not
+    a ``RecursionError`` that would end the whole file.
+    """
+    try:
+        text = line.decode()
+    except AttributeError:  # already a str
+        text = line
+    except UnicodeDecodeError as e:
+        raise ValueError(f"not UTF-8 ({e})") from None
+    try:  # the common case first: no leading space, one newline after the value
+        obj, end = _SCAN(text, 0)
+    except StopIteration:
+        obj, end = _scan(text, _SPACE(text, 0).end())
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
+    if end != len(text) and text[end:] != "\n":
+        end = _SPACE(text, end).end()
+        if end != len(text):
+            raise json.JSONDecodeError("Extra data", text, end)
+    return obj
+
+
+def _scan(text: str, start: int):
+    try:
+        return _SCAN(text, start)
+    except StopIteration as e:
+        raise json.JSONDecodeError("Expecting value", text, e.value) from None
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
+
+
+def key_id_of(value) -> int | None:
+    """A record's ``key_id`` (a decimal string in the real files, or a JSON integer) if it is one
+    on the u64 range, else None — ``true`` is not 1 and ``1.5`` is not 1 here."""
+    if type(value) is str:
+        if not (value.isascii() and value.isdigit() and len(value) <= 20):
+            return None
+        k = int(value)
+    elif type(value) is int:
+        k = value
+    else:
+        return None
+    return k if 0 <= k < _U64 else None
 
 
 def _parse(obj, expected_word: str | None, sink: ErrorSink) -> tuple[Drawing | None, str | None]:
@@ -29,12 +90,9 @@ def _parse(obj, expected_word: str | None, sink: ErrorSink) -> tuple[Drawing | N
     for key in ("key_id", "word", "drawing"):
         if key not in obj:
             return None, f"missing field {key!r}"
-    try:
-        key_id = int(obj["key_id"])
-    except (TypeError, ValueError, OverflowError):
-        return None, f"key_id {obj['key_id']!r} is not an integer"
-    if key_id < 0 or key_id >= 2**64:
-        return None, f"key_id {key_id} out of the u64 range"
+    key_id = key_id_of(obj["key_id"])
+    if key_id is None:
+        return None, f"key_id {obj['key_id']!r} is not an integer on the u64 range"
     word = obj["word"]
     if not isinstance(word, str):
         return None, f"word {word!r} is not a string"
@@ -87,11 +145,11 @@ def _parse(obj, expected_word: str | None, sink: ErrorSink) -> tuple[Drawing | N
                    recognized=recognized, timestamp=obj.get("timestamp")), None
 
 
-def parse_line(line: bytes, lineno: int, word: str | None, sink: ErrorSink, loads=json.loads) -> Drawing | None:
+def parse_line(line: bytes, lineno: int, word: str | None, sink: ErrorSink) -> Drawing | None:
     """One ndjson line → a Drawing, or None after reporting why it is bad (shared with ``prepare``)."""
     try:
-        obj = loads(line)
-    except (ValueError, UnicodeDecodeError) as e:
+        obj = decode_line(line)
+    except ValueError as e:
         sink.bad(f"line {lineno}", f"broken JSON ({e})")
         return None
     drawing, reason = _parse(obj, word, sink)
@@ -102,10 +160,11 @@ def parse_line(line: bytes, lineno: int, word: str | None, sink: ErrorSink, load
 
 
 def read_ndjson(source: str | os.PathLike | IO[bytes], *, on_error: str = "skip",
-                report: SkipReport | None = None, word: str | None = None) -> Iterator[Drawing]:
+                report: SkipReport | None = None, word: str | None = None,
+                words: Collection[str] | None = CATEGORY_SET) -> Iterator[Drawing]:
     """Stream the drawings of an ndjson file (path or binary file object), one line at a time."""
     name = display_name(source)
-    sink = ErrorSink(name, on_error, report)
+    sink = ErrorSink(name, on_error, report, words)
     own = isinstance(source, (str, os.PathLike))
     f = open(Path(source), "rb") if own else source
     try:

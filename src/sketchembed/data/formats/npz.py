@@ -22,10 +22,11 @@ import os
 import pickle
 import zipfile
 from pathlib import Path
-from typing import Iterator
+from typing import Collection, Iterator
 
 import numpy as np
 
+from sketchembed.data.categories import CATEGORY_SET
 from sketchembed.data.formats import ErrorSink, display_name
 from sketchembed.data.simplify import normalize_to_canvas
 from sketchembed.data.sketch import DataFormatError, Drawing, SkipReport, check_strokes
@@ -99,7 +100,8 @@ def stroke3_to_strokes(rows) -> tuple[list[np.ndarray] | None, str | None]:
     pen = rows[:, 2]
     if not np.all((pen == 0) | (pen == 1)):
         return None, "pen_lift values other than 0 and 1"
-    xy = np.cumsum(rows[:, :2], axis=0)
+    with np.errstate(over="ignore"):  # huge deltas sum to inf: check_strokes names it
+        xy = np.cumsum(rows[:, :2], axis=0)
     ends = np.flatnonzero(pen == 1) + 1
     if len(ends) == 0 or ends[-1] != len(rows):
         ends = np.append(ends, len(rows))
@@ -107,10 +109,11 @@ def stroke3_to_strokes(rows) -> tuple[list[np.ndarray] | None, str | None]:
 
 
 def read_npz(path: str | os.PathLike, *, on_error: str = "skip", report: SkipReport | None = None,
-             word: str | None = None, split: str | None = None) -> Iterator[Drawing]:
+             word: str | None = None, split: str | None = None,
+             words: Collection[str] | None = CATEGORY_SET) -> Iterator[Drawing]:
     """Stream the drawings of a sketch-rnn ``.npz``: ``split`` or all of train, valid, test."""
     name = display_name(path)
-    sink = ErrorSink(name, on_error, report)
+    sink = ErrorSink(name, on_error, report, words)
     if split is not None and split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     cls = word if word is not None else Path(name).name.rsplit(".", 1)[0]

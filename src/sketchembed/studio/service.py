@@ -1,0 +1,267 @@
+"""What the studio does, without the web: guess and suggest for a sketch, sample drawings, run the
+human test. The web layer (:mod:`sketchembed.studio.app`) only parses requests and calls this.
+
+Everything model-related goes through the code the command line uses: checkpoints through
+:mod:`sketchembed.eval.checkpoint`, sketches through :func:`sketchembed.eval.embed.embed_points`,
+indexes through :mod:`sketchembed.eval.index` / :class:`sketchembed.eval.knn.KNNIndex`, and the human
+test through :mod:`sketchembed.eval.human` — so the page shows what `sketchembed suggest` and
+`sketchembed human` would.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import sys
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from sketchembed.eval.report import STUDY
+from sketchembed.eval.run import KNN_CLASSIFIER_K
+from sketchembed.eval.stats import wilson
+from sketchembed.studio.drawing import BadInput, strokes_json
+
+TOP_CLASSES = 5
+DEFAULT_K = 8
+MAX_K = 50
+MAX_SESSIONS = 32      # human-test sessions kept in memory (oldest dropped)
+MAX_HUMAN_ITEMS = 200
+FALLBACK_DATA = "study10"
+
+
+def _softmax(x: np.ndarray) -> np.ndarray:
+    z = np.exp(x - x.max(axis=-1, keepdims=True))
+    return z / z.sum(axis=-1, keepdims=True)
+
+
+def knn_shares(neighbour_labels: np.ndarray, n_classes: int) -> np.ndarray:
+    """Share of each class among the neighbours, plus a tie-break below one vote: among equal
+    counts the class whose member is nearest ranks first (the rule of :func:`knn.vote`)."""
+    lab = np.asarray(neighbour_labels, dtype=np.int64)
+    counts = np.bincount(lab, minlength=n_classes).astype(np.float64)
+    first = np.full(n_classes, len(lab), dtype=np.float64)
+    first[lab[::-1]] = np.arange(len(lab))[::-1]
+    return counts / max(len(lab), 1), counts * (len(lab) + 1) - first
+
+
+@dataclass
+class HumanSession:
+    items: list            # sketchembed.eval.human.Item
+    model_guess: list[str]
+    seed: int
+    created: float = field(default_factory=time.time)
+
+
+class Studio:
+    """A loaded model, the index its suggestions come from, and the drawings of its dataset."""
+
+    def __init__(self, model, settings: dict, index, *, ckpt_path: str = "", data=None,
+                 results_dir: Path | str = "outputs/studio", vote_k: int = KNN_CLASSIFIER_K):
+        from sketchembed.eval.suggest import rasterizer_for
+
+        self.model = model
+        self.settings = settings
+        self.index = index
+        self.data = data
+        self.ckpt_path = str(ckpt_path)
+        self.results_dir = Path(results_dir)
+        self.vote_k = int(vote_k)  # embedding-only models: classes by KNN, with eval's K
+        self.model_kind = str(getattr(model, "MODEL_KIND", "") or model.hparams.get("model_kind", "?"))
+        self.rasterizer = rasterizer_for(settings)
+        self._lock = threading.Lock()  # one forward pass at a time: no thread oversubscription on CPUs
+        self._sessions: OrderedDict[str, HumanSession] = OrderedDict()
+        self.device = next(model.parameters()).device
+        emb, logits = self._embed([np.array([[0, 0, 0], [255, 255, 1]], dtype=np.int16)])
+        self.has_classifier = logits is not None
+        if emb.shape[1] != index.dim:
+            raise ValueError(f"index dimension {index.dim} does not match the model's embeddings ({emb.shape[1]})")
+        names = settings.get("classes") or model.hparams.get("class_names")
+        if self.has_classifier:
+            if not names or len(names) != logits.shape[1]:
+                raise ValueError(f"{ckpt_path}: the checkpoint does not name its {logits.shape[1]} classes")
+            self.classes = [str(c) for c in names]
+        else:
+            self.classes = list(index.classes)
+
+    # ---- opening -------------------------------------------------------------------------------
+    @classmethod
+    def open(cls, ckpt_path, *, index_dir=None, data=None, index_max: int | None = None,
+             results_dir="outputs/studio", progress: bool = True, device: str = "cpu",
+             log: Callable[[str], None] = lambda m: print(m, file=sys.stderr)) -> "Studio":
+        """Load the checkpoint; open ``index_dir`` or build an index of the training drawings."""
+        from sketchembed.data.store import PreparedDataset
+        from sketchembed.eval.checkpoint import (data_settings, datamodule_for, datamodule_hparams,
+                                                 file_sha256, load_model, read_checkpoint)
+        from sketchembed.eval.index import build_index, pick_device
+        from sketchembed.eval.knn import KNNIndex
+        from sketchembed.eval.suggest import check_index_matches
+
+        ckpt = read_checkpoint(ckpt_path)
+        settings = data_settings(ckpt, ckpt_path)
+        dev = pick_device(device)
+        model = load_model(ckpt_path, map_location=dev)
+        root = _data_root(data, datamodule_hparams(ckpt_path), log)
+        sha = file_sha256(ckpt_path)
+        if index_dir is not None:
+            index = KNNIndex.load(index_dir)
+            check_index_matches(index, ckpt_path, sha)
+            log(f"index: {len(index)} drawings from {index_dir}")
+        else:
+            dm = datamodule_for(ckpt_path, root, views=model.views, ckpt=ckpt)
+            dm.max_train = index_max  # a seeded random subset: the first rows are sorted by class
+            log(f"building an index of {len(dm.rows('train'))} training drawings of {dm.split_store('train').root} "
+                f"(`sketchembed index build` once and --index DIR skips this)")
+            index = build_index(model, dm, "train", ckpt_path=str(Path(ckpt_path).resolve()), ckpt_sha256=sha,
+                                device=dev, show_progress=progress)
+        if index.points is None:
+            raise ValueError(f"{index_dir}: index built with --no-drawings: the studio needs the drawings to show them")
+        return cls(model, settings, index, ckpt_path=str(ckpt_path), data=PreparedDataset(root),
+                   results_dir=results_dir)
+
+    # ---- guesses and suggestions ----------------------------------------------------------------
+    def _embed(self, drawings: Sequence[np.ndarray]):
+        from sketchembed.eval.suggest import embed_sketches
+
+        with self._lock:
+            emb, logits, _, _ = embed_sketches(self.model, drawings, self.settings, rasterizer=self.rasterizer,
+                                               device=self.device)
+        return emb, logits
+
+    def _classes_of(self, logits, nb_idx: np.ndarray) -> list[tuple[str, float, float]]:
+        """``(name, p, score)`` for each class of one drawing, best first."""
+        if logits is not None:
+            p = _softmax(logits.astype(np.float64))
+            score = p
+            names = self.classes
+        else:
+            p, score = knn_shares(self.index.labels[nb_idx[: self.vote_k]], len(self.index.classes))
+            names = self.index.classes
+        order = np.argsort(-score, kind="stable")
+        return [(names[i], float(p[i]), float(score[i])) for i in order]
+
+    def predict(self, points: np.ndarray, k: int = DEFAULT_K) -> dict:
+        """Top classes and the ``k`` nearest indexed drawings of one simplified ``(N, 3)`` sketch."""
+        emb, logits = self._embed([points])
+        idx, dist = self.index.query(emb, max(k, 0 if self.has_classifier else self.vote_k))
+        idx, dist = idx[0], dist[0]
+        ranked = self._classes_of(None if logits is None else logits[0], idx)
+        neighbours = [{"class": self.index.classes[int(self.index.labels[i])], "distance": float(d),
+                       "key_id": str(int(self.index.key_ids[i])), "drawing": strokes_json(self.index.drawing(int(i)))}
+                      for i, d in zip(idx[:k], dist[:k])]
+        return {"classes": [{"name": n, "p": p} for n, p, _ in ranked[:TOP_CLASSES]], "neighbours": neighbours,
+                "by": "classifier" if self.has_classifier else f"knn (k={self.vote_k})",
+                "n_points": int(len(points)), "n_strokes": int((points[:, 2] > 0).sum())}
+
+    def guess(self, drawings: Sequence[np.ndarray]) -> list[str]:
+        """The model's top class for each drawing (batched)."""
+        emb, logits = self._embed(drawings)
+        if logits is not None:
+            return [self.classes[int(i)] for i in logits.argmax(1)]
+        idx, _ = self.index.query(emb, self.vote_k)
+        return [self._classes_of(None, row)[0][0] for row in idx]
+
+    # ---- dataset drawings -----------------------------------------------------------------------
+    def _require_data(self):
+        if self.data is None:
+            raise BadInput("no dataset is open (start the studio with --data)", 409)
+        return self.data
+
+    def sample(self, split: str = "test", seed: int | None = None) -> dict:
+        """One drawing of ``split`` (random, or by ``seed``), for the replay."""
+        ds = self._require_data()
+        rows = ds.indices(split)
+        if len(rows) == 0:
+            raise BadInput(f"the {split} split of {ds.root} is empty", 409)
+        row = int(np.random.default_rng(seed).choice(rows))
+        return {"class": ds.classes[int(ds.labels[row])], "key_id": str(int(ds.key_ids[row])),
+                "drawing": strokes_json(np.asarray(ds.points(row)))}
+
+    # ---- the human test -------------------------------------------------------------------------
+    def human_start(self, n: int = 20, fractions: Sequence[float] = (0.5, 1.0), seed: int | None = None) -> dict:
+        from sketchembed.eval.human import sample_items
+
+        ds = self._require_data()
+        if not 1 <= n <= MAX_HUMAN_ITEMS:
+            raise BadInput(f"'n' must be in 1..{MAX_HUMAN_ITEMS}, got {n}")
+        if not fractions or not all(0 < f <= 1 for f in fractions):
+            raise BadInput(f"'fractions' must be in (0, 1], got {list(fractions)}")
+        seed = int(secrets.randbelow(2**31)) if seed is None else int(seed)
+        items = sample_items(ds, n, fractions, seed, "test")
+        guesses = self.guess([it.points for it in items])
+        sid = secrets.token_hex(8)
+        with self._lock:
+            self._sessions[sid] = HumanSession(items, guesses, seed)
+            while len(self._sessions) > MAX_SESSIONS:
+                self._sessions.popitem(last=False)
+        return {"session": sid, "seed": seed, "classes": list(ds.classes),
+                "items": [{"fraction": it.fraction, "drawing": strokes_json(it.points)} for it in items]}
+
+    def human_finish(self, session: str, answers: Sequence[str | None]) -> dict:
+        """Score the answers (class names, ``None`` for skipped) beside the model; save them as JSON."""
+        from sketchembed.eval.human import Results
+
+        with self._lock:
+            s = self._sessions.get(session)
+        if s is None:
+            raise BadInput(f"unknown or finished human-test session {str(session)[:40]!r}", 404)
+        classes = list(self.data.classes)
+        if len(answers) != len(s.items):
+            raise BadInput(f"'answers' has {len(answers)} entries for {len(s.items)} drawings")
+        bad = [a for a in answers if a is not None and a not in classes]
+        if bad:
+            raise BadInput(f"'answers' holds {str(bad[0])[:40]!r}, not a class of this dataset")
+        with self._lock:
+            if self._sessions.pop(session, None) is None:  # finished meanwhile by another request
+                raise BadInput(f"unknown or finished human-test session {str(session)[:40]!r}", 404)
+        answered = [(it, a, g) for it, a, g in zip(s.items, answers, s.model_guess) if a is not None]
+        human, model = Results(), Results()
+        for it, a, g in answered:
+            human.add(it, classes.index(a))
+            model.add(it, classes.index(g) if g in classes else -1)
+        rows = [{"fraction": f, "n": human.shown[f], "human": human.correct[f] / human.shown[f],
+                 "human_ci95": list(wilson(human.correct[f], human.shown[f])),
+                 "model": model.correct[f] / model.shown[f],
+                 "model_ci95": list(wilson(model.correct[f], model.shown[f]))} for f in sorted(human.shown)]
+        records = [{**rec, "label_name": classes[it.label], "guess_name": a, "model_guess_name": g}
+                   for rec, (it, a, g) in zip(human.answers, answered)]
+        out = {**human.metrics(), **{k.replace("human/", "model/"): v for k, v in model.metrics().items()},
+               "rows": rows, "answers": records, "skipped": len(s.items) - len(answered), "classes": classes,
+               "data": str(self.data.root), "split": "test", "seed": s.seed, "ckpt": self.ckpt_path,
+               "model_kind": self.model_kind}
+        self.results_dir.mkdir(parents=True, exist_ok=True)
+        path = self.results_dir / f"human-{time.strftime('%Y%m%d-%H%M%S')}-{session}.json"
+        path.write_text(json.dumps(out, indent=2))
+        return {"rows": rows, "saved": str(path), "study_human": STUDY["human"]["acc"]}
+
+    def health(self) -> dict:
+        return {"status": "ok", "model_kind": self.model_kind, "classes": list(self.classes),
+                "by": "classifier" if self.has_classifier else f"knn (k={self.vote_k})",
+                "index": {"n": len(self.index), "classes": len(self.index.classes)},
+                "data": None if self.data is None else str(self.data.root)}
+
+
+def _data_root(data, dm_hp: dict, log) -> Path:
+    """The dataset to show drawings from: ``data``, else the checkpoint's own, else the embedded set."""
+    from sketchembed.data.datamodule import resolve_root
+
+    if data is not None:
+        root = resolve_root(data)
+        if not (root / "manifest.json").is_file():
+            raise FileNotFoundError(f"--data {data}: not a prepared dataset (no manifest.json)")
+        return root
+    own = dm_hp.get("root")
+    if own:
+        try:
+            root = resolve_root(own)
+            if (root / "manifest.json").is_file():
+                return root
+        except (ValueError, FileNotFoundError):
+            pass
+        log(f"the checkpoint's data {own} is not here: using the embedded {FALLBACK_DATA} set (--data to choose)")
+    return resolve_root(FALLBACK_DATA)

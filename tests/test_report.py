@@ -1,0 +1,220 @@
+"""Reports and their uncertainty: Wilson intervals against scipy's, McNemar/Fisher on known counts,
+`report.md` of one run, and `sketchembed report` over train and eval run dirs (one row per trained
+model, both probes apart, differences beyond noise marked)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from scipy.stats import binomtest
+
+from sketchembed.eval import report, stats
+
+
+# ----------------------------------------------------------------------------------------- stats
+@pytest.mark.parametrize("n", [1, 5, 17, 51, 340])
+def test_wilson_matches_scipy(n):
+    for k in range(0, n + 1, max(1, n // 7)):
+        ci = binomtest(k, n).proportion_ci(confidence_level=0.95, method="wilson")
+        low, high = stats.wilson(k, n)
+        assert low == pytest.approx(ci.low, abs=1e-9) and high == pytest.approx(ci.high, abs=1e-9), (k, n)
+
+
+def test_wilson_edges():
+    assert stats.wilson(40, 51) == pytest.approx((0.6537, 0.8751), abs=1e-4)  # 78.4 % of 51: ±11 points
+    low, high = stats.wilson(51, 51)
+    assert high == 1.0 and 0.9 < low < 1.0
+    assert all(np.isnan(stats.wilson(0, 0)))
+    with pytest.raises(ValueError, match="outside"):
+        stats.wilson(6, 5)
+    # fractional successes (balanced accuracy): between its integer neighbours
+    assert stats.wilson(20, 51)[0] < stats.wilson(20.5, 51)[0] < stats.wilson(21, 51)[0]
+
+
+def test_with_intervals_adds_without_touching_flat_keys():
+    m = {"model_kind": "lstm", "n_test": 51, "test/acc@100": 40 / 51, "test/balanced_acc@100": 0.7,
+         "test/knn@3": 0.5, "test/triplet_acc": 0.9, "test/d_pos": 1.2, "test/loss@100": 2.0,
+         "val/acc@100": 0.5, "per_class_acc@100": {"apple": 0.5, "bus": None}, "per_class_n": {"apple": 4, "bus": 0}}
+    out = stats.with_intervals(m)
+    assert {k: out[k] for k in m} == m                              # flat keys unchanged
+    iv = out["intervals"]
+    assert iv["test/acc@100"] == {"n": 51, "ci95": list(stats.wilson(40, 51)), "method": "wilson"}
+    assert iv["test/balanced_acc@100"]["approximate"] and iv["test/triplet_acc"]["approximate"]
+    assert "approximate" not in iv["test/knn@3"]
+    assert "test/d_pos" not in iv and "test/loss@100" not in iv     # not accuracies
+    assert "val/acc@100" not in iv                                  # n of val unknown: no made-up interval
+    assert iv["per_class_acc@100/apple"]["n"] == 4 and "per_class_acc@100/bus" not in iv
+    # training's keys: SPLIT/n logged by the embedding callback, best/… uses its split's n
+    tr = stats.with_intervals({"test/n": 51.0, "val/n": 20.0, "test/acc@50": 0.5, "best/val/acc@100": 0.75})
+    assert tr["intervals"]["test/acc@50"]["n"] == 51 and tr["intervals"]["best/val/acc@100"]["n"] == 20
+    assert json.loads(json.dumps(out)) == out                       # plain JSON
+
+
+def test_interval_reads_saved_n_or_computes_it():
+    m = stats.with_intervals({"n_test": 10, "test/acc@100": 0.7})
+    assert stats.interval(m, "test/acc@100").n == 10
+    assert stats.interval({"n_test": 10, "test/acc@100": 0.7}, "test/acc@100").pct() == "70.0 [39.7–89.2]"
+    assert stats.interval({"test/acc@100": 0.7}, "test/acc@100") is None   # n unknown
+    assert stats.interval({"n_test": 10}, "test/acc@100") is None
+
+
+def test_mcnemar_and_fisher_known_counts():
+    a = np.array([1] * 10 + [0] * 0 + [1] * 20, bool)
+    b = np.array([0] * 10 + [1] * 0 + [1] * 20, bool)
+    d = stats.mcnemar(a, b)                     # 10 discordant, all one way: p = 2 / 2**10
+    assert d.p_value == pytest.approx(2 / 1024) and d.beyond_noise and "McNemar" in d.test
+    assert stats.mcnemar(a, a).p_value == 1.0
+    assert stats.mcnemar(a, np.r_[a[:1] ^ True, a[1:]]).p_value == 1.0
+    with pytest.raises(ValueError, match="length"):
+        stats.mcnemar(a, a[:-1])
+    same = stats.two_proportions(stats.Interval.of(0.784, 51), stats.Interval.of(0.706, 51))
+    assert not same.beyond_noise and "Fisher" in same.test   # 40/51 vs 36/51: noise
+    far = stats.two_proportions(stats.Interval.of(0.9, 100), stats.Interval.of(0.5, 100))
+    assert far.beyond_noise
+
+
+# ------------------------------------------------------------------------------- report.md of a run
+METRICS_LSTM = {"model_kind": "lstm", "dataset": "study10 (337 real drawings)", "test/acc@50": 0.5,
+                "test/acc@100": 0.625, "test/knn@3": 0.7, "test/knn@4": 0.71, "test/probe_acc": 0.66,
+                "test/acc@10": 0.2, "test/acc@30": 0.4, "human/acc@100": 0.9}
+
+
+def test_report_tables_from_metrics(tmp_path):
+    (tmp_path / "tsne.png").write_bytes(b"\x89PNG")
+    out = report.write_report(tmp_path, stats.with_intervals({**METRICS_LSTM, "n_test": 8}))
+    text = out.read_text()
+    assert "| classification @ 50 % of the drawing | 50.0 | 21.5–78.5 | 8 | 77.7 |" in text
+    assert "| classification @ 100 % of the drawing | 62.5 |" in text and "| 86.7 |" in text
+    assert "| KNN K=3 | 70.0 |" in text and "| linear probe (emb → 64 → classes) | 66.0 |" in text
+    assert "95 % interval: Wilson" in text
+    assert "| triplet accuracy |" not in text  # not measured → no row
+    assert report.STUDY_COL in text
+    assert "## t-SNE map" in text and "![t-SNE map of the test embeddings](tsne.png)" in text
+    assert "confusion.png" not in text          # figure absent → not embedded
+    assert "| 10 | 30 | 50 | 100 |" in text     # early-recognition curve
+    no_n = report.render_report(METRICS_LSTM)   # n unknown: said, not invented
+    assert "| classification @ 50 % of the drawing | 50.0 | – | – | 77.7 |" in no_n
+
+
+def test_report_per_class_intervals():
+    m = stats.with_intervals({"model_kind": "lstm", "n_test": 5, "test/acc@100": 0.6,
+                              "per_class_acc@100": {"apple": 1.0, "bus": 0.0}, "per_class_n": {"apple": 3, "bus": 2}})
+    text = report.render_report(m)
+    assert "| apple | 3 | 100.0 | 43.9–100.0 |" in text and "| bus | 2 | 0.0 | 0.0–65.8 |" in text
+
+
+def test_report_triplet_vs_direct():
+    t = {"model_kind": "triplet", "test/knn@4": 0.9, "test/probe_acc": 0.8, "test/triplet_acc": 0.97}
+    d = {"model_kind": "direct", "test/knn@4": 0.85, "test/probe_acc": 0.82, "test/acc@100": 0.83}
+    text = report.render_report(t, baseline=d)
+    assert "| KNN K=4 | 90.0 | 85.0 | 91 vs 89 |" in text
+    assert "| linear probe (emb → 64 → classes) | 80.0 | 82.0 | 87 vs 85 |" in text
+    assert "| triplet accuracy | 97.0 | – | – |" in text
+    # ours never lands in the study column: our 97.0 is not the study's 97–99.6 range
+    assert "| triplet accuracy | 97.0 | – | – | 97–99.6 (by backbone) |" in text
+
+
+# ---------------------------------------------------------------------- sketchembed report (many runs)
+def _hydra_dir(d: Path, config: dict, choices: dict, overrides: list[str]) -> None:
+    (d / ".hydra").mkdir(parents=True, exist_ok=True)
+    (d / ".hydra" / "config.yaml").write_text(yaml.safe_dump(config))
+    (d / ".hydra" / "hydra.yaml").write_text(yaml.safe_dump({"hydra": {"runtime": {"choices": choices}}}))
+    (d / ".hydra" / "overrides.yaml").write_text("".join(f"- {o}\n" for o in overrides))
+
+
+def _train_dir(d: Path, model: str, seed: int, acc: float, probe: float, n: int = 51) -> Path:
+    """A training run dir as train.py leaves it before it wrote run facts (facts only in .hydra)."""
+    _hydra_dir(d, {"seed": seed, "data": {"root": "study10"},
+                   "callbacks": {"embedding_eval": {"probe_epochs": 30}}},
+               {"model": model, "backbone": "test_resnet", "loss": "cross_entropy", "miner": "semihard",
+                "data": "quickdraw"}, [f"model={model}", f"seed={seed}"])
+    (d / "checkpoints").mkdir()
+    (d / "checkpoints" / "best.ckpt").write_bytes(b"")
+    (d / "train_metrics.json").write_text(json.dumps({"test/acc@100": acc, "test/acc@50": acc - 0.1,
+                                                      "test/probe_acc": probe, "test/n": float(n)}))
+    return d
+
+
+def _eval_dir(d: Path, train: Path, labels: np.ndarray, pred: np.ndarray, probe_steps: int = 300) -> Path:
+    _hydra_dir(d, {"seed": 42, "probe": {"steps": probe_steps}}, {}, [f"ckpt_path={train}/checkpoints/best.ckpt"])
+    m = {"model_kind": "combined", "checkpoint": str(train / "checkpoints" / "best.ckpt"), "dataset": "study10",
+         "split": "test", "n_test": len(labels), "test/acc@100": float((pred == labels).mean()),
+         "test/probe_acc": 0.6}
+    (d / "metrics.json").write_text(json.dumps(stats.with_intervals(m)))
+    np.savez(d / "predictions.npz", labels=labels, key_ids=np.arange(len(labels))[::-1].copy(),
+             **{"pred@100": pred, "probe": labels})
+    return d
+
+
+def test_report_cli_one_row_per_trained_model(tmp_path, capsys):
+    from sketchembed.cli import main
+
+    labels = np.repeat(np.arange(10), 6)                     # 60 drawings
+    good = labels.copy()
+    bad = labels.copy()
+    bad[:30] = (bad[:30] + 1) % 10                           # 30 more mistakes, all on one side
+    ta = _train_dir(tmp_path / "train" / "a", "combined", 42, 0.7, 0.49)
+    tb = _train_dir(tmp_path / "train" / "b", "combined", 7, 0.72, 0.5)
+    tl = _train_dir(tmp_path / "train" / "c", "lstm", 42, 0.4, 0.3)
+    _eval_dir(tmp_path / "eval" / "a", ta, labels, good)
+    _eval_dir(tmp_path / "eval" / "b", tb, labels, bad)
+    out = tmp_path / "cmp.md"
+    assert main(["report", str(tmp_path / "train"), str(tmp_path / "eval"), "--out", str(out)]) == 0
+    console = capsys.readouterr().out
+    text = out.read_text()
+    header = next(ln for ln in text.splitlines() if ln.startswith("| run |"))
+    assert header.startswith("| run | model kind | backbone | loss | miner | seed | data | split | overrides | n |")
+    assert "probe, train-time (30 ep) (%)" in header and "probe, eval (300 steps) (%)" in header
+    rows = [ln for ln in text.splitlines() if ln.startswith("| eval/") or ln.startswith("| train/")]
+    assert len(rows) == 3                                     # a and b merged with their evaluation
+    row_a = next(r for r in rows if r.startswith("| eval/a"))
+    assert "| combined | test_resnet | cross_entropy | – | 42 | study10 | test | model=combined seed=42 | 60 |" in row_a
+    assert "| 49.0 [" in row_a and "| 60.0 [" in row_a       # both probes, apart
+    row_c = next(r for r in rows if r.startswith("| train/c"))
+    assert "| lstm | – | cross_entropy | – | 42 | study10 | test | model=lstm seed=42 | 51 |" in row_c  # no backbone
+    row_b = next(r for r in rows if r.startswith("| eval/b"))
+    assert "50.0 [" in row_b and "▼" in row_b                # 30 of 60 more mistakes: beyond noise
+    assert "McNemar exact (paired, n=60, discordant 30/0)" in text  # same drawings, predictions aligned by key
+    assert "▲" not in row_c and "▼" in row_c                  # 40 % vs 100 % @100: Fisher
+    assert "|---|---|---|---|---|---|---|---|---|---:|" in text    # text columns left-aligned, n right
+    for word in ("eval/a", "McNemar", "test_resnet", "probe, eval (300 steps)"):
+        assert word in console
+    assert "86.5" in text.split(report.STUDY_COL)[1]          # the study's figures apart
+
+
+def test_report_cli_train_facts_saved_by_train(tmp_path, capsys):
+    from sketchembed.cli import main
+
+    d = tmp_path / "run"
+    d.mkdir()
+    m = {"model_kind": "triplet", "backbone": "resnet18", "loss": "hinge", "miner": "semihard", "seed": 3,
+         "dataset": "study10", "val/knn@4": 0.4, "val/n": 20.0}
+    (d / "train_metrics.json").write_text(json.dumps(m))
+    assert main(["report", str(d), "--out", str(tmp_path / "o.md")]) == 0
+    text = (tmp_path / "o.md").read_text()
+    assert "| run | triplet | resnet18 | hinge | semihard | 3 | study10 | val | 20 |" in text
+    assert "40.0 [21.9–61.3]" in text
+
+
+def test_report_cli_ref_and_errors(tmp_path, capsys):
+    from sketchembed.cli import main
+
+    assert main(["report", str(tmp_path)]) == 2
+    assert "no metrics.json" in capsys.readouterr().err
+    (tmp_path / "metrics.json").write_text("{not json")
+    assert main(["report", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "skipped 1 unreadable" in err and "metrics.json: unreadable" in err and "no readable metrics" in err
+    assert main(["report", str(tmp_path / "metrics.json")]) == 2          # named explicitly: an error
+    assert "metrics.json: unreadable" in capsys.readouterr().err
+    (tmp_path / "ok").mkdir()
+    (tmp_path / "ok" / "metrics.json").write_text(json.dumps({"model_kind": "lstm", "test/acc@100": 0.5}))
+    assert main(["report", str(tmp_path)]) == 0                           # the bad one is skipped, counted
+    out = capsys.readouterr()
+    assert "skipped 1 unreadable" in out.err and "50.0" in out.out
+    assert main(["report", str(tmp_path / "ok"), "--ref", "nothing-like-it"]) == 2
+    assert "--ref 'nothing-like-it' matches no run" in capsys.readouterr().err
