@@ -297,7 +297,8 @@ def test_index_build_and_suggest_cli(trained, tmp_path, capsys):
     lines = capsys.readouterr().out.splitlines()
     first = lines[2].split()
     assert first[0] == "1" and int(first[1]) == int(index.key_ids[row]) and float(first[-1]) < 1e-3
-    assert len(lines) == 2 + 4 and png.read_bytes()[:4] == b"\x89PNG"
+    assert len(lines) == 2 + 4 + 1 and png.read_bytes()[:4] == b"\x89PNG"
+    assert lines[-1].startswith("note: rank 1 is at distance 0")  # the query is an indexed drawing
     # unfinished: half of the drawing gives another embedding, still 4 suggestions
     assert main(["suggest", "--ckpt", str(trained["ckpt"]), "--index", str(out), "--sketch", str(sketch),
                  "--k", "4", "--fraction", "0.5", "--device", "cpu"]) == 0

@@ -257,7 +257,7 @@ def test_optuna_config_is_template_style():
     assert hc.sweeper._target_.endswith("OptunaSweeper")
     assert hc.sweeper.direction == "maximize" and hc.sweeper.sampler._target_ == "optuna.samplers.TPESampler"
     assert {"model.optimizer.lr", "data.batch_size"} <= set(hc.sweeper.params)
-    assert cfg.optimized_metric == "val/acc@100"
+    assert cfg.optimized_metric == "auto"  # follows the model (val/triplet_acc@100 for model=triplet)
 
 
 def test_optuna_sweep_two_trials(tmp_path):

@@ -43,6 +43,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from sketchembed.data.embedded import EMBEDDED_NAMES, embedded_dataset_path
+from sketchembed.messages import short_list
 from sketchembed.data.samplers import PKBatchSampler, RandomBatchSampler, SeededBatches, ShardSampler
 from sketchembed.data.sketch import DataFormatError
 
@@ -394,8 +395,9 @@ class SketchDataModule(L.LightningDataModule):
     def load_state_dict(self, state: dict) -> None:
         classes = state.get("classes")
         if classes is not None and list(classes) != self.class_names:
-            raise ValueError(f"checkpoint was trained on classes {list(classes)}, but {self.root} has "
-                             f"{self.class_names}: labels would not match")
+            raise ValueError(f"checkpoint was trained on {len(classes)} classes [{short_list(classes)}], but "
+                             f"{self.root} has {len(self.class_names)} [{short_list(self.class_names)}]: labels "
+                             "would not match")
         self._seq_std = float(state["seq_std"])
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int = 0):
@@ -444,7 +446,7 @@ class SketchDataModule(L.LightningDataModule):
         index = {c: i for i, c in enumerate(self.class_names)}
         missing = [c for c in store.classes if c not in index]
         if missing:
-            raise DataFormatError(store.root, None, f"classes {missing} are not among the training classes "
+            raise DataFormatError(store.root, None, f"classes [{short_list(missing)}] are not among the training classes "
                                                     f"of {self.root}")
         return np.array([index[c] for c in store.classes], dtype=np.int64)
 

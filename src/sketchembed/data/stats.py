@@ -15,6 +15,10 @@ import numpy as np
 from sketchembed.data.store import SPLIT_NAMES, PreparedDataset
 
 
+# Console width when stdout is not a terminal: wide enough for every column (tables do not pad).
+LOG_WIDTH = 400
+
+
 def compute_stats(ds: PreparedDataset, *, chunk_points: int = 1 << 24) -> dict:
     """Counts and per-drawing size statistics (strokes counted from pen_up, chunk by chunk)."""
     n, c = len(ds), len(ds.classes)
@@ -68,7 +72,10 @@ def render(st: dict, console=None) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    console = console or Console()
+    if console is None:
+        console = Console()
+        if not console.is_terminal:  # a file or pipe: rich would cut the table at 80 columns
+            console = Console(width=LOG_WIDTH)
     s = st["splits"]
     console.print(f"[bold]{st['root']}[/]: {st['n_drawings']:,} drawings, {st['n_points']:,} points, "
                   f"{st['classes']} classes — train {s['train']:,} / val {s['val']:,} / test {s['test']:,}")
@@ -112,8 +119,14 @@ def run(args: argparse.Namespace) -> int:
         root = embedded_dataset_path(str(root))
     ds = PreparedDataset(root, verify=args.verify)
     st = compute_stats(ds)
+    if args.verify:
+        from sketchembed.data.store import ARRAYS
+
+        st["verified"] = list(ARRAYS)
     if args.json:
         print(json.dumps(st, indent=1, ensure_ascii=False))
     else:
         render(st)
+        if args.verify:  # PreparedDataset raised on any mismatch
+            print(f"verified: the sha256 of {', '.join(ARRAYS)} match the manifest ({st['n_points']:,} points)")
     return 0

@@ -34,6 +34,7 @@ from typing import Iterable
 import numpy as np
 
 from sketchembed.data.sketch import DataFormatError, Drawing, points_to_strokes
+from sketchembed.messages import short_list
 
 FORMAT_NAME = "sketchembed-prepared"
 FORMAT_VERSION = 1
@@ -119,7 +120,8 @@ class PreparedWriter:
         if not self.classes:
             raise ValueError("a prepared dataset needs at least one class")
         if len(set(self.classes)) != len(self.classes):
-            raise ValueError(f"duplicate class names in {self.classes}")
+            dup = sorted({c for c in self.classes if self.classes.count(c) > 1})
+            raise ValueError(f"duplicate class names: {short_list(dup)}")
         if len(self.classes) > np.iinfo(np.int16).max:
             raise ValueError("too many classes for int16 labels")
         if self.root.exists() and not overwrite:

@@ -22,27 +22,53 @@ def pick_device(name: str = "auto"):
     return torch.device(name)
 
 
+def stratified_positions(labels: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
+    """``n`` positions of ``labels`` spread evenly over the classes (each class in turn gives one more
+    random drawing until ``n`` are taken; small classes run out first), sorted ascending."""
+    labels = np.asarray(labels)
+    if n >= len(labels):
+        return np.arange(len(labels))
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(labels))
+    lab = labels[order]
+    by_class = np.argsort(lab, kind="stable")
+    starts = np.searchsorted(lab[by_class], lab[by_class], side="left")
+    rank = np.empty(len(lab), dtype=np.int64)
+    rank[by_class] = np.arange(len(lab)) - starts  # how many of its class come before it
+    take = np.lexsort((rng.random(len(lab)), rank))[:n]  # round by round, classes in random order
+    return np.sort(order[take])
+
+
 def build_index(model, dm, split: str, *, ckpt_path: str = "", ckpt_sha256: str = "", device=None,
-                max_items: int | None = None, keep_drawings: bool = True, show_progress: bool = True):
-    """Embed ``dm``'s ``split`` at 100 % with ``model`` → :class:`KNNIndex` (not yet saved)."""
+                max_items: int | None = None, keep_drawings: bool = True, show_progress: bool = True,
+                seed: int = 0):
+    """Embed ``dm``'s ``split`` at 100 % with ``model`` → :class:`KNNIndex` (not yet saved).
+
+    ``max_items`` keeps that many drawings sampled evenly across the classes (``seed``), never the
+    first rows (the prepared data are sorted by class)."""
+    from torch.utils.data import DataLoader, Subset
+
     from sketchembed.eval.embed import embed_loader
     from sketchembed.eval.knn import KNNIndex, pack_points
 
-    n_total = len(dm.rows(split))
-    if max_items is not None:
-        n_total = min(n_total, int(max_items))
     loader = dm.loader(split, 1.0)
+    n_total = len(loader.dataset)
+    if max_items is not None and int(max_items) < n_total:
+        ds = loader.dataset
+        keep = stratified_positions(ds.labels, int(max_items), seed)
+        loader = DataLoader(Subset(ds, keep.tolist()), batch_size=loader.batch_size, shuffle=False,
+                            collate_fn=loader.collate_fn)
+        n_total = len(keep)
     if show_progress:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
         with Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
                       TimeRemainingColumn(), transient=False, console=None) as bar:
             task = bar.add_task(f"embedding {split}", total=n_total)
-            res = embed_loader(model, loader, rasterizer=dm.rasterizer, device=device, max_items=max_items,
+            res = embed_loader(model, loader, rasterizer=dm.rasterizer, device=device,
                                with_logits=False, progress=lambda n: bar.advance(task, n))
     else:
-        res = embed_loader(model, loader, rasterizer=dm.rasterizer, device=device, max_items=max_items,
-                           with_logits=False)
+        res = embed_loader(model, loader, rasterizer=dm.rasterizer, device=device, with_logits=False)
     store = dm.split_store(split)
     points = offsets = None
     if keep_drawings:
@@ -61,7 +87,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="index directory to write")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 …")
-    parser.add_argument("--max", type=int, default=None, help="index at most this many drawings")
+    parser.add_argument("--max", type=int, default=None,
+                        help="index at most this many drawings, sampled evenly across the classes")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the --max sample")
     parser.add_argument("--no-drawings", action="store_true",
                         help="do not copy the drawings into the index (smaller; suggest --png then cannot draw)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -76,7 +104,7 @@ def run(args) -> int:
     dm = datamodule_for(args.ckpt, args.data, views=model.views, batch_size=args.batch_size, ckpt=ckpt)
     index = build_index(model, dm, args.split, ckpt_path=str(Path(args.ckpt).resolve()),
                         ckpt_sha256=file_sha256(args.ckpt), device=device, max_items=args.max,
-                        keep_drawings=not args.no_drawings, show_progress=not args.quiet)
+                        keep_drawings=not args.no_drawings, show_progress=not args.quiet, seed=args.seed)
     out = index.save(args.out)
     counts = np.bincount(index.labels, minlength=len(index.classes))
     print(f"indexed {len(index)} drawings ({args.split} of {dm.split_store(args.split).root}), "

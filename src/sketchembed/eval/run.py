@@ -36,6 +36,8 @@ from pathlib import Path
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
+from sketchembed.messages import short_list
+
 log = logging.getLogger("sketchembed.eval")
 
 KNN_CLASSIFIER_K = 4
@@ -67,10 +69,6 @@ def _sel(cfg: DictConfig, key: str, default=None):
     return default if v is None else v
 
 
-def _names(classes, n: int = 12) -> str:
-    classes = list(classes)
-    head = ", ".join(classes[:n])
-    return head if len(classes) <= n else f"{head}, … ({len(classes)} classes)"
 
 
 def _ckpt_path(cfg: DictConfig) -> Path:
@@ -100,9 +98,9 @@ def _check_test_dir(test_dir: str, classes: list[str]) -> None:
         raise ValueError(f"data.test_dir={path}: no per-class files (<class>{', <class>'.join(SUFFIXES)}) in it")
     unknown = {c: files for c, files in found.items() if c not in set(classes)}
     if unknown:
-        names = ", ".join(str(f) for c in sorted(unknown) for f in unknown[c])
-        raise ValueError(f"data.test_dir={path}: {names}: class(es) {sorted(unknown)} unknown to the model "
-                         f"(trained on: {_names(classes)})")
+        names = short_list(f for c in sorted(unknown) for f in unknown[c])
+        raise ValueError(f"data.test_dir={path}: {names}: class(es) [{short_list(sorted(unknown))}] unknown to the model "
+                         f"(trained on: {short_list(classes)})")
 
 
 def _datamodule(cfg: DictConfig, ckpt: dict, ckpt_path: Path, views, max_train: int | None = None):
@@ -131,8 +129,8 @@ def _datamodule(cfg: DictConfig, ckpt: dict, ckpt_path: Path, views, max_train: 
         raise type(e)(f"{e} (the dataset the checkpoint was trained on; set data.root=…)") from None
     trained = state.get("classes")
     if trained is not None and list(trained) != classes:
-        raise ValueError(f"{ckpt_path}: trained on classes [{_names(trained)}], but data.root={root} has "
-                         f"[{_names(classes)}] (labels would not match)")
+        raise ValueError(f"{ckpt_path}: trained on classes [{short_list(trained)}], but data.root={root} has "
+                         f"[{short_list(classes)}] (labels would not match)")
     dm.load_state_dict({"seq_std": float(state["seq_std"])})
     if test_dir:
         _check_test_dir(str(test_dir), classes)
@@ -330,7 +328,7 @@ def _evaluate(cfg, st, ckpt_path, model, kind, dm, stages) -> dict:
             m[f"test/knn@{k}"] = float((knn_preds[k] == y).mean())
             m[f"test/knn@{k}_study_tie"] = float(study_tie_correct(nl, k, y, C).mean())
         m["test/probe_acc"] = float((probe_pred == y).mean())
-        if getattr(model, "LOSS_KIND", None) == "triplet" or kind == "triplet":
+        if tuple(getattr(model, "LOSS_KINDS", ())) == ("triplet",):  # no classifier: triplet accuracy
             from sketchembed.metric import triplet_accuracy
 
             gen = torch.Generator().manual_seed(int(cfg.seed))
@@ -450,26 +448,10 @@ def _figures(cfg, st, out: Path, dm, train, test, pred, m, classes, kind, stages
 
 
 def _log_wandb(cfg: DictConfig, out: Path, m: dict) -> None:
-    node = OmegaConf.select(cfg, "logger.wandb")
-    if not (isinstance(node, DictConfig) and "_target_" in node):
-        return
-    import wandb
+    """Charts, tables and figures to wandb, attached to the training run (sketchembed.eval.dashboard)."""
+    from sketchembed.eval.dashboard import log_eval
 
-    kw = {"project": node.get("project") or "sketchembed", "name": node.get("name"), "dir": str(out),
-          "job_type": "eval", "group": node.get("group"), "tags": list(node.get("tags") or []) or None,
-          "config": OmegaConf.to_container(cfg, resolve=True)}
-    if node.get("offline", True):
-        kw["mode"] = "offline"
-    run = wandb.init(**{k: v for k, v in kw.items() if v is not None})
-    try:
-        run.log({k: v for k, v in m.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
-                 and math.isfinite(v)})
-        for name in ("tsne", "neighbors", "confusion", "early_recognition"):
-            if (out / f"{name}.png").is_file():
-                run.log({name: wandb.Image(str(out / f"{name}.png"))})
-        run.save(str(out / "metrics.json"), base_path=str(out), policy="now")
-    finally:
-        run.finish()
+    log_eval(cfg, out, m)
 
 
 def _print(m: dict, kind: str) -> None:

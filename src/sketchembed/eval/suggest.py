@@ -8,30 +8,103 @@ finished one to try that out.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
 import numpy as np
 
+from sketchembed.data.formats import ErrorSink
+from sketchembed.data.formats.ndjson import decode_line, parse_line
+from sketchembed.data.sketch import DataFormatError, Drawing, SkipReport
+
+
+class _UserSink(ErrorSink):
+    """A drawing made by a user may have no class (an empty word) or any class name (a model may know
+    classes outside Quick, Draw!): the word is only shown."""
+
+    def __init__(self, path, report: SkipReport):
+        super().__init__(path, "skip", report, words=None)
+
+    def word_problem(self, word: str, expected: str | None) -> str | None:
+        return None if word == "" else super().word_problem(word, expected)
+
+
+def _as_record(text: bytes) -> bytes:
+    """A user's drawing → an ndjson record for the dataset's line parser: a bare stroke list
+    ``[[[x…], [y…]], …]`` or an object with only ``"drawing"`` gets ``key_id`` 0 and an empty ``word``
+    (fields the user gave win: JSON keeps the last of duplicate keys)."""
+    text = text.strip()
+    if text.startswith(b"["):
+        return b'{"key_id": 0, "word": "", "drawing": ' + text + b"}"
+    if text.startswith(b"{"):
+        inner = text[1:].lstrip()
+        return b'{"key_id": 0, "word": ""' + (b"" if inner.startswith(b"}") else b", ") + inner
+    return text
+
+
+# The parser's reasons for 2-row strokes that are not simplified: raw canvas coordinates without a
+# time row (what a drawing app gives), read as raw instead.
+_RAW_2ROW = ("non-integer coordinates", "coordinates outside 0–255")
+
+
+def parse_user_drawing(text: bytes, where: str, lineno: int = 1) -> Drawing:
+    """One JSON drawing (a dataset record, ``{"drawing": …}`` or a bare stroke list; simplified or raw
+    coordinates) → a Drawing, or a DataFormatError naming ``where`` and the problem."""
+    report = SkipReport()
+    record = _as_record(text)
+    drawing = parse_line(record, lineno, None, _UserSink(where, report))
+    if drawing is None and any(r in report.items[-1][2] for r in _RAW_2ROW):
+        # valid JSON (the parser read it): add a time row, so the raw rules (any finite numbers) apply
+        obj = decode_line(record)
+        obj["drawing"] = [list(s) + [list(range(len(s[0])))] for s in obj["drawing"]]
+        report = SkipReport()
+        drawing = parse_line(json.dumps(obj).encode(), lineno, None, _UserSink(where, report))
+    if drawing is None:
+        _, position, reason = report.items[-1]
+        raise DataFormatError(where, position, reason)
+    return drawing
+
+
+def _read_json_drawing(path: Path, line: int) -> Drawing:
+    """``line``-th record of an ndjson file, or the one drawing of a (possibly pretty-printed) .json."""
+    data = path.read_bytes()
+    if path.suffix.lower() == ".json":
+        if line != 1:
+            raise ValueError(f"--line {line}: a .json file holds one drawing")
+        return parse_user_drawing(data, str(path))
+    lines = [(i, ln) for i, ln in enumerate(data.splitlines(), start=1) if ln.strip()]
+    if line > len(lines):
+        raise DataFormatError(path, None, f"no drawing number {line} in the file ({len(lines)} drawings)")
+    lineno, text = lines[line - 1]
+    return parse_user_drawing(text, str(path), lineno)
+
 
 def read_sketch(path, line: int = 1):
-    """The ``line``-th drawing (1-based) of a sketch file, as simplified ``(n, 3)`` points."""
+    """The ``line``-th drawing (1-based) of a sketch file, as simplified ``(n, 3)`` points.
+
+    ``.ndjson``/``.json`` take dataset records or a user's drawing: ``{"drawing": [[[x…], [y…]], …]}``
+    or the bare stroke list, simplified (0–255 integers) or raw (canvas coordinates, with or without
+    a time row; simplified here the way the dataset was). ``.bin``/``.npz`` as in the dataset.
+    """
     from sketchembed.data.formats import read_drawings
-    from sketchembed.data.sketch import DataFormatError, SkipReport
 
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"sketch file not found: {path}")
     if line < 1:
         raise ValueError(f"--line must be >= 1, got {line}")
-    report = SkipReport(on_error="raise")
     drawing = None
     try:
-        # any class name: the sketch's word is only shown, and a model may know classes outside Quick, Draw!
-        for i, d in enumerate(read_drawings(path, on_error="raise", report=report, words=None), start=1):
-            if i == line:
-                drawing = d
-                break
+        if path.suffix.lower() in (".json", ".ndjson"):
+            drawing = _read_json_drawing(path, line)
+        else:
+            report = SkipReport(on_error="raise")
+            # any class name: the sketch's word is only shown, and a model may know classes outside Quick, Draw!
+            for i, d in enumerate(read_drawings(path, on_error="raise", report=report, words=None), start=1):
+                if i == line:
+                    drawing = d
+                    break
     except DataFormatError:
         raise
     except (OSError, UnicodeDecodeError, ValueError) as e:
@@ -89,10 +162,25 @@ def suggest(model, index, points, settings: dict, *, k: int = 8, fraction: float
     return idx[0], dist[0], pts[0, :lengths[0]]
 
 
+def self_match_note(drawing, index, idx, dist, fraction: float = 1.0) -> str | None:
+    """A line saying that the query itself (same key_id) or an identical drawing is among the results
+    at distance 0 — so a user does not take it for a suggestion."""
+    zero = [r for r, d in enumerate(dist) if float(d) <= 1e-6]
+    if not zero:
+        return None
+    r = zero[0]
+    same = drawing.key_id and int(index.key_ids[idx[r]]) == int(drawing.key_id)
+    what = (f"your sketch itself (key_id {drawing.key_id}) is in the index" if same
+            else "a drawing identical to your sketch (in this model's embedding) is in the index")
+    cut = f" (at {100 * fraction:g} % of the points)" if fraction < 1 else ""
+    return f"note: rank {r + 1} is at distance 0{cut}: {what}"
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ckpt", required=True, help="checkpoint the index was built with")
     parser.add_argument("--index", required=True, help="index dir from `sketchembed index build`")
-    parser.add_argument("--sketch", required=True, help=".ndjson (simplified or raw), .bin or .npz file")
+    parser.add_argument("--sketch", required=True, help=".ndjson / .json (dataset records, {\"drawing\": [[[x…], [y…]], …]} or the bare "
+                        "stroke list; simplified or raw coordinates), .bin or .npz file")
     parser.add_argument("--line", type=int, default=1, help="which drawing of the file (1-based)")
     parser.add_argument("--k", type=int, default=8)
     parser.add_argument("--fraction", type=float, default=1.0, help="use only this share of the points")
@@ -125,6 +213,9 @@ def run(args) -> int:
     print(f"{'rank':>4}  {'key_id':>20}  {'class':<24} {'distance':>9}")
     for r, (i, d) in enumerate(zip(idx, dist), start=1):
         print(f"{r:>4}  {int(index.key_ids[i]):>20}  {index.classes[int(index.labels[i])]:<24} {float(d):>9.4f}")
+    note = self_match_note(drawing, index, idx, dist, args.fraction)
+    if note:
+        print(note)
     if args.png:
         if index.points is None:
             raise ValueError(f"{args.index}: built with --no-drawings, cannot draw --png")

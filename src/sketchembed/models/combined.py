@@ -84,6 +84,7 @@ class CombinedModel(SketchModule):
         if cnn_ckpt is not None:
             state, hp = load_encoder_state(cnn_ckpt, self.cnn.backbone_name, embedding_dim)
             self.cnn.load_state_dict(state)
+            log.info("model.cnn_ckpt: loaded %d CNN weight tensors from %s", len(state), cnn_ckpt)
             # The transferred embedding was learned with (or without) L2 normalisation: keep it.
             self.cnn.normalize = bool(hp.get("normalize", normalize))
             self.hparams["normalize"] = self.cnn.normalize

@@ -190,3 +190,76 @@ def log_image(loggers, key: str, image: np.ndarray, step: int) -> list[str]:
             continue
         used.append(cls)
     return used
+
+
+class SpaceImagesCallback(Callback):
+    """Every ``every_n_val_epochs`` validations, a small picture of the representation space as it
+    forms: nearest train neighbours of a few val drawings, and a t-SNE map of val embeddings.
+
+    Written to ``<run dir>/space/`` and sent to every logger that takes images (wandb, tensorboard);
+    skipped (nothing computed) when no logger takes images. Sizes are capped so one picture costs
+    seconds: ``max_index`` train drawings as the neighbour pool, ``tsne_points`` val drawings.
+    """
+
+    def __init__(self, every_n_val_epochs: int = 10, n_refs: int = 4, k: int = 5, max_index: int = 1000,
+                 tsne_points: int = 300, seed: int = 0):
+        super().__init__()
+        if int(every_n_val_epochs) < 1:
+            raise ValueError(f"every_n_val_epochs must be >= 1, got {every_n_val_epochs}")
+        self.every = int(every_n_val_epochs)
+        self.n_refs, self.k = int(n_refs), int(k)
+        self.max_index, self.tsne_points, self.seed = int(max_index), int(tsne_points), int(seed)
+        self._val_count = 0
+
+    def on_validation_epoch_end(self, trainer, pl_module) -> None:
+        if trainer.sanity_checking:
+            return
+        self._val_count += 1
+        if self._val_count % self.every or not trainer.is_global_zero:
+            return
+        loggers = [lg for lg in trainer.loggers if type(lg).__name__ in ("WandbLogger", "TensorBoardLogger")
+                   or hasattr(lg, "log_image")]
+        dm = trainer.datamodule
+        if not loggers or dm is None or not hasattr(dm, "loader"):
+            return
+        try:
+            paths = self.draw(pl_module, dm, trainer.current_epoch, trainer.default_root_dir)
+        except Exception as e:  # a picture must never stop a training run
+            log.warning("SpaceImagesCallback: could not draw the space (%s)", e)
+            return
+        from PIL import Image
+
+        for key, path in paths.items():
+            with Image.open(path) as im:
+                log_image(loggers, key, np.asarray(im.convert("RGB")), trainer.global_step)
+
+    def draw(self, pl_module, dm, epoch: int, out_dir) -> dict[str, "Path"]:
+        """Write ``space/neighbors_eNNN.png`` and ``space/tsne_eNNN.png``; ``{logger key: path}``."""
+        from pathlib import Path
+
+        from sketchembed.eval.embed import embed_loader
+        from sketchembed.eval.knn import KNNIndex
+        from sketchembed.eval.plots import plot_neighbors, plot_tsne
+        from sketchembed.eval.tsne import tsne_map
+
+        classes = list(dm.class_names)
+        device = pl_module.device
+        train = embed_loader(pl_module, dm.loader("train", 1.0, shuffle=True), rasterizer=dm.rasterizer,
+                             device=device, max_items=self.max_index, with_logits=False)
+        val = embed_loader(pl_module, dm.loader("val", 1.0, shuffle=True), rasterizer=dm.rasterizer,
+                           device=device, max_items=self.tsne_points, with_logits=False)
+        out = Path(out_dir) / "space"
+        paths = {}
+        rng = np.random.default_rng([self.seed, epoch])
+        refs = np.sort(rng.choice(len(val), min(self.n_refs, len(val)), replace=False))
+        index = KNNIndex(train.embeddings, train.labels, train.key_ids, classes)
+        idx, dist = index.query(val.embeddings[refs], k=min(self.k, len(train)))
+        tstore, vstore = dm.split_store("train"), dm.split_store("val")
+        paths["space/neighbors"] = plot_neighbors(
+            out / f"neighbors_e{epoch:03d}.png", [vstore.points(int(val.indices[r])) for r in refs],
+            [int(val.labels[r]) for r in refs], [[tstore.points(int(train.indices[j])) for j in row] for row in idx],
+            [[int(train.labels[j]) for j in row] for row in idx], classes, distances=dist)
+        xy = tsne_map(val.embeddings, seed=self.seed, max_points=None)
+        paths["space/tsne"] = plot_tsne(out / f"tsne_e{epoch:03d}.png", xy, val.labels, classes,
+                                        title=f"t-SNE of {len(val)} val embeddings, epoch {epoch + 1}")
+        return paths

@@ -25,6 +25,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from sketchembed.safeload import safe_load
 from sketchembed.train.validate import ConfigError
+from sketchembed.train.wandb_run import read_run_id
 
 LAST = Path("checkpoints") / "last.ckpt"
 # keys a resume sets itself; a saved value of them is the previous start's, not the run's
@@ -84,7 +85,11 @@ def _keep_previous_config(run_dir: Path) -> None:
 
 
 def wandb_run_id(run_dir) -> str | None:
-    """The id of the (latest) wandb run written in ``run_dir``, from wandb's own folder names."""
+    """The id of the wandb run written in ``run_dir``: ``wandb_id.txt`` (the one record, also read by
+    eval), else — runs written before it existed — the latest of wandb's own folder names."""
+    stored = read_run_id(run_dir)
+    if stored:
+        return stored
     runs = sorted(p for p in (Path(run_dir) / "wandb").glob("*run-*") if p.is_dir() and _WANDB_RUN.match(p.name))
     return _WANDB_RUN.match(runs[-1].name).group(1) if runs else None
 

@@ -108,27 +108,55 @@ def _instantiate_model(cfg: DictConfig, num_classes: int, loss_kind: str | None)
 
 
 def _callbacks(cfg: DictConfig, monitor: str) -> list:
+    """The configured callbacks, adapted to the run: no checkpoints in a fast_dev_run, no learning-rate
+    monitor without a logger, plain epoch lines instead of the Rich bar when stdout is no terminal."""
     from hydra.utils import instantiate
 
+    from sketchembed.train.console import is_tty
+
+    fast_dev_run = bool(OmegaConf.select(cfg, "trainer.fast_dev_run", default=False))
+    has_logger = any(_has_target(n) for n in (cfg.get("logger") or {}).values())
+    bar_on = bool(OmegaConf.select(cfg, "trainer.enable_progress_bar", default=True))
     callbacks = []
     for name, node in (cfg.get("callbacks") or {}).items():
         if not _has_target(node):
             continue
-        # "auto" = the model's own metric; an explicit `monitor: null` keeps Lightning's meaning
-        # (no metric: the latest checkpoints, e.g. every_n_train_steps snapshots).
-        if node._target_.endswith("ModelCheckpoint") and node.get("monitor") == "auto":
-            node = OmegaConf.merge(node, {"monitor": monitor})
+        target = str(node._target_)
+        if target.endswith("Checkpoint"):  # ModelCheckpoint and our LastCheckpoint
+            if fast_dev_run:  # a smoke test must not leave a model-sized last.ckpt behind
+                continue
+            # "auto" = the model's own metric; an explicit `monitor: null` keeps Lightning's meaning
+            # (no metric: the latest checkpoints, e.g. every_n_train_steps snapshots).
+            if node.get("monitor") == "auto":
+                node = OmegaConf.merge(node, {"monitor": monitor})
+        if target.endswith("LearningRateMonitor") and not has_logger:
+            continue  # Lightning refuses it without a logger (logger=none, debug=*)
+        if target.endswith("RichProgressBar") and bar_on and not is_tty():
+            node = OmegaConf.create({"_target_": "sketchembed.train.console.EpochLineProgress"})
         callbacks.append(instantiate(node))
     return callbacks
 
 
 def _loggers(cfg: DictConfig) -> list:
+    """The configured loggers (none for logger=none); wandb runs get their name and group here."""
     from hydra.utils import instantiate
 
+    from sketchembed.train.wandb_run import WandbLogger, naming
+
+    hydra_cfg = None
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        hydra_cfg = HydraConfig.get()
+    except Exception:  # outside a Hydra app
+        pass
     loggers = []
     for _, node in (cfg.get("logger") or {}).items():
         if _has_target(node):
-            loggers.append(instantiate(node))
+            lg = instantiate(node)
+            if isinstance(lg, WandbLogger):
+                lg.set_naming(**naming(cfg, hydra_cfg))
+            loggers.append(lg)
     return loggers
 
 
@@ -285,6 +313,9 @@ def hydra_entry(config_name: str, fn):
     import hydra
 
     os.environ.setdefault("PROJECT_ROOT", str(Path(conf_dir()).parent))
+    from sketchembed.train.console import quiet_sweeper
+
+    quiet_sweeper(sys.argv[1:])
 
     @hydra.main(version_base="1.3", config_path=conf_dir(), config_name=config_name)
     def _main(cfg: DictConfig):
@@ -292,8 +323,11 @@ def hydra_entry(config_name: str, fn):
 
         from sketchembed.data.sketch import DataFormatError
 
+        from sketchembed.train.extras import start_run
+
         started = time.time()
         try:
+            start_run(cfg)
             result = fn(cfg)
             return optimized_value(cfg, result)
         except Exception as e:

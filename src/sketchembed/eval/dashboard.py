@@ -1,0 +1,291 @@
+"""What ``eval.py`` sends to wandb: charts a researcher opens, attached to the training run.
+
+* Where: the training run's id is read from ``<run dir>/wandb_id.txt`` (the checkpoint's run dir,
+  see :mod:`sketchembed.train.wandb_run`). Online, eval resumes that run, so its results land in it.
+  Offline (the default), a resumed offline run could not be synced after the training's history,
+  so eval opens a *linked* run instead: same group, ``job_type=eval``, named ``<training name>-eval``,
+  its config naming the training run id, model kind, backbone, loss, miner and checkpoint.
+  ``dashboard.attach=linked|resume`` forces one way.
+* What: the scalars as the run's summary (``eval/…``, not one-point charts); the early-recognition
+  curve as one line plot; the confusion matrix as an interactive wandb plot; a table of test
+  predictions (sketch, true class, predicted class, confidence at 50 % and 100 %) to filter (also
+  as an artifact: offline, wandb keeps a table's images only there); the t-SNE map as a table of 2-D points with their class (and a scatter plot) beside the PNGs.
+
+The per-drawing data eval does not keep (confidences, t-SNE coordinates) are recomputed here from
+``predictions.npz`` on bounded samples: ``dashboard.table_rows`` drawings for the table; the t-SNE
+on the same drawings and seed as ``tsne.png``, so the table is the map in the picture.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from omegaconf import DictConfig, OmegaConf
+
+log = logging.getLogger("sketchembed.eval")
+
+DEFAULTS = {"attach": "auto", "table_rows": 200, "image_size": 96, "max_reembed": 20000}
+FIGURES = ("tsne", "neighbors", "confusion", "early_recognition")
+KNN_K = 4  # eval.run.KNN_CLASSIFIER_K: the classifier of models without a head
+
+
+def settings(cfg: DictConfig) -> dict[str, Any]:
+    node = OmegaConf.select(cfg, "dashboard", default=None)
+    given = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else {}
+    unknown = set(given) - set(DEFAULTS)
+    if unknown:
+        raise ValueError(f"dashboard.{sorted(unknown)[0]}: unknown key (known: {', '.join(DEFAULTS)})")
+    out = {**DEFAULTS, **given}
+    if out["attach"] not in ("auto", "linked", "resume"):
+        raise ValueError(f"dashboard.attach={out['attach']!r}: choose auto, linked or resume")
+    return out
+
+
+def train_run_dir(ckpt_path: str | Path) -> Path:
+    """The training run dir of a checkpoint (``<run>/checkpoints/x.ckpt`` → ``<run>``)."""
+    ckpt = Path(ckpt_path).resolve()
+    return ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent
+
+
+def _wandb_node(cfg: DictConfig) -> DictConfig | None:
+    node = OmegaConf.select(cfg, "logger.wandb")
+    return node if isinstance(node, DictConfig) and "_target_" in node else None
+
+
+def _offline(node: DictConfig) -> bool:
+    return bool(node.get("offline", True)) or os.environ.get("WANDB_MODE", "").lower() in ("offline", "disabled")
+
+
+def run_config(m: dict, hp: dict, train: dict | None, cfg: DictConfig) -> dict[str, Any]:
+    """What identifies an eval run in wandb's run table (model kind, backbone, loss, miner, checkpoint)."""
+    loss = hp.get("loss") if isinstance(hp.get("loss"), dict) else {}
+    miner = None
+    if train is not None:
+        miner = OmegaConf.select(train["cfg"], "miner._target_", default=None)
+        miner = str(miner).rsplit(".", 1)[-1] if miner and str(hp.get("model_kind")) == "triplet" else None
+    return {"model_kind": m.get("model_kind"), "backbone": hp.get("backbone"),
+            "loss": str(loss.get("_target_", "")).rsplit(".", 1)[-1] or None, "miner": miner,
+            "checkpoint": m.get("checkpoint"), "checkpoint_sha256": m.get("checkpoint_sha256"),
+            "dataset": m.get("dataset"), "classifier": m.get("classifier"),
+            "train_run_id": train["id"] if train else None,
+            "eval": OmegaConf.to_container(cfg, resolve=True)}
+
+
+def log_eval(cfg: DictConfig, out: Path, m: dict) -> Path | None:
+    """Log an evaluation (its ``metrics.json`` dict ``m`` and the files in ``out``) to wandb when a
+    wandb logger is configured; returns the wandb run dir, or None."""
+    node = _wandb_node(cfg)
+    if node is None:
+        return None
+    import wandb
+
+    from sketchembed.eval.checkpoint import read_checkpoint
+    from sketchembed.train.wandb_run import read_train_run
+
+    opts = settings(cfg)
+    out = Path(out)
+    ckpt = read_checkpoint(m["checkpoint"])
+    hp = dict(ckpt.get("hyper_parameters") or {})
+    train = read_train_run(train_run_dir(m["checkpoint"]))
+    offline = _offline(node)
+    resume = train is not None and (opts["attach"] == "resume" or (opts["attach"] == "auto" and not offline))
+    kw: dict[str, Any] = {"project": node.get("project") or "sketchembed", "dir": str(out), "job_type": "eval",
+                          "tags": list(node.get("tags") or []) or None,
+                          "config": run_config(m, hp, train, cfg)}
+    if offline:
+        kw["mode"] = "offline"
+    if resume:
+        kw.update(id=train["id"], resume="allow")
+    else:
+        base = train["name"] if train else "-".join(str(p) for p in (m.get("model_kind"), hp.get("backbone")) if p)
+        kw["name"] = node.get("name") or f"{base}-eval"
+        kw["group"] = node.get("group") or (train["group"] if train else "eval")
+    run = wandb.init(**{k: v for k, v in kw.items() if v is not None})
+    try:
+        _log_all(run, cfg, out, m, ckpt, opts)
+        run.save(str(out / "metrics.json"), base_path=str(out), policy="now")
+        run_dir = Path(run.dir).parent
+    finally:
+        run.finish()
+    return run_dir
+
+
+def _log_all(run, cfg: DictConfig, out: Path, m: dict, ckpt: dict, opts: dict) -> None:
+    import wandb
+
+    # scalars: the run's summary (one value each, in the runs table), not one-point charts
+    for k, v in m.items():
+        if k.startswith("test/") and isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
+            run.summary[f"eval/{k[len('test/'):]}"] = float(v)
+    for k in ("n_train", "n_test", "n_skipped", "n_test_in_index"):
+        if k in m:
+            run.summary[f"eval/{k}"] = m[k]
+    curve = sorted((float(f) / 100.0, float(a)) for f, a in (m.get("early_recognition") or {}).items())
+    table = wandb.Table(columns=["fraction of points", "accuracy"], data=[[f, a] for f, a in curve])
+    charts = {"eval/early_recognition": wandb.plot.line(table, "fraction of points", "accuracy",
+                                                        title=f"{m.get('model_kind')}: early recognition")}
+    pred = np.load(out / "predictions.npz", allow_pickle=False)
+    classes = [str(c) for c in pred["classes"]]
+    labels, p100 = pred["labels"].astype(int), pred["pred@100"].astype(int)
+    charts["eval/confusion_matrix"] = wandb.plot.confusion_matrix(
+        y_true=labels.tolist(), preds=p100.tolist(), class_names=classes, title="test, 100 % of the drawing")
+    for name in FIGURES:
+        if (out / f"{name}.png").is_file():
+            charts[f"eval/{name}_png"] = wandb.Image(str(out / f"{name}.png"))
+    run.log(charts)
+    with _Drawings(m, ckpt, cfg, opts) as drawings:
+        rows = _sample_rows(len(labels), int(opts["table_rows"]), int(cfg.get("seed", 0)))
+        if len(rows):
+            table = predictions_table(drawings, pred, rows, classes, opts)
+            run.log({"eval/predictions": table})
+            # Offline, wandb writes a logged table's images as the word "Image" (wandb issue #4611);
+            # an artifact keeps them through `wandb sync`.
+            art = wandb.Artifact(f"predictions-{run.id}", type="eval-predictions")
+            art.add(table, "predictions")
+            run.log_artifact(art)
+        if drawings.st["tsne"]:
+            t = tsne_table(drawings, pred, cfg, classes)
+            run.log({"eval/tsne_points": t,
+                     "eval/tsne": wandb.plot.scatter(t, "x", "y", title="t-SNE of test embeddings")})
+
+
+def _sample_rows(n: int, k: int, seed: int) -> np.ndarray:
+    if k <= 0:
+        return np.zeros(0, dtype=np.int64)
+    rng = np.random.default_rng([seed, 11])
+    return np.sort(rng.choice(n, min(k, n), replace=False))
+
+
+class _Drawings:
+    """The evaluated test drawings (eval's own DataModule and settings) and the model, to re-run it on
+    a few of them (confidences, t-SNE)."""
+
+    def __init__(self, m: dict, ckpt: dict, cfg: DictConfig, opts: dict):
+        self.m, self.ckpt, self.cfg, self.opts = m, ckpt, cfg, opts
+
+    def __enter__(self):
+        import torch
+
+        from sketchembed.eval.checkpoint import data_settings, load_model
+        from sketchembed.eval.embed import model_views
+        from sketchembed.eval.run import _datamodule, _settings
+
+        path = Path(self.m["checkpoint"])
+        self.st = _settings(self.cfg)
+        self.batch_size = int(self.cfg.get("batch_size", 64))
+        self.model = load_model(path)
+        self.settings = data_settings(self.ckpt, path)
+        self.dm = _datamodule(self.cfg, self.ckpt, path, model_views(self.model), self.st["max_train"])
+        self.store = self.dm.split_store("test")
+        self.device = torch.device("cpu")
+        self.has_no_head = self.m.get("classifier", "").startswith("knn")
+        return self
+
+    def __exit__(self, *exc):
+        self.dm.teardown()
+
+    def points(self, row: int) -> np.ndarray:
+        return np.asarray(self.store.points(int(row)), dtype=np.float32)
+
+    def embed(self, rows, fraction: float) -> tuple[np.ndarray, np.ndarray | None]:
+        """(embeddings, logits or None) of test-store rows ``rows`` cut at ``fraction``, as eval embeds them."""
+        from sketchembed.eval.embed import embed_loader, subset_loader
+
+        res = embed_loader(self.model, subset_loader(self.dm, "test", self._positions(rows), fraction),
+                           rasterizer=self.dm.rasterizer, device=self.device)
+        return res.embeddings.astype(np.float32), res.logits
+
+    def _positions(self, rows) -> np.ndarray:
+        """Positions in the test split of store rows (``predictions.npz`` keeps store rows)."""
+        split_rows = self.dm.rows("test")
+        order = np.argsort(split_rows)
+        return order[np.searchsorted(split_rows, np.asarray(rows), sorter=order)]
+
+    def confidence(self, rows, fraction: float, predicted: np.ndarray, neighbor_labels=None) -> np.ndarray | None:
+        """The model's confidence in ``predicted``: its softmax probability for classifiers; for models
+        classified by KNN the share of the K=4 nearest drawings of eval's index voting for it (at 100 %
+        eval's own neighbours; at 50 % the index is embedded again, unless it has more than
+        ``dashboard.max_reembed`` drawings: None)."""
+        if neighbor_labels is not None:
+            return (neighbor_labels[:, :KNN_K] == predicted[:, None]).mean(1)
+        emb, logits = self.embed(rows, fraction)
+        if logits is not None:
+            z = logits - logits.max(1, keepdims=True)
+            prob = np.exp(z) / np.exp(z).sum(1, keepdims=True)
+            return prob[np.arange(len(prob)), predicted]
+        if len(self.dm.rows("train")) > int(self.opts["max_reembed"]):
+            log.info("dashboard: no KNN confidence at %g %% (index of %d drawings > dashboard.max_reembed)",
+                     100 * fraction, len(self.dm.rows("train")))
+            return None
+        from sketchembed.eval.embed import embed_loader
+        from sketchembed.eval.knn import neighbor_labels as search_labels
+
+        train = embed_loader(self.model, self.dm.loader("train", 1.0), rasterizer=self.dm.rasterizer,
+                             device=self.device, with_logits=False)
+        nl = search_labels(train.embeddings, train.labels, emb, KNN_K, backend=self.st["backend"])
+        return (nl[:, :KNN_K] == predicted[:, None]).mean(1)
+
+
+def sketch_image(points: np.ndarray, size: int = 96, pad: int = 4) -> np.ndarray:
+    """A drawing as a small RGB image (black strokes on white) for a table cell."""
+    from PIL import Image, ImageDraw
+
+    from sketchembed.data.sketch import points_to_strokes
+
+    pts = np.asarray(points, dtype=np.float32)
+    xy = pts[:, :2]
+    lo, span = xy.min(0), max(float(np.ptp(xy, 0).max()), 1.0)
+    scale = (size - 2 * pad) / span
+    im = Image.new("RGB", (size, size), "white")
+    draw = ImageDraw.Draw(im)
+    for s in points_to_strokes(np.concatenate([(xy - lo) * scale + pad, pts[:, 2:3]], 1)):
+        line = [tuple(map(float, p)) for p in s[:, :2]]
+        if len(line) == 1:
+            line = line * 2
+        draw.line(line, fill="black", width=2)
+    return np.asarray(im)
+
+
+def predictions_table(drawings: _Drawings, pred, rows: np.ndarray, classes: list[str], opts: dict):
+    """A wandb.Table, one row per sampled test drawing: sketch, true and predicted class (50 %, 100 %),
+    confidences, right/wrong — filterable in the UI ("the misclassified vans")."""
+    import wandb
+
+    store_rows = pred["indices"][rows]
+    p50, p100 = pred["pred@50"][rows].astype(int), pred["pred@100"][rows].astype(int)
+    nl = pred["knn_neighbor_labels"][rows] if "knn_neighbor_labels" in pred and drawings.has_no_head else None
+    c50 = drawings.confidence(store_rows, 0.5, p50)
+    c100 = drawings.confidence(store_rows, 1.0, p100, nl)
+    table = wandb.Table(columns=["sketch", "key_id", "true class", "predicted@50", "confidence@50",
+                                 "predicted@100", "confidence@100", "correct@100"])
+    for i, r in enumerate(rows):
+        y = int(pred["labels"][r])
+        table.add_data(wandb.Image(sketch_image(drawings.points(store_rows[i]), int(opts["image_size"]))),
+                       str(int(pred["key_ids"][r])), classes[y], classes[p50[i]],
+                       None if c50 is None else round(float(c50[i]), 4),
+                       classes[p100[i]], round(float(c100[i]), 4), bool(p100[i] == y))
+    return table
+
+
+def tsne_table(drawings: _Drawings, pred, cfg: DictConfig, classes: list[str]):
+    """The map of ``tsne.png`` as a table (x, y, class, key_id): eval's rows and seed, recomputed."""
+    import wandb
+
+    from sketchembed.eval.tsne import tsne_map
+
+    st, n, seed = drawings.st, len(pred["labels"]), int(cfg.get("seed", 0))
+    rows = np.arange(n)
+    if n > st["tsne_max_points"]:  # eval.run._figures picks its t-SNE rows and settings this way
+        rows = np.sort(np.random.default_rng(seed).choice(rows, st["tsne_max_points"], replace=False))
+    emb, _ = drawings.embed(pred["indices"][rows], 1.0)
+    xy = tsne_map(emb, seed=seed, max_points=None, n_iter=st["tsne_n_iter"], perplexity=st["tsne_perplexity"],
+                  n_jobs=st["tsne_n_jobs"])
+    table = wandb.Table(columns=["x", "y", "class", "key_id"])
+    for (x, y), r in zip(xy, rows):
+        table.add_data(float(x), float(y), classes[int(pred["labels"][r])], str(int(pred["key_ids"][r])))
+    return table
