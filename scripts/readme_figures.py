@@ -178,7 +178,9 @@ def main_eval_table(root: Path) -> str:
             "|---|---:|",
             f"| classification @50 % of the drawing | {cell(m, 'test/acc@50')} |",
             f"| classification @100 % | {cell(m, 'test/acc@100')} |",
-            f"| KNN K = 3 | {cell(m, 'test/knn@3')} |",
+            f"| KNN K = 3 (strict vote: majority, ties to the nearest) | {cell(m, 'test/knn@3')} |",
+            f"| KNN K = 3, the study's tie rule (a tie that includes the true class counts) | "
+            f"{cell(m, 'test/knn@3_study_tie')} |",
             f"| linear probe, trained anew ({(_config(d).get('probe') or {}).get('steps', '?')} steps) | {cell(m, 'test/probe_acc')} |"]
     if curve:
         rows += ["", "Early recognition (accuracy by share of the drawing's points):", "",
