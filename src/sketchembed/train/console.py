@@ -34,7 +34,8 @@ def quiet_libraries() -> None:
 
     * Lightning adds its own console handler when imported before Hydra configured logging, so each
       INFO line came twice: its handlers go, its records reach the root (Hydra's) handlers once.
-    * Lightning's product tips, the LeafSpec deprecation, optuna's plugin chatter: dropped.
+    * Lightning's product tips, the LeafSpec deprecation, optuna's plugin chatter, openTSNE's INFO
+      lines: dropped.
     """
     import lightning.pytorch  # noqa: F401 - its import installs the handler removed below
 
@@ -53,6 +54,8 @@ def quiet_libraries() -> None:
     # optuna logs every trial and the sampler's experimental-feature notes at INFO/WARNING; the
     # sweeper's own lines (one per trial and the best result) are kept.
     logging.getLogger("optuna").setLevel(logging.ERROR)
+    # openTSNE announces its gradient method at INFO on every map (the space pictures, eval's t-SNE)
+    logging.getLogger("openTSNE").setLevel(logging.WARNING)
 
 
 def quiet_sweeper(argv: list[str]) -> None:
