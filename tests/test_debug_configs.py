@@ -60,7 +60,7 @@ def test_debug_limit_runs_a_few_batches_per_epoch(tmp_path):
 
 @pytest.mark.slow
 def test_debug_overfit_drives_the_train_loss_down(tmp_path):
-    cfg, _, _ = run(["debug=overfit", *DEBUG_TINY, "logger=csv", "model.lr=0.02", "model.scheduler=none"], tmp_path)
+    cfg, _, _ = run(["debug=overfit", *DEBUG_TINY, "logger=csv", "model.optimizer.lr=0.02", "model.scheduler=null"], tmp_path)
     assert cfg.data.max_train == 48 and cfg.trainer.max_epochs == 20 and not cfg.augment
     assert steps_run(tmp_path) == 60  # 3 batches of the same 48 drawings, 20 epochs
     losses = [float(r["train/loss"]) for r in read_csv_metrics(tmp_path) if r.get("train/loss")]

@@ -156,8 +156,9 @@ def _check_consistent(out: Path, m: dict) -> dict:
 
     assert f"| classification @ 100 % of the drawing | {pct(m['test/acc@100'])} |" in report
     assert f"| KNN K=4 | {pct(m['test/knn@4'])} |" in report
-    assert f"| KNN K=3, study's tie rule (a tie with the true class counts) | {pct(m['test/knn@3_study_tie'])} | 88.95 |" \
-        in report or m["model_kind"] != "combined"
+    tie_row = f"| KNN K=3, study's tie rule (a tie with the true class counts) | {pct(m['test/knn@3_study_tie'])} |"
+    assert m["model_kind"] != "combined" or any(  # ours, its interval and n, then the study's figure
+        line.startswith(tie_row) and line.endswith("| 88.95 |") for line in report.splitlines())
     if pairs:
         assert "## Most confused pairs" in report and f"| {pairs[0]['a']} | {pairs[0]['b']} |" in report
     return pred
