@@ -274,3 +274,19 @@ def test_whole_pipeline_on_200k_generated_drawings(tmp_path):
         assert 0 <= m[key] <= 1, key
     for name in ("tsne.png", "confusion.png", "per_class.png", "neighbors.png", "early_recognition.png", "report.md"):
         assert (out / name).is_file(), name
+
+
+def test_curve_subset_is_cut_like_the_whole_split():
+    """The curve's sampled fractions go through the DataModule's own collate (its fraction rule and
+    sequence origin), so a sampled drawing is cut exactly as in the whole-split loader."""
+    from sketchembed.data.datamodule import SketchDataModule
+    from sketchembed.eval.embed import subset_loader
+
+    dm = SketchDataModule(root="study10", fraction_rule="study", seq_norm="none", seq_origin=(122.5, 122.5),
+                          eval_batch_size=8)
+    whole = next(iter(dm.loader("test", 0.3)))
+    part = next(iter(subset_loader(dm, "test", [0, 1, 2], 0.3)))
+    for key in ("lengths", "image_lengths"):
+        np.testing.assert_array_equal(part[key].numpy(), whole[key][:3].numpy())
+    for key in ("seq", "stroke_ends"):
+        np.testing.assert_array_equal(part[key].numpy(), whole[key][:3, :part[key].shape[1]].numpy())

@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import Any, Iterable
 
 # re-exported: callers open checkpoints through this module
+import sketchembed.models  # noqa: F401 - registers every model kind in MODELS
+from sketchembed.registry import MODELS
 from sketchembed.safeload import UnsafeCheckpointError, safe_load  # noqa: F401
 
 _HASH_BLOCK = 1 << 22
@@ -53,29 +55,6 @@ def read_checkpoint(path, map_location="cpu") -> dict:
     return ckpt
 
 
-def model_classes() -> dict[str, type]:
-    """``model_kind -> LightningModule class`` for every model in :mod:`sketchembed.models`."""
-    import sketchembed.models as models
-
-    registry = getattr(models, "MODELS", None) or getattr(models, "MODEL_KINDS", None)
-    if isinstance(registry, dict) and registry:
-        return {str(k): (v if inspect.isclass(v) else _import(v)) for k, v in registry.items()}
-    found = {}
-    for name in dir(models):
-        obj = getattr(models, name)
-        kind = getattr(obj, "model_kind", None) or getattr(obj, "MODEL_KIND", None) or getattr(obj, "KIND", None)
-        if inspect.isclass(obj) and isinstance(kind, str) and hasattr(obj, "load_from_checkpoint"):
-            found[kind] = obj
-    return found
-
-
-def _import(target: str):
-    import importlib
-
-    mod, _, attr = str(target).rpartition(".")
-    return getattr(importlib.import_module(mod), attr)
-
-
 def load_model(ckpt_path, *, kinds: Iterable[str] | None = None, map_location="cpu"):
     """Load the LightningModule of a sketchembed checkpoint, in eval mode.
 
@@ -84,7 +63,7 @@ def load_model(ckpt_path, *, kinds: Iterable[str] | None = None, map_location="c
     path = Path(ckpt_path)
     ckpt = read_checkpoint(path, map_location)
     kind = str(ckpt["hyper_parameters"]["model_kind"])
-    classes = model_classes()
+    classes = MODELS
     if kind not in classes:
         raise ValueError(f"{path}: unexpected model kind {kind!r} (this code knows: {', '.join(sorted(classes)) or 'none'})")
     if kinds is not None and kind not in set(kinds):
@@ -105,8 +84,11 @@ def datamodule_hparams(ckpt_path) -> dict:
     return _plain(ckpt.get("datamodule_hyper_parameters") or {})
 
 
-DATA_KEYS = ("image_size", "line_width", "padding", "max_snapshots", "eval_batch_size", "seed", "canvas", "background",
-             "standardize", "fraction_rule", "seq_norm", "seq_origin")
+# The DataModule settings a model's inputs depend on (rasterization and sequence), read back from a
+# checkpoint by every consumer of it (eval, index, suggest, studio).
+INPUT_KEYS = ("image_size", "line_width", "padding", "max_snapshots", "canvas", "background", "standardize",
+              "fraction_rule", "seq_norm", "seq_origin")
+DATA_KEYS = INPUT_KEYS + ("eval_batch_size", "seed")
 
 
 def datamodule_for(ckpt_path, root, *, views=None, batch_size: int | None = None, num_workers: int = 0,

@@ -11,9 +11,9 @@
   predictions (sketch, true class, predicted class, confidence at 50 % and 100 %) to filter (also
   as an artifact: offline, wandb keeps a table's images only there); the t-SNE map as a table of 2-D points with their class (and a scatter plot) beside the PNGs.
 
-The per-drawing data eval does not keep (confidences, t-SNE coordinates) are recomputed here from
-``predictions.npz`` on bounded samples: ``dashboard.table_rows`` drawings for the table; the t-SNE
-on the same drawings and seed as ``tsne.png``, so the table is the map in the picture.
+Everything comes from what eval wrote — ``predictions.npz`` (predictions and their confidences at
+every fraction), ``tsne.npz`` (the points of ``tsne.png``) — plus the test drawings' points for the
+table's sketches: nothing is embedded or mapped a second time.
 """
 
 from __future__ import annotations
@@ -22,16 +22,16 @@ import logging
 import math
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
+from sketchembed.eval.report import FIGURES
+
 log = logging.getLogger("sketchembed.eval")
 
-DEFAULTS = {"attach": "auto", "table_rows": 200, "image_size": 96, "max_reembed": 20000}
-FIGURES = ("tsne", "neighbors", "confusion", "early_recognition")
-KNN_K = 4  # eval.run.KNN_CLASSIFIER_K: the classifier of models without a head
+DEFAULTS = {"attach": "auto", "table_rows": 200, "image_size": 96}
 
 
 def settings(cfg: DictConfig) -> dict[str, Any]:
@@ -76,9 +76,12 @@ def run_config(m: dict, hp: dict, train: dict | None, cfg: DictConfig) -> dict[s
             "eval": OmegaConf.to_container(cfg, resolve=True)}
 
 
-def log_eval(cfg: DictConfig, out: Path, m: dict) -> Path | None:
+def log_eval(cfg: DictConfig, out: Path, m: dict, points: Callable[[int], np.ndarray] | None = None,
+             hparams: dict | None = None) -> Path | None:
     """Log an evaluation (its ``metrics.json`` dict ``m`` and the files in ``out``) to wandb when a
-    wandb logger is configured; returns the wandb run dir, or None."""
+    wandb logger is configured; returns the wandb run dir, or None. ``points(row)`` gives a test
+    drawing's points (the predictions table's sketches; without it there is no table); ``hparams``
+    the evaluated model's (read from ``m["checkpoint"]`` when not given)."""
     node = _wandb_node(cfg)
     if node is None:
         return None
@@ -89,8 +92,7 @@ def log_eval(cfg: DictConfig, out: Path, m: dict) -> Path | None:
 
     opts = settings(cfg)
     out = Path(out)
-    ckpt = read_checkpoint(m["checkpoint"])
-    hp = dict(ckpt.get("hyper_parameters") or {})
+    hp = dict(hparams if hparams is not None else read_checkpoint(m["checkpoint"]).get("hyper_parameters") or {})
     train = read_train_run(train_run_dir(m["checkpoint"]))
     offline = _offline(node)
     resume = train is not None and (opts["attach"] == "resume" or (opts["attach"] == "auto" and not offline))
@@ -107,7 +109,7 @@ def log_eval(cfg: DictConfig, out: Path, m: dict) -> Path | None:
         kw["group"] = node.get("group") or (train["group"] if train else "eval")
     run = wandb.init(**{k: v for k, v in kw.items() if v is not None})
     try:
-        _log_all(run, cfg, out, m, ckpt, opts)
+        _log_all(run, cfg, out, m, opts, points)
         run.save(str(out / "metrics.json"), base_path=str(out), policy="now")
         run_dir = Path(run.dir).parent
     finally:
@@ -115,7 +117,7 @@ def log_eval(cfg: DictConfig, out: Path, m: dict) -> Path | None:
     return run_dir
 
 
-def _log_all(run, cfg: DictConfig, out: Path, m: dict, ckpt: dict, opts: dict) -> None:
+def _log_all(run, cfg: DictConfig, out: Path, m: dict, opts: dict, points) -> None:
     import wandb
 
     # scalars: the run's summary (one value each, in the runs table), not one-point charts
@@ -134,24 +136,23 @@ def _log_all(run, cfg: DictConfig, out: Path, m: dict, ckpt: dict, opts: dict) -
     labels, p100 = pred["labels"].astype(int), pred["pred@100"].astype(int)
     charts["eval/confusion_matrix"] = wandb.plot.confusion_matrix(
         y_true=labels.tolist(), preds=p100.tolist(), class_names=classes, title="test, 100 % of the drawing")
-    for name in FIGURES:
-        if (out / f"{name}.png").is_file():
-            charts[f"eval/{name}_png"] = wandb.Image(str(out / f"{name}.png"))
+    for name, _, _ in FIGURES:
+        if (out / name).is_file():
+            charts[f"eval/{Path(name).stem}_png"] = wandb.Image(str(out / name))
     run.log(charts)
-    with _Drawings(m, ckpt, cfg, opts) as drawings:
-        rows = _sample_rows(len(labels), int(opts["table_rows"]), int(cfg.get("seed", 0)))
-        if len(rows):
-            table = predictions_table(drawings, pred, rows, classes, opts)
-            run.log({"eval/predictions": table})
-            # Offline, wandb writes a logged table's images as the word "Image" (wandb issue #4611);
-            # an artifact keeps them through `wandb sync`.
-            art = wandb.Artifact(f"predictions-{run.id}", type="eval-predictions")
-            art.add(table, "predictions")
-            run.log_artifact(art)
-        if drawings.st["tsne"]:
-            t = tsne_table(drawings, pred, cfg, classes)
-            run.log({"eval/tsne_points": t,
-                     "eval/tsne": wandb.plot.scatter(t, "x", "y", title="t-SNE of test embeddings")})
+    rows = _sample_rows(len(labels), int(opts["table_rows"]), int(cfg.get("seed", 0)))
+    if len(rows) and points is not None:
+        table = predictions_table(points, pred, rows, classes, opts)
+        run.log({"eval/predictions": table})
+        # Offline, wandb writes a logged table's images as the word "Image" (wandb issue #4611);
+        # an artifact keeps them through `wandb sync`.
+        art = wandb.Artifact(f"predictions-{run.id}", type="eval-predictions")
+        art.add(table, "predictions")
+        run.log_artifact(art)
+    if (out / "tsne.npz").is_file():
+        t = tsne_table(np.load(out / "tsne.npz", allow_pickle=False), pred, classes)
+        run.log({"eval/tsne_points": t,
+                 "eval/tsne": wandb.plot.scatter(t, "x", "y", title="t-SNE of test embeddings")})
 
 
 def _sample_rows(n: int, k: int, seed: int) -> np.ndarray:
@@ -159,76 +160,6 @@ def _sample_rows(n: int, k: int, seed: int) -> np.ndarray:
         return np.zeros(0, dtype=np.int64)
     rng = np.random.default_rng([seed, 11])
     return np.sort(rng.choice(n, min(k, n), replace=False))
-
-
-class _Drawings:
-    """The evaluated test drawings (eval's own DataModule and settings) and the model, to re-run it on
-    a few of them (confidences, t-SNE)."""
-
-    def __init__(self, m: dict, ckpt: dict, cfg: DictConfig, opts: dict):
-        self.m, self.ckpt, self.cfg, self.opts = m, ckpt, cfg, opts
-
-    def __enter__(self):
-        import torch
-
-        from sketchembed.eval.checkpoint import data_settings, load_model
-        from sketchembed.eval.embed import model_views
-        from sketchembed.eval.run import _datamodule, _settings
-
-        path = Path(self.m["checkpoint"])
-        self.st = _settings(self.cfg)
-        self.batch_size = int(self.cfg.get("batch_size", 64))
-        self.model = load_model(path)
-        self.settings = data_settings(self.ckpt, path)
-        self.dm = _datamodule(self.cfg, self.ckpt, path, model_views(self.model), self.st["max_train"])
-        self.store = self.dm.split_store("test")
-        self.device = torch.device("cpu")
-        self.has_no_head = self.m.get("classifier", "").startswith("knn")
-        return self
-
-    def __exit__(self, *exc):
-        self.dm.teardown()
-
-    def points(self, row: int) -> np.ndarray:
-        return np.asarray(self.store.points(int(row)), dtype=np.float32)
-
-    def embed(self, rows, fraction: float) -> tuple[np.ndarray, np.ndarray | None]:
-        """(embeddings, logits or None) of test-store rows ``rows`` cut at ``fraction``, as eval embeds them."""
-        from sketchembed.eval.embed import embed_loader, subset_loader
-
-        res = embed_loader(self.model, subset_loader(self.dm, "test", self._positions(rows), fraction),
-                           rasterizer=self.dm.rasterizer, device=self.device)
-        return res.embeddings.astype(np.float32), res.logits
-
-    def _positions(self, rows) -> np.ndarray:
-        """Positions in the test split of store rows (``predictions.npz`` keeps store rows)."""
-        split_rows = self.dm.rows("test")
-        order = np.argsort(split_rows)
-        return order[np.searchsorted(split_rows, np.asarray(rows), sorter=order)]
-
-    def confidence(self, rows, fraction: float, predicted: np.ndarray, neighbor_labels=None) -> np.ndarray | None:
-        """The model's confidence in ``predicted``: its softmax probability for classifiers; for models
-        classified by KNN the share of the K=4 nearest drawings of eval's index voting for it (at 100 %
-        eval's own neighbours; at 50 % the index is embedded again, unless it has more than
-        ``dashboard.max_reembed`` drawings: None)."""
-        if neighbor_labels is not None:
-            return (neighbor_labels[:, :KNN_K] == predicted[:, None]).mean(1)
-        emb, logits = self.embed(rows, fraction)
-        if logits is not None:
-            z = logits - logits.max(1, keepdims=True)
-            prob = np.exp(z) / np.exp(z).sum(1, keepdims=True)
-            return prob[np.arange(len(prob)), predicted]
-        if len(self.dm.rows("train")) > int(self.opts["max_reembed"]):
-            log.info("dashboard: no KNN confidence at %g %% (index of %d drawings > dashboard.max_reembed)",
-                     100 * fraction, len(self.dm.rows("train")))
-            return None
-        from sketchembed.eval.embed import embed_loader
-        from sketchembed.eval.knn import neighbor_labels as search_labels
-
-        train = embed_loader(self.model, self.dm.loader("train", 1.0), rasterizer=self.dm.rasterizer,
-                             device=self.device, with_logits=False)
-        nl = search_labels(train.embeddings, train.labels, emb, KNN_K, backend=self.st["backend"])
-        return (nl[:, :KNN_K] == predicted[:, None]).mean(1)
 
 
 def sketch_image(points: np.ndarray, size: int = 96, pad: int = 4) -> np.ndarray:
@@ -251,41 +182,29 @@ def sketch_image(points: np.ndarray, size: int = 96, pad: int = 4) -> np.ndarray
     return np.asarray(im)
 
 
-def predictions_table(drawings: _Drawings, pred, rows: np.ndarray, classes: list[str], opts: dict):
+def predictions_table(points, pred, rows: np.ndarray, classes: list[str], opts: dict):
     """A wandb.Table, one row per sampled test drawing: sketch, true and predicted class (50 %, 100 %),
     confidences, right/wrong — filterable in the UI ("the misclassified vans")."""
     import wandb
 
     store_rows = pred["indices"][rows]
     p50, p100 = pred["pred@50"][rows].astype(int), pred["pred@100"][rows].astype(int)
-    nl = pred["knn_neighbor_labels"][rows] if "knn_neighbor_labels" in pred and drawings.has_no_head else None
-    c50 = drawings.confidence(store_rows, 0.5, p50)
-    c100 = drawings.confidence(store_rows, 1.0, p100, nl)
+    c50, c100 = pred["conf@50"][rows], pred["conf@100"][rows]
     table = wandb.Table(columns=["sketch", "key_id", "true class", "predicted@50", "confidence@50",
                                  "predicted@100", "confidence@100", "correct@100"])
     for i, r in enumerate(rows):
         y = int(pred["labels"][r])
-        table.add_data(wandb.Image(sketch_image(drawings.points(store_rows[i]), int(opts["image_size"]))),
-                       str(int(pred["key_ids"][r])), classes[y], classes[p50[i]],
-                       None if c50 is None else round(float(c50[i]), 4),
+        table.add_data(wandb.Image(sketch_image(points(int(store_rows[i])), int(opts["image_size"]))),
+                       str(int(pred["key_ids"][r])), classes[y], classes[p50[i]], round(float(c50[i]), 4),
                        classes[p100[i]], round(float(c100[i]), 4), bool(p100[i] == y))
     return table
 
 
-def tsne_table(drawings: _Drawings, pred, cfg: DictConfig, classes: list[str]):
-    """The map of ``tsne.png`` as a table (x, y, class, key_id): eval's rows and seed, recomputed."""
+def tsne_table(tsne, pred, classes: list[str]):
+    """The map of ``tsne.png`` (eval's ``tsne.npz``) as a table: x, y, class, key_id."""
     import wandb
 
-    from sketchembed.eval.tsne import tsne_map
-
-    st, n, seed = drawings.st, len(pred["labels"]), int(cfg.get("seed", 0))
-    rows = np.arange(n)
-    if n > st["tsne_max_points"]:  # eval.run._figures picks its t-SNE rows and settings this way
-        rows = np.sort(np.random.default_rng(seed).choice(rows, st["tsne_max_points"], replace=False))
-    emb, _ = drawings.embed(pred["indices"][rows], 1.0)
-    xy = tsne_map(emb, seed=seed, max_points=None, n_iter=st["tsne_n_iter"], perplexity=st["tsne_perplexity"],
-                  n_jobs=st["tsne_n_jobs"])
     table = wandb.Table(columns=["x", "y", "class", "key_id"])
-    for (x, y), r in zip(xy, rows):
+    for (x, y), r in zip(tsne["xy"], tsne["rows"]):
         table.add_data(float(x), float(y), classes[int(pred["labels"][r])], str(int(pred["key_ids"][r])))
     return table

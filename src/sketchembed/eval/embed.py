@@ -21,6 +21,7 @@ class Embedded:
     indices: np.ndarray             # (n,) int64 rows of the prepared dataset
     key_ids: np.ndarray             # (n,) uint64
     pred: np.ndarray | None = None  # (n,) int64 argmax of the logits, kept alone when keep_logits=False
+    conf: np.ndarray | None = None  # (n,) float32 softmax probability of ``pred`` (its confidence)
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -36,7 +37,8 @@ class Embedded:
         rows = np.asarray(rows)
         return Embedded(self.embeddings[rows], None if self.logits is None else self.logits[rows],
                         self.labels[rows], self.indices[rows], self.key_ids[rows],
-                        None if self.pred is None else self.pred[rows])
+                        None if self.pred is None else self.pred[rows],
+                        None if self.conf is None else self.conf[rows])
 
 
 def to_device(batch: dict, device) -> dict:
@@ -103,7 +105,8 @@ def embed_loader(model, loader: Iterable[dict], *, rasterizer=None, device=None,
     Streams: each batch is rendered, embedded and written into arrays preallocated for the loader's
     dataset size, so memory is the outputs (``dtype``: float32, or float16 to halve a large index)
     plus one batch, whatever the split size. ``keep_logits=False`` keeps only the argmax of the
-    logits (``Embedded.pred``; ``(n, C)`` logits of 1.4 M drawings would not fit). ``max_items``
+    logits (``Embedded.pred``, with its softmax probability ``Embedded.conf``; ``(n, C)`` logits of
+    1.4 M drawings would not fit). ``max_items``
     stops after that many drawings; ``progress(n)`` is called with each batch size.
     """
     if device is None:
@@ -120,7 +123,7 @@ def embed_loader(model, loader: Iterable[dict], *, rasterizer=None, device=None,
     was_training = model.training
     model.eval()
     embs = logs = None
-    pred = _Grow(cap, (), np.int64)
+    pred, conf = _Grow(cap, (), np.int64), _Grow(cap, (), np.float32)
     labels, idx, keys = _Grow(cap, (), np.int64), _Grow(cap, (), np.int64), _Grow(cap, (), np.int64)
     n = 0
     try:
@@ -136,7 +139,9 @@ def embed_loader(model, loader: Iterable[dict], *, rasterizer=None, device=None,
                 embs = _Grow(cap, e.shape[1:], dtype)
             embs.put(e)
             if logits is not None:
-                pred.put(logits[:take].argmax(1).cpu().numpy())
+                top = logits[:take].float().softmax(1).max(1)
+                pred.put(top.indices.cpu().numpy())
+                conf.put(top.values.cpu().numpy())
                 if keep_logits:
                     lg = logits[:take].float().cpu().numpy()
                     if logs is None:
@@ -156,18 +161,16 @@ def embed_loader(model, loader: Iterable[dict], *, rasterizer=None, device=None,
         raise ValueError("embed_loader: the loader yielded no batches (empty split?)")
     return Embedded(embeddings=embs.view(), logits=logs.view() if logs is not None else None,
                     labels=labels.view(), indices=idx.view(), key_ids=keys.view().view(np.uint64),
-                    pred=pred.view() if pred.n else None)
+                    pred=pred.view() if pred.n else None, conf=conf.view() if conf.n else None)
 
 
 def subset_loader(dm, split: str, positions, fraction: float = 1.0, batch_size: int | None = None):
     """A loader over some positions of ``dm.dataset(split)`` (the order of ``dm.loader``), at a fraction."""
     from torch.utils.data import DataLoader, Subset
 
-    from sketchembed.data.datamodule import SketchCollate
-
     ds = Subset(dm.dataset(split), np.asarray(positions, dtype=np.int64).tolist())
     return DataLoader(ds, batch_size=int(batch_size or dm.eval_batch_size), shuffle=False,
-                      collate_fn=SketchCollate(dm.seq_std, fraction, dm.max_snapshots), num_workers=dm.num_workers)
+                      collate_fn=dm.collate(fraction), num_workers=dm.num_workers)
 
 
 @torch.no_grad()

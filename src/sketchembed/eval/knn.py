@@ -51,18 +51,26 @@ def _check_pair(emb: np.ndarray, labels: np.ndarray, what: str) -> tuple[np.ndar
     return emb, labels
 
 
-def vote(neighbor_labels: np.ndarray, k: int, n_classes: int) -> np.ndarray:
-    """Majority class among the first ``k`` columns of (n, >=k) neighbour labels (nearest first)."""
-    lab = neighbor_labels[:, :k]
+def vote_scores(neighbor_labels: np.ndarray, k: int, n_classes: int) -> np.ndarray:
+    """(n, n_classes) vote scores of the first ``k`` columns of (n, >=k) neighbour labels (nearest
+    first): ``count * (k + 1) - rank of the class's nearest member`` (``k`` when absent), so more
+    votes win and, among equal counts, the class whose member is nearest ranks first."""
+    lab = np.asarray(neighbor_labels)[:, :k]
     n = len(lab)
+    k = lab.shape[1]
     rows = np.repeat(np.arange(n), k)
     counts = np.zeros((n, n_classes), dtype=np.int32)
     np.add.at(counts, (rows, lab.ravel()), 1)
     first_rank = np.full((n, n_classes), k, dtype=np.int32)
     for j in range(k - 1, -1, -1):  # smaller ranks written last win
         first_rank[np.arange(n), lab[:, j]] = j
-    score = counts * (k + 1) - first_rank
-    return score.argmax(axis=1)
+    return counts * (k + 1) - first_rank
+
+
+def vote(neighbor_labels: np.ndarray, k: int, n_classes: int) -> np.ndarray:
+    """Majority class among the first ``k`` columns of (n, >=k) neighbour labels (nearest first);
+    ties go to the class of the nearest neighbour (see :func:`vote_scores`)."""
+    return vote_scores(neighbor_labels, k, n_classes).argmax(axis=1)
 
 
 def resolve_backend(backend: str = "auto") -> str:

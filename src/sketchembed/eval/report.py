@@ -52,6 +52,9 @@ STUDY: dict[str, dict[str, str]] = {
     # The study's README says 84 %; its notebook's saved output shows 72.1 % on 43 answers.
     "human": {"acc": "84 (its README) / 72.1 on 43 answers (its notebook's output)"},
 }
+# The study's early-recognition points (accuracy at 50 % / 100 % of the points; the combined model's
+# 100 % is its best variant, transferred + fine-tuned), as plotted beside our curve.
+STUDY_CURVE: dict[str, dict[float, float]] = {"lstm": {0.5: 0.777, 1.0: 0.867}, "combined": {0.5: 0.778, 1.0: 0.873}}
 # Triplet pre-training vs direct cross-entropy, best backbone (linear probe / KNN K=4).
 STUDY_TRIPLET_VS_DIRECT = {"probe_acc": ("87", "85"), "knn@4": ("91", "89")}
 

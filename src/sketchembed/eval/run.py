@@ -36,13 +36,13 @@ from pathlib import Path
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
+from sketchembed.eval.checkpoint import INPUT_KEYS
+from sketchembed.eval.report import STUDY_CURVE
 from sketchembed.messages import short_list
 
 log = logging.getLogger("sketchembed.eval")
 
 KNN_CLASSIFIER_K = 4
-RASTER_KEYS = ("image_size", "line_width", "padding", "max_snapshots", "canvas", "background", "standardize",
-               "fraction_rule", "seq_norm", "seq_origin")
 
 
 def _tag(f: float) -> str:
@@ -114,8 +114,8 @@ def _datamodule(cfg: DictConfig, ckpt: dict, ckpt_path: Path, views, max_train: 
                          "training checkpoint")
     dm_hp = _plain(ckpt.get("datamodule_hyper_parameters") or {})
     root = _sel(cfg, "data.root") or dm_hp.get("root") or "study10"
-    kwargs = {k: dm_hp[k] for k in RASTER_KEYS if dm_hp.get(k) is not None}
-    kwargs.update({k: _sel(cfg, f"data.{k}") for k in RASTER_KEYS if _sel(cfg, f"data.{k}") is not None})
+    kwargs = {k: dm_hp[k] for k in INPUT_KEYS if dm_hp.get(k) is not None}
+    kwargs.update({k: _sel(cfg, f"data.{k}") for k in INPUT_KEYS if _sel(cfg, f"data.{k}") is not None})
     max_eval = _sel(cfg, "data.max_eval")
     test_dir = _sel(cfg, "data.test_dir")
     dm = SketchDataModule(root=str(root), views=tuple(sorted(views)), eval_fractions=(1.0,),
@@ -271,27 +271,27 @@ def _embed_stage(cfg, st, model, dm, device, stages) -> tuple:
     return train, tests, curve_rows
 
 
-def _knn_stage(st, train, tests, C, has_logits, stages) -> tuple[dict, dict, np.ndarray]:
+def _knn_stage(st, train, tests, C, has_logits, stages) -> tuple[dict, dict, dict, np.ndarray]:
     """One neighbour search per fraction: KNN accuracies (both vote rules) at 100 %, and for models
-    without a classifier head their predictions (KNN K=4) at every fraction."""
+    without a classifier head their predictions (KNN K=4) at every fraction. Also each prediction's
+    confidence: the softmax probability, or the share of the K=4 neighbours voting for it."""
     from sketchembed.eval.knn import neighbor_labels, vote
 
     ks = st["ks"]
-    preds = {}
+    preds, confs = {}, {}
     with stages("knn", n_index=len(train), backend=st["backend"]):
         nl = neighbor_labels(train.embeddings, train.labels, tests[1.0].embeddings, max(ks + [KNN_CLASSIFIER_K]),
                              backend=st["backend"], query_block=st["query_block"])
         knn_preds = {k: vote(nl, k, C) for k in ks}
         for f, t in tests.items():
             if has_logits:
-                preds[f] = t.predictions()
-            elif f == 1.0:
-                preds[f] = vote(nl, KNN_CLASSIFIER_K, C)
-            else:
-                nf = neighbor_labels(train.embeddings, train.labels, t.embeddings, KNN_CLASSIFIER_K,
-                                     backend=st["backend"], query_block=st["query_block"])
-                preds[f] = vote(nf, KNN_CLASSIFIER_K, C)
-    return preds, knn_preds, nl
+                preds[f], confs[f] = t.predictions(), t.conf
+                continue
+            nf = nl if f == 1.0 else neighbor_labels(train.embeddings, train.labels, t.embeddings, KNN_CLASSIFIER_K,
+                                                     backend=st["backend"], query_block=st["query_block"])
+            preds[f] = vote(nf, KNN_CLASSIFIER_K, C)
+            confs[f] = (nf[:, :KNN_CLASSIFIER_K] == preds[f][:, None]).mean(1).astype(np.float32)
+    return preds, confs, knn_preds, nl
 
 
 def _evaluate(cfg, st, ckpt_path, model, kind, dm, stages) -> dict:
@@ -314,7 +314,7 @@ def _evaluate(cfg, st, ckpt_path, model, kind, dm, stages) -> dict:
 
     train, tests, curve_rows = _embed_stage(cfg, st, model, dm, device, stages)
     has_logits = tests[1.0].pred is not None
-    preds, knn_preds, nl = _knn_stage(st, train, tests, C, has_logits, stages)
+    preds, confs, knn_preds, nl = _knn_stage(st, train, tests, C, has_logits, stages)
     test = tests[1.0]
     y, p = test.labels, preds[1.0]
     with stages("probe", steps=st["probe"]["steps"]):
@@ -340,14 +340,15 @@ def _evaluate(cfg, st, ckpt_path, model, kind, dm, stages) -> dict:
         arrays = dict(classes=np.array(classes), fractions=np.array(fractions), labels=y,
                       key_ids=test.key_ids, indices=test.indices, probe=probe_pred, curve_rows=curve_rows,
                       index_key_ids=train.key_ids, index_labels=train.labels, knn_neighbor_labels=nl,
-                      **{f"pred@{_tag(f)}": preds[f] for f in fractions}, **{f"knn@{k}": knn_preds[k] for k in ks})
+                      **{f"pred@{_tag(f)}": preds[f] for f in fractions},
+                      **{f"conf@{_tag(f)}": confs[f] for f in fractions}, **{f"knn@{k}": knn_preds[k] for k in ks})
         # the curve's other fractions are measured on n_curve drawings, not n_test
         m = with_intervals(m, n_overrides={f"test/acc@{_tag(f)}": m["n_curve"]
                                            for f in fractions if f not in (0.5, 1.0)})
         _write_outputs(out, m, arrays)
     _figures(cfg, st, out, dm, train, test, p, m, classes, kind, stages)
     write_report(out, m)
-    _log_wandb(cfg, out, m)
+    _log_wandb(cfg, out, m, dm.split_store("test").points, dict(model.hparams))
     (out / "stages.json").write_text(json.dumps(stages.summary(), indent=2))
     _print(m, kind)
     return m
@@ -424,6 +425,7 @@ def _figures(cfg, st, out: Path, dm, train, test, pred, m, classes, kind, stages
             info["n"] = len(rows)
             plot_tsne(out / "tsne.png", xy, test.labels[rows], classes, max_legend=min(18, st["max_classes"]),
                       title=f"t-SNE of {len(rows)} {kind} {where} embeddings")
+            np.savez(out / "tsne.npz", rows=rows, xy=xy)  # the map's points (rows of predictions.npz)
     with stages("figures"):
         acc = 100 * float((pred == test.labels).mean())
         plot_confusion(out / "confusion.png", test.labels, pred, classes, max_classes=st["max_classes"],
@@ -431,7 +433,7 @@ def _figures(cfg, st, out: Path, dm, train, test, pred, m, classes, kind, stages
         plot_per_class(out / "per_class.png", np.asarray(m["confusion_matrix"]), classes,
                        n_each=st["per_class_each"])
         curve = {float(f) / 100: v for f, v in m["early_recognition"].items()}
-        study = {"lstm": {0.5: 0.777, 1.0: 0.867}, "combined": {0.5: 0.778, 1.0: 0.873}}.get(kind)
+        study = STUDY_CURVE.get(kind)
         plot_early_recognition(out / "early_recognition.png", {f"{kind} (this run)": curve},
                                references={"study (full data, GPU)": study} if study else None)
         n_refs, k = int(cfg.neighbors.n_refs), int(cfg.neighbors.k)
@@ -447,11 +449,11 @@ def _figures(cfg, st, out: Path, dm, train, test, pred, m, classes, kind, stages
                            [[int(train.labels[j]) for j in row] for row in idx], classes, distances=dist)
 
 
-def _log_wandb(cfg: DictConfig, out: Path, m: dict) -> None:
+def _log_wandb(cfg: DictConfig, out: Path, m: dict, points, hparams: dict) -> None:
     """Charts, tables and figures to wandb, attached to the training run (sketchembed.eval.dashboard)."""
     from sketchembed.eval.dashboard import log_eval
 
-    log_eval(cfg, out, m)
+    log_eval(cfg, out, m, points, hparams)
 
 
 def _print(m: dict, kind: str) -> None:

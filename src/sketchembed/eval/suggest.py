@@ -8,65 +8,50 @@ finished one to try that out.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 import numpy as np
 
-from sketchembed.data.formats import ErrorSink
-from sketchembed.data.formats.ndjson import decode_line, parse_line
-from sketchembed.data.sketch import DataFormatError, Drawing, SkipReport
+from sketchembed.data.formats.ndjson import decode_line, key_id_of
+from sketchembed.data.sketch import DataFormatError, Drawing, SkipReport, points_to_strokes
+from sketchembed.data.user_drawing import user_drawing_points
 
 
-class _UserSink(ErrorSink):
-    """A drawing made by a user may have no class (an empty word) or any class name (a model may know
-    classes outside Quick, Draw!): the word is only shown."""
-
-    def __init__(self, path, report: SkipReport):
-        super().__init__(path, "skip", report, words=None)
-
-    def word_problem(self, word: str, expected: str | None) -> str | None:
-        return None if word == "" else super().word_problem(word, expected)
-
-
-def _as_record(text: bytes) -> bytes:
-    """A user's drawing → an ndjson record for the dataset's line parser: a bare stroke list
-    ``[[[x…], [y…]], …]`` or an object with only ``"drawing"`` gets ``key_id`` 0 and an empty ``word``
-    (fields the user gave win: JSON keeps the last of duplicate keys)."""
-    text = text.strip()
-    if text.startswith(b"["):
-        return b'{"key_id": 0, "word": "", "drawing": ' + text + b"}"
-    if text.startswith(b"{"):
-        inner = text[1:].lstrip()
-        return b'{"key_id": 0, "word": ""' + (b"" if inner.startswith(b"}") else b", ") + inner
-    return text
-
-
-# The parser's reasons for 2-row strokes that are not simplified: raw canvas coordinates without a
-# time row (what a drawing app gives), read as raw instead.
-_RAW_2ROW = ("non-integer coordinates", "coordinates outside 0–255")
-
-
-def parse_user_drawing(text: bytes, where: str, lineno: int = 1) -> Drawing:
+def parse_user_drawing(text: bytes, where: str, lineno: int = 1) -> tuple[Drawing, np.ndarray]:
     """One JSON drawing (a dataset record, ``{"drawing": …}`` or a bare stroke list; simplified or raw
-    coordinates) → a Drawing, or a DataFormatError naming ``where`` and the problem."""
-    report = SkipReport()
-    record = _as_record(text)
-    drawing = parse_line(record, lineno, None, _UserSink(where, report))
-    if drawing is None and any(r in report.items[-1][2] for r in _RAW_2ROW):
-        # valid JSON (the parser read it): add a time row, so the raw rules (any finite numbers) apply
-        obj = decode_line(record)
-        obj["drawing"] = [list(s) + [list(range(len(s[0])))] for s in obj["drawing"]]
-        report = SkipReport()
-        drawing = parse_line(json.dumps(obj).encode(), lineno, None, _UserSink(where, report))
-    if drawing is None:
-        _, position, reason = report.items[-1]
-        raise DataFormatError(where, position, reason)
-    return drawing
+    coordinates, with or without a time row) → ``(Drawing, simplified (n, 3) points)`` by the one rule
+    for users' drawings (:func:`~sketchembed.data.user_drawing.user_drawing_points`), or a
+    DataFormatError naming ``where`` and the problem. ``key_id``/``word`` are kept when given."""
+    position = f"line {lineno}"
+    try:
+        obj = decode_line(text)
+    except ValueError as e:
+        raise DataFormatError(where, position, f"broken JSON ({e})") from None
+    key_id, word = 0, ""
+    if isinstance(obj, dict):
+        if "drawing" not in obj:
+            raise DataFormatError(where, position, "missing field 'drawing'")
+        if "key_id" in obj:
+            key_id = key_id_of(obj["key_id"])
+            if key_id is None:
+                raise DataFormatError(where, position, f"key_id {obj['key_id']!r} is not an integer on the u64 range")
+        word = obj.get("word", "")
+        if not isinstance(word, str):  # any class name: the word is only shown
+            raise DataFormatError(where, position, f"word {str(word)[:40]!r} is not a string")
+        strokes = obj["drawing"]
+    elif isinstance(obj, list):
+        strokes = obj
+    else:
+        raise DataFormatError(where, position, f"expected a JSON object or a list of strokes, got {type(obj).__name__}")
+    try:
+        points = user_drawing_points(strokes)
+    except ValueError as e:
+        raise DataFormatError(where, position, str(e)) from None
+    return Drawing(key_id, word, points_to_strokes(points)), points
 
 
-def _read_json_drawing(path: Path, line: int) -> Drawing:
+def _read_json_drawing(path: Path, line: int) -> tuple[Drawing, np.ndarray]:
     """``line``-th record of an ndjson file, or the one drawing of a (possibly pretty-printed) .json."""
     data = path.read_bytes()
     if path.suffix.lower() == ".json":
@@ -94,27 +79,22 @@ def read_sketch(path, line: int = 1):
         raise FileNotFoundError(f"sketch file not found: {path}")
     if line < 1:
         raise ValueError(f"--line must be >= 1, got {line}")
-    drawing = None
     try:
         if path.suffix.lower() in (".json", ".ndjson"):
-            drawing = _read_json_drawing(path, line)
-        else:
-            report = SkipReport(on_error="raise")
-            # any class name: the sketch's word is only shown, and a model may know classes outside Quick, Draw!
-            for i, d in enumerate(read_drawings(path, on_error="raise", report=report, words=None), start=1):
-                if i == line:
-                    drawing = d
-                    break
+            return _read_json_drawing(path, line)
+        drawing = None
+        report = SkipReport(on_error="raise")
+        # any class name: the sketch's word is only shown, and a model may know classes outside Quick, Draw!
+        for i, d in enumerate(read_drawings(path, on_error="raise", report=report, words=None), start=1):
+            if i == line:
+                drawing = d
+                break
     except DataFormatError:
         raise
     except (OSError, UnicodeDecodeError, ValueError) as e:
         raise DataFormatError(path, None, f"cannot read sketch ({e.__class__.__name__}: {e})") from None
     if drawing is None:
         raise DataFormatError(path, None, f"no drawing number {line} in the file")
-    if drawing.strokes and np.asarray(drawing.strokes[0]).shape[1] >= 3:  # raw: x, y, t
-        from sketchembed.data.simplify import simplify_drawing
-
-        drawing = simplify_drawing(drawing)
     points = drawing.points()
     if len(points) < 2:
         raise DataFormatError(path, f"drawing {line}", "fewer than 2 points")

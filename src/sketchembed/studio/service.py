@@ -40,14 +40,14 @@ def _softmax(x: np.ndarray) -> np.ndarray:
     return z / z.sum(axis=-1, keepdims=True)
 
 
-def knn_shares(neighbour_labels: np.ndarray, n_classes: int) -> np.ndarray:
-    """Share of each class among the neighbours, plus a tie-break below one vote: among equal
-    counts the class whose member is nearest ranks first (the rule of :func:`knn.vote`)."""
+def knn_shares(neighbour_labels: np.ndarray, n_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(share, score)``: each class's share of the neighbours, and :func:`knn.vote_scores`'s score
+    (more votes first; among equal counts the class whose member is nearest)."""
+    from sketchembed.eval.knn import vote_scores
+
     lab = np.asarray(neighbour_labels, dtype=np.int64)
     counts = np.bincount(lab, minlength=n_classes).astype(np.float64)
-    first = np.full(n_classes, len(lab), dtype=np.float64)
-    first[lab[::-1]] = np.arange(len(lab))[::-1]
-    return counts / max(len(lab), 1), counts * (len(lab) + 1) - first
+    return counts / max(len(lab), 1), vote_scores(lab[None, :], len(lab), n_classes)[0].astype(np.float64)
 
 
 @dataclass
@@ -163,8 +163,11 @@ class Studio:
         emb, logits = self._embed(drawings)
         if logits is not None:
             return [self.classes[int(i)] for i in logits.argmax(1)]
+        from sketchembed.eval.knn import vote
+
         idx, _ = self.index.query(emb, self.vote_k)
-        return [self._classes_of(None, row)[0][0] for row in idx]
+        won = vote(self.index.labels[idx], idx.shape[1], len(self.index.classes))
+        return [self.index.classes[int(c)] for c in won]
 
     # ---- dataset drawings -----------------------------------------------------------------------
     def _require_data(self):

@@ -19,6 +19,8 @@ import torch
 from hydra.utils import get_object
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from sketchembed.messages import short_list
+
 
 class ConfigError(ValueError):
     """A misconfiguration caught before training; its message names the offending config keys."""
@@ -93,7 +95,7 @@ def _check_node(path: str, node: DictConfig) -> None:
             if takes_any:
                 continue
             known = [k for k, p in params.items() if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
-            shown = ", ".join(known[:_LIST]) + (f", … ({len(known)} in all)" if len(known) > _LIST else "")
+            shown = short_list(known, _LIST)
             raise ConfigError(f"{full}: {name} has no parameter {key!r} (it takes: {shown})")
         if OmegaConf.is_missing(node, key):
             continue

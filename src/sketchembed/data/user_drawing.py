@@ -1,0 +1,89 @@
+"""A drawing made by a user (JSON strokes), checked and turned into the simplified points every model reads.
+
+One rule for every entry point (the studio's ``/api/predict``, ``sketchembed suggest``): a list of
+strokes ``[[x…], [y…]]`` or ``[[x…], [y…], [t…]]``, in Quick, Draw!'s simplified form (integers on
+0–255) or raw canvas coordinates with or without a time row. Raw input goes through the dataset's own
+simplification (:mod:`sketchembed.data.simplify`), so a user's sketch reaches a model exactly as a
+drawing of the training files did. Every refusal is a :class:`UserDrawingError` (a ``ValueError``)
+whose message names what is wrong in one line.
+"""
+
+from __future__ import annotations
+
+from numbers import Real
+
+import numpy as np
+
+from sketchembed.data.simplify import CANVAS_MAX, simplify_strokes
+from sketchembed.data.sketch import check_strokes, strokes_to_points
+
+FORMATS = ("auto", "raw", "simplified")
+
+
+class UserDrawingError(ValueError):
+    """A drawing refused; ``malformed`` = the JSON has the wrong shape or types (not just bad values)."""
+
+    def __init__(self, message: str, malformed: bool = False):
+        super().__init__(message)
+        self.malformed = malformed
+
+
+def _row(values, where: str) -> np.ndarray:
+    if not isinstance(values, list):
+        raise UserDrawingError(f"{where} must be a list of numbers, got {type(values).__name__}", True)
+    for v in values:
+        if isinstance(v, bool) or not isinstance(v, Real):
+            raise UserDrawingError(f"{where} must hold numbers only, found {type(v).__name__} {str(v)[:20]!r}", True)
+    arr = np.asarray(values, dtype=np.float64)
+    if not np.all(np.isfinite(arr)):
+        raise UserDrawingError(f"{where} holds NaN or infinity")
+    return arr
+
+
+def parse_strokes(drawing) -> list[np.ndarray]:
+    """``[[[x…], [y…](, [t…])], …]`` → ``(n, 2 or 3)`` float arrays."""
+    if not isinstance(drawing, list):
+        raise UserDrawingError(f"'drawing' must be a list of strokes [[x…], [y…]]: a {type(drawing).__name__} "
+                               f"is not a list of strokes", True)
+    if not drawing:
+        raise UserDrawingError("'drawing' is empty (no strokes)")
+    names = ("x", "y", "t")
+    strokes = []
+    for i, stroke in enumerate(drawing):
+        if not isinstance(stroke, list) or len(stroke) not in (2, 3):
+            got = f"{len(stroke)} rows" if isinstance(stroke, list) else type(stroke).__name__
+            raise UserDrawingError(f"stroke {i} must be [[x…], [y…]] or [[x…], [y…], [t…]], got {got}", True)
+        rows = [_row(r, f"stroke {i} {names[j]}") for j, r in enumerate(stroke)]
+        for j, r in enumerate(rows[1:], start=1):
+            if len(r) != len(rows[0]):
+                raise UserDrawingError(f"x/{names[j]} length mismatch, stroke {i}: x has {len(rows[0])} values "
+                                       f"but {names[j]} has {len(r)}")
+        if len(rows[0]) == 0:
+            raise UserDrawingError(f"stroke {i} has no points")
+        strokes.append(np.stack(rows, axis=1))
+    return strokes
+
+
+def is_simplified(strokes: list[np.ndarray]) -> bool:
+    """Looks like Quick, Draw!'s simplified form: x/y only, integers on 0–255, no one-point strokes."""
+    return all(s.shape[1] == 2 and len(s) >= 2 and np.all(s == np.rint(s)) and s.min() >= 0
+               and s.max() <= CANVAS_MAX for s in strokes)
+
+
+def user_drawing_points(drawing, fmt: str = "auto") -> np.ndarray:
+    """A user's stroke list as simplified ``(N, 3)`` int16 points ``(x, y, pen_up)``.
+
+    ``fmt``: ``raw`` (any frame, simplified here), ``simplified`` (used as is) or ``auto``
+    (simplified when it looks so, see :func:`is_simplified`; a time row always means raw).
+    """
+    if fmt not in FORMATS:
+        raise UserDrawingError(f"'format' must be one of {', '.join(FORMATS)}, got {str(fmt)[:40]!r}")
+    strokes = parse_strokes(drawing)
+    if fmt == "auto":
+        fmt = "simplified" if is_simplified(strokes) else "raw"
+    if fmt == "raw":
+        strokes = simplify_strokes(strokes)  # a one-point stroke (a tap) becomes a dot of two points
+    why = check_strokes(strokes, coord_max=CANVAS_MAX)  # the readers' rule: e.g. a lone dot is refused
+    if why:
+        raise UserDrawingError(f"{fmt} drawing: {why}")
+    return strokes_to_points(strokes)
