@@ -10,7 +10,7 @@ import lightning.pytorch as pl
 import pytest
 from test_train import EXPERIMENTS, _assert_one_line_error, compose_cfg, run_cli, tiny
 
-from sketchembed.train.run import hydra_entry, train
+from sketchembed.train.run import train_entry, train
 from sketchembed.train.validate import ConfigError, check_config
 
 BAD = {
@@ -44,7 +44,7 @@ def test_bad_value_is_one_line_naming_the_key_before_the_trainer(override, tmp_p
     model = "triplet" if "model=triplet" in override else "lstm"
     cfg = compose_cfg([*tiny(model), *override.split()], tmp_path)
     with pytest.raises(SystemExit) as e:
-        hydra_entry("train", train)(cfg)
+        train_entry("train", train)(cfg)
     assert e.value.code == 2 and not built
     errors = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("error:")]
     assert len(errors) == 1 and BAD[override] in errors[0], errors

@@ -10,7 +10,7 @@ import warnings
 import pytest
 from test_train import MODEL_TINY, compose_cfg, read_csv_metrics, tiny
 
-from sketchembed.train.run import hydra_entry, train
+from sketchembed.train.run import train_entry, train
 
 # Tiny LSTM sizes that leave the debug options' own trainer settings alone.
 DEBUG_TINY = ["model=lstm", *MODEL_TINY["lstm"], "data.eval_batch_size=64", "callbacks.embedding_eval=null",
@@ -20,7 +20,7 @@ MODELS = ["combined", "combined_transfer", "lstm", "triplet", "direct"]
 
 def run(overrides, run_dir):
     cfg = compose_cfg(overrides, run_dir)
-    value = hydra_entry("train", train)(cfg)
+    value = train_entry("train", train)(cfg)
     return cfg, value, json.loads((run_dir / "train_metrics.json").read_text())
 
 
@@ -92,10 +92,10 @@ def test_many_loggers_writes_wandb_csv_and_tensorboard(tmp_path):
 
 # ------------------------------------------------------------------------------------ extras
 def test_extras_save_the_config_tree_and_enforce_tags(tmp_path, capsys):
-    from sketchembed.train.extras import CONFIG_TREE_FILE
+    from sketchembed.entry import CONFIG_TREE_FILE
 
     cfg = compose_cfg(["model=lstm", "extras.print_config=true"], tmp_path)
-    hydra_entry("train", lambda c: {})(cfg)
+    train_entry("train", lambda c: {})(cfg)
     out = capsys.readouterr().out
     tree = (tmp_path / CONFIG_TREE_FILE).read_text()
     for text in ("model", "sketchembed.models.LSTMModel", "trainer", "max_epochs: 60"):
@@ -103,18 +103,18 @@ def test_extras_save_the_config_tree_and_enforce_tags(tmp_path, capsys):
     assert "\x1b[" not in tree  # plain text in the run dir
     cfg = compose_cfg(["model=lstm", "extras.enforce_tags=true"], tmp_path)
     with pytest.raises(SystemExit) as e:
-        hydra_entry("train", lambda c: {})(cfg)
+        train_entry("train", lambda c: {})(cfg)
     assert e.value.code == 2 and "extras.enforce_tags=true" in capsys.readouterr().err
     cfg = compose_cfg(["model=lstm", "extras.enforce_tags=true", "tags=[ablation]", "extras.print_config=false"],
                       tmp_path)
-    hydra_entry("train", lambda c: {})(cfg)
+    train_entry("train", lambda c: {})(cfg)
 
 
 def test_extras_ignore_warnings(tmp_path):
     cfg = compose_cfg(["model=lstm", "extras.ignore_warnings=true", "extras.print_config=false"], tmp_path)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        hydra_entry("train", lambda c: warnings.warn("noise", UserWarning) or {})(cfg)
+        train_entry("train", lambda c: warnings.warn("noise", UserWarning) or {})(cfg)
     assert not caught
 
 
@@ -147,7 +147,7 @@ def test_optuna_with_study_experiments_composes(experiment, tmp_path):
 def test_a_metric_the_model_does_not_log_stops_before_training(tmp_path, capsys):
     cfg = compose_cfg([*tiny("triplet"), "optimized_metric=val/acc@100"], tmp_path)
     with pytest.raises(SystemExit) as e:
-        hydra_entry("train", train)(cfg)
+        train_entry("train", train)(cfg)
     assert e.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "optimized_metric='val/acc@100' is not logged by TripletImageModel" in err[0]

@@ -17,7 +17,7 @@ from test_train import compose_cfg, run_inproc, tiny
 
 from sketchembed.safeload import safe_load
 from sketchembed.train.resume import resume_argv, wandb_run_id
-from sketchembed.train.run import hydra_entry, train
+from sketchembed.train.run import train_entry, train
 from sketchembed.train.validate import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -148,7 +148,7 @@ def test_checkpoint_that_does_not_fit_is_one_line(half, overrides, needles, tmp_
     model = overrides[0].split("=")[1]
     cfg = compose_cfg([*tiny(model), *overrides[1:], "logger=csv", f"ckpt_path={ckpt}"], tmp_path)
     with pytest.raises(SystemExit) as e:
-        hydra_entry("train", train)(cfg)
+        train_entry("train", train)(cfg)
     assert e.value.code == 2
     errors = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("error:")]
     assert len(errors) == 1 and str(ckpt) in errors[0] and len(errors[0]) < 600, errors

@@ -89,10 +89,10 @@ def compose_cfg(overrides: list[str], run_dir: Path | None = None):
 
 def run_inproc(overrides: list[str], run_dir: Path):
     """Train through the real entry (validation, one-line errors, returned optimized metric)."""
-    from sketchembed.train.run import hydra_entry, train
+    from sketchembed.train.run import train_entry, train
 
     cfg = compose_cfg(overrides, run_dir)
-    value = hydra_entry("train", train)(cfg)
+    value = train_entry("train", train)(cfg)
     metrics = json.loads((run_dir / "train_metrics.json").read_text())
     return cfg, value, metrics
 
@@ -211,7 +211,7 @@ def test_inception_combined_hinge_composes_and_validates(tmp_path):
 
     cfg = compose_cfg(INCEPTION_CMD, tmp_path)
     checked = validate(cfg)
-    assert checked["model_name"] == "combined" and checked["loss_name"] == "hinge"
+    assert checked["model_choice"] == "combined" and checked["loss_name"] == "hinge"
     # The preset brings the image size it needs (the CPU data default is 64 px, too small for it).
     assert cfg.model.backbone.name == "inception_v4" and cfg.model.image_size == cfg.data.image_size == 96
     assert cfg.loss._target_.endswith("HingeTripletLoss")
@@ -280,29 +280,29 @@ def test_optuna_sweep_two_trials(tmp_path):
 
 
 def test_entry_returns_optimized_metric_and_rejects_unlogged_one(tmp_path, capsys):
-    from sketchembed.train.run import hydra_entry
+    from sketchembed.train.run import train_entry
 
     fake = {"val/acc@100": 0.25, "best/val/acc@100": 0.5, "val/knn@4": 0.75}
     cfg = compose_cfg(["model=lstm", "optimized_metric=val/acc@100"], tmp_path)
-    assert hydra_entry("train", lambda c: fake)(cfg) == 0.5  # the best value, not the last
+    assert train_entry("train", lambda c: fake)(cfg) == 0.5  # the best value, not the last
     cfg = compose_cfg(["model=lstm", "optimized_metric=val/knn@4"], tmp_path)
-    assert hydra_entry("train", lambda c: fake)(cfg) == 0.75
+    assert train_entry("train", lambda c: fake)(cfg) == 0.75
     cfg = compose_cfg(["model=lstm"], tmp_path)  # auto = the model's own metric
-    assert hydra_entry("train", lambda c: fake)(cfg) == 0.5
+    assert train_entry("train", lambda c: fake)(cfg) == 0.5
     cfg = compose_cfg(["model=lstm", "optimized_metric=val/acc@10"], tmp_path)
     with pytest.raises(SystemExit) as e:
-        hydra_entry("train", lambda c: fake)(cfg)
+        train_entry("train", lambda c: fake)(cfg)
     assert e.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "optimized_metric='val/acc@10'" in err[0] and "val/acc@100" in err[0]
 
 
 def test_unlogged_optimized_metric_stops_a_real_run(tmp_path, capsys):
-    from sketchembed.train.run import hydra_entry, train
+    from sketchembed.train.run import train_entry, train
 
     cfg = compose_cfg(tiny("lstm", "optimized_metric=val/nope"), tmp_path)
     with pytest.raises(SystemExit) as e:
-        hydra_entry("train", train)(cfg)
+        train_entry("train", train)(cfg)
     assert e.value.code == 2
     err = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("error:")]
     assert len(err) == 1 and "val/nope" in err[0]
@@ -443,14 +443,14 @@ def test_misconfiguration_stops_before_training(name, tmp_path, capsys, monkeypa
     """In-process through the entry: exit code 2, one `error:` line naming the keys, nothing trained."""
     import lightning.pytorch as pl
 
-    from sketchembed.train.run import hydra_entry, train
+    from sketchembed.train.run import train_entry, train
 
     overrides, needles = MISCONFIGS[name]
     cfg = compose_cfg([*overrides, "logger=csv"], tmp_path)
     fit_called = []
     monkeypatch.setattr(pl.Trainer, "fit", lambda *a, **k: fit_called.append(1))
     with pytest.raises(SystemExit) as e:
-        hydra_entry("train", train)(cfg)
+        train_entry("train", train)(cfg)
     assert e.value.code == 2 and not fit_called
     errors = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("error:")]
     assert len(errors) == 1, errors
@@ -495,7 +495,7 @@ def test_experiment_composes_with_its_gpu_settings(name, tmp_path):
 
     cfg = compose_cfg(_experiment_overrides(name), tmp_path)
     checked = validate(cfg)  # model/loss pairing, backbone name and image size at the real settings
-    assert checked["model_name"] in MODEL_TINY
+    assert checked["model_choice"] in MODEL_TINY
     OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)  # nothing left ??? or unresolvable
     assert cfg.trainer.accelerator == "gpu"
 

@@ -36,6 +36,7 @@ from pathlib import Path
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
+from sketchembed.entry import hydra_entry
 from sketchembed.eval.checkpoint import INPUT_KEYS
 from sketchembed.eval.report import STUDY_CURVE
 from sketchembed.messages import short_list
@@ -477,8 +478,6 @@ def _print(m: dict, kind: str) -> None:
 
 
 def main() -> None:
-    from sketchembed.train.run import hydra_entry
-
     hydra_entry("eval", evaluate)()
 
 

@@ -201,6 +201,7 @@ class TripletAccuracy(Metric):
     only when the whole epoch had no valid triplet."""
 
     full_state_update = False
+    NAMES = ("triplet_acc", "d_pos", "d_neg")  # compute()'s keys: the logged metric names
 
     def __init__(self, distance: str = "euclidean", max_triplets: int | None = 200_000, **kwargs):
         super().__init__(**kwargs)
@@ -219,7 +220,7 @@ class TripletAccuracy(Metric):
 
     def compute(self) -> dict[str, torch.Tensor]:
         if self.total == 0:
-            nan = torch.tensor(float("nan"), device=self.total.device)
-            return {"triplet_acc": nan, "d_pos": nan.clone(), "d_neg": nan.clone()}
-        return {"triplet_acc": (self.correct / self.total).float(), "d_pos": (self.sum_pos / self.total).float(),
-                "d_neg": (self.sum_neg / self.total).float()}
+            values = [torch.tensor(float("nan"), device=self.total.device) for _ in self.NAMES]
+        else:
+            values = [(s / self.total).float() for s in (self.correct, self.sum_pos, self.sum_neg)]
+        return dict(zip(self.NAMES, values))

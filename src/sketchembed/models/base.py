@@ -24,6 +24,10 @@ from sketchembed.metric.distances import config_name
 from sketchembed.metric.miners import mine_batch
 from sketchembed.registry import CLASSIFICATION, LOSSES, MINERS, MODELS, TRIPLET, loss_kind, loss_names
 
+# What a classifier logs at every eval fraction (``val/acc@100``, ``val/loss@100``); triplet-loss
+# models log TripletAccuracy.NAMES instead.
+ACC, EVAL_LOSS = CLASSIFIER_METRICS = ("acc", "loss")
+
 log = logging.getLogger(__name__)
 
 # The Python defaults of every model = conf/optimizer/adamw.yaml and conf/scheduler/warmup_cosine.yaml
@@ -162,6 +166,17 @@ class SketchModule(L.LightningModule):
         self.eval_acc = nn.ModuleDict()
         self.eval_triplet = nn.ModuleDict()  # same, for triplet accuracy (triplet-loss models)
 
+    @classmethod
+    def check_args(cls, args: Mapping[str, Any]) -> None:
+        """Checks of its config arguments that need nothing built: ``train.py`` runs them before any
+        data or weights, ``__init__`` again (a ConfigError names the key)."""
+
+    @classmethod
+    def eval_metrics(cls) -> tuple[str, ...]:
+        """The names it logs at every eval fraction (``val/<name>@<tag>``): a model trained by a
+        triplet loss alone has no classifier head."""
+        return TripletAccuracy.NAMES if tuple(cls.LOSS_KINDS) == (TRIPLET,) else CLASSIFIER_METRICS
+
     def _record_backbone(self, encoder) -> None:
         """Keep the resolved backbone name (not a config mapping) in hparams: checkpoints stay plain."""
         self.hparams["backbone"] = encoder.backbone_name
@@ -230,10 +245,10 @@ class SketchModule(L.LightningModule):
         if logits is not None:
             key, acc = self._accuracy(stage, tag)
             acc.update(logits.detach(), labels)
-            self.log(f"{stage}/acc@{tag}", acc, on_step=False, on_epoch=True, batch_size=bs,
+            self.log(f"{stage}/{ACC}@{tag}", acc, on_step=False, on_epoch=True, batch_size=bs,
                      add_dataloader_idx=False, metric_attribute=f"eval_acc.{key}",
                      prog_bar=(tag == "100"))
-            self.log(f"{stage}/loss@{tag}", nn.functional.cross_entropy(logits.float(), labels),
+            self.log(f"{stage}/{EVAL_LOSS}@{tag}", nn.functional.cross_entropy(logits.float(), labels),
                      on_step=False, on_epoch=True, batch_size=bs, add_dataloader_idx=False, sync_dist=True)
         if loss_kind(self.loss) == TRIPLET:
             key = f"{stage}_{tag}"

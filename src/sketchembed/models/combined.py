@@ -9,12 +9,14 @@ combined result (87.3 % at 100 %) is the fine-tuned transfer.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from sketchembed.messages import ConfigError
 from sketchembed.metric.losses import CrossEntropy
 from sketchembed.models.base import SketchModule
 from sketchembed.nets.backbone import DEFAULT_BACKBONE, ImageEncoder
@@ -73,9 +75,7 @@ class CombinedModel(SketchModule):
                  drop_rate: float = 0.0, cnn_ckpt: str | None = None, freeze_cnn: bool = False,
                  cnn_lr: float | None = None, input_dim: int = 3, transfer: bool = False,
                  cnn_ckpt_source: str | None = None, triplet_weight: float = 1.0, **common: Any):
-        if transfer and cnn_ckpt is None and cnn_ckpt_source is None:
-            raise ValueError("model.cnn_ckpt is required for a transfer run (model.transfer=true): "
-                             "model.cnn_ckpt=PATH of a triplet/direct checkpoint")
+        self.check_args({"transfer": transfer, "cnn_ckpt": cnn_ckpt, "cnn_ckpt_source": cnn_ckpt_source})
         super().__init__(num_classes=num_classes, **common)
         self.seq_encoder = SequenceEncoder(input_dim=input_dim, hidden=hidden, layers=layers, dropout=dropout)
         self.cnn = ImageEncoder(backbone, embedding_dim=embedding_dim, pretrained=pretrained,
@@ -107,6 +107,16 @@ class CombinedModel(SketchModule):
                                       nn.Linear(int(mlp_hidden), int(num_classes)))
         else:
             self.head = nn.Linear(d, int(num_classes))
+
+    @classmethod
+    def check_args(cls, args: Mapping[str, Any]) -> None:
+        """A transfer run (``model.transfer: true``, set by model=combined_transfer) needs the CNN's
+        checkpoint, so it cannot silently train its CNN from scratch. (``cnn_ckpt: ???`` merged over
+        ``null`` stays null: OmegaConf keeps a value when merging MISSING onto it.)"""
+        if args.get("transfer") and args.get("cnn_ckpt") is None and args.get("cnn_ckpt_source") is None:
+            raise ConfigError("model.cnn_ckpt is required for a transfer run (model.transfer=true, set by "
+                              "model=combined_transfer): model.cnn_ckpt=PATH of a "
+                              f"{'/'.join(TRANSFERABLE)} checkpoint")
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         super().on_save_checkpoint(checkpoint)

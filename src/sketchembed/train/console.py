@@ -1,72 +1,16 @@
-"""What a run prints: one plain line per epoch when stdout is not a terminal (SLURM, nohup, CI), and
-the library noise every run would otherwise show (doubled INFO lines, tips, deprecation warnings)
-silenced at the source.
-
-"""
+"""What a training run prints: one plain line per epoch when stdout is not a terminal (SLURM, nohup,
+CI). (The library noise every run would otherwise show is silenced by sketchembed.entry.)"""
 
 from __future__ import annotations
 
 import logging
 import sys
 import time
-import warnings
 from typing import Iterable
 
 from lightning.pytorch.callbacks import ProgressBar
 
 log = logging.getLogger("sketchembed.train")
-
-# Messages from libraries that carry nothing for a sketchembed user.
-NOISY_WARNINGS = (
-    r".*isinstance\(treespec, LeafSpec\).*",         # lightning's pytree shim on torch >= 2.10
-)
-NOISY_LOG_TEXT = ("litlogger", "litmodels")           # Lightning's product tips
-
-
-class _DropText(logging.Filter):
-    def filter(self, record: logging.LogRecord) -> bool:
-        msg = record.getMessage()
-        return not any(t in msg for t in NOISY_LOG_TEXT)
-
-
-def quiet_libraries() -> None:
-    """Remove the noise a user would see on every run. Idempotent; call after logging is set up.
-
-    * Lightning adds its own console handler when imported before Hydra configured logging, so each
-      INFO line came twice: its handlers go, its records reach the root (Hydra's) handlers once.
-    * Lightning's product tips, the LeafSpec deprecation, optuna's plugin chatter, openTSNE's INFO
-      lines: dropped.
-    """
-    import lightning.pytorch  # noqa: F401 - its import installs the handler removed below
-
-    for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
-        lg = logging.getLogger(name)
-        for h in list(lg.handlers):
-            if isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler):
-                lg.removeHandler(h)
-        lg.propagate = True
-    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
-        lg = logging.getLogger(name)
-        if not any(isinstance(f, _DropText) for f in lg.filters):
-            lg.addFilter(_DropText())
-    for pattern in NOISY_WARNINGS:
-        warnings.filterwarnings("ignore", message=pattern)
-    # optuna logs every trial and the sampler's experimental-feature notes at INFO/WARNING; the
-    # sweeper's own lines (one per trial and the best result) are kept.
-    logging.getLogger("optuna").setLevel(logging.ERROR)
-    # openTSNE announces its gradient method at INFO on every map (the space pictures, eval's t-SNE)
-    logging.getLogger("openTSNE").setLevel(logging.WARNING)
-
-
-def quiet_sweeper(argv: list[str]) -> None:
-    """Before Hydra starts: an Optuna sweep (``hparams_search=optuna``) would print optuna's own
-    coloured INFO lines beside the sweeper's; optuna sets its level when first imported, so it is set
-    here, before the sweeper imports it (and only then: importing optuna costs seconds)."""
-    if not any("optuna" in a for a in argv):
-        return
-    import optuna
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
 def is_tty() -> bool:

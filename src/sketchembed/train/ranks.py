@@ -15,10 +15,11 @@ import time
 import traceback
 from pathlib import Path
 
-from hydra.core.hydra_config import HydraConfig
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.strategies.launchers.subprocess_script import _SubprocessScriptLauncher
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
+
+from sketchembed.entry import run_dir as hydra_run_dir
 
 # What a rank sees when another one died: its own error is only a consequence.
 PEER_LOST = ("Connection closed by peer", "Connection reset by peer", "Broken pipe", "DistBackendError",
@@ -79,13 +80,6 @@ class RankFailureReport(Callback):
             launcher.kill(getattr(signal, "SIGKILL", signal.SIGTERM))
 
 
-def _run_dir() -> Path | None:
-    try:
-        return Path(HydraConfig.get().runtime.output_dir)
-    except Exception:  # outside a Hydra run
-        return None
-
-
 def report_other_rank(e: BaseException, started: float, wait_s: float = 15.0) -> None:
     """In a DDP run, end the process with the failing rank's one line; return when there is none.
 
@@ -93,7 +87,7 @@ def report_other_rank(e: BaseException, started: float, wait_s: float = 15.0) ->
     written in the run dir since ``started`` and print it. On another rank: print its own line (its stack is in its
     file) and exit 1, or exit quietly when it only lost rank 0 (whose error is printed by rank 0).
     """
-    run_dir = _run_dir()
+    run_dir = hydra_run_dir()
     if world_size() <= 1 or run_dir is None:
         return
     r = rank()

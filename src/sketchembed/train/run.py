@@ -8,27 +8,34 @@ import json
 import logging
 import os
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
+import lightning as L
+import wandb
+from hydra.types import RunMode
+from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
+from rich.console import Console
+from rich.table import Table
 
+from sketchembed.entry import conf_dir, hydra_choices, hydra_config, hydra_entry
+from sketchembed.eval.report import run_facts
+from sketchembed.eval.stats import ci_text, interval, split_n, with_intervals
+from sketchembed.messages import ConfigError
+from sketchembed.models import check_compatible
+from sketchembed.nets.backbone import check_backbone
+from sketchembed.registry import LOSSES, MODELS, TRIPLET, loss_kind
+from sketchembed.train.console import is_tty
 from sketchembed.train.ranks import RankFailureReport, report_other_rank
 from sketchembed.train.resume import check_checkpoint_fits, continue_wandb_run, resume_argv
-from sketchembed.train.validate import ConfigError, check_config
+from sketchembed.train.search import check_optimized_metric, optimized_value, resolve_metric
+from sketchembed.train.validate import check_config
+from sketchembed.train.wandb_run import WandbLogger, naming
+
+__all__ = ["ConfigError", "conf_dir", "main", "train", "train_entry", "validate"]
 
 log = logging.getLogger("sketchembed.train")
-
-
-def _choices() -> dict[str, str]:
-    """The option picked in each config group (model=…, loss=…), for error messages and run names."""
-    try:
-        from hydra.core.hydra_config import HydraConfig
-
-        return {k: str(v) for k, v in HydraConfig.get().runtime.choices.items() if v is not None}
-    except Exception:  # outside a Hydra app (tests composing configs by hand)
-        return {}
 
 
 def _has_target(node: Any) -> bool:
@@ -36,8 +43,6 @@ def _has_target(node: Any) -> bool:
 
 
 def _get_class(cfg: DictConfig, key: str):
-    from hydra.utils import get_class
-
     target = OmegaConf.select(cfg, f"{key}._target_")
     if target is None:
         raise ConfigError(f"{key}: no _target_ given")
@@ -49,40 +54,28 @@ def _get_class(cfg: DictConfig, key: str):
 
 def validate(cfg: DictConfig) -> dict[str, Any]:
     """Checks that need no weights or data: value types and keys, the model/loss pairing, the backbone
-    name, image size."""
-    from sketchembed.models import check_compatible
-    from sketchembed.nets.backbone import check_backbone
-    from sketchembed.registry import LOSSES, MODELS, loss_kind
-
+    name, image size, the model's own argument checks."""
     check_config(cfg)
-    choices = _choices()
+    choices = hydra_choices()
     model_cls = _get_class(cfg, "model")
     loss_cls = _get_class(cfg, "loss")
-    model_name = choices.get("model", MODELS.name_of(model_cls))
+    model_choice = choices.get("model", MODELS.name_of(model_cls))  # model=… (a config name)
     loss_name = choices.get("loss", LOSSES.name_of(loss_cls))
-    check_compatible(model_name, loss_kind(loss_cls), loss_name=loss_name, model_cls=model_cls)
+    check_compatible(model_choice, loss_kind(loss_cls), loss_name=loss_name, model_cls=model_cls)
     has_cnn = "image" in model_cls.VIEWS or "snapshots" in model_cls.VIEWS
     if has_cnn and OmegaConf.select(cfg, "model.backbone") is not None:  # a model without one may draw images
         check_backbone(OmegaConf.select(cfg, "model.backbone"), int(cfg.data.image_size))
-    # `cnn_ckpt: ???` merged over combined's `cnn_ckpt: null` stays null (OmegaConf keeps a value
-    # when merging MISSING onto it): the explicit model.transfer says the CNN must be transferred.
-    if OmegaConf.select(cfg, "model.transfer") and OmegaConf.select(cfg, "model.cnn_ckpt") is None:
-        raise ConfigError("model.cnn_ckpt is required for a transfer run (model.transfer=true, set by "
-                          "model=combined_transfer): model.cnn_ckpt=PATH of a triplet/direct checkpoint")
+    model_cls.check_args({str(k): OmegaConf.select(cfg.model, str(k), throw_on_missing=False) for k in cfg.model})
     _check_launch(cfg)
-    return {"model_cls": model_cls, "loss_cls": loss_cls, "model_name": model_name,
+    return {"model_cls": model_cls, "loss_cls": loss_cls, "model_choice": model_choice,
             "loss_name": loss_name, "loss_kind": loss_kind(loss_cls)}
 
 
 def _check_launch(cfg: DictConfig) -> None:
     """A local multirun cannot host a DDP run that relaunches the script for its other ranks
     (Lightning would re-run the whole sweep command in each child)."""
-    try:
-        from hydra.core.hydra_config import HydraConfig
-        from hydra.types import RunMode
-
-        hc = HydraConfig.get()
-    except Exception:
+    hc = hydra_config()
+    if hc is None:
         return
     devices = OmegaConf.select(cfg, "trainer.devices")
     strategy = str(OmegaConf.select(cfg, "trainer.strategy") or "auto")
@@ -97,10 +90,6 @@ def _check_launch(cfg: DictConfig) -> None:
 def _instantiate_model(cfg: DictConfig, num_classes: int, loss_kind: str | None):
     """The model with its loss and (triplet-kind losses) miner configs injected; the model builds
     them and keeps the configs as the record of what it trained with."""
-    from hydra.utils import instantiate
-
-    from sketchembed.registry import TRIPLET
-
     parts = {"loss": OmegaConf.to_container(cfg.loss, resolve=True), "miner": None}
     if loss_kind == TRIPLET and _has_target(cfg.get("miner")):
         parts["miner"] = OmegaConf.to_container(cfg.miner, resolve=True)
@@ -110,10 +99,6 @@ def _instantiate_model(cfg: DictConfig, num_classes: int, loss_kind: str | None)
 def _callbacks(cfg: DictConfig, monitor: str) -> list:
     """The configured callbacks, adapted to the run: no checkpoints in a fast_dev_run, no learning-rate
     monitor without a logger, plain epoch lines instead of the Rich bar when stdout is no terminal."""
-    from hydra.utils import instantiate
-
-    from sketchembed.train.console import is_tty
-
     fast_dev_run = bool(OmegaConf.select(cfg, "trainer.fast_dev_run", default=False))
     has_logger = any(_has_target(n) for n in (cfg.get("logger") or {}).values())
     bar_on = bool(OmegaConf.select(cfg, "trainer.enable_progress_bar", default=True))
@@ -139,17 +124,7 @@ def _callbacks(cfg: DictConfig, monitor: str) -> list:
 
 def _loggers(cfg: DictConfig) -> list:
     """The configured loggers (none for logger=none); wandb runs get their name and group here."""
-    from hydra.utils import instantiate
-
-    from sketchembed.train.wandb_run import WandbLogger, naming
-
-    hydra_cfg = None
-    try:
-        from hydra.core.hydra_config import HydraConfig
-
-        hydra_cfg = HydraConfig.get()
-    except Exception:  # outside a Hydra app
-        pass
+    hydra_cfg = hydra_config()
     loggers = []
     for _, node in (cfg.get("logger") or {}).items():
         if _has_target(node):
@@ -172,11 +147,6 @@ def _scalar_metrics(metrics: dict) -> dict[str, float]:
 
 def print_table(metrics: dict[str, float], title: str) -> None:
     """The study's table (accuracy at 50 % and 100 % of the drawing) for this run."""
-    from rich.console import Console
-    from rich.table import Table
-
-    from sketchembed.eval.stats import ci_text, interval, split_n
-
     n = split_n(metrics, "test")
     table = Table(title=f"{title}, n = {n if n else '?'} drawings")
     table.add_column("metric")
@@ -196,9 +166,6 @@ def print_table(metrics: dict[str, float], title: str) -> None:
 
 def train(cfg: DictConfig) -> dict[str, float]:
     """Train (and test) from a composed config; returns the final metrics."""
-    import lightning as L
-    from hydra.utils import instantiate
-
     checked = validate(cfg)
     model_cls = checked["model_cls"]
     L.seed_everything(int(cfg.seed), workers=True)
@@ -208,11 +175,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
                              _convert_="all")
     model = _instantiate_model(cfg, datamodule.num_classes, checked["loss_kind"])
     if cfg.get("ckpt_path"):  # read safely and matched to the config before Lightning opens it
-        check_checkpoint_fits(cfg.ckpt_path, model, checked["model_name"])
+        check_checkpoint_fits(cfg.ckpt_path, model, checked["model_choice"])
 
-    monitor = cfg.get("optimized_metric") or "auto"
-    if monitor == "auto":
-        monitor = model_cls.MONITOR
+    monitor = resolve_metric(cfg, model_cls)
     callbacks = _callbacks(cfg, monitor)
     callbacks.append(RankFailureReport(cfg.paths.output_dir))  # DDP: the failing rank's own error
     continue_wandb_run(cfg)
@@ -220,7 +185,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
 
     hparams = OmegaConf.to_container(cfg, resolve=True)
-    hparams["choices"] = _choices()
+    hparams["choices"] = hydra_choices()
     for lg in loggers:
         lg.log_hyperparams(hparams)
 
@@ -241,109 +206,23 @@ def train(cfg: DictConfig) -> dict[str, float]:
         metrics.update(_scalar_metrics(trainer.callback_metrics))
         metrics["best_checkpoint"] = ckpt or ""
     if trainer.is_global_zero:
-        from sketchembed.eval.report import run_facts
-        from sketchembed.eval.stats import with_intervals
-
-        kind = getattr(model_cls, "MODEL_KIND", "") or checked["model_name"]
+        kind = model_cls.MODEL_KIND or checked["model_choice"]
         saved = with_intervals({**metrics, **run_facts(hparams, hparams["choices"], kind)})
         (out_dir / "train_metrics.json").write_text(json.dumps(saved, indent=2, sort_keys=True))
         if cfg.get("test", True):
             print_table({k: v for k, v in metrics.items() if isinstance(v, float)},
-                        f"{checked['model_name']} on {Path(str(cfg.data.root)).name} (test split)")
+                        f"{checked['model_choice']} on {Path(str(cfg.data.root)).name} (test split)")
     for lg in loggers:
-        if hasattr(lg, "experiment") and lg.__class__.__name__ == "WandbLogger":
-            import wandb
-
+        if isinstance(lg, L.pytorch.loggers.WandbLogger):
             wandb.finish()
     return metrics
 
 
-def conf_dir() -> str:
-    """`conf/` of the checkout (configs are not installed with the package)."""
-    here = Path(__file__).resolve()
-    for parent in [Path.cwd(), *here.parents]:
-        if (parent / "conf" / "train.yaml").is_file():
-            return str(parent / "conf")
-    raise FileNotFoundError("conf/train.yaml not found: run from a sketchembed checkout")
-
-
-def _unwrap(e: BaseException) -> BaseException:
-    while e.__cause__ is not None and type(e).__name__ == "InstantiationException":
-        e = e.__cause__
-    return e
-
-
-def optimized_value(cfg: DictConfig, result) -> float | None:
-    """What the entry returns to Hydra (the sweeper maximizes it): ``optimized_metric`` ("auto": the
-    model's own metric), its best value over the run's validations when the checkpoint tracked it,
-    else its last value. A named metric the run never logged is a ConfigError naming the key."""
-    metric = cfg.get("optimized_metric")
-    if not isinstance(result, dict) or not metric:
-        return None
-    if metric == "auto":
-        metric = getattr(_get_class(cfg, "model"), "MONITOR", None)
-        if metric is None:
-            return None
-    value = result.get(f"best/{metric}", result.get(metric))
-    if value is None:
-        if not cfg.get("train", True) or cfg.get("optimized_metric") == "auto":
-            return None
-        logged = sorted(k for k in result if k.startswith("val/"))
-        raise ConfigError(f"optimized_metric={metric!r} was not logged by this run; it logged {logged}")
-    return float(value)
-
-
-def _save_traceback(e: BaseException) -> str | None:
-    """Write ``e``'s traceback to ``error.log`` in the run dir; its path, or None outside a run."""
-    import traceback
-
-    try:
-        from hydra.core.hydra_config import HydraConfig
-
-        path = Path(HydraConfig.get().runtime.output_dir) / "error.log"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text("".join(traceback.format_exception(e)))
-        return str(path)
-    except Exception:
-        return None
-
-
-def hydra_entry(config_name: str, fn):
-    """Run ``fn(cfg)`` as a Hydra app whose misconfigurations end in one line, not a traceback."""
-    import hydra
-
-    os.environ.setdefault("PROJECT_ROOT", str(Path(conf_dir()).parent))
-    from sketchembed.train.console import quiet_sweeper
-
-    quiet_sweeper(sys.argv[1:])
-
-    @hydra.main(version_base="1.3", config_path=conf_dir(), config_name=config_name)
-    def _main(cfg: DictConfig):
-        from lightning.fabric.utilities.exceptions import MisconfigurationException
-
-        from sketchembed.data.sketch import DataFormatError
-
-        from sketchembed.train.extras import start_run
-
-        started = time.time()
-        try:
-            start_run(cfg)
-            result = fn(cfg)
-            return optimized_value(cfg, result)
-        except Exception as e:
-            inner = _unwrap(e)
-            report_other_rank(inner, started)  # DDP: exits with the failing rank's line
-            if isinstance(inner, (ConfigError, DataFormatError, FileNotFoundError, ValueError,
-                                  MisconfigurationException)):
-                msg = " ".join(str(inner).split())  # one line
-                # A ValueError may also be a bug rather than bad input: its stack is kept on disk.
-                trace = _save_traceback(e)
-                where = f" (traceback: {trace})" if trace else ""
-                print(f"error: {msg}{where}", file=sys.stderr)
-                sys.exit(2)
-            raise
-
-    return _main
+def train_entry(config_name: str, fn):
+    """The Hydra entry (sketchembed.entry) with training's hooks: the optimized metric checked before
+    the run and returned to a sweeper after it; a DDP rank's failure reported by that rank."""
+    return hydra_entry(config_name, fn, check=check_optimized_metric, result=optimized_value,
+                       on_error=report_other_rank)
 
 
 def main() -> None:
@@ -352,7 +231,7 @@ def main() -> None:
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
-    hydra_entry("train", train)()
+    train_entry("train", train)()
 
 
 if __name__ == "__main__":

@@ -1,29 +1,37 @@
-"""Which validation metrics a composed training run will log, so that a metric to optimize (sweeps,
-best checkpoint) is checked when the config is composed — not after the first epoch."""
+"""The metric a run optimizes (sweeps, best checkpoint): which one ``optimized_metric`` names ("auto"
+= the model's own), whether the composed run logs it (checked when the config is composed, not
+after the first epoch), and the value a sweeper gets."""
 
 from __future__ import annotations
 
+from typing import Any
+
+from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 
-from sketchembed.messages import short_list
-from sketchembed.registry import TRIPLET
+from sketchembed.messages import ConfigError, short_list
+from sketchembed.models.base import fraction_tag
 
-TRIPLET_METRICS = ("triplet_acc", "d_pos", "d_neg")  # TripletAccuracy.compute()
-CLASSIFIER_METRICS = ("acc", "loss")                 # SketchModule._eval_step with logits
+
+def _model_cls(cfg: DictConfig) -> type:
+    return get_class(str(cfg.model._target_))
+
+
+def resolve_metric(cfg: DictConfig, model_cls: type | None = None) -> str | None:
+    """The metric ``cfg`` optimizes: ``optimized_metric``, where "auto" (or none given) is the
+    model's own ``MONITOR``; None for a model that names none."""
+    metric = cfg.get("optimized_metric") or "auto"
+    if metric != "auto":
+        return str(metric)
+    return getattr(model_cls or _model_cls(cfg), "MONITOR", None)
 
 
 def val_metrics(cfg: DictConfig) -> set[str]:
     """The ``val/…`` metric names a run of ``cfg`` logs at every validation."""
-    from hydra.utils import get_class
-
-    from sketchembed.models.base import fraction_tag
-
-    model_cls = get_class(str(cfg.model._target_))
+    model_cls = _model_cls(cfg)
     fractions = OmegaConf.select(cfg, "data.eval_fractions", default=[1.0]) or [1.0]
     tags = [fraction_tag(f) for f in fractions]
-    # a model trained by a triplet loss alone has no classifier head (registry's loss kinds)
-    names = TRIPLET_METRICS if tuple(getattr(model_cls, "LOSS_KINDS", ())) == (TRIPLET,) else CLASSIFIER_METRICS
-    out = {f"val/{n}@{t}" for n in names for t in tags}
+    out = {f"val/{n}@{t}" for n in model_cls.eval_metrics() for t in tags}
     emb = OmegaConf.select(cfg, "callbacks.embedding_eval", default=None)
     if isinstance(emb, DictConfig) and "_target_" in emb:
         out |= {f"val/knn@{int(k)}" for k in (emb.get("ks") or ())}
@@ -36,10 +44,28 @@ def check_optimized_metric(cfg: DictConfig) -> None:
     """``optimized_metric`` (when not ``auto``) must be a metric this model logs: a ValueError naming
     the key and what the model logs instead."""
     metric = cfg.get("optimized_metric")
-    if not metric or metric == "auto" or not cfg.get("train", True):
+    if not metric or metric == "auto" or not cfg.get("train", True) or "model" not in cfg:
         return
     logged = val_metrics(cfg)
     if metric not in logged:
         model = str(cfg.model._target_).rsplit(".", 1)[-1]
         raise ValueError(f"optimized_metric={metric!r} is not logged by {model}; it logs: "
                          f"{short_list(sorted(logged))} (optimized_metric=auto picks the model's own)")
+
+
+def optimized_value(cfg: DictConfig, result: Any) -> float | None:
+    """What the entry returns to Hydra (the sweeper maximizes it): the optimized metric's best value
+    over the run's validations when the checkpoint tracked it, else its last value. A named metric
+    the run never logged is a ConfigError naming the key."""
+    if not isinstance(result, dict) or not cfg.get("optimized_metric"):
+        return None
+    metric = resolve_metric(cfg)
+    if metric is None:
+        return None
+    value = result.get(f"best/{metric}", result.get(metric))
+    if value is None:
+        if not cfg.get("train", True) or cfg.get("optimized_metric") == "auto":
+            return None
+        logged = sorted(k for k in result if k.startswith("val/"))
+        raise ConfigError(f"optimized_metric={metric!r} was not logged by this run; it logs {logged}")
+    return float(value)

@@ -19,12 +19,7 @@ import torch
 from hydra.utils import get_object
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from sketchembed.messages import short_list
-
-
-class ConfigError(ValueError):
-    """A misconfiguration caught before training; its message names the offending config keys."""
-
+from sketchembed.messages import ConfigError, short_list
 
 # Lower bounds of counts whose bad values surface only once training runs (or without the key).
 MINIMUM = {
