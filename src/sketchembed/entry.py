@@ -67,8 +67,10 @@ def run_dir() -> Path | None:
 
 
 def _checkout_conf() -> Path | None:
+    """``conf/`` of a checkout: in the working directory or above this file (not the installed
+    ``sketchembed/conf`` beside it)."""
     here = Path(__file__).resolve()
-    for parent in [Path.cwd(), *here.parents]:
+    for parent in [Path.cwd(), *here.parents[1:]]:
         if (parent / "conf" / "train.yaml").is_file():
             return parent / "conf"
     return None

@@ -1,0 +1,67 @@
+"""The installed package works outside a checkout: pyproject.toml installs the checkout's conf/ as
+``sketchembed/conf`` and lists every package, and an installed ``sketchembed-train`` composes its
+config from any directory (sketchembed.entry.conf_dir falls back to the installed configs)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tomllib
+import zipfile
+from pathlib import Path
+
+import pytest
+import yaml
+from setuptools import find_packages
+
+REPO = Path(__file__).resolve().parents[1]
+PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())
+
+
+def test_pyproject_installs_every_package_and_every_config():
+    st = PYPROJECT["tool"]["setuptools"]
+    assert sorted(st["packages"]) == sorted([*find_packages(str(REPO / "src")), "sketchembed.conf"])
+    assert st["package-dir"]["sketchembed.conf"] == "conf"
+    assert st["package-data"]["sketchembed.conf"] == ["**/*.yaml"]
+    # the glob covers every file of conf/: nothing a composed config needs is left behind
+    files = [p for p in (REPO / "conf").rglob("*") if p.is_file()]
+    assert files and all(p.suffix == ".yaml" for p in files), [p for p in files if p.suffix != ".yaml"]
+
+
+@pytest.mark.slow
+def test_installed_entry_points_compose_their_config_outside_a_checkout(tmp_path):
+    """Build the wheel (from a copy: the checkout gets no build/), install it into a target dir and
+    run the installed sketchembed-train and sketchembed-eval from a directory with no conf/."""
+    src = tmp_path / "src"
+    for name in ("src", "conf"):
+        shutil.copytree(REPO / name, src / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO / name, src / name)
+    wheels, target, elsewhere = tmp_path / "wheels", tmp_path / "site", tmp_path / "elsewhere"
+    pip = [sys.executable, "-m", "pip", "-q", "--disable-pip-version-check"]
+    subprocess.run([*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", str(wheels), str(src)],
+                   check=True, capture_output=True, cwd=tmp_path)
+    (wheel,) = wheels.glob("sketchembed-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    confs = {f"sketchembed/conf/{p.relative_to(REPO / 'conf')}" for p in (REPO / "conf").rglob("*.yaml")}
+    assert confs <= names
+    subprocess.run([*pip, "install", "--no-deps", "--target", str(target), str(wheel)], check=True,
+                   capture_output=True)
+    elsewhere.mkdir()
+    env = {**os.environ, "PYTHONPATH": str(target), "WANDB_MODE": "offline"}
+    env.pop("PROJECT_ROOT", None)
+    for script, overrides in (("sketchembed-train", ["model=lstm"]), ("sketchembed-eval", ["ckpt_path=x.ckpt"])):
+        out = subprocess.run([str(target / "bin" / script), *overrides, "--cfg", "job", "--resolve"], cwd=elsewhere, env=env,
+                             capture_output=True, text=True, timeout=300)
+        assert out.returncode == 0, out.stderr[-2000:]
+        cfg = yaml.safe_load(out.stdout)
+        assert cfg["task_name"] == script.split("-")[1]
+        # outputs and data are relative to where the command runs, not to the installed package
+        assert cfg["paths"]["root_dir"] == "."
+    assert not (elsewhere / "outputs").exists()
+    # the installed package was the one that ran (not this checkout's sources)
+    where = subprocess.run([sys.executable, "-c", "import sketchembed.entry as e; print(e.conf_dir())"],
+                           cwd=elsewhere, env=env, capture_output=True, text=True, check=True).stdout.strip()
+    assert Path(where) == target / "sketchembed" / "conf"
