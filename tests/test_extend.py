@@ -84,8 +84,6 @@ CONFIGS = {
     "model/ext_pixels.yaml": textwrap.dedent("""\
         # @package _global_
         defaults:
-          - optimizer@model.optimizer: adamw
-          - scheduler@model.scheduler: warmup_cosine
           - override /loss: ext_margin
           - override /miner: ext_first
         model:
