@@ -10,7 +10,8 @@ import torch
 from conftest import REPO_ROOT
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
-from pytorch_metric_learning.miners import TripletMarginMiner
+from pytorch_metric_learning.miners import BatchHardMiner, MultiSimilarityMiner, TripletMarginMiner
+from pytorch_metric_learning.utils.loss_and_miner_utils import convert_to_triplets
 
 from sketchembed.metric import (
     AllTripletsMiner,
@@ -27,6 +28,7 @@ from sketchembed.metric import (
     count_triplets,
     gather_across_ranks,
     mine_batch,
+    mining_stats,
     get_distance,
     sample_triplets,
     triplet_accuracy,
@@ -258,6 +260,28 @@ def test_mining_stats_values():
     for key in ("miner/triplets", "miner/d_pos", "miner/d_neg", "miner/hard"):
         assert stats[key].item() == pytest.approx(s[key]), key
     assert stats["miner/easy"].item() == 0.0  # none beyond a margin of 100
+
+
+@pytest.mark.parametrize("miner", [
+    TripletMarginMiner(margin=0.5, type_of_triplets="semihard", distance=SquaredEuclideanDistance()),
+    BatchHardMiner(distance=SquaredEuclideanDistance()),
+    MultiSimilarityMiner(epsilon=0.5)])
+def test_pml_miner_statistics_reuse_the_matrix_the_miner_computed(miner):
+    """One B x B distance per step: the statistics read the matrix the PML miner measured, and equal
+    the statistics measured separately."""
+    emb, labels = _batch(seed=4, b=24)
+    calls = []
+    handle = miner.distance.register_forward_hook(lambda m, i, o: calls.append(o.shape))
+    try:
+        mined, stats = mine_batch(miner, emb, labels)
+    finally:
+        handle.remove()
+    assert calls == [(24, 24)]
+    a, p, n = convert_to_triplets(mined.indices, labels)
+    mat = miner.distance(emb)
+    d_pos, d_neg = (mat[a, p], mat[a, n]) if not miner.distance.is_inverted else (-mat[a, p], -mat[a, n])
+    want = mining_stats(d_pos, d_neg, float(getattr(miner, "margin", 1.0) or 0.0))
+    assert {k: v.item() for k, v in stats.items()} == pytest.approx({k: v.item() for k, v in want.items()})
 
 
 def test_miner_stats_reach_the_trainer_from_the_injected_miner():

@@ -315,16 +315,37 @@ def mine_batch(miner: nn.Module | None, embeddings: torch.Tensor, labels: torch.
     if isinstance(miner, TripletMiner):
         mined = miner.mine_batch(embeddings, labels)
         return mined, miner.last_stats
-    indices = miner(embeddings, labels)
+    distance = getattr(miner, "distance", None) or get_distance(None)
+    indices, mat = _mine_keeping_matrix(miner, distance, embeddings, labels)
     with torch.no_grad():
         a, p, n = convert_to_triplets(indices, labels)
-        distance = getattr(miner, "distance", None) or get_distance(None)
-        mat = distance(embeddings.detach())
+        if mat is None:  # the miner measured no distance of this batch to itself: measured here
+            mat = distance(embeddings.detach())
         d_pos, d_neg = mat[a, p], mat[a, n]
         if distance.is_inverted:  # a similarity: compare as distances
             d_pos, d_neg = -d_pos, -d_neg
         stats = mining_stats(d_pos, d_neg, float(getattr(miner, "margin", 1.0) or 0.0))
     return MinedBatch(embeddings, labels, indices), stats
+
+
+def _mine_keeping_matrix(miner: nn.Module, distance: BaseDistance, embeddings: torch.Tensor,
+                         labels: torch.Tensor):
+    """``miner(embeddings, labels)`` and the B x B matrix its distance computed on the way (None if
+    it computed none), so the statistics do not measure the batch a second time."""
+    seen: list[torch.Tensor] = []
+    b = embeddings.shape[0]
+
+    def keep(module, inputs, out):
+        if inputs and inputs[0] is embeddings and tuple(out.shape) == (b, b):
+            seen.append(out.detach().clone())  # a copy: some miners mask it in place
+
+    handle = distance.register_forward_hook(keep) if distance is getattr(miner, "distance", None) else None
+    try:
+        indices = miner(embeddings, labels)
+    finally:
+        if handle is not None:
+            handle.remove()
+    return indices, (seen[-1] if seen else None)
 
 
 @MINERS.register("random")
