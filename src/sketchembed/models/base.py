@@ -124,7 +124,6 @@ class SketchModule(L.LightningModule):
     LOSS_KINDS: tuple[str, ...] = (CLASSIFICATION,)  # loss kinds it can train with
     DEFAULT_LOSS: str = "cross_entropy"
     MONITOR: str = "val/acc@100"         # checkpoint/sweep metric when optimized_metric=auto
-    MONITOR_MODE: str = "max"
     ENCODER_TRANSFERABLE: bool = False   # its ``encoder`` can seed combined's CNN (model.cnn_ckpt)
 
     # `**legacy` reads back checkpoints of older versions; a config may not use it (train/validate.py).
@@ -332,19 +331,20 @@ def _checked_optimizer(cfg: Any):
     return _partial(cfg, "model.optimizer")
 
 
-def check_compatible(model_name: str, loss_kind: str | None, loss_name: str | None = None,
-                     model_cls: type | None = None, **_: Any) -> None:
-    """Fail early (before data or weights) when a loss cannot train a model, naming both config keys."""
+def check_compatible(model: str, loss_kind: str | None, loss_name: str | None = None,
+                     model_cls: type | None = None) -> None:
+    """Fail early (before data or weights) when a loss cannot train a model, naming both config keys
+    (``model``: the model=… choice; its registered class unless ``model_cls`` is given)."""
     if model_cls is None:
-        model_cls = MODELS[model_name]
+        model_cls = MODELS[model]
     loss_name = loss_name or str(loss_kind)
     expected = model_cls.LOSS_KINDS
     if loss_kind not in (TRIPLET, CLASSIFICATION):
         raise ValueError(f"loss={loss_name}: its class declares no kind ('{TRIPLET}' or '{CLASSIFICATION}') "
-                         f"and is no PML loss, so it cannot be checked against model={model_name}")
+                         f"and is no PML loss, so it cannot be checked against model={model}")
     if loss_kind not in expected:
         names = " or ".join(f"loss={n}" for n in loss_names(expected[0]))
         what = (f"a triplet loss on embeddings ({names})" if expected == (TRIPLET,)
                 else f"a classification loss on logits ({names})")
-        raise ValueError(f"loss={loss_name} is incompatible with model={model_name}: the model needs {what}, "
+        raise ValueError(f"loss={loss_name} is incompatible with model={model}: the model needs {what}, "
                          f"{loss_name} is a {loss_kind} loss")

@@ -24,7 +24,7 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from sketchembed.safeload import safe_load
-from sketchembed.train.validate import ConfigError
+from sketchembed.messages import ConfigError
 from sketchembed.train.wandb_run import read_run_id
 
 LAST = Path("checkpoints") / "last.ckpt"
@@ -112,7 +112,7 @@ def _short(value, width: int = 40) -> str:
     return text if len(text) <= width else text[:width - 1] + "…"
 
 
-def check_checkpoint_fits(path, model, model_name: str) -> dict:
+def check_checkpoint_fits(path, model, model_choice: str) -> dict:
     """Open ``path`` safely and check it holds weights for ``model`` (the config's model).
 
     One line naming the checkpoint's model kind and the config's, or the first parameters that
@@ -127,7 +127,7 @@ def check_checkpoint_fits(path, model, model_name: str) -> dict:
     hint = "resume=<its run dir> reuses the run's own config"
     if theirs != ours:
         raise ConfigError(f"ckpt_path={path} holds a model_kind={theirs!r} model, but the config builds "
-                          f"model={model_name} (model_kind={ours!r}): pass model={theirs} and its other "
+                          f"model={model_choice} (model_kind={ours!r}): pass model={theirs} and its other "
                           f"settings, or {hint}")
     state, mine = ckpt["state_dict"], model.state_dict()
     missing = sorted(set(mine) - set(state))
@@ -146,7 +146,7 @@ def check_checkpoint_fits(path, model, model_name: str) -> dict:
             f"{tuple(mine[shapes[0]].shape)})" if shapes else "",
             f"{len(missing)} weights missing (e.g. {missing[0]})" if missing else "",
             f"{len(unexpected)} unexpected (e.g. {unexpected[0]})" if unexpected else ""]))
-        raise ConfigError(f"ckpt_path={path} does not fit the configured model={model_name}: {what}; {hint}")
+        raise ConfigError(f"ckpt_path={path} does not fit the configured model={model_choice}: {what}; {hint}")
     return ckpt
 
 
