@@ -17,6 +17,10 @@ import os
 import sys
 from pathlib import Path
 
+from sketchembed import STUDY_CLASSES
+from sketchembed.data.categories import CATEGORIES
+from sketchembed.data.prepare import prepare, summary
+
 REPO = Path(__file__).resolve().parents[1]
 DEST = REPO / "src" / "sketchembed" / "resources" / "quickdraw"
 COMMAND = "python scripts/build_embedded_data.py"
@@ -68,10 +72,6 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--shared", type=Path, default=REPO.parent / "shared" / "quickdraw")
     args = p.parse_args(argv)
-    from sketchembed import STUDY_CLASSES
-    from sketchembed.data.categories import CATEGORIES
-    from sketchembed.data.prepare import prepare, summary
-
     shared = args.shared.resolve()
     if not (shared / "simplified").is_dir() or not (shared / "raw").is_dir():
         print(f"error: {shared} lacks simplified/ and raw/", file=sys.stderr)

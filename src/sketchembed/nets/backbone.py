@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from functools import lru_cache
 from typing import Any
 
+import timm
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -35,8 +36,6 @@ def backbone_spec(backbone: Any) -> dict[str, Any]:
 
 
 def _close_matches(name: str, limit: int = 8) -> list[str]:
-    import timm
-
     found = timm.list_models(f"*{name}*")
     if not found:
         found = difflib.get_close_matches(name, timm.list_models(), n=limit, cutoff=0.6)
@@ -44,8 +43,6 @@ def _close_matches(name: str, limit: int = 8) -> list[str]:
 
 
 def _check_name(name: str) -> None:
-    import timm
-
     if not isinstance(name, str) or not timm.is_model(name):
         close = _close_matches(str(name))
         hint = f"close matches: {', '.join(close)}" if close else "see timm.list_models()"
@@ -55,8 +52,6 @@ def _check_name(name: str) -> None:
 @lru_cache(maxsize=32)
 def _meta_model(name: str, in_chans: int) -> nn.Module:
     """The architecture without weights (meta tensors): shape checks cost no memory or init time."""
-    import timm
-
     with torch.device("meta"):
         model = timm.create_model(name, pretrained=False, in_chans=in_chans, num_classes=0)
     return model.eval()
@@ -126,8 +121,6 @@ class ImageEncoder(nn.Module):
                  in_chans: int = 1, image_size: int = 64, normalize: bool = False,
                  drop_rate: float = 0.0):
         super().__init__()
-        import timm
-
         spec = backbone_spec(backbone)
         self.backbone_name = str(spec["name"])
         pretrained = bool(spec.get("pretrained", pretrained))

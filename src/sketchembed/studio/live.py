@@ -19,6 +19,13 @@ import time
 from pathlib import Path
 from typing import Iterator, Sequence
 
+import numpy as np
+import torch
+import uvicorn
+
+from sketchembed.data.sketch import points_to_strokes
+from sketchembed.studio import Studio, create_app
+
 CHROMIUM = os.environ.get("SKETCHEMBED_CHROMIUM", "/usr/bin/chromium")
 LAUNCH_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                "--disable-component-update", "--disable-sync", "--no-first-run"]
@@ -33,8 +40,6 @@ def free_port() -> int:
 @contextlib.contextmanager
 def serve_in_thread(app, timeout: float = 30.0) -> Iterator[str]:
     """Serve ``app`` on 127.0.0.1 (a free port) in a daemon thread; yields its base URL."""
-    import uvicorn
-
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=free_port(), log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -52,7 +57,7 @@ def serve_in_thread(app, timeout: float = 30.0) -> Iterator[str]:
 
 def browser_missing() -> str | None:
     """What is missing to run the page in Chromium, or None."""
-    try:
+    try:  # lazy: playwright is an optional (dev) dependency, reported here when missing
         import playwright.sync_api  # noqa: F401
     except ImportError:
         return "Python package 'playwright' is missing (pip install playwright)"
@@ -88,10 +93,6 @@ def wait_predictions(page, n: int, timeout_ms: int = 30000) -> None:
 
 def _test_drawing(studio, word: str, seed: int):
     """Strokes (0–1 of the canvas) of a test drawing of class ``word``, with a margin."""
-    import numpy as np
-
-    from sketchembed.data.sketch import points_to_strokes
-
     ds = studio.data
     rows = [r for r in ds.indices("test") if ds.classes[int(ds.labels[r])] == word]
     if not rows:
@@ -113,10 +114,7 @@ def main(argv=None) -> int:
     if why:
         print(f"error: {why}", file=sys.stderr)
         return 2
-    import torch
-    from playwright.sync_api import sync_playwright
-
-    from sketchembed.studio import Studio, create_app
+    from playwright.sync_api import sync_playwright  # lazy: optional (dev) dependency, checked above
 
     torch.set_num_threads(1)
     studio = Studio.open(args.ckpt, progress=False)

@@ -10,6 +10,12 @@ import argparse
 import socket
 import sys
 
+import torch
+import uvicorn
+
+from sketchembed.studio.app import create_app
+from sketchembed.studio.service import Studio
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ckpt", required=True, help="sketchembed checkpoint (.ckpt), e.g. a run's checkpoints/last.ckpt")
@@ -44,12 +50,6 @@ def check_listen(host: str, port: int) -> None:
 
 
 def run(args) -> int:
-    import torch
-    import uvicorn
-
-    from sketchembed.studio.app import create_app
-    from sketchembed.studio.service import Studio
-
     if not 0 <= args.port <= 65535:
         raise ValueError(f"--port must be in 0..65535, got {args.port}")
     if args.index_max < 1:

@@ -8,10 +8,18 @@ actually fed (snapshots/images with labels) — the quickest check that rasteriz
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 from lightning.pytorch.callbacks import Callback
+from PIL import Image
+
+from sketchembed.eval.embed import embed_loader
+from sketchembed.eval.knn import KNNIndex, knn_accuracy
+from sketchembed.eval.plots import image_grid, plot_neighbors, plot_tsne, sketch_grid
+from sketchembed.eval.probe import linear_probe
+from sketchembed.eval.tsne import tsne_map
 
 log = logging.getLogger("sketchembed.train")
 
@@ -95,10 +103,6 @@ class EmbeddingEvalCallback(Callback):
     def compute(self, pl_module, dm, split: str) -> dict[str, float]:
         """``{SPLIT/knn@K, SPLIT/probe_acc, SPLIT/n}`` for the current model (rank-local, no collectives);
         ``SPLIT/n``: the drawings evaluated, the n of the accuracies' confidence intervals."""
-        from sketchembed.eval.embed import embed_loader
-        from sketchembed.eval.knn import knn_accuracy
-        from sketchembed.eval.probe import linear_probe
-
         device = pl_module.device
         train = embed_loader(pl_module, dm.loader("train", 1.0, shuffle=True, batch_size=self.batch_size),
                              rasterizer=dm.rasterizer, device=device, max_items=self.max_train, with_logits=False)
@@ -149,8 +153,6 @@ class SampleImagesCallback(Callback):
         log_image(trainer.loggers, self.key, grid, trainer.global_step)
 
     def make_grid(self, batch: dict, classes: Sequence[str]) -> np.ndarray:
-        from sketchembed.eval.plots import image_grid, sketch_grid
-
         labels = batch["label"].cpu().numpy()
 
         def name(i):
@@ -227,21 +229,12 @@ class SpaceImagesCallback(Callback):
         except Exception as e:  # a picture must never stop a training run
             log.warning("SpaceImagesCallback: could not draw the space (%s)", e)
             return
-        from PIL import Image
-
         for key, path in paths.items():
             with Image.open(path) as im:
                 log_image(loggers, key, np.asarray(im.convert("RGB")), trainer.global_step)
 
-    def draw(self, pl_module, dm, epoch: int, out_dir) -> dict[str, "Path"]:
+    def draw(self, pl_module, dm, epoch: int, out_dir) -> dict[str, Path]:
         """Write ``space/neighbors_eNNN.png`` and ``space/tsne_eNNN.png``; ``{logger key: path}``."""
-        from pathlib import Path
-
-        from sketchembed.eval.embed import embed_loader
-        from sketchembed.eval.knn import KNNIndex
-        from sketchembed.eval.plots import plot_neighbors, plot_tsne
-        from sketchembed.eval.tsne import tsne_map
-
         classes = list(dm.class_names)
         device = pl_module.device
         train = embed_loader(pl_module, dm.loader("train", 1.0, shuffle=True), rasterizer=dm.rasterizer,
