@@ -9,9 +9,11 @@ import textwrap
 from pathlib import Path
 
 import pytest
+import torch
 from test_train import TINY, compose_cfg, read_csv_metrics, run_inproc
 
 from sketchembed.models import check_compatible
+from sketchembed.nets.backbone import ImageEncoder
 from sketchembed.registry import LOSSES, MINERS, MODELS, loss_names
 from sketchembed.train.run import ConfigError, validate
 
@@ -93,6 +95,9 @@ CONFIGS = {
         data:
           sampler: pk
         """),
+    # a backbone is a config file naming any timm model (nets/backbone.py builds it, in_chans=1)
+    "backbone/ext_tiny.yaml": "name: test_efficientnet\npretrained: false\n",
+    "backbone/ext_typo.yaml": "name: test_efficientnett\npretrained: false\n",
     # a transfer experiment whose name says nothing about transfer
     "experiment/renamed_fine_tune.yaml": textwrap.dedent("""\
         # @package _global_
@@ -132,6 +137,16 @@ def test_a_new_loss_miner_and_model_train_from_config(ext, tmp_path):
                          model_cls=model_cls)
     loaded = model_cls.load_from_checkpoint(metrics["best_checkpoint"], map_location="cpu")
     assert type(loaded.miner).__name__ == "ExtFirstNegativeMiner" and loaded.loss.margin == 0.5
+
+
+def test_a_new_backbone_is_one_config_file(ext, tmp_path):
+    cfg = compose_cfg(["model=triplet", "backbone=ext_tiny", *TINY[1:], ext], tmp_path)
+    assert validate(cfg)["model_cls"] is MODELS["triplet"]
+    encoder = ImageEncoder(cfg.model.backbone, embedding_dim=8, image_size=int(cfg.data.image_size))
+    assert encoder.backbone_name == "test_efficientnet"
+    assert encoder(torch.zeros(2, 1, cfg.data.image_size, cfg.data.image_size)).shape == (2, 8)
+    with pytest.raises(ValueError, match="backbone.name='test_efficientnett' is not a timm model"):
+        validate(compose_cfg(["model=triplet", "backbone=ext_typo", *TINY[1:], ext], tmp_path))
 
 
 def test_transfer_is_a_config_key_not_a_name(ext, tmp_path):
