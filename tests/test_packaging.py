@@ -65,3 +65,13 @@ def test_installed_entry_points_compose_their_config_outside_a_checkout(tmp_path
     where = subprocess.run([sys.executable, "-c", "import sketchembed.entry as e; print(e.conf_dir())"],
                            cwd=elsewhere, env=env, capture_output=True, text=True, check=True).stdout.strip()
     assert Path(where) == target / "sketchembed" / "conf"
+
+
+def test_architecture_names_every_module():
+    """docs/ARCHITECTURE.md lists every module of the package, bench/ and scripts/."""
+    text = (REPO / "docs" / "ARCHITECTURE.md").read_text()
+    modules = [*(REPO / "src" / "sketchembed").rglob("*.py"), *(REPO / "bench").glob("*.py"),
+               *(REPO / "scripts").glob("*.py")]
+    missing = [str(p.relative_to(REPO)) for p in modules
+               if p.name != "__init__.py" and p.name not in text]
+    assert not missing, f"add these to docs/ARCHITECTURE.md's module list: {missing}"

@@ -602,9 +602,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--format", dest="fmt", default="auto", choices=["auto", *FORMAT_SUFFIX])
     parser.add_argument("--split", default="study", choices=["study", "fractions"],
                         help="study: 5,000 val + 5,000 test per class (fractions for small classes)")
-    # the val split's size ("eval" elsewhere means val + test); --eval-per-class: its old name
-    parser.add_argument("--val-per-class", "--eval-per-class", dest="eval_per_class", type=int, default=5000,
-                        help="drawings per class in the val split (study rule)")
+    parser.add_argument("--eval-per-class", type=int, default=5000)
     parser.add_argument("--test-per-class", type=int, default=5000)
     parser.add_argument("--fractions", type=_fractions_arg, default=DEFAULT_FRACTIONS, metavar="TRAIN,VAL,TEST")
     parser.add_argument("--on-error", default="skip", choices=["skip", "raise"])
