@@ -19,7 +19,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.strategies.launchers.subprocess_script import _SubprocessScriptLauncher
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
-from sketchembed.entry import run_dir as hydra_run_dir
+from sketchembed.entry import run_dir as _run_dir  # the running app's output dir (tests replace it)
 
 # What a rank sees when another one died: its own error is only a consequence.
 PEER_LOST = ("Connection closed by peer", "Connection reset by peer", "Broken pipe", "DistBackendError",
@@ -87,7 +87,7 @@ def report_other_rank(e: BaseException, started: float, wait_s: float = 15.0) ->
     written in the run dir since ``started`` and print it. On another rank: print its own line (its stack is in its
     file) and exit 1, or exit quietly when it only lost rank 0 (whose error is printed by rank 0).
     """
-    run_dir = hydra_run_dir()
+    run_dir = _run_dir()
     if world_size() <= 1 or run_dir is None:
         return
     r = rank()
