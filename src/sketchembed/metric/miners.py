@@ -434,12 +434,10 @@ class HardMiner(TripletMiner):
     only adds what ours share: local anchors over a cross-rank batch and the statistics."""
 
     def select(self, dist, labels, n_anchors):
-        miner = BatchHardMiner(distance=_Given(dist))
-        rows = dist.new_zeros(labels.shape[0], 1)  # stand-ins: the distances are given
-        if n_anchors == labels.shape[0]:
-            return miner(rows, labels)
-        a, p, n = miner(rows[:n_anchors], labels[:n_anchors], rows, labels)
-        keep = p != a  # the anchors are the reference batch's leading rows: not their own positive
+        rows = dist.new_zeros(labels.shape[0], 1)  # stand-ins: PML gets the distances we computed
+        ref = (rows, labels) if n_anchors < labels.shape[0] else ()  # a cross-rank batch: local anchors
+        a, p, n = BatchHardMiner(distance=_Given(dist))(rows[:n_anchors], labels[:n_anchors], *ref)
+        keep = p != a  # with a reference batch PML may pair an anchor with itself (its leading rows)
         return a[keep], p[keep], n[keep]
 
 
