@@ -8,9 +8,14 @@ import json
 import warnings
 
 import pytest
-from test_train import MODEL_TINY, compose_cfg, read_csv_metrics, tiny
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import get_class
+from omegaconf import OmegaConf
 
+from sketchembed.entry import CONFIG_TREE_FILE
 from sketchembed.train.run import train_entry, train
+from sketchembed.train.search import check_optimized_metric, val_metrics
+from test_train import MODEL_TINY, compose_cfg, read_csv_metrics, tiny
 
 # Tiny LSTM sizes that leave the debug options' own trainer settings alone.
 DEBUG_TINY = ["model=lstm", *MODEL_TINY["lstm"], "data.eval_batch_size=64", "callbacks.embedding_eval=null",
@@ -92,8 +97,6 @@ def test_many_loggers_writes_wandb_csv_and_tensorboard(tmp_path):
 
 # ------------------------------------------------------------------------------------ extras
 def test_extras_save_the_config_tree_and_enforce_tags(tmp_path, capsys):
-    from sketchembed.entry import CONFIG_TREE_FILE
-
     cfg = compose_cfg(["model=lstm", "extras.print_config=true"], tmp_path)
     train_entry("train", lambda c: {})(cfg)
     out = capsys.readouterr().out
@@ -123,9 +126,6 @@ def test_extras_ignore_warnings(tmp_path):
 def test_optuna_metric_follows_every_model(model, tmp_path):
     """hparams_search=optuna composes with every model, and the metric the trials return is one the
     model logs (checked at compose time; no epoch is trained)."""
-    from hydra.utils import get_class
-
-    from sketchembed.train.search import check_optimized_metric, val_metrics
 
     extra = ["model.cnn_ckpt=x.ckpt"] if model == "combined_transfer" else []
     cfg = compose_cfg(["hparams_search=optuna", f"model={model}", *extra], tmp_path)
@@ -136,10 +136,6 @@ def test_optuna_metric_follows_every_model(model, tmp_path):
 
 @pytest.mark.parametrize("experiment", ["study_triplet_vgg16_semihard", "study_lstm"])
 def test_optuna_with_study_experiments_composes(experiment, tmp_path):
-    from hydra.utils import get_class
-
-    from sketchembed.train.search import val_metrics
-
     cfg = compose_cfg(["hparams_search=optuna", f"experiment={experiment}"], tmp_path)
     assert get_class(cfg.model._target_).MONITOR in val_metrics(cfg)
 
@@ -158,9 +154,6 @@ def test_a_metric_the_model_does_not_log_stops_before_training(tmp_path, capsys)
 # ------------------------------------------------------------------------------------ SLURM
 @pytest.mark.parametrize("env, want", [(None, "offline"), ("online", "online")])
 def test_slurm_launcher_keeps_wandb_offline_unless_asked(env, want, tmp_path, monkeypatch):
-    from hydra.core.hydra_config import HydraConfig
-    from omegaconf import OmegaConf
-
     if env is None:
         monkeypatch.delenv("WANDB_MODE", raising=False)
     else:

@@ -4,15 +4,20 @@ from __future__ import annotations
 
 import itertools
 import math
+
 import lightning.pytorch as pl
 import pytest
 import torch
-from conftest import REPO_ROOT
+import torch.distributed as dist
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
+from pytorch_metric_learning.distances import LpDistance
+from pytorch_metric_learning.losses import TripletMarginLoss
 from pytorch_metric_learning.miners import BatchHardMiner, MultiSimilarityMiner, TripletMarginMiner
-from pytorch_metric_learning.utils.loss_and_miner_utils import convert_to_triplets
+from pytorch_metric_learning.reducers import AvgNonZeroReducer, MeanReducer
+from pytorch_metric_learning.utils.loss_and_miner_utils import convert_to_triplets, get_all_triplets_indices
 
+from conftest import REPO_ROOT
 from sketchembed.metric import (
     AllTripletsMiner,
     CrossEntropy,
@@ -23,16 +28,20 @@ from sketchembed.metric import (
     SemiHardMiner,
     SoftmaxTripletLoss,
     SquaredEuclideanDistance,
+    TripletAccuracy,
     TripletMiner,
     all_triplets_indices,
     count_triplets,
     gather_across_ranks,
+    get_distance,
     mine_batch,
     mining_stats,
-    get_distance,
     sample_triplets,
     triplet_accuracy,
 )
+from sketchembed.metric.miners import _torch_all_gather
+from sketchembed.models.base import SketchModule
+from sketchembed.registry import loss_kind
 
 MINERS = [RandomTripletMiner, AllTripletsMiner, SemiHardMiner, HardMiner]
 
@@ -148,8 +157,6 @@ def test_cross_entropy_wrapper():
 
 # ------------------------------------------------------------------ triplet indices
 def test_all_triplets_match_brute_force_and_pml():
-    from pytorch_metric_learning.utils.loss_and_miner_utils import get_all_triplets_indices
-
     _, labels = _batch(seed=3, b=15)
     idx = all_triplets_indices(labels)
     assert len(idx[0]) == len(_as_set(idx)) == count_triplets(labels)  # no duplicates
@@ -286,7 +293,6 @@ def test_pml_miner_statistics_reuse_the_matrix_the_miner_computed(miner):
 
 def test_miner_stats_reach_the_trainer_from_the_injected_miner():
     """A model gets its miner injected (no callback); its miner/* statistics are logged per step."""
-    from sketchembed.models.base import SketchModule
 
     class Table(SketchModule):
         LOSS_KINDS = ("triplet",)
@@ -322,9 +328,6 @@ def test_no_miner_means_every_triplet_not_random_ones():
 def test_hinge_loss_is_pml_triplet_margin_loss_on_squared_distances():
     """Our hinge = PML's TripletMarginLoss with squared Euclidean distances (PML's LpDistance(power=2)
     gives the same numbers) and the mean (or PML's default non-zero mean) reducer."""
-    from pytorch_metric_learning.distances import LpDistance
-    from pytorch_metric_learning.losses import TripletMarginLoss
-    from pytorch_metric_learning.reducers import AvgNonZeroReducer, MeanReducer
 
     emb, labels = _batch(seed=11, b=24)
     emb = emb.clone().requires_grad_(True)
@@ -342,8 +345,6 @@ def test_hinge_loss_is_pml_triplet_margin_loss_on_squared_distances():
 
 
 def test_hard_miner_is_pml_batch_hard_miner():
-    from pytorch_metric_learning.miners import BatchHardMiner
-
     for seed in range(5):
         emb, labels = _batch(seed=seed, b=20)
         ours = HardMiner().mine(emb, labels)
@@ -379,10 +380,6 @@ def test_pml_miner_configs_train_a_table(name):
 
 
 def test_pml_loss_config_trains_a_table():
-    from pytorch_metric_learning.losses import TripletMarginLoss
-
-    from sketchembed.registry import loss_kind
-
     loss = instantiate(OmegaConf.load(REPO_ROOT / "conf" / "loss" / "pml_triplet_margin.yaml"))
     assert isinstance(loss, TripletMarginLoss) and loss_kind(loss) == "triplet"
     _train_table(loss, SemiHardMiner(margin=0.5))
@@ -463,15 +460,11 @@ def test_gather_across_ranks_bookkeeping_with_fake_gather():
 
 
 def test_gather_is_identity_without_process_group_and_works_in_a_single_rank_group(tmp_path):
-    import torch.distributed as dist
-
     emb, labels = _batch(seed=6, b=8)
     out_emb, out_lab = gather_across_ranks(emb, labels)
     assert out_emb is emb and out_lab is labels
     a, _, _ = SemiHardMiner(gather_across_ranks=True).mine_batch(emb, labels).indices
     assert len(a) > 0
-
-    from sketchembed.metric.miners import _torch_all_gather
 
     dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'pg'}", rank=0, world_size=1)
     try:
@@ -504,7 +497,6 @@ def test_triplet_accuracy_hand_computed_and_capped():
 def test_epoch_triplet_accuracy_sums_batches_and_ignores_batches_without_triplets():
     """Many classes and small eval batches: some batches hold no valid triplet. The epoch value is
     the share over all in-batch triplets (not a mean of per-batch shares, never NaN from one batch)."""
-    from sketchembed.metric import TripletAccuracy
 
     emb1, lab1 = torch.tensor([[0.0], [1.0], [1.5], [3.0]]), torch.tensor([0, 0, 1, 1])  # 8 triplets, 5 right
     emb2, lab2 = torch.tensor([[0.0], [5.0], [9.0]]), torch.tensor([3, 4, 5])              # no triplet

@@ -10,10 +10,11 @@ import math
 import lightning as L
 import pytest
 import torch
-from conftest import REPO_ROOT
 from omegaconf import OmegaConf
 from torch.utils.data import DataLoader
 
+from conftest import REPO_ROOT
+from sketchembed.data.datamodule import SketchDataModule
 from sketchembed.metric.losses import CrossEntropy, HingeTripletLoss, SoftmaxTripletLoss
 from sketchembed.models import (MODELS, CombinedModel, DirectImageModel, LSTMModel, TripletImageModel,
                                 check_compatible)
@@ -387,7 +388,6 @@ def test_transfer_mismatch_names_the_keys(triplet_ckpt, tmp_path):
 @pytest.mark.parametrize("kind", ["combined", "triplet"])
 def test_loss_falls_on_a_real_batch(kind):
     """A real batch from the default SketchDataModule (embedded study10 drawings, rendered views)."""
-    from sketchembed.data.datamodule import SketchDataModule
 
     torch.manual_seed(0)
     dm = SketchDataModule(views=sorted(MODELS[kind].VIEWS), image_size=SIZE, batch_size=12,

@@ -16,20 +16,29 @@ import socket
 from itertools import islice
 from pathlib import Path
 
+import lightning as L
 import numpy as np
 import pytest
+import torch
+from fastapi.testclient import TestClient
 
 from conftest import real_points
+from sketchembed.cli import main
+from sketchembed.data.datamodule import SketchDataModule
+from sketchembed.data.formats import read_drawings
+from sketchembed.data.simplify import simplify_drawing
+from sketchembed.eval.human import sample_items
+from sketchembed.eval.knn import vote
+from sketchembed.eval.suggest import embed_sketches, suggest
+from sketchembed.models import CombinedModel, TripletImageModel
+from sketchembed.studio import Studio, create_app
+from sketchembed.studio.drawing import MAX_BODY_BYTES, strokes_json
+from sketchembed.studio.live import browser_missing, draw_stroke, free_port, launch, serve_in_thread, wait_predictions
 
 STUDY10 = ["apple", "pear", "blackberry", "grapes", "banana", "bus", "van", "truck", "airplane", "helicopter"]
 
 
 def _train_tiny(kind: str, out: Path) -> Path:
-    import lightning as L
-
-    from sketchembed.data.datamodule import SketchDataModule
-    from sketchembed.models import CombinedModel, TripletImageModel
-
     L.seed_everything(0)
     if kind == "combined":
         model = CombinedModel(10, backbone="test_resnet", embedding_dim=16, hidden=16, layers=1, mlp_hidden=16,
@@ -56,27 +65,17 @@ def ckpts(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def studio(ckpts):
-    from sketchembed.studio import Studio
-
     return Studio.open(ckpts["combined"], progress=False, results_dir=ckpts["tmp"] / "results", log=lambda m: None)
 
 
 @pytest.fixture(scope="module")
 def client(studio):
-    from fastapi.testclient import TestClient
-
-    from sketchembed.studio import create_app
-
     with TestClient(create_app(studio), raise_server_exceptions=False) as c:
         yield c
 
 
 @pytest.fixture(scope="module")
 def knn_client(ckpts):
-    from fastapi.testclient import TestClient
-
-    from sketchembed.studio import Studio, create_app
-
     s = Studio.open(ckpts["triplet"], progress=False, results_dir=ckpts["tmp"] / "results", log=lambda m: None)
     with TestClient(create_app(s), raise_server_exceptions=False) as c:
         c.studio = s
@@ -84,8 +83,6 @@ def knn_client(ckpts):
 
 
 def strokes_of(points) -> list:
-    from sketchembed.studio.drawing import strokes_json
-
     return strokes_json(np.asarray(points))
 
 
@@ -105,9 +102,6 @@ def test_health_names_model_and_classes(client):
 
 def test_predict_is_the_models_answer_and_the_cli_suggestion(client, studio, shared_quickdraw):
     """Classes = softmax of the model's logits; neighbours = what `sketchembed suggest` finds."""
-    import torch
-
-    from sketchembed.eval.suggest import embed_sketches, suggest
 
     pts = real_points(shared_quickdraw, ["bus"], 1)[0].astype(np.int16)
     r = client.post("/api/predict", json={"drawing": strokes_of(pts), "k": 6})
@@ -129,8 +123,6 @@ def test_predict_is_the_models_answer_and_the_cli_suggestion(client, studio, sha
 
 def test_raw_and_simplified_drawings_give_the_same_answer(client, shared_quickdraw):
     """A raw drawing (x, y, t; any frame) is simplified the dataset's way before the model sees it."""
-    from sketchembed.data.formats import read_drawings
-    from sketchembed.data.simplify import simplify_drawing
 
     raw = next(islice(read_drawings(shared_quickdraw / "raw" / "banana.ndjson", on_error="raise"), 2, 3))
     raw_json = [[s[:, 0].tolist(), s[:, 1].tolist(), s[:, 2].tolist()] for s in raw.strokes]
@@ -194,8 +186,6 @@ def test_bad_input_is_refused_in_one_line(client, name, body, status, pattern):
 
 
 def test_oversized_bodies_are_refused_declared_or_streamed(client):
-    from sketchembed.studio.drawing import MAX_BODY_BYTES
-
     big = b'{"drawing": [[[' + b"1," * (MAX_BODY_BYTES // 2) + b"1], [1]]]}"
     assert_one_line_refusal(client.post("/api/predict", content=big), 413, r"over the limit of \d+ bytes")
 
@@ -234,8 +224,6 @@ def test_sample_is_reproducible_and_checked(client):
 
 
 def test_human_test_scores_you_beside_the_model_and_saves_json(client, studio):
-    from sketchembed.eval.human import sample_items
-
     start = client.post("/api/human/start", json={"n": 6, "fractions": [0.5, 1.0], "seed": 4}).json()
     assert start["classes"] == STUDY10 and len(start["items"]) == 6
     assert sorted(it["fraction"] for it in start["items"]) == [0.5] * 3 + [1.0] * 3
@@ -274,8 +262,6 @@ def test_human_test_scores_you_beside_the_model_and_saves_json(client, studio):
 
 
 def test_embedding_only_model_guesses_by_knn(knn_client, shared_quickdraw):
-    from sketchembed.eval.knn import vote
-
     s = knn_client.studio
     h = knn_client.get("/api/health").json()
     assert h["model_kind"] == "triplet" and h["by"].startswith("knn")
@@ -314,8 +300,6 @@ def test_package_data_ships_the_static_files(repo_root):
 
 
 def test_serve_refuses_a_bad_checkpoint_in_one_line(tmp_path, capsys):
-    from sketchembed.cli import main
-
     junk = tmp_path / "junk.ckpt"
     junk.write_bytes(b"not a checkpoint")
     assert main(["serve", "--ckpt", str(junk)]) == 2
@@ -324,9 +308,6 @@ def test_serve_refuses_a_bad_checkpoint_in_one_line(tmp_path, capsys):
 
 
 def test_serve_refuses_a_taken_port_before_loading_anything(tmp_path, capsys):
-    from sketchembed.cli import main
-    from sketchembed.studio.live import free_port
-
     port = free_port()
     with socket.socket() as s:
         s.bind(("127.0.0.1", port))
@@ -337,9 +318,6 @@ def test_serve_refuses_a_taken_port_before_loading_anything(tmp_path, capsys):
 
 
 def test_serve_uses_a_saved_index_of_its_own_model_only(ckpts, studio, tmp_path, capsys):
-    from sketchembed.cli import main
-    from sketchembed.studio import Studio
-
     studio.index.save(tmp_path / "index")
     same = Studio.open(ckpts["combined"], index_dir=tmp_path / "index", log=lambda m: None)
     assert len(same.index) == len(studio.index) and same.index.ckpt_sha256 == studio.index.ckpt_sha256
@@ -352,9 +330,6 @@ def test_serve_uses_a_saved_index_of_its_own_model_only(ckpts, studio, tmp_path,
 # ------------------------------------------------------------------------------------ the browser
 @pytest.fixture(scope="module")
 def live_server(studio):
-    from sketchembed.studio import create_app
-    from sketchembed.studio.live import serve_in_thread
-
     with serve_in_thread(create_app(studio)) as url:
         yield url
 
@@ -371,8 +346,6 @@ def test_bench_measures_latency_and_throughput(live_server):
 
 
 def test_page_in_a_real_browser_guesses_after_every_stroke(live_server, tmp_path):
-    from sketchembed.studio.live import browser_missing, draw_stroke, launch, wait_predictions
-
     why = browser_missing()
     if why:
         pytest.skip(f"browser test: {why}")

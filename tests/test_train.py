@@ -19,12 +19,22 @@ import subprocess
 import sys
 from pathlib import Path
 
+import lightning.pytorch as pl
 import pytest
 import torch
 import yaml
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import get_class
 from omegaconf import OmegaConf, open_dict
+from PIL import Image
 
+import sketchembed.nets.backbone as bb
+from sketchembed.data.datamodule import SketchDataModule
+from sketchembed.models import LSTMModel, TripletImageModel
 from sketchembed.safeload import safe_load
+from sketchembed.train.run import ConfigError, train, train_entry, validate
 
 REPO = Path(__file__).resolve().parents[1]
 CONF = REPO / "conf"
@@ -70,9 +80,6 @@ def tiny(model: str, *extra: str) -> list[str]:
 def compose_cfg(overrides: list[str], run_dir: Path | None = None):
     """The config `python train.py OVERRIDES` would run with, the HydraConfig singleton set as in
     a real run (so `${hydra:runtime.output_dir}` and the group choices resolve)."""
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-    from hydra.core.hydra_config import HydraConfig
 
     GlobalHydra.instance().clear()
     os.environ.setdefault("PROJECT_ROOT", str(REPO))
@@ -89,7 +96,6 @@ def compose_cfg(overrides: list[str], run_dir: Path | None = None):
 
 def run_inproc(overrides: list[str], run_dir: Path):
     """Train through the real entry (validation, one-line errors, returned optimized metric)."""
-    from sketchembed.train.run import train_entry, train
 
     cfg = compose_cfg(overrides, run_dir)
     value = train_entry("train", train)(cfg)
@@ -141,8 +147,6 @@ def triplet_run(tmp_path_factory):
 
 
 def _check_trained_run(run_dir: Path, cfg, value, metrics, model_name: str) -> dict:
-    from hydra.utils import get_class
-
     model_cls = get_class(cfg.model._target_)
     best, last = checkpoint_files(run_dir)
     assert best.resolve().is_relative_to(run_dir.resolve())
@@ -196,8 +200,6 @@ def test_combined_transfer_uses_triplet_checkpoint(triplet_run, tmp_path):
 
 
 def test_combined_transfer_requires_cnn_ckpt(tmp_path):
-    from sketchembed.train.run import ConfigError, validate
-
     cfg = compose_cfg(["model=combined_transfer"], tmp_path)
     with pytest.raises(ConfigError, match="model.cnn_ckpt"):
         validate(cfg)
@@ -207,8 +209,6 @@ INCEPTION_CMD = ["model=combined", "backbone=inception_v4", "loss=hinge", "train
 
 
 def test_inception_combined_hinge_composes_and_validates(tmp_path):
-    from sketchembed.train.run import ConfigError, validate
-
     cfg = compose_cfg(INCEPTION_CMD, tmp_path)
     checked = validate(cfg)
     assert checked["model_choice"] == "combined" and checked["loss_name"] == "hinge"
@@ -251,7 +251,6 @@ def test_basic_sweep_one_run_dir_per_job(tmp_path):
 
 def test_optuna_config_is_template_style():
     cfg = compose_cfg(["hparams_search=optuna"])
-    from hydra.core.hydra_config import HydraConfig
 
     hc = HydraConfig.get()
     assert hc.sweeper._target_.endswith("OptunaSweeper")
@@ -280,8 +279,6 @@ def test_optuna_sweep_two_trials(tmp_path):
 
 
 def test_entry_returns_optimized_metric_and_rejects_unlogged_one(tmp_path, capsys):
-    from sketchembed.train.run import train_entry
-
     fake = {"val/acc@100": 0.25, "best/val/acc@100": 0.5, "val/knn@4": 0.75}
     cfg = compose_cfg(["model=lstm", "optimized_metric=val/acc@100"], tmp_path)
     assert train_entry("train", lambda c: fake)(cfg) == 0.5  # the best value, not the last
@@ -298,8 +295,6 @@ def test_entry_returns_optimized_metric_and_rejects_unlogged_one(tmp_path, capsy
 
 
 def test_unlogged_optimized_metric_stops_a_real_run(tmp_path, capsys):
-    from sketchembed.train.run import train_entry, train
-
     cfg = compose_cfg(tiny("lstm", "optimized_metric=val/nope"), tmp_path)
     with pytest.raises(SystemExit) as e:
         train_entry("train", train)(cfg)
@@ -312,8 +307,6 @@ def test_unlogged_optimized_metric_stops_a_real_run(tmp_path, capsys):
 # ------------------------------------------------------------------------------------ 3. DDP
 def _single_process_accuracy(ckpt: Path, fraction: float) -> float:
     """Accuracy over the WHOLE val split, one process, the checkpoint's weights."""
-    from sketchembed.data.datamodule import SketchDataModule
-    from sketchembed.models import LSTMModel
 
     model = LSTMModel.load_from_checkpoint(ckpt, map_location="cpu").eval()
     dm = SketchDataModule(root="study10", views=("sequence",), eval_batch_size=1000, eval_fractions=(1.0, 0.5))
@@ -441,9 +434,6 @@ MISCONFIGS = {
 @pytest.mark.parametrize("name", list(MISCONFIGS))
 def test_misconfiguration_stops_before_training(name, tmp_path, capsys, monkeypatch):
     """In-process through the entry: exit code 2, one `error:` line naming the keys, nothing trained."""
-    import lightning.pytorch as pl
-
-    from sketchembed.train.run import train_entry, train
 
     overrides, needles = MISCONFIGS[name]
     cfg = compose_cfg([*overrides, "logger=csv"], tmp_path)
@@ -491,8 +481,6 @@ def test_experiments_exist():
 
 @pytest.mark.parametrize("name", EXPERIMENTS)
 def test_experiment_composes_with_its_gpu_settings(name, tmp_path):
-    from sketchembed.train.run import validate
-
     cfg = compose_cfg(_experiment_overrides(name), tmp_path)
     checked = validate(cfg)  # model/loss pairing, backbone name and image size at the real settings
     assert checked["model_choice"] in MODEL_TINY
@@ -505,8 +493,6 @@ _LIGHT = {"study_lstm"}
 
 
 def _reduced(name: str, tmp_path: Path) -> list[str]:
-    import sketchembed.nets.backbone as bb
-
     cfg = compose_cfg(_experiment_overrides(name), tmp_path)
     size = max(32, bb.min_image_size(cfg.model.backbone.name) or 32) if "backbone" in cfg.model else 32
     return ["trainer=cpu", "trainer.precision=32-true", "trainer.fast_dev_run=true", "data.root=study10",
@@ -518,7 +504,6 @@ def _reduced(name: str, tmp_path: Path) -> list[str]:
 
 def _encoder_checkpoint(cfg, path: Path) -> Path:
     """A triplet-model checkpoint with the experiment's backbone/embedding size (for *transfer)."""
-    from sketchembed.models import TripletImageModel
 
     m = TripletImageModel(cfg.model.backbone.name, embedding_dim=int(cfg.model.embedding_dim),
                           image_size=int(cfg.model.image_size))
@@ -543,8 +528,6 @@ def test_experiment_runs_fast_dev_run_at_reduced_size(name, tmp_path):
 
 # ------------------------------------------------------------------------------------ 7. wandb
 def test_default_logger_is_wandb_offline_with_metrics_config_and_images(tmp_path, monkeypatch):
-    from PIL import Image
-
     monkeypatch.delenv("WANDB_MODE", raising=False)  # offline by the config, not by the environment
     monkeypatch.setenv("WANDB_DIR", str(tmp_path / "elsewhere"))
     overrides = [o for o in tiny("combined") if o not in ("logger=csv", "callbacks.sample_images=null")]
@@ -565,7 +548,6 @@ def test_default_logger_is_wandb_offline_with_metrics_config_and_images(tmp_path
 # ------------------------------------------------------------------------------------ 8. run dirs
 def test_default_run_dir_is_under_outputs(tmp_path):
     cfg = compose_cfg(["model=lstm"])
-    from hydra.core.hydra_config import HydraConfig
 
     run_dir = Path(HydraConfig.get().run.dir)
     assert run_dir.parent == REPO / "outputs" / "train" / "runs"
