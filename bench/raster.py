@@ -30,7 +30,7 @@ from sketchembed.data.raster import Rasterizer, per_image_standardize, stroke_en
 
 SHARED = Path(os.environ.get("SKETCHEMBED_SHARED", Path(__file__).resolve().parents[2] / "shared"))
 BATCH = 256
-CUDA_BATCHES = (256, 2048)   # drawings per rasterizer call on the GPU
+CUDA_BATCHES = (256, 2048, 8192)   # drawings per rasterizer call on the GPU
 CUDA_REPEAT = 8              # the GPU rows render the drawings this many times over (16,384 drawings)
 CV_CANVAS = 265
 STUDY_DATA = Path(__file__).resolve().parents[1] / "conf" / "data" / "study.yaml"

@@ -36,7 +36,7 @@ EXPERIMENTS = ("study_triplet_vgg16_semihard", "study_triplet_inception_v4_semih
 # the triplet run whose CNN the transfer experiment starts from
 TRANSFER_FROM = "study_triplet_resnetv2_50_semihard"
 STUDY_STEPS = 50_000
-FULL = dict(drawings=300_000, warmup=5, steps=30, workers=8)
+FULL = dict(drawings=300_000, warmup=20, steps=60, workers=8)
 # CPU smoke run: tiny backbone and images, a few steps
 QUICK = dict(drawings=20_000, warmup=1, steps=2, workers=0,
              overrides=["data.batch_size=8", "data.pk_k=4", "data.eval_batch_size=16"],
