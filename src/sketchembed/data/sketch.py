@@ -110,6 +110,8 @@ class SkipReport:
                 "items": [{"file": p, "position": pos, "reason": r} for p, pos, r in self.items]}
 
 
+#: Simplified drawings lie on the integer canvas 0–CANVAS_MAX (the dataset's simplification).
+CANVAS_MAX = 255
 #: Raw coordinates (canvas pixels) beyond ± this are refused: the real raw drawings span
 #: −1,013…2,755 (tests/test_formats.py, slow); a million-pixel coordinate is a broken record.
 RAW_COORD_LIMIT = 100_000.0
@@ -119,7 +121,7 @@ RAW_COORD_LIMIT = 100_000.0
 MIN_EXTENT = 1.0
 
 
-def check_strokes(strokes: list[np.ndarray], *, coord_max: float | None = 255.0,
+def check_strokes(strokes: list[np.ndarray], *, coord_max: float | None = CANVAS_MAX,
                   allow_single_point_strokes: bool = False) -> str | None:
     """Why a drawing is unusable, or None. Used by every reader so they agree on what is bad.
 
