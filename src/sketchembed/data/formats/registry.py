@@ -97,13 +97,6 @@ def kinds() -> tuple[str, ...]:
     return tuple(plain + raw)
 
 
-def format_of_kind(kind: str) -> FileFormat:
-    for f in FORMATS.values():
-        if kind in f.kinds:
-            return f
-    raise ValueError(f"unknown format {kind!r} (choose from {', '.join(kinds())})")
-
-
 def bucket_kinds() -> dict[str, tuple[str, str]]:
     """kind → (bucket folder, file suffix) for the kinds the public bucket serves (``download``)."""
     return {k: (folder, f.suffixes[0]) for f in FORMATS.values() for k, folder in f.bucket.items()}
@@ -217,6 +210,6 @@ def read_drawings(path, *, on_error: str | None = None, report: SkipReport | Non
                     **{k: options[k] for k in given})
 
 
-__all__ = ["FORMATS", "FileFormat", "register", "suffixes", "kinds", "format_of", "format_of_kind",
+__all__ = ["FORMATS", "FileFormat", "register", "suffixes", "kinds", "format_of",
            "bucket_kinds", "has_suffix", "suffix_list", "discover", "display_name", "word_problem", "skip_report",
            "reader", "read_drawings"]
