@@ -19,6 +19,7 @@ import pytest
 
 from sketchembed import STUDY_CLASSES
 from sketchembed.cli import main
+from sketchembed.data.categories import CATEGORIES
 from sketchembed.data.download import BASE_URL, DownloadError, download, file_url, resolve_classes
 
 CLASSES = ["apple", "The Eiffel Tower"]
@@ -314,8 +315,6 @@ def test_unknown_class_fails_before_any_request(bucket, tmp_path):
 
 
 def test_class_spec_and_urls():
-    from sketchembed.data.categories import CATEGORIES
-
     assert resolve_classes("study") == list(STUDY_CLASSES)
     assert resolve_classes("all") == list(CATEGORIES) and len(CATEGORIES) == 345
     assert resolve_classes(" apple, The Eiffel Tower ,apple") == ["apple", "The Eiffel Tower"]

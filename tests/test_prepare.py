@@ -9,6 +9,9 @@ import numpy as np
 import pytest
 
 from sketchembed import STUDY_CLASSES
+from sketchembed.cli import main
+from sketchembed.data.datamodule import SketchDataModule
+from sketchembed.data.embedded import embedded_dataset_path, open_embedded
 from sketchembed.data.formats import read_drawings
 from sketchembed.data.prepare import assign_splits, prepare, split_sizes
 from sketchembed.data.simplify import simplify_drawing
@@ -222,8 +225,6 @@ def test_hostile_first_line_loses_nothing_else(small_set, tmp_path):
 
 
 def test_files_not_used_are_reported_and_other_datasets_read_with_from_files(small_set, tmp_path, capsys):
-    from sketchembed.cli import main
-
     write_class(small_set / "wyvern.ndjson", "wyvern", range(KEY0 + 300, KEY0 + 306), seed=5)
     ds = prepare([small_set], tmp_path / "qd", "all")
     assert ds.classes == ["apple", "bus", "pear"]
@@ -280,8 +281,6 @@ def test_key_in_two_classes_is_a_counted_skip(small_set, tmp_path):
 
 
 def test_cli_prepare_and_stats(small_set, tmp_path, capsys):
-    from sketchembed.cli import main
-
     out = tmp_path / "out"
     rc = main(["data", "prepare", "--input", str(small_set), "--out", str(out), "--classes", "all",
                "--split", "fractions", "--fractions", "0.5,0.25,0.25", "--no-progress"])
@@ -320,8 +319,6 @@ README_COUNTS = {"apple": 80, "banana": 80, "pear": 32, "grapes": 25, "blackberr
 
 
 def test_embedded_datasets(repo_root):
-    from sketchembed.data.embedded import embedded_dataset_path, open_embedded
-
     s = open_embedded("study10")
     s.verify()
     assert s.classes == list(STUDY_CLASSES) and len(s) == 337
@@ -340,18 +337,14 @@ def test_embedded_datasets(repo_root):
 
 
 def test_embedded_missing_is_a_clear_error(monkeypatch, tmp_path):
-    import sketchembed.data.embedded as emb
-
-    monkeypatch.setattr(emb, "EMBEDDED_ROOT", tmp_path)
+    monkeypatch.setattr("sketchembed.data.embedded.EMBEDDED_ROOT", tmp_path)
     with pytest.raises(FileNotFoundError, match="build_embedded_data.py"):
-        emb.embedded_dataset_path("study10")
+        embedded_dataset_path("study10")
 
 
 def test_other_dataset_through_the_datamodule_with_a_hostile_test_dir(tmp_path):
     """Class names outside Quick, Draw! from prepare to batches; an eval test_dir (prepared on the
     fly) with a nested-JSON bomb loses that line only."""
-    from sketchembed.data.datamodule import SketchDataModule
-
     src = tmp_path / "beasts"
     write_class(src / "wyvern.ndjson", "wyvern", range(KEY0, KEY0 + 30), seed=1)
     write_class(src / "griffin.ndjson", "griffin", range(KEY0 + 100, KEY0 + 130), seed=2)
