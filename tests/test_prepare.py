@@ -102,11 +102,11 @@ def test_splits_depend_on_key_ids_not_file_order(small_set, tmp_path):
 def test_adding_drawings_moves_few_and_only_towards_train(tmp_path):
     src = tmp_path / "src"
     base = write_class(src / "apple.ndjson", "apple", range(KEY0, KEY0 + 300), seed=1)
-    before = split_of(prepare([src], tmp_path / "a", "apple", split="study", eval_per_class=30,
+    before = split_of(prepare([src], tmp_path / "a", "apple", split="study", val_per_class=30,
                               test_per_class=20))
     extra = write_class(tmp_path / "more" / "x.ndjson", "apple", range(KEY0 + 1000, KEY0 + 1010), seed=5)
     (src / "apple.ndjson").write_text("\n".join(base + extra) + "\n")
-    after_ds = prepare([src], tmp_path / "b", "apple", split="study", eval_per_class=30, test_per_class=20)
+    after_ds = prepare([src], tmp_path / "b", "apple", split="study", val_per_class=30, test_per_class=20)
     after = split_of(after_ds)
     assert after_ds.manifest["split_rule"]["per_class"] == {"apple": "study"}
     assert after_ds.manifest["counts"]["apple"] == {"train": 260, "val": 30, "test": 20}
@@ -117,20 +117,20 @@ def test_adding_drawings_moves_few_and_only_towards_train(tmp_path):
 
 
 def test_study_rule_and_fraction_fallback():
-    assert split_sizes(200_000, "study", eval_per_class=5000, test_per_class=5000,
+    assert split_sizes(200_000, "study", val_per_class=5000, test_per_class=5000,
                        fractions=(0.7, 0.15, 0.15)) == ("study", 5000, 5000)
     # too small for 5,000 + 5,000 with train keeping >= 2/3: fractions
-    assert split_sizes(29_999, "study", eval_per_class=5000, test_per_class=5000,
+    assert split_sizes(29_999, "study", val_per_class=5000, test_per_class=5000,
                        fractions=(0.7, 0.15, 0.15)) == ("fractions", 4500, 4500)
-    assert split_sizes(20, "fractions", eval_per_class=5, test_per_class=5,
+    assert split_sizes(20, "fractions", val_per_class=5, test_per_class=5,
                        fractions=(0.7, 0.15, 0.15)) == ("fractions", 3, 3)
-    assert split_sizes(3, "fractions", eval_per_class=5, test_per_class=5,
+    assert split_sizes(3, "fractions", val_per_class=5, test_per_class=5,
                        fractions=(0.8, 0.1, 0.1)) == ("fractions", 1, 1)
-    assert split_sizes(2, "fractions", eval_per_class=5, test_per_class=5,
+    assert split_sizes(2, "fractions", val_per_class=5, test_per_class=5,
                        fractions=(0.7, 0.15, 0.15)) == ("fractions", 0, 0)
     labels = np.repeat([0, 1], [40, 10])
     keys = np.arange(50, dtype=np.uint64) * 977 + KEY0
-    splits, rules = assign_splits(labels, keys, ["apple", "pear"], rule="study", eval_per_class=4,
+    splits, rules = assign_splits(labels, keys, ["apple", "pear"], rule="study", val_per_class=4,
                                   test_per_class=6, fractions=(0.6, 0.2, 0.2))
     assert rules == {"apple": "study", "pear": "fractions"}
     assert np.bincount(splits[labels == 0], minlength=3).tolist() == [30, 4, 6]
@@ -293,6 +293,15 @@ def test_cli_prepare_and_stats(small_set, tmp_path, capsys):
     assert st["strokes_per_drawing"]["min"] >= 1
     assert main(["data", "stats", str(out)]) == 0
     assert "apple" in capsys.readouterr().out
+    # the val count is --val-per-class; its old name --eval-per-class still works, with a note
+    for flag in ("--val-per-class", "--eval-per-class"):
+        assert main(["data", "prepare", "--input", str(small_set), "--out", str(out), "--no-progress",
+                     "--classes", "apple", flag, "3", "--test-per-class", "4", "--split", "study"]) == 0
+        cap = capsys.readouterr()
+        assert ("note: --eval-per-class is now called --val-per-class" in cap.err) == (flag == "--eval-per-class")
+        rule = json.loads((out / "manifest.json").read_text())["split_rule"]
+        assert (rule["val_per_class"], rule["test_per_class"], rule["per_class"]) == (3, 4, {"apple": "study"})
+        assert "(train 33 / val 3 / test 4)" in cap.out
     (small_set / "pear.ndjson").write_text("{}\n")
     assert main(["data", "prepare", "--input", str(small_set), "--out", str(out), "--no-progress"]) == 2
     assert "class 'pear' has no valid drawings" in capsys.readouterr().err

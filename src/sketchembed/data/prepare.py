@@ -72,11 +72,11 @@ def key_hash(key_ids: np.ndarray, seed: int = 0) -> np.ndarray:
     return _splitmix64(np.asarray(key_ids, dtype=np.uint64) ^ salt)
 
 
-def split_sizes(n: int, rule: str, *, eval_per_class: int, test_per_class: int,
+def split_sizes(n: int, rule: str, *, val_per_class: int, test_per_class: int,
                 fractions: Sequence[float], study_min_factor: float = 3.0) -> tuple[str, int, int]:
     """``(rule applied, n_val, n_test)`` for a class of ``n`` drawings (see the module docstring)."""
-    if rule == "study" and n >= study_min_factor * (eval_per_class + test_per_class):
-        return "study", eval_per_class, test_per_class
+    if rule == "study" and n >= study_min_factor * (val_per_class + test_per_class):
+        return "study", val_per_class, test_per_class
     _, fv, ft = fractions
     n_val, n_test = int(round(fv * n)), int(round(ft * n))
     if n >= 3:
@@ -93,7 +93,7 @@ def split_sizes(n: int, rule: str, *, eval_per_class: int, test_per_class: int,
 
 
 def assign_splits(labels: np.ndarray, key_ids: np.ndarray, classes: Sequence[str], *, rule: str = "study",
-                  eval_per_class: int = 5000, test_per_class: int = 5000,
+                  val_per_class: int = 5000, test_per_class: int = 5000,
                   fractions: Sequence[float] = DEFAULT_FRACTIONS, seed: int = 0,
                   study_min_factor: float = 3.0) -> tuple[np.ndarray, dict[str, str]]:
     """int8 split code per drawing and the rule each class got. Ties in the hash break by key_id."""
@@ -106,7 +106,7 @@ def assign_splits(labels: np.ndarray, key_ids: np.ndarray, classes: Sequence[str
     per_class = {}
     for c, name in enumerate(classes):
         a = starts[c]
-        applied, n_val, n_test = split_sizes(int(counts[c]), rule, eval_per_class=eval_per_class,
+        applied, n_val, n_test = split_sizes(int(counts[c]), rule, val_per_class=val_per_class,
                                              test_per_class=test_per_class, fractions=fractions,
                                              study_min_factor=study_min_factor)
         per_class[name] = applied
@@ -302,7 +302,7 @@ def _progress(enabled: bool, console=None) -> Progress:
 
 
 def prepare(inputs: str | os.PathLike | Iterable, out, classes: str | Sequence[str] = "all", *,
-            fmt: str = "auto", split: str = "study", eval_per_class: int = 5000, test_per_class: int = 5000,
+            fmt: str = "auto", split: str = "study", val_per_class: int = 5000, test_per_class: int = 5000,
             fractions: Sequence[float] = DEFAULT_FRACTIONS, on_error: str = "skip", seed: int = 0,
             study_min_factor: float = 3.0, progress: bool = False, fast: bool = True,
             console=None) -> PreparedDataset:
@@ -324,8 +324,8 @@ def prepare(inputs: str | os.PathLike | Iterable, out, classes: str | Sequence[s
     if len(fractions) != 3 or min(fractions) < 0 or abs(sum(fractions) - 1) > 1e-6:
         raise ValueError(f"fractions must be three non-negative numbers (train, val, test) summing to 1, "
                          f"got {fractions}")
-    if eval_per_class < 0 or test_per_class < 0:
-        raise ValueError("eval/test per class must be >= 0")
+    if val_per_class < 0 or test_per_class < 0:
+        raise ValueError("val/test per class must be >= 0")
     report = SkipReport(on_error=on_error)
     found = discover(inputs)
     class_list = resolve_class_spec(classes, found)
@@ -381,13 +381,13 @@ def prepare(inputs: str | os.PathLike | Iterable, out, classes: str | Sequence[s
 
         del prev_keys, prev_labels
         splits, per_class = assign_splits(writer.labels, writer.key_ids, class_list, rule=split,
-                                          eval_per_class=eval_per_class, test_per_class=test_per_class,
+                                          val_per_class=val_per_class, test_per_class=test_per_class,
                                           fractions=fractions, seed=seed, study_min_factor=study_min_factor)
         sources = [s for srcs in plan for s in srcs]
         extra = {
             "split_rule": {
-                "rule": split, "eval_per_class": eval_per_class, "test_per_class": test_per_class,
-                "fractions": list(fractions), "study_min_per_class": study_min_factor * (eval_per_class
+                "rule": split, "val_per_class": val_per_class, "test_per_class": test_per_class,
+                "fractions": list(fractions), "study_min_per_class": study_min_factor * (val_per_class
                                                                                        + test_per_class),
                 "seed": seed, "per_class": per_class,
                 "how": "within a class, drawings ranked by splitmix64(key_id ^ splitmix64(seed)) "
@@ -458,7 +458,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--format", dest="fmt", default="auto", choices=["auto", *kinds()])
     parser.add_argument("--split", default="study", choices=["study", "fractions"],
                         help="study: 5,000 val + 5,000 test per class (fractions for small classes)")
-    parser.add_argument("--eval-per-class", type=int, default=5000)
+    parser.add_argument("--val-per-class", type=int, default=5000, help="val drawings per class under --split study")
+    parser.add_argument("--eval-per-class", type=int, default=None, help=argparse.SUPPRESS)  # its old name
     parser.add_argument("--test-per-class", type=int, default=5000)
     parser.add_argument("--fractions", type=_fractions_arg, default=DEFAULT_FRACTIONS, metavar="TRAIN,VAL,TEST")
     parser.add_argument("--on-error", default="skip", choices=["skip", "raise"])
@@ -467,8 +468,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.eval_per_class is not None:
+        print("note: --eval-per-class is now called --val-per-class (it sets the val split only)", file=sys.stderr)
+        args.val_per_class = args.eval_per_class
     ds = prepare(args.input, args.out, args.classes, fmt=args.fmt, split=args.split,
-                 eval_per_class=args.eval_per_class, test_per_class=args.test_per_class,
+                 val_per_class=args.val_per_class, test_per_class=args.test_per_class,
                  fractions=args.fractions, on_error=args.on_error, seed=args.seed,
                  progress=not args.no_progress and sys.stderr.isatty())
     print(summary(ds))
