@@ -417,11 +417,7 @@ def summary(ds: PreparedDataset) -> str:
         by_rule.setdefault(r, []).append(c)
     for r, cs in by_rule.items():
         lines.append(f"split rule {r}: {len(cs)} class(es)" + (f" ({', '.join(cs[:10])}{'…' if len(cs) > 10 else ''})"))
-    sk = m.get("skipped", {})
-    rep = SkipReport()
-    rep.count = sk.get("count", 0)
-    rep.items = [(i["file"], i["position"], i["reason"]) for i in sk.get("items", [])]
-    lines.append(rep.summary())
+    lines.append(SkipReport.from_json(m.get("skipped", {})).summary())
     ignored = m.get("ignored_files", [])
     if ignored:
         lines.append(f"ignored {len(ignored)} file(s):")

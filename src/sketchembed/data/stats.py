@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 from sketchembed.data.embedded import EMBEDDED_NAMES, embedded_dataset_path
+from sketchembed.data.sketch import SkipReport
 from sketchembed.data.store import ARRAYS, SPLIT_NAMES, PreparedDataset
 
 
@@ -92,16 +93,8 @@ def render(st: dict, console=None) -> None:
                           f"median {d['median']:g}, p95 {d['p95']:g}, max {d['max']}")
     console.print(f"from {st['sources']} source file(s); duplicates dropped {st['duplicates']:,}; "
                   f"simplified from raw {st['simplified_from_raw']:,}")
-    sk = st["skipped"]
-    if sk.get("count"):
-        console.print(f"[yellow]skipped {sk['count']:,} bad input(s)[/]:")
-        for it in sk.get("items", []):
-            pos = f":{it['position']}" if it.get("position") else ""
-            console.print(f"  {it['file']}{pos}: {it['reason']}", markup=False)
-        if sk["count"] > len(sk.get("items", [])):
-            console.print(f"  … and {sk['count'] - len(sk['items'])} more")
-    else:
-        console.print("no bad inputs were skipped")
+    skipped = SkipReport.from_json(st["skipped"])
+    console.print(skipped.summary(), markup=False, style="yellow" if skipped.count else None)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
