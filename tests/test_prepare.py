@@ -12,10 +12,11 @@ from sketchembed import STUDY_CLASSES
 from sketchembed.cli import main
 from sketchembed.data.datamodule import SketchDataModule
 from sketchembed.data.embedded import embedded_dataset_path, open_embedded
-from sketchembed.data.formats import read_drawings
+from sketchembed.data.formats import read_drawings, read_ndjson
+from sketchembed.data.formats.ndjson import read_ndjson_blocks
 from sketchembed.data.prepare import assign_splits, prepare, split_sizes
 from sketchembed.data.simplify import simplify_drawing
-from sketchembed.data.sketch import DataFormatError, strokes_to_points
+from sketchembed.data.sketch import DataFormatError, Drawing, SkipReport, strokes_to_points
 
 KEY0 = 5_100_000_000_000_000
 
@@ -189,6 +190,17 @@ def test_bad_lines_fast_path_matches_reader(tmp_path):
     src = tmp_path / "src"
     src.mkdir()
     (src / "apple.ndjson").write_text("\n".join(lines) + "\n")
+    # the block reader (prepare's fast path) against the record reader: same drawings, same order, same skips
+    rep_blocks, rep_records = SkipReport(), SkipReport()
+    flat = []
+    for item in read_ndjson_blocks(src / "apple.ndjson", report=rep_blocks, word="apple", size=4):
+        if isinstance(item, Drawing):
+            flat.append((item.key_id, item.points().tolist()))
+        else:
+            flat += [(k, p.tolist()) for k, p in zip(item.key_ids, np.split(item.points, np.cumsum(item.lengths)[:-1]))]
+    ref = [(d.key_id, d.points().tolist()) for d in read_ndjson(src / "apple.ndjson", report=rep_records, word="apple")]
+    assert flat == ref and len(ref) == 9  # six good lines (one twice), the bool line, the raw line
+    assert rep_blocks.count == rep_records.count == 13 and sorted(rep_blocks.items) == sorted(rep_records.items)
     fast = prepare([src], tmp_path / "fast", "apple")
     slow = prepare([src], tmp_path / "slow", "apple", fast=False)
     # rows may come in another order (odd lines are handled as they come); the content is the same

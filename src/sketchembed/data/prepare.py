@@ -38,7 +38,6 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 import numpy as np
-
 from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 

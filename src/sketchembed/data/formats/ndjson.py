@@ -10,8 +10,8 @@ both still reads. What counts as bad differs by form, because the real data diff
   and one-point strokes (dots), which are all valid. A time row must match x/y in length.
   Coordinates beyond ±100,000 and drawings with all points in one place are not (``check_strokes``).
 
-Every JSON parse of drawing data goes through :func:`decode_line` (here, in ``prepare`` and in
-``suggest``), so hostile input — nesting too deep for the decoder, bytes that are not UTF-8 — is one
+Every JSON parse of drawing data goes through :func:`decode_line` (here, in ``suggest`` and for a
+prepared dataset's manifest), so hostile input — nesting too deep for the decoder, bytes that are not UTF-8 — is one
 counted bad line, never an exception that loses the rest of the file.
 """
 
