@@ -9,8 +9,8 @@ Where the server gives no MD5 (or serves a transcoded copy, to which the stored 
 not apply) only the size can be checked: each such file gets one warning line, and a ``.part`` left
 by an earlier run is not continued — its bytes could not be checked — but fetched again from zero
 ("restarted"); a HEAD request asks for the hash before an earlier ``.part`` is continued, so its
-rest is never fetched only to be thrown away. Files already present are taken on their size; ``verify=True`` (``--verify``)
-checks them against the server's MD5 and fetches again any that differ.
+rest is never fetched only to be thrown away. Files already present are taken on their size;
+``verify=True`` (``--verify``) checks them against the server's MD5 and fetches again any that differ.
 """
 
 from __future__ import annotations

@@ -308,9 +308,11 @@ def prepare(inputs: str | os.PathLike | Iterable, out, classes: str | Sequence[s
     """Prepare per-class files into a dataset at ``out`` (replaced atomically); returns it opened.
 
     ``classes``: names, ``"study"``, ``"all"`` (every category with a file among ``inputs``) or
-    ``"from-files"`` (every file name is a class, Quick, Draw!'s or not). ``fmt``: which files to use (``auto`` = every supported one; ``simplified``/``raw`` pick
+    ``"from-files"`` (every file name is a class, Quick, Draw!'s or not). ``fmt``: which files to
+    use, a kind of the format registry (``auto`` = every registered one; ``simplified``/``raw`` pick
     ndjson files by their content). ``split``: ``study`` or ``fractions`` (module docstring).
-    ``fast=False`` reads simplified ndjson through the generic reader (same result, slower).
+    ``fast=False`` reads every file drawing by drawing, without a format's block reader (same
+    result, slower).
     """
     if isinstance(inputs, (str, os.PathLike)):
         inputs = [inputs]

@@ -329,5 +329,6 @@ def read_ndjson_blocks(source: str | os.PathLike | IO[bytes], *, report: SkipRep
         close()
 
 
-register(FileFormat("ndjson", (".ndjson",), read_ndjson, read_blocks=read_ndjson_blocks, kinds=("simplified", "raw"), sniff=sniff_kind,
-                    raw_kinds=("raw",), bucket={"simplified": "full/simplified/", "raw": "full/raw/"}))
+register(FileFormat("ndjson", (".ndjson",), read_ndjson, read_blocks=read_ndjson_blocks,
+                    kinds=("simplified", "raw"), sniff=sniff_kind, raw_kinds=("raw",),
+                    bucket={"simplified": "full/simplified/", "raw": "full/raw/"}))
