@@ -197,9 +197,16 @@ def test_expected_word_mismatch_and_warning_without_report(shared_quickdraw, tmp
         assert list(read_drawings(path, word="pear")) == []
 
 
-def test_unknown_suffix_is_refused(tmp_path):
-    with pytest.raises(DataFormatError, match="unknown format"):
+def test_unknown_suffix_option_or_policy_is_refused(tmp_path):
+    with pytest.raises(DataFormatError, match=r"apple.csv: unknown format '\.csv'; expected one of \.ndjson, \.bin, \.npz"):
         read_drawings(tmp_path / "apple.csv")
+    with pytest.raises(ValueError, match=r"split= applies to \.npz files only, not .*apple.ndjson"):
+        read_drawings(tmp_path / "apple.ndjson", split="train")
+    # one policy: the report's; an on_error= that contradicts it is an error, not a silent pick
+    with pytest.raises(ValueError, match="on_error='skip' but the report passed has on_error='raise'"):
+        list(read_drawings(tmp_path / "apple.ndjson", on_error="skip", report=SkipReport(on_error="raise")))
+    with pytest.raises(ValueError, match="on_error must be 'skip' or 'raise'"):
+        list(read_drawings(tmp_path / "apple.ndjson", on_error="ignore"))
 
 
 # --- binary ----------------------------------------------------------------------------------------
