@@ -42,7 +42,8 @@ from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from sketchembed.data.categories import CATEGORIES, CATEGORY_SET, resolve_classes
-from sketchembed.data.formats import FileFormat, discover, format_of, kinds, read_drawings, suffix_list
+from sketchembed.data.formats import (FileFormat, discover, format_of, kinds, read_drawings, reading_order,
+                                      suffix_list)
 from sketchembed.data.simplify import simplify_drawing
 from sketchembed.data.sketch import CANVAS_MAX, DataFormatError, Drawing, SkipReport, check_strokes, strokes_to_points
 from sketchembed.data.store import SPLIT_CODES, PreparedDataset, PreparedWriter
@@ -351,8 +352,7 @@ def prepare(inputs: str | os.PathLike | Iterable, out, classes: str | Sequence[s
             srcs.append(Source(path, cls, kind, file_format))
         if not srcs:
             raise FileNotFoundError(f"class {cls!r}: no {fmt} file among {', '.join(map(str, found[cls]))}")
-        order = kinds()  # simplified copies first: they win duplicates, raw ones need no simplifying
-        srcs.sort(key=lambda s: (order.index(s.kind), str(s.path)))
+        srcs.sort(key=lambda s: (reading_order(s.kind), str(s.path)))  # simplified copies win duplicates
         plan.append(srcs)
     total_bytes = sum(s.path.stat().st_size for srcs in plan for s in srcs)
 
@@ -452,7 +452,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--classes", default="all",
                         help="a,b,… | study | all (every Quick, Draw! class found; default) | from-files "
                              "(every file name is a class: sketch datasets with other class names)")
-    parser.add_argument("--format", dest="fmt", default="auto", choices=["auto", *kinds()])
+    parser.add_argument("--format", dest="fmt", default="auto", choices=["auto", *kinds()],
+                        help="which files to use (default: all; simplified/raw: ndjson files by their content)")
     parser.add_argument("--split", default="study", choices=["study", "fractions"],
                         help="study: 5,000 val + 5,000 test per class (fractions for small classes)")
     parser.add_argument("--val-per-class", type=int, default=5000, help="val drawings per class under --split study")

@@ -19,8 +19,9 @@ from sketchembed.data.formats.ndjson import read_ndjson  # noqa: I001
 from sketchembed.data.formats.binary import read_binary, write_binary
 from sketchembed.data.formats.npz import read_npz
 from sketchembed.data.formats.registry import (FORMATS, FileFormat, bucket_kinds, discover, format_of,
-                                               kinds, read_drawings, reader, register, suffix_list, suffixes)
+                                               kinds, read_drawings, reader, reading_order, register, suffix_list,
+                                               suffixes)
 
 __all__ = ["read_drawings", "read_ndjson", "read_binary", "write_binary", "read_npz", "FORMATS", "FileFormat",
-           "register", "reader", "format_of", "kinds", "bucket_kinds", "suffixes", "suffix_list",
+           "register", "reader", "format_of", "kinds", "reading_order", "bucket_kinds", "suffixes", "suffix_list",
            "discover"]

@@ -91,10 +91,14 @@ def suffixes() -> tuple[str, ...]:
 
 
 def kinds() -> tuple[str, ...]:
-    """Every kind ``prepare --format`` takes, in the order prepare reads them (raw kinds last)."""
-    plain = [k for f in FORMATS.values() for k in f.kinds if k not in f.raw_kinds]
-    raw = [k for f in FORMATS.values() for k in f.raw_kinds]
-    return tuple(plain + raw)
+    """Every kind ``prepare --format`` takes (``simplified``, ``raw``, ``binary``, ``npz``, …)."""
+    return tuple(k for f in FORMATS.values() for k in f.kinds)
+
+
+def reading_order(kind: str) -> tuple[bool, int]:
+    """Sort key of a kind in ``prepare``: raw kinds last, else registration order, so the first
+    copy of a drawing kept is a simplified one and raw copies are not even simplified."""
+    return any(kind in f.raw_kinds for f in FORMATS.values()), kinds().index(kind)
 
 
 def bucket_kinds() -> dict[str, tuple[str, str]]:
@@ -211,5 +215,5 @@ def read_drawings(path, *, on_error: str | None = None, report: SkipReport | Non
 
 
 __all__ = ["FORMATS", "FileFormat", "register", "suffixes", "kinds", "format_of",
-           "bucket_kinds", "has_suffix", "suffix_list", "discover", "display_name", "word_problem", "skip_report",
+           "reading_order", "bucket_kinds", "has_suffix", "suffix_list", "discover", "display_name", "word_problem", "skip_report",
            "reader", "read_drawings"]
