@@ -226,6 +226,17 @@ def test_resumed_part_is_said_resumed(bucket, tmp_path):
     (tmp_path / "apple.ndjson.part").write_bytes(src[:4000])
     assert _statuses(bucket, tmp_path) == (["resumed"], [])
     assert (tmp_path / "apple.ndjson").read_bytes() == src
+    # a 206 without the hash: the HEAD asked before resuming gave it, no second HEAD
+    bucket.md5_on_206 = False
+    bucket.log.clear()
+    (tmp_path / "apple.ndjson").unlink()
+    (tmp_path / "apple.ndjson.part").write_bytes(src[:4000])
+    assert _statuses(bucket, tmp_path) == (["resumed"], [])
+    assert [(e["method"], e["range"]) for e in bucket.log] == [("HEAD", None), ("GET", "bytes=4000-")]
+    (tmp_path / "apple.ndjson").unlink()
+    (tmp_path / "apple.ndjson.part").write_bytes(b"X" + src[1:4000])  # the hash still checks the old bytes
+    with pytest.raises(DownloadError, match="MD5 mismatch"):
+        _fetch(bucket, tmp_path)
 
 
 def test_without_md5_an_earlier_part_is_not_trusted(bucket, tmp_path):
