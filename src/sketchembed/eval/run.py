@@ -83,7 +83,7 @@ def _ckpt_path(cfg: DictConfig) -> Path:
 
 def _check_test_dir(test_dir: str, classes: list[str]) -> None:
     """Fail early, naming the files, on a folder the model cannot be evaluated on."""
-    from sketchembed.data.prepare import SUFFIXES, discover
+    from sketchembed.data.formats import discover, suffix_list
 
     path = Path(test_dir)
     if not path.exists():
@@ -92,10 +92,10 @@ def _check_test_dir(test_dir: str, classes: list[str]) -> None:
         return  # a prepared dataset: the DataModule maps its classes by name (and names strangers)
     if not path.is_dir():
         raise ValueError(f"data.test_dir={path}: not a folder (expected a folder of per-class files "
-                         f"{'/'.join(SUFFIXES)} or a prepared dataset)")
+                         f"{suffix_list('/')} or a prepared dataset)")
     found = discover([path])
     if not found:
-        raise ValueError(f"data.test_dir={path}: no per-class files (<class>{', <class>'.join(SUFFIXES)}) in it")
+        raise ValueError(f"data.test_dir={path}: no per-class files (<class>{suffix_list(', <class>')}) in it")
     unknown = {c: files for c, files in found.items() if c not in set(classes)}
     if unknown:
         names = short_list(f for c in sorted(unknown) for f in unknown[c])
