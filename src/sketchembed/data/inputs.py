@@ -196,8 +196,8 @@ def read_inputs(ckpt: Mapping, where="checkpoint") -> InputSettings:
     default of the time (the defaults have not changed)."""
     state = ckpt.get(CHECKPOINT_KEY)
     if not isinstance(state, Mapping) or not state.get("seq_std"):
-        raise ValueError(f"{where}: checkpoint carries no input settings (no seq_std): not a sketchembed "
-                         "training checkpoint (trained with SketchDataModule)")
+        raise ValueError(f"{where}: checkpoint carries no data state (the input settings with seq_std): not a "
+                         "sketchembed training checkpoint (trained with SketchDataModule)")
     if FORMAT_KEY in state:
         if state[FORMAT_KEY] != FORMAT:
             raise ValueError(f"{where}: input settings of format {state[FORMAT_KEY]!r}; this code reads {FORMAT}")
