@@ -228,6 +228,9 @@ def image_count(n: int, fraction: float, rule: str = DEFAULTS.fraction_rule) -> 
 
 
 def fraction_tag(fraction) -> str:
-    """``1.0`` → ``"100"``, ``0.5`` → ``"50"``: the suffix of ``test/acc@100`` and friends."""
+    """``1.0`` → ``"100"``, ``0.5`` → ``"50"``: the suffix of ``test/acc@100`` and friends (also of a
+    batch's ``fraction`` given as a tensor)."""
+    if hasattr(fraction, "flatten"):
+        fraction = fraction.flatten()[0].item()
     pct = 100.0 * float(fraction)
     return str(int(round(pct))) if abs(pct - round(pct)) < 1e-6 else f"{pct:g}"
