@@ -17,9 +17,9 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from sketchembed.data.batch_filter import MaxMeanStrokes, stroke_counts
-from sketchembed.data.datamodule import SketchCollate, SketchDataModule, image_count, keep_count
+from sketchembed.data.datamodule import SketchCollate, SketchDataModule
+from sketchembed.data.inputs import image_count, keep_count, read_inputs
 from sketchembed.data.raster import Rasterizer, render_views
-from sketchembed.data.inputs import read_inputs
 from sketchembed.eval.report import STUDY as STUDY_FIGURES
 from sketchembed.eval.run import _datamodule
 

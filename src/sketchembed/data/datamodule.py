@@ -50,8 +50,7 @@ from sketchembed.data.store import PreparedDataset
 from sketchembed.data.test_dir import open_test_dir
 from sketchembed.messages import short_list
 
-__all__ = ["SPLITS", "VIEWS", "SketchCollate", "SketchDataModule", "SketchSplit", "delta_std", "image_count",
-           "keep_count"]
+__all__ = ["SPLITS", "VIEWS", "SketchCollate", "SketchDataModule", "SketchSplit", "delta_std"]
 
 VIEWS = ("sequence", "image", "snapshots")
 SPLITS = ("train", "val", "test")
