@@ -21,7 +21,7 @@ from typing import Sequence, TextIO
 import numpy as np
 
 from sketchembed.data.embedded import resolve_root
-from sketchembed.data.inputs import fraction_tag, keep_count
+from sketchembed.data.inputs import DEFAULTS, fraction_tag, keep_count
 from sketchembed.data.store import PreparedDataset
 from sketchembed.eval.report import STUDY, load_metrics
 from sketchembed.eval.stats import wilson
@@ -31,7 +31,7 @@ BRAILLE_BASE = 0x2800
 _DOT = np.array([[0x01, 0x08], [0x02, 0x10], [0x04, 0x20], [0x40, 0x80]], dtype=np.int32)
 
 
-def rasterize_dots(points, size: int = 64, canvas: float = 256.0) -> np.ndarray:
+def rasterize_dots(points, size: int = 64, canvas: float = DEFAULTS.canvas) -> np.ndarray:
     """``(size, size)`` bool: strokes sampled densely enough to leave no gaps at this resolution."""
     pts = np.asarray(points, dtype=np.float64)
     img = np.zeros((size, size), dtype=bool)
@@ -54,7 +54,7 @@ def rasterize_dots(points, size: int = 64, canvas: float = 256.0) -> np.ndarray:
     return img
 
 
-def braille(points, width: int = 32, height: int = 16, canvas: float = 256.0) -> list[str]:
+def braille(points, width: int = 32, height: int = 16, canvas: float = DEFAULTS.canvas) -> list[str]:
     """Text lines drawing ``points`` in ``width x height`` braille characters."""
     size = max(2 * width, 4 * height)
     img = rasterize_dots(points, size, canvas)[: 4 * height, : 2 * width]
