@@ -107,18 +107,19 @@ def test_predict_is_the_models_answer_and_the_cli_suggestion(client, studio, sha
     """Classes = softmax of the model's logits; neighbours = what `sketchembed suggest` finds."""
     import torch
 
-    from sketchembed.eval.suggest import embed_sketches, suggest
+    from sketchembed.eval.embed import embed_points
+    from sketchembed.eval.suggest import suggest
 
     pts = real_points(shared_quickdraw, ["bus"], 1)[0].astype(np.int16)
     r = client.post("/api/predict", json={"drawing": strokes_of(pts), "k": 6})
     assert r.status_code == 200, r.text
     res = r.json()
-    _, logits, _, _ = embed_sketches(studio.model, [pts], studio.settings)
+    _, logits, _, _ = embed_points(studio.model, [pts], studio.inputs)
     p = torch.softmax(torch.from_numpy(logits[0]).double(), 0).numpy()
     order = np.argsort(-p)[:5]
     assert [c["name"] for c in res["classes"]] == [STUDY10[i] for i in order]
     assert np.allclose([c["p"] for c in res["classes"]], p[order], atol=1e-6)
-    idx, dist, _ = suggest(studio.model, studio.index, pts, studio.settings, k=6)
+    idx, dist, _ = suggest(studio.model, studio.index, pts, studio.inputs, k=6)
     assert [n["key_id"] for n in res["neighbours"]] == [str(int(studio.index.key_ids[i])) for i in idx]
     assert np.allclose([n["distance"] for n in res["neighbours"]], dist, atol=1e-5)
     first = res["neighbours"][0]

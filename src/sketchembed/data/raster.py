@@ -44,9 +44,10 @@ import math
 
 import torch
 
+from sketchembed.data.inputs import BACKGROUNDS, DEFAULTS, InputSettings, check
+
 __all__ = ["BACKGROUNDS", "Rasterizer", "per_image_standardize", "render_views", "stroke_ends"]
 
-BACKGROUNDS = ("black", "white")
 # Elements per work chunk (strip pixels of pieces, or copied snapshot pixels), by (not CUDA, CUDA):
 # cache-sized on a CPU; on a GPU large, as each chunk costs kernel launches and host round trips
 # (`python -m bench raster`: 224 px snapshots ran 2.6x OpenCV on 16 cores with the CPU size).
@@ -60,24 +61,17 @@ class Rasterizer:
     :func:`render_views` applies (:meth:`style`).
     """
 
-    def __init__(self, size: int = 64, line_width: float = 8.0, padding: float = 4.5,
-                 canvas: float = 256.0, *, background: str = "black", standardize: bool = False,
+    def __init__(self, size: int = DEFAULTS.image_size, line_width: float = DEFAULTS.line_width,
+                 padding: float = DEFAULTS.padding, canvas: float = DEFAULTS.canvas, *,
+                 background: str = DEFAULTS.background, standardize: bool = DEFAULTS.standardize,
                  min_width_px: float = 1.0, piece_len: float | None = None, chunk_elems: int | None = None):
-        if int(size) < 1:
-            raise ValueError(f"size must be >= 1, got {size}")
-        if not (line_width > 0 and padding >= 0 and canvas > 0):
-            raise ValueError(f"need line_width > 0, padding >= 0, canvas > 0; got "
-                             f"{line_width}, {padding}, {canvas}")
-        if background not in BACKGROUNDS:
-            raise ValueError(f"background must be one of {BACKGROUNDS}, got {background!r}")
-        if not isinstance(standardize, bool):
-            raise ValueError(f"standardize must be true or false, got {standardize!r}")
-        self.background = background
-        self.standardize = standardize
-        self.size = int(size)
-        self.line_width = float(line_width)
-        self.padding = float(padding)
-        self.canvas = float(canvas)
+        # the input settings' own checks (sketchembed.data.inputs), one rule for every consumer
+        self.background = check("background", background)
+        self.standardize = check("standardize", standardize)
+        self.size = check("image_size", size)
+        self.line_width = check("line_width", line_width)
+        self.padding = check("padding", padding)
+        self.canvas = check("canvas", canvas)
         self.scale = self.size / (self.canvas + 2 * self.padding)   # output px per canvas unit
         self.half_width = max(self.line_width * self.scale, float(min_width_px)) / 2
         r = self.half_width + 0.5                  # reach of the anti-aliased rim from the centre line
@@ -90,6 +84,12 @@ class Rasterizer:
         self.piece_len = float(max(1.0, min(piece_len, self.size - rim)))
         self.window = (int(math.ceil(self.piece_len)) + rim, rows)
         self.chunk_elems = None if chunk_elems is None else int(chunk_elems)
+
+    @classmethod
+    def from_inputs(cls, inputs: InputSettings, **kwargs) -> "Rasterizer":
+        """The rasterizer of a model's input settings (``kwargs``: the speed knobs)."""
+        return cls(inputs.image_size, inputs.line_width, inputs.padding, inputs.canvas,
+                   background=inputs.background, standardize=inputs.standardize, **kwargs)
 
     def __repr__(self) -> str:
         return (f"Rasterizer(size={self.size}, line_width={self.line_width}, padding={self.padding}, "
