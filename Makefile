@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install train test test-slow test-all bench clean
+.PHONY: install train test test-slow test-gpu test-all bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -24,6 +24,10 @@ test: $(STAMP)
 
 test-slow: $(STAMP)
 	WANDB_MODE=offline $(BIN)/python -m pytest -q -m slow $(ARGS)
+
+# the CUDA path (tests/test_gpu.py): skipped without a GPU, never part of CI
+test-gpu: $(STAMP)
+	WANDB_MODE=offline $(BIN)/python -m pytest -q -m gpu $(ARGS)
 
 test-all: $(STAMP)
 	WANDB_MODE=offline $(BIN)/python -m pytest -q -m "" $(ARGS)

@@ -19,6 +19,9 @@ SECTIONS = {
     "prepare": "bench.prepare",
     "eval_scale": "bench.eval_scale",
     "studio": "bench.studio",
+    # CUDA only (skipped without a GPU; --quick checks them small on the CPU)
+    "train_gpu": "bench.train_gpu",
+    "eval_gpu": "bench.eval_gpu",
 }
 
 

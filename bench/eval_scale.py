@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -74,10 +75,23 @@ def build_dataset(work: Path, n_drawings: int, classes, seed: int = 0) -> tuple[
     return out, json.loads(r.stdout.strip().splitlines()[-1])
 
 
+def synthetic_prepared(n_drawings: int, classes=STUDY_CLASSES, seed: int = 0,
+                       cache: Path = REPO / ".bench" / "synthetic") -> Path:
+    """A prepared synthetic set of ``n_drawings`` (built once, then reused from ``cache``)."""
+    work = cache / f"{len(classes)}classes-{n_drawings}-seed{seed}"
+    prepared = work / "prepared"
+    if not (prepared / "manifest.json").is_file():
+        build_dataset(work, n_drawings, classes, seed)
+        shutil.rmtree(work / "simplified", ignore_errors=True)
+    return prepared
+
+
 def train_checkpoint(prepared: Path, out: Path, model: str = "triplet", steps: int = 2,
-                     extra: tuple[str, ...] = ()) -> Path:
-    """A checkpoint of ``model`` after ``steps`` training steps on ``prepared`` (no validation)."""
-    _python([str(REPO / "train.py"), *MODEL_OVERRIDES[model], f"data.root={prepared}", "trainer.max_epochs=1",
+                     extra: tuple[str, ...] = (), overrides: list[str] | None = None) -> Path:
+    """A checkpoint of ``model`` (or of the run ``overrides`` name) after ``steps`` training steps on
+    ``prepared`` (no validation)."""
+    model_args = MODEL_OVERRIDES[model] if overrides is None else overrides
+    _python([str(REPO / "train.py"), *model_args, f"data.root={prepared}", "trainer.max_epochs=1",
              f"trainer.limit_train_batches={steps}", "trainer.limit_val_batches=0", "test=false", "logger=none",
              "callbacks.sample_images=null", "callbacks.embedding_eval=null", "callbacks.progress=null",
              "callbacks.lr_monitor=null", f"hydra.run.dir={out}", *extra], "train.py")

@@ -17,6 +17,7 @@ standardisation both feed the CNN (in standard deviations). It does so at the co
 
 from __future__ import annotations
 
+import multiprocessing as mp
 import os
 import time
 from pathlib import Path
@@ -25,10 +26,12 @@ import cv2
 import numpy as np
 import torch
 
-from sketchembed.data.raster import Rasterizer, per_image_standardize
+from sketchembed.data.raster import Rasterizer, per_image_standardize, stroke_ends
 
 SHARED = Path(os.environ.get("SKETCHEMBED_SHARED", Path(__file__).resolve().parents[2] / "shared"))
 BATCH = 256
+CUDA_BATCHES = (256, 2048, 8192)   # drawings per rasterizer call on the GPU
+CUDA_REPEAT = 8              # the GPU rows render the drawings this many times over (16,384 drawings)
 CV_CANVAS = 265
 STUDY_DATA = Path(__file__).resolve().parents[1] / "conf" / "data" / "study.yaml"
 STUDY_CV_THICKNESS = 3   # the study's cv2.polylines thickness, on its 255 px canvas + 5 px border
@@ -131,7 +134,9 @@ def run(n_drawings: int = 2048, quick: bool = False) -> list[dict]:
                                  drawings_per_s=round(len(drawings) / t, 1),
                                  images_per_s=round(n_img / t, 1),
                                  speedup_vs_opencv=round(t_cv / t, 3), mad_vs_opencv=round(mad, 4),
-                                 threads=torch.get_num_threads()))
+                                 threads=torch.get_num_threads(), batch=BATCH, device="cpu"))
+    if torch.cuda.is_available():
+        rows.extend(cuda_rows(drawings, n_snaps, quick))
     _print(rows)
     study = study_match(drawings)
     for row in study:
@@ -139,6 +144,95 @@ def run(n_drawings: int = 2048, quick: bool = False) -> list[dict]:
               f"line_width {row['line_width']} ({row['setting']}): MAD {row['mad']} in [0, 1], "
               f"{row['mad_standardized']} std after per-image standardisation")
     rows.extend(study)
+    return rows
+
+
+def _cv_chunk(args) -> int:
+    """Worker: render a chunk the classic way; returns the image count (the images stay in the worker,
+    as the GPU's stay on the GPU)."""
+    chunk, size, line_width, padding, final_only = args
+    return len(opencv_snapshots(chunk, size, line_width, padding, final_only))
+
+
+def cuda_rows(drawings: list[np.ndarray], n_snaps: int, quick: bool, device: str = "cuda") -> list[dict]:
+    """The rasterizer on the GPU (batches already on the device; timed with a sync) beside OpenCV on
+    every CPU core (one worker process per core, chunks of ``BATCH`` drawings), on the same drawings
+    repeated ``CUDA_REPEAT`` times."""
+    dev = torch.device(device)
+    on_gpu = dev.type == "cuda"
+    repeat = 1 if quick else CUDA_REPEAT
+    many = drawings * repeat
+    procs = os.cpu_count() or 1
+    name = torch.cuda.get_device_name(dev) if on_gpu else str(dev)
+    rows = []
+    with mp.get_context("fork").Pool(procs, initializer=cv2.setNumThreads, initargs=(1,)) as pool:
+        pool.map(_cv_chunk, [(drawings[:8], 64, 8.0, 4.5, True)] * procs)          # workers up
+        for size in (64, 224):
+            r = Rasterizer(size)
+            for view in ("snapshots", "image"):
+                final_only = view == "image"
+                n_img = len(many) if final_only else n_snaps * repeat
+                chunks = [(many[i:i + BATCH], size, r.line_width, r.padding, final_only)
+                          for i in range(0, len(many), BATCH)]
+                t = time.perf_counter()
+                assert sum(pool.map(_cv_chunk, chunks)) == n_img
+                t_cv = time.perf_counter() - t
+                rows.append(dict(size=size, view=view, method=f"opencv-{procs}proc", batch=BATCH,
+                                 drawings=len(many), images=n_img, seconds=round(t_cv, 4),
+                                 drawings_per_s=round(len(many) / t_cv, 1), images_per_s=round(n_img / t_cv, 1),
+                                 speedup_vs_opencv=1.0, mad_vs_opencv=0.0, threads=procs, device="cpu"))
+                for batch in CUDA_BATCHES:
+                    padded = [tuple(x.to(dev) for x in pad(many[i:i + batch])) for i in range(0, len(many), batch)]
+                    ends = [stroke_ends(p, n) for p, n in padded]
+
+                    def go():
+                        for (p, n), (sb, sp) in zip(padded, ends):
+                            r(p, n) if final_only else r.snapshots(p, n, sb, sp)
+                        if on_gpu:
+                            torch.cuda.synchronize(dev)
+
+                    p, n = padded[0]
+                    mine = (r(p, n) if final_only else r.snapshots(p, n, *ends[0])).cpu()       # warm-up + check
+                    ref = torch.from_numpy(opencv_snapshots(many[:batch], size, r.line_width, r.padding, final_only))
+                    t = _best(go, 1 if quick else 3)
+                    rows.append(dict(size=size, view=view, method=f"torch-{dev.type}", batch=batch, drawings=len(many),
+                                     images=n_img, seconds=round(t, 4), drawings_per_s=round(len(many) / t, 1),
+                                     images_per_s=round(n_img / t, 1), speedup_vs_opencv=round(t_cv / t, 3),
+                                     mad_vs_opencv=round(float((mine - ref).abs().mean()), 4), threads=procs,
+                                     device=name))
+                    del padded, ends
+                    if on_gpu:
+                        torch.cuda.empty_cache()
+    rows.extend(chunk_sweep(many, dev, quick))
+    best = max((x for x in rows if x["method"] == f"torch-{dev.type}" and x["size"] == 224 and x["view"] == "snapshots"),
+               key=lambda x: x["images_per_s"])
+    print(f"goal at 224 px, snapshots: >= 1,000,000 snapshots/s on the GPU and >= 10x OpenCV on {procs} cores: "
+          f"{best['images_per_s']:,.0f}/s (batch {best['batch']}), {best['speedup_vs_opencv']:.1f}x")
+    return rows
+
+
+def chunk_sweep(drawings: list[np.ndarray], dev: torch.device, quick: bool, size: int = 224,
+                batch: int = 2048) -> list[dict]:
+    """Snapshots/s at ``size`` px by the rasterizer's work-chunk size (``CHUNK_ELEMS`` rests on this)."""
+    padded = [tuple(x.to(dev) for x in pad(drawings[i:i + batch])) for i in range(0, len(drawings), batch)]
+    ends = [stroke_ends(p, n) for p, n in padded]
+    n_img = sum(int(sb.numel()) for sb, _ in ends)
+    rows = []
+    for log2 in (21, 23, 25, 27):
+        r = Rasterizer(size, chunk_elems=1 << log2)
+
+        def go():
+            for (p, n), (sb, sp) in zip(padded, ends):
+                r.snapshots(p, n, sb, sp)
+            if dev.type == "cuda":
+                torch.cuda.synchronize(dev)
+
+        r.snapshots(*padded[0], *ends[0])
+        t = _best(go, 1 if quick else 2)
+        rows.append(dict(size=size, view="snapshots", method=f"torch-{dev.type}-chunk2^{log2}", batch=batch,
+                         drawings=len(drawings), images=n_img, seconds=round(t, 4),
+                         drawings_per_s=round(len(drawings) / t, 1), images_per_s=round(n_img / t, 1),
+                         speedup_vs_opencv=None, mad_vs_opencv=None, device=str(dev), chunk_elems=1 << log2))
     return rows
 
 
@@ -163,7 +257,7 @@ def study_match(drawings: list[np.ndarray]) -> list[dict]:
 
 
 def _print(rows: list[dict]) -> None:
-    cols = {"size": "px", "view": "view", "method": "method", "drawings_per_s": "drawings/s",
+    cols = {"size": "px", "view": "view", "method": "method", "batch": "batch", "drawings_per_s": "drawings/s",
             "images_per_s": "images/s", "speedup_vs_opencv": "x opencv", "mad_vs_opencv": "MAD"}
     title = (f"rasterizer ({rows[0]['drawings']} real drawings, batches of {BATCH}, "
              f"{rows[0]['threads']} threads)")

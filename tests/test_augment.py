@@ -9,6 +9,8 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
 
 from sketchembed.data.augment import PointAugment
 from sketchembed.data.raster import Rasterizer
@@ -118,9 +120,6 @@ def test_bad_config_and_hydra_instantiation():
         PointAugment(stroke_dropout=1.5)
     with pytest.raises(ValueError, match=r"\(N, 3\)"):
         PointAugment()(np.zeros((4, 2)), np.random.default_rng(0))
-    from hydra.utils import instantiate
-    from omegaconf import OmegaConf
-
     cfg = OmegaConf.create({"_target_": "sketchembed.data.augment.PointAugment",
                             "scale": [0.9, 1.1], "rotate_deg": 10, "stroke_dropout": 0.1})
     aug = instantiate(cfg)

@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from sketchembed.data.augment import PointAugment
-from sketchembed.data.datamodule import SketchCollate, SketchDataModule, delta_std, keep_count
+from sketchembed.data.datamodule import SketchCollate, SketchDataModule, delta_std
+from sketchembed.data.inputs import keep_count
 from sketchembed.data.samplers import PKBatchSampler
 from sketchembed.data.store import PreparedWriter
 

@@ -19,6 +19,7 @@ import pytest
 
 from sketchembed import STUDY_CLASSES
 from sketchembed.cli import main
+from sketchembed.data.categories import CATEGORIES
 from sketchembed.data.download import BASE_URL, DownloadError, download, file_url, resolve_classes
 
 CLASSES = ["apple", "The Eiffel Tower"]
@@ -225,6 +226,17 @@ def test_resumed_part_is_said_resumed(bucket, tmp_path):
     (tmp_path / "apple.ndjson.part").write_bytes(src[:4000])
     assert _statuses(bucket, tmp_path) == (["resumed"], [])
     assert (tmp_path / "apple.ndjson").read_bytes() == src
+    # a 206 without the hash: the HEAD asked before resuming gave it, no second HEAD
+    bucket.md5_on_206 = False
+    bucket.log.clear()
+    (tmp_path / "apple.ndjson").unlink()
+    (tmp_path / "apple.ndjson.part").write_bytes(src[:4000])
+    assert _statuses(bucket, tmp_path) == (["resumed"], [])
+    assert [(e["method"], e["range"]) for e in bucket.log] == [("HEAD", None), ("GET", "bytes=4000-")]
+    (tmp_path / "apple.ndjson").unlink()
+    (tmp_path / "apple.ndjson.part").write_bytes(b"X" + src[1:4000])  # the hash still checks the old bytes
+    with pytest.raises(DownloadError, match="MD5 mismatch"):
+        _fetch(bucket, tmp_path)
 
 
 def test_without_md5_an_earlier_part_is_not_trusted(bucket, tmp_path):
@@ -236,7 +248,8 @@ def test_without_md5_an_earlier_part_is_not_trusted(bucket, tmp_path):
     seen, warned = _statuses(bucket, tmp_path)
     assert (tmp_path / "apple.ndjson").read_bytes() == src
     assert seen == ["restarted"] and warned == ["apple.ndjson: the server sent no MD5: checked by its size only"]
-    assert [(e["method"], e["range"]) for e in bucket.log] == [("GET", "bytes=4000-"), ("HEAD", None), ("GET", None)]
+    # the hash is asked for first, so the rest of the .part is not fetched only to be thrown away
+    assert [(e["method"], e["range"]) for e in bucket.log] == [("HEAD", None), ("GET", None)]
     # a fresh download without MD5: one warning line, nothing fetched twice
     bucket.log.clear()
     assert _statuses(bucket, tmp_path / "fresh") == (["downloaded"], warned)
@@ -313,13 +326,11 @@ def test_unknown_class_fails_before_any_request(bucket, tmp_path):
 
 
 def test_class_spec_and_urls():
-    from sketchembed.data.categories import CATEGORIES
-
     assert resolve_classes("study") == list(STUDY_CLASSES)
     assert resolve_classes("all") == list(CATEGORIES) and len(CATEGORIES) == 345
     assert resolve_classes(" apple, The Eiffel Tower ,apple") == ["apple", "The Eiffel Tower"]
     assert file_url("The Eiffel Tower", "binary") == BASE_URL + "full/binary/The%20Eiffel%20Tower.bin"
-    assert file_url("apple", "sketchrnn", "http://h/x/") == "http://h/x/sketchrnn/apple.npz"
+    assert file_url("apple", "npz", "http://h/x/") == "http://h/x/sketchrnn/apple.npz"
     assert file_url("apple", "raw") == BASE_URL + "full/raw/apple.ndjson"
     with pytest.raises(ValueError, match="format 'png'"):
         file_url("apple", "png")
@@ -341,6 +352,23 @@ def test_cli(bucket, tmp_path, capsys):
     (bucket.root / "full/simplified/apple.ndjson").unlink()
     assert main(argv + ["--force"]) == 1
     assert "HTTP 404" in capsys.readouterr().err
+
+
+def test_npz_has_one_name_and_the_old_one_still_works(bucket, tmp_path, capsys):
+    """sketch-rnn's files are format ``npz`` everywhere (prepare, download, the registry); the old
+    download spelling ``sketchrnn`` is still taken, with one line saying so."""
+    (bucket.root / "sketchrnn").mkdir(exist_ok=True)
+    (bucket.root / "sketchrnn" / "apple.npz").write_bytes(b"PK-not-really-a-zip")
+    argv = ["data", "download", "--classes", "apple", "--url-base", bucket.url, "--retries", "0", "--quiet"]
+    assert main(argv + ["--format", "npz", "--dest", str(tmp_path / "a")]) == 0
+    assert "note:" not in capsys.readouterr().err
+    assert (tmp_path / "a" / "apple.npz").read_bytes() == b"PK-not-really-a-zip"
+    assert main(argv + ["--format", "sketchrnn", "--dest", str(tmp_path / "b")]) == 0
+    assert "note: --format sketchrnn is now called npz" in capsys.readouterr().err
+    assert (tmp_path / "b" / "apple.npz").is_file()
+    with pytest.raises(SystemExit):
+        main(["data", "download", "--help"])
+    assert "{simplified,raw,binary,npz}" in capsys.readouterr().out
 
 
 def test_progress_bars_render(bucket, tmp_path, capsys):

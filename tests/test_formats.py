@@ -2,20 +2,29 @@
 
 from __future__ import annotations
 
+import builtins
+import importlib
 import io
 import json
+import os
 import pickle
 import struct
+import sys
 import zipfile
 
 import numpy as np
 import pytest
 
-from sketchembed.data.formats import read_drawings, read_ndjson, write_binary
+from sketchembed.cli import main
+from sketchembed.data.formats import (FORMATS, FileFormat, bucket_kinds, kinds, read_drawings, read_ndjson, register,
+                                      suffixes, write_binary)
 from sketchembed.data.formats.binary import read_binary, timestamp_seconds
+from sketchembed.data.formats.ndjson import decode_line
 from sketchembed.data.formats.npz import read_npz, synthetic_key_id
+from sketchembed.data.prepare import prepare
 from sketchembed.data.simplify import normalize_to_canvas
 from sketchembed.data.sketch import DataFormatError, Drawing, SkipReport
+from sketchembed.eval.suggest import read_sketch
 
 
 def _lines(path, n=None):
@@ -188,9 +197,16 @@ def test_expected_word_mismatch_and_warning_without_report(shared_quickdraw, tmp
         assert list(read_drawings(path, word="pear")) == []
 
 
-def test_unknown_suffix_is_refused(tmp_path):
-    with pytest.raises(DataFormatError, match="unknown format"):
+def test_unknown_suffix_option_or_policy_is_refused(tmp_path):
+    with pytest.raises(DataFormatError, match=r"apple.csv: unknown format '\.csv'; expected one of \.ndjson, \.bin, \.npz"):
         read_drawings(tmp_path / "apple.csv")
+    with pytest.raises(ValueError, match=r"split= applies to \.npz files only, not .*apple.ndjson"):
+        read_drawings(tmp_path / "apple.ndjson", split="train")
+    # one policy: the report's; an on_error= that contradicts it is an error, not a silent pick
+    with pytest.raises(ValueError, match="on_error='skip' but the report passed has on_error='raise'"):
+        list(read_drawings(tmp_path / "apple.ndjson", on_error="skip", report=SkipReport(on_error="raise")))
+    with pytest.raises(ValueError, match="on_error must be 'skip' or 'raise'"):
+        list(read_drawings(tmp_path / "apple.ndjson", on_error="ignore"))
 
 
 # --- binary ----------------------------------------------------------------------------------------
@@ -377,9 +393,6 @@ def _evil_npz(path, payload):
 @pytest.mark.parametrize("how", ["os.system", "builtins.eval"])
 @pytest.mark.parametrize("on_error", ["skip", "raise"])
 def test_malicious_npz_is_refused_and_nothing_runs(tmp_path, how, on_error):
-    import builtins
-    import os
-
     marker = tmp_path / "pwned"
     if how == "os.system":
         payload = _object_array([_Evil(os.system, f"touch '{marker}'")])
@@ -452,8 +465,6 @@ def test_reading_stops_at_the_bad_record_not_before(tmp_path, shared_quickdraw):
 # --- hostile JSON everywhere it is parsed; class names outside Quick, Draw! ---------------------------
 
 def test_decode_line_is_json_loads_but_never_raises_recursion():
-    from sketchembed.data.formats.ndjson import decode_line
-
     for text in (b'{"a": [1, 2.5, "x", null, true]}\n', b'  [1]  \r\n', "[]"):
         assert decode_line(text) == json.loads(text)
     for text in (b"", b"\n", b"{oops", b"[1] x", b"[" * 100_000, b"{\"a\":" * 100_000, b"\xff"):
@@ -463,8 +474,6 @@ def test_decode_line_is_json_loads_but_never_raises_recursion():
 
 def test_deeply_nested_line_in_suggest_sketch_file(shared_quickdraw, tmp_path):
     """`sketchembed suggest` reads its sketch through the same decoder: one named error, no RecursionError."""
-    from sketchembed.eval.suggest import read_sketch
-
     path = tmp_path / "apple.ndjson"
     path.write_bytes(b"[" * 100_000 + b"\n" + _lines(shared_quickdraw / "simplified" / "apple.ndjson", 1)[0])
     with pytest.raises(DataFormatError, match=r"apple.ndjson:line 1: broken JSON \(nested too deeply\)"):
@@ -492,10 +501,96 @@ def test_any_class_name_when_asked(shared_quickdraw, tmp_path):
 
 
 def test_suggest_reads_a_sketch_of_any_class(shared_quickdraw, tmp_path):
-    from sketchembed.eval.suggest import read_sketch
-
     line = json.loads(_lines(shared_quickdraw / "simplified" / "apple.ndjson", 1)[0])
     path = tmp_path / "mine.ndjson"
     path.write_text(json.dumps({**line, "word": "wyvern"}) + "\n")
     drawing, points = read_sketch(path, 1)
     assert drawing.word == "wyvern" and len(points) == drawing.n_points
+
+
+# --- a new format is one module plus one registration ----------------------------------------------
+
+TINY_FORMAT = '''
+"""A tiny text format: one drawing per line, ``key_id x,y x,y;x,y x,y`` (';' between strokes)."""
+from pathlib import Path
+
+import numpy as np
+
+from sketchembed.data.formats.registry import FileFormat, display_name, reader, register, word_problem
+from sketchembed.data.sketch import Drawing, check_strokes
+
+
+@reader
+def read_tiny(source, *, report, word=None, words=None):
+    name = display_name(source)
+    cls = word if word is not None else Path(name).stem
+    problem = word_problem(cls, None, words)
+    if problem:
+        report.bad(name, None, problem)
+        return
+    with open(source) as f:
+        for lineno, line in enumerate(f, 1):
+            key, _, body = line.strip().partition(" ")
+            try:
+                strokes = [np.array([[int(v) for v in p.split(",")] for p in s.split()], dtype=np.int16)
+                           for s in body.split(";")]
+                key_id = int(key)
+            except ValueError:
+                report.bad(name, f"line {lineno}", "not integers")
+                continue
+            why = check_strokes(strokes)
+            if why:
+                report.bad(name, f"line {lineno}", why)
+                continue
+            yield Drawing(key_id=key_id, word=cls, strokes=strokes)
+
+
+register(FileFormat("tiny", (".tiny",), read_tiny))
+'''
+
+
+@pytest.fixture
+def tiny_format(tmp_path, monkeypatch):
+    """The module on sys.path, imported (so registered) as a user's project would."""
+    (tmp_path / "ext_tiny_format.py").write_text(TINY_FORMAT)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    yield importlib.import_module("ext_tiny_format")
+    sys.modules.pop("ext_tiny_format", None)
+    FORMATS.pop("tiny", None)
+
+
+def test_a_new_format_is_one_module_and_one_registration(tiny_format, shared_quickdraw, tmp_path, capsys):
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "apple.ndjson").write_bytes(b"\n".join(_lines(shared_quickdraw / "simplified" / "apple.ndjson", 3)))
+    (src / "apple.tiny").write_text("11 0,0 10,10;20,5 30,40\n12 nope\n13 1,1 5,9 7,7\n")
+    (src / "pear.tiny").write_text("21 3,3 50,60\n")
+    assert "tiny" in FORMATS and ".tiny" in suffixes() and "tiny" in kinds()
+    rep = SkipReport()
+    got = list(read_drawings(src / "apple.tiny", report=rep))
+    assert [d.key_id for d in got] == [11, 13] and rep.items == [(str(src / "apple.tiny"), "line 2", "not integers")]
+    with pytest.warns(UserWarning, match="skipped 1 bad input"):  # the public error policy came with @reader
+        list(read_drawings(src / "apple.tiny"))
+    with pytest.raises(DataFormatError, match="apple.tiny:line 2: not integers"):
+        list(read_drawings(src / "apple.tiny", on_error="raise"))
+    # prepare finds, reads and selects the new format; the ndjson files beside it are ignored with a reason
+    ds = prepare([src], tmp_path / "out", "apple,pear", fmt="tiny", split="fractions")
+    assert sorted(int(k) for k in ds.key_ids) == [11, 13, 21]
+    assert {s["kind"] for s in ds.manifest["sources"]} == {"tiny"}
+    assert any(i["reason"] == "simplified file, --format tiny asked" for i in ds.manifest["ignored_files"])
+    assert np.array_equal(ds.points(int(np.flatnonzero(ds.key_ids == 11)[0])),
+                          [[0, 0, 0], [10, 10, 1], [20, 5, 0], [30, 40, 1]])
+    # and so does the command line: --format choices and the --input help come from the registry
+    assert main(["data", "prepare", "--input", str(src), "--out", str(tmp_path / "cli"), "--classes", "apple",
+                 "--format", "tiny", "--split", "fractions", "--no-progress"]) == 0
+    assert "2 drawings" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["data", "prepare", "--help"])
+    assert "tiny" in capsys.readouterr().out
+    # the public bucket has no such files: download does not offer it
+    assert "tiny" not in bucket_kinds()
+    # one name, one suffix, one kind per format
+    with pytest.raises(ValueError, match=r"\.tiny already belong\(s\) to format 'tiny'"):
+        register(FileFormat("tiny2", (".TINY",), tiny_format.read_tiny))
+    with pytest.raises(ValueError, match="simplified already belong"):
+        register(FileFormat("simplified", (".simp",), tiny_format.read_tiny))

@@ -89,7 +89,7 @@ def test_eof_ends_cleanly_with_results_so_far(tiny_store):
 
 
 def test_truncation_matches_eval_rule(tiny_store):
-    from sketchembed.data.datamodule import keep_count
+    from sketchembed.data.inputs import keep_count
     from sketchembed.data.store import PreparedDataset
 
     ds = PreparedDataset(tiny_store)

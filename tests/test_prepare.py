@@ -9,10 +9,14 @@ import numpy as np
 import pytest
 
 from sketchembed import STUDY_CLASSES
-from sketchembed.data.formats import read_drawings
+from sketchembed.cli import main
+from sketchembed.data.datamodule import SketchDataModule
+from sketchembed.data.embedded import embedded_dataset_path, open_embedded
+from sketchembed.data.formats import read_drawings, read_ndjson
+from sketchembed.data.formats.ndjson import read_ndjson_blocks
 from sketchembed.data.prepare import assign_splits, prepare, split_sizes
 from sketchembed.data.simplify import simplify_drawing
-from sketchembed.data.sketch import DataFormatError, strokes_to_points
+from sketchembed.data.sketch import DataFormatError, Drawing, SkipReport, strokes_to_points
 
 KEY0 = 5_100_000_000_000_000
 
@@ -99,11 +103,11 @@ def test_splits_depend_on_key_ids_not_file_order(small_set, tmp_path):
 def test_adding_drawings_moves_few_and_only_towards_train(tmp_path):
     src = tmp_path / "src"
     base = write_class(src / "apple.ndjson", "apple", range(KEY0, KEY0 + 300), seed=1)
-    before = split_of(prepare([src], tmp_path / "a", "apple", split="study", eval_per_class=30,
+    before = split_of(prepare([src], tmp_path / "a", "apple", split="study", val_per_class=30,
                               test_per_class=20))
     extra = write_class(tmp_path / "more" / "x.ndjson", "apple", range(KEY0 + 1000, KEY0 + 1010), seed=5)
     (src / "apple.ndjson").write_text("\n".join(base + extra) + "\n")
-    after_ds = prepare([src], tmp_path / "b", "apple", split="study", eval_per_class=30, test_per_class=20)
+    after_ds = prepare([src], tmp_path / "b", "apple", split="study", val_per_class=30, test_per_class=20)
     after = split_of(after_ds)
     assert after_ds.manifest["split_rule"]["per_class"] == {"apple": "study"}
     assert after_ds.manifest["counts"]["apple"] == {"train": 260, "val": 30, "test": 20}
@@ -114,20 +118,20 @@ def test_adding_drawings_moves_few_and_only_towards_train(tmp_path):
 
 
 def test_study_rule_and_fraction_fallback():
-    assert split_sizes(200_000, "study", eval_per_class=5000, test_per_class=5000,
+    assert split_sizes(200_000, "study", val_per_class=5000, test_per_class=5000,
                        fractions=(0.7, 0.15, 0.15)) == ("study", 5000, 5000)
     # too small for 5,000 + 5,000 with train keeping >= 2/3: fractions
-    assert split_sizes(29_999, "study", eval_per_class=5000, test_per_class=5000,
+    assert split_sizes(29_999, "study", val_per_class=5000, test_per_class=5000,
                        fractions=(0.7, 0.15, 0.15)) == ("fractions", 4500, 4500)
-    assert split_sizes(20, "fractions", eval_per_class=5, test_per_class=5,
+    assert split_sizes(20, "fractions", val_per_class=5, test_per_class=5,
                        fractions=(0.7, 0.15, 0.15)) == ("fractions", 3, 3)
-    assert split_sizes(3, "fractions", eval_per_class=5, test_per_class=5,
+    assert split_sizes(3, "fractions", val_per_class=5, test_per_class=5,
                        fractions=(0.8, 0.1, 0.1)) == ("fractions", 1, 1)
-    assert split_sizes(2, "fractions", eval_per_class=5, test_per_class=5,
+    assert split_sizes(2, "fractions", val_per_class=5, test_per_class=5,
                        fractions=(0.7, 0.15, 0.15)) == ("fractions", 0, 0)
     labels = np.repeat([0, 1], [40, 10])
     keys = np.arange(50, dtype=np.uint64) * 977 + KEY0
-    splits, rules = assign_splits(labels, keys, ["apple", "pear"], rule="study", eval_per_class=4,
+    splits, rules = assign_splits(labels, keys, ["apple", "pear"], rule="study", val_per_class=4,
                                   test_per_class=6, fractions=(0.6, 0.2, 0.2))
     assert rules == {"apple": "study", "pear": "fractions"}
     assert np.bincount(splits[labels == 0], minlength=3).tolist() == [30, 4, 6]
@@ -186,6 +190,17 @@ def test_bad_lines_fast_path_matches_reader(tmp_path):
     src = tmp_path / "src"
     src.mkdir()
     (src / "apple.ndjson").write_text("\n".join(lines) + "\n")
+    # the block reader (prepare's fast path) against the record reader: same drawings, same order, same skips
+    rep_blocks, rep_records = SkipReport(), SkipReport()
+    flat = []
+    for item in read_ndjson_blocks(src / "apple.ndjson", report=rep_blocks, word="apple", size=4):
+        if isinstance(item, Drawing):
+            flat.append((item.key_id, item.points().tolist()))
+        else:
+            flat += [(k, p.tolist()) for k, p in zip(item.key_ids, np.split(item.points, np.cumsum(item.lengths)[:-1]))]
+    ref = [(d.key_id, d.points().tolist()) for d in read_ndjson(src / "apple.ndjson", report=rep_records, word="apple")]
+    assert flat == ref and len(ref) == 9  # six good lines (one twice), the bool line, the raw line
+    assert rep_blocks.count == rep_records.count == 13 and sorted(rep_blocks.items) == sorted(rep_records.items)
     fast = prepare([src], tmp_path / "fast", "apple")
     slow = prepare([src], tmp_path / "slow", "apple", fast=False)
     # rows may come in another order (odd lines are handled as they come); the content is the same
@@ -222,8 +237,6 @@ def test_hostile_first_line_loses_nothing_else(small_set, tmp_path):
 
 
 def test_files_not_used_are_reported_and_other_datasets_read_with_from_files(small_set, tmp_path, capsys):
-    from sketchembed.cli import main
-
     write_class(small_set / "wyvern.ndjson", "wyvern", range(KEY0 + 300, KEY0 + 306), seed=5)
     ds = prepare([small_set], tmp_path / "qd", "all")
     assert ds.classes == ["apple", "bus", "pear"]
@@ -280,8 +293,6 @@ def test_key_in_two_classes_is_a_counted_skip(small_set, tmp_path):
 
 
 def test_cli_prepare_and_stats(small_set, tmp_path, capsys):
-    from sketchembed.cli import main
-
     out = tmp_path / "out"
     rc = main(["data", "prepare", "--input", str(small_set), "--out", str(out), "--classes", "all",
                "--split", "fractions", "--fractions", "0.5,0.25,0.25", "--no-progress"])
@@ -294,6 +305,15 @@ def test_cli_prepare_and_stats(small_set, tmp_path, capsys):
     assert st["strokes_per_drawing"]["min"] >= 1
     assert main(["data", "stats", str(out)]) == 0
     assert "apple" in capsys.readouterr().out
+    # the val count is --val-per-class; its old name --eval-per-class still works, with a note
+    for flag in ("--val-per-class", "--eval-per-class"):
+        assert main(["data", "prepare", "--input", str(small_set), "--out", str(out), "--no-progress",
+                     "--classes", "apple", flag, "3", "--test-per-class", "4", "--split", "study"]) == 0
+        cap = capsys.readouterr()
+        assert ("note: --eval-per-class is now called --val-per-class" in cap.err) == (flag == "--eval-per-class")
+        rule = json.loads((out / "manifest.json").read_text())["split_rule"]
+        assert (rule["val_per_class"], rule["test_per_class"], rule["per_class"]) == (3, 4, {"apple": "study"})
+        assert "(train 33 / val 3 / test 4)" in cap.out
     (small_set / "pear.ndjson").write_text("{}\n")
     assert main(["data", "prepare", "--input", str(small_set), "--out", str(out), "--no-progress"]) == 2
     assert "class 'pear' has no valid drawings" in capsys.readouterr().err
@@ -320,8 +340,6 @@ README_COUNTS = {"apple": 80, "banana": 80, "pear": 32, "grapes": 25, "blackberr
 
 
 def test_embedded_datasets(repo_root):
-    from sketchembed.data.embedded import embedded_dataset_path, open_embedded
-
     s = open_embedded("study10")
     s.verify()
     assert s.classes == list(STUDY_CLASSES) and len(s) == 337
@@ -340,18 +358,14 @@ def test_embedded_datasets(repo_root):
 
 
 def test_embedded_missing_is_a_clear_error(monkeypatch, tmp_path):
-    import sketchembed.data.embedded as emb
-
-    monkeypatch.setattr(emb, "EMBEDDED_ROOT", tmp_path)
+    monkeypatch.setattr("sketchembed.data.embedded.EMBEDDED_ROOT", tmp_path)
     with pytest.raises(FileNotFoundError, match="build_embedded_data.py"):
-        emb.embedded_dataset_path("study10")
+        embedded_dataset_path("study10")
 
 
 def test_other_dataset_through_the_datamodule_with_a_hostile_test_dir(tmp_path):
     """Class names outside Quick, Draw! from prepare to batches; an eval test_dir (prepared on the
     fly) with a nested-JSON bomb loses that line only."""
-    from sketchembed.data.datamodule import SketchDataModule
-
     src = tmp_path / "beasts"
     write_class(src / "wyvern.ndjson", "wyvern", range(KEY0, KEY0 + 30), seed=1)
     write_class(src / "griffin.ndjson", "griffin", range(KEY0 + 100, KEY0 + 130), seed=2)

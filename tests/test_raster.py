@@ -12,7 +12,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from bench.raster import study_match
-from sketchembed.data.raster import Rasterizer, per_image_standardize, render_views, stroke_ends
+from sketchembed.data.raster import CHUNK_ELEMS, Rasterizer, per_image_standardize, render_views, stroke_ends
 
 FILES = ("apple", "cat", "airplane", "The Eiffel Tower", "bus", "helicopter")
 
@@ -198,6 +198,8 @@ def test_chunking_and_window_settings_do_not_change_the_result(drawings):
     ref = Rasterizer(48).all_snapshots(pts, n)[0]
     small = Rasterizer(48, chunk_elems=300, piece_len=5.0).all_snapshots(pts, n)[0]
     torch.testing.assert_close(small, ref, atol=1e-5, rtol=0)
+    for chunk in CHUNK_ELEMS:   # the CPU and the CUDA defaults: every piece and copy in one chunk or many
+        torch.testing.assert_close(Rasterizer(48, chunk_elems=chunk).all_snapshots(pts, n)[0], ref, atol=1e-5, rtol=0)
 
 
 def test_out_of_canvas_points_are_clipped():

@@ -155,3 +155,12 @@ def test_checkpoint_that_does_not_fit_is_one_line(half, overrides, needles, tmp_
     for n in needles:
         assert n in errors[0], errors[0]
     assert not (tmp_path / "checkpoints").exists()
+
+
+def test_last_ckpt_holds_the_final_step_between_save_points(tmp_path):
+    # The study trainer validates (and so saves) every 2,500 steps: a run stopped at step 3 without
+    # any validation must still leave its final state in last.ckpt.
+    run_inproc([*tiny("lstm"), "trainer=study", "trainer.accelerator=cpu", "trainer.precision=32-true",
+                "trainer.max_steps=3", "trainer.limit_train_batches=null", "trainer.limit_val_batches=0",
+                "test=false", "callbacks.embedding_eval=null"], tmp_path)
+    assert safe_load(tmp_path / "checkpoints" / "last.ckpt")["global_step"] == 3

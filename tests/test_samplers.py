@@ -6,6 +6,8 @@ from collections import Counter
 
 import numpy as np
 import pytest
+from lightning.fabric.utilities.data import _set_sampler_epoch
+from torch.utils.data import DataLoader
 
 from sketchembed.data.samplers import PKBatchSampler, RandomBatchSampler, ShardSampler
 
@@ -126,9 +128,6 @@ def test_shard_sampler_partitions_without_padding():
 
 def test_batch_sampler_exposes_itself_for_lightning_set_epoch():
     """Lightning calls set_epoch on ``loader.batch_sampler.sampler`` only."""
-    from lightning.fabric.utilities.data import _set_sampler_epoch
-    from torch.utils.data import DataLoader
-
     s = PKBatchSampler(np.arange(40), _labels([20, 20]), p=2, k=2, seed=0)
     loader = DataLoader(list(range(40)), batch_sampler=s)
     _set_sampler_epoch(loader, 4)

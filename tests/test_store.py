@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from sketchembed.data.sketch import DataFormatError, strokes_to_points
-from sketchembed.data.store import PreparedDataset, PreparedWriter
+from sketchembed.cli import main
+from sketchembed.data.store import PreparedDataset, PreparedWriter, _sha256_of
 
 
 def random_points(rng, n_strokes=None):
@@ -112,6 +113,8 @@ def _corrupt_bytes(path, at=-5):
     ("flip", "labels.npy", "sha256 mismatch"),
     ("flip", "key_ids.npy", "sha256 mismatch"),
     ("garbage", "manifest.json", "unreadable manifest"),
+    ("nested", "manifest.json", "unreadable manifest.*nested too deeply"),
+    ("not_utf8", "manifest.json", "unreadable manifest.*not UTF-8"),
     ("missing", "manifest.json", "missing manifest"),
     ("other_shape", "offsets.npy", "manifest says"),
 ])
@@ -126,6 +129,10 @@ def test_corrupt_store_names_the_file(tmp_path, case, file, message):
         _corrupt_bytes(path)
     elif case == "garbage":
         path.write_text("{ not json")
+    elif case == "nested":  # a crafted manifest: json.loads would raise RecursionError
+        path.write_text('{"format": ' + "[" * 100_000 + "]" * 100_000 + "}")
+    elif case == "not_utf8":
+        path.write_bytes(b'{"format": "\xff"}')
     elif case == "other_shape":
         np.save(path, np.arange(12, dtype=np.int64))
     with pytest.raises(DataFormatError, match=message) as e:
@@ -150,12 +157,19 @@ def test_inconsistent_offsets_are_refused(tmp_path):
     off[-1] += 1  # claims a point that does not exist; keep the checksum consistent
     np.save(root / "offsets.npy", off)
     m = json.loads((root / "manifest.json").read_text())
-    from sketchembed.data.store import _sha256_of
-
     m["arrays"]["offsets"]["sha256"] = _sha256_of(off)
     (root / "manifest.json").write_text(json.dumps(m))
     with pytest.raises(DataFormatError, match="offsets.npy.*points.npy has"):
         PreparedDataset(root)
+
+
+def test_crafted_manifest_is_one_line_and_exit_2(tmp_path, capsys):
+    build(tmp_path / "ds", n=30)
+    manifest = tmp_path / "ds" / "manifest.json"
+    manifest.write_text("[" * 100_000)
+    assert main(["data", "stats", str(tmp_path / "ds")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"error: {manifest}: unreadable manifest")
 
 
 def test_not_a_dataset(tmp_path):

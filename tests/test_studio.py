@@ -22,6 +22,7 @@ import pytest
 import torch
 from fastapi.testclient import TestClient
 
+from bench.studio import measure, stroke_prefixes
 from conftest import real_points
 from sketchembed.cli import main
 from sketchembed.data.datamodule import SketchDataModule
@@ -29,7 +30,8 @@ from sketchembed.data.formats import read_drawings
 from sketchembed.data.simplify import simplify_drawing
 from sketchembed.eval.human import sample_items
 from sketchembed.eval.knn import vote
-from sketchembed.eval.suggest import embed_sketches, suggest
+from sketchembed.eval.embed import embed_points
+from sketchembed.eval.suggest import suggest
 from sketchembed.models import CombinedModel, TripletImageModel
 from sketchembed.studio import Studio, create_app
 from sketchembed.studio.drawing import MAX_BODY_BYTES, strokes_json
@@ -102,17 +104,16 @@ def test_health_names_model_and_classes(client):
 
 def test_predict_is_the_models_answer_and_the_cli_suggestion(client, studio, shared_quickdraw):
     """Classes = softmax of the model's logits; neighbours = what `sketchembed suggest` finds."""
-
     pts = real_points(shared_quickdraw, ["bus"], 1)[0].astype(np.int16)
     r = client.post("/api/predict", json={"drawing": strokes_of(pts), "k": 6})
     assert r.status_code == 200, r.text
     res = r.json()
-    _, logits, _, _ = embed_sketches(studio.model, [pts], studio.settings)
+    _, logits, _, _ = embed_points(studio.model, [pts], studio.inputs)
     p = torch.softmax(torch.from_numpy(logits[0]).double(), 0).numpy()
     order = np.argsort(-p)[:5]
     assert [c["name"] for c in res["classes"]] == [STUDY10[i] for i in order]
     assert np.allclose([c["p"] for c in res["classes"]], p[order], atol=1e-6)
-    idx, dist, _ = suggest(studio.model, studio.index, pts, studio.settings, k=6)
+    idx, dist, _ = suggest(studio.model, studio.index, pts, studio.inputs, k=6)
     assert [n["key_id"] for n in res["neighbours"]] == [str(int(studio.index.key_ids[i])) for i in idx]
     assert np.allclose([n["distance"] for n in res["neighbours"]], dist, atol=1e-5)
     first = res["neighbours"][0]
@@ -335,8 +336,6 @@ def live_server(studio):
 
 
 def test_bench_measures_latency_and_throughput(live_server):
-    from bench.studio import measure, stroke_prefixes
-
     bodies = stroke_prefixes(2)
     assert len(bodies) >= 2 and all(b["format"] == "simplified" for b in bodies)
     lens = [len(b["drawing"]) for b in bodies]  # each drawing cut after each of its strokes: 1, 2, …, n

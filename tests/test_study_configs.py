@@ -17,9 +17,9 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from sketchembed.data.batch_filter import MaxMeanStrokes, stroke_counts
-from sketchembed.data.datamodule import SketchCollate, SketchDataModule, image_count, keep_count
+from sketchembed.data.datamodule import SketchCollate, SketchDataModule
+from sketchembed.data.inputs import image_count, keep_count, read_inputs
 from sketchembed.data.raster import Rasterizer, render_views
-from sketchembed.eval.checkpoint import data_settings, datamodule_for
 from sketchembed.eval.report import STUDY as STUDY_FIGURES
 from sketchembed.eval.run import _datamodule
 
@@ -235,13 +235,13 @@ def test_eval_rebuilds_the_study_inputs_from_a_checkpoint(tmp_path):
           "seq_origin": [122.5, 122.5], "views": ["image", "sequence"]}
     ckpt = {"datamodule_hyper_parameters": hp, "SketchDataModule": {"seq_std": 1.0, "classes": None}}
     cfg = OmegaConf.create({"batch_size": 8, "seed": 0, "max_index": None, "data": {}})
-    for dm in (datamodule_for(None, "study10", ckpt=ckpt), _datamodule(cfg, ckpt, tmp_path / "x.ckpt", ["image"])):
+    inputs = read_inputs(ckpt)
+    for dm in (SketchDataModule.from_inputs(inputs, "study10"), _datamodule(cfg, ckpt, tmp_path / "x.ckpt", ["image"])):
         r = dm.rasterizer
         assert (r.size, r.line_width, r.padding, r.canvas, r.background, r.standardize) == (
             48, 5.25, 5.0, 255.0, "white", True)
         collate = dm.collate(0.5)
         assert collate.fraction_rule == "study" and collate.seq_std == 1.0
         assert collate.seq_origin.tolist() == [122.5, 122.5]
-    s = data_settings(ckpt)
-    assert (s["canvas"], s["background"], s["standardize"], s["fraction_rule"], s["seq_origin"]) == (
+    assert (inputs.canvas, inputs.background, inputs.standardize, inputs.fraction_rule, inputs.seq_origin) == (
         255.0, "white", True, "study", (122.5, 122.5))

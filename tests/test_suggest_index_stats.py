@@ -148,3 +148,22 @@ def test_data_stats_verify_says_so_and_keeps_its_columns(capsys):
     assert len(header) > 80 and "strokes/drawing" in header  # not cut at 80 columns off a terminal
     row = next(ln for ln in lines if " apple " in ln)
     assert row.rstrip().endswith("│") and len(row.split("│")) == 10
+
+
+def test_open_checkpoint_reads_the_file_once_and_gives_the_models_inputs(trained, monkeypatch):  # noqa: F811
+    """index build, suggest and the studio open a checkpoint with one read: model, input settings."""
+    import torch
+
+    from sketchembed.data.datamodule import SketchDataModule
+    from sketchembed.data.inputs import read_inputs
+    from sketchembed.eval.checkpoint import open_checkpoint
+    from sketchembed.safeload import safe_load
+
+    reads = []
+    real = torch.load
+    monkeypatch.setattr(torch, "load", lambda *a, **kw: reads.append(a[0]) or real(*a, **kw))
+    model, inputs, ckpt = open_checkpoint(trained["ckpt"])
+    assert len(reads) == 1 and not model.training
+    assert inputs == read_inputs(safe_load(trained["ckpt"])) and inputs.seq_std > 0
+    dm = SketchDataModule.from_inputs(inputs, trained["data"], views=tuple(sorted(model.views)))
+    assert dm.seq_std == inputs.seq_std and tuple(dm.class_names) == inputs.classes

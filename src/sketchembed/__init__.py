@@ -2,7 +2,4 @@
 
 __version__ = "0.1.0"
 
-STUDY_CLASSES = (
-    "apple", "pear", "blackberry", "grapes", "banana",
-    "bus", "van", "truck", "airplane", "helicopter",
-)
+from sketchembed.data.categories import STUDY_CLASSES  # noqa: E402,F401  (defined once, there)

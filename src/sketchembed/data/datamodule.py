@@ -33,8 +33,6 @@ sequence and the images; ``study`` is the study's code: the image shows ``floor(
 from __future__ import annotations
 
 import math
-import tempfile
-from pathlib import Path
 from typing import Iterable, Sequence
 
 import lightning as L
@@ -42,35 +40,20 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from sketchembed.data.embedded import EMBEDDED_NAMES, embedded_dataset_path
-from sketchembed.messages import short_list
+from sketchembed.data.batch_filter import MaxMeanStrokes, stroke_counts
+from sketchembed.data.embedded import resolve_root
+from sketchembed.data.inputs import DEFAULTS, RECIPE, InputSettings, check, image_count, keep_count
+from sketchembed.data.raster import Rasterizer, render_views
 from sketchembed.data.samplers import PKBatchSampler, RandomBatchSampler, SeededBatches, ShardSampler
 from sketchembed.data.sketch import DataFormatError
+from sketchembed.data.store import PreparedDataset
+from sketchembed.data.test_dir import open_test_dir
+from sketchembed.messages import short_list
+
+__all__ = ["SPLITS", "VIEWS", "SketchCollate", "SketchDataModule", "SketchSplit", "delta_std"]
 
 VIEWS = ("sequence", "image", "snapshots")
 SPLITS = ("train", "val", "test")
-
-
-FRACTION_RULES = ("ceil", "study")
-SEQ_NORMS = ("std", "none")
-
-
-def keep_count(n: int, fraction: float, rule: str = "ceil") -> int:
-    """Points of the sequence kept at ``fraction`` (module docstring, "Truncation"): ``ceil``:
-    ceil(f * n), at least 2; ``study``: floor(f * (n - 1)) + 1. Never more than n.
-
-    The 1e-9 guards against float noise (0.3 * 10 = 3.0000000000000004 must keep 3)."""
-    if rule == "study":
-        return min(n, math.floor(fraction * (n - 1) + 1e-9) + 1)
-    return min(n, max(2, math.ceil(fraction * n - 1e-9)))
-
-
-def image_count(n: int, fraction: float, rule: str = "ceil") -> int:
-    """Points the image shows at ``fraction``: as :func:`keep_count`, except ``study``: floor(f * n),
-    at least 1 (the study's ``length // 2`` would leave a one-point drawing blank)."""
-    if rule == "study":
-        return min(n, max(1, math.floor(fraction * n + 1e-9)))
-    return keep_count(n, fraction, rule)
 
 
 # ---------------------------------------------------------------------------------------- dataset
@@ -112,21 +95,27 @@ class SketchSplit(Dataset):
 
 # ---------------------------------------------------------------------------------------- collate
 class SketchCollate:
-    """Items -> the batch dict (all but the rendered views). Top-level and picklable for workers."""
+    """Items -> the batch dict (all but the rendered views). Top-level and picklable for workers.
 
-    def __init__(self, seq_std: float, fraction: float = 1.0, max_snapshots: int | None = 8, *,
-                 fraction_rule: str = "ceil", seq_origin: Sequence[float] = (0.0, 0.0)):
-        if not seq_std > 0:
-            raise ValueError(f"seq_std must be > 0, got {seq_std}")
+    Settings are checked by :func:`sketchembed.data.inputs.check` (one rule for every consumer)."""
+
+    def __init__(self, seq_std: float, fraction: float = 1.0, max_snapshots: int | None = DEFAULTS.max_snapshots, *,
+                 fraction_rule: str = DEFAULTS.fraction_rule, seq_origin: Sequence[float] = DEFAULTS.seq_origin):
         if not 0 < fraction <= 1:
             raise ValueError(f"fraction must be in (0, 1], got {fraction}")
-        if fraction_rule not in FRACTION_RULES:
-            raise ValueError(f"data.fraction_rule must be one of {FRACTION_RULES}, got {fraction_rule!r}")
-        self.seq_std = float(seq_std)
+        self.seq_std = check("seq_std", seq_std)
+        if self.seq_std is None:
+            raise ValueError("data.seq_std must be a number > 0, got None")
         self.fraction = float(fraction)
-        self.max_snapshots = None if not max_snapshots or max_snapshots <= 0 else int(max_snapshots)
-        self.fraction_rule = fraction_rule
-        self.seq_origin = np.asarray(check_origin(seq_origin), dtype=np.float32)
+        self.max_snapshots = check("max_snapshots", max_snapshots)
+        self.fraction_rule = check("fraction_rule", fraction_rule)
+        self.seq_origin = np.asarray(check("seq_origin", seq_origin), dtype=np.float32)
+
+    @classmethod
+    def from_inputs(cls, inputs: InputSettings, fraction: float = 1.0) -> "SketchCollate":
+        """The collate of a model's input settings (``inputs.seq_std`` must be known)."""
+        return cls(inputs.seq_std, fraction, inputs.max_snapshots, fraction_rule=inputs.fraction_rule,
+                   seq_origin=inputs.seq_origin)
 
     def __call__(self, items: Sequence[tuple]) -> dict:
         B = len(items)
@@ -186,17 +175,6 @@ class SketchCollate:
 
 
 # ---------------------------------------------------------------------------------------- helpers
-def check_origin(origin) -> tuple[float, float]:
-    """``data.seq_origin`` as two finite floats, or one clear error."""
-    try:
-        x, y = (float(v) for v in origin)
-    except (TypeError, ValueError):
-        raise ValueError(f"data.seq_origin must be two numbers [x, y], got {origin!r}") from None
-    if not (math.isfinite(x) and math.isfinite(y)):
-        raise ValueError(f"data.seq_origin must be finite, got {origin!r}")
-    return x, y
-
-
 def delta_std(store, rows: np.ndarray, *, chunk_points: int = 1 << 22) -> float:
     """RMS of the within-drawing (dx, dy) of ``rows`` (mean assumed 0), both axes pooled.
 
@@ -228,13 +206,6 @@ def delta_std(store, rows: np.ndarray, *, chunk_points: int = 1 << 22) -> float:
     if not std > 0:
         raise ValueError(f"{store.root}: every train delta is zero; cannot normalize seq")
     return std
-
-
-def resolve_root(root) -> Path:
-    """An embedded set's name (``study10``, ``others335``) or a prepared dataset's directory."""
-    if str(root) in EMBEDDED_NAMES:
-        return Path(embedded_dataset_path(str(root)))
-    return Path(root)
 
 
 def _subset(rows: np.ndarray, keep: int, seed: int, salt: int) -> np.ndarray:
@@ -285,18 +256,25 @@ class SketchDataModule(L.LightningDataModule):
     """
 
     def __init__(self, root: str = "study10", views: Iterable[str] = ("sequence", "image"),
-                 image_size: int = 64, line_width: float = 8.0, padding: float = 4.5,
+                 image_size: int = DEFAULTS.image_size, line_width: float = DEFAULTS.line_width,
+                 padding: float = DEFAULTS.padding,
                  batch_size: int = 64, eval_batch_size: int | None = None, sampler: str = "random",
                  pk_p: int = 3, pk_k: int = 16, batches_per_epoch: int | None = None,
-                 max_snapshots: int | None = 8, augment=None,
-                 eval_fractions: Sequence[float] = (1.0, 0.5), num_workers: int = 0,
+                 max_snapshots: int | None = DEFAULTS.max_snapshots, augment=None,
+                 eval_fractions: Sequence[float] = DEFAULTS.eval_fractions, num_workers: int = 0,
                  pin_memory: bool = False, seed: int = 0, train_subset: float | None = None,
                  max_train: int | None = None, max_eval: int | None = None, test_dir: str | None = None,
-                 canvas: float = 256.0, background: str = "black", standardize: bool = False,
-                 fraction_rule: str = "ceil", seq_norm: str = "std", seq_origin: Sequence[float] = (0.0, 0.0),
+                 canvas: float = DEFAULTS.canvas, background: str = DEFAULTS.background,
+                 standardize: bool = DEFAULTS.standardize, fraction_rule: str = DEFAULTS.fraction_rule,
+                 seq_norm: str = DEFAULTS.seq_norm, seq_origin: Sequence[float] = DEFAULTS.seq_origin,
                  max_mean_snapshots: float | None = None):
         super().__init__()
-        self.save_hyperparameters(ignore=["augment"])
+        # the input settings are saved once, as this module's state (InputSettings), not as hparams too
+        self.save_hyperparameters(ignore=["augment", *RECIPE])
+        self.inputs = InputSettings(image_size=image_size, line_width=line_width, padding=padding, canvas=canvas,
+                                    background=background, standardize=standardize, max_snapshots=max_snapshots,
+                                    fraction_rule=fraction_rule, seq_norm=seq_norm, seq_origin=seq_origin,
+                                    eval_fractions=eval_fractions)
         self.root = str(root)
         self.views = tuple(views)
         bad = set(self.views) - set(VIEWS)
@@ -304,37 +282,18 @@ class SketchDataModule(L.LightningDataModule):
             raise ValueError(f"unknown views {sorted(bad)}; choose from {VIEWS}")
         if sampler not in ("random", "pk"):
             raise ValueError(f"sampler must be 'random' or 'pk', got {sampler!r}")
-        self.eval_fractions = tuple(float(f) for f in eval_fractions)
-        if not self.eval_fractions or self.eval_fractions[0] != 1.0 or not all(0 < f <= 1 for f in self.eval_fractions):
-            raise ValueError(f"eval_fractions must start with 1.0 (dataloader 0 = whole drawings), each in (0, 1]; "
-                             f"got {self.eval_fractions}")
         if train_subset is not None and not 0 < train_subset <= 1:
             raise ValueError(f"train_subset must be in (0, 1], got {train_subset}")
-        self.image_size, self.line_width, self.padding = int(image_size), float(line_width), float(padding)
-        self.canvas, self.background, self.standardize = float(canvas), background, standardize
-        from sketchembed.data.raster import BACKGROUNDS
-
-        if background not in BACKGROUNDS:
-            raise ValueError(f"data.background must be one of {BACKGROUNDS}, got {background!r}")
-        if not isinstance(standardize, bool):
-            raise ValueError(f"data.standardize must be true or false, got {standardize!r}")
-        if fraction_rule not in FRACTION_RULES:
-            raise ValueError(f"data.fraction_rule must be one of {FRACTION_RULES}, got {fraction_rule!r}")
-        if seq_norm not in SEQ_NORMS:
-            raise ValueError(f"data.seq_norm must be one of {SEQ_NORMS}, got {seq_norm!r}")
         if max_mean_snapshots is not None and not (isinstance(max_mean_snapshots, (int, float))
                                                    and not isinstance(max_mean_snapshots, bool)
                                                    and max_mean_snapshots > 0):
             raise ValueError(f"data.max_mean_snapshots must be a number > 0 or null, got {max_mean_snapshots!r}")
-        self.fraction_rule, self.seq_norm = fraction_rule, seq_norm
-        self.seq_origin = check_origin(seq_origin)
         self.max_mean_snapshots = max_mean_snapshots
         self.batch_size = int(batch_size)
         self.eval_batch_size = int(eval_batch_size or batch_size)
         self.sampler = sampler
         self.pk_p, self.pk_k = int(pk_p), int(pk_k)
         self.batches_per_epoch = batches_per_epoch
-        self.max_snapshots = max_snapshots
         self.augment = augment
         self.num_workers, self.pin_memory = int(num_workers), bool(pin_memory)
         self.seed = int(seed)
@@ -347,13 +306,34 @@ class SketchDataModule(L.LightningDataModule):
         self._rows: dict[str, np.ndarray] = {}
         self._seq_std: float | None = None
 
+    @classmethod
+    def from_inputs(cls, inputs: InputSettings, root, **kwargs) -> "SketchDataModule":
+        """A DataModule over ``root`` serving a model the inputs it was trained on (``inputs`` as read by
+        :func:`~sketchembed.data.inputs.read_inputs`: its recipe and its ``seq_std``), whatever the
+        dataset (its labels are then that dataset's own). ``kwargs``: the other constructor arguments."""
+        dm = cls(root=str(root), **{**inputs.recipe(), **kwargs})
+        if inputs.seq_std is not None:
+            dm._seq_std = inputs.seq_std
+        return dm
+
+    @property
+    def seq_origin(self) -> tuple[float, float]:
+        return self.inputs.seq_origin
+
+    @property
+    def eval_fractions(self) -> tuple[float, ...]:
+        return self.inputs.eval_fractions
+
+    @property
+    def input_settings(self) -> InputSettings:
+        """Everything a model trained on this module needs to see the same inputs (saved in checkpoints)."""
+        return self.inputs.replace(seq_std=self.seq_std, classes=tuple(self.class_names))
+
     # -- dataset facts ------------------------------------------------------------------------------
     @property
     def store(self):
         """The prepared dataset (opened on first use, so models can ask for ``num_classes`` early)."""
         if self._store is None:
-            from sketchembed.data.store import PreparedDataset
-
             self._store = PreparedDataset(resolve_root(self.root))
         return self._store
 
@@ -370,16 +350,13 @@ class SketchDataModule(L.LightningDataModule):
         """Std of the train deltas (from the checkpoint when one was loaded, else computed once);
         1 with ``seq_norm="none"``, so a checkpoint's state says how its deltas were scaled."""
         if self._seq_std is None:
-            self._seq_std = 1.0 if self.seq_norm == "none" else delta_std(self.store, self.store.indices("train"))
+            self._seq_std = 1.0 if self.inputs.seq_norm == "none" else delta_std(self.store, self.store.indices("train"))
         return self._seq_std
 
     @property
     def rasterizer(self):
         if self._rasterizer is None:
-            from sketchembed.data.raster import Rasterizer
-
-            self._rasterizer = Rasterizer(self.image_size, self.line_width, self.padding, self.canvas,
-                                          background=self.background, standardize=self.standardize)
+            self._rasterizer = Rasterizer.from_inputs(self.inputs)
         return self._rasterizer
 
     # -- Lightning hooks ----------------------------------------------------------------------------
@@ -390,9 +367,13 @@ class SketchDataModule(L.LightningDataModule):
         self.seq_std  # noqa: B018 - computed here, once, on the train split (unless restored)
 
     def state_dict(self) -> dict:
-        return {"seq_std": self.seq_std, "classes": self.class_names}
+        """The input settings (:class:`InputSettings`, with ``seq_std`` and ``classes``): what a
+        checkpoint needs to serve its model the same inputs anywhere (:func:`read_inputs` reads it)."""
+        return self.input_settings.to_dict()
 
     def load_state_dict(self, state: dict) -> None:
+        """Restore ``seq_std`` (any layout: the settings, or the older ``{seq_std, classes}``); the
+        other settings are this run's config."""
         classes = state.get("classes")
         if classes is not None and list(classes) != self.class_names:
             raise ValueError(f"checkpoint was trained on {len(classes)} classes [{short_list(classes)}], but "
@@ -407,8 +388,6 @@ class SketchDataModule(L.LightningDataModule):
         """Add the requested rendered views to a (device) batch; eval code calls this for ``loader``."""
         if "image" not in self.views and "snapshots" not in self.views:
             return batch
-        from sketchembed.data.raster import render_views
-
         return render_views(batch, self.rasterizer, self.views)
 
     # -- rows and datasets -----------------------------------------------------------------------------
@@ -453,21 +432,7 @@ class SketchDataModule(L.LightningDataModule):
     def _open_test_dir(self):
         """Hook for evaluation on outside drawings (``test_dir``); see the class docstring."""
         if self._test_store is None:
-            from sketchembed.data.store import PreparedDataset
-
-            path = Path(self.test_dir)
-            if (path / "manifest.json").is_file():
-                self._test_store = PreparedDataset(path)
-            elif path.is_dir():
-                from sketchembed.data import prepare
-
-                self._test_tmp = tempfile.TemporaryDirectory(prefix="sketchembed-test-")
-                # every row is used as test data, so the split rule prepare applies does not matter;
-                # file names are the model's classes, Quick, Draw!'s or not (_labels_for maps them)
-                self._test_store = prepare.prepare(path, Path(self._test_tmp.name) / "prepared",
-                                                   classes="from-files")
-            else:
-                raise FileNotFoundError(f"test_dir not found: {path}")
+            self._test_store, self._test_tmp = open_test_dir(self.test_dir)
         return self._test_store
 
     # -- distribution ---------------------------------------------------------------------------------
@@ -498,8 +463,6 @@ class SketchDataModule(L.LightningDataModule):
             if world > 1:
                 raise ValueError("data.max_mean_snapshots is single-process only: ranks would drop different "
                                  "batches and run different numbers of steps")
-            from sketchembed.data.batch_filter import MaxMeanStrokes, stroke_counts
-
             bs = MaxMeanStrokes(bs, stroke_counts(ds.store, ds.rows), float(self.max_mean_snapshots))
         if ds.augment is not None:
             bs = SeededBatches(bs, self.seed)
@@ -508,8 +471,7 @@ class SketchDataModule(L.LightningDataModule):
 
     def collate(self, fraction: float = 1.0) -> SketchCollate:
         """The collate for drawings truncated to ``fraction``, with this module's sequence settings."""
-        return SketchCollate(self.seq_std, fraction, self.max_snapshots, fraction_rule=self.fraction_rule,
-                             seq_origin=self.seq_origin)
+        return SketchCollate.from_inputs(self.inputs.replace(seq_std=self.seq_std), fraction)
 
     def val_dataloader(self) -> list[DataLoader]:
         world, rank = self._dist()

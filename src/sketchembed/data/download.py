@@ -8,8 +8,9 @@ Only the standard library's ``urllib`` is used for HTTP; ``rich`` draws the prog
 Where the server gives no MD5 (or serves a transcoded copy, to which the stored object's hash does
 not apply) only the size can be checked: each such file gets one warning line, and a ``.part`` left
 by an earlier run is not continued — its bytes could not be checked — but fetched again from zero
-("restarted"). Files already present are taken on their size; ``verify=True`` (``--verify``)
-checks them against the server's MD5 and fetches again any that differ.
+("restarted"); a HEAD request asks for the hash before an earlier ``.part`` is continued, so its
+rest is never fetched only to be thrown away. Files already present are taken on their size;
+``verify=True`` (``--verify``) checks them against the server's MD5 and fetches again any that differ.
 """
 
 from __future__ import annotations
@@ -31,17 +32,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable
 
+from rich.console import Console
+from rich.progress import (BarColumn, DownloadColumn, Progress, ProgressColumn, TextColumn, TimeRemainingColumn,
+                           TransferSpeedColumn)
+from rich.text import Text
+
 from sketchembed.data.categories import resolve_classes
+from sketchembed.data.formats import bucket_kinds
 
 BASE_URL = "https://storage.googleapis.com/quickdraw_dataset/"
-
-# format -> (folder in the bucket, file extension)
-FORMATS: dict[str, tuple[str, str]] = {
-    "simplified": ("full/simplified/", ".ndjson"),
-    "raw": ("full/raw/", ".ndjson"),
-    "binary": ("full/binary/", ".bin"),
-    "sketchrnn": ("sketchrnn/", ".npz"),
-}
+#: ``--format`` spellings of earlier versions, still accepted by the command (with a note).
+OLD_NAMES = {"sketchrnn": "npz"}
 
 CHUNK = 1 << 16
 MAX_BACKOFF = 30.0
@@ -112,10 +113,25 @@ def file_url(cls: str, fmt: str, url_base: str = BASE_URL) -> str:
 
 
 def _format(fmt: str) -> tuple[str, str]:
+    """(bucket folder, file suffix) of a format the bucket serves (the format registry's ``bucket``)."""
+    served = bucket_kinds()
     try:
-        return FORMATS[fmt]
+        return served[fmt]
     except KeyError:
-        raise ValueError(f"unknown format {fmt!r} (choose from {', '.join(FORMATS)})") from None
+        raise ValueError(f"unknown format {fmt!r} (choose from {', '.join(served)})") from None
+
+
+class _PerFile(ProgressColumn):
+    """A byte column for file tasks; 'M/N files' (or nothing) for the overall task."""
+
+    def __init__(self, inner, count: bool):
+        super().__init__()
+        self.inner, self.count = inner, count
+
+    def render(self, task):
+        if task.fields.get("files"):
+            return Text(f"{int(task.completed)}/{int(task.total)} files" if self.count else "")
+        return self.inner.render(task)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -129,26 +145,9 @@ class _Bars:
         self.enabled = enabled
         if not enabled:
             return
-        from rich.console import Console
-        from rich.progress import (BarColumn, DownloadColumn, Progress, ProgressColumn, TextColumn,
-                                   TimeRemainingColumn, TransferSpeedColumn)
-        from rich.text import Text
-
-        class PerFile(ProgressColumn):
-            """A byte column for file tasks; 'M/N files' (or nothing) for the overall task."""
-
-            def __init__(self, inner, count: bool):
-                super().__init__()
-                self.inner, self.count = inner, count
-
-            def render(self, task):
-                if task.fields.get("files"):
-                    return Text(f"{int(task.completed)}/{int(task.total)} files" if self.count else "")
-                return self.inner.render(task)
-
         self.progress = Progress(
-            TextColumn("{task.description}"), BarColumn(), PerFile(DownloadColumn(), True),
-            PerFile(TransferSpeedColumn(), False),
+            TextColumn("{task.description}"), BarColumn(), _PerFile(DownloadColumn(), True),
+            _PerFile(TransferSpeedColumn(), False),
             TimeRemainingColumn(), console=Console(stderr=True),
         )
         self.progress.start()
@@ -339,12 +338,18 @@ def fetch_file(url: str, final: Path, *, name: str | None = None, retries: int =
         part.path.unlink(missing_ok=True)
 
     part.earlier = part.size()
+    head_md5 = None
+    if part.earlier:  # continue it only if a hash can check its bytes; else fetch from zero now
+        head = _with_retries(lambda: _head(url, name, timeout), what=name, **kw)
+        head_md5 = head.md5
+        if head.checksum is None:
+            part.discard()
     bars.start(name)
     while True:
         info = _transfer(url, name, part, timeout, bars, **kw)
-        if info.partial and info.md5 is None:  # resumed: ask for the whole object's hash
-            info.md5 = _with_retries(lambda: _head(url, name, timeout), what=name, **kw).md5
-        if info.checksum is None and part.earlier:
+        if info.partial and info.md5 is None:  # resumed: the whole object's hash, from a HEAD
+            info.md5 = head_md5 or _with_retries(lambda: _head(url, name, timeout), what=name, **kw).md5
+        if info.checksum is None and part.earlier:  # the HEAD had a hash, the GET none
             part.discard()  # bytes of an earlier run that nothing can check: fetch them again
             continue
         break
@@ -430,7 +435,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.description = "Fetch Quick, Draw! files from the public bucket (resumable, verified)."
     parser.add_argument("--classes", required=True,
                         help="comma-separated class names, 'study' (the ten study classes) or 'all' (345)")
-    parser.add_argument("--format", dest="fmt", choices=list(FORMATS), default="simplified")
+    served = list(bucket_kinds())
+    parser.add_argument("--format", dest="fmt", choices=served + list(OLD_NAMES), default="simplified",
+                        metavar="{" + ",".join(served) + "}",
+                        help="which files of the bucket (default: simplified; npz: sketch-rnn's)")
     parser.add_argument("--dest", type=Path, default=None,
                         help="target directory (default: data/quickdraw/<format>)")
     parser.add_argument("--url-base", default=BASE_URL, help=f"bucket base URL (default: {BASE_URL})")
@@ -447,6 +455,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.fmt in OLD_NAMES:
+        print(f"note: --format {args.fmt} is now called {OLD_NAMES[args.fmt]}", file=sys.stderr)
+        args.fmt = OLD_NAMES[args.fmt]
     dest = args.dest if args.dest is not None else Path("data/quickdraw") / args.fmt
 
     counts: dict[str, int] = {}

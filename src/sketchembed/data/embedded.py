@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from sketchembed.data.store import PreparedDataset
+
 EMBEDDED_ROOT = Path(__file__).resolve().parents[1] / "resources" / "quickdraw"
 EMBEDDED_NAMES = ("study10", "others335")
 REBUILD = "python scripts/build_embedded_data.py"
@@ -25,8 +27,14 @@ def embedded_dataset_path(name: str) -> Path:
     return path
 
 
-def open_embedded(name: str):
-    """The embedded dataset as a :class:`~sketchembed.data.store.PreparedDataset`."""
-    from sketchembed.data.store import PreparedDataset
+def resolve_root(root) -> Path:
+    """An embedded set's name (``study10``, ``others335``) or a prepared dataset's directory: the one
+    resolution of a ``data.root`` / ``--data`` value."""
+    if str(root) in EMBEDDED_NAMES:
+        return embedded_dataset_path(str(root))
+    return Path(root)
 
+
+def open_embedded(name: str) -> PreparedDataset:
+    """The embedded dataset as a :class:`~sketchembed.data.store.PreparedDataset`."""
     return PreparedDataset(embedded_dataset_path(name))

@@ -38,16 +38,16 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 import numpy as np
+from rich.console import Console
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from sketchembed.data.categories import CATEGORIES, CATEGORY_SET, resolve_classes
-from sketchembed.data.formats import ErrorSink, read_drawings
-from sketchembed.data.formats.ndjson import decode_line, key_id_of, parse_line
+from sketchembed.data.formats import (FileFormat, discover, format_of, kinds, read_drawings, reading_order,
+                                      suffix_list)
 from sketchembed.data.simplify import simplify_drawing
-from sketchembed.data.sketch import MIN_EXTENT, DataFormatError, SkipReport, check_strokes, strokes_to_points
+from sketchembed.data.sketch import CANVAS_MAX, DataFormatError, Drawing, SkipReport, check_strokes, strokes_to_points
 from sketchembed.data.store import SPLIT_CODES, PreparedDataset, PreparedWriter
 
-SUFFIXES = (".ndjson", ".bin", ".npz")
-FORMAT_SUFFIX = {"simplified": ".ndjson", "raw": ".ndjson", "binary": ".bin", "npz": ".npz"}
 DEFAULT_FRACTIONS = (0.7, 0.15, 0.15)
 _BATCH = 4096  # drawings per pending batch (cross-class duplicate check, bulk writes)
 
@@ -72,11 +72,11 @@ def key_hash(key_ids: np.ndarray, seed: int = 0) -> np.ndarray:
     return _splitmix64(np.asarray(key_ids, dtype=np.uint64) ^ salt)
 
 
-def split_sizes(n: int, rule: str, *, eval_per_class: int, test_per_class: int,
+def split_sizes(n: int, rule: str, *, val_per_class: int, test_per_class: int,
                 fractions: Sequence[float], study_min_factor: float = 3.0) -> tuple[str, int, int]:
     """``(rule applied, n_val, n_test)`` for a class of ``n`` drawings (see the module docstring)."""
-    if rule == "study" and n >= study_min_factor * (eval_per_class + test_per_class):
-        return "study", eval_per_class, test_per_class
+    if rule == "study" and n >= study_min_factor * (val_per_class + test_per_class):
+        return "study", val_per_class, test_per_class
     _, fv, ft = fractions
     n_val, n_test = int(round(fv * n)), int(round(ft * n))
     if n >= 3:
@@ -93,7 +93,7 @@ def split_sizes(n: int, rule: str, *, eval_per_class: int, test_per_class: int,
 
 
 def assign_splits(labels: np.ndarray, key_ids: np.ndarray, classes: Sequence[str], *, rule: str = "study",
-                  eval_per_class: int = 5000, test_per_class: int = 5000,
+                  val_per_class: int = 5000, test_per_class: int = 5000,
                   fractions: Sequence[float] = DEFAULT_FRACTIONS, seed: int = 0,
                   study_min_factor: float = 3.0) -> tuple[np.ndarray, dict[str, str]]:
     """int8 split code per drawing and the rule each class got. Ties in the hash break by key_id."""
@@ -106,7 +106,7 @@ def assign_splits(labels: np.ndarray, key_ids: np.ndarray, classes: Sequence[str
     per_class = {}
     for c, name in enumerate(classes):
         a = starts[c]
-        applied, n_val, n_test = split_sizes(int(counts[c]), rule, eval_per_class=eval_per_class,
+        applied, n_val, n_test = split_sizes(int(counts[c]), rule, val_per_class=val_per_class,
                                              test_per_class=test_per_class, fractions=fractions,
                                              study_min_factor=study_min_factor)
         per_class[name] = applied
@@ -125,7 +125,8 @@ def assign_splits(labels: np.ndarray, key_ids: np.ndarray, classes: Sequence[str
 class Source:
     path: Path
     cls: str
-    kind: str  # simplified | raw | binary | npz | empty
+    kind: str  # one of the registry's kinds (simplified | raw | binary | npz | …)
+    format: FileFormat
     read: int = 0
     kept: int = 0
     duplicates: int = 0
@@ -145,26 +146,6 @@ def _file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def discover(inputs: Iterable) -> dict[str, list[Path]]:
-    """File name (class) → its files, from files and (recursively searched) directories."""
-    found: dict[str, list[Path]] = {}
-    for item in inputs:
-        p = Path(item)
-        if p.is_dir():
-            files = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix in SUFFIXES)
-        elif p.is_file():
-            if p.suffix not in SUFFIXES:
-                raise DataFormatError(p, None, f"unsupported file type (expected {', '.join(SUFFIXES)})")
-            files = [p]
-        else:
-            raise FileNotFoundError(f"input not found: {p}")
-        for f in files:
-            lst = found.setdefault(f.stem, [])
-            if f.resolve() not in {g.resolve() for g in lst}:
-                lst.append(f)
-    return found
-
-
 FROM_FILES = "from-files"
 
 
@@ -175,7 +156,7 @@ def resolve_class_spec(spec: str | Sequence[str], found: dict[str, list[Path]]) 
     key = spec.strip().lower() if isinstance(spec, str) else None
     if key == FROM_FILES:
         if not found:
-            raise FileNotFoundError(f"no per-class files (<class>{', <class>'.join(SUFFIXES)}) among the inputs")
+            raise FileNotFoundError(f"no per-class files (<class>{suffix_list(', <class>')}) among the inputs")
         return sorted(found)
     if key == "all":
         classes = [c for c in CATEGORIES if c in found]
@@ -183,7 +164,7 @@ def resolve_class_spec(spec: str | Sequence[str], found: dict[str, list[Path]]) 
             names = ", ".join(map(repr, sorted(found)[:5])) + ("…" if len(found) > 5 else "")
             others = (f" (found {names}: use --classes {FROM_FILES} for class names outside Quick, Draw!)"
                       if found else "")
-            raise FileNotFoundError("no per-class files (<class>.ndjson/.bin/.npz named after a "
+            raise FileNotFoundError(f"no per-class files (<class>{suffix_list('/')} named after a "
                                     f"Quick, Draw! category) among the inputs{others}")
         return classes
     try:
@@ -193,26 +174,8 @@ def resolve_class_spec(spec: str | Sequence[str], found: dict[str, list[Path]]) 
     missing = [c for c in classes if c not in found]
     if missing:
         raise FileNotFoundError(f"no input file for class(es) {', '.join(map(repr, missing))} "
-                                f"(expected files named '<class>.ndjson', '.bin' or '.npz')")
+                                f"(expected files named <class>{suffix_list('/')})")
     return classes
-
-
-def sniff_kind(path: Path) -> str:
-    """``simplified``/``raw`` for ndjson (from the first parsable line), ``binary``, ``npz``."""
-    if path.suffix == ".bin":
-        return "binary"
-    if path.suffix == ".npz":
-        return "npz"
-    with open(path, "rb") as f:
-        for i, line in enumerate(f):
-            if i >= 100:
-                break
-            try:
-                d = decode_line(line)["drawing"]
-                return "raw" if len(d[0]) == 3 else "simplified"
-            except (ValueError, KeyError, TypeError, IndexError):
-                continue
-    return "simplified"  # unreadable head: the reader reports the bad lines
 
 
 # --------------------------------------------------------------------------------------------
@@ -273,29 +236,52 @@ class _ClassPass:
         self.parts, self.lengths, self.keys, self.srcs = [], [], [], []
 
 
-def _generic(src: Source, cp: _ClassPass, on_error: str, fmt: str) -> None:
-    """Any format through :func:`read_drawings`; raw drawings are simplified here."""
-    for d in read_drawings(src.path, on_error=on_error, report=cp.report, word=cp.cls, words=cp.words):
-        src.read += 1
-        _take_drawing(d, src, cp, fmt)
+def _read(src: Source, cp: _ClassPass, fmt: str, fast: bool, advance) -> None:
+    """One file into the class pass: through the format's bulk reader where it has one (simplified
+    ndjson: blocks of ready point arrays, same drawings and skips as its record reader) and
+    ``fast``, else drawing by drawing. ``advance(n)`` moves the progress bar by n file bytes."""
+    read_blocks = src.format.read_blocks
+    if not (fast and read_blocks is not None and src.kind not in src.format.raw_kinds):
+        for d in read_drawings(src.path, report=cp.report, word=cp.cls, words=cp.words):
+            src.read += 1
+            _take_drawing(d, src, cp, fmt)
+        advance(src.path.stat().st_size)
+        return
+    for item in read_blocks(src.path, report=cp.report, word=cp.cls, words=cp.words):
+        if isinstance(item, Drawing):
+            src.read += 1
+            _take_drawing(item, src, cp, fmt)
+            continue
+        src.read += len(item.key_ids)
+        keep = np.ones(len(item.key_ids), dtype=bool)
+        for j, k in enumerate(item.key_ids):
+            if k in cp.seen:
+                keep[j] = False
+                src.duplicates += 1
+            else:
+                cp.seen.add(k)
+        if keep.all():
+            cp.add_block(item.points, item.lengths, item.key_ids, src)
+        elif keep.any():
+            cp.add_block(item.points[np.repeat(keep, item.lengths)], item.lengths[keep],
+                         [k for k, g in zip(item.key_ids, keep) if g], src)
+        advance(item.nbytes)
 
 
-def _take_drawing(d, src: Source, cp: _ClassPass, fmt: str) -> None:
+def _take_drawing(d: Drawing, src: Source, cp: _ClassPass, fmt: str) -> None:
     k = int(d.key_id)
     if k in cp.seen:
         src.duplicates += 1
         return
     is_raw = d.strokes[0].shape[1] == 3
+    if fmt != "auto" and src.format.kind_of_drawing(is_raw) != fmt:
+        form = "raw" if is_raw else "simplified"
+        cp.report.bad(src.path, f"key_id {k}", f"{form} drawing where --format {fmt} was asked")
+        return
     if is_raw:
-        if fmt == "simplified":
-            cp.report.bad(src.path, f"key_id {k}", "raw drawing where --format simplified was asked")
-            return
         d = simplify_drawing(d)
         src.simplified_here += 1
-    elif fmt == "raw" and src.kind in ("raw", "simplified"):
-        cp.report.bad(src.path, f"key_id {k}", "simplified drawing where --format raw was asked")
-        return
-    why = check_strokes(d.strokes, coord_max=255.0, allow_single_point_strokes=True)
+    why = check_strokes(d.strokes, coord_max=CANVAS_MAX, allow_single_point_strokes=True)
     if why:  # only reachable through a reader/simplifier bug: never store off-canvas points
         cp.report.bad(src.path, f"key_id {k}", f"after conversion: {why}")
         return
@@ -304,168 +290,44 @@ def _take_drawing(d, src: Source, cp: _ClassPass, fmt: str) -> None:
     cp.add_block(pts, [len(pts)], [k], src)
 
 
-def _fast_simplified(src: Source, cp: _ClassPass, on_error: str, fmt: str, advance) -> None:
-    """Simplified ndjson, several times faster than the generic reader: the reader's own JSON
-    decoder and key_id rule per line, then one numpy conversion per batch of lines instead of
-    several per stroke.
-
-    A line takes the fast path only if it is plainly well-formed (the fields the reader checks,
-    strokes of ≥ 2 points, then integer coordinates on 0–255 and an extent of at least
-    ``MIN_EXTENT`` checked per batch); anything else — raw lines, damaged lines — goes through the
-    reader's record parser, so what is kept or skipped, and why, is exactly what
-    :func:`read_drawings` decides (tests/test_prepare.py compares both). This acceptor stays inline:
-    as a function per line it cost 6 % of prepare's time (bench/prepare.py at 100,000 drawings).
-    """
-    sink = ErrorSink(src.path, on_error, cp.report, cp.words)
-    cls, seen = cp.cls, cp.seen
-    X: list[int] = []
-    Y: list[int] = []
-    slens: list[int] = []
-    nstrokes: list[int] = []
-    keys: list[int] = []
-    held: list[tuple[int, bytes]] = []  # (line number, line) of each pending drawing
-
-    def slow(lineno: int, line: bytes) -> None:
-        d = parse_line(line, lineno, cls, sink)
-        if d is None:
-            return
-        src.read += 1
-        _take_drawing(d, src, cp, fmt)
-
-    def plain_numbers(xs: list, ys: list) -> bool:
-        return (all(type(v) is int and 0 <= v <= 255 for v in xs + ys)
-                and max(max(xs) - min(xs), max(ys) - min(ys)) >= MIN_EXTENT)
-
-    def flush() -> None:
-        nonlocal X, Y, slens, nstrokes, keys, held
-        if not keys:
-            return
-        sl = np.array(slens, dtype=np.int64)
-        ns = np.array(nstrokes, dtype=np.int64)
-        dl = np.add.reduceat(sl, np.cumsum(ns) - ns)  # points per drawing (every drawing has strokes)
-        ends = np.cumsum(dl)
-        starts = ends - dl
-        try:
-            xa, ya = np.array(X), np.array(Y)
-            typed = xa.dtype.kind in "iu" and ya.dtype.kind in "iu" and xa.ndim == ya.ndim == 1
-        except (ValueError, TypeError, OverflowError):
-            typed = False
-        if typed:
-            bad = np.logical_or.reduceat((xa < 0) | (xa > 255) | (ya < 0) | (ya > 255), starts)
-            span = np.maximum(np.maximum.reduceat(xa, starts) - np.minimum.reduceat(xa, starts),
-                              np.maximum.reduceat(ya, starts) - np.minimum.reduceat(ya, starts))
-            bad |= span < MIN_EXTENT
-            if bad.any():
-                keep_pt = np.repeat(~bad, dl)
-                xa, ya = xa[keep_pt], ya[keep_pt]
-        else:  # rare: something that is not a plain int somewhere in the batch
-            bad = np.array([not plain_numbers(X[a:b], Y[a:b]) for a, b in zip(starts, ends)])
-            good_segments = [(a, b) for (a, b), g in zip(zip(starts, ends), ~bad) if g]
-            xa = np.array([v for a, b in good_segments for v in X[a:b]], dtype=np.int64)
-            ya = np.array([v for a, b in good_segments for v in Y[a:b]], dtype=np.int64)
-        good = ~bad
-        if good.any():
-            pts = np.zeros((len(xa), 3), dtype=np.int16)
-            pts[:, 0] = xa
-            pts[:, 1] = ya
-            pts[np.cumsum(sl[np.repeat(good, ns)]) - 1, 2] = 1
-            cp.add_block(pts, dl[good].tolist(), [k for k, g in zip(keys, good) if g], src)
-        src.read += int(good.sum())
-        for j in np.flatnonzero(bad):  # the reader's parser gives the verdict and the reason
-            seen.discard(keys[j])
-            slow(*held[j])
-        X, Y, slens, nstrokes, keys, held = [], [], [], [], [], []
-
-    nbytes = 0
-    with open(src.path, "rb") as f:
-        for lineno, line in enumerate(f, 1):
-            nbytes += len(line)
-            n0 = len(slens)
-            x0 = len(X)
-            try:
-                obj = decode_line(line)
-                k = key_id_of(obj["key_id"])
-                strokes = obj["drawing"]
-                if (k is None or obj["word"] != cls or type(strokes) is not list or not strokes
-                        or type(obj.get("recognized", True)) is not bool
-                        or type(obj.get("countrycode", "")) is not str):
-                    raise ValueError("not plainly well-formed")
-                for xs, ys in strokes:
-                    m = len(xs)
-                    if m < 2 or m != len(ys) or type(xs) is not list or type(ys) is not list:
-                        raise ValueError("not plainly well-formed")
-                    slens.append(m)
-                    X += xs
-                    Y += ys
-            except (ValueError, TypeError, KeyError, AttributeError):
-                del slens[n0:], X[x0:], Y[x0:]
-                if line.strip():
-                    slow(lineno, line)
-                continue
-            if k in seen:
-                del slens[n0:], X[x0:], Y[x0:]
-                src.read += 1
-                src.duplicates += 1
-                continue
-            seen.add(k)
-            nstrokes.append(len(strokes))
-            keys.append(k)
-            held.append((lineno, line))
-            if len(keys) >= _BATCH:
-                flush()
-                advance(nbytes)
-                nbytes = 0
-        flush()
-        advance(nbytes)
-    sink.finish()
-
-
 # --------------------------------------------------------------------------------------------
 # the whole preparation
 
-_KIND_ORDER = {"simplified": 0, "binary": 1, "npz": 2, "raw": 3}  # simplified copies win duplicates
 
-
-def _stderr_console():
-    from rich.console import Console
-
-    return Console(stderr=True)
-
-
-def _progress(enabled: bool, console=None):
-    from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn,
-                               TimeRemainingColumn)
-
+def _progress(enabled: bool, console=None) -> Progress:
     return Progress(TextColumn("[bold]{task.description}"), BarColumn(), DownloadColumn(),
                     TextColumn("{task.fields[drawings]:,} drawings"), TimeElapsedColumn(),
-                    TimeRemainingColumn(), disable=not enabled, console=console or _stderr_console(), transient=False)
+                    TimeRemainingColumn(), disable=not enabled, console=console or Console(stderr=True),
+                    transient=False)
 
 
 def prepare(inputs: str | os.PathLike | Iterable, out, classes: str | Sequence[str] = "all", *,
-            fmt: str = "auto", split: str = "study", eval_per_class: int = 5000, test_per_class: int = 5000,
+            fmt: str = "auto", split: str = "study", val_per_class: int = 5000, test_per_class: int = 5000,
             fractions: Sequence[float] = DEFAULT_FRACTIONS, on_error: str = "skip", seed: int = 0,
             study_min_factor: float = 3.0, progress: bool = False, fast: bool = True,
             console=None) -> PreparedDataset:
     """Prepare per-class files into a dataset at ``out`` (replaced atomically); returns it opened.
 
     ``classes``: names, ``"study"``, ``"all"`` (every category with a file among ``inputs``) or
-    ``"from-files"`` (every file name is a class, Quick, Draw!'s or not). ``fmt``: which files to use (``auto`` = every supported one; ``simplified``/``raw`` pick
+    ``"from-files"`` (every file name is a class, Quick, Draw!'s or not). ``fmt``: which files to
+    use, a kind of the format registry (``auto`` = every registered one; ``simplified``/``raw`` pick
     ndjson files by their content). ``split``: ``study`` or ``fractions`` (module docstring).
-    ``fast=False`` reads simplified ndjson through the generic reader (same result, slower).
+    ``fast=False`` reads every file drawing by drawing, without a format's block reader (same
+    result, slower).
     """
     if isinstance(inputs, (str, os.PathLike)):
         inputs = [inputs]
     inputs = list(inputs)
-    if fmt not in ("auto", *FORMAT_SUFFIX):
-        raise ValueError(f"unknown format {fmt!r} (auto, {', '.join(FORMAT_SUFFIX)})")
+    if fmt not in ("auto", *kinds()):
+        raise ValueError(f"unknown format {fmt!r} (auto, {', '.join(kinds())})")
     if split not in ("study", "fractions"):
         raise ValueError(f"split must be 'study' or 'fractions', got {split!r}")
     fractions = tuple(float(f) for f in fractions)
     if len(fractions) != 3 or min(fractions) < 0 or abs(sum(fractions) - 1) > 1e-6:
         raise ValueError(f"fractions must be three non-negative numbers (train, val, test) summing to 1, "
                          f"got {fractions}")
-    if eval_per_class < 0 or test_per_class < 0:
-        raise ValueError("eval/test per class must be >= 0")
+    if val_per_class < 0 or test_per_class < 0:
+        raise ValueError("val/test per class must be >= 0")
     report = SkipReport(on_error=on_error)
     found = discover(inputs)
     class_list = resolve_class_spec(classes, found)
@@ -482,14 +344,15 @@ def prepare(inputs: str | os.PathLike | Iterable, out, classes: str | Sequence[s
     for cls in class_list:
         srcs = []
         for path in found[cls]:
-            kind = sniff_kind(path)
+            file_format = format_of(path)
+            kind = file_format.kind_of(path)
             if fmt != "auto" and kind != fmt:
                 ignored.append({"file": str(path), "reason": f"{kind} file, --format {fmt} asked"})
                 continue
-            srcs.append(Source(path, cls, kind))
+            srcs.append(Source(path, cls, kind, file_format))
         if not srcs:
             raise FileNotFoundError(f"class {cls!r}: no {fmt} file among {', '.join(map(str, found[cls]))}")
-        srcs.sort(key=lambda s: (_KIND_ORDER[s.kind], str(s.path)))
+        srcs.sort(key=lambda s: (reading_order(s.kind), str(s.path)))  # simplified copies win duplicates
         plan.append(srcs)
     total_bytes = sum(s.path.stat().st_size for srcs in plan for s in srcs)
 
@@ -503,13 +366,7 @@ def prepare(inputs: str | os.PathLike | Iterable, out, classes: str | Sequence[s
             start = len(writer)
             for src in srcs:
                 bar.update(task, description=f"{cls} ({src.kind})")
-                size = src.path.stat().st_size
-                if fast and src.kind == "simplified":
-                    _fast_simplified(src, cp, on_error, fmt,
-                                     lambda n: bar.update(task, advance=n, drawings=len(writer)))
-                else:
-                    _generic(src, cp, on_error, fmt)
-                    bar.update(task, advance=size)
+                _read(src, cp, fmt, fast, lambda n: bar.update(task, advance=n, drawings=len(writer)))
                 cp.flush()
                 bar.update(task, drawings=len(writer))
             if cp.kept == 0:
@@ -525,13 +382,13 @@ def prepare(inputs: str | os.PathLike | Iterable, out, classes: str | Sequence[s
 
         del prev_keys, prev_labels
         splits, per_class = assign_splits(writer.labels, writer.key_ids, class_list, rule=split,
-                                          eval_per_class=eval_per_class, test_per_class=test_per_class,
+                                          val_per_class=val_per_class, test_per_class=test_per_class,
                                           fractions=fractions, seed=seed, study_min_factor=study_min_factor)
         sources = [s for srcs in plan for s in srcs]
         extra = {
             "split_rule": {
-                "rule": split, "eval_per_class": eval_per_class, "test_per_class": test_per_class,
-                "fractions": list(fractions), "study_min_per_class": study_min_factor * (eval_per_class
+                "rule": split, "val_per_class": val_per_class, "test_per_class": test_per_class,
+                "fractions": list(fractions), "study_min_per_class": study_min_factor * (val_per_class
                                                                                        + test_per_class),
                 "seed": seed, "per_class": per_class,
                 "how": "within a class, drawings ranked by splitmix64(key_id ^ splitmix64(seed)) "
@@ -561,11 +418,7 @@ def summary(ds: PreparedDataset) -> str:
         by_rule.setdefault(r, []).append(c)
     for r, cs in by_rule.items():
         lines.append(f"split rule {r}: {len(cs)} class(es)" + (f" ({', '.join(cs[:10])}{'…' if len(cs) > 10 else ''})"))
-    sk = m.get("skipped", {})
-    rep = SkipReport()
-    rep.count = sk.get("count", 0)
-    rep.items = [(i["file"], i["position"], i["reason"]) for i in sk.get("items", [])]
-    lines.append(rep.summary())
+    lines.append(SkipReport.from_json(m.get("skipped", {})).summary())
     ignored = m.get("ignored_files", [])
     if ignored:
         lines.append(f"ignored {len(ignored)} file(s):")
@@ -594,15 +447,17 @@ def _fractions_arg(text: str) -> tuple[float, float, float]:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.description = "Turn per-class Quick, Draw! files into one prepared (memory-mapped) dataset."
     parser.add_argument("--input", "-i", nargs="+", required=True, metavar="DIR_OR_FILE",
-                        help="per-class files (<class>.ndjson/.bin/.npz) or directories searched recursively")
+                        help=f"per-class files (<class>{suffix_list('/')}) or directories searched recursively")
     parser.add_argument("--out", "-o", required=True, type=Path, help="output directory (replaced atomically)")
     parser.add_argument("--classes", default="all",
                         help="a,b,… | study | all (every Quick, Draw! class found; default) | from-files "
                              "(every file name is a class: sketch datasets with other class names)")
-    parser.add_argument("--format", dest="fmt", default="auto", choices=["auto", *FORMAT_SUFFIX])
+    parser.add_argument("--format", dest="fmt", default="auto", choices=["auto", *kinds()],
+                        help="which files to use (default: all; simplified/raw: ndjson files by their content)")
     parser.add_argument("--split", default="study", choices=["study", "fractions"],
                         help="study: 5,000 val + 5,000 test per class (fractions for small classes)")
-    parser.add_argument("--eval-per-class", type=int, default=5000)
+    parser.add_argument("--val-per-class", type=int, default=5000, help="val drawings per class under --split study")
+    parser.add_argument("--eval-per-class", type=int, default=None, help=argparse.SUPPRESS)  # its old name
     parser.add_argument("--test-per-class", type=int, default=5000)
     parser.add_argument("--fractions", type=_fractions_arg, default=DEFAULT_FRACTIONS, metavar="TRAIN,VAL,TEST")
     parser.add_argument("--on-error", default="skip", choices=["skip", "raise"])
@@ -611,8 +466,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.eval_per_class is not None:
+        print("note: --eval-per-class is now called --val-per-class (it sets the val split only)", file=sys.stderr)
+        args.val_per_class = args.eval_per_class
     ds = prepare(args.input, args.out, args.classes, fmt=args.fmt, split=args.split,
-                 eval_per_class=args.eval_per_class, test_per_class=args.test_per_class,
+                 val_per_class=args.val_per_class, test_per_class=args.test_per_class,
                  fractions=args.fractions, on_error=args.on_error, seed=args.seed,
                  progress=not args.no_progress and sys.stderr.isatty())
     print(summary(ds))

@@ -44,9 +44,14 @@ import math
 
 import torch
 
+from sketchembed.data.inputs import BACKGROUNDS, DEFAULTS, InputSettings, check
+
 __all__ = ["BACKGROUNDS", "Rasterizer", "per_image_standardize", "render_views", "stroke_ends"]
 
-BACKGROUNDS = ("black", "white")
+# Elements per work chunk (strip pixels of pieces, or copied snapshot pixels), by (not CUDA, CUDA):
+# cache-sized on a CPU; on a GPU large, as each chunk costs kernel launches and host round trips
+# (`python -m bench raster`: 224 px snapshots ran 2.6x OpenCV on 16 cores with the CPU size).
+CHUNK_ELEMS = (1 << 21, 1 << 25)
 
 
 class Rasterizer:
@@ -56,24 +61,17 @@ class Rasterizer:
     :func:`render_views` applies (:meth:`style`).
     """
 
-    def __init__(self, size: int = 64, line_width: float = 8.0, padding: float = 4.5,
-                 canvas: float = 256.0, *, background: str = "black", standardize: bool = False,
-                 min_width_px: float = 1.0, piece_len: float | None = None, chunk_elems: int = 1 << 21):
-        if int(size) < 1:
-            raise ValueError(f"size must be >= 1, got {size}")
-        if not (line_width > 0 and padding >= 0 and canvas > 0):
-            raise ValueError(f"need line_width > 0, padding >= 0, canvas > 0; got "
-                             f"{line_width}, {padding}, {canvas}")
-        if background not in BACKGROUNDS:
-            raise ValueError(f"background must be one of {BACKGROUNDS}, got {background!r}")
-        if not isinstance(standardize, bool):
-            raise ValueError(f"standardize must be true or false, got {standardize!r}")
-        self.background = background
-        self.standardize = standardize
-        self.size = int(size)
-        self.line_width = float(line_width)
-        self.padding = float(padding)
-        self.canvas = float(canvas)
+    def __init__(self, size: int = DEFAULTS.image_size, line_width: float = DEFAULTS.line_width,
+                 padding: float = DEFAULTS.padding, canvas: float = DEFAULTS.canvas, *,
+                 background: str = DEFAULTS.background, standardize: bool = DEFAULTS.standardize,
+                 min_width_px: float = 1.0, piece_len: float | None = None, chunk_elems: int | None = None):
+        # the input settings' own checks (sketchembed.data.inputs), one rule for every consumer
+        self.background = check("background", background)
+        self.standardize = check("standardize", standardize)
+        self.size = check("image_size", size)
+        self.line_width = check("line_width", line_width)
+        self.padding = check("padding", padding)
+        self.canvas = check("canvas", canvas)
         self.scale = self.size / (self.canvas + 2 * self.padding)   # output px per canvas unit
         self.half_width = max(self.line_width * self.scale, float(min_width_px)) / 2
         r = self.half_width + 0.5                  # reach of the anti-aliased rim from the centre line
@@ -85,7 +83,13 @@ class Rasterizer:
             piece_len = max(6.0, self.size / 8)
         self.piece_len = float(max(1.0, min(piece_len, self.size - rim)))
         self.window = (int(math.ceil(self.piece_len)) + rim, rows)
-        self.chunk_elems = int(chunk_elems)
+        self.chunk_elems = None if chunk_elems is None else int(chunk_elems)
+
+    @classmethod
+    def from_inputs(cls, inputs: InputSettings, **kwargs) -> "Rasterizer":
+        """The rasterizer of a model's input settings (``kwargs``: the speed knobs)."""
+        return cls(inputs.image_size, inputs.line_width, inputs.padding, inputs.canvas,
+                   background=inputs.background, standardize=inputs.standardize, **kwargs)
 
     def __repr__(self) -> str:
         return (f"Rasterizer(size={self.size}, line_width={self.line_width}, padding={self.padding}, "
@@ -125,24 +129,26 @@ class Rasterizer:
         snap_pos = torch.as_tensor(snap_pos, device=dev).long().reshape(-1)
         if lengths.shape != (B,):
             raise ValueError(f"lengths must be ({B},), got {tuple(lengths.shape)}")
-        if bool(((lengths < 0) | (lengths > T)).any()):
-            raise ValueError(f"lengths must lie in 0..{T} (the points' T)")
+        M = snap_batch.numel()
         if snap_batch.shape != snap_pos.shape:
             raise ValueError("snap_batch and snap_pos must have the same length")
-        M = snap_batch.numel()
-        if M == 0:
-            return torch.zeros(0, 1, H, W, device=dev)
-        if bool(((snap_batch < 0) | (snap_batch >= B)).any()) or bool(
-                ((snap_pos < -1) | (snap_pos >= lengths[snap_batch.clamp(0, B - 1)])).any()):
-            raise ValueError("snap_batch/snap_pos out of range (need 0 <= snap_batch < B and "
-                             "-1 <= snap_pos < lengths[snap_batch])")
-
-        if T == 0:
-            return torch.zeros(M, 1, H, W, device=dev)
         idx = torch.arange(T, device=dev)
         valid = idx < lengths[:, None]
-        if not bool(torch.isfinite(points[..., :2][valid]).all()):
+        # Every check in one host round trip (each one stalls a GPU's queue).
+        bad_len, bad_snap, bad_xy = torch.stack([
+            ((lengths < 0) | (lengths > T)).any(),
+            ((snap_batch < 0) | (snap_batch >= B)).any()
+            | ((snap_pos < -1) | (snap_pos >= lengths[snap_batch.clamp(0, max(B - 1, 0))])).any(),
+            ~(torch.isfinite(points[..., :2]).all(-1) | ~valid).all()]).tolist() if B else (False, M > 0, False)
+        if bad_len:
+            raise ValueError(f"lengths must lie in 0..{T} (the points' T)")
+        if bad_snap:
+            raise ValueError("snap_batch/snap_pos out of range (need 0 <= snap_batch < B and "
+                             "-1 <= snap_pos < lengths[snap_batch])")
+        if bad_xy:
             raise ValueError("points hold non-finite coordinates within lengths")
+        if M == 0 or T == 0:
+            return torch.zeros(M, 1, H, W, device=dev)
         xy = (points[..., :2].float() + (0.5 + self.padding)) * self.scale   # output px
         pen = (points[..., 2] > 0.5) | (idx == lengths[:, None] - 1)     # last point closes its stroke
         start = torch.ones_like(pen)
@@ -174,6 +180,7 @@ class Rasterizer:
         seg_b = torch.cat([seg_b, tp])
         first = torch.cat([first, inv_perm[tm]])
 
+        chunk = self.chunk_elems or CHUNK_ELEMS[dev.type == "cuda"]
         out = torch.empty(M, H * W, dtype=torch.float32, device=dev)
         out.index_fill_(0, perm[rank == 0], 0.0)
         pa, pb, player = self._pieces(seg_a, seg_b, first)
@@ -184,7 +191,7 @@ class Rasterizer:
         piece_start = [0] + torch.cumsum(torch.bincount(prank, minlength=n_rank), 0).tolist()
         snap_order = torch.argsort(rank, stable=True)                    # sorted positions by rank
         snap_start = [0] + torch.cumsum(torch.bincount(rank, minlength=n_rank), 0).tolist()
-        rows_per_copy = max(1, self.chunk_elems // (H * W))
+        rows_per_copy = max(1, chunk // (H * W))
         buf = out.new_empty(min(rows_per_copy, M), H * W)
         flat = out.view(-1)
         copied = 0                     # snapshots of ranks 1..copied start from their predecessor
@@ -202,7 +209,7 @@ class Rasterizer:
         # Coverage in big chunks of pieces (in rank order); the scatter and the copies then go rank
         # by rank, so that a snapshot is copied on only once all its own pieces are in.
         C, R = self.window
-        step = max(1, self.chunk_elems // (C * R))
+        step = max(1, chunk // (C * R))
         n_p = pa.shape[0]
         k = 0
         for s in range(0, n_p, step):

@@ -29,10 +29,9 @@ from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
-from sketchembed.data.sketch import Drawing
+from sketchembed.data.sketch import CANVAS_MAX, Drawing
 
 EPSILON = 2.0
-CANVAS_MAX = 255.0
 
 
 def normalize_to_canvas(strokes: Sequence[np.ndarray], size: float = CANVAS_MAX) -> list[np.ndarray]:

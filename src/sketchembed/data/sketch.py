@@ -99,17 +99,25 @@ class SkipReport:
     def summary(self) -> str:
         if not self.count:
             return "no bad inputs"
-        lines = [f"skipped {self.count} bad input(s):"]
+        lines = [f"skipped {self.count:,} bad input(s):"]
         lines += [f"  {p}:{pos}: {r}" if pos else f"  {p}: {r}" for p, pos, r in self.items]
         if self.count > len(self.items):
-            lines.append(f"  … and {self.count - len(self.items)} more")
+            lines.append(f"  … and {self.count - len(self.items):,} more")
         return "\n".join(lines)
 
     def to_json(self) -> dict:
         return {"count": self.count,
                 "items": [{"file": p, "position": pos, "reason": r} for p, pos, r in self.items]}
 
+    @classmethod
+    def from_json(cls, data: dict) -> "SkipReport":
+        """The report a manifest's ``skipped`` holds (for its summary)."""
+        return cls(count=int(data.get("count", 0)),
+                   items=[(i["file"], i["position"], i["reason"]) for i in data.get("items", [])])
 
+
+#: Simplified drawings lie on the integer canvas 0–CANVAS_MAX (the dataset's simplification).
+CANVAS_MAX = 255
 #: Raw coordinates (canvas pixels) beyond ± this are refused: the real raw drawings span
 #: −1,013…2,755 (tests/test_formats.py, slow); a million-pixel coordinate is a broken record.
 RAW_COORD_LIMIT = 100_000.0
@@ -119,7 +127,7 @@ RAW_COORD_LIMIT = 100_000.0
 MIN_EXTENT = 1.0
 
 
-def check_strokes(strokes: list[np.ndarray], *, coord_max: float | None = 255.0,
+def check_strokes(strokes: list[np.ndarray], *, coord_max: float | None = CANVAS_MAX,
                   allow_single_point_strokes: bool = False) -> str | None:
     """Why a drawing is unusable, or None. Used by every reader so they agree on what is bad.
 

@@ -11,8 +11,12 @@ import json
 from pathlib import Path
 
 import numpy as np
+from rich.console import Console
+from rich.table import Table
 
-from sketchembed.data.store import SPLIT_NAMES, PreparedDataset
+from sketchembed.data.embedded import EMBEDDED_NAMES, embedded_dataset_path
+from sketchembed.data.sketch import SkipReport
+from sketchembed.data.store import ARRAYS, SPLIT_NAMES, PreparedDataset
 
 
 # Console width when stdout is not a terminal: wide enough for every column (tables do not pad).
@@ -69,9 +73,6 @@ def compute_stats(ds: PreparedDataset, *, chunk_points: int = 1 << 24) -> dict:
 
 
 def render(st: dict, console=None) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
     if console is None:
         console = Console()
         if not console.is_terminal:  # a file or pipe: rich would cut the table at 80 columns
@@ -92,36 +93,24 @@ def render(st: dict, console=None) -> None:
                           f"median {d['median']:g}, p95 {d['p95']:g}, max {d['max']}")
     console.print(f"from {st['sources']} source file(s); duplicates dropped {st['duplicates']:,}; "
                   f"simplified from raw {st['simplified_from_raw']:,}")
-    sk = st["skipped"]
-    if sk.get("count"):
-        console.print(f"[yellow]skipped {sk['count']:,} bad input(s)[/]:")
-        for it in sk.get("items", []):
-            pos = f":{it['position']}" if it.get("position") else ""
-            console.print(f"  {it['file']}{pos}: {it['reason']}", markup=False)
-        if sk["count"] > len(sk.get("items", [])):
-            console.print(f"  … and {sk['count'] - len(sk['items'])} more")
-    else:
-        console.print("no bad inputs were skipped")
+    skipped = SkipReport.from_json(st["skipped"])
+    console.print(skipped.summary(), markup=False, style="yellow" if skipped.count else None)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.description = "Statistics of a prepared dataset (counts per class/split, sizes, skipped inputs)."
-    parser.add_argument("root", type=Path, help="prepared dataset directory (or study10 / others335)")
+    parser.add_argument("root", type=Path, help=f"prepared dataset directory (or {' / '.join(EMBEDDED_NAMES)})")
     parser.add_argument("--json", action="store_true", help="print the statistics as JSON")
     parser.add_argument("--verify", action="store_true", help="also check the points' sha256")
 
 
 def run(args: argparse.Namespace) -> int:
     root = args.root
-    if not root.exists() and str(root) in ("study10", "others335"):
-        from sketchembed.data.embedded import embedded_dataset_path
-
+    if not root.exists() and str(root) in EMBEDDED_NAMES:
         root = embedded_dataset_path(str(root))
     ds = PreparedDataset(root, verify=args.verify)
     st = compute_stats(ds)
     if args.verify:
-        from sketchembed.data.store import ARRAYS
-
         st["verified"] = list(ARRAYS)
     if args.json:
         print(json.dumps(st, indent=1, ensure_ascii=False))

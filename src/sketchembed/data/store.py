@@ -33,6 +33,7 @@ from typing import Iterable
 
 import numpy as np
 
+from sketchembed.data.formats.ndjson import decode_line
 from sketchembed.data.sketch import DataFormatError, Drawing, points_to_strokes
 from sketchembed.messages import short_list
 
@@ -334,9 +335,9 @@ class PreparedDataset:
         mpath = self.root / "manifest.json"
         if not mpath.is_file():
             raise DataFormatError(mpath, None, "missing manifest.json (not a prepared dataset, or unfinished)")
-        try:
-            self.manifest = json.loads(mpath.read_text())
-        except (ValueError, UnicodeDecodeError) as e:
+        try:  # the readers' decoder: a crafted, deeply nested manifest is a ValueError, not a RecursionError
+            self.manifest = decode_line(mpath.read_bytes())
+        except (ValueError, OSError) as e:
             raise DataFormatError(mpath, None, f"unreadable manifest: {e}") from None
         if not isinstance(self.manifest, dict) or self.manifest.get("format") != FORMAT_NAME:
             raise DataFormatError(mpath, None, f"not a {FORMAT_NAME} manifest")

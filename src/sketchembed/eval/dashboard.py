@@ -25,9 +25,14 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
+import wandb
 from omegaconf import DictConfig, OmegaConf
+from PIL import Image, ImageDraw
 
+from sketchembed.data.sketch import points_to_strokes
+from sketchembed.eval.checkpoint import read_checkpoint
 from sketchembed.eval.report import FIGURES
+from sketchembed.train.wandb_run import read_train_run
 
 log = logging.getLogger("sketchembed.eval")
 
@@ -85,11 +90,6 @@ def log_eval(cfg: DictConfig, out: Path, m: dict, points: Callable[[int], np.nda
     node = _wandb_node(cfg)
     if node is None:
         return None
-    import wandb
-
-    from sketchembed.eval.checkpoint import read_checkpoint
-    from sketchembed.train.wandb_run import read_train_run
-
     opts = settings(cfg)
     out = Path(out)
     hp = dict(hparams if hparams is not None else read_checkpoint(m["checkpoint"]).get("hyper_parameters") or {})
@@ -118,8 +118,6 @@ def log_eval(cfg: DictConfig, out: Path, m: dict, points: Callable[[int], np.nda
 
 
 def _log_all(run, cfg: DictConfig, out: Path, m: dict, opts: dict, points) -> None:
-    import wandb
-
     # scalars: the run's summary (one value each, in the runs table), not one-point charts
     for k, v in m.items():
         if k.startswith("test/") and isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
@@ -164,10 +162,6 @@ def _sample_rows(n: int, k: int, seed: int) -> np.ndarray:
 
 def sketch_image(points: np.ndarray, size: int = 96, pad: int = 4) -> np.ndarray:
     """A drawing as a small RGB image (black strokes on white) for a table cell."""
-    from PIL import Image, ImageDraw
-
-    from sketchembed.data.sketch import points_to_strokes
-
     pts = np.asarray(points, dtype=np.float32)
     xy = pts[:, :2]
     lo, span = xy.min(0), max(float(np.ptp(xy, 0).max()), 1.0)
@@ -185,8 +179,6 @@ def sketch_image(points: np.ndarray, size: int = 96, pad: int = 4) -> np.ndarray
 def predictions_table(points, pred, rows: np.ndarray, classes: list[str], opts: dict):
     """A wandb.Table, one row per sampled test drawing: sketch, true and predicted class (50 %, 100 %),
     confidences, right/wrong — filterable in the UI ("the misclassified vans")."""
-    import wandb
-
     store_rows = pred["indices"][rows]
     p50, p100 = pred["pred@50"][rows].astype(int), pred["pred@100"][rows].astype(int)
     c50, c100 = pred["conf@50"][rows], pred["conf@100"][rows]
@@ -202,8 +194,6 @@ def predictions_table(points, pred, rows: np.ndarray, classes: list[str], opts: 
 
 def tsne_table(tsne, pred, classes: list[str]):
     """The map of ``tsne.png`` (eval's ``tsne.npz``) as a table: x, y, class, key_id."""
-    import wandb
-
     table = wandb.Table(columns=["x", "y", "class", "key_id"])
     for (x, y), r in zip(tsne["xy"], tsne["rows"]):
         table.add_data(float(x), float(y), classes[int(pred["labels"][r])], str(int(pred["key_ids"][r])))

@@ -11,6 +11,11 @@ from typing import Callable, Iterable
 
 import numpy as np
 import torch
+from torch.utils.data import DataLoader, Subset
+
+from sketchembed.data.datamodule import SketchCollate
+from sketchembed.data.inputs import InputSettings
+from sketchembed.data.raster import Rasterizer, render_views
 
 
 @dataclass
@@ -33,12 +38,18 @@ class Embedded:
             raise ValueError("this model has no classifier (no logits)")
         return self.logits.argmax(1)
 
-    def subset(self, rows) -> "Embedded":
-        rows = np.asarray(rows)
-        return Embedded(self.embeddings[rows], None if self.logits is None else self.logits[rows],
-                        self.labels[rows], self.indices[rows], self.key_ids[rows],
-                        None if self.pred is None else self.pred[rows],
-                        None if self.conf is None else self.conf[rows])
+
+def pick_device(name: str = "auto") -> torch.device:
+    """``--device`` / ``device=``: ``auto`` (CUDA when there is one) or a torch device, checked."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"device={name!r} is not a torch device (auto, cpu, cuda, cuda:0 …)") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={name}: no CUDA device here (device=auto picks one when there is)")
+    return dev
 
 
 def to_device(batch: dict, device) -> dict:
@@ -60,8 +71,6 @@ def embed_batch(model, batch: dict, rasterizer=None, with_logits: bool = True):
 
     Uses the model's one-pass ``_eval_outputs`` when it has one (classifiers share the encoder).
     """
-    from sketchembed.data.raster import render_views
-
     views = model_views(model)
     need = [v for v in views if v in ("image", "snapshots") and v not in batch]
     if need:
@@ -166,22 +175,20 @@ def embed_loader(model, loader: Iterable[dict], *, rasterizer=None, device=None,
 
 def subset_loader(dm, split: str, positions, fraction: float = 1.0, batch_size: int | None = None):
     """A loader over some positions of ``dm.dataset(split)`` (the order of ``dm.loader``), at a fraction."""
-    from torch.utils.data import DataLoader, Subset
-
     ds = Subset(dm.dataset(split), np.asarray(positions, dtype=np.int64).tolist())
     return DataLoader(ds, batch_size=int(batch_size or dm.eval_batch_size), shuffle=False,
                       collate_fn=dm.collate(fraction), num_workers=dm.num_workers)
 
 
 @torch.no_grad()
-def embed_points(model, drawings, *, seq_std: float, rasterizer=None, fraction: float = 1.0,
-                 max_snapshots: int | None = 8, fraction_rule: str = "ceil", seq_origin=(0.0, 0.0), device=None):
+def embed_points(model, drawings, inputs: InputSettings, *, rasterizer=None, fraction: float = 1.0, device=None):
     """Embed raw ``(n, 3)`` point arrays (a user's sketch) exactly as the DataModule would serve them:
-    same collate (truncation to ``fraction``, pen_up on the last kept point, normalised deltas)."""
-    from sketchembed.data.datamodule import SketchCollate
-
+    the collate of the model's ``inputs`` (truncation to ``fraction``, pen_up on the last kept point,
+    normalised deltas) and its rasterizer (``rasterizer``: one built once by the caller, else
+    ``Rasterizer.from_inputs(inputs)``). Returns ``(emb, logits or None, points, lengths)`` as numpy."""
+    rasterizer = rasterizer if rasterizer is not None else Rasterizer.from_inputs(inputs)
     items = [(-1, 0, 0, np.asarray(p, dtype=np.float32)) for p in drawings]
-    batch = SketchCollate(seq_std, fraction, max_snapshots, fraction_rule=fraction_rule, seq_origin=seq_origin)(items)
+    batch = SketchCollate.from_inputs(inputs, fraction)(items)
     if device is None:
         device = next(model.parameters()).device
     was_training = model.training

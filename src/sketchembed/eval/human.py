@@ -1,8 +1,7 @@
 """`sketchembed human`: measure a person's accuracy on drawings shown at 50 % / 100 %.
 
-The study compares its models with humans (its README: 84 %; its notebook's saved output: 72.1 % on
-43 answers); this lets anyone produce that number on the
-same data and fractions the models are evaluated on. Drawings are drawn in the terminal with
+The study compares its models with humans (its two figures: ``eval.report.STUDY["human"]``); this
+lets anyone produce that number on the same data and fractions the models are evaluated on. Drawings are drawn in the terminal with
 braille characters (2 x 4 dots per character: a 64 x 64 dot canvas in 32 x 16 characters), so it
 works over ssh with nothing installed. Answers are read line by line from stdin — a script can
 answer (that is how it is tested) and EOF ends the session with the results so far.
@@ -21,7 +20,10 @@ from typing import Sequence, TextIO
 
 import numpy as np
 
-from sketchembed.eval.report import STUDY
+from sketchembed.data.embedded import resolve_root
+from sketchembed.data.inputs import DEFAULTS, fraction_tag, keep_count
+from sketchembed.data.store import PreparedDataset
+from sketchembed.eval.report import STUDY, load_metrics
 from sketchembed.eval.stats import wilson
 
 BRAILLE_BASE = 0x2800
@@ -29,14 +31,7 @@ BRAILLE_BASE = 0x2800
 _DOT = np.array([[0x01, 0x08], [0x02, 0x10], [0x04, 0x20], [0x40, 0x80]], dtype=np.int32)
 
 
-def keep_count(n: int, fraction: float) -> int:
-    """Same truncation as evaluation (ARCHITECTURE.md): ceil(f * n) points, at least 2."""
-    import math
-
-    return min(n, max(2, math.ceil(fraction * n - 1e-9)))
-
-
-def rasterize_dots(points, size: int = 64, canvas: float = 256.0) -> np.ndarray:
+def rasterize_dots(points, size: int = 64, canvas: float = DEFAULTS.canvas) -> np.ndarray:
     """``(size, size)`` bool: strokes sampled densely enough to leave no gaps at this resolution."""
     pts = np.asarray(points, dtype=np.float64)
     img = np.zeros((size, size), dtype=bool)
@@ -59,7 +54,7 @@ def rasterize_dots(points, size: int = 64, canvas: float = 256.0) -> np.ndarray:
     return img
 
 
-def braille(points, width: int = 32, height: int = 16, canvas: float = 256.0) -> list[str]:
+def braille(points, width: int = 32, height: int = 16, canvas: float = DEFAULTS.canvas) -> list[str]:
     """Text lines drawing ``points`` in ``width x height`` braille characters."""
     size = max(2 * width, 4 * height)
     img = rasterize_dots(points, size, canvas)[: 4 * height, : 2 * width]
@@ -93,7 +88,7 @@ def sample_items(ds, n: int, fractions: Sequence[float], seed: int = 0, split: s
     items = []
     for r, f in zip(chosen, fr):
         pts = np.asarray(ds.points(int(r)), dtype=np.int16).copy()
-        keep = keep_count(len(pts), f)
+        keep = keep_count(len(pts), f)  # the truncation of evaluation (default fraction_rule)
         pts = pts[:keep]
         pts[-1, 2] = 1
         items.append(Item(int(r), int(ds.labels[r]), int(ds.key_ids[r]), f, pts))
@@ -133,12 +128,7 @@ class Results:
 
     def metrics(self) -> dict[str, float]:
         """``human/acc@50`` … in the metrics.json convention (mergeable into a run's report)."""
-        return {f"human/acc@{_tag(f)}": a for f, a in self.accuracy().items()}
-
-
-def _tag(f: float) -> str:
-    pct = 100 * f
-    return str(int(round(pct))) if abs(pct - round(pct)) < 1e-6 else f"{pct:g}"
+        return {f"human/acc@{fraction_tag(f)}": a for f, a in self.accuracy().items()}
 
 
 def run_session(items: Sequence[Item], classes: Sequence[str], inp: TextIO, out: TextIO) -> Results:
@@ -171,7 +161,7 @@ def run_session(items: Sequence[Item], classes: Sequence[str], inp: TextIO, out:
 
 def model_accuracy(metrics: dict, fraction: float) -> float | None:
     for split in ("test", "val"):
-        v = metrics.get(f"{split}/acc@{_tag(fraction)}")
+        v = metrics.get(f"{split}/acc@{fraction_tag(fraction)}")
         if v is not None:
             return float(v)
     return None
@@ -199,16 +189,6 @@ def format_results(res: Results, model_metrics: dict | None = None) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _resolve(data: str) -> Path:
-    """A dataset dir as is; an embedded set's name through the DataModule's resolver (which imports
-    Lightning — skipped for plain dirs so the session starts fast)."""
-    if Path(data).is_dir():
-        return Path(data)
-    from sketchembed.data.datamodule import resolve_root
-
-    return resolve_root(data)
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", default="study10", help="prepared dataset dir or embedded name")
     parser.add_argument("--split", default="test", choices=("train", "val", "test"))
@@ -220,8 +200,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args, stdin: TextIO | None = None, stdout: TextIO | None = None) -> int:
-    from sketchembed.data.store import PreparedDataset
-
     inp = stdin or sys.stdin
     out = stdout or sys.stdout
     try:
@@ -232,10 +210,8 @@ def run(args, stdin: TextIO | None = None, stdout: TextIO | None = None) -> int:
         raise ValueError(f"--n must be >= 1, got {args.n}")
     model_metrics = None
     if args.metrics:
-        from sketchembed.eval.report import load_metrics
-
         model_metrics = load_metrics(Path(args.metrics))
-    ds = PreparedDataset(_resolve(args.data))
+    ds = PreparedDataset(resolve_root(args.data))
     items = sample_items(ds, args.n, fractions, args.seed, args.split)
     res = run_session(items, ds.classes, inp, out)
     out.write(format_results(res, model_metrics))

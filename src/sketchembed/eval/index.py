@@ -12,14 +12,13 @@ import time
 from pathlib import Path
 
 import numpy as np
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+from torch.utils.data import DataLoader, Subset
 
-
-def pick_device(name: str = "auto"):
-    import torch
-
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+from sketchembed.data.datamodule import SketchDataModule
+from sketchembed.eval.checkpoint import file_sha256, open_checkpoint
+from sketchembed.eval.embed import embed_loader, pick_device
+from sketchembed.eval.knn import KNNIndex, pack_points
 
 
 def stratified_positions(labels: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
@@ -46,11 +45,6 @@ def build_index(model, dm, split: str, *, ckpt_path: str = "", ckpt_sha256: str 
 
     ``max_items`` keeps that many drawings sampled evenly across the classes (``seed``), never the
     first rows (the prepared data are sorted by class)."""
-    from torch.utils.data import DataLoader, Subset
-
-    from sketchembed.eval.embed import embed_loader
-    from sketchembed.eval.knn import KNNIndex, pack_points
-
     loader = dm.loader(split, 1.0)
     n_total = len(loader.dataset)
     if max_items is not None and int(max_items) < n_total:
@@ -60,8 +54,6 @@ def build_index(model, dm, split: str, *, ckpt_path: str = "", ckpt_sha256: str 
                             collate_fn=loader.collate_fn)
         n_total = len(keep)
     if show_progress:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
-
         with Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
                       TimeRemainingColumn(), transient=False, console=None) as bar:
             task = bar.add_task(f"embedding {split}", total=n_total)
@@ -96,12 +88,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
-    from sketchembed.eval.checkpoint import datamodule_for, file_sha256, load_model, read_checkpoint
-
-    ckpt = read_checkpoint(args.ckpt)
     device = pick_device(args.device)
-    model = load_model(args.ckpt, map_location=device)
-    dm = datamodule_for(args.ckpt, args.data, views=model.views, batch_size=args.batch_size, ckpt=ckpt)
+    model, inputs, _ = open_checkpoint(args.ckpt, map_location=device)
+    dm = SketchDataModule.from_inputs(inputs, args.data, views=tuple(sorted(model.views)), eval_fractions=(1.0,),
+                                      eval_batch_size=args.batch_size)
     index = build_index(model, dm, args.split, ckpt_path=str(Path(args.ckpt).resolve()),
                         ckpt_sha256=file_sha256(args.ckpt), device=device, max_items=args.max,
                         keep_drawings=not args.no_drawings, show_progress=not args.quiet, seed=args.seed)

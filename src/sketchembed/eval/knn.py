@@ -32,6 +32,9 @@ except ImportError:  # optional: the torch search gives the same neighbours
     faiss = None
 
 BACKENDS = ("auto", "faiss", "torch", "sklearn")
+# K of the vote that classifies drawings for models without a classifier head (the study's choice
+# for triplet embeddings): eval's predictions and the studio's guesses.
+KNN_CLASSIFIER_K = 4
 INDEX_FORMAT = "sketchembed-knn-index"
 INDEX_VERSION = 1
 

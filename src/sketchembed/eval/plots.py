@@ -10,10 +10,13 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 import numpy as np
+from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from sklearn.metrics import confusion_matrix
 
 from sketchembed.data.sketch import points_to_strokes
+from sketchembed.eval.confusion import most_confused_classes, per_class_sorted
 
 WRONG = "#d62728"
 
@@ -39,8 +42,6 @@ def figure_to_array(fig: Figure) -> np.ndarray:
 
 
 def class_colors(n: int) -> list:
-    from matplotlib import colormaps
-
     cmap = colormaps["tab10" if n <= 10 else "tab20" if n <= 20 else "turbo"]
     if n <= 20:
         return [cmap(i) for i in range(n)]
@@ -94,8 +95,6 @@ def plot_tsne(path, xy, labels, classes: Sequence[str], title: str | None = None
     size = float(np.clip(3000 / max(len(xy), 1), 2, 30))
     other = ~np.isin(labels, shown)
     if len(shown) < len(classes) and len(shown) <= 18:  # tab20 without its two greys (the "other" colour)
-        from matplotlib import colormaps
-
         colors = [colormaps["tab20"](i) for i in range(20) if i not in (14, 15)][:len(shown)]
     else:
         colors = class_colors(len(shown))
@@ -160,10 +159,6 @@ def plot_confusion(path, y_true, y_pred, classes: Sequence[str], title: str | No
     shown (rows still normalised by the class's full count), so the figure stays a few inches wide:
     a 345 x 345 grid is neither readable nor openable by common image viewers.
     """
-    from sklearn.metrics import confusion_matrix
-
-    from sketchembed.eval.confusion import most_confused_classes
-
     y_true = np.asarray(y_true)
     y_pred = np.asarray(y_pred)
     cm = confusion_matrix(y_true, y_pred, labels=np.arange(len(classes)))
@@ -201,8 +196,6 @@ def plot_confusion(path, y_true, y_pred, classes: Sequence[str], title: str | No
 def plot_per_class(path, cm, classes: Sequence[str], n_each: int = 20, title: str | None = None) -> Path:
     """Per-class accuracy sorted, worst at the top; with many classes the ``n_each`` worst and the
     ``n_each`` best, the number of classes left out between them said in the figure."""
-    from sketchembed.eval.confusion import per_class_sorted
-
     rows = per_class_sorted(cm, classes)
     gap = 0
     if len(rows) > 2 * n_each:

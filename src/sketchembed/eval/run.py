@@ -31,45 +31,42 @@ from __future__ import annotations
 import json
 import logging
 import math
+import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 from omegaconf import DictConfig, OmegaConf
+from rich.console import Console
+from rich.table import Table
+from sklearn.metrics import balanced_accuracy_score, confusion_matrix
 
+from sketchembed.data.datamodule import SketchDataModule
+from sketchembed.data.inputs import RECIPE, fraction_tag, read_inputs
+from sketchembed.data.test_dir import check_test_dir
 from sketchembed.entry import hydra_entry
-from sketchembed.eval.checkpoint import INPUT_KEYS
-from sketchembed.eval.report import STUDY_CURVE
+from sketchembed.eval.checkpoint import file_sha256, load_model, read_checkpoint, trained_root
+from sketchembed.eval.confusion import confused_pairs
+from sketchembed.eval.dashboard import log_eval
+from sketchembed.eval.embed import embed_loader, model_views, pick_device, subset_loader
+from sketchembed.eval.knn import KNN_CLASSIFIER_K, neighbor_labels, resolve_backend, search, study_tie_correct, vote
+from sketchembed.eval.plots import (plot_confusion, plot_early_recognition, plot_neighbors, plot_per_class,
+                                    plot_tsne)
+from sketchembed.eval.probe import linear_probe
+from sketchembed.eval.report import STUDY_CURVE, STUDY_COL, write_report
+from sketchembed.eval.stages import Stages
+from sketchembed.eval.stats import ci_text, interval, with_intervals
+from sketchembed.eval.tsne import tsne_map
 from sketchembed.messages import short_list
+from sketchembed.metric import triplet_accuracy
 
 log = logging.getLogger("sketchembed.eval")
-
-KNN_CLASSIFIER_K = 4
-
-
-def _tag(f: float) -> str:
-    pct = 100.0 * float(f)
-    return str(int(round(pct))) if abs(pct - round(pct)) < 1e-6 else f"{pct:g}"
-
-
-def _device(name: str):
-    import torch
-
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(name)
-    except RuntimeError:
-        raise ValueError(f"device={name!r} is not a torch device (auto, cpu, cuda, cuda:0 …)") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device={name}: no CUDA device here (device=auto picks one when there is)")
-    return dev
 
 
 def _sel(cfg: DictConfig, key: str, default=None):
     v = OmegaConf.select(cfg, key, default=default)
     return default if v is None else v
-
-
 
 
 def _ckpt_path(cfg: DictConfig) -> Path:
@@ -82,59 +79,27 @@ def _ckpt_path(cfg: DictConfig) -> Path:
     return path
 
 
-def _check_test_dir(test_dir: str, classes: list[str]) -> None:
-    """Fail early, naming the files, on a folder the model cannot be evaluated on."""
-    from sketchembed.data.prepare import SUFFIXES, discover
-
-    path = Path(test_dir)
-    if not path.exists():
-        raise FileNotFoundError(f"data.test_dir={path}: no such folder")
-    if (path / "manifest.json").is_file():
-        return  # a prepared dataset: the DataModule maps its classes by name (and names strangers)
-    if not path.is_dir():
-        raise ValueError(f"data.test_dir={path}: not a folder (expected a folder of per-class files "
-                         f"{'/'.join(SUFFIXES)} or a prepared dataset)")
-    found = discover([path])
-    if not found:
-        raise ValueError(f"data.test_dir={path}: no per-class files (<class>{', <class>'.join(SUFFIXES)}) in it")
-    unknown = {c: files for c, files in found.items() if c not in set(classes)}
-    if unknown:
-        names = short_list(f for c in sorted(unknown) for f in unknown[c])
-        raise ValueError(f"data.test_dir={path}: {names}: class(es) [{short_list(sorted(unknown))}] unknown to the model "
-                         f"(trained on: {short_list(classes)})")
-
-
 def _datamodule(cfg: DictConfig, ckpt: dict, ckpt_path: Path, views, max_train: int | None = None):
-    """A DataModule over the checkpoint's dataset with its raster settings and sequence statistics."""
-    from sketchembed.data.datamodule import SketchDataModule
-    from sketchembed.eval.checkpoint import _plain
-
-    state = ckpt.get(SketchDataModule.__qualname__) or ckpt.get(SketchDataModule.__name__)
-    if not (isinstance(state, dict) and state.get("seq_std")):
-        raise ValueError(f"{ckpt_path}: checkpoint carries no data state (seq_std): not a sketchembed "
-                         "training checkpoint")
-    dm_hp = _plain(ckpt.get("datamodule_hyper_parameters") or {})
-    root = _sel(cfg, "data.root") or dm_hp.get("root") or "study10"
-    kwargs = {k: dm_hp[k] for k in INPUT_KEYS if dm_hp.get(k) is not None}
-    kwargs.update({k: _sel(cfg, f"data.{k}") for k in INPUT_KEYS if _sel(cfg, f"data.{k}") is not None})
+    """A DataModule over the checkpoint's dataset serving its model's input settings (``data.<key>``
+    of the eval config overrides one, e.g. ``data.image_size``)."""
+    inputs = read_inputs(ckpt, str(ckpt_path))
+    overrides = {k: _sel(cfg, f"data.{k}") for k in RECIPE if _sel(cfg, f"data.{k}") is not None}
+    root = _sel(cfg, "data.root") or trained_root(ckpt) or "study10"
     max_eval = _sel(cfg, "data.max_eval")
     test_dir = _sel(cfg, "data.test_dir")
-    dm = SketchDataModule(root=str(root), views=tuple(sorted(views)), eval_fractions=(1.0,),
-                          eval_batch_size=int(cfg.batch_size), num_workers=int(_sel(cfg, "data.num_workers", 0)),
-                          seed=int(cfg.seed), max_train=max_train,
-                          max_eval=int(max_eval) if max_eval else None,
-                          test_dir=str(test_dir) if test_dir else None, **kwargs)
+    dm = SketchDataModule.from_inputs(
+        inputs.replace(**overrides), root, views=tuple(sorted(views)), eval_fractions=(1.0,),
+        eval_batch_size=int(cfg.batch_size), num_workers=int(_sel(cfg, "data.num_workers", 0)), seed=int(cfg.seed),
+        max_train=max_train, max_eval=int(max_eval) if max_eval else None, test_dir=str(test_dir) if test_dir else None)
     try:
         classes = dm.class_names
     except (FileNotFoundError, ValueError) as e:
         raise type(e)(f"{e} (the dataset the checkpoint was trained on; set data.root=…)") from None
-    trained = state.get("classes")
-    if trained is not None and list(trained) != classes:
-        raise ValueError(f"{ckpt_path}: trained on classes [{short_list(trained)}], but data.root={root} has "
+    if inputs.classes is not None and list(inputs.classes) != classes:
+        raise ValueError(f"{ckpt_path}: trained on classes [{short_list(inputs.classes)}], but data.root={root} has "
                          f"[{short_list(classes)}] (labels would not match)")
-    dm.load_state_dict({"seq_std": float(state["seq_std"])})
     if test_dir:
-        _check_test_dir(str(test_dir), classes)
+        check_test_dir(str(test_dir), classes)
     return dm
 
 
@@ -188,8 +153,6 @@ def _settings(cfg: DictConfig) -> dict:
                                                               and k >= 1 for k in raw_ks):
         raise ValueError(f"knn.ks must be a list of integers >= 1, got {raw_ks}")
     ks = sorted({int(k) for k in raw_ks})
-    from sketchembed.eval.knn import resolve_backend
-
     dtype = str(_sel(cfg, "embed_dtype", "float32"))
     if dtype not in ("float32", "float16"):
         raise ValueError(f"embed_dtype must be float32 or float16, got {dtype!r}")
@@ -208,39 +171,96 @@ def _settings(cfg: DictConfig) -> dict:
             "dtype": np.float16 if dtype == "float16" else np.float32}
 
 
+@dataclass
+class _Eval:
+    """One evaluation's fixed parts, handed from stage to stage."""
+    cfg: DictConfig
+    st: dict
+    ckpt_path: Path
+    model: object
+    kind: str
+    dm: SketchDataModule
+    stages: Stages
+    device: torch.device | None = None
+    out: Path | None = None
+
+    @property
+    def seed(self) -> int:
+        return int(self.cfg.seed)
+
+
+@dataclass
+class _Results:
+    """What the embed, KNN and probe stages produce."""
+    train: object
+    tests: dict
+    curve_rows: np.ndarray
+    preds: dict
+    confs: dict
+    knn_preds: dict
+    nl: np.ndarray
+    probe_pred: np.ndarray
+
+    @property
+    def test(self):
+        return self.tests[1.0]
+
+
 def evaluate(cfg: DictConfig) -> dict:
-    import torch
+    """The eval entry: load, then the stages of :func:`_run` (each timed in ``stages.json``)."""
+    ev = _load(cfg)
+    try:
+        return _run(ev)
+    finally:
+        ev.dm.teardown()
 
-    from sketchembed.eval.checkpoint import load_model, read_checkpoint
-    from sketchembed.eval.embed import model_views
-    from sketchembed.eval.stages import Stages
 
+def _load(cfg: DictConfig) -> _Eval:
+    """Stage ``load``: the checkpoint read once, its model and a DataModule serving its input settings."""
     ckpt_path = _ckpt_path(cfg)
     st = _settings(cfg)
     torch.manual_seed(int(cfg.seed))
     stages = Stages()
     with stages("load"):
         ckpt = read_checkpoint(ckpt_path)
-        model = load_model(ckpt_path)
+        model = load_model(ckpt_path, ckpt=ckpt)
         kind = str(model.hparams.get("model_kind", type(model).__name__))
         dm = _datamodule(cfg, ckpt, ckpt_path, model_views(model), st["max_train"])
         del ckpt
-    try:
-        return _evaluate(cfg, st, ckpt_path, model, kind, dm, stages)
-    finally:
-        dm.teardown()
+    return _Eval(cfg, st, ckpt_path, model, kind, dm, stages)
 
 
-def _embed_stage(cfg, st, model, dm, device, stages) -> tuple:
+def _run(ev: _Eval) -> dict:
+    len(ev.dm.dataset("test"))  # opens (prepares) test_dir and maps its labels before any heavy work
+    ev.device = pick_device(str(ev.cfg.device))
+    ev.model.to(ev.device)
+    ev.out = Path(ev.cfg.paths.output_dir)
+    ev.out.mkdir(parents=True, exist_ok=True)
+    train, tests, curve_rows = _embed_stage(ev)
+    preds, confs, knn_preds, nl = _knn_stage(ev, train, tests)
+    probe_pred = _probe_stage(ev, train, tests[1.0])
+    r = _Results(train, tests, curve_rows, preds, confs, knn_preds, nl, probe_pred)
+    with ev.stages("metrics"):
+        m = _metrics(ev, r)
+        _write_outputs(ev.out, m, _arrays(ev, r))
+    _figures(ev, r, m)
+    write_report(ev.out, m)
+    log_eval(ev.cfg, ev.out, m, ev.dm.split_store("test").points, dict(ev.model.hparams))
+    (ev.out / "stages.json").write_text(json.dumps(ev.stages.summary(), indent=2))
+    _print(m, ev.kind)
+    return m
+
+
+def _embed_stage(ev: _Eval) -> tuple:
     """Stream the train split (KNN index, probe) and the test split at every fraction through the
     model: 100 % and 50 % on every evaluated drawing, the rest of the curve on ``curve_max_eval``."""
-    from sketchembed.eval.embed import embed_loader, subset_loader
+    st, dm = ev.st, ev.dm
 
     def embed(loader, **kw):
-        return embed_loader(model, loader, rasterizer=dm.rasterizer, device=device, dtype=st["dtype"], **kw)
+        return embed_loader(ev.model, loader, rasterizer=dm.rasterizer, device=ev.device, dtype=st["dtype"], **kw)
 
     C = dm.num_classes
-    with stages("embed_train") as info:
+    with ev.stages("embed_train") as info:
         log.info("embedding %d train drawings (KNN index, probe)", len(dm.rows("train")))
         train = embed(dm.loader("train", 1.0), with_logits=False)
         info["n"] = len(train)
@@ -249,10 +269,10 @@ def _embed_stage(cfg, st, model, dm, device, stages) -> tuple:
     n_test = len(dm.dataset("test"))
     curve_rows = np.arange(n_test)
     if st["curve_max_eval"] is not None and st["curve_max_eval"] < n_test:
-        rng = np.random.default_rng([int(cfg.seed), 7])
+        rng = np.random.default_rng([ev.seed, 7])
         curve_rows = np.sort(rng.choice(n_test, st["curve_max_eval"], replace=False))
     tests = {}
-    with stages("embed_test") as info:
+    with ev.stages("embed_test") as info:
         log.info("embedding %d test drawings at 100 %% and 50 %%, %d at %d more fractions", n_test,
                  len(curve_rows), len(st["fractions"]) - 2)
         for f in sorted(st["fractions"], reverse=True):  # 1.0 first: it fixes the order
@@ -272,15 +292,15 @@ def _embed_stage(cfg, st, model, dm, device, stages) -> tuple:
     return train, tests, curve_rows
 
 
-def _knn_stage(st, train, tests, C, has_logits, stages) -> tuple[dict, dict, dict, np.ndarray]:
+def _knn_stage(ev: _Eval, train, tests) -> tuple[dict, dict, dict, np.ndarray]:
     """One neighbour search per fraction: KNN accuracies (both vote rules) at 100 %, and for models
     without a classifier head their predictions (KNN K=4) at every fraction. Also each prediction's
     confidence: the softmax probability, or the share of the K=4 neighbours voting for it."""
-    from sketchembed.eval.knn import neighbor_labels, vote
-
+    st, C = ev.st, ev.dm.num_classes
     ks = st["ks"]
+    has_logits = tests[1.0].pred is not None
     preds, confs = {}, {}
-    with stages("knn", n_index=len(train), backend=st["backend"]):
+    with ev.stages("knn", n_index=len(train), backend=st["backend"]):
         nl = neighbor_labels(train.embeddings, train.labels, tests[1.0].embeddings, max(ks + [KNN_CLASSIFIER_K]),
                              backend=st["backend"], query_block=st["query_block"])
         knn_preds = {k: vote(nl, k, C) for k in ks}
@@ -295,87 +315,29 @@ def _knn_stage(st, train, tests, C, has_logits, stages) -> tuple[dict, dict, dic
     return preds, confs, knn_preds, nl
 
 
-def _evaluate(cfg, st, ckpt_path, model, kind, dm, stages) -> dict:
-    import torch
+def _probe_stage(ev: _Eval, train, test) -> np.ndarray:
+    """The study's linear probe on the frozen train embeddings: its predictions on the test drawings."""
+    with ev.stages("probe", steps=ev.st["probe"]["steps"]):
+        probe = linear_probe(train.embeddings, train.labels, n_classes=ev.dm.num_classes, seed=ev.seed,
+                             **{k: v for k, v in ev.st["probe"].items() if v is not None})
+        return probe.predict(test.embeddings)
 
-    from sketchembed.eval.confusion import confused_pairs
-    from sketchembed.eval.knn import study_tie_correct
-    from sketchembed.eval.probe import linear_probe
-    from sketchembed.eval.report import write_report
-    from sketchembed.eval.stats import with_intervals
 
+def _metrics(ev: _Eval, r: _Results) -> dict:
+    """The dict of metrics.json, with its 95 % intervals."""
+    dm, test = ev.dm, r.test
     classes = dm.class_names
-    C = len(classes)
-    fractions, ks = st["fractions"], st["ks"]
-    len(dm.dataset("test"))  # opens (prepares) test_dir and maps its labels before any heavy work
-    device = _device(str(cfg.device))
-    model.to(device)
-    out = Path(cfg.paths.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-
-    train, tests, curve_rows = _embed_stage(cfg, st, model, dm, device, stages)
-    has_logits = tests[1.0].pred is not None
-    preds, confs, knn_preds, nl = _knn_stage(st, train, tests, C, has_logits, stages)
-    test = tests[1.0]
-    y, p = test.labels, preds[1.0]
-    with stages("probe", steps=st["probe"]["steps"]):
-        probe = linear_probe(train.embeddings, train.labels, n_classes=C, seed=int(cfg.seed),
-                             **{k: v for k, v in st["probe"].items() if v is not None})
-        probe_pred = probe.predict(test.embeddings)
-
-    with stages("metrics"):
-        m = _metrics(cfg, ckpt_path, kind, dm, train, tests, preds, curve_rows, has_logits)
-        for k in ks:
-            m[f"test/knn@{k}"] = float((knn_preds[k] == y).mean())
-            m[f"test/knn@{k}_study_tie"] = float(study_tie_correct(nl, k, y, C).mean())
-        m["test/probe_acc"] = float((probe_pred == y).mean())
-        if tuple(getattr(model, "LOSS_KINDS", ())) == ("triplet",):  # no classifier: triplet accuracy
-            from sketchembed.metric import triplet_accuracy
-
-            gen = torch.Generator().manual_seed(int(cfg.seed))
-            acc, dp, dn = triplet_accuracy(torch.from_numpy(np.asarray(test.embeddings, np.float32)),
-                                           torch.from_numpy(y), generator=gen)
-            m["test/triplet_acc"], m["test/d_pos"], m["test/d_neg"] = float(acc), float(dp), float(dn)
-        cm = np.asarray(m["confusion_matrix"])
-        m["confused_pairs"] = confused_pairs(cm, classes, st["confused_pairs"])
-        arrays = dict(classes=np.array(classes), fractions=np.array(fractions), labels=y,
-                      key_ids=test.key_ids, indices=test.indices, probe=probe_pred, curve_rows=curve_rows,
-                      index_key_ids=train.key_ids, index_labels=train.labels, knn_neighbor_labels=nl,
-                      **{f"pred@{_tag(f)}": preds[f] for f in fractions},
-                      **{f"conf@{_tag(f)}": confs[f] for f in fractions}, **{f"knn@{k}": knn_preds[k] for k in ks})
-        # the curve's other fractions are measured on n_curve drawings, not n_test
-        m = with_intervals(m, n_overrides={f"test/acc@{_tag(f)}": m["n_curve"]
-                                           for f in fractions if f not in (0.5, 1.0)})
-        _write_outputs(out, m, arrays)
-    _figures(cfg, st, out, dm, train, test, p, m, classes, kind, stages)
-    write_report(out, m)
-    _log_wandb(cfg, out, m, dm.split_store("test").points, dict(model.hparams))
-    (out / "stages.json").write_text(json.dumps(stages.summary(), indent=2))
-    _print(m, kind)
-    return m
-
-
-def _metrics(cfg, ckpt_path, kind, dm, train, tests, preds, curve_rows, has_logits) -> dict:
-    """The dict of metrics.json, but for the KNN / probe / triplet accuracies (filled by the caller)."""
-    import warnings
-
-    from sklearn.metrics import balanced_accuracy_score, confusion_matrix
-
-    from sketchembed.eval.checkpoint import file_sha256
-
-    classes = dm.class_names
-    test = tests[1.0]
     y = test.labels
     skipped = _skipped(dm)
-    m: dict = {"model_kind": kind, "checkpoint": str(ckpt_path), "checkpoint_sha256": file_sha256(ckpt_path),
+    m: dict = {"model_kind": ev.kind, "checkpoint": str(ev.ckpt_path), "checkpoint_sha256": file_sha256(ev.ckpt_path),
                "dataset": str(dm.test_dir or dm.root), "index_dataset": str(dm.root),
                "split": "test_dir" if dm.test_dir else "test", "classes": classes,
-               "classifier": "logits" if has_logits else f"knn@{KNN_CLASSIFIER_K}",
-               "n_train": int(len(train)), "n_test": int(len(test)), "n_evaluated": int(len(test)),
-               "n_curve": int(len(curve_rows)),
+               "classifier": "logits" if test.pred is not None else f"knn@{KNN_CLASSIFIER_K}",
+               "n_train": int(len(r.train)), "n_test": int(len(test)), "n_evaluated": int(len(test)),
+               "n_curve": int(len(r.curve_rows)),
                "n_skipped": skipped["count"] if dm.test_dir else 0,
                "n_duplicates_dropped": skipped["duplicates"] if dm.test_dir else 0,
-               "n_test_in_index": int(np.isin(test.key_ids, train.key_ids).sum())}
+               "n_test_in_index": int(np.isin(test.key_ids, r.train.key_ids).sum())}
     if dm.test_dir:
         m["skipped"] = skipped["items"]
     else:
@@ -384,21 +346,44 @@ def _metrics(cfg, ckpt_path, kind, dm, train, tests, preds, curve_rows, has_logi
         log.warning("%d of the %d evaluated drawings are also in the KNN index (train split): their KNN "
                     "neighbours include themselves", m["n_test_in_index"], len(test))
     curve = {}
-    for f in sorted(preds):
-        yf = y if f in (0.5, 1.0) else y[curve_rows]
-        curve[f] = float((preds[f] == yf).mean())
-        m[f"test/acc@{_tag(f)}"] = curve[f]
+    for f in sorted(r.preds):
+        yf = y if f in (0.5, 1.0) else y[r.curve_rows]
+        curve[f] = float((r.preds[f] == yf).mean())
+        m[f"test/acc@{fraction_tag(f)}"] = curve[f]
     with warnings.catch_warnings():  # "y_pred contains classes not in y_true" on a subset of classes
         warnings.simplefilter("ignore", UserWarning)
-        m["test/balanced_acc@50"] = float(balanced_accuracy_score(y, preds[0.5]))
-        m["test/balanced_acc@100"] = float(balanced_accuracy_score(y, preds[1.0]))
-    cm = confusion_matrix(y, preds[1.0], labels=list(range(len(classes))))
+        m["test/balanced_acc@50"] = float(balanced_accuracy_score(y, r.preds[0.5]))
+        m["test/balanced_acc@100"] = float(balanced_accuracy_score(y, r.preds[1.0]))
+    cm = confusion_matrix(y, r.preds[1.0], labels=list(range(len(classes))))
     m["confusion_matrix"] = cm.tolist()
     n_per = cm.sum(1)
     m["per_class_acc@100"] = {c: (float(cm[i, i] / n_per[i]) if n_per[i] else None) for i, c in enumerate(classes)}
     m["per_class_n"] = {c: int(n_per[i]) for i, c in enumerate(classes)}
-    m["early_recognition"] = {_tag(f): curve[f] for f in sorted(curve)}
-    return m
+    m["early_recognition"] = {fraction_tag(f): curve[f] for f in sorted(curve)}
+    for k in ev.st["ks"]:
+        m[f"test/knn@{k}"] = float((r.knn_preds[k] == y).mean())
+        m[f"test/knn@{k}_study_tie"] = float(study_tie_correct(r.nl, k, y, len(classes)).mean())
+    m["test/probe_acc"] = float((r.probe_pred == y).mean())
+    if tuple(getattr(ev.model, "LOSS_KINDS", ())) == ("triplet",):  # no classifier: triplet accuracy
+        gen = torch.Generator().manual_seed(ev.seed)
+        acc, dp, dn = triplet_accuracy(torch.from_numpy(np.asarray(test.embeddings, np.float32)),
+                                       torch.from_numpy(y), generator=gen)
+        m["test/triplet_acc"], m["test/d_pos"], m["test/d_neg"] = float(acc), float(dp), float(dn)
+    m["confused_pairs"] = confused_pairs(cm, classes, ev.st["confused_pairs"])
+    # the curve's other fractions are measured on n_curve drawings, not n_test
+    return with_intervals(m, n_overrides={f"test/acc@{fraction_tag(f)}": m["n_curve"]
+                                          for f in ev.st["fractions"] if f not in (0.5, 1.0)})
+
+
+def _arrays(ev: _Eval, r: _Results) -> dict:
+    """predictions.npz: everything metrics.json can be recomputed from."""
+    test, fractions = r.test, ev.st["fractions"]
+    tags = {f: fraction_tag(f) for f in fractions}
+    return dict(classes=np.array(ev.dm.class_names), fractions=np.array(fractions), labels=test.labels,
+                key_ids=test.key_ids, indices=test.indices, probe=r.probe_pred, curve_rows=r.curve_rows,
+                index_key_ids=r.train.key_ids, index_labels=r.train.labels, knn_neighbor_labels=r.nl,
+                **{f"pred@{tags[f]}": r.preds[f] for f in fractions}, **{f"conf@{tags[f]}": r.confs[f] for f in fractions},
+                **{f"knn@{k}": r.knn_preds[k] for k in ev.st["ks"]})
 
 
 def _write_outputs(out: Path, m: dict, arrays: dict) -> None:
@@ -407,62 +392,58 @@ def _write_outputs(out: Path, m: dict, arrays: dict) -> None:
     (out / "metrics.json").write_text(json.dumps(_json_safe(m), indent=2, allow_nan=False))
 
 
-def _figures(cfg, st, out: Path, dm, train, test, pred, m, classes, kind, stages) -> None:
-    from sketchembed.eval.knn import search
-    from sketchembed.eval.plots import (plot_confusion, plot_early_recognition, plot_neighbors, plot_per_class,
-                                        plot_tsne)
-
-    where = "test_dir" if dm.test_dir else "test"
-    if st["tsne"]:
-        from sketchembed.eval.tsne import tsne_map
-
-        with stages("tsne") as info:
-            rng = np.random.default_rng(int(cfg.seed))
-            rows = np.arange(len(test))
-            if len(rows) > st["tsne_max_points"]:
-                rows = np.sort(rng.choice(rows, st["tsne_max_points"], replace=False))
-            xy = tsne_map(np.asarray(test.embeddings[rows], np.float32), seed=int(cfg.seed), max_points=None,
-                          n_iter=st["tsne_n_iter"], perplexity=st["tsne_perplexity"], n_jobs=st["tsne_n_jobs"])
-            info["n"] = len(rows)
-            plot_tsne(out / "tsne.png", xy, test.labels[rows], classes, max_legend=min(18, st["max_classes"]),
-                      title=f"t-SNE of {len(rows)} {kind} {where} embeddings")
-            np.savez(out / "tsne.npz", rows=rows, xy=xy)  # the map's points (rows of predictions.npz)
-    with stages("figures"):
-        acc = 100 * float((pred == test.labels).mean())
-        plot_confusion(out / "confusion.png", test.labels, pred, classes, max_classes=st["max_classes"],
-                       title=f"{kind}: {where}, 100 % of the drawing (accuracy {acc:.1f} %, n={len(test)})")
-        plot_per_class(out / "per_class.png", np.asarray(m["confusion_matrix"]), classes,
-                       n_each=st["per_class_each"])
-        curve = {float(f) / 100: v for f, v in m["early_recognition"].items()}
-        study = STUDY_CURVE.get(kind)
-        plot_early_recognition(out / "early_recognition.png", {f"{kind} (this run)": curve},
-                               references={"study (full data, GPU)": study} if study else None)
-        n_refs, k = int(cfg.neighbors.n_refs), int(cfg.neighbors.k)
-        if n_refs > 0 and k > 0:
-            rng = np.random.default_rng(int(cfg.seed))
-            refs = np.sort(rng.choice(len(test), min(n_refs, len(test)), replace=False))
-            idx, d2 = search(train.embeddings, test.embeddings[refs], min(k, len(train)), backend=st["backend"])
-            dist = np.sqrt(d2)
-            test_store, train_store = dm.split_store("test"), dm.split_store("train")
-            plot_neighbors(out / "neighbors.png",
-                           [test_store.points(int(test.indices[r])) for r in refs], [int(test.labels[r]) for r in refs],
-                           [[train_store.points(int(train.indices[j])) for j in row] for row in idx],
-                           [[int(train.labels[j]) for j in row] for row in idx], classes, distances=dist)
+def _figures(ev: _Eval, r: _Results, m: dict) -> None:
+    """Stages ``tsne`` (the map and its points) and ``figures``."""
+    if ev.st["tsne"]:
+        _tsne_figure(ev, r.test)
+    with ev.stages("figures"):
+        _figures_of_predictions(ev, r, m)
 
 
-def _log_wandb(cfg: DictConfig, out: Path, m: dict, points, hparams: dict) -> None:
-    """Charts, tables and figures to wandb, attached to the training run (sketchembed.eval.dashboard)."""
-    from sketchembed.eval.dashboard import log_eval
+def _where(ev: _Eval) -> str:
+    return "test_dir" if ev.dm.test_dir else "test"
 
-    log_eval(cfg, out, m, points, hparams)
+
+def _tsne_figure(ev: _Eval, test) -> None:
+    st, classes = ev.st, ev.dm.class_names
+    with ev.stages("tsne") as info:
+        rng = np.random.default_rng(ev.seed)
+        rows = np.arange(len(test))
+        if len(rows) > st["tsne_max_points"]:
+            rows = np.sort(rng.choice(rows, st["tsne_max_points"], replace=False))
+        xy = tsne_map(np.asarray(test.embeddings[rows], np.float32), seed=ev.seed, max_points=None,
+                      n_iter=st["tsne_n_iter"], perplexity=st["tsne_perplexity"], n_jobs=st["tsne_n_jobs"])
+        info["n"] = len(rows)
+        plot_tsne(ev.out / "tsne.png", xy, test.labels[rows], classes, max_legend=min(18, st["max_classes"]),
+                  title=f"t-SNE of {len(rows)} {ev.kind} {_where(ev)} embeddings")
+        np.savez(ev.out / "tsne.npz", rows=rows, xy=xy)  # the map's points (rows of predictions.npz)
+
+
+def _figures_of_predictions(ev: _Eval, r: _Results, m: dict) -> None:
+    """Confusion matrix, per-class accuracy, the early-recognition curve beside the study's, neighbours."""
+    st, dm, out, kind, test, train = ev.st, ev.dm, ev.out, ev.kind, r.test, r.train
+    classes, pred = dm.class_names, r.preds[1.0]
+    acc = 100 * float((pred == test.labels).mean())
+    plot_confusion(out / "confusion.png", test.labels, pred, classes, max_classes=st["max_classes"],
+                   title=f"{kind}: {_where(ev)}, 100 % of the drawing (accuracy {acc:.1f} %, n={len(test)})")
+    plot_per_class(out / "per_class.png", np.asarray(m["confusion_matrix"]), classes, n_each=st["per_class_each"])
+    curve = {float(f) / 100: v for f, v in m["early_recognition"].items()}
+    study = STUDY_CURVE.get(kind)
+    plot_early_recognition(out / "early_recognition.png", {f"{kind} (this run)": curve},
+                           references={STUDY_COL: study} if study else None)
+    n_refs, k = int(ev.cfg.neighbors.n_refs), int(ev.cfg.neighbors.k)
+    if n_refs > 0 and k > 0:
+        rng = np.random.default_rng(ev.seed)
+        refs = np.sort(rng.choice(len(test), min(n_refs, len(test)), replace=False))
+        idx, d2 = search(train.embeddings, test.embeddings[refs], min(k, len(train)), backend=st["backend"])
+        test_store, train_store = dm.split_store("test"), dm.split_store("train")
+        plot_neighbors(out / "neighbors.png",
+                       [test_store.points(int(test.indices[i])) for i in refs], [int(test.labels[i]) for i in refs],
+                       [[train_store.points(int(train.indices[j])) for j in row] for row in idx],
+                       [[int(train.labels[j]) for j in row] for row in idx], classes, distances=np.sqrt(d2))
 
 
 def _print(m: dict, kind: str) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    from sketchembed.eval.stats import ci_text, interval
-
     t = Table(title=f"{kind}: {m['dataset']} ({m['n_test']} drawings, {m['n_skipped']} skipped; "
                     f"classifier: {m['classifier']})")
     t.add_column("metric")

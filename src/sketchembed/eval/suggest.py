@@ -13,9 +13,15 @@ from pathlib import Path
 
 import numpy as np
 
+from sketchembed.data.formats import read_drawings
 from sketchembed.data.formats.ndjson import decode_line, key_id_of
+from sketchembed.data.inputs import InputSettings
 from sketchembed.data.sketch import DataFormatError, Drawing, SkipReport, points_to_strokes
 from sketchembed.data.user_drawing import user_drawing_points
+from sketchembed.eval.checkpoint import file_sha256, open_checkpoint
+from sketchembed.eval.embed import embed_points, pick_device
+from sketchembed.eval.knn import KNNIndex
+from sketchembed.eval.plots import plot_neighbors
 
 
 def parse_user_drawing(text: bytes, where: str, lineno: int = 1) -> tuple[Drawing, np.ndarray]:
@@ -72,8 +78,6 @@ def read_sketch(path, line: int = 1):
     or the bare stroke list, simplified (0–255 integers) or raw (canvas coordinates, with or without
     a time row; simplified here the way the dataset was). ``.bin``/``.npz`` as in the dataset.
     """
-    from sketchembed.data.formats import read_drawings
-
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"sketch file not found: {path}")
@@ -113,31 +117,12 @@ def check_index_matches(index, ckpt_path, ckpt_sha256: str, allow_mismatch: bool
     return "warning: " + msg
 
 
-def rasterizer_for(settings: dict):
-    """The :class:`Rasterizer` a checkpoint's model was trained with (``settings`` = :func:`data_settings`)."""
-    from sketchembed.data.raster import Rasterizer
-
-    return Rasterizer(settings["image_size"], settings["line_width"], settings["padding"],
-                      settings.get("canvas", 256.0), background=settings.get("background", "black"),
-                      standardize=settings.get("standardize", False))
-
-
-def embed_sketches(model, drawings, settings: dict, *, rasterizer=None, fraction: float = 1.0, device=None):
-    """:func:`embed_points` with a checkpoint's data settings: ``(emb, logits or None, points, lengths)``."""
-    from sketchembed.eval.embed import embed_points
-
-    return embed_points(model, drawings, seq_std=settings["seq_std"],
-                        rasterizer=rasterizer if rasterizer is not None else rasterizer_for(settings),
-                        fraction=fraction, max_snapshots=settings.get("max_snapshots"),
-                        fraction_rule=settings.get("fraction_rule", "ceil"),
-                        seq_origin=settings.get("seq_origin", (0.0, 0.0)), device=device)
-
-
-def suggest(model, index, points, settings: dict, *, k: int = 8, fraction: float = 1.0, device=None):
-    """``(idx, dist, shown_points)``: the ``k`` nearest indexed drawings of ``points`` cut at ``fraction``."""
+def suggest(model, index, points, inputs: InputSettings, *, k: int = 8, fraction: float = 1.0, device=None):
+    """``(idx, dist, shown_points)``: the ``k`` nearest indexed drawings of ``points`` cut at ``fraction``
+    (``inputs``: the model's input settings, :func:`~sketchembed.data.inputs.read_inputs`)."""
     if not 0 < fraction <= 1:
         raise ValueError(f"--fraction must be in (0, 1], got {fraction}")
-    emb, _, pts, lengths = embed_sketches(model, [points], settings, fraction=fraction, device=device)
+    emb, _, pts, lengths = embed_points(model, [points], inputs, fraction=fraction, device=device)
     idx, dist = index.query(emb, k)
     return idx[0], dist[0], pts[0, :lengths[0]]
 
@@ -171,22 +156,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
-    from sketchembed.eval.checkpoint import data_settings, file_sha256, load_model, read_checkpoint
-    from sketchembed.eval.index import pick_device
-    from sketchembed.eval.knn import KNNIndex
-
     if args.k < 1:
         raise ValueError(f"--k must be >= 1, got {args.k}")
     index = KNNIndex.load(args.index)
-    ckpt = read_checkpoint(args.ckpt)
     warning = check_index_matches(index, args.ckpt, file_sha256(args.ckpt), args.allow_mismatch)
     if warning:
         print(warning, file=sys.stderr)
     drawing, points = read_sketch(args.sketch, args.line)
     device = pick_device(args.device)
-    model = load_model(args.ckpt, map_location=device)
-    idx, dist, shown = suggest(model, index, points, data_settings(ckpt, args.ckpt), k=args.k,
-                               fraction=args.fraction, device=device)
+    model, inputs, _ = open_checkpoint(args.ckpt, map_location=device)
+    idx, dist, shown = suggest(model, index, points, inputs, k=args.k, fraction=args.fraction, device=device)
     n_strokes = int((shown[:, 2] > 0.5).sum())
     print(f"# {args.sketch} drawing {args.line} ({drawing.word or 'no label'}), {len(shown)}/{len(points)} "
           f"points, {n_strokes} strokes; {len(idx)} nearest of {len(index)}")
@@ -199,8 +178,6 @@ def run(args) -> int:
     if args.png:
         if index.points is None:
             raise ValueError(f"{args.index}: built with --no-drawings, cannot draw --png")
-        from sketchembed.eval.plots import plot_neighbors
-
         ref = index.classes.index(drawing.word) if drawing.word in index.classes else None
         title = f"your sketch ({100 * args.fraction:g} %)" if args.fraction < 1 else "your sketch"
         plot_neighbors(args.png, [shown], [ref], [[index.drawing(int(i)) for i in idx]],

@@ -7,6 +7,7 @@ class) get a perplexity scaled down to fit instead of an error.
 from __future__ import annotations
 
 import numpy as np
+from openTSNE import TSNE
 
 
 def adapted_perplexity(n: int, perplexity: float = 30.0) -> float:
@@ -34,8 +35,6 @@ def tsne_map(emb, *, perplexity: float = 30.0, seed: int = 0, n_jobs: int = 1,
         m = min(2, u.shape[1])
         out[:, :m] = u[:, :m] * s[:m]
         return out
-    from openTSNE import TSNE
-
     tsne = TSNE(n_components=2, perplexity=adapted_perplexity(n, perplexity), random_state=seed,
                 n_jobs=n_jobs, initialization="pca", n_iter=n_iter, verbose=False)
     return np.asarray(tsne.fit(x), dtype=np.float32)

@@ -19,6 +19,7 @@ from hydra.utils import instantiate
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
+from sketchembed.data.inputs import fraction_tag
 from sketchembed.metric import TripletAccuracy
 from sketchembed.metric.distances import config_name
 from sketchembed.metric.miners import mine_batch
@@ -94,14 +95,6 @@ def _legacy_optim(scheduler: str, legacy: dict[str, Any]) -> tuple[dict, dict | 
         return opt, None
     return opt, {"_target_": "torch.optim.lr_scheduler.LinearLR", "_partial_": True,
                  "start_factor": 1.0 / warmup, "end_factor": 1.0, "total_iters": warmup - 1}
-
-
-def fraction_tag(fraction: Any) -> str:
-    """``1.0`` → ``"100"``, ``0.5`` → ``"50"``: the suffix of ``val/acc@100`` and friends."""
-    if isinstance(fraction, torch.Tensor):
-        fraction = fraction.flatten()[0].item()
-    pct = 100.0 * float(fraction)
-    return str(int(round(pct))) if abs(pct - round(pct)) < 1e-6 else f"{pct:g}"
 
 
 class SketchModule(L.LightningModule):

@@ -22,9 +22,19 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from sketchembed.data.datamodule import SketchDataModule
+from sketchembed.data.embedded import resolve_root
+from sketchembed.data.inputs import InputSettings
+from sketchembed.data.raster import Rasterizer
+from sketchembed.data.store import PreparedDataset
+from sketchembed.eval.checkpoint import file_sha256, open_checkpoint, trained_root
+from sketchembed.eval.embed import embed_points, pick_device
+from sketchembed.eval.human import Results, sample_items
+from sketchembed.eval.index import build_index
+from sketchembed.eval.knn import KNN_CLASSIFIER_K, KNNIndex, vote, vote_scores
 from sketchembed.eval.report import STUDY
-from sketchembed.eval.run import KNN_CLASSIFIER_K
 from sketchembed.eval.stats import wilson
+from sketchembed.eval.suggest import check_index_matches
 from sketchembed.studio.drawing import BadInput, strokes_json
 
 TOP_CLASSES = 5
@@ -43,8 +53,6 @@ def _softmax(x: np.ndarray) -> np.ndarray:
 def knn_shares(neighbour_labels: np.ndarray, n_classes: int) -> tuple[np.ndarray, np.ndarray]:
     """``(share, score)``: each class's share of the neighbours, and :func:`knn.vote_scores`'s score
     (more votes first; among equal counts the class whose member is nearest)."""
-    from sketchembed.eval.knn import vote_scores
-
     lab = np.asarray(neighbour_labels, dtype=np.int64)
     counts = np.bincount(lab, minlength=n_classes).astype(np.float64)
     return counts / max(len(lab), 1), vote_scores(lab[None, :], len(lab), n_classes)[0].astype(np.float64)
@@ -61,19 +69,17 @@ class HumanSession:
 class Studio:
     """A loaded model, the index its suggestions come from, and the drawings of its dataset."""
 
-    def __init__(self, model, settings: dict, index, *, ckpt_path: str = "", data=None,
+    def __init__(self, model, inputs: InputSettings, index, *, ckpt_path: str = "", data=None,
                  results_dir: Path | str = "outputs/studio", vote_k: int = KNN_CLASSIFIER_K):
-        from sketchembed.eval.suggest import rasterizer_for
-
         self.model = model
-        self.settings = settings
+        self.inputs = inputs  # the model's input settings (read_inputs): its collate and rasterizer
         self.index = index
         self.data = data
         self.ckpt_path = str(ckpt_path)
         self.results_dir = Path(results_dir)
         self.vote_k = int(vote_k)  # embedding-only models: classes by KNN, with eval's K
         self.model_kind = str(getattr(model, "MODEL_KIND", "") or model.hparams.get("model_kind", "?"))
-        self.rasterizer = rasterizer_for(settings)
+        self.rasterizer = Rasterizer.from_inputs(inputs)
         self._lock = threading.Lock()  # one forward pass at a time: no thread oversubscription on CPUs
         self._sessions: OrderedDict[str, HumanSession] = OrderedDict()
         self.device = next(model.parameters()).device
@@ -81,7 +87,7 @@ class Studio:
         self.has_classifier = logits is not None
         if emb.shape[1] != index.dim:
             raise ValueError(f"index dimension {index.dim} does not match the model's embeddings ({emb.shape[1]})")
-        names = settings.get("classes") or model.hparams.get("class_names")
+        names = inputs.classes or model.hparams.get("class_names")
         if self.has_classifier:
             if not names or len(names) != logits.shape[1]:
                 raise ValueError(f"{ckpt_path}: the checkpoint does not name its {logits.shape[1]} classes")
@@ -95,42 +101,33 @@ class Studio:
              results_dir="outputs/studio", progress: bool = True, device: str = "cpu",
              log: Callable[[str], None] = lambda m: print(m, file=sys.stderr)) -> "Studio":
         """Load the checkpoint; open ``index_dir`` or build an index of the training drawings."""
-        from sketchembed.data.store import PreparedDataset
-        from sketchembed.eval.checkpoint import (data_settings, datamodule_for, datamodule_hparams,
-                                                 file_sha256, load_model, read_checkpoint)
-        from sketchembed.eval.index import build_index, pick_device
-        from sketchembed.eval.knn import KNNIndex
-        from sketchembed.eval.suggest import check_index_matches
-
-        ckpt = read_checkpoint(ckpt_path)
-        settings = data_settings(ckpt, ckpt_path)
         dev = pick_device(device)
-        model = load_model(ckpt_path, map_location=dev)
-        root = _data_root(data, datamodule_hparams(ckpt_path), log)
+        model, inputs, ckpt = open_checkpoint(ckpt_path, map_location=dev)
+        root = _data_root(data, trained_root(ckpt), log)
         sha = file_sha256(ckpt_path)
         if index_dir is not None:
             index = KNNIndex.load(index_dir)
             check_index_matches(index, ckpt_path, sha)
             log(f"index: {len(index)} drawings from {index_dir}")
         else:
-            dm = datamodule_for(ckpt_path, root, views=model.views, ckpt=ckpt)
-            dm.max_train = index_max  # a seeded random subset: the first rows are sorted by class
+            # max_train: a seeded random subset (the training run's seed): the first rows are sorted by class
+            seed = (ckpt.get("datamodule_hyper_parameters") or {}).get("seed", 0)
+            dm = SketchDataModule.from_inputs(inputs, root, views=tuple(sorted(model.views)), eval_fractions=(1.0,),
+                                              max_train=index_max, seed=int(seed or 0))
             log(f"building an index of {len(dm.rows('train'))} training drawings of {dm.split_store('train').root} "
                 f"(`sketchembed index build` once and --index DIR skips this)")
             index = build_index(model, dm, "train", ckpt_path=str(Path(ckpt_path).resolve()), ckpt_sha256=sha,
                                 device=dev, show_progress=progress)
         if index.points is None:
             raise ValueError(f"{index_dir}: index built with --no-drawings: the studio needs the drawings to show them")
-        return cls(model, settings, index, ckpt_path=str(ckpt_path), data=PreparedDataset(root),
+        return cls(model, inputs, index, ckpt_path=str(ckpt_path), data=PreparedDataset(root),
                    results_dir=results_dir)
 
     # ---- guesses and suggestions ----------------------------------------------------------------
     def _embed(self, drawings: Sequence[np.ndarray]):
-        from sketchembed.eval.suggest import embed_sketches
-
         with self._lock:
-            emb, logits, _, _ = embed_sketches(self.model, drawings, self.settings, rasterizer=self.rasterizer,
-                                               device=self.device)
+            emb, logits, _, _ = embed_points(self.model, drawings, self.inputs, rasterizer=self.rasterizer,
+                                             device=self.device)
         return emb, logits
 
     def _classes_of(self, logits, nb_idx: np.ndarray) -> list[tuple[str, float, float]]:
@@ -163,8 +160,6 @@ class Studio:
         emb, logits = self._embed(drawings)
         if logits is not None:
             return [self.classes[int(i)] for i in logits.argmax(1)]
-        from sketchembed.eval.knn import vote
-
         idx, _ = self.index.query(emb, self.vote_k)
         won = vote(self.index.labels[idx], idx.shape[1], len(self.index.classes))
         return [self.index.classes[int(c)] for c in won]
@@ -187,8 +182,6 @@ class Studio:
 
     # ---- the human test -------------------------------------------------------------------------
     def human_start(self, n: int = 20, fractions: Sequence[float] = (0.5, 1.0), seed: int | None = None) -> dict:
-        from sketchembed.eval.human import sample_items
-
         ds = self._require_data()
         if not 1 <= n <= MAX_HUMAN_ITEMS:
             raise BadInput(f"'n' must be in 1..{MAX_HUMAN_ITEMS}, got {n}")
@@ -207,8 +200,6 @@ class Studio:
 
     def human_finish(self, session: str, answers: Sequence[str | None]) -> dict:
         """Score the answers (class names, ``None`` for skipped) beside the model; save them as JSON."""
-        from sketchembed.eval.human import Results
-
         with self._lock:
             s = self._sessions.get(session)
         if s is None:
@@ -249,16 +240,13 @@ class Studio:
                 "data": None if self.data is None else str(self.data.root)}
 
 
-def _data_root(data, dm_hp: dict, log) -> Path:
+def _data_root(data, own: str | None, log) -> Path:
     """The dataset to show drawings from: ``data``, else the checkpoint's own, else the embedded set."""
-    from sketchembed.data.datamodule import resolve_root
-
     if data is not None:
         root = resolve_root(data)
         if not (root / "manifest.json").is_file():
             raise FileNotFoundError(f"--data {data}: not a prepared dataset (no manifest.json)")
         return root
-    own = dm_hp.get("root")
     if own:
         try:
             root = resolve_root(own)

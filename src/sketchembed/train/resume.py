@@ -164,6 +164,13 @@ class LastCheckpoint(ModelCheckpoint):
                          every_n_epochs=every_n_epochs, every_n_train_steps=every_n_train_steps,
                          enable_version_counter=False)
 
+    def on_train_end(self, trainer, pl_module) -> None:
+        """The final state too when training stops between two save points (``max_steps`` not a
+        multiple of ``val_check_interval``, or no validation at all, as in the study trainer)."""
+        super().on_train_end(trainer, pl_module)
+        if self._last_global_step_saved != trainer.global_step and not trainer.fast_dev_run:
+            self._save_topk_checkpoint(trainer, self._monitor_candidates(trainer))
+
 
 class StepSeed(Callback):
     """Reseed python, numpy and torch before each training batch from ``(seed, rank, epoch, batch)``.

@@ -10,7 +10,7 @@ from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 
 from sketchembed.messages import ConfigError, short_list
-from sketchembed.models.base import fraction_tag
+from sketchembed.data.inputs import fraction_tag
 
 
 def _model_cls(cfg: DictConfig) -> type:

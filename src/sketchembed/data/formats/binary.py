@@ -20,8 +20,8 @@ from typing import IO, Collection, Iterable, Iterator
 import numpy as np
 
 from sketchembed.data.categories import CATEGORY_SET
-from sketchembed.data.formats import ErrorSink, display_name
-from sketchembed.data.sketch import DataFormatError, Drawing, SkipReport, check_strokes
+from sketchembed.data.formats.registry import FileFormat, display_name, reader, register, word_problem
+from sketchembed.data.sketch import CANVAS_MAX, DataFormatError, Drawing, SkipReport, check_strokes
 
 _HEAD = struct.Struct("<Q2sBIH")
 _U16 = struct.Struct("<H")
@@ -42,21 +42,19 @@ def _word_from_name(name: str) -> str:
     return Path(name).name.rsplit(".", 1)[0]
 
 
-def read_binary(source: str | os.PathLike | IO[bytes], *, on_error: str = "skip",
-                report: SkipReport | None = None, word: str | None = None,
+@reader
+def read_binary(source: str | os.PathLike | IO[bytes], *, report: SkipReport, word: str | None = None,
                 words: Collection[str] | None = CATEGORY_SET) -> Iterator[Drawing]:
     """Stream the drawings of a ``.bin`` file (path or binary file object)."""
     name = display_name(source)
-    sink = ErrorSink(name, on_error, report, words)
     cls = word if word is not None else _word_from_name(name)
+    problem = word_problem(cls, None, words)
+    if problem:
+        report.bad(name, "byte 0", problem + " (class taken from the file name); file skipped")
+        return
     own = isinstance(source, (str, os.PathLike))
     f = open(Path(source), "rb") if own else source
     try:
-        problem = sink.word_problem(cls, None)
-        if problem:
-            sink.bad("byte 0", problem + " (class taken from the file name); file skipped")
-            sink.finish()
-            return
         try:
             pos = f.tell()
         except (OSError, AttributeError):
@@ -76,10 +74,10 @@ def read_binary(source: str | os.PathLike | IO[bytes], *, on_error: str = "skip"
                     xy = np.frombuffer(_read_exact(f, 2 * n), dtype=np.uint8)
                     strokes.append(xy.reshape(2, n).T.astype(np.int16))
             except _Truncated as e:
-                sink.bad(f"byte {start}", str(e))
+                report.bad(name, f"byte {start}", str(e))
                 break
             pos = start + _HEAD.size + sum(2 + 2 * len(s) for s in strokes)
-            reason = check_strokes(strokes, coord_max=255.0, allow_single_point_strokes=False)
+            reason = check_strokes(strokes, coord_max=CANVAS_MAX, allow_single_point_strokes=False)
             if reason is None and recognized > 1:
                 reason = f"recognized byte is {recognized}, not 0 or 1"
             try:
@@ -87,14 +85,13 @@ def read_binary(source: str | os.PathLike | IO[bytes], *, on_error: str = "skip"
             except UnicodeDecodeError:
                 reason = reason or f"country code {cc!r} is not ASCII"
             if reason:
-                sink.bad(f"byte {start}", reason)
+                report.bad(name, f"byte {start}", reason)
                 continue
             yield Drawing(key_id=key_id, word=cls, strokes=strokes, countrycode=countrycode,
                           recognized=bool(recognized), timestamp=timestamp)
     finally:
         if own:
             f.close()
-    sink.finish()
 
 
 def timestamp_seconds(timestamp) -> int:
@@ -119,7 +116,7 @@ def encode_drawing(d: Drawing, where: str = "") -> bytes:
     def fail(reason):
         raise DataFormatError("<binary writer>", where, reason)
 
-    reason = check_strokes(d.strokes, coord_max=255.0, allow_single_point_strokes=False)
+    reason = check_strokes(d.strokes, coord_max=CANVAS_MAX, allow_single_point_strokes=False)
     if reason:
         fail(reason)
     if not 0 <= int(d.key_id) < 2**64:
@@ -167,3 +164,6 @@ def write_binary(dest: str | os.PathLike | IO[bytes], drawings: Iterable[Drawing
         if own:
             f.close()
     return n
+
+
+register(FileFormat("binary", (".bin",), read_binary, write=write_binary, bucket={"binary": "full/binary/"}))

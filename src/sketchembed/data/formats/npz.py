@@ -27,7 +27,7 @@ from typing import Collection, Iterator
 import numpy as np
 
 from sketchembed.data.categories import CATEGORY_SET
-from sketchembed.data.formats import ErrorSink, display_name
+from sketchembed.data.formats.registry import FileFormat, display_name, reader, register, word_problem
 from sketchembed.data.simplify import normalize_to_canvas
 from sketchembed.data.sketch import DataFormatError, Drawing, SkipReport, check_strokes
 
@@ -108,34 +108,31 @@ def stroke3_to_strokes(rows) -> tuple[list[np.ndarray] | None, str | None]:
     return np.split(xy, ends[:-1]), None
 
 
-def read_npz(path: str | os.PathLike, *, on_error: str = "skip", report: SkipReport | None = None,
-             word: str | None = None, split: str | None = None,
-             words: Collection[str] | None = CATEGORY_SET) -> Iterator[Drawing]:
+@reader
+def read_npz(path: str | os.PathLike, *, report: SkipReport, word: str | None = None,
+             words: Collection[str] | None = CATEGORY_SET, split: str | None = None) -> Iterator[Drawing]:
     """Stream the drawings of a sketch-rnn ``.npz``: ``split`` or all of train, valid, test."""
     name = display_name(path)
-    sink = ErrorSink(name, on_error, report, words)
     if split is not None and split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     cls = word if word is not None else Path(name).name.rsplit(".", 1)[0]
-    problem = sink.word_problem(cls, None)
+    problem = word_problem(cls, None, words)
     if problem:
-        sink.bad(None, problem + " (class taken from the file name); file skipped")
-        sink.finish()
+        report.bad(name, None, problem + " (class taken from the file name); file skipped")
         return
     try:
         zf = zipfile.ZipFile(path)
     except (zipfile.BadZipFile, OSError) as e:
-        sink.bad(None, f"not a readable .npz (zip) file: {e}")
-        sink.finish()
+        report.bad(name, None, f"not a readable .npz (zip) file: {e}")
         return
     with zf:
         members = {m.rsplit(".npy", 1)[0]: m for m in zf.namelist()}
         wanted = [split] if split is not None else [s for s in SPLITS if s in members]
         if not wanted:
-            sink.bad(None, f"no train/valid/test arrays (found {sorted(members)})")
+            report.bad(name, None, f"no train/valid/test arrays (found {sorted(members)})")
         for sp in wanted:
             if sp not in members:
-                sink.bad(sp, f"no {sp!r} array (found {sorted(members)})")
+                report.bad(name, sp, f"no {sp!r} array (found {sorted(members)})")
                 continue
             try:
                 arr = load_npy_member(zf, members[sp])
@@ -143,19 +140,21 @@ def read_npz(path: str | os.PathLike, *, on_error: str = "skip", report: SkipRep
                 raise DataFormatError(name, sp, str(e)) from None
             except (pickle.UnpicklingError, ValueError, EOFError, TypeError, AttributeError,
                     zipfile.BadZipFile, OSError) as e:
-                sink.bad(sp, f"unreadable array: {type(e).__name__}: {e}")
+                report.bad(name, sp, f"unreadable array: {type(e).__name__}: {e}")
                 continue
             if arr.ndim != 1:
-                sink.bad(sp, f"expected a 1-d array of drawings, got shape {arr.shape}")
+                report.bad(name, sp, f"expected a 1-d array of drawings, got shape {arr.shape}")
                 continue
             for i, rows in enumerate(arr):
                 strokes, reason = stroke3_to_strokes(rows)
                 if strokes is not None:
                     reason = check_strokes(strokes, coord_max=None, allow_single_point_strokes=True)
                 if reason:
-                    sink.bad(f"{sp}/{i}", reason)
+                    report.bad(name, f"{sp}/{i}", reason)
                     continue
                 canvas = [np.rint(s).astype(np.int16) for s in normalize_to_canvas(strokes)]
                 yield Drawing(key_id=synthetic_key_id(name, sp, i), word=cls, strokes=canvas,
                               countrycode="", recognized=True, timestamp=None)
-    sink.finish()
+
+
+register(FileFormat("npz", (".npz",), read_npz, options=("split",), bucket={"npz": "sketchrnn/"}))

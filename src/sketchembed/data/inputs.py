@@ -1,0 +1,236 @@
+"""The input settings of a model: one frozen object that travels with it (timm's ``pretrained_cfg``).
+
+A trained model only makes sense with the inputs it was trained on: how a drawing becomes an image
+(size, line width, padding, canvas, background, standardisation), how it becomes a sequence
+(``seq_norm``, ``seq_origin`` and the train split's ``seq_std``), how it is truncated
+(``fraction_rule``, ``eval_fractions``), how many snapshots are served, and the class names.
+
+* The defaults live here, once: ``conf/data/quickdraw.yaml`` states the same values
+  (tests/test_datamodule.py holds them equal) and the DataModule, the collate and the rasterizer
+  take theirs from :data:`DEFAULTS`.
+* Validation lives here, once (:func:`check`): one ``ValueError`` naming the config key.
+* :class:`~sketchembed.data.datamodule.SketchDataModule` builds one from its config and saves it,
+  with ``seq_std`` and the classes, as its ``state_dict``, so every checkpoint carries it.
+* :func:`read_inputs` is the one reader (also of checkpoints written before this object existed);
+  eval, ``index build``, ``suggest``, the studio and bench build their collate
+  (``SketchCollate.from_inputs``), rasterizer (``Rasterizer.from_inputs``) or DataModule
+  (``SketchDataModule.from_inputs``) from what it returns.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import numbers
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+BACKGROUNDS = ("black", "white")
+FRACTION_RULES = ("ceil", "study")
+SEQ_NORMS = ("std", "none")
+
+# Lightning keeps a DataModule's state_dict in the checkpoint under its class name.
+CHECKPOINT_KEY = "SketchDataModule"
+# Marks the state of a checkpoint that holds the whole settings (older ones hold seq_std + classes).
+FORMAT_KEY = "input_settings_format"
+FORMAT = 1
+
+
+def _int_at_least(low: int, *, none_below: bool = False):
+    def check(key, v):
+        if v is None and none_below:
+            return None
+        if isinstance(v, bool) or not isinstance(v, numbers.Integral) and not (isinstance(v, float) and v.is_integer()):
+            raise ValueError(f"data.{key} must be an integer{' or null' if none_below else ''}, got {v!r}")
+        if int(v) < low:
+            if none_below:  # 0 or less: no cap (every snapshot), as null
+                return None
+            raise ValueError(f"data.{key} must be >= {low}, got {v!r}")
+        return int(v)
+    return check
+
+
+def _number(rule: str, ok):
+    def check(key, v):
+        try:
+            f = float(v)
+        except (TypeError, ValueError):
+            f = float("nan")
+        if isinstance(v, bool) or not ok(f):
+            raise ValueError(f"data.{key} must be a number {rule}, got {v!r}")
+        return f
+    return check
+
+
+def _one_of(choices: tuple):
+    def check(key, v):
+        if v not in choices:
+            raise ValueError(f"data.{key} must be one of {choices}, got {v!r}")
+        return v
+    return check
+
+
+def _bool(key, v):
+    if not isinstance(v, bool):
+        raise ValueError(f"data.{key} must be true or false, got {v!r}")
+    return v
+
+
+def _origin(key, v):
+    try:
+        x, y = (float(c) for c in v)
+    except (TypeError, ValueError):
+        raise ValueError(f"data.{key} must be two numbers [x, y], got {v!r}") from None
+    if not (math.isfinite(x) and math.isfinite(y)):
+        raise ValueError(f"data.{key} must be finite, got {v!r}")
+    return x, y
+
+
+def _fractions(key, v):
+    try:
+        fr = tuple(float(f) for f in v)
+    except (TypeError, ValueError):
+        fr = ()
+    if not fr or fr[0] != 1.0 or not all(0 < f <= 1 for f in fr):
+        raise ValueError(f"data.{key} must start with 1.0 (dataloader 0 = whole drawings), each in (0, 1]; got {v!r}")
+    return fr
+
+
+def _seq_std(key, v):
+    return None if v is None else _number("> 0", lambda f: f > 0)(key, v)
+
+
+def _classes(key, v):
+    if v is None:
+        return None
+    if isinstance(v, str) or not all(isinstance(c, str) and c for c in v):
+        raise ValueError(f"{key} must be a list of class names, got {str(v)[:80]!r}")
+    return tuple(v)
+
+
+_CHECKS = {
+    "image_size": _int_at_least(1),
+    "line_width": _number("> 0", lambda f: f > 0),
+    "padding": _number(">= 0", lambda f: f >= 0),
+    "canvas": _number("> 0", lambda f: f > 0),
+    "background": _one_of(BACKGROUNDS),
+    "standardize": _bool,
+    "max_snapshots": _int_at_least(1, none_below=True),
+    "fraction_rule": _one_of(FRACTION_RULES),
+    "seq_norm": _one_of(SEQ_NORMS),
+    "seq_origin": _origin,
+    "eval_fractions": _fractions,
+    "seq_std": _seq_std,
+    "classes": _classes,
+}
+
+
+def check(key: str, value: Any):
+    """``value`` of input setting ``key``, normalised (ints, floats, tuples), or one ``ValueError``
+    naming ``data.<key>``. The one validation of these values (the rasterizer and collate use it)."""
+    return _CHECKS[key](key, value)
+
+
+@dataclass(frozen=True)
+class InputSettings:
+    """What turns a drawing's points into a model's inputs (module docstring). Frozen and validated.
+
+    ``seq_std`` and ``classes`` come from the train split (None until a DataModule computed them);
+    the other fields are the ``data`` config's (:attr:`RECIPE`)."""
+
+    image_size: int = 64
+    line_width: float = 8.0         # canvas units: a drawing looks alike at every image_size
+    padding: float = 4.5            # canvas units (8 and 4.5: the classic 265-unit canvas)
+    canvas: float = 256.0
+    background: str = "black"       # black: white ink on black (coverage); white: the study's
+    standardize: bool = False       # per-image (x - mean) / std (the study)
+    max_snapshots: int | None = 8   # None: a snapshot at every stroke end
+    fraction_rule: str = "ceil"
+    seq_norm: str = "std"
+    seq_origin: tuple[float, float] = (0.0, 0.0)
+    eval_fractions: tuple[float, ...] = (1.0, 0.5)
+    seq_std: float | None = None
+    classes: tuple[str, ...] | None = None
+
+    def __post_init__(self):
+        for f in dataclasses.fields(self):
+            object.__setattr__(self, f.name, check(f.name, getattr(self, f.name)))
+
+    def recipe(self) -> dict:
+        """The settings the ``data`` config sets (keyword arguments of ``SketchDataModule``)."""
+        return {k: getattr(self, k) for k in RECIPE}
+
+    def replace(self, **changes) -> "InputSettings":
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        """Plain values (lists, no tuples) for a checkpoint or JSON, marked with :data:`FORMAT`."""
+        out = {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(self).items()}
+        return {FORMAT_KEY: FORMAT, **out}
+
+    @classmethod
+    def from_dict(cls, d: Mapping, where: str = "input settings") -> "InputSettings":
+        """The inverse of :meth:`to_dict`; an unknown key or a bad value is one line naming ``where``."""
+        d = {k: v for k, v in d.items() if k != FORMAT_KEY}
+        unknown = sorted(set(d) - set(FIELDS))
+        if unknown:
+            raise ValueError(f"{where}: unknown input settings {unknown} (this code knows {list(FIELDS)})")
+        try:
+            return cls(**d)
+        except ValueError as e:
+            raise ValueError(f"{where}: {e}") from None
+
+
+FIELDS = tuple(f.name for f in dataclasses.fields(InputSettings))
+RECIPE = tuple(k for k in FIELDS if k not in ("seq_std", "classes"))
+DEFAULTS = InputSettings()
+
+
+def read_inputs(ckpt: Mapping, where="checkpoint") -> InputSettings:
+    """The input settings a checkpoint's model was trained with: the one reader.
+
+    Reads the DataModule state of the checkpoint (:data:`CHECKPOINT_KEY`). Checkpoints written before
+    the state held the whole settings (it held ``seq_std`` and ``classes``; the rest was in the
+    DataModule's hyperparameters) are read the same way, a setting they do not record being the
+    default of the time (the defaults have not changed)."""
+    state = ckpt.get(CHECKPOINT_KEY)
+    if not isinstance(state, Mapping) or not state.get("seq_std"):
+        raise ValueError(f"{where}: checkpoint carries no data state (the input settings with seq_std): not a "
+                         "sketchembed training checkpoint (trained with SketchDataModule)")
+    if FORMAT_KEY in state:
+        if state[FORMAT_KEY] != FORMAT:
+            raise ValueError(f"{where}: input settings of format {state[FORMAT_KEY]!r}; this code reads {FORMAT}")
+        return InputSettings.from_dict(state, where)
+    hp = ckpt.get("datamodule_hyper_parameters") or {}
+    hp = hp if isinstance(hp, Mapping) else {}
+    old = {k: hp[k] for k in RECIPE if k in hp}
+    return InputSettings.from_dict({**old, "seq_std": state["seq_std"], "classes": state.get("classes")}, where)
+
+
+# ------------------------------------------------------------------------------------- truncation
+def keep_count(n: int, fraction: float, rule: str = DEFAULTS.fraction_rule) -> int:
+    """Points of the sequence kept at ``fraction`` (``fraction_rule``; datamodule docstring,
+    "Truncation"): ``ceil``: ceil(f * n), at least 2; ``study``: floor(f * (n - 1)) + 1. Never more than n.
+
+    The 1e-9 guards against float noise (0.3 * 10 = 3.0000000000000004 must keep 3)."""
+    if rule == "study":
+        return min(n, math.floor(fraction * (n - 1) + 1e-9) + 1)
+    return min(n, max(2, math.ceil(fraction * n - 1e-9)))
+
+
+def image_count(n: int, fraction: float, rule: str = DEFAULTS.fraction_rule) -> int:
+    """Points the image shows at ``fraction``: as :func:`keep_count`, except ``study``: floor(f * n),
+    at least 1 (the study's ``length // 2`` would leave a one-point drawing blank)."""
+    if rule == "study":
+        return min(n, max(1, math.floor(fraction * n + 1e-9)))
+    return keep_count(n, fraction, rule)
+
+
+def fraction_tag(fraction) -> str:
+    """``1.0`` → ``"100"``, ``0.5`` → ``"50"``: the suffix of ``test/acc@100`` and friends (also of a
+    batch's ``fraction`` given as a tensor)."""
+    if hasattr(fraction, "flatten"):
+        fraction = fraction.flatten()[0].item()
+    pct = 100.0 * float(fraction)
+    return str(int(round(pct))) if abs(pct - round(pct)) < 1e-6 else f"{pct:g}"
