@@ -146,13 +146,13 @@ def triplet_run(tmp_path_factory):
     return run_dir, cfg, value, metrics
 
 
-def _check_trained_run(run_dir: Path, cfg, value, metrics, model_name: str) -> dict:
+def _check_trained_run(run_dir: Path, cfg, value, metrics, model_choice: str) -> dict:
     model_cls = get_class(cfg.model._target_)
     best, last = checkpoint_files(run_dir)
     assert best.resolve().is_relative_to(run_dir.resolve())
     ck = load_ckpt(last)
     assert ck["global_step"] == 2
-    assert ck["hyper_parameters"]["model_kind"] == model_name.replace("_transfer", "")
+    assert ck["hyper_parameters"]["model_kind"] == model_choice.replace("_transfer", "")
     # The entry returns the model's own metric (optimized_metric=auto), the best checkpoint's value.
     monitor = model_cls.MONITOR
     mc_state = next(v for k, v in ck["callbacks"].items() if k.startswith("ModelCheckpoint"))
