@@ -198,7 +198,7 @@ def test_eval_charts_tables_and_figures(trained_and_evaluated):
 def test_run_group_of_sweep_members_is_their_multirun():
     from omegaconf import OmegaConf
 
-    from sketchembed.train.wandb_run import naming
+    from sketchembed.wandb_run import naming
 
     cfg = OmegaConf.create({"task_name": "train", "seed": 1, "model": {"_target_": "x.LSTMModel"}})
     hydra = OmegaConf.create({"mode": "RunMode.MULTIRUN", "sweep": {"dir": "/o/train/multiruns/2026-01-01_00-00-00"},

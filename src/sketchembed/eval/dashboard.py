@@ -1,7 +1,7 @@
 """What ``eval.py`` sends to wandb: charts a researcher opens, attached to the training run.
 
 * Where: the training run's id is read from ``<run dir>/wandb_id.txt`` (the checkpoint's run dir,
-  see :mod:`sketchembed.train.wandb_run`). Online, eval resumes that run, so its results land in it.
+  see :mod:`sketchembed.wandb_run`). Online, eval resumes that run, so its results land in it.
   Offline (the default), a resumed offline run could not be synced after the training's history,
   so eval opens a *linked* run instead: same group, ``job_type=eval``, named ``<training name>-eval``,
   its config naming the training run id, model kind, backbone, loss, miner and checkpoint.
@@ -32,7 +32,7 @@ from PIL import Image, ImageDraw
 from sketchembed.data.sketch import points_to_strokes
 from sketchembed.eval.checkpoint import read_checkpoint
 from sketchembed.eval.report import FIGURES
-from sketchembed.train.wandb_run import read_train_run
+from sketchembed.wandb_run import read_train_run
 
 log = logging.getLogger("sketchembed.eval")
 

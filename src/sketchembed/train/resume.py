@@ -25,7 +25,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from sketchembed.safeload import safe_load
 from sketchembed.messages import ConfigError
-from sketchembed.train.wandb_run import read_run_id
+from sketchembed.wandb_run import read_run_id
 
 LAST = Path("checkpoints") / "last.ckpt"
 # keys a resume sets itself; a saved value of them is the previous start's, not the run's

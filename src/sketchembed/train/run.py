@@ -31,7 +31,7 @@ from sketchembed.train.ranks import RankFailureReport, report_other_rank
 from sketchembed.train.resume import check_checkpoint_fits, continue_wandb_run, resume_argv
 from sketchembed.train.search import check_optimized_metric, optimized_value, resolve_metric
 from sketchembed.train.validate import check_config
-from sketchembed.train.wandb_run import WandbLogger, naming
+from sketchembed.wandb_run import WandbLogger, naming
 
 __all__ = ["ConfigError", "conf_dir", "main", "train", "train_entry", "validate"]
 
