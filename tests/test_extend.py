@@ -1,6 +1,7 @@
 """docs/ARCHITECTURE.md "How to extend", done from outside the package: one module registers a new
 loss, miner and model, one config file each selects them, and `train.py` trains them — no line of
-sketchembed changes. Also: what makes a run a transfer run is a config key, never a config's name."""
+sketchembed changes; a new backbone is one config file. Also: what makes a run a transfer run is a
+config key, never a config's name. (A new file format: tests/test_formats.py.)"""
 
 from __future__ import annotations
 

@@ -31,7 +31,7 @@ ACC, EVAL_LOSS = CLASSIFIER_METRICS = ("acc", "loss")
 
 log = logging.getLogger(__name__)
 
-# The Python defaults of every model = conf/optimizer/adamw.yaml and conf/scheduler/warmup_cosine.yaml
+# The Python defaults of every model = conf/model/optimizer/adamw.yaml and conf/model/scheduler/warmup_cosine.yaml
 # (tests/test_models.py holds them equal).
 DEFAULT_OPTIMIZER = {"_target_": "torch.optim.AdamW", "_partial_": True, "lr": 1.0e-3, "weight_decay": 1.0e-4}
 DEFAULT_SCHEDULER = {"_target_": "sketchembed.models.optim.warmup_cosine", "_partial_": True,

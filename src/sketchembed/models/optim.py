@@ -1,5 +1,5 @@
-"""The learning-rate schedule of the configs (``conf/scheduler/warmup_cosine.yaml``), built from
-torch's schedulers; optimizers come straight from ``torch.optim`` (``conf/optimizer/``).
+"""The learning-rate schedule of the configs (``conf/model/scheduler/warmup_cosine.yaml``), built from
+torch's schedulers; optimizers come straight from ``torch.optim`` (``conf/model/optimizer/``).
 
 Any ``torch.optim.lr_scheduler`` class works as ``model.scheduler`` too (``_partial_: true``);
 a factory that takes ``total_steps`` gets the run's number of optimizer steps.
