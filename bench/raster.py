@@ -26,6 +26,7 @@ import cv2
 import numpy as np
 import torch
 
+from sketchembed.data.inputs import InputSettings
 from sketchembed.data.raster import Rasterizer, per_image_standardize, stroke_ends
 
 SHARED = Path(os.environ.get("SKETCHEMBED_SHARED", Path(__file__).resolve().parents[2] / "shared"))
@@ -33,6 +34,7 @@ BATCH = 256
 CUDA_BATCHES = (256, 2048, 8192)   # drawings per rasterizer call on the GPU
 CUDA_REPEAT = 8              # the GPU rows render the drawings this many times over (16,384 drawings)
 CV_CANVAS = 265
+DEFAULTS = InputSettings()   # the rasterizer's default geometry, which the OpenCV reference copies
 STUDY_DATA = Path(__file__).resolve().parents[1] / "conf" / "data" / "study.yaml"
 STUDY_CV_THICKNESS = 3   # the study's cv2.polylines thickness, on its 255 px canvas + 5 px border
 
@@ -61,8 +63,9 @@ def pad(drawings: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.from_numpy(pts), torch.tensor([len(d) for d in drawings])
 
 
-def opencv_snapshots(drawings: list[np.ndarray], size: int, line_width: float = 8.0,
-                     padding: float = 4.5, final_only: bool = False, background: str = "black") -> np.ndarray:
+def opencv_snapshots(drawings: list[np.ndarray], size: int, line_width: float = DEFAULTS.line_width,
+                     padding: float = DEFAULTS.padding, final_only: bool = False,
+                     background: str = DEFAULTS.background) -> np.ndarray:
     """The classic per-drawing loop, same geometry as :class:`Rasterizer`'s defaults;
     ``background="white"``: black ink on a white canvas (the study), values in [0, 1] as drawn."""
     paper, ink = (255, 0) if background == "white" else (0, 255)
@@ -166,7 +169,7 @@ def cuda_rows(drawings: list[np.ndarray], n_snaps: int, quick: bool, device: str
     name = torch.cuda.get_device_name(dev) if on_gpu else str(dev)
     rows = []
     with mp.get_context("fork").Pool(procs, initializer=cv2.setNumThreads, initargs=(1,)) as pool:
-        pool.map(_cv_chunk, [(drawings[:8], 64, 8.0, 4.5, True)] * procs)          # workers up
+        pool.map(_cv_chunk, [(drawings[:8], 64, DEFAULTS.line_width, DEFAULTS.padding, True)] * procs)          # workers up
         for size in (64, 224):
             r = Rasterizer(size)
             for view in ("snapshots", "image"):
