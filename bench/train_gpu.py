@@ -29,7 +29,8 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.utils import instantiate
 
 from bench.eval_scale import synthetic_prepared
-from sketchembed.train.run import _instantiate_model, conf_dir, validate
+from sketchembed.entry import conf_dir
+from sketchembed.train.run import _instantiate_model, validate
 
 EXPERIMENTS = ("study_triplet_vgg16_semihard", "study_triplet_inception_v4_semihard",
                "study_triplet_resnetv2_50_semihard", "study_lstm", "study_combined_e2e", "study_combined_transfer")

@@ -23,7 +23,7 @@ def _augment():
         from hydra.utils import instantiate
         from omegaconf import OmegaConf
 
-        from sketchembed.train.run import conf_dir
+        from sketchembed.entry import conf_dir
 
         return instantiate(OmegaConf.load(f"{conf_dir()}/augment/default.yaml"))
     except Exception as e:  # the figure is still useful without augmentation; say so
