@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import json
 import platform
 import time
 from pathlib import Path
 
 import torch
+
+from bench import save_json
 
 SECTIONS = {
     "raster": "bench.raster",
@@ -45,8 +46,7 @@ def main(argv=None) -> int:
         mod = importlib.import_module(SECTIONS[name])
         results[name] = mod.run(quick=args.quick)
         print(f"({name}: {time.perf_counter() - t0:.0f} s)")
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(results, indent=2, default=str))
+    save_json(args.json, results)
     print(f"\nfigures saved to {args.json}")
     return 0
 

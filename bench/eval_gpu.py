@@ -12,12 +12,12 @@ CUDA the section is skipped (``--quick`` checks it small on the CPU).
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
 import torch
 
+from bench import save_json
 from bench.eval_scale import REPO, _print_eval, run_eval, synthetic_prepared, train_checkpoint
 
 EXPERIMENT = "study_triplet_resnetv2_50_semihard"
@@ -53,9 +53,7 @@ def main(argv=None) -> int:
     p.add_argument("--json", type=Path)
     a = p.parse_args(argv)
     res = run(a.quick, a.device)
-    if a.json:
-        a.json.parent.mkdir(parents=True, exist_ok=True)
-        a.json.write_text(json.dumps(res, indent=2))
+    save_json(a.json, res)
     return 0
 
 

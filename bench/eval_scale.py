@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bench import save_json
 from bench.prepare import write_synthetic
 from sketchembed import STUDY_CLASSES
 from sketchembed.data.categories import CATEGORIES
@@ -205,9 +206,7 @@ def main(argv=None) -> int:
     res = run(quick=a.quick, drawings=a.drawings, max_train=a.max_train, max_eval=a.max_eval,
               drawings_345=a.drawings_345, max_eval_345=a.max_eval_345,
               knn_index=tuple(a.knn_index) if a.knn_index else None, knn_queries=a.knn_queries, model=a.model)
-    if a.json:
-        a.json.parent.mkdir(parents=True, exist_ok=True)
-        a.json.write_text(json.dumps(res, indent=2))
+    save_json(a.json, res)
     return 0
 
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import time
 from pathlib import Path
 
@@ -28,6 +27,7 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.utils import instantiate
 
+from bench import save_json
 from bench.eval_scale import synthetic_prepared
 from sketchembed.entry import conf_dir
 from sketchembed.train.run import _instantiate_model, validate
@@ -210,9 +210,7 @@ def main(argv=None) -> int:
     p.add_argument("--json", type=Path)
     a = p.parse_args(argv)
     rows = run(a.quick, a.device, a.experiments, drawings=a.drawings)
-    if a.json:
-        a.json.parent.mkdir(parents=True, exist_ok=True)
-        a.json.write_text(json.dumps(rows, indent=2))
+    save_json(a.json, rows)
     return 0
 
 
