@@ -24,7 +24,7 @@ TINY_TRIPLET = [
     "data.eval_batch_size=32", "data.pk_p=3", "data.pk_k=4", "trainer.max_epochs=2", "trainer.limit_train_batches=2",
     "trainer.limit_val_batches=1", "trainer.limit_test_batches=1", "trainer.num_sanity_val_steps=0",
     "trainer.log_every_n_steps=1", "callbacks.embedding_eval.max_train=48", "callbacks.embedding_eval.probe_epochs=5",
-    "callbacks.space_images.every_n_val_epochs=1", "callbacks.space_images.max_index=60",
+    "callbacks.space_images.every_n_val_epochs=1", "callbacks.space_images.max_train=60",
     "callbacks.space_images.tsne_points=40", "extras.print_config=false", "seed=7",
 ]
 

@@ -234,7 +234,7 @@ def test_eval_rebuilds_the_study_inputs_from_a_checkpoint(tmp_path):
           "background": "white", "standardize": True, "fraction_rule": "study", "seq_norm": "none",
           "seq_origin": [122.5, 122.5], "views": ["image", "sequence"]}
     ckpt = {"datamodule_hyper_parameters": hp, "SketchDataModule": {"seq_std": 1.0, "classes": None}}
-    cfg = OmegaConf.create({"batch_size": 8, "seed": 0, "max_index": None, "data": {}})
+    cfg = OmegaConf.create({"batch_size": 8, "seed": 0, "data": {}})
     inputs = read_inputs(ckpt)
     for dm in (SketchDataModule.from_inputs(inputs, "study10"), _datamodule(cfg, ckpt, tmp_path / "x.ckpt", ["image"])):
         r = dm.rasterizer

@@ -200,17 +200,17 @@ class SpaceImagesCallback(Callback):
 
     Written to ``<run dir>/space/`` and sent to every logger that takes images (wandb, tensorboard);
     skipped (nothing computed) when no logger takes images. Sizes are capped so one picture costs
-    seconds: ``max_index`` train drawings as the neighbour pool, ``tsne_points`` val drawings.
+    seconds: ``max_train`` train drawings as the neighbour pool, ``tsne_points`` val drawings.
     """
 
-    def __init__(self, every_n_val_epochs: int = 10, n_refs: int = 4, k: int = 5, max_index: int = 1000,
+    def __init__(self, every_n_val_epochs: int = 10, n_refs: int = 4, k: int = 5, max_train: int = 1000,
                  tsne_points: int = 300, seed: int = 0):
         super().__init__()
         if int(every_n_val_epochs) < 1:
             raise ValueError(f"every_n_val_epochs must be >= 1, got {every_n_val_epochs}")
         self.every = int(every_n_val_epochs)
         self.n_refs, self.k = int(n_refs), int(k)
-        self.max_index, self.tsne_points, self.seed = int(max_index), int(tsne_points), int(seed)
+        self.max_train, self.tsne_points, self.seed = int(max_train), int(tsne_points), int(seed)
         self._val_count = 0
 
     def on_validation_epoch_end(self, trainer, pl_module) -> None:
@@ -238,7 +238,7 @@ class SpaceImagesCallback(Callback):
         classes = list(dm.class_names)
         device = pl_module.device
         train = embed_loader(pl_module, dm.loader("train", 1.0, shuffle=True), rasterizer=dm.rasterizer,
-                             device=device, max_items=self.max_index, with_logits=False)
+                             device=device, max_items=self.max_train, with_logits=False)
         val = embed_loader(pl_module, dm.loader("val", 1.0, shuffle=True), rasterizer=dm.rasterizer,
                            device=device, max_items=self.tsne_points, with_logits=False)
         out = Path(out_dir) / "space"
