@@ -18,7 +18,6 @@ rate. Without CUDA the section is skipped (``--quick`` runs it small on the CPU 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import time
 from pathlib import Path
 
@@ -29,6 +28,7 @@ from hydra.utils import instantiate
 
 from bench import save_json
 from bench.eval_scale import synthetic_prepared
+from bench.train_throughput import Loop, repeat_batch
 from sketchembed.entry import conf_dir
 from sketchembed.train.run import _instantiate_model, validate
 
@@ -69,60 +69,11 @@ def _to(batch: dict, device: torch.device) -> dict:
     return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
 
 
-class Loop:
-    """One training step as the Trainer takes it at ``bf16-mixed`` with the config's clipping."""
-
-    def __init__(self, model, cfg, device: torch.device):
-        self.model, self.device = model.to(device).train(), device
-        opt = model.configure_optimizers()
-        self.opt = opt["optimizer"] if isinstance(opt, dict) else opt
-        self.clip = cfg.trainer.get("gradient_clip_val")
-        self.by_value = cfg.trainer.get("gradient_clip_algorithm") == "value"
-        self.bf16 = "bf16" in str(cfg.trainer.precision)
-
-    def step(self, batch: dict) -> None:
-        ctx = (torch.autocast(self.device.type, dtype=torch.bfloat16) if self.bf16 else contextlib.nullcontext())
-        with ctx:
-            loss, _ = self.model.training_loss(batch)
-        self.opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if self.clip:
-            params = self.model.parameters()
-            if self.by_value:
-                torch.nn.utils.clip_grad_value_(params, float(self.clip))
-            else:
-                torch.nn.utils.clip_grad_norm_(params, float(self.clip))
-        self.opt.step()
-
-    def sync(self) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-
-    def timed(self, batches, warmup: int, steps: int) -> tuple[float, int]:
-        """(seconds, drawings) of ``steps`` steps after ``warmup`` untimed ones."""
-        it = iter(batches)
-        for _ in range(warmup):
-            self.step(next(it))
-        self.sync()
-        n, t0 = 0, time.perf_counter()
-        for _ in range(steps):
-            batch = next(it)
-            n += int(batch["label"].shape[0])
-            self.step(batch)
-        self.sync()
-        return time.perf_counter() - t0, n
-
-
 def fed_batches(dm, device: torch.device):
     """The DataModule's own path: loader (workers, pinned memory) -> device -> on-device rendering."""
     while True:
         for batch in dm.train_dataloader():
             yield dm.on_after_batch_transfer(_to(batch, device), 0)
-
-
-def _repeat(batch):
-    while True:
-        yield batch
 
 
 def save_encoder_checkpoint(model, path: Path) -> Path:
@@ -147,12 +98,13 @@ def measure(name: str, prepared: Path, device: torch.device, size: dict, extra: 
         cfg = compose_experiment(name, overrides + extra_quick)
     torch.manual_seed(0)
     dm, model = build(cfg)
-    loop = Loop(model, cfg, device)
+    loop = Loop(model, device, bf16="bf16" in str(cfg.trainer.precision), clip=cfg.trainer.get("gradient_clip_val"),
+                clip_by_value=cfg.trainer.get("gradient_clip_algorithm") == "value")
     fed_s, fed_n = loop.timed(fed_batches(dm, device), size["warmup"], size["steps"])
     fixed = next(fed_batches(dm, device))
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    only_s, only_n = loop.timed(_repeat(fixed), size["warmup"], size["steps"])
+    only_s, only_n = loop.timed(repeat_batch(fixed), size["warmup"], size["steps"])
     peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
     if name == TRANSFER_FROM:
         save_encoder_checkpoint(model, work / "cnn.ckpt")

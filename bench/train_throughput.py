@@ -8,6 +8,7 @@ not part of either figure.
 
 from __future__ import annotations
 
+import contextlib
 import time
 
 import torch
@@ -47,26 +48,46 @@ def _model(kind: str, num_classes: int, cfg: dict):
     return CombinedModel(num_classes, hidden=cfg["hidden"], **img)
 
 
-def _step(model, opt, batch) -> None:
-    loss, _ = model.training_loss(batch)
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
-    opt.step()
+class Loop:
+    """One training step as the Trainer takes it (``model.training_loss``, the optimizer the model
+    configures, optional bf16 autocast and gradient clipping), timed; shared with ``bench.train_gpu``."""
 
+    def __init__(self, model, device=torch.device("cpu"), *, bf16: bool = False, clip: float | None = None,
+                 clip_by_value: bool = False):
+        self.model, self.device = model.to(device).train(), torch.device(device)
+        opt = model.configure_optimizers()
+        self.opt = opt["optimizer"] if isinstance(opt, dict) else opt
+        self.bf16, self.clip, self.by_value = bf16, clip, clip_by_value
 
-def _timed(model, opt, batches, warmup: int, steps: int) -> tuple[float, int]:
-    """(seconds, samples) for ``steps`` steps after ``warmup`` untimed ones; ``batches`` yields
-    ready-to-use batches (the fed loop does its loading inside the iterator, so it is timed)."""
-    it = iter(batches)
-    for _ in range(warmup):
-        _step(model, opt, next(it))
-    n = 0
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        batch = next(it)
-        n += int(batch["label"].shape[0])
-        _step(model, opt, batch)
-    return time.perf_counter() - t0, n
+    def step(self, batch: dict) -> None:
+        ctx = torch.autocast(self.device.type, dtype=torch.bfloat16) if self.bf16 else contextlib.nullcontext()
+        with ctx:
+            loss, _ = self.model.training_loss(batch)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.clip:
+            clip = torch.nn.utils.clip_grad_value_ if self.by_value else torch.nn.utils.clip_grad_norm_
+            clip(self.model.parameters(), float(self.clip))
+        self.opt.step()
+
+    def sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def timed(self, batches, warmup: int, steps: int) -> tuple[float, int]:
+        """(seconds, samples) for ``steps`` steps after ``warmup`` untimed ones; ``batches`` yields
+        ready-to-use batches (the fed loop does its loading inside the iterator, so it is timed)."""
+        it = iter(batches)
+        for _ in range(warmup):
+            self.step(next(it))
+        self.sync()
+        n, t0 = 0, time.perf_counter()
+        for _ in range(steps):
+            batch = next(it)
+            n += int(batch["label"].shape[0])
+            self.step(batch)
+        self.sync()
+        return time.perf_counter() - t0, n
 
 
 def _cycle_loader(dm):
@@ -75,7 +96,7 @@ def _cycle_loader(dm):
             yield dm.render(batch)
 
 
-def _repeat(batch):
+def repeat_batch(batch):
     while True:
         yield batch
 
@@ -97,13 +118,10 @@ def run(quick: bool = False) -> list[dict]:
                               sampler="pk" if kind == "triplet" else "random",
                               pk_p=4, pk_k=max(2, cfg["batch_size"] // 4))
         dm.setup("fit")
-        model = _model(kind, dm.num_classes, cfg)
-        model.train()
-        opt = model.configure_optimizers()
-        opt = opt["optimizer"] if isinstance(opt, dict) else opt
-        fed_s, fed_n = _timed(model, opt, _cycle_loader(dm), cfg["warmup"], cfg["steps"])
+        loop = Loop(_model(kind, dm.num_classes, cfg))
+        fed_s, fed_n = loop.timed(_cycle_loader(dm), cfg["warmup"], cfg["steps"])
         fixed = dm.render(next(iter(dm.train_dataloader())))
-        ceil_s, ceil_n = _timed(model, opt, _repeat(fixed), cfg["warmup"], cfg["steps"])
+        ceil_s, ceil_n = loop.timed(repeat_batch(fixed), cfg["warmup"], cfg["steps"])
         fed, ceiling = fed_n / fed_s, ceil_n / ceil_s
         rows.append({"model": kind, "backbone": cfg["backbone"] if kind != "lstm" else "-",
                      "image_size": cfg["image_size"], "batch": cfg["batch_size"],

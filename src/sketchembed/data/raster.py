@@ -50,7 +50,7 @@ __all__ = ["BACKGROUNDS", "Rasterizer", "per_image_standardize", "render_views",
 
 # Elements per work chunk (strip pixels of pieces, or copied snapshot pixels), by (not CUDA, CUDA):
 # cache-sized on a CPU; on a GPU large, as each chunk costs kernel launches and host round trips
-# (`python -m bench raster`: 224 px snapshots ran 2.6x OpenCV on 16 cores with the CPU size).
+# (`python -m bench raster` on an H200, 224 px snapshots, batch 2,048: 2^21 179 k/s, 2^25 368 k/s).
 CHUNK_ELEMS = (1 << 21, 1 << 25)
 
 
