@@ -5,8 +5,10 @@ input settings) trained for two steps on a generated ten-class set of 300,000 dr
 split: 200 k train / 50 k val / 50 k test), then the whole eval with ``device=cuda``: 100,000 train
 drawings embedded for the KNN index and the probe, all 50,000 test drawings, 5,000 at each of the
 curve's other fractions, t-SNE of 5,000 and every figure. Its ``stages.json`` gives wall time and
-peak resident memory per stage. Speed does not depend on how well the model is trained. Without
-CUDA the section is skipped (``--quick`` checks it small on the CPU).
+peak resident memory per stage. Speed does not depend on how well the model is trained. Then the
+KNN search alone at 100 k and 1.4 M indexed embeddings: faiss and torch on the CPU beside torch on
+the GPU (``knn.device=cuda``), the measurement behind ``knn.device``'s default. Without CUDA the
+section is skipped (``--quick`` checks it small on the CPU).
 """
 
 from __future__ import annotations
@@ -18,11 +20,12 @@ from pathlib import Path
 import torch
 
 from bench import save_json
-from bench.eval_scale import REPO, _print_eval, run_eval, synthetic_prepared, train_checkpoint
+from bench.eval_scale import REPO, _print_eval, knn_backends, run_eval, synthetic_prepared, train_checkpoint
 
 EXPERIMENT = "study_triplet_resnetv2_50_semihard"
-FULL = dict(drawings=300_000, max_train=100_000, workers=8, overrides=[])
-QUICK = dict(drawings=20_000, max_train=2_000, workers=0,
+FULL = dict(drawings=300_000, max_train=100_000, workers=8, overrides=[], knn_index=(100_000, 1_400_000),
+            knn_queries=10_000)
+QUICK = dict(drawings=20_000, max_train=2_000, workers=0, knn_index=(2_000,), knn_queries=500,
              overrides=["backbone=test_resnet", "data.image_size=32", "model.embedding_dim=16", "data.pk_k=4"])
 
 
@@ -43,7 +46,10 @@ def run(quick: bool = False, device: str | None = None) -> dict:
                    f"data.num_workers={size['workers']}")
     name = torch.cuda.get_device_name(0) if dev.startswith("cuda") else "cpu"
     _print_eval(f"10 classes on {name}", res)
-    return {"experiment": EXPERIMENT, "device": name, "drawings": size["drawings"], **res}
+    knn = knn_backends(size["knn_index"], size["knn_queries"])
+    for r in knn:
+        print("  knn: " + ", ".join(f"{k}={v}" for k, v in r.items()))
+    return {"experiment": EXPERIMENT, "device": name, "drawings": size["drawings"], **res, "knn_backends": knn}
 
 
 def main(argv=None) -> int:

@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from bench import save_json
 from bench.prepare import write_synthetic
@@ -125,25 +126,35 @@ def run_eval(ckpt: Path, out: Path, *overrides: str) -> dict:
 
 
 def knn_backends(index_sizes, n_queries: int, dim: int = 256, k: int = 5, seed: int = 0) -> list[dict]:
-    """Exact search time of each backend on gaussian embeddings (brute force: cost is data-blind)."""
+    """Exact search time of each backend on gaussian embeddings (brute force: cost is data-blind);
+    with CUDA also the torch search on the GPU (``knn.device=cuda``), ``torch_cuda_s``."""
     from sketchembed.eval.knn import faiss, search
 
     rng = np.random.default_rng(seed)
     q = rng.standard_normal((n_queries, dim), dtype=np.float32)
+    runs = [("faiss", "cpu")] if faiss is not None else []
+    runs += [("torch", "cpu")] + ([("torch", "cuda")] if torch.cuda.is_available() else [])
     rows = []
     for n in index_sizes:
         x = rng.standard_normal((int(n), dim), dtype=np.float32)
         row = {"index": int(n), "queries": n_queries, "dim": dim, "k": k}
         ref = None
-        for backend in ("faiss", "torch") if faiss is not None else ("torch",):
+        for backend, device in runs:
+            name = backend if device == "cpu" else f"{backend}_{device}"
+            if device != "cpu":
+                search(x[:1000], q[:100], k, backend=backend, device=device)  # CUDA context and kernels
+                torch.cuda.synchronize()
             t = time.perf_counter()
-            idx, _ = search(x, q, k, backend=backend)
-            row[f"{backend}_s"] = round(time.perf_counter() - t, 2)
+            idx, _ = search(x, q, k, backend=backend, device=device)
+            row[f"{name}_s"] = round(time.perf_counter() - t, 2)
             if ref is not None:
-                row["same_neighbours"] = round(float((idx == ref).mean()), 5)
-            ref = idx
+                row["same_neighbours" if device == "cpu" else f"same_neighbours_{device}"] = \
+                    round(float((idx == ref).mean()), 5)
+            ref = idx if ref is None else ref
         if "faiss_s" in row:
             row["torch_over_faiss"] = round(row["torch_s"] / row["faiss_s"], 2)
+        if "torch_cuda_s" in row:
+            row["cuda_over_fastest_cpu"] = round(row["torch_cuda_s"] / min(row.get("faiss_s", 1e9), row["torch_s"]), 3)
         rows.append(row)
         del x
     return rows

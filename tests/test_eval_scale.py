@@ -20,7 +20,7 @@ from PIL import Image
 
 from sketchembed.eval.confusion import confused_pairs, most_confused_classes, pairs_markdown, per_class_sorted
 from sketchembed.eval.embed import embed_loader
-from sketchembed.eval.knn import faiss, knn_predict, neighbor_labels, search, study_tie_correct, vote
+from sketchembed.eval.knn import faiss, knn_predict, neighbor_labels, resolve_backend, search, study_tie_correct, vote
 from sketchembed.eval.plots import plot_confusion, plot_per_class, plot_tsne
 from sketchembed.eval.probe import linear_probe
 from sketchembed.eval.report import render_report
@@ -91,6 +91,12 @@ def test_search_errors():
         search(x, x, 1, backend="annoy")
     with pytest.raises(ValueError, match="K=4 needs"):
         search(x, x, 4, backend="torch")
+    # only torch searches off the CPU, and auto picks it there (no GPU needed to check the choice)
+    with pytest.raises(ValueError, match="knn.device=cuda: only knn.backend=torch"):
+        search(x, x, 1, backend="sklearn", device="cuda")
+    assert resolve_backend("auto", "cuda") == "torch"
+    assert resolve_backend("auto", "cpu") == ("faiss" if faiss is not None else "torch")
+    np.testing.assert_array_equal(search(x[:2] + 1, x, 2, device="cpu")[0], search(x[:2] + 1, x, 2)[0])
     with pytest.raises(ValueError, match="NaN"):
         neighbor_labels(np.full((3, 4), np.nan, np.float32), np.zeros(3), x, 1)
 
@@ -217,7 +223,7 @@ def test_stages_record_time_and_peak_memory():
         assert s["stages"]["small"]["peak_rss_mb"] < s["stages"]["big"]["peak_rss_mb"]
 
 
-@pytest.mark.parametrize("override,key", [("knn.backend=annoy", "knn.backend"), ("embed_dtype=int8", "embed_dtype"),
+@pytest.mark.parametrize("override,key", [("knn.backend=annoy", "knn.backend"), ("knn.device=gpu0", "knn.device"), ("embed_dtype=int8", "embed_dtype"),
                                           ("knn.max_train=2", "knn.max_train"), ("probe.steps=0", "probe.steps"),
                                           ("curve_max_eval=-1", "curve_max_eval"), ("knn.ks=[0]", "knn.ks"),
                                           ("knn.ks=[a]", "knn.ks"), ("probe.lr=fast", "probe.lr"),

@@ -21,6 +21,7 @@ from test_train import read_csv_metrics, run_cli, tiny
 from sketchembed.data.datamodule import SketchDataModule
 from sketchembed.data.embedded import open_embedded
 from sketchembed.data.raster import Rasterizer, render_views, stroke_ends
+from sketchembed.eval.knn import search
 from sketchembed.models import MODELS
 from sketchembed.safeload import safe_load
 
@@ -162,7 +163,8 @@ def test_checkpoint_from_gpu_loads_on_cpu_and_evaluates_alike(tmp_path):
     for device in ("cuda", "cpu"):
         out = tmp_path / f"eval_{device}"
         r = subprocess.run([sys.executable, str(REPO / "eval.py"), f"ckpt_path={ckpt}", f"hydra.run.dir={out}",
-                            "logger=none", f"device={device}", "probe.steps=60", "tsne.enabled=false"],
+                            "logger=none", f"device={device}", "knn.device=auto", "probe.steps=60",
+                            "tsne.enabled=false"],
                            cwd=REPO, env={**os.environ, "WANDB_MODE": "offline", "HYDRA_FULL_ERROR": "0"},
                            capture_output=True, text=True, timeout=300)
         assert r.returncode == 0, r.stderr[-3000:]
@@ -175,3 +177,16 @@ def test_checkpoint_from_gpu_loads_on_cpu_and_evaluates_alike(tmp_path):
     # KNN over embeddings: same up to one neighbour-order flip; the probe is trained again on each
     for key in [k for k in metrics["cpu"] if k.startswith("test/knn@")]:
         assert abs(metrics["cuda"][key] - metrics["cpu"][key]) <= 2 / n + 1e-9, key
+
+
+def test_knn_search_on_cuda_equals_cpu():
+    """knn.device=cuda: the torch search on the GPU finds the CPU's neighbours (float32 on both; a
+    near-tie may swap two neighbours, so 99.9 % of the rows), across index and query blocks."""
+    rng = np.random.default_rng(0)
+    index = rng.standard_normal((5000, 64)).astype(np.float32)
+    queries = rng.standard_normal((700, 64)).astype(np.float32)
+    kw = dict(backend="torch", query_block=256, index_block=2048)
+    idx_cpu, d2_cpu = search(index, queries, 5, **kw)
+    idx_gpu, d2_gpu = search(index, queries, 5, device="cuda", **kw)
+    assert (idx_gpu == idx_cpu).all(axis=1).mean() >= 0.999
+    np.testing.assert_allclose(d2_gpu, d2_cpu, rtol=1e-4, atol=1e-3)

@@ -4,6 +4,7 @@ config from any directory (sketchembed.entry.conf_dir falls back to the installe
 
 from __future__ import annotations
 
+import ast
 import os
 import shutil
 import subprocess
@@ -75,3 +76,50 @@ def test_architecture_names_every_module():
     missing = [str(p.relative_to(REPO)) for p in modules
                if p.name != "__init__.py" and p.name not in text]
     assert not missing, f"add these to docs/ARCHITECTURE.md's module list: {missing}"
+
+
+# who may import whom inside sketchembed (docs/ARCHITECTURE.md, "Import direction"): a part never
+# imports a part that builds on it, so e.g. eval reads a checkpoint without pulling in training
+LEAVES = {"messages", "registry", "safeload", "wandb_run"}  # import no other part; anyone may import them
+MAY_IMPORT = {
+    "__init__": {"data"},  # re-exports STUDY_CLASSES
+    "data": {"data"},
+    "metric": {"metric"},
+    "nets": {"nets"},
+    "entry": {"entry", "data"},
+    "models": {"models", "data", "metric", "nets"},
+    "eval": {"eval", "data", "metric", "nets", "models", "entry"},
+    "train": {"train", "data", "metric", "nets", "models", "entry", "eval"},
+    "studio": {"studio", "data", "metric", "nets", "models", "eval"},
+}
+
+
+def _sketchembed_imports(path: Path) -> set[str]:
+    """The top-level sketchembed parts a module imports (anywhere in it, functions included)."""
+    tree = ast.parse(path.read_text(), str(path))
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            mods = [node.module] if node.module != "sketchembed" else [f"sketchembed.{a.name}" for a in node.names]
+        elif isinstance(node, ast.Import):
+            mods = [a.name for a in node.names]
+        else:
+            continue
+        names |= {m.split(".")[1] if m.count(".") else "__init__" for m in mods if m.split(".")[0] == "sketchembed"}
+    return names
+
+
+def test_parts_import_only_the_parts_below_them():
+    pkg = REPO / "src" / "sketchembed"
+    wrong = []
+    for path in sorted(pkg.rglob("*.py")):
+        part = path.relative_to(pkg).parts[0].removesuffix(".py")
+        if part not in MAY_IMPORT:
+            assert part in LEAVES | {"cli", "resources"}, f"{part}: add it to MAY_IMPORT or LEAVES"
+            if part in LEAVES:
+                wrong += [f"{path.relative_to(REPO)} imports sketchembed.{m}"
+                          for m in _sketchembed_imports(path) - {"__init__"}]
+            continue
+        wrong += [f"{path.relative_to(REPO)} imports sketchembed.{m}"
+                  for m in _sketchembed_imports(path) - MAY_IMPORT[part] - LEAVES - {"__init__"}]
+    assert not wrong, "\n".join(wrong)

@@ -355,6 +355,7 @@ def test_page_in_a_real_browser_guesses_after_every_stroke(live_server, tmp_path
         browser = launch(pw)
         try:
             page = browser.new_page(viewport={"width": 1200, "height": 820})
+            page.set_default_timeout(90000)  # each wait ends as soon as the page is there; slow only under load
             errors = []
             page.on("pageerror", lambda e: errors.append(str(e)))
             page.goto(live_server + "/")
@@ -386,6 +387,20 @@ def test_page_in_a_real_browser_guesses_after_every_stroke(live_server, tmp_path
             steps = page.locator("#steps li").all_inner_texts()
             assert steps and all(re.match(rf"after stroke {i}: \w", t) for i, t in enumerate(steps, start=1))
             assert page.locator("#curve circle").count() == len(steps)
+            # a first stroke that is a dot (one test drawing of study10 has one): no guess at that step,
+            # and the replay goes on to the next stroke instead of stopping with an error
+            page.evaluate("replayStored([[[40, 40], [60, 60]], [[10, 240, 200], [20, 30, 220]]], 'dot', null)")
+            page.wait_for_function("document.getElementById('status').textContent === 'replayed your drawing'")
+            steps = page.locator("#steps li").all_inner_texts()
+            assert len(steps) == 2 and steps[0] == "after stroke 1: a single dot, no guess yet", steps
+            assert re.match(r"after stroke 2: \w+ \(", steps[1]) and page.locator("#curve circle").count() == 2
+            # drawing a dot on a clear canvas: an answer ("keep drawing"), not an error, and no guesses
+            n = int(page.evaluate("document.body.dataset.predictions"))
+            page.click("#clear")
+            draw_stroke(page, [(0.5, 0.5), (0.5, 0.5)])
+            wait_predictions(page, n + 1)
+            assert page.locator("#status").inner_text() == "a single dot: keep drawing"
+            assert page.locator("#status.error").count() == 0 and page.locator("#guesses li").count() == 0
             # the human test: two drawings, one answered, one skipped; the result table
             page.click("#tab-human")
             page.fill("#human-n", "2")

@@ -17,7 +17,8 @@ import numpy as np
 from sketchembed.data.simplify import CANVAS_MAX, simplify_strokes
 from sketchembed.data.sketch import check_strokes, strokes_to_points
 
-FORMATS = ("auto", "raw", "simplified")
+# the coordinate forms a user's drawing may come in (not file formats: see data/formats/registry.py)
+COORDINATE_FORMS = ("auto", "raw", "simplified")
 
 
 class UserDrawingError(ValueError):
@@ -76,8 +77,8 @@ def user_drawing_points(drawing, fmt: str = "auto") -> np.ndarray:
     ``fmt``: ``raw`` (any frame, simplified here), ``simplified`` (used as is) or ``auto``
     (simplified when it looks so, see :func:`is_simplified`; a time row always means raw).
     """
-    if fmt not in FORMATS:
-        raise UserDrawingError(f"'format' must be one of {', '.join(FORMATS)}, got {str(fmt)[:40]!r}")
+    if fmt not in COORDINATE_FORMS:
+        raise UserDrawingError(f"'format' must be one of {', '.join(COORDINATE_FORMS)}, got {str(fmt)[:40]!r}")
     strokes = parse_strokes(drawing)
     if fmt == "auto":
         fmt = "simplified" if is_simplified(strokes) else "raw"

@@ -39,16 +39,17 @@ class Embedded:
         return self.logits.argmax(1)
 
 
-def pick_device(name: str = "auto") -> torch.device:
-    """``--device`` / ``device=``: ``auto`` (CUDA when there is one) or a torch device, checked."""
+def pick_device(name: str = "auto", key: str = "device") -> torch.device:
+    """``--device`` / ``device=``: ``auto`` (CUDA when there is one) or a torch device, checked
+    (errors name the setting ``key``)."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         dev = torch.device(name)
     except RuntimeError:
-        raise ValueError(f"device={name!r} is not a torch device (auto, cpu, cuda, cuda:0 …)") from None
+        raise ValueError(f"{key}={name!r} is not a torch device (auto, cpu, cuda, cuda:0 …)") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device={name}: no CUDA device here (device=auto picks one when there is)")
+        raise ValueError(f"{key}={name}: no CUDA device here ({key}=auto picks one when there is)")
     return dev
 
 

@@ -12,7 +12,8 @@ embeddings as the index; one neighbour search with the largest K serves every K.
 The search is exact brute force (squared euclidean distance, as the study's notebook), one block of
 the index at a time merged into a running top-k, so memory stays bounded at any index size: each
 block searched by faiss' ``IndexFlatL2`` when faiss is installed (the faster in `make bench`'s
-eval-at-scale section), else by torch matmul.
+eval-at-scale section), else by torch matmul — on the CPU, or on a GPU with ``device`` (eval's
+``knn.device``), where one block of distances is a single matrix product.
 """
 
 from __future__ import annotations
@@ -76,26 +77,31 @@ def vote(neighbor_labels: np.ndarray, k: int, n_classes: int) -> np.ndarray:
     return vote_scores(neighbor_labels, k, n_classes).argmax(axis=1)
 
 
-def resolve_backend(backend: str = "auto") -> str:
-    """``auto`` = faiss when installed (faster in ``make bench``'s eval-at-scale section), else torch."""
+def resolve_backend(backend: str = "auto", device="cpu") -> str:
+    """``auto`` = torch when the search runs on a GPU (``device``), else faiss when installed (faster
+    in ``make bench``'s eval-at-scale section), else torch. Only torch searches off the CPU."""
     if backend not in BACKENDS:
         raise ValueError(f"knn.backend={backend!r}: choose from {', '.join(BACKENDS)}")
+    on_cpu = torch.device(device).type == "cpu"
+    if backend == "auto":
+        return "faiss" if faiss is not None and on_cpu else "torch"
     if backend == "faiss" and faiss is None:
         raise ValueError("knn.backend=faiss: faiss is not installed (pip install faiss-cpu), or use torch")
-    if backend == "auto":
-        return "faiss" if faiss is not None else "torch"
+    if not on_cpu and backend != "torch":
+        raise ValueError(f"knn.device={device}: only knn.backend=torch (or auto) searches off the CPU, "
+                         f"not {backend}")
     return backend
 
 
-def _torch_block(block: np.ndarray):
-    t = torch.from_numpy(block)
+def _torch_block(block: np.ndarray, device="cpu"):
+    t = torch.from_numpy(block).to(device)
     tn = t.square().sum(1)
 
     def run(q: np.ndarray, k: int):
-        qt = torch.from_numpy(q)
+        qt = torch.from_numpy(q).to(device)
         d2 = torch.addmm(qt.square().sum(1, keepdim=True) + tn[None, :], qt, t.T, alpha=-2.0).clamp_(min=0)
         d, i = torch.topk(d2, k, dim=1, largest=False, sorted=True)
-        return d.numpy(), i.numpy()
+        return d.cpu().numpy(), i.cpu().numpy()
     return run
 
 
@@ -106,15 +112,16 @@ def _faiss_block(block: np.ndarray):
 
 
 def search(index, queries, k: int, *, backend: str = "auto", query_block: int = 2048,
-           index_block: int = 131072) -> tuple[np.ndarray, np.ndarray]:
+           index_block: int = 131072, device="cpu") -> tuple[np.ndarray, np.ndarray]:
     """The ``k`` nearest index rows of each query, nearest first: ``(idx (q, k) int64, d2 (q, k))``
     with squared euclidean distances (ties: the lower index row first).
 
     Blockwise: one float32 copy of ``index_block`` index rows at a time (``index``/``queries`` may
     be float16 or memory-mapped), searched by every query block, merged into a running top-k —
-    so memory stays the inputs plus one block, at 1.4 M indexed drawings too.
+    so memory stays the inputs plus one block, at 1.4 M indexed drawings too. ``device``: where the
+    torch backend computes (the block and one query block of distances live there).
     """
-    backend = resolve_backend(backend)
+    backend = resolve_backend(backend, device)
     k = int(k)
     if k < 1 or k > len(index):
         raise ValueError(f"K={k} needs 1 <= K <= {len(index)} indexed embeddings")
@@ -125,10 +132,9 @@ def search(index, queries, k: int, *, backend: str = "auto", query_block: int = 
         return i.astype(np.int64), np.square(d).astype(np.float32)
     best_d = np.full((nq, k), np.inf, np.float32)
     best_i = np.full((nq, k), -1, np.int64)
-    make = _faiss_block if backend == "faiss" else _torch_block
     for a in range(0, len(index), int(index_block)):
         block = np.ascontiguousarray(index[a:a + int(index_block)], dtype=np.float32)
-        run = make(block)
+        run = _faiss_block(block) if backend == "faiss" else _torch_block(block, device)
         kk = min(k, len(block))
         for q0 in range(0, nq, int(query_block)):
             q = np.ascontiguousarray(queries[q0:q0 + int(query_block)], dtype=np.float32)
@@ -153,8 +159,9 @@ def study_tie_correct(neighbor_labels: np.ndarray, k: int, true_labels: np.ndarr
 
 
 def neighbor_labels(train_emb, train_labels, query_emb, k: int, *, exclude_self: bool = False,
-                    backend: str = "auto", query_block: int = 2048) -> np.ndarray:
-    """``(q, k)`` labels of each query's ``k`` nearest index rows, nearest first.
+                    backend: str = "auto", query_block: int = 2048, device="cpu") -> np.ndarray:
+    """``(q, k)`` labels of each query's ``k`` nearest index rows, nearest first (``device``: see
+    :func:`search`).
 
     ``exclude_self`` drops each query's own row when the query set *is* the index (leave-one-out).
     """
@@ -165,7 +172,7 @@ def neighbor_labels(train_emb, train_labels, query_emb, k: int, *, exclude_self:
         raise ValueError(f"K={k} needs at least {kmax} indexed embeddings, have {len(train_emb)}")
     if query_emb.ndim != 2 or query_emb.shape[1] != train_emb.shape[1]:
         raise ValueError(f"query embeddings {query_emb.shape} do not match index dimension {train_emb.shape[1]}")
-    idx, _ = search(train_emb, query_emb, kmax, backend=backend, query_block=query_block)
+    idx, _ = search(train_emb, query_emb, kmax, backend=backend, query_block=query_block, device=device)
     if exclude_self:
         own = np.arange(len(query_emb))[:, None]
         keep = idx != own

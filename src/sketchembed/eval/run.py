@@ -156,7 +156,10 @@ def _settings(cfg: DictConfig) -> dict:
     dtype = str(_sel(cfg, "embed_dtype", "float32"))
     if dtype not in ("float32", "float16"):
         raise ValueError(f"embed_dtype must be float32 or float16, got {dtype!r}")
-    return {"fractions": fractions, "ks": ks, "backend": resolve_backend(str(_sel(cfg, "knn.backend", "auto"))),
+    knn_device = str(_sel(cfg, "knn.device", "cpu"))
+    knn_device = (pick_device(str(cfg.device)) if knn_device == "auto" else pick_device(knn_device, "knn.device"))
+    return {"fractions": fractions, "ks": ks, "knn_device": knn_device,
+            "backend": resolve_backend(str(_sel(cfg, "knn.backend", "auto")), knn_device),
             "query_block": _int_or_none(cfg, "knn.query_block") or 2048,
             "max_train": _int_or_none(cfg, "knn.max_train", max(ks + [KNN_CLASSIFIER_K])),
             "curve_max_eval": _int_or_none(cfg, "curve_max_eval"),
@@ -300,16 +303,15 @@ def _knn_stage(ev: _Eval, train, tests) -> tuple[dict, dict, dict, np.ndarray]:
     ks = st["ks"]
     has_logits = tests[1.0].pred is not None
     preds, confs = {}, {}
-    with ev.stages("knn", n_index=len(train), backend=st["backend"]):
-        nl = neighbor_labels(train.embeddings, train.labels, tests[1.0].embeddings, max(ks + [KNN_CLASSIFIER_K]),
-                             backend=st["backend"], query_block=st["query_block"])
+    kw = {"backend": st["backend"], "query_block": st["query_block"], "device": st["knn_device"]}
+    with ev.stages("knn", n_index=len(train), backend=st["backend"], device=str(st["knn_device"])):
+        nl = neighbor_labels(train.embeddings, train.labels, tests[1.0].embeddings, max(ks + [KNN_CLASSIFIER_K]), **kw)
         knn_preds = {k: vote(nl, k, C) for k in ks}
         for f, t in tests.items():
             if has_logits:
                 preds[f], confs[f] = t.predictions(), t.conf
                 continue
-            nf = nl if f == 1.0 else neighbor_labels(train.embeddings, train.labels, t.embeddings, KNN_CLASSIFIER_K,
-                                                     backend=st["backend"], query_block=st["query_block"])
+            nf = nl if f == 1.0 else neighbor_labels(train.embeddings, train.labels, t.embeddings, KNN_CLASSIFIER_K, **kw)
             preds[f] = vote(nf, KNN_CLASSIFIER_K, C)
             confs[f] = (nf[:, :KNN_CLASSIFIER_K] == preds[f][:, None]).mean(1).astype(np.float32)
     return preds, confs, knn_preds, nl
@@ -435,7 +437,8 @@ def _figures_of_predictions(ev: _Eval, r: _Results, m: dict) -> None:
     if n_refs > 0 and k > 0:
         rng = np.random.default_rng(ev.seed)
         refs = np.sort(rng.choice(len(test), min(n_refs, len(test)), replace=False))
-        idx, d2 = search(train.embeddings, test.embeddings[refs], min(k, len(train)), backend=st["backend"])
+        idx, d2 = search(train.embeddings, test.embeddings[refs], min(k, len(train)), backend=st["backend"],
+                         device=st["knn_device"])
         test_store, train_store = dm.split_store("test"), dm.split_store("train")
         plot_neighbors(out / "neighbors.png",
                        [test_store.points(int(test.indices[i])) for i in refs], [int(test.labels[i]) for i in refs],

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sketchembed.data.formats import read_drawings
+from sketchembed.data.formats import FORMATS, read_drawings
 from sketchembed.data.formats.ndjson import decode_line, key_id_of
 from sketchembed.data.inputs import InputSettings
 from sketchembed.data.sketch import DataFormatError, Drawing, SkipReport, points_to_strokes
@@ -22,6 +22,9 @@ from sketchembed.eval.checkpoint import file_sha256, open_checkpoint
 from sketchembed.eval.embed import embed_points, pick_device
 from sketchembed.eval.knn import KNNIndex
 from sketchembed.eval.plots import plot_neighbors
+
+# a file holding one user's drawing (pretty-printed JSON allowed); ndjson files are read line by line
+SINGLE_DRAWING_SUFFIX = ".json"
 
 
 def parse_user_drawing(text: bytes, where: str, lineno: int = 1) -> tuple[Drawing, np.ndarray]:
@@ -60,7 +63,7 @@ def parse_user_drawing(text: bytes, where: str, lineno: int = 1) -> tuple[Drawin
 def _read_json_drawing(path: Path, line: int) -> tuple[Drawing, np.ndarray]:
     """``line``-th record of an ndjson file, or the one drawing of a (possibly pretty-printed) .json."""
     data = path.read_bytes()
-    if path.suffix.lower() == ".json":
+    if path.suffix.lower() == SINGLE_DRAWING_SUFFIX:
         if line != 1:
             raise ValueError(f"--line {line}: a .json file holds one drawing")
         return parse_user_drawing(data, str(path))
@@ -84,7 +87,7 @@ def read_sketch(path, line: int = 1):
     if line < 1:
         raise ValueError(f"--line must be >= 1, got {line}")
     try:
-        if path.suffix.lower() in (".json", ".ndjson"):
+        if path.suffix.lower() in (SINGLE_DRAWING_SUFFIX, *FORMATS["ndjson"].suffixes):
             return _read_json_drawing(path, line)
         drawing = None
         report = SkipReport(on_error="raise")

@@ -13,9 +13,9 @@ import math
 import numpy as np
 
 from sketchembed.data.sketch import points_to_strokes
-from sketchembed.data.user_drawing import FORMATS, UserDrawingError, user_drawing_points
+from sketchembed.data.user_drawing import UserDrawingError, user_drawing_points
 
-__all__ = ["FORMATS", "MAX_BODY_BYTES", "MAX_POINTS", "MAX_STROKES", "BadInput", "parse_k", "strokes_json",
+__all__ = ["MAX_BODY_BYTES", "MAX_POINTS", "MAX_STROKES", "BadInput", "parse_k", "strokes_json",
            "to_points"]
 
 MAX_STROKES = 256

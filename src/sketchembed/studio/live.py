@@ -86,8 +86,9 @@ def draw_stroke(page, points: Sequence[tuple[float, float]], steps: int = 6) -> 
     page.mouse.up()
 
 
-def wait_predictions(page, n: int, timeout_ms: int = 30000) -> None:
-    """Until the page has rendered its ``n``-th answer (``body[data-predictions]``)."""
+def wait_predictions(page, n: int, timeout_ms: float | None = None) -> None:
+    """Until the page has rendered its ``n``-th answer (``body[data-predictions]``); ``timeout_ms``
+    None: the page's default timeout."""
     page.wait_for_selector(f"body[data-predictions='{n}']", timeout=timeout_ms)
 
 

@@ -14,7 +14,7 @@ let sketch = { strokes: [], format: "raw", scale: 1 };
 let current = null;      // the stroke being drawn
 let t0 = null;           // time of the first point (ms), for the time row
 let requestSeq = 0;      // answers to older requests than the latest are dropped
-let predictions = 0;     // rendered answers (tests wait on body[data-predictions])
+let predictions = 0;     // answers shown, a guess or "a single dot" (tests wait on body[data-predictions])
 let replaying = false;
 
 // ---------------------------------------------------------------------------------- helpers
@@ -27,6 +27,10 @@ async function api(path, body) {
   if (!res.ok) throw new Error((data && data.detail) || `${res.status} ${res.statusText}`);
   return data;
 }
+
+// the server refuses a drawing whose points are all in one place (data/sketch.py check_strokes):
+// a first stroke that is a dot. Not an error while drawing or replaying: there is nothing to guess yet.
+const isDot = (err) => err.message.includes("all points in one place");
 
 function status(text, isError) {
   $("status").textContent = text;
@@ -143,6 +147,10 @@ function renderGuesses(res) {
     card.addEventListener("click", () => replayStored(nb.drawing, `(a ${nb.class} of the index)`, nb.class));
     grid.appendChild(card);
   }
+  answered();
+}
+
+function answered() {
   predictions += 1;
   document.body.dataset.predictions = String(predictions);
 }
@@ -165,7 +173,7 @@ async function guessNow() {
     status(`${strokes.length} stroke${strokes.length > 1 ? "s" : ""}: ${res.classes[0].name}?`);
   } catch (err) {
     if (seq !== requestSeq) return;
-    if (err.message.includes("all points in one place")) status("a single dot: keep drawing", false);
+    if (isDot(err)) { clearGuesses(); status("a single dot: keep drawing", false); answered(); }
     else status(err.message, true);
   }
 }
@@ -188,12 +196,22 @@ async function replay(strokes, format, scale, title, truth) {
       const n = strokes[i].x.length;
       for (let j = 1; j <= n; j += Math.max(1, Math.ceil(n / 12))) { redraw(shown, scale, j); await sleep(16); }
       redraw(shown, scale);
-      const res = await api("/api/predict", payload(shown, format));
-      renderGuesses(res);
-      record.push(res.classes);
+      let res = null;
+      try {
+        res = await api("/api/predict", payload(shown, format));
+      } catch (err) {
+        if (!isDot(err)) throw err;
+      }
       const li = document.createElement("li");
-      const top = res.classes[0];
-      li.textContent = `after stroke ${i + 1}: ${top.name} (${pct(top.p)})` + (truth ? (top.name === truth ? " ✓" : "") : "");
+      if (res) {
+        renderGuesses(res);
+        const top = res.classes[0];
+        li.textContent = `after stroke ${i + 1}: ${top.name} (${pct(top.p)})` + (truth ? (top.name === truth ? " ✓" : "") : "");
+      } else {
+        clearGuesses();
+        li.textContent = `after stroke ${i + 1}: a single dot, no guess yet`;
+      }
+      record.push(res ? res.classes : []);
       steps.appendChild(li);
       drawCurve(record, truth || top.name);
       await sleep(250);
