@@ -374,3 +374,14 @@ def test_npz_has_one_name_and_the_old_one_still_works(bucket, tmp_path, capsys):
 def test_progress_bars_render(bucket, tmp_path, capsys):
     download(CLASSES, "raw", tmp_path, url_base=bucket.url, progress=True, retries=0)
     assert "2/2 files" in capsys.readouterr().err
+
+
+def test_dest_that_is_a_file_is_one_line_and_exit_2(tmp_path, capsys):
+    dest = tmp_path / "afile"
+    dest.write_text("mine")
+    for where in (dest, dest / "sub"):  # a file, and a folder below a file
+        argv = ["data", "download", "--classes", "apple", "--dest", str(where), "--url-base", "http://127.0.0.1:9/"]
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and err.startswith("error: ") and str(dest) in err
+    assert dest.read_text() == "mine"

@@ -19,7 +19,7 @@ from sketchembed.cli import main
 from sketchembed.data.formats import (FORMATS, FileFormat, bucket_kinds, kinds, read_drawings, read_ndjson, register,
                                       suffixes, write_binary)
 from sketchembed.data.formats.binary import read_binary, timestamp_seconds
-from sketchembed.data.formats.ndjson import decode_line
+from sketchembed.data.formats.ndjson import decode_line, read_ndjson_blocks
 from sketchembed.data.formats.npz import read_npz, synthetic_key_id
 from sketchembed.data.prepare import prepare
 from sketchembed.data.simplify import normalize_to_canvas
@@ -100,6 +100,21 @@ def test_every_shared_file_reads_without_skips(shared_quickdraw):
     assert n_raw == 9513 and (lo, hi) == (-1013, 2755) and round(extent, 1) == 6.4
 
 
+@pytest.mark.parametrize("kind", ["simplified", "raw"])
+def test_byte_order_mark_at_the_start_is_accepted(shared_quickdraw, tmp_path, kind):
+    """Editors on Windows save UTF-8 with a BOM: the first drawing is read, by both readers."""
+    lines = _lines(shared_quickdraw / kind / "apple.ndjson", 5)
+    path = tmp_path / "apple.ndjson"
+    path.write_bytes(b"\xef\xbb\xbf" + b"\r\n".join(lines) + b"\r\n")
+    want = [int(json.loads(ln)["key_id"]) for ln in lines]
+    rep = SkipReport()
+    assert [d.key_id for d in read_ndjson(path, report=rep)] == want and rep.count == 0
+    blocks = [k for item in read_ndjson_blocks(path, report=rep)
+              for k in ([item.key_id] if isinstance(item, Drawing) else item.key_ids)]
+    assert blocks == want and rep.count == 0
+    assert FORMATS["ndjson"].kind_of(path) == kind
+
+
 def test_raw_and_simplified_detected_per_line(shared_quickdraw, tmp_path):
     mixed = tmp_path / "apple.ndjson"
     mixed.write_bytes(b"\n".join([_lines(shared_quickdraw / "raw" / "apple.ndjson", 1)[0],
@@ -122,6 +137,7 @@ NDJSON_CORRUPTIONS = {
     "negative coordinate": (lambda o: _with(o, lambda d: d[0][0].__setitem__(0, -1)), "0–255"),
     "fractional coordinate": (lambda o: _with(o, lambda d: d[0][0].__setitem__(0, 1.5)),
                               "non-integer"),
+    "boolean coordinate": (lambda o: _with(o, lambda d: d[0][0].__setitem__(0, True)), "true/false"),  # not 1
     "unknown class": (lambda o: {**o, "word": "unicorn"}, "unknown class"),
     "bad key_id": (lambda o: {**o, "key_id": "abc"}, "key_id"),
     "infinite key_id": (lambda o: {**o, "key_id": float("inf")}, "key_id"),
@@ -174,6 +190,8 @@ def test_corrupted_ndjson_is_counted_or_raised(shared_quickdraw, tmp_path, name)
     (lambda d: d[0][0].__setitem__(0, "12"), "non-numeric"),
     (lambda d: d[0][0].__setitem__(0, 1e9), "outside ±100,000"),
     (lambda d: d[0][1].__setitem__(0, -1e9), "outside ±100,000"),
+    (lambda d: d[0][0].__setitem__(0, False), "true/false"),
+    (lambda d: d[0][2].__setitem__(0, True), "true/false"),
     (lambda d: d.__setitem__(slice(None), [[[3.5, 3.5, 3.5], [2, 2, 2], [0, 10, 20]]]), "all points in one place"),
 ])
 def test_corrupted_raw_ndjson(shared_quickdraw, tmp_path, edit, words):
@@ -340,7 +358,7 @@ def test_npz_reads_stroke3_splits(shared_quickdraw, tmp_path):
         assert pts.min() == 0 and pts.max() == 255
     valid = list(read_drawings(path, split="valid"))
     assert [d.key_id for d in valid] == [d.key_id for d in got[6:9]]
-    assert got[6].key_id == synthetic_key_id("apple.npz", "valid", 0)
+    assert got[6].key_id == synthetic_key_id("apple.npz", "valid", 0, _stroke3(ds[6]))
     assert len({d.key_id for d in got}) == 12 and all(0 <= d.key_id < 2**63 for d in got)
     assert [d.key_id for d in read_npz(path)] == [d.key_id for d in got]  # deterministic
 
@@ -405,6 +423,67 @@ def test_malicious_npz_is_refused_and_nothing_runs(tmp_path, how, on_error):
     assert str(path) in str(e.value) and "refused" in str(e.value)
     assert how.split(".")[1] in str(e.value)  # refused at the hostile global itself
     assert not marker.exists()
+
+
+def test_npz_key_ids_depend_on_the_drawings(tmp_path):
+    """Two different files of one name (two folders) do not share ids; a copy of a file does."""
+    a = np.array([[10, 10, 0], [5, 5, 1]], dtype=np.int16)
+    b = np.array([[20, 0, 0], [0, 20, 1]], dtype=np.int16)
+    for folder, rows in (("a", [a]), ("b", [b]), ("c", [a])):
+        (tmp_path / folder).mkdir()
+        np.savez(tmp_path / folder / "pear.npz", train=_object_array(rows))
+    keys = {f: [d.key_id for d in read_npz(tmp_path / f / "pear.npz")] for f in "abc"}
+    assert keys["a"] != keys["b"] and keys["a"] == keys["c"]
+
+
+def _npz_member(path, body: bytes, descr="|O", shape=(1,)):
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, {"descr": descr, "fortran_order": False, "shape": shape})
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("train.npy", header.getvalue() + body)
+        z.writestr("valid.npy", _saved(_object_array([np.array([[10, 10, 0], [5, 5, 1]], dtype=np.int16)])))
+
+
+def _saved(arr) -> bytes:
+    buf = io.BytesIO()
+    np.lib.format.write_array(buf, arr, allow_pickle=True)
+    return buf.getvalue()
+
+
+class _Call:
+    """Pickles as ``func(*args)`` (what a crafted file can ask of the globals it may name)."""
+
+    def __init__(self, func, *args):
+        self.func, self.args = func, args
+
+    def __reduce__(self):
+        return self.func, self.args
+
+
+_HUGE = 10**13
+
+
+@pytest.mark.parametrize("case", ["ndarray call", "reconstruct", "setstate", "numeric header", "object header"])
+def test_npz_asking_for_a_huge_array_is_a_bad_member(tmp_path, case):
+    """A few hundred bytes must not make numpy allocate terabytes: refused before, one counted line."""
+    path = tmp_path / "apple.npz"
+    reconstruct = np.ndarray.__reduce__(np.zeros(1))[0]
+    if case == "ndarray call":  # the QA file: numpy.ndarray((10**13,))
+        _npz_member(path, pickle.dumps(_Call(np.ndarray, (_HUGE,)), protocol=3))
+    elif case == "reconstruct":
+        _npz_member(path, pickle.dumps(_Call(reconstruct, np.ndarray, (_HUGE,), b"b"), protocol=3))
+    elif case == "setstate":  # a well-formed array pickle whose state claims 10**13 elements
+        shape = b"\x8a\x06" + _HUGE.to_bytes(6, "little") + b"\x85"  # LONG1 10**13, TUPLE1
+        body = pickle.dumps(_object_array([1]), protocol=3).replace(b"K\x01\x85", shape)  # was (1,)
+        assert shape in body
+        _npz_member(path, body)
+    elif case == "numeric header":
+        _npz_member(path, b"\0" * 16, descr="<f8", shape=(_HUGE,))
+    else:
+        _npz_member(path, pickle.dumps(_object_array([1]), protocol=3), shape=(_HUGE,))
+    rep = SkipReport()
+    assert len(list(read_npz(path, report=rep))) == 1  # the valid split still reads
+    assert rep.count == 1 and rep.items[0][1] == "train" and "could hold" in rep.items[0][2]
 
 
 # --- streaming -------------------------------------------------------------------------------------

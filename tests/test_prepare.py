@@ -17,6 +17,7 @@ from sketchembed.data.formats.ndjson import read_ndjson_blocks
 from sketchembed.data.prepare import assign_splits, prepare, split_sizes
 from sketchembed.data.simplify import simplify_drawing
 from sketchembed.data.sketch import DataFormatError, Drawing, SkipReport, strokes_to_points
+from sketchembed.data.store import PreparedDataset
 
 KEY0 = 5_100_000_000_000_000
 
@@ -173,7 +174,7 @@ def test_bad_lines_fast_path_matches_reader(tmp_path):
         record("apple", KEY0 + 51, [[[1, 2], [3, 300]]]),           # off the canvas
         record("apple", KEY0 + 52, [[[1], [3]]]),                   # one-point stroke
         record("apple", KEY0 + 53, [[[1.5, 2], [3, 4]]]),           # non-integer
-        record("apple", KEY0 + 54, [[[True, 2], [3, 4]]]),          # bool (numpy reads it as 1)
+        record("apple", KEY0 + 54, [[[True, 2], [3, 4]]]),          # bool (numpy would read it as 1)
         record("apple", KEY0 + 55, []),                             # no strokes
         record("apple", "not-a-number", walk(rng)),                 # bad key_id
         record("apple", KEY0 + 56, walk(rng, raw=True)),            # raw line in a simplified file
@@ -199,8 +200,8 @@ def test_bad_lines_fast_path_matches_reader(tmp_path):
         else:
             flat += [(k, p.tolist()) for k, p in zip(item.key_ids, np.split(item.points, np.cumsum(item.lengths)[:-1]))]
     ref = [(d.key_id, d.points().tolist()) for d in read_ndjson(src / "apple.ndjson", report=rep_records, word="apple")]
-    assert flat == ref and len(ref) == 9  # six good lines (one twice), the bool line, the raw line
-    assert rep_blocks.count == rep_records.count == 13 and sorted(rep_blocks.items) == sorted(rep_records.items)
+    assert flat == ref and len(ref) == 8  # six good lines (one twice), the raw line
+    assert rep_blocks.count == rep_records.count == 14 and sorted(rep_blocks.items) == sorted(rep_records.items)
     fast = prepare([src], tmp_path / "fast", "apple")
     slow = prepare([src], tmp_path / "slow", "apple", fast=False)
     # rows may come in another order (odd lines are handled as they come); the content is the same
@@ -209,15 +210,16 @@ def test_bad_lines_fast_path_matches_reader(tmp_path):
     for k in rows_f:
         assert np.array_equal(fast.points(rows_f[k]), slow.points(rows_s[k]))
     kept = {int(k) for k in fast.key_ids}
-    assert kept == {KEY0 + i for i in range(6)} | {KEY0 + 54, KEY0 + 56}
+    assert kept == {KEY0 + i for i in range(6)} | {KEY0 + 56}
     sk_f, sk_s = fast.manifest["skipped"], slow.manifest["skipped"]
-    assert sk_f["count"] == sk_s["count"] == 13
+    assert sk_f["count"] == sk_s["count"] == 14
     assert sorted(map(json.dumps, sk_f["items"])) == sorted(map(json.dumps, sk_s["items"]))
-    assert {i["position"] for i in sk_f["items"]} == {f"line {n}" for n in (4, 5, 6, 7, 8, 10, 11, 13, 16,
+    assert {i["position"] for i in sk_f["items"]} == {f"line {n}" for n in (4, 5, 6, 7, 8, 9, 10, 11, 13, 16,
                                                                              17, 18, 19, 20)}
     reasons = {i["position"]: i["reason"] for i in sk_f["items"]}
     assert "nested too deeply" in reasons["line 17"] and "key_id True" in reasons["line 18"]
     assert "all points in one place" in reasons["line 19"] and "key_id 1.5" in reasons["line 20"]
+    assert "true/false" in reasons["line 9"]  # README: true is not 1, among coordinates either
     assert fast.manifest["duplicates"] == slow.manifest["duplicates"] == 1
     assert fast.manifest["simplified_from_raw"] == 1
     with pytest.raises(DataFormatError, match=r"apple.ndjson:line 4: broken JSON"):
@@ -270,11 +272,17 @@ def test_files_not_used_are_reported_and_other_datasets_read_with_from_files(sma
 
 
 def test_empty_class_is_an_error_naming_class_and_file(small_set, tmp_path):
-    (small_set / "bus.ndjson").write_text(record("bus", KEY0, [[[1], [2]]]) + "\n{oops\n")
-    with pytest.raises(DataFormatError, match=r"bus.ndjson.*class 'bus' has no valid drawings"):
+    (small_set / "apple.ndjson").write_text("{oops\n" * 60 + (small_set / "apple.ndjson").read_text())
+    (small_set / "bus.ndjson").write_text(record("bus", KEY0, [[[1], [2]]]) + "\n{oops\n" * 4)
+    # its first bad records are in the one line (no manifest is written to list them), after an
+    # earlier class filled the skip list
+    with pytest.raises(DataFormatError, match=r"bus.ndjson.*class 'bus' has no valid drawings .*; 5 bad "
+                                              r"record\(s\), first: bus.ndjson:line 1: stroke 0 has a single "
+                                              r"point; bus.ndjson:line 2: broken JSON.*; …\)$") as e:
         prepare([small_set], tmp_path / "out", "apple,bus")
+    assert "\n" not in str(e.value)
     (small_set / "bus.ndjson").write_text("")
-    with pytest.raises(DataFormatError, match=r"class 'bus' has no valid drawings"):
+    with pytest.raises(DataFormatError, match=r"class 'bus' has no valid drawings .*; no drawings in them"):
         prepare([small_set], tmp_path / "out", "apple,bus")
     assert not (tmp_path / "out").exists()
     with pytest.raises(FileNotFoundError, match="'van'"):
@@ -317,6 +325,73 @@ def test_cli_prepare_and_stats(small_set, tmp_path, capsys):
     (small_set / "pear.ndjson").write_text("{}\n")
     assert main(["data", "prepare", "--input", str(small_set), "--out", str(out), "--no-progress"]) == 2
     assert "class 'pear' has no valid drawings" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("case", ["file", "current directory", "input inside", "folder with a file"])
+def test_cli_refuses_an_output_that_may_hold_data(small_set, tmp_path, capsys, monkeypatch, case):
+    """Before reading any input, one line, exit 2, nothing touched (it used to be deleted)."""
+    out = tmp_path / "out"
+    inputs = [str(small_set)]
+    if case == "file":
+        out.write_text("mine")
+    elif case == "current directory":
+        out.mkdir()
+        monkeypatch.chdir(out)
+        out = "."
+    elif case == "input inside":
+        out = small_set.parent
+    else:
+        out.mkdir()
+        (out / "notes.txt").write_text("mine")
+    before = sorted((p.relative_to(tmp_path), p.stat().st_mtime_ns) for p in tmp_path.rglob("*"))
+
+    def no_reading(*a, **k):
+        raise AssertionError("inputs read before the output was checked")
+
+    monkeypatch.setattr("sketchembed.data.prepare.discover", no_reading)
+    assert main(["data", "prepare", "--input", *inputs, "--out", str(out), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"error: will not write a prepared dataset to {out}: ")
+    assert sorted((p.relative_to(tmp_path), p.stat().st_mtime_ns) for p in tmp_path.rglob("*")) == before
+
+
+def test_nan_fractions_are_refused_naming_the_option(small_set, tmp_path, capsys):
+    for text in ("nan,0.5,0.5", "0.5,nan,0.5", "inf,0,0"):
+        with pytest.raises(SystemExit) as e:
+            main(["data", "prepare", "--input", str(small_set), "--out", str(tmp_path / "out"),
+                  "--split", "fractions", "--fractions", text])
+        assert e.value.code == 2 and "argument --fractions: three finite numbers" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="fractions"):
+        prepare([small_set], tmp_path / "out", "apple", split="fractions", fractions=(float("nan"), 0.5, 0.5))
+    assert not (tmp_path / "out").exists()
+
+
+def _npz_of(path, drawings):
+    """sketch-rnn's layout: one object array of (dx, dy, pen_lift) rows per split."""
+    rows = np.empty(len(drawings), dtype=object)
+    for i, d in enumerate(drawings):
+        pts = d.points().astype(np.int16)
+        pts[1:, :2] = np.diff(pts[:, :2], axis=0)
+        rows[i] = pts
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(path, train=rows)
+
+
+def test_npz_files_of_one_name_and_npz_beside_ndjson(small_set, tmp_path, capsys):
+    pears = list(read_drawings(small_set / "pear.ndjson"))
+    _npz_of(tmp_path / "a" / "pear.npz", pears[:10])
+    _npz_of(tmp_path / "b" / "pear.npz", pears[10:])
+    _npz_of(tmp_path / "c" / "pear.npz", pears[:10])  # a copy of a/: its drawings are duplicates
+    ds = prepare([tmp_path / "a", tmp_path / "b", tmp_path / "c"], tmp_path / "out", "pear")
+    assert len(ds) == 25 and ds.manifest["duplicates"] == 10 and ds.manifest["warnings"] == []
+    # beside ndjson, duplicates cannot be found (no key_ids in .npz): one warning line per class
+    argv = ["data", "prepare", "--input", str(small_set), str(tmp_path / "a"), "--out", str(tmp_path / "out"),
+            "--classes", "apple,pear", "--no-progress"]
+    assert main(argv) == 0
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("warning: class 'pear': its npz file(s) carry no key_ids")
+    assert len(PreparedDataset(tmp_path / "out")) == 40 + 25 + 10
+    assert PreparedDataset(tmp_path / "out").manifest["warnings"] == [err[len("warning: "):-1]]
 
 
 def test_real_files_raw_and_simplified(shared_quickdraw, tmp_path):

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import pickle
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -178,3 +181,103 @@ def test_not_a_dataset(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(DataFormatError, match="manifest.json"):
         PreparedDataset(tmp_path / "empty")
+
+
+@pytest.mark.parametrize("case", ["file", "folder with a file", "dataset with a file", "other manifest",
+                                  "symlink", "current directory", "holds the current directory", "holds an input"])
+def test_output_that_may_hold_data_is_refused_and_untouched(tmp_path, monkeypatch, case):
+    """A prepared dataset replaces only a missing path, an empty folder or an earlier dataset."""
+    out = tmp_path / "out"
+    keep = out / "notes.txt"
+    inputs = ()
+    if case == "file":
+        out.write_text("mine")
+        keep = out
+    elif case == "folder with a file":
+        out.mkdir()
+        keep.write_text("mine")
+    elif case == "dataset with a file":
+        build(out, n=9)
+        keep.write_text("mine")
+    elif case == "other manifest":
+        out.mkdir()
+        keep = out / "manifest.json"
+        keep.write_text(json.dumps({"format": "something-else"}))
+    elif case == "symlink":
+        build(tmp_path / "real", n=9)
+        out.symlink_to(tmp_path / "real")
+        keep = tmp_path / "real" / "manifest.json"
+    elif case == "current directory":
+        build(out, n=9)
+        keep = out / "manifest.json"
+        monkeypatch.chdir(out)
+    elif case == "holds the current directory":
+        (out / "sub").mkdir(parents=True)
+        keep = out / "sub"
+        monkeypatch.chdir(out / "sub")
+    else:
+        out.mkdir()
+        keep.write_text("{}")
+        inputs = (keep,)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    with pytest.raises(ValueError, match=f"will not write a prepared dataset to {out}"):
+        PreparedWriter(out, ["apple"], inputs=inputs)
+    assert keep.exists() and sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+def test_output_changed_while_writing_is_not_replaced(tmp_path):
+    w = PreparedWriter(tmp_path / "out", ["apple"])
+    w.add(np.array([[0, 0, 0], [3, 3, 1]]), 0, 1)
+    (tmp_path / "out").write_text("someone else's")
+    with pytest.raises(ValueError, match="it is a file"):
+        w.close(splits=[0])
+    assert (tmp_path / "out").read_text() == "someone else's" and not list(tmp_path.glob(".out.*"))
+
+
+def test_empty_folder_and_earlier_dataset_are_replaced(tmp_path):
+    (tmp_path / "empty").mkdir()
+    assert len(build(tmp_path / "empty", n=9)[0]) == 9
+    assert len(build(tmp_path / "empty", n=12)[0]) == 12
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty"]
+
+
+def test_what_killed_writers_left_is_removed(tmp_path):
+    """SIGTERM leaves the temporary folder: the next writer removes those of processes gone."""
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    build(tmp_path / "ds", n=9)
+    left = tmp_path / f".ds.tmp-{dead.pid}-0123abcd"
+    build(left, n=9)
+    live = tmp_path / f".ds.tmp-{os.getpid()}-0123abcd"  # a writer still at work
+    live.mkdir()
+    old = tmp_path / ".ds.old-0123abcd"
+    build(old, n=9)
+    not_ours = tmp_path / ".ds.old-4567abcd"  # a file an earlier version moved aside: someone's data
+    not_ours.write_text("mine")
+    build(tmp_path / "ds", n=12)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["ds", live.name, not_ours.name])
+
+
+@pytest.mark.parametrize("field, value", [
+    ("arrays.points", None),
+    ("arrays.offsets", {"shape": "x", "sha256": "0"}),
+    ("arrays", []),
+    ("n_drawings", "x"),
+    ("n_drawings", True),
+    ("classes", "apple"),
+    ("classes", [1, 2, 3]),
+    ("split_rule", "x"),
+    ("split_rule", {"per_class": ["apple"]}),
+    ("skipped", {"count": 1, "items": [None]}),
+    ("duplicates", "x"),
+])
+def test_hand_edited_manifest_field_is_one_line_naming_it(tmp_path, capsys, field, value):
+    build(tmp_path / "ds", n=30)
+    manifest = tmp_path / "ds" / "manifest.json"
+    m = json.loads(manifest.read_text())
+    parent, _, key = field.rpartition(".")
+    (m[parent] if parent else m)[key] = value
+    manifest.write_text(json.dumps(m))
+    assert main(["data", "stats", str(tmp_path / "ds")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"error: {manifest}: field '{field}' must be")

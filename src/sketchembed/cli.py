@@ -63,6 +63,11 @@ def main(argv: list[str] | None = None) -> int:
     except (DataFormatError, FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except (FileExistsError, NotADirectoryError, IsADirectoryError, PermissionError) as e:
+        # a path given on the command line that is of the wrong kind or not ours: bad input too
+        where = f"{e.filename}: {e.strerror}" if e.filename and e.strerror else e
+        print(f"error: {where}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -412,6 +412,8 @@ def download(classes: str | Iterable[str], fmt: str = "simplified", dest: str | 
     names = resolve_classes(classes)
     _format(fmt)
     dest = Path(dest)
+    if dest.exists() and not dest.is_dir():
+        raise NotADirectoryError(f"download destination {dest} is a file, not a folder")
     dest.mkdir(parents=True, exist_ok=True)
     if progress is None:
         progress = sys.stderr.isatty()

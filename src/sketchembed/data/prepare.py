@@ -23,13 +23,16 @@ with the class, so a few boundary drawings can also move from train to val/test.
 
 The same key_id seen twice in a class (e.g. raw and simplified copies) is kept once — simplified
 files are read first, so the simplified copy wins and raw duplicates are not even simplified. A
-key_id already kept in another class is a counted bad input (it would carry two labels).
+key_id already kept in another class is a counted bad input (it would carry two labels). ``.npz``
+files carry no key_ids (theirs are made up from the drawing), so a class with an ``.npz`` beside
+files of another kind gets a warning (manifest ``warnings``): copies across them are kept twice.
 """
 
 from __future__ import annotations
 
 import argparse
 import hashlib
+import math
 import os
 import sys
 import time
@@ -46,9 +49,12 @@ from sketchembed.data.formats import (FileFormat, discover, format_of, kinds, re
                                       suffix_list)
 from sketchembed.data.simplify import simplify_drawing
 from sketchembed.data.sketch import CANVAS_MAX, DataFormatError, Drawing, SkipReport, check_strokes, strokes_to_points
-from sketchembed.data.store import SPLIT_CODES, PreparedDataset, PreparedWriter
+from sketchembed.data.store import SPLIT_CODES, PreparedDataset, PreparedWriter, check_target
 
 DEFAULT_FRACTIONS = (0.7, 0.15, 0.15)
+#: Kinds whose files carry no key_ids (sketch-rnn's .npz: prepare makes them up), so a drawing there
+#: and its copy in a file of another kind cannot be recognised as one drawing.
+NO_KEY_IDS = ("npz",)
 _BATCH = 4096  # drawings per pending batch (cross-class duplicate check, bulk writes)
 
 # --------------------------------------------------------------------------------------------
@@ -307,6 +313,7 @@ def prepare(inputs: str | os.PathLike | Iterable, out, classes: str | Sequence[s
             study_min_factor: float = 3.0, progress: bool = False, fast: bool = True,
             console=None) -> PreparedDataset:
     """Prepare per-class files into a dataset at ``out`` (replaced atomically); returns it opened.
+    ``out`` must pass :func:`~sketchembed.data.store.check_target` (checked before any input is read).
 
     ``classes``: names, ``"study"``, ``"all"`` (every category with a file among ``inputs``) or
     ``"from-files"`` (every file name is a class, Quick, Draw!'s or not). ``fmt``: which files to
@@ -323,11 +330,13 @@ def prepare(inputs: str | os.PathLike | Iterable, out, classes: str | Sequence[s
     if split not in ("study", "fractions"):
         raise ValueError(f"split must be 'study' or 'fractions', got {split!r}")
     fractions = tuple(float(f) for f in fractions)
-    if len(fractions) != 3 or min(fractions) < 0 or abs(sum(fractions) - 1) > 1e-6:
+    if (len(fractions) != 3 or not all(map(math.isfinite, fractions)) or min(fractions) < 0
+            or abs(sum(fractions) - 1) > 1e-6):
         raise ValueError(f"fractions must be three non-negative numbers (train, val, test) summing to 1, "
                          f"got {fractions}")
     if val_per_class < 0 or test_per_class < 0:
         raise ValueError("val/test per class must be >= 0")
+    check_target(out, inputs)  # before reading anything: refused outputs cost nothing
     report = SkipReport(on_error=on_error)
     found = discover(inputs)
     class_list = resolve_class_spec(classes, found)
@@ -336,6 +345,7 @@ def prepare(inputs: str | os.PathLike | Iterable, out, classes: str | Sequence[s
     t0 = time.perf_counter()
 
     ignored: list[dict] = []
+    notes: list[str] = []  # one line each, in the manifest and printed by the command
     for stem in sorted(set(found) - set(class_list)):
         why = ("not a Quick, Draw! category (--classes from-files takes every file name as a class)"
                if stem not in CATEGORY_SET else "class not asked for (--classes)")
@@ -354,27 +364,38 @@ def prepare(inputs: str | os.PathLike | Iterable, out, classes: str | Sequence[s
             raise FileNotFoundError(f"class {cls!r}: no {fmt} file among {', '.join(map(str, found[cls]))}")
         srcs.sort(key=lambda s: (reading_order(s.kind), str(s.path)))  # simplified copies win duplicates
         plan.append(srcs)
+        keyless = sorted({s.kind for s in srcs if s.kind in NO_KEY_IDS})
+        if keyless and any(s.kind not in NO_KEY_IDS for s in srcs):
+            others = sorted({s.kind for s in srcs if s.kind not in NO_KEY_IDS})
+            notes.append(f"class {cls!r}: its {'/'.join(keyless)} file(s) carry no key_ids, so copies of a "
+                         f"drawing there and in its {'/'.join(others)} file(s) are not found as duplicates "
+                         f"(both are kept)")
     total_bytes = sum(s.path.stat().st_size for srcs in plan for s in srcs)
 
-    writer = PreparedWriter(out, class_list)
+    writer = PreparedWriter(out, class_list, inputs=inputs)
     prev_keys = np.zeros(0, dtype=np.uint64)
     prev_labels = np.zeros(0, dtype=np.int16)
     with writer, _progress(progress, console) as bar:
         task = bar.add_task("prepare", total=total_bytes, drawings=0)
         for label, (cls, srcs) in enumerate(zip(class_list, plan)):
-            cp = _ClassPass(cls, label, writer, report, prev_keys, prev_labels, class_list, words)
+            class_report = SkipReport(on_error=on_error)  # this class's skips, for its error if it ends empty
+            cp = _ClassPass(cls, label, writer, class_report, prev_keys, prev_labels, class_list, words)
             start = len(writer)
             for src in srcs:
                 bar.update(task, description=f"{cls} ({src.kind})")
                 _read(src, cp, fmt, fast, lambda n: bar.update(task, advance=n, drawings=len(writer)))
                 cp.flush()
                 bar.update(task, drawings=len(writer))
+            report.merge(class_report)
             if cp.kept == 0:
                 files = ", ".join(str(s.path) for s in srcs)
-                skipped = sum(1 for p, _, _ in report.items if p in {str(s.path) for s in srcs})
-                raise DataFormatError(srcs[0].path, None,
-                                      f"class {cls!r} has no valid drawings (files: {files}; "
-                                      f"{skipped} bad record(s) listed among the skipped)")
+                first = [f"{Path(p).name}:{pos}: {why}" if pos else f"{Path(p).name}: {why}"
+                         for p, pos, why in class_report.items]
+                more = "; …" if class_report.count > 3 else ""
+                bad = (f"{class_report.count} bad record(s), first: {'; '.join(first[:3])}{more}"
+                       if class_report.count else "no drawings in them")
+                raise DataFormatError(srcs[0].path, None, f"class {cls!r} has no valid drawings (files: {files}; "
+                                                          f"{bad})")
             new = np.sort(writer.key_ids[start:])
             at = np.searchsorted(prev_keys, new)
             prev_keys = np.insert(prev_keys, at, new)
@@ -396,6 +417,7 @@ def prepare(inputs: str | os.PathLike | Iterable, out, classes: str | Sequence[s
             },
             "sources": [s.to_json() for s in sources],
             "ignored_files": ignored,
+            "warnings": notes,
             "skipped": report.to_json(),
             "duplicates": sum(s.duplicates for s in sources),
             "simplified_from_raw": sum(s.simplified_here for s in sources),
@@ -438,9 +460,11 @@ def _fractions_arg(text: str) -> tuple[float, float, float]:
     try:
         parts = tuple(float(x) for x in text.split(","))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"fractions must be numbers like 0.7,0.15,0.15, got {text!r}") from None
+        parts = ()
+    if not all(map(math.isfinite, parts)):
+        parts = ()
     if len(parts) != 3:
-        raise argparse.ArgumentTypeError("fractions are three numbers: train,val,test")
+        raise argparse.ArgumentTypeError(f"three finite numbers train,val,test like 0.7,0.15,0.15, got {text!r}")
     return parts
 
 
@@ -448,7 +472,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.description = "Turn per-class Quick, Draw! files into one prepared (memory-mapped) dataset."
     parser.add_argument("--input", "-i", nargs="+", required=True, metavar="DIR_OR_FILE",
                         help=f"per-class files (<class>{suffix_list('/')}) or directories searched recursively")
-    parser.add_argument("--out", "-o", required=True, type=Path, help="output directory (replaced atomically)")
+    parser.add_argument("--out", "-o", required=True, type=Path,
+                        help="output folder: a new path, an empty folder or an earlier prepared dataset "
+                             "(replaced atomically); anything else is refused")
     parser.add_argument("--classes", default="all",
                         help="a,b,… | study | all (every Quick, Draw! class found; default) | from-files "
                              "(every file name is a class: sketch datasets with other class names)")
@@ -473,5 +499,7 @@ def run(args: argparse.Namespace) -> int:
                  val_per_class=args.val_per_class, test_per_class=args.test_per_class,
                  fractions=args.fractions, on_error=args.on_error, seed=args.seed,
                  progress=not args.no_progress and sys.stderr.isatty())
+    for line in ds.manifest.get("warnings", []):
+        print(f"warning: {line}", file=sys.stderr)
     print(summary(ds))
     return 0

@@ -15,12 +15,43 @@ from rich.console import Console
 from rich.table import Table
 
 from sketchembed.data.embedded import EMBEDDED_NAMES, embedded_dataset_path
-from sketchembed.data.sketch import SkipReport
-from sketchembed.data.store import ARRAYS, SPLIT_NAMES, PreparedDataset
+from sketchembed.data.sketch import DataFormatError, SkipReport
+from sketchembed.data.store import ARRAYS, SPLIT_NAMES, PreparedDataset, is_count
 
 
 # Console width when stdout is not a terminal: wide enough for every column (tables do not pad).
 LOG_WIDTH = 400
+
+
+def _is_skipped(v) -> bool:
+    return (type(v) is dict and is_count(v.get("count", 0)) and type(v.get("items", [])) is list
+            and all(type(i) is dict and all(type(i.get(k)) is str for k in ("file", "position", "reason"))
+                    for i in v.get("items", [])))
+
+
+#: The manifest's informational fields stats shows: (default, check, what it must be).
+_EXTRAS = {
+    "split_rule": ({}, lambda v: type(v) is dict and type(v.get("per_class", {})) is dict
+                   and all(type(r) is str for r in v.get("per_class", {}).values()),
+                   "an object whose per_class maps classes to rule names"),
+    "duplicates": (0, is_count, "a non-negative integer"),
+    "simplified_from_raw": (0, is_count, "a non-negative integer"),
+    "skipped": ({"count": 0, "items": []}, _is_skipped,
+                "an object with count and items (file, position, reason)"),
+    "sources": ([], lambda v: type(v) is list, "a list"),
+}
+
+
+def manifest_extras(ds: PreparedDataset) -> dict:
+    """The fields of :data:`_EXTRAS` (defaults where absent), checked: a hand-edited value is one
+    ``DataFormatError`` naming manifest.json and the field, not a traceback in the table code."""
+    out = {}
+    for key, (default, ok, want) in _EXTRAS.items():
+        value = ds.manifest.get(key, default)
+        if not ok(value):
+            raise DataFormatError(ds.root / "manifest.json", None, f"field {key!r} must be {want}")
+        out[key] = value
+    return out
 
 
 def compute_stats(ds: PreparedDataset, *, chunk_points: int = 1 << 24) -> dict:
@@ -56,19 +87,19 @@ def compute_stats(ds: PreparedDataset, *, chunk_points: int = 1 << 24) -> dict:
         per_class[name] = {**dict(zip(SPLIT_NAMES, map(int, counts[i]))), "total": int(counts[i].sum()),
                            "points_mean": round(float(n_points[m].mean()), 1) if m.any() else 0.0,
                            "strokes_mean": round(float(n_strokes[m].mean()), 2) if m.any() else 0.0}
-    man = ds.manifest
+    man = manifest_extras(ds)
     return {
         "root": str(ds.root), "n_drawings": n, "n_points": int(len(pts)), "classes": c,
         "splits": dict(zip(SPLIT_NAMES, map(int, counts.sum(0)))),
         "per_class": per_class,
         "points_per_drawing": describe(n_points),
         "strokes_per_drawing": describe(n_strokes),
-        "split_rule": {k: v for k, v in man.get("split_rule", {}).items() if k != "per_class"},
-        "split_rule_per_class": man.get("split_rule", {}).get("per_class", {}),
-        "duplicates": man.get("duplicates", 0),
-        "simplified_from_raw": man.get("simplified_from_raw", 0),
-        "skipped": man.get("skipped", {"count": 0, "items": []}),
-        "sources": len(man.get("sources", [])),
+        "split_rule": {k: v for k, v in man["split_rule"].items() if k != "per_class"},
+        "split_rule_per_class": man["split_rule"].get("per_class", {}),
+        "duplicates": man["duplicates"],
+        "simplified_from_raw": man["simplified_from_raw"],
+        "skipped": man["skipped"],
+        "sources": len(man["sources"]),
     }
 
 

@@ -24,6 +24,7 @@ import array
 import hashlib
 import json
 import os
+import re
 import shutil
 import struct
 import time
@@ -54,6 +55,9 @@ ARRAYS: dict[str, tuple[str, tuple[int, ...]]] = {
 #: Arrays whose checksum is checked on every open (small: ~19 bytes per drawing). ``points`` is
 #: only checked by :meth:`PreparedDataset.verify` (it is most of the bytes).
 CHEAP_TO_VERIFY = ("offsets", "labels", "key_ids", "splits")
+
+#: What a prepared directory holds; a folder holding anything else is never replaced.
+STORE_FILES = frozenset({"manifest.json", *(f"{name}.npy" for name in ARRAYS)})
 
 _NPY_HEADER_SIZE = 128  # fixed, so the header can be rewritten in place once the length is known
 _HASH_BLOCK = 1 << 24
@@ -105,6 +109,87 @@ class _ArrayFile:
             self.fp.close()
 
 
+def target_problem(root, inputs: Iterable = ()) -> str | None:
+    """Why a prepared dataset may not be written to ``root``, or None.
+
+    Writing replaces what is there, so only a missing path, an empty folder or an earlier prepared
+    dataset (its own files and nothing else) qualify: anything else could be someone's data. Nor
+    may ``root`` be or hold the current directory, or hold one of ``inputs`` (read while writing).
+    """
+    root = Path(root)
+    where = root.resolve()
+    cwd = Path.cwd().resolve()
+    if where == cwd or where in cwd.parents:
+        return "it is (or holds) the current directory"
+    for inp in inputs:
+        p = Path(inp).resolve()
+        if p == where or where in p.parents:
+            return f"the input {inp} lies inside it"
+    if root.is_symlink():
+        return "it is a symbolic link (give the folder it points to)"
+    if not root.exists():
+        return None
+    if not root.is_dir():
+        return "it is a file, not a folder"
+    try:
+        names = {p.name for p in root.iterdir()}
+    except OSError as e:
+        return f"it cannot be listed ({e.strerror})"
+    if not names:
+        return None
+    if "manifest.json" not in names:
+        return "it is a folder that is not a prepared dataset (no manifest.json)"
+    try:
+        manifest = decode_line((root / "manifest.json").read_bytes())
+    except (ValueError, OSError):
+        manifest = None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_NAME:
+        return f"its manifest.json is not a {FORMAT_NAME} manifest"
+    others = sorted(names - STORE_FILES)
+    if others:
+        return f"it holds files that are not part of a prepared dataset: {short_list(others, 5)}"
+    return None
+
+
+def check_target(root, inputs: Iterable = ()) -> None:
+    """:func:`target_problem` as a ``ValueError`` naming ``root`` (one line)."""
+    why = target_problem(root, inputs)
+    if why:
+        raise ValueError(f"will not write a prepared dataset to {root}: {why}; the output must be a "
+                         f"new path, an empty folder or an earlier prepared dataset")
+
+
+def _pid_running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # e.g. another user's process: running
+        return True
+    return True
+
+
+def remove_stale_siblings(root) -> None:
+    """Remove what writers that died (SIGTERM, a crash) left next to ``root``: ``.NAME.tmp-PID-*``
+    folders whose process is gone, and ``.NAME.old-*`` folders that were an earlier dataset."""
+    root = Path(root)
+    pattern = re.compile(rf"\.{re.escape(root.name)}\.(?:tmp-(\d+)|old)-[0-9a-f]{{8}}")
+    try:
+        siblings = list(root.parent.iterdir())
+    except OSError:
+        return
+    for p in siblings:
+        m = pattern.fullmatch(p.name)
+        if not m or p.is_symlink() or not p.is_dir():
+            continue
+        if m.group(1) is not None:
+            if _pid_running(int(m.group(1))):
+                continue
+        elif target_problem(p):  # not an earlier dataset (someone's data): keep it
+            continue
+        shutil.rmtree(p, ignore_errors=True)
+
+
 class PreparedWriter:
     """Streams drawings into a prepared dataset directory.
 
@@ -112,10 +197,13 @@ class PreparedWriter:
     per-drawing columns (lengths, labels, key_ids) grow in compact ``array.array`` buffers
     (~18 bytes per drawing), never as Python objects per drawing. Everything is written into a
     temporary sibling directory that replaces ``root`` only on :meth:`close`, so a crash or an
-    error never leaves a half-written dataset where a good one is expected.
+    error never leaves a half-written dataset where a good one is expected. ``root`` must pass
+    :func:`check_target` (with ``inputs``, the files read into it) at the start and again right
+    before the replace.
     """
 
-    def __init__(self, root, classes: Iterable[str], *, overwrite: bool = True, chunk_points: int = 1 << 20):
+    def __init__(self, root, classes: Iterable[str], *, overwrite: bool = True, chunk_points: int = 1 << 20,
+                 inputs: Iterable = ()):
         self.root = Path(root)
         self.classes = list(classes)
         if not self.classes:
@@ -127,7 +215,10 @@ class PreparedWriter:
             raise ValueError("too many classes for int16 labels")
         if self.root.exists() and not overwrite:
             raise FileExistsError(f"{self.root} exists (pass overwrite=True to replace it)")
+        self.inputs = list(inputs)
+        check_target(self.root, self.inputs)
         self.root.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_siblings(self.root)
         self.tmp = self.root.parent / f".{self.root.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self.tmp.mkdir()
         self.overwrite = overwrite
@@ -286,6 +377,7 @@ class PreparedWriter:
         return manifest
 
     def _move_into_place(self) -> None:
+        check_target(self.root, self.inputs)  # what is there may have changed while writing
         old = None
         if self.root.exists():
             if not self.overwrite:
@@ -309,6 +401,36 @@ class PreparedWriter:
         if exc_type is not None and not self._closed:
             self.abort()
         return False
+
+
+def is_count(v) -> bool:
+    return type(v) is int and v >= 0
+
+
+def _manifest_field(manifest: dict, mpath: Path, key: str):
+    """``manifest[key]`` for the fields opening needs, checked: a hand-edited value is one error
+    naming the field, not a traceback where it is first used."""
+    value = manifest.get(key)
+    if key == "classes":
+        ok = type(value) is list and all(type(c) is str for c in value)
+        want = "a list of class names (strings only)"
+    elif key == "n_drawings":
+        ok, want = is_count(value), "a non-negative integer"
+    else:  # arrays
+        ok = type(value) is dict
+        want = "an object with an entry per array"
+        for name in ARRAYS if ok else ():
+            entry = value.get(name)
+            if not (type(entry) is dict and type(entry.get("shape")) is list
+                    and all(is_count(d) for d in entry["shape"]) and type(entry.get("sha256")) is str):
+                key, value = f"arrays.{name}", entry
+                want = "an object with its shape (a list of sizes) and sha256 (a string)"
+                ok = False
+                break
+    if not ok:
+        shown = {list: "a list", dict: "an object"}.get(type(value)) or json.dumps(value)[:60]
+        raise DataFormatError(mpath, None, f"field {key!r} must be {want}, got {shown}")
+    return value
 
 
 def _sha256_of(arr: np.ndarray) -> str:
@@ -344,12 +466,9 @@ class PreparedDataset:
         if self.manifest.get("version") != FORMAT_VERSION:
             raise DataFormatError(mpath, None, f"format version {self.manifest.get('version')}, "
                                                f"this code reads {FORMAT_VERSION}")
-        try:
-            self.classes: list[str] = list(self.manifest["classes"])
-            n = int(self.manifest["n_drawings"])
-            info = self.manifest["arrays"]
-        except (KeyError, TypeError, ValueError) as e:
-            raise DataFormatError(mpath, None, f"manifest lacks {e}") from None
+        self.classes: list[str] = list(_manifest_field(self.manifest, mpath, "classes"))
+        n = _manifest_field(self.manifest, mpath, "n_drawings")
+        info = _manifest_field(self.manifest, mpath, "arrays")
 
         arrays = {}
         for name, (dtype, trailing) in ARRAYS.items():
@@ -362,8 +481,8 @@ class PreparedDataset:
                 raise DataFormatError(path, None, f"unreadable or truncated .npy: {e}") from None
             if a.dtype != np.dtype(dtype) or a.shape[1:] != trailing:
                 raise DataFormatError(path, None, f"dtype/shape {a.dtype}{a.shape}, expected {dtype} (*, {trailing})")
-            want = info.get(name, {}).get("shape") if isinstance(info, dict) else None
-            if want is not None and list(a.shape) != list(want):
+            want = info[name]["shape"]
+            if list(a.shape) != want:
                 raise DataFormatError(path, None, f"shape {a.shape} but the manifest says {tuple(want)}")
             arrays[name] = a
         self._points = arrays["points"]
@@ -396,9 +515,7 @@ class PreparedDataset:
             self.verify()
 
     def _check_sha(self, name: str) -> None:
-        want = self.manifest["arrays"].get(name, {}).get("sha256")
-        if want is None:
-            raise DataFormatError(self.root / "manifest.json", None, f"no sha256 recorded for {name}.npy")
+        want = self.manifest["arrays"][name]["sha256"]
         got = _sha256_of(getattr(self, "_points" if name == "points" else name))
         if got != want:
             raise DataFormatError(self.root / f"{name}.npy", None,

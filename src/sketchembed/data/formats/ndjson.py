@@ -34,6 +34,7 @@ from sketchembed.data.sketch import CANVAS_MAX, MIN_EXTENT, Drawing, SkipReport,
 _SCAN = json.scanner.make_scanner(json.JSONDecoder())
 _SPACE = json.decoder.WHITESPACE.match
 _U64 = 2**64
+_BOM = b"\xef\xbb\xbf"  # a UTF-8 byte order mark, which some editors put at the start of a file
 
 
 def decode_line(line: bytes | str):
@@ -126,6 +127,8 @@ def _parse(obj, expected_word: str | None, words) -> tuple[Drawing | None, str |
         lengths = [len(r) if isinstance(r, list) else -1 for r in s]
         if -1 in lengths:
             return None, f"stroke {i} rows are not lists"
+        if any(bool in map(type, r) for r in s):  # numpy would read true as 1
+            return None, f"stroke {i} has true/false among its numbers"
         if len(set(lengths)) > 1:
             names = "x/y/t" if is_raw else "x/y"
             return None, f"stroke {i} {names} length mismatch {'/'.join(map(str, lengths))}"
@@ -177,7 +180,7 @@ def sniff_kind(path: Path) -> str:
             if i >= 100:
                 break
             try:
-                d = decode_line(line)["drawing"]
+                d = decode_line(line[len(_BOM):] if i == 0 and line.startswith(_BOM) else line)["drawing"]
                 return "raw" if len(d[0]) == 3 else "simplified"
             except (ValueError, KeyError, TypeError, IndexError):
                 continue
@@ -199,6 +202,8 @@ def read_ndjson(source: str | os.PathLike | IO[bytes], *, report: SkipReport, wo
     name, f, close = _lines(source)
     try:
         for lineno, line in enumerate(f, 1):
+            if lineno == 1 and line.startswith(_BOM):
+                line = line[len(_BOM):]
             if not line.strip():
                 continue
             drawing = parse_line(line, lineno, word, words, report, name)
@@ -294,15 +299,22 @@ def read_ndjson_blocks(source: str | os.PathLike | IO[bytes], *, report: SkipRep
     try:
         for lineno, line in enumerate(f, 1):
             nbytes += len(line)
+            if lineno == 1 and line.startswith(_BOM):
+                line = line[len(_BOM):]
             n0 = len(slens)
             x0 = len(X)
             try:
-                head = _header(decode_line(line), word, words)
+                obj = decode_line(line)
+                head = _header(obj, word, words)
                 if type(head) is str:
                     raise ValueError(head)
                 k, _, strokes = head
                 if not strokes:
                     raise ValueError("no strokes")
+                # numpy would read a true among the coordinates as 1: a line with more true/false
+                # than its "recognized" may hold one, and goes to the record parser
+                if line.count(b"true") + line.count(b"false") > ("recognized" in obj):
+                    raise ValueError("maybe a boolean among the numbers")
                 for xs, ys in strokes:
                     m = len(xs)
                     if m < 2 or m != len(ys) or type(xs) is not list or type(ys) is not list:

@@ -10,7 +10,12 @@ Deltas are summed into absolute points (the first row is taken as the offset fro
 since stroke-3 coordinates are on no fixed canvas, normalised like the dataset's simplification
 (top-left aligned, scaled into 0–255) and rounded. One-point strokes are kept: sketch-rnn's own
 conversion drops each drawing's first point, which leaves one-point first strokes in real files.
-The files carry no ids: ``key_id`` is a deterministic 63-bit hash of (file name, split, index).
+The files carry no ids: ``key_id`` is a deterministic 63-bit hash of (file name, split, index, the
+drawing's stroke-3 values), so two copies of one file dedupe but two different files of one name
+do not collide.
+
+A pickle can ask numpy for an array of any size: array construction is admitted only for sizes the
+member's bytes could hold (a 300-byte file asking for 80 TB is a bad member, not a MemoryError).
 
 Memory: one split at a time (a pickle cannot be read in parts); drawings are then yielded one by one.
 """
@@ -18,6 +23,7 @@ Memory: one split at a time (a pickle cannot be read in parts); drawings are the
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import pickle
 import zipfile
@@ -34,53 +40,117 @@ from sketchembed.data.sketch import DataFormatError, Drawing, SkipReport, check_
 SPLITS = ("train", "valid", "test")
 
 _RECONSTRUCT = np.ndarray.__reduce__(np.zeros(1))[0]  # the function numpy's array pickles call
-_ALLOWED = {
-    ("numpy.core.multiarray", "_reconstruct"): _RECONSTRUCT,
-    ("numpy._core.multiarray", "_reconstruct"): _RECONSTRUCT,
-    ("numpy", "ndarray"): np.ndarray,
-    ("numpy", "dtype"): np.dtype,
-}
+_RECONSTRUCT_NAMES = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct")}
 
 
 class ForbiddenPickle(pickle.UnpicklingError):
     pass
 
 
+def _array_bytes(shape, dtype) -> int:
+    """Bytes an array of ``shape`` and ``dtype`` would take (object elements: 8), before making it."""
+    dims = shape if isinstance(shape, (tuple, list)) else (shape,)
+    return math.prod(int(d) for d in dims) * max(np.dtype(dtype).itemsize, 1)
+
+
+class _Unpickled(np.ndarray):
+    """An array while it is unpickled: numpy allocates in ``__setstate__`` (the state names the
+    shape), so the size is checked there first. ``limit`` is set per member by the unpickler."""
+
+    limit = 0
+
+    def __setstate__(self, state):
+        if isinstance(state, tuple) and len(state) in (4, 5):  # ([version,] shape, dtype, fortran, data)
+            _check_size(state[-4], state[-3], self.limit)
+        super().__setstate__(state)
+
+
+def _check_size(shape, dtype, limit: int) -> None:
+    size = _array_bytes(shape, dtype)
+    if size > limit:
+        raise pickle.UnpicklingError(f"pickle asks for an array of {size:,} bytes, more than the member "
+                                     f"could hold ({limit:,})")
+
+
 class NumpyOnlyUnpickler(pickle.Unpickler):
-    """Unpickles numpy arrays (numeric or object) and refuses every other global."""
+    """Unpickles numpy arrays (numeric or object) and refuses every other global, and any array
+    larger than ``limit`` bytes before numpy allocates it. Arrays come back as plain ndarrays."""
+
+    def __init__(self, file, *, limit: int, **kw):
+        super().__init__(file, **kw)
+        self.limit = limit
+        # one class per unpickler carries its limit into __setstate__; bound once, so identity holds
+        self._array_type = type("_Unpickled", (_Unpickled,), {"limit": limit})
+        self._ndarray = self._new_array
+        self._reconstruct = self._reconstruct_array
+
+    def _new_array(self, shape, dtype=float, *args, **kw):
+        _check_size(shape, dtype, self.limit)
+        return self._array_type(shape, dtype, *args, **kw)
+
+    def _reconstruct_array(self, subtype, shape, dtype):
+        if subtype is not self._ndarray:
+            raise pickle.UnpicklingError(f"array reconstruction of {type(subtype).__name__}, not numpy.ndarray")
+        _check_size(shape, dtype, self.limit)
+        return _RECONSTRUCT(self._array_type, shape, dtype)
 
     def find_class(self, module, name):
-        try:
-            return _ALLOWED[(module, name)]
-        except KeyError:
-            raise ForbiddenPickle(f"refused to unpickle {module}.{name}: only numpy arrays are "
-                                  f"allowed in an .npz file") from None
+        if (module, name) in _RECONSTRUCT_NAMES:
+            return self._reconstruct
+        if (module, name) == ("numpy", "ndarray"):
+            return self._ndarray  # also the class argument of _reconstruct, which checks for it
+        if (module, name) == ("numpy", "dtype"):
+            return np.dtype
+        raise ForbiddenPickle(f"refused to unpickle {module}.{name}: only numpy arrays are "
+                              f"allowed in an .npz file")
 
     def persistent_load(self, pid):
         raise ForbiddenPickle("refused to unpickle a persistent id")
 
+    def load(self):
+        obj = super().load()
+        if isinstance(obj, np.ndarray):
+            obj = obj.view(np.ndarray)
+            if obj.dtype.hasobject:
+                for i, x in enumerate(obj.flat):
+                    if isinstance(x, np.ndarray):
+                        obj.flat[i] = x.view(np.ndarray)
+        return obj
+
 
 def load_npy_member(zf: zipfile.ZipFile, member: str):
-    """One ``.npy`` member: numeric arrays without pickle, object arrays through the safe unpickler."""
+    """One ``.npy`` member: numeric arrays without pickle, object arrays through the safe unpickler.
+
+    A declared shape larger than the member's bytes could hold (numbers: their bytes; objects: at
+    least one pickle byte each) is refused before anything is allocated.
+    """
+    size = zf.getinfo(member).file_size
     with zf.open(member) as f:
         version = np.lib.format.read_magic(f)
         if version == (1, 0):
             shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
         else:
             shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
+        need = math.prod(shape) * (1 if dtype.hasobject else dtype.itemsize)
+        if need > size:
+            raise ValueError(f"header declares shape {tuple(shape)} of {dtype}, more than the member's "
+                             f"{size:,} bytes could hold")
         if not dtype.hasobject:
             f.seek(0)
             return np.lib.format.read_array(f, allow_pickle=False)
-        arr = NumpyOnlyUnpickler(f, encoding="latin1").load()
+        # object arrays: 8 bytes per element pointer, for elements of at least one pickle byte each
+        arr = NumpyOnlyUnpickler(f, limit=8 * size, encoding="latin1").load()
     if not isinstance(arr, np.ndarray) or arr.shape != tuple(shape):
         raise pickle.UnpicklingError(f"pickle holds {type(arr).__name__}, not the declared array "
                                      f"of shape {tuple(shape)}")
     return arr
 
 
-def synthetic_key_id(file_name: str, split: str, index: int) -> int:
-    """Deterministic id for drawings that come without one (fits int64 and uint64)."""
-    h = hashlib.blake2b(f"{Path(file_name).name}/{split}/{index}".encode(), digest_size=8)
+def synthetic_key_id(file_name: str, split: str, index: int, rows: np.ndarray) -> int:
+    """Deterministic id for drawings that come without one (fits int64 and uint64). The drawing's
+    own values are in it, so only a copy of the same drawing at the same place gets the same id."""
+    h = hashlib.blake2b(f"{Path(file_name).name}/{split}/{index}/".encode(), digest_size=8)
+    h.update(np.ascontiguousarray(rows, dtype="<f8").tobytes())
     return int.from_bytes(h.digest(), "little") & (2**63 - 1)
 
 
@@ -138,8 +208,8 @@ def read_npz(path: str | os.PathLike, *, report: SkipReport, word: str | None = 
                 arr = load_npy_member(zf, members[sp])
             except ForbiddenPickle as e:
                 raise DataFormatError(name, sp, str(e)) from None
-            except (pickle.UnpicklingError, ValueError, EOFError, TypeError, AttributeError,
-                    zipfile.BadZipFile, OSError) as e:
+            except (pickle.UnpicklingError, ValueError, EOFError, TypeError, AttributeError, OverflowError,
+                    MemoryError, zipfile.BadZipFile, OSError) as e:
                 report.bad(name, sp, f"unreadable array: {type(e).__name__}: {e}")
                 continue
             if arr.ndim != 1:
@@ -153,7 +223,7 @@ def read_npz(path: str | os.PathLike, *, report: SkipReport, word: str | None = 
                     report.bad(name, f"{sp}/{i}", reason)
                     continue
                 canvas = [np.rint(s).astype(np.int16) for s in normalize_to_canvas(strokes)]
-                yield Drawing(key_id=synthetic_key_id(name, sp, i), word=cls, strokes=canvas,
+                yield Drawing(key_id=synthetic_key_id(name, sp, i, rows), word=cls, strokes=canvas,
                               countrycode="", recognized=True, timestamp=None)
 
 
