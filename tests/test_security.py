@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -173,6 +174,81 @@ def test_train_resume_run_dir_refuses(tmp_path):
     marker = tmp_path / "PWNED"
     ckpt = evil_checkpoint(run / "checkpoints" / "last.ckpt", marker)
     _refused(_train(f"resume={run}"), ckpt, marker)
+
+
+# ------------------------------------------------------------------------------ hparams _target_
+def _target_checkpoint(path: Path, part: dict) -> Path:
+    """A plain-data checkpoint (no pickled code) whose loss config names ``part``: loading it would
+    have Hydra import and call what ``part`` names while rebuilding the model."""
+    torch.save({"epoch": 0, "global_step": 1, "state_dict": {"w": torch.zeros(2)},
+                "hyper_parameters": {"model_kind": "lstm", "loss": part}}, path)
+    return path
+
+
+TARGETS = {
+    "write": lambda m: {"_target_": "pathlib.Path.write_text",
+                        "_args_": [{"_target_": "pathlib.Path", "_args_": [str(m)]}, "x"]},
+    "open": lambda m: {"_target_": "builtins.open", "_args_": [str(m), "w"]},
+    "blocklisted": lambda m: {"_target_": "os.system", "_args_": [f"touch {m}"]},
+    # an allowed outer part hiding a call in its arguments
+    "nested": lambda m: {"_target_": "sketchembed.metric.losses.CrossEntropy",
+                         "label_smoothing": {"_target_": "os.makedirs", "_args_": [str(m)]}},
+    "private": lambda m: {"_target_": "sketchembed.__main__.main"},
+}
+
+
+@pytest.mark.parametrize("name", TARGETS)
+def test_checkpoint_naming_code_in_its_hparams_is_refused(name, tmp_path):
+    marker = tmp_path / "PWNED"
+    ckpt = _target_checkpoint(tmp_path / "t.ckpt", TARGETS[name](marker))
+    with pytest.raises(UnsafeCheckpointError, match=r"refused: hyper_parameters\.loss"):
+        read_checkpoint(ckpt)
+    assert not marker.exists()
+
+
+def test_suggest_and_eval_refuse_a_checkpoint_naming_code(tmp_path, shared_quickdraw):
+    marker = tmp_path / "PWNED"
+    ckpt = _target_checkpoint(tmp_path / "t.ckpt", TARGETS["write"](marker))
+    index = KNNIndex(embeddings=np.eye(3, dtype=np.float32), labels=np.array([0, 1, 2]),
+                     key_ids=np.array([1, 2, 3]), classes=["apple", "bus", "car"])
+    index.save(tmp_path / "idx")
+    _refused(_cli("suggest", "--ckpt", str(ckpt), "--index", str(tmp_path / "idx"), "--allow-mismatch",
+                  "--sketch", str(shared_quickdraw / "simplified" / "apple.ndjson")), ckpt, marker)
+    _refused([sys.executable, str(REPO / "eval.py"), f"ckpt_path={ckpt}", f"hydra.run.dir={tmp_path / 'run'}"],
+             ckpt, marker)
+
+
+def test_every_shipped_part_config_may_be_named_by_a_checkpoint():
+    """The loss, miner, optimizer and scheduler configs (and what they nest) pass the check, so a
+    checkpoint of any shipped config loads."""
+    from sketchembed.models.base import target_problem
+
+    targets = set()
+    for group in ("loss", "miner", "optim", "model/optimizer", "model/scheduler"):
+        for f in (REPO / "conf" / group).glob("*.yaml"):
+            targets |= set(re.findall(r"_target_:\s*([\w.]+)", f.read_text()))
+    assert len(targets) > 10
+    assert {t: target_problem(t) for t in sorted(targets) if target_problem(t)} == {}
+
+
+def test_a_registered_loss_of_your_own_module_may_be_named():
+    """A part registered from outside sketchembed (docs/ARCHITECTURE.md "How to extend") loads from a
+    checkpoint while it is registered; the same name is refused when it is not."""
+    from torch import nn
+
+    from sketchembed.models.base import target_problem
+    from sketchembed.registry import LOSSES
+
+    class MyLoss(nn.Module):
+        kind = "classification"
+
+    name = f"{MyLoss.__module__}.{MyLoss.__qualname__}"
+    assert target_problem(name) is not None
+    LOSSES.register("my_test_loss")(MyLoss)
+    try:
+        assert target_problem(name) is None
+    finally:
+        LOSSES.pop("my_test_loss")
 
 
 # ------------------------------------------------------------------------------ index arrays

@@ -13,12 +13,14 @@ from pathlib import Path
 from typing import Any, Iterable
 
 import torch
+from hydra.errors import InstantiationException
 from lightning.pytorch.core.saving import _load_state
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 # re-exported: callers open checkpoints through this module
 import sketchembed.models  # noqa: F401 - registers every model kind in MODELS
 from sketchembed.data.inputs import read_inputs
+from sketchembed.models.base import check_targets
 from sketchembed.registry import MODELS
 from sketchembed.safeload import UnsafeCheckpointError, safe_load  # noqa: F401
 
@@ -51,6 +53,7 @@ def read_checkpoint(path, map_location="cpu") -> dict:
     hp = _plain(ckpt.get("hyper_parameters") or {})
     if not isinstance(hp, dict) or not hp.get("model_kind"):
         raise ValueError(f"{path}: not a sketchembed checkpoint (no model_kind in its hyper_parameters)")
+    check_targets(hp, str(path))  # before anything named in them is imported or called
     ckpt["hyper_parameters"] = hp
     return ckpt
 
@@ -71,7 +74,7 @@ def load_model(ckpt_path, *, kinds: Iterable[str] | None = None, map_location="c
         raise ValueError(f"{path}: model kind {kind!r} cannot be used here (expected one of: {', '.join(kinds)})")
     try:  # Lightning's load_from_checkpoint minus its file read: read_checkpoint has read and vetted it
         model = _load_state(classes[kind], ckpt)
-    except (RuntimeError, KeyError, ValueError, TypeError) as e:  # weights or hparams that do not fit the kind
+    except (RuntimeError, KeyError, ValueError, TypeError, InstantiationException) as e:  # do not fit the kind
         first = (str(e).splitlines() or [e.__class__.__name__])[0]
         raise ValueError(f"{path}: checkpoint does not fit model kind {kind!r} ({first})") from None
     weights = [t for t in ckpt["state_dict"].values() if isinstance(t, torch.Tensor)]

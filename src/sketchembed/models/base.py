@@ -8,6 +8,7 @@ live here once.
 from __future__ import annotations
 
 import copy
+import importlib
 import inspect
 import logging
 from collections.abc import Mapping
@@ -16,14 +17,22 @@ from typing import Any
 import lightning as L
 import torch
 from hydra.utils import instantiate
+from pytorch_metric_learning.distances import BaseDistance
+from pytorch_metric_learning.losses import BaseMetricLossFunction
+from pytorch_metric_learning.miners import BaseMiner
+from pytorch_metric_learning.reducers import BaseReducer
 from torch import nn
+from torch.optim import Optimizer
+from torch.optim.lr_scheduler import LRScheduler
 from torchmetrics.classification import MulticlassAccuracy
 
 from sketchembed.data.inputs import fraction_tag
 from sketchembed.metric import TripletAccuracy
 from sketchembed.metric.distances import config_name
 from sketchembed.metric.miners import mine_batch
+from sketchembed.models import optim
 from sketchembed.registry import CLASSIFICATION, LOSSES, MINERS, MODELS, TRIPLET, loss_kind, loss_names
+from sketchembed.safeload import UnsafeCheckpointError
 
 # What a classifier logs at every eval fraction (``val/acc@100``, ``val/loss@100``); triplet-loss
 # models log TripletAccuracy.NAMES instead.
@@ -40,6 +49,58 @@ DEFAULT_SCHEDULER = {"_target_": "sketchembed.models.optim.warmup_cosine", "_par
 _LEGACY_KEYS = {"lr", "weight_decay", "warmup_steps", "min_lr_ratio", "class_names"}
 # What a model writes into its hparams after init (a record, not an argument): ignored on load.
 RECORD_KEYS = {"model_kind", "pretrained_init"}
+
+
+# What a checkpoint's hyper_parameters may name as a ``_target_``: loading one rebuilds its loss, miner,
+# optimizer and scheduler through Hydra, which imports and calls what a target names. A checkpoint is
+# data, so only registered losses and miners, and parts of these kinds from these packages, are
+# accepted (checked before anything is built).
+TARGET_PACKAGES = ("torch.optim", "pytorch_metric_learning", "sketchembed")
+TARGET_KINDS = (Optimizer, LRScheduler, BaseMetricLossFunction, BaseMiner, BaseDistance, BaseReducer)
+
+
+def target_problem(target: Any) -> str | None:
+    """Why a checkpoint may not name ``target`` (None: an optimizer, scheduler, loss, miner, distance
+    or reducer). Only modules inside :data:`TARGET_PACKAGES` are ever imported to find out."""
+    if not isinstance(target, str):
+        return f"a {type(target).__name__}, not a name"
+    if target in {f"{c.__module__}.{c.__qualname__}" for c in (*LOSSES.values(), *MINERS.values())}:
+        return None  # a registered part, your own module's too (already imported: nothing to import)
+    module, _, attr = target.rpartition(".")
+    if not any(module == p or module.startswith(p + ".") for p in TARGET_PACKAGES):
+        return f"outside {', '.join(TARGET_PACKAGES)}"
+    if any(part.startswith("_") for part in module.split(".")):
+        return "in a private module"  # e.g. a __main__, which would run on import
+    try:
+        obj = getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError, ValueError):
+        return "not found"
+    if isinstance(obj, type) and (issubclass(obj, TARGET_KINDS) or obj in LOSSES.values() or obj in MINERS.values()):
+        return None
+    if callable(obj) and getattr(obj, "__module__", None) == optim.__name__ and not attr.startswith("_"):
+        return None  # a scheduler factory (warmup_cosine)
+    return "not an optimizer, scheduler, loss, miner, distance or reducer"
+
+
+def check_targets(hparams: Any, where: str) -> None:
+    """Refuse (:class:`UnsafeCheckpointError`, one line naming ``where`` and the key) a checkpoint
+    whose hyper_parameters name any ``_target_`` that :func:`target_problem` rejects."""
+    def walk(node: Any, key: str) -> None:
+        if isinstance(node, Mapping):
+            if "_target_" in node:
+                why = target_problem(node["_target_"])
+                if why:
+                    raise UnsafeCheckpointError(
+                        f"{where}: refused: hyper_parameters.{key}._target_={str(node['_target_'])[:80]!r} is "
+                        f"{why} (a checkpoint may only name an optimizer, scheduler, loss, miner, distance or "
+                        f"reducer)")
+            for k, v in node.items():
+                walk(v, f"{key}.{k}" if key else str(k))
+        elif isinstance(node, (list, tuple)):
+            for i, v in enumerate(node):
+                walk(v, f"{key}[{i}]")
+
+    walk(hparams, "")
 
 
 def build_part(part: Any, what: str, default: str | None = None) -> nn.Module | None:
