@@ -10,6 +10,7 @@ import lightning.pytorch as pl
 import pytest
 from test_train import EXPERIMENTS, _assert_one_line_error, compose_cfg, run_cli, tiny
 
+from sketchembed.entry import check_new_keys
 from sketchembed.train.run import train_entry, train
 from sketchembed.train.validate import ConfigError, check_config
 
@@ -28,6 +29,17 @@ BAD = {
     "model=triplet miner.margin=wide": "miner.margin='wide'",  # a parameter of the miner's base class
     "model=triplet +miner.foo=1": "miner.foo: SemiHardMiner has no parameter 'foo'",
     "+trainer.foo=1": "trainer.foo: Trainer has no parameter 'foo'",
+    # layer sizes: 0 trained a 0-d embedding and exited 0, -4 crashed inside torch
+    "model=triplet model.embedding_dim=0": "model.embedding_dim=0: must be >= 1",
+    "model=direct model.embedding_dim=-4": "model.embedding_dim=-4: must be >= 1",
+    "model.hidden=0": "model.hidden=0: must be >= 1",
+    "model.layers=0": "model.layers=0: must be >= 1",
+    "model=combined model.mlp_hidden=-1": "model.mlp_hidden=-1: must be >= 0",
+    "model=triplet +model.drop_rate=2": "model.drop_rate=2: must be in [0, 1)",
+    "model.dropout=1.5": "model.dropout=1.5",
+    # a top-level key no part of the program reads (a key inside a group is checked by its class)
+    "+foo=1": "+foo=1: train.py has no setting 'foo'",
+    "++sed=3": "++sed=3: train.py has no setting 'sed'",
 }
 
 
@@ -41,7 +53,7 @@ def test_bad_value_is_one_line_naming_the_key_before_the_trainer(override, tmp_p
         init(self, *a, **k)
 
     monkeypatch.setattr(pl.Trainer, "__init__", spy)
-    model = "triplet" if "model=triplet" in override else "lstm"
+    model = next((o.split("=", 1)[1] for o in override.split() if o.startswith("model=")), "lstm")
     cfg = compose_cfg([*tiny(model), *override.split()], tmp_path)
     with pytest.raises(SystemExit) as e:
         train_entry("train", train)(cfg)
@@ -57,6 +69,15 @@ def test_message_names_the_expected_type_and_the_class():
     cfg = compose_cfg(["model=lstm", "+model.foo=1"])
     with pytest.raises(ConfigError, match="model.foo: LSTMModel has no parameter 'foo' .*hidden"):
         check_config(cfg)
+
+
+def test_shipped_sizes_and_group_options_pass(tmp_path):
+    """The lowest values that mean something, a group option added with +, an existing key with ++."""
+    for overrides in (["model=combined", "model.mlp_hidden=0", "model.embedding_dim=1", "model.hidden=1",
+                       "model.layers=1", "model.dropout=0.0"], ["model=lstm", "++seed=3", "+optim=study"]):
+        cfg = compose_cfg(overrides, tmp_path)
+        check_config(cfg)
+        check_new_keys("train")
 
 
 @pytest.mark.parametrize("overrides", [

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from collections import Counter
@@ -299,6 +300,37 @@ def test_checkpoint_of_another_kind(lstm_ckpt, triplet_ckpt, tmp_path):
     torch.save(ck, tmp_path / "liar.ckpt")
     with pytest.raises(ValueError, match=r"liar.ckpt: checkpoint does not fit model kind 'lstm'"):
         load_model(tmp_path / "liar.ckpt")
+
+
+@pytest.mark.parametrize("override,needle", [
+    ("batch_size=0", "batch_size must be an integer >= 1, got 0"),  # was: the default batch size
+    ("batch_size=abc", "batch_size must be an integer >= 1, got 'abc'"),  # was: invalid literal for int()
+    ("data.max_eval=0", "data.max_eval must be an integer >= 1 or null, got 0"),  # was: all drawings
+    ("data.max_eval=-5", "data.max_eval must be an integer >= 1 or null, got -5"),  # was: negative dimensions
+    ("data.num_workers=-1", "data.num_workers must be an integer >= 0"),
+    ("seed=x", "seed must be an integer >= 0"),
+    ("neighbors.k=many", "neighbors.k must be an integer >= 0"),
+])
+def test_odd_eval_values_name_their_key(override, needle, tmp_path):
+    from omegaconf import OmegaConf
+
+    from sketchembed.data.inputs import InputSettings
+    from sketchembed.eval.run import _datamodule, _settings
+
+    cfg = OmegaConf.merge(OmegaConf.load(REPO / "conf" / "eval.yaml"), OmegaConf.from_dotlist([override]))
+    with pytest.raises(ValueError, match=re.escape(needle)):
+        _settings(cfg)
+    if not override.startswith("neighbors."):  # nor read past where the DataModule is built
+        ckpt = {"SketchDataModule": InputSettings(seq_std=1.0).to_dict()}
+        with pytest.raises(ValueError, match=re.escape(needle)):
+            _datamodule(cfg, ckpt, tmp_path / "x.ckpt", ("sequence",))
+
+
+def test_odd_eval_value_is_one_line_and_exit_2(tmp_path):
+    ckpt = tmp_path / "any.ckpt"  # the settings are checked before the checkpoint is read
+    ckpt.write_bytes(b"")
+    last = _eval_fails(tmp_path, f"ckpt_path={ckpt}", "batch_size=abc")
+    assert "batch_size must be an integer >= 1, got 'abc'" in last
 
 
 @pytest.mark.parametrize("case", ["unknown_class", "empty"])

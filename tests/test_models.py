@@ -15,6 +15,8 @@ from torch.utils.data import DataLoader
 
 from conftest import REPO_ROOT
 from sketchembed.data.datamodule import SketchDataModule
+from sketchembed.data.inputs import InputSettings
+from sketchembed.messages import ConfigError
 from sketchembed.metric.losses import CrossEntropy, HingeTripletLoss, SoftmaxTripletLoss
 from sketchembed.models import (MODELS, CombinedModel, DirectImageModel, LSTMModel, TripletImageModel,
                                 check_compatible)
@@ -382,6 +384,24 @@ def test_transfer_mismatch_names_the_keys(triplet_ckpt, tmp_path):
     trainer.save_checkpoint(bad)
     with pytest.raises(ValueError, match=r"model\.cnn_ckpt=.*model_kind='lstm'"):
         tiny("combined", cnn_ckpt=str(bad))
+
+
+def test_transfer_checks_the_inputs_the_cnn_was_trained_on(triplet_ckpt, tmp_path):
+    """A CNN sees drawings only as it learned them: rendered otherwise (size, ink on background,
+    standardisation …) it is refused, naming the data keys; a checkpoint recording no input settings
+    can only be checked for its image size (which was a warning)."""
+    path, _ = triplet_ckpt
+    with pytest.raises(ConfigError, match=r"model\.cnn_ckpt=.*data\.image_size=32, this run uses 48"):
+        CombinedModel(NUM_CLASSES, TINY, embedding_dim=16, hidden=8, image_size=48, cnn_ckpt=str(path))
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    ckpt["SketchDataModule"] = InputSettings(image_size=SIZE, seq_std=1.0).to_dict()
+    torch.save(ckpt, tmp_path / "with_inputs.ckpt")
+    model = tiny("combined", cnn_ckpt=str(tmp_path / "with_inputs.ckpt"))
+    model.check_transfer_inputs(InputSettings(image_size=SIZE, max_snapshots=None, seq_norm="none"))  # not rendering
+    with pytest.raises(ConfigError) as e:
+        model.check_transfer_inputs(InputSettings(image_size=SIZE, background="white", line_width=5.25))
+    assert "data.line_width=8.0 (this run: 5.25)" in str(e.value) and "data.background='black'" in str(e.value)
+    assert "image_size" not in str(e.value) and "\n" not in str(e.value)
 
 
 # ---------------------------------------------------------------------- on the embedded real data

@@ -5,7 +5,9 @@ its own config, run dir and wandb run, and a checkpoint that does not fit the co
 from __future__ import annotations
 
 import json
+import logging
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -60,14 +62,68 @@ def test_last_ckpt_is_the_latest_epoch_not_the_best(half):
     assert [p.name for p in best] == ["epoch000-step2.ckpt"]  # the monitored best stays epoch 0
 
 
+def _train_cli(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": f"{REPO / 'src'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+           "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline", "WANDB_SILENT": "true", "HYDRA_FULL_ERROR": "0"}
+    return subprocess.run([sys.executable, str(REPO / "train.py"), *args], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=600)
+
+
+def _tree(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_failed_resume_leaves_the_run_config_as_it_was(half, tmp_path):
+    """Hydra rewrites .hydra/ before any check: a refused `resume=DIR model.embedding_dim=32` (and the
+    `trainer.max_epochs=9` given with it) must not become the run's config for the next resume."""
+    run = tmp_path / "run"
+    shutil.copytree(half, run)
+    shutil.copy(run / ".hydra" / "overrides.yaml", run / ".hydra" / "config.yaml")  # Hydra's other record
+    record = _tree(run / ".hydra")
+    r = _train_cli(f"resume={run}", "model.embedding_dim=32", "trainer.max_epochs=9")
+    assert r.returncode == 2, r.stderr[-3000:]
+    assert "model.embedding_dim=16 (config: 32)" in r.stderr.splitlines()[-1]
+    assert _tree(run / ".hydra") == record  # the same files, byte for byte, and no before_resume_* left
+
+
+def test_resume_at_an_epoch_end_with_max_steps_is_exact(straight, half, tmp_path):
+    """Lightning restores an epoch-end checkpoint with trainer.max_steps set as an epoch to finish:
+    the next epoch trained nothing (QA: max_epochs=2 max_steps=4 after 1 epoch of 2 steps stayed at
+    step 2). Continued from epoch 0 to 3 epochs with max_steps, the weights are the straight run's."""
+    _, _, metrics = run_inproc([*PLAN, f"trainer.max_epochs={FULL}", f"trainer.max_steps={2 * FULL}",
+                                f"ckpt_path={half / 'checkpoints' / 'epoch000-step2.ckpt'}"], tmp_path)
+    got = safe_load(tmp_path / "checkpoints" / "last.ckpt")
+    ref = _weights(straight[0] / "checkpoints" / "last.ckpt")
+    assert (got["global_step"], got["epoch"]) == (2 * FULL, FULL - 1)
+    for k, v in ref.items():
+        assert torch.equal(v, got["state_dict"][k]), k
+    assert metrics["val/knn@3"] == straight[1]["val/knn@3"]
+
+
+def test_resuming_a_complete_run_keeps_its_metrics(straight, tmp_path, caplog):
+    run = tmp_path / "run"
+    shutil.copytree(straight[0], run)
+    before = json.loads((run / "train_metrics.json").read_text())
+    with caplog.at_level(logging.WARNING, logger="sketchembed.train"):
+        run_inproc([*PLAN, f"trainer.max_epochs={FULL}", f"resume={run}",
+                    f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}"], run)
+    said = [r.getMessage() for r in caplog.records if "nothing to continue" in r.getMessage()]
+    assert len(said) == 1 and f"resume={run}" in said[0] and f"trainer.max_epochs={FULL}" in said[0], said
+    after = json.loads((run / "train_metrics.json").read_text())
+    for k in ("train/loss", "val/knn@3", "val/triplet_acc@100", "val/n"):
+        assert after[k] == before[k], k
+    assert after["intervals"]["val/knn@3"] == before["intervals"]["val/knn@3"]
+    assert safe_load(run / "checkpoints" / "last.ckpt")["global_step"] == 2 * FULL
+
+
 def test_resume_run_dir_is_exact_and_keeps_the_run(straight, half, tmp_path):
     """`python train.py resume=<run dir> trainer.max_epochs=3` (the real command line)."""
     first_id = wandb_run_id(half)
     assert first_id
-    env = {**os.environ, "PYTHONPATH": f"{REPO / 'src'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
-           "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
-    r = subprocess.run([sys.executable, str(REPO / "train.py"), f"resume={half}", f"trainer.max_epochs={FULL}"],
-                       cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    # a test of the 2-epoch run's best checkpoint is not a result of the 3-epoch run (which tests nothing)
+    recorded = json.loads((half / "train_metrics.json").read_text())
+    (half / "train_metrics.json").write_text(json.dumps({**recorded, "test/knn@3": 0.5, "old/kept": 1.0}))
+    r = _train_cli(f"resume={half}", f"trainer.max_epochs={FULL}")
     assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
     straight_dir, straight_metrics = straight
     last = safe_load(half / "checkpoints" / "last.ckpt")
@@ -79,6 +135,7 @@ def test_resume_run_dir_is_exact_and_keeps_the_run(straight, half, tmp_path):
     metrics = json.loads((half / "train_metrics.json").read_text())
     for k in ("val/triplet_acc@100", "val/knn@3", "train/loss"):
         assert metrics[k] == straight_metrics[k], k
+    assert metrics["old/kept"] == 1.0 and "test/knn@3" not in metrics
     # same run dir, same config (+ the new override), same wandb run
     cfg = yaml.safe_load((half / ".hydra" / "config.yaml").read_text())
     assert cfg["trainer"]["max_epochs"] == FULL and cfg["miner"]["_target_"].endswith("RandomTripletMiner")

@@ -197,6 +197,37 @@ def test_combined_transfer_uses_triplet_checkpoint(triplet_run, tmp_path):
     assert enc and set(enc) == set(cnn)
     for k in enc:
         assert torch.equal(enc[k], cnn[k]), k
+    # Continued (resume=DIR passes the run's model.cnn_ckpt again): the checkpoint holds the CNN, so
+    # the source file is not read — gone, or relative to another working directory — and what the
+    # transfer set besides the weights (the triplet's normalize=true) comes from the checkpoint.
+    more = tmp_path / "continued"
+    run_inproc(tiny("combined_transfer", "model.cnn_ckpt=gone/last.ckpt", "model.freeze_cnn=true",
+                    f"ckpt_path={tmp_path / 'checkpoints' / 'last.ckpt'}", "trainer.max_epochs=2",
+                    "trainer.max_steps=4", "test=false"), more)
+    ck = load_ckpt(more / "checkpoints" / "last.ckpt")
+    assert ck["global_step"] == 4
+    assert ck["hyper_parameters"]["cnn_ckpt_source"] == str(src) and ck["hyper_parameters"]["normalize"] is True
+    for k in enc:
+        assert torch.equal(enc[k], ck["state_dict"][f"cnn.{k}"]), k
+
+
+def test_transfer_refuses_a_cnn_trained_on_other_inputs(triplet_run, tmp_path, capsys, monkeypatch):
+    """A triplet CNN of white ink on black, not standardised (data=quickdraw), fed the study's black on
+    white, standardised images: one line naming both keys, before training."""
+    src = triplet_run[0] / "checkpoints" / "last.ckpt"
+    fit_called = []
+    monkeypatch.setattr(pl.Trainer, "fit", lambda *a, **k: fit_called.append(1))
+    cfg = compose_cfg(tiny("combined_transfer", f"model.cnn_ckpt={src}", "data.background=white",
+                           "data.standardize=true"), tmp_path)
+    with pytest.raises(SystemExit) as e:
+        train_entry("train", train)(cfg)
+    assert e.value.code == 2 and not fit_called
+    errors = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("error:")]
+    assert len(errors) == 1, errors
+    for needle in ("model.cnn_ckpt=", "data.background='black' (this run: 'white')",
+                   "data.standardize=False (this run: True)"):
+        assert needle in errors[0], errors[0]
+    assert "data.line_width" not in errors[0] and "data.image_size" not in errors[0]
 
 
 def test_combined_transfer_requires_cnn_ckpt(tmp_path):
@@ -428,7 +459,16 @@ MISCONFIGS = {
     "data-root": (["data.root=/nonexistent"], ["/nonexistent"]),
     "transfer-ckpt": (["model=combined_transfer"], ["model.cnn_ckpt"]),
     "transfer-ckpt-file": (["model=combined_transfer", "model.cnn_ckpt=/nope.ckpt"], ["model.cnn_ckpt='/nope.ckpt'"]),
+    # P x K batches of one class, or of one drawing per class, hold no triplet: nothing would train
+    "pk-p": (["model=triplet", "data.pk_p=1"], ["data.pk_p=1", "loss=hinge", ">= 2"]),
+    "pk-k": (["model=combined", "loss=softmax_triplet", "data.sampler=pk", "data.pk_k=1"],
+             ["data.pk_k=1", "loss=softmax_triplet"]),
 }
+
+
+def test_pk_sizes_of_one_are_fine_where_no_pk_batch_or_triplet_is_made():
+    validate(compose_cfg(["model=triplet", "data.sampler=random", "data.pk_p=1", "data.pk_k=1"]))
+    validate(compose_cfg(["model=combined", "data.sampler=pk", "data.pk_p=1", "data.pk_k=1"]))  # cross-entropy
 
 
 @pytest.mark.parametrize("name", list(MISCONFIGS))
@@ -461,11 +501,22 @@ def test_misconfiguration_cli_exit_code(name, tmp_path):
     assert not (tmp_path / "checkpoints").exists() and not (tmp_path / "csv").exists()
 
 
-def test_unknown_config_option_is_hydras_message(tmp_path):
-    r = run_cli(["model=nope", f"hydra.run.dir={tmp_path}"], timeout=300)
-    assert r.returncode != 0
-    assert "Traceback" not in r.stderr
-    assert "Could not find 'model/nope'" in r.stderr and "combined_transfer" in r.stderr  # lists the options
+@pytest.mark.parametrize("args,needles", [
+    (["model=nope"], ["model=nope: no such option", "combined_transfer, direct"]),  # lists the options
+    (["model=triplet", "miner=bogus"], ["miner=bogus: no such option", "semihard"]),
+    (["model=triplet", "model.drop_rate=0.2"], ["model.drop_rate", "+model.drop_rate=0.2"]),  # not in its config
+    (["model=["], ["cannot be parsed"]),
+])
+def test_command_line_hydra_cannot_compose_is_one_line(args, needles, tmp_path):
+    """Hydra's own report (a list of options, a search path, a hint to set HYDRA_FULL_ERROR) is one
+    line naming the key and exit code 2, as every other misconfiguration."""
+    r = run_cli([*args, f"hydra.run.dir={tmp_path}"], timeout=300)
+    assert r.returncode == 2, r.stderr[-3000:]
+    assert "Traceback" not in r.stderr and "HYDRA_FULL_ERROR" not in r.stderr
+    errors = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert len(errors) == 1 and errors[0].startswith("error: "), r.stderr[-3000:]
+    for n in needles:
+        assert n in errors[0], errors[0]
     assert not (tmp_path / "checkpoints").exists()
 
 

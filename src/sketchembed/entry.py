@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib.resources
 import logging
 import os
+import re
 import sys
 import time
 import traceback
@@ -22,13 +23,14 @@ import hydra
 import rich.syntax
 import rich.tree
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 
 from sketchembed.data.sketch import DataFormatError
-from sketchembed.messages import ConfigError
+from sketchembed.messages import ConfigError, short_list
 
 
 # Errors of bad input (config, data, paths): one line and exit 2. A ValueError may also be a bug,
@@ -196,6 +198,44 @@ def _unwrap(e: BaseException) -> BaseException:
     return e
 
 
+def check_new_keys(config_name: str) -> None:
+    """Refuse a top-level key the command line adds (``+foo=1``): no part of the program reads it, so
+    the run would go on as if it had not been given (a mistyped ``+seed=1`` → ``+sed=1``). A key
+    added inside a group (``+data.foo=1``, ``+callbacks.NAME={…}``) is checked by the class it goes
+    to; a group option (``+experiment=…``) is not a key."""
+    hc = hydra_config()
+    if hc is None:
+        return
+    groups = {re.split(r"[/@]", str(g))[0] for g in hc.runtime.choices}
+    primary = Path(conf_dir()) / f"{config_name}.yaml"
+    known = ({str(k) for k in OmegaConf.load(primary) if k != "defaults"} if primary.is_file() else set()) | groups
+    for override in hc.overrides.task:
+        key = str(override).split("=", 1)[0]
+        if not key.startswith("+") or re.search(r"[./@\[]", key.lstrip("+")) or key.lstrip("+") in known:
+            continue
+        raise ConfigError(f"{override}: {config_name}.py has no setting {key.lstrip('+')!r} (its top-level "
+                          f"settings: {short_list(sorted(known - {'hydra'}), 30)}); a new key goes inside "
+                          "a group, e.g. +callbacks.NAME={…}")
+
+
+_QUOTED = re.compile(r"'([^']+)'")
+
+
+def composition_error(e: Exception) -> str:
+    """One line for a command line Hydra cannot compose a config from, naming the key or group."""
+    if isinstance(e, MissingConfigException) and e.missing_cfg_file and e.options:
+        group, _, option = str(e.missing_cfg_file).rpartition("/")
+        return f"{group}={option}: no such option (conf/{group}/ has: {short_list(e.options, 30)})"
+    text = str(e).split("Config search path:", 1)[0]
+    text = " ".join(text.split())
+    if e.__cause__ is not None:
+        text += f" ({str(e.__cause__).splitlines()[0].strip()})"
+    if isinstance(e, OverrideParseException):
+        return f"the overrides cannot be parsed: {text}"
+    key = _QUOTED.search(text)
+    return f"{key.group(1)}: {text}" if key else text
+
+
 def _save_traceback(e: BaseException) -> str | None:
     """Write ``e``'s traceback to ``error.log`` in the run dir; its path, or None outside a run."""
     out = run_dir()
@@ -218,7 +258,9 @@ def hydra_entry(config_name: str, fn: Callable[[DictConfig], Any], *,
 
     ``check(cfg)`` runs after the run's start, before ``fn``; ``result(cfg, fn's return)`` is what
     the app returns (a sweeper optimizes it); ``on_error(exc, started)`` sees an error first (a DDP
-    rank reporting another rank's failure) and may exit itself.
+    rank reporting another rank's failure) and may exit itself. A command line Hydra cannot compose
+    (``model=bogus``, ``model.nokey=1``) is one line and exit 2 too, unless HYDRA_FULL_ERROR=1 asks
+    for Hydra's own report.
     """
     root = _checkout_conf()
     if root is not None:  # paths.root_dir: the checkout (data/, outputs/); installed: the working dir
@@ -230,6 +272,7 @@ def hydra_entry(config_name: str, fn: Callable[[DictConfig], Any], *,
         started = time.time()
         try:
             start_run(cfg)
+            check_new_keys(config_name)
             if check is not None:
                 check(cfg)
             value = fn(cfg)
@@ -246,4 +289,16 @@ def hydra_entry(config_name: str, fn: Callable[[DictConfig], Any], *,
                 sys.exit(2)
             raise
 
-    return _main
+    def app(cfg: DictConfig | None = None):
+        if cfg is not None or os.environ.get("HYDRA_FULL_ERROR") == "1":
+            return _main(cfg)
+        os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra raises what it cannot compose, instead of printing it
+        try:
+            return _main()
+        except (ConfigCompositionException, OverrideParseException) as e:
+            print(f"error: {composition_error(e)}", file=sys.stderr)
+            sys.exit(2)
+        finally:
+            os.environ.pop("HYDRA_FULL_ERROR", None)
+
+    return app

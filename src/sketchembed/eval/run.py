@@ -85,12 +85,12 @@ def _datamodule(cfg: DictConfig, ckpt: dict, ckpt_path: Path, views, max_train: 
     inputs = read_inputs(ckpt, str(ckpt_path))
     overrides = {k: _sel(cfg, f"data.{k}") for k in RECIPE if _sel(cfg, f"data.{k}") is not None}
     root = _sel(cfg, "data.root") or trained_root(ckpt) or "study10"
-    max_eval = _sel(cfg, "data.max_eval")
     test_dir = _sel(cfg, "data.test_dir")
     dm = SketchDataModule.from_inputs(
         inputs.replace(**overrides), root, views=tuple(sorted(views)), eval_fractions=(1.0,),
-        eval_batch_size=int(cfg.batch_size), num_workers=int(_sel(cfg, "data.num_workers", 0)), seed=int(cfg.seed),
-        max_train=max_train, max_eval=int(max_eval) if max_eval else None, test_dir=str(test_dir) if test_dir else None)
+        eval_batch_size=_int(cfg, "batch_size"), num_workers=_int(cfg, "data.num_workers", 0, default=0),
+        seed=_int(cfg, "seed", 0), max_train=max_train, max_eval=_int_or_none(cfg, "data.max_eval"),
+        test_dir=str(test_dir) if test_dir else None)
     try:
         classes = dm.class_names
     except (FileNotFoundError, ValueError) as e:
@@ -132,6 +132,14 @@ def _int_or_none(cfg: DictConfig, key: str, minimum: int = 1) -> int | None:
     return int(v)
 
 
+def _int(cfg: DictConfig, key: str, minimum: int = 1, default: int | None = None) -> int:
+    """A count that must be given (``batch_size=0`` or ``abc`` named, never a silent fallback)."""
+    v = _sel(cfg, key, default)
+    if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
+        raise ValueError(f"{key} must be an integer >= {minimum}, got {v!r}")
+    return v
+
+
 def _positive_float(cfg: DictConfig, key: str, default: float) -> float:
     v = _sel(cfg, key, default)
     try:
@@ -158,6 +166,10 @@ def _settings(cfg: DictConfig) -> dict:
         raise ValueError(f"embed_dtype must be float32 or float16, got {dtype!r}")
     knn_device = str(_sel(cfg, "knn.device", "cpu"))
     knn_device = (pick_device(str(cfg.device)) if knn_device == "auto" else pick_device(knn_device, "knn.device"))
+    for key, minimum in (("batch_size", 1), ("seed", 0), ("neighbors.n_refs", 0), ("neighbors.k", 0)):
+        _int(cfg, key, minimum)
+    _int(cfg, "data.num_workers", 0, default=0)
+    _int_or_none(cfg, "data.max_eval")  # null: every drawing; 0 is not "all"
     return {"fractions": fractions, "ks": ks, "knn_device": knn_device,
             "backend": resolve_backend(str(_sel(cfg, "knn.backend", "auto")), knn_device),
             "query_block": _int_or_none(cfg, "knn.query_block") or 2048,

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from sketchembed.data.inputs import InputSettings, read_inputs
 from sketchembed.messages import ConfigError
 from sketchembed.metric.losses import CrossEntropy
 from sketchembed.models.base import SketchModule
@@ -28,10 +29,13 @@ log = logging.getLogger(__name__)
 
 # Image models whose ``encoder`` can be transferred (read from the registry when used).
 TRANSFERABLE = MODELS.where("ENCODER_TRANSFERABLE")
+# How a drawing becomes the CNN's image: a transferred CNN must be fed images made the same way.
+RENDERING = ("image_size", "line_width", "padding", "canvas", "background", "standardize")
 
 
-def load_encoder_state(path: str | Path, backbone: str, embedding_dim: int) -> tuple[dict, dict]:
-    """The ``encoder.*`` weights and hparams of an image-model checkpoint, after checking they fit."""
+def load_encoder_state(path: str | Path, backbone: str, embedding_dim: int) -> tuple[dict, dict, InputSettings | None]:
+    """The ``encoder.*`` weights, hparams and input settings (None when the checkpoint records none)
+    of an image-model checkpoint, after checking they fit."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"model.cnn_ckpt={str(path)!r}: no such checkpoint file")
@@ -54,7 +58,11 @@ def load_encoder_state(path: str | Path, backbone: str, embedding_dim: int) -> t
     state = {k[len("encoder."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("encoder.")}
     if not state:
         raise ValueError(f"model.cnn_ckpt={str(path)!r} has no encoder.* weights")
-    return state, hp
+    try:
+        inputs = read_inputs(ckpt, f"model.cnn_ckpt={str(path)!r}")
+    except ValueError:  # not written by train.py (no DataModule state): its inputs are unknown
+        inputs = None
+    return state, hp, inputs
 
 
 @MODELS.register("combined")
@@ -81,17 +89,23 @@ class CombinedModel(SketchModule):
         self.cnn = ImageEncoder(backbone, embedding_dim=embedding_dim, pretrained=pretrained,
                                 image_size=image_size, normalize=normalize, drop_rate=drop_rate)
         self._record_backbone(self.cnn)
+        # the input settings the transferred CNN was trained with (check_transfer_inputs)
+        self.transfer_inputs: InputSettings | None = None
         if cnn_ckpt is not None:
-            state, hp = load_encoder_state(cnn_ckpt, self.cnn.backbone_name, embedding_dim)
+            state, hp, self.transfer_inputs = load_encoder_state(cnn_ckpt, self.cnn.backbone_name, embedding_dim)
             self.cnn.load_state_dict(state)
             log.info("model.cnn_ckpt: loaded %d CNN weight tensors from %s", len(state), cnn_ckpt)
             # The transferred embedding was learned with (or without) L2 normalisation: keep it.
             self.cnn.normalize = bool(hp.get("normalize", normalize))
             self.hparams["normalize"] = self.cnn.normalize
             self.hparams["cnn_ckpt_source"] = str(cnn_ckpt)
-            if int(hp.get("image_size", image_size)) != int(image_size):
-                log.warning("model.cnn_ckpt was trained at image_size=%s, this run uses %s",
-                            hp.get("image_size"), image_size)
+            if self.transfer_inputs is None:
+                if int(hp.get("image_size", image_size)) != int(image_size):
+                    raise ConfigError(f"model.cnn_ckpt={str(cnn_ckpt)!r} was trained at data.image_size="
+                                      f"{hp.get('image_size')}, this run uses {image_size}: set data.image_size="
+                                      f"{hp.get('image_size')}")
+                log.warning("model.cnn_ckpt=%s records no input settings (not written by train.py): its "
+                            "rendering (line width, background, standardisation …) cannot be checked", cnn_ckpt)
         self.triplet_weight = float(triplet_weight)
         if loss_kind(self.loss) == TRIPLET:
             self.metric_loss, self.loss = self.loss, CrossEntropy()
@@ -117,6 +131,20 @@ class CombinedModel(SketchModule):
             raise ConfigError("model.cnn_ckpt is required for a transfer run (model.transfer=true, set by "
                               "model=combined_transfer): model.cnn_ckpt=PATH of a "
                               f"{'/'.join(TRANSFERABLE)} checkpoint")
+
+    def check_transfer_inputs(self, inputs: InputSettings) -> None:
+        """Refuse data settings (``inputs``, the run's) that render drawings otherwise than the ones the
+        transferred CNN was trained on: white ink on black fed to a CNN that learned black on white,
+        or unstandardised pixels to one that learned standardised ones, trains and tests without an
+        error, on features that mean nothing. One line naming every differing ``data.*`` key."""
+        theirs = self.transfer_inputs
+        if theirs is None:
+            return
+        differ = [k for k in RENDERING if getattr(theirs, k) != getattr(inputs, k)]
+        if differ:
+            what = ", ".join(f"data.{k}={getattr(theirs, k)!r} (this run: {getattr(inputs, k)!r})" for k in differ)
+            raise ConfigError(f"model.cnn_ckpt={self.hparams.get('cnn_ckpt_source')!r} was trained on drawings "
+                              f"rendered otherwise: {what}; set these data keys to the checkpoint's values")
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         super().on_save_checkpoint(checkpoint)

@@ -4,13 +4,17 @@ A run dir holds everything a continuation needs: the overrides it was started wi
 (``.hydra/overrides.yaml``), its latest state (``checkpoints/last.ckpt``, written every epoch) and its
 wandb run (``wandb/*run-<date>-<id>``). :func:`resume_argv` turns ``resume=DIR`` into that run's
 overrides plus the new ones (which win), the same run dir and ``ckpt_path=DIR/checkpoints/last.ckpt``;
-Hydra then composes the config as for the first start. :class:`StepSeed` makes every training step's
-randomness depend on ``(seed, rank, epoch, batch)`` only, so a resumed run draws what the
-uninterrupted one would.
+Hydra then composes the config as for the first start. :func:`keep_config_unless_resumed` puts the run's
+``.hydra/`` record back when the continuation fails before it trained. :class:`StepSeed` makes every
+training step's randomness depend on ``(seed, rank, epoch, batch)`` only, so a resumed run draws what
+the uninterrupted one would; :func:`resume_after_whole_epochs` makes a run that stopped at an epoch's
+end go on with the next epoch when ``trainer.max_steps`` is set.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
 import random
 import re
 import shutil
@@ -21,6 +25,8 @@ import numpy as np
 import torch
 import yaml
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.loops.fit_loop import _FitLoop
+from lightning.pytorch.loops.loop import _Loop
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from sketchembed.safeload import safe_load
@@ -70,18 +76,80 @@ def resume_argv(argv: list[str]) -> list[str]:
     extra = [] if "ckpt_path" in given else [f"ckpt_path={ckpt}"]
     if "hydra.run.dir" not in given:
         extra.append(f"hydra.run.dir={run_dir}")
-    _keep_previous_config(run_dir)
     return [prog, *kept, *new, *extra, f"resume={run_dir}"]
 
 
-def _keep_previous_config(run_dir: Path) -> None:
+_RECORD = ("config.yaml", "hydra.yaml", "overrides.yaml")
+
+
+def _primary_process() -> bool:
+    """Not a rank that Lightning, torchrun or SLURM started beside the first one (they run the same
+    command line, and must not keep or restore the run's record a second time)."""
+    return all(os.environ.get(k, "0") == "0" for k in ("LOCAL_RANK", "RANK", "SLURM_PROCID"))
+
+
+def _stamp(path: Path) -> tuple | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_mtime_ns, st.st_size, st.st_ino
+
+
+@contextlib.contextmanager
+def keep_config_unless_resumed(argv: list[str]):
+    """Around a ``resume=DIR`` run (``argv`` from :func:`resume_argv`): the run's ``.hydra/`` record
+    is copied to ``.hydra/before_resume_<date>/``, and put back if the continuation fails before it
+    wrote a new ``last.ckpt``.
+
+    Hydra rewrites ``.hydra/`` when the run starts, before any check: a refused resume (a checkpoint
+    that does not fit ``model.hidden=32``) would otherwise leave its overrides as the run's config, and
+    every later ``resume=DIR`` would fail, or train with them. Once the continuation has written a
+    checkpoint, the new record is what that checkpoint was trained with, and it stays.
+    """
+    found = [a.split("=", 1)[1] for a in argv[1:] if _key(a) == "resume" and not a.startswith(("~", "+"))]
+    if not found or found[-1] in ("", "null") or not _primary_process():
+        yield
+        return
+    run_dir = Path(found[-1])
+    backup = _keep_previous_config(run_dir)
+    before = _stamp(run_dir / LAST)
+    ok = False
+    try:
+        yield
+        ok = True
+    except SystemExit as e:
+        ok = e.code in (None, 0)
+        raise
+    finally:
+        if not ok and _stamp(run_dir / LAST) == before:
+            _restore_config(run_dir, backup)
+
+
+def _keep_previous_config(run_dir: Path) -> Path:
     """Hydra rewrites ``.hydra/`` for the continuation; the start's record is kept beside it."""
     src = run_dir / ".hydra"
-    dst = src / f"before_resume_{time.strftime('%Y-%m-%d_%H-%M-%S')}"
-    dst.mkdir(parents=True, exist_ok=True)
-    for name in ("config.yaml", "hydra.yaml", "overrides.yaml"):
+    stem = src / f"before_resume_{time.strftime('%Y-%m-%d_%H-%M-%S')}"
+    dst, n = stem, 1
+    while dst.exists():  # two resumes in one second: each keeps its own
+        n += 1
+        dst = stem.with_name(f"{stem.name}_{n}")
+    dst.mkdir(parents=True)
+    for name in _RECORD:
         if (src / name).is_file():
             shutil.copy2(src / name, dst / name)
+    return dst
+
+
+def _restore_config(run_dir: Path, backup: Path) -> None:
+    """``.hydra/`` as it was before a failed continuation (the files it had, no others); the backup goes."""
+    src = run_dir / ".hydra"
+    for name in _RECORD:
+        if (backup / name).is_file():
+            shutil.copy2(backup / name, src / name)
+        elif (src / name).is_file():
+            (src / name).unlink()
+    shutil.rmtree(backup, ignore_errors=True)
 
 
 def wandb_run_id(run_dir) -> str | None:
@@ -112,15 +180,22 @@ def _short(value, width: int = 40) -> str:
     return text if len(text) <= width else text[:width - 1] + "…"
 
 
-def check_checkpoint_fits(path, model, model_choice: str) -> dict:
-    """Open ``path`` safely and check it holds weights for ``model`` (the config's model).
+def read_checkpoint(path) -> dict:
+    """The checkpoint to continue from (``ckpt_path``), opened safely, once."""
+    ckpt = safe_load(path)
+    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("state_dict"), dict):
+        raise ConfigError(f"ckpt_path={path}: not a Lightning checkpoint (no state_dict)")
+    return ckpt
+
+
+def check_checkpoint_fits(path, model, model_choice: str, ckpt: dict | None = None) -> dict:
+    """Check that checkpoint ``path`` (``ckpt``, when already read) holds weights for ``model`` (the
+    config's model).
 
     One line naming the checkpoint's model kind and the config's, or the first parameters that
     differ — not Lightning's state-dict traceback. Returns the checkpoint.
     """
-    ckpt = safe_load(path)
-    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("state_dict"), dict):
-        raise ConfigError(f"ckpt_path={path}: not a Lightning checkpoint (no state_dict)")
+    ckpt = read_checkpoint(path) if ckpt is None else ckpt
     hp = ckpt.get("hyper_parameters") or {}
     theirs = hp.get("model_kind") if isinstance(hp, dict) else None
     ours = getattr(model, "MODEL_KIND", type(model).__name__)
@@ -170,6 +245,33 @@ class LastCheckpoint(ModelCheckpoint):
         super().on_train_end(trainer, pl_module)
         if self._last_global_step_saved != trainer.global_step and not trainer.fast_dev_run:
             self._save_topk_checkpoint(trainer, self._monitor_candidates(trainer))
+
+
+def _restarting(loop: _FitLoop, restarting: bool) -> None:
+    p = loop.epoch_progress.current
+    ended = p.processed and p.ready == p.started == p.processed and loop.epoch_loop.batch_progress.is_last_batch
+    if restarting and ended:
+        _Loop.restarting.fset(loop, False)  # the epoch is over: begin the next one, as without max_steps
+    else:
+        _FitLoop.restarting.fset(loop, restarting)
+
+
+class _WholeEpochFitLoop(_FitLoop):
+    restarting = _FitLoop.restarting.setter(_restarting)
+
+
+def resume_after_whole_epochs(trainer) -> None:
+    """Make ``trainer`` continue a checkpoint saved at the end of an epoch with the next epoch.
+
+    With ``trainer.max_steps`` set, Lightning (2.x, its issue #19617) restores such a checkpoint as
+    an epoch still to be finished: it runs that epoch's (already trained) remainder — nothing — and
+    counts it as another epoch, so ``resume=DIR trainer.max_epochs=2 trainer.max_steps=4`` after one
+    epoch of 2 steps trained no step. Here a restored epoch whose last batch was trained counts as
+    over, which is what Lightning does without ``max_steps``; a checkpoint from the middle of an
+    epoch (``max_steps`` reached there, or a step checkpoint) still continues that epoch.
+    """
+    if type(trainer.fit_loop) is _FitLoop:
+        trainer.fit_loop.__class__ = _WholeEpochFitLoop
 
 
 class StepSeed(Callback):

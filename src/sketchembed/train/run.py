@@ -28,7 +28,8 @@ from sketchembed.nets.backbone import check_backbone
 from sketchembed.registry import LOSSES, MODELS, TRIPLET, loss_kind
 from sketchembed.train.console import is_tty
 from sketchembed.train.ranks import RankFailureReport, report_other_rank
-from sketchembed.train.resume import check_checkpoint_fits, continue_wandb_run, resume_argv
+from sketchembed.train.resume import (check_checkpoint_fits, continue_wandb_run, keep_config_unless_resumed,
+                                      read_checkpoint, resume_after_whole_epochs, resume_argv)
 from sketchembed.train.search import check_optimized_metric, optimized_value, resolve_metric
 from sketchembed.train.validate import check_config
 from sketchembed.wandb_run import WandbLogger, naming
@@ -66,9 +67,24 @@ def validate(cfg: DictConfig) -> dict[str, Any]:
     if has_cnn and OmegaConf.select(cfg, "model.backbone") is not None:  # a model without one may draw images
         check_backbone(OmegaConf.select(cfg, "model.backbone"), int(cfg.data.image_size))
     model_cls.check_args({str(k): OmegaConf.select(cfg.model, str(k), throw_on_missing=False) for k in cfg.model})
+    if loss_kind(loss_cls) == TRIPLET:
+        _check_pk_batches(cfg, loss_name)
     _check_launch(cfg)
     return {"model_cls": model_cls, "loss_cls": loss_cls, "model_choice": model_choice,
             "loss_name": loss_name, "loss_kind": loss_kind(loss_cls)}
+
+
+def _check_pk_batches(cfg: DictConfig, loss_name: str) -> None:
+    """A triplet needs two drawings of a class and one of another in the batch: P x K batches
+    (``data.sampler=pk``) of one class, or of one drawing per class, hold none, and the run would
+    train nothing (loss 0) while exiting as if it had."""
+    if OmegaConf.select(cfg, "data.sampler") != "pk":
+        return
+    for key, what in (("data.pk_p", "classes"), ("data.pk_k", "drawings of each class")):
+        value = OmegaConf.select(cfg, key)
+        if isinstance(value, int) and value < 2:
+            raise ConfigError(f"{key}={value}: loss={loss_name} learns from triplets, which need at least 2 "
+                              f"{what} in each batch (data.sampler=pk): set {key} >= 2")
 
 
 def _check_launch(cfg: DictConfig) -> None:
@@ -87,13 +103,28 @@ def _check_launch(cfg: DictConfig) -> None:
                           "local multirun (-m): start each run on its own, or use hydra/launcher=slurm")
 
 
-def _instantiate_model(cfg: DictConfig, num_classes: int, loss_kind: str | None):
+def _instantiate_model(cfg: DictConfig, num_classes: int, loss_kind: str | None, resumed: dict | None = None):
     """The model with its loss and (triplet-kind losses) miner configs injected; the model builds
     them and keeps the configs as the record of what it trained with."""
     parts = {"loss": OmegaConf.to_container(cfg.loss, resolve=True), "miner": None}
     if loss_kind == TRIPLET and _has_target(cfg.get("miner")):
         parts["miner"] = OmegaConf.to_container(cfg.miner, resolve=True)
-    return instantiate(cfg.model, num_classes=num_classes, **parts, _recursive_=False, _convert_="all")
+    return instantiate(cfg.model, num_classes=num_classes, **parts, **_transferred_before(cfg, resumed),
+                       _recursive_=False, _convert_="all")
+
+
+def _transferred_before(cfg: DictConfig, resumed: dict | None) -> dict:
+    """Continuing (or testing) a checkpoint whose CNN was transferred: ``model.cnn_ckpt`` is not read.
+
+    The checkpoint's weights replace the CNN anyway, so the source file need not exist any more (nor
+    be found from another working directory); what the transfer set besides the weights (the
+    source's ``normalize``, the record of the source) comes from the checkpoint's hyperparameters."""
+    hp = (resumed or {}).get("hyper_parameters") or {}
+    source = hp.get("cnn_ckpt_source") if isinstance(hp, dict) else None
+    if not source or OmegaConf.select(cfg, "model.cnn_ckpt", throw_on_missing=False) is None:
+        return {}
+    log.info("model.cnn_ckpt: not read, the CNN comes from ckpt_path=%s (transferred from %s)", cfg.ckpt_path, source)
+    return {"cnn_ckpt": None, "cnn_ckpt_source": str(source), "normalize": bool(hp.get("normalize", False))}
 
 
 def _callbacks(cfg: DictConfig, monitor: str) -> list:
@@ -173,9 +204,15 @@ def train(cfg: DictConfig) -> dict[str, float]:
     augment = instantiate(cfg.augment) if _has_target(cfg.get("augment")) else None
     datamodule = instantiate(cfg.data, augment=augment, views=sorted(model_cls.VIEWS),
                              _convert_="all")
-    model = _instantiate_model(cfg, datamodule.num_classes, checked["loss_kind"])
-    if cfg.get("ckpt_path"):  # read safely and matched to the config before Lightning opens it
-        check_checkpoint_fits(cfg.ckpt_path, model, checked["model_choice"])
+    # read safely (once) and matched to the config before Lightning opens it
+    resumed = read_checkpoint(cfg.ckpt_path) if cfg.get("ckpt_path") else None
+    model = _instantiate_model(cfg, datamodule.num_classes, checked["loss_kind"], resumed)
+    if resumed is not None:
+        check_checkpoint_fits(cfg.ckpt_path, model, checked["model_choice"], resumed)
+    start_step = None if resumed is None else int(resumed.get("global_step", 0))
+    del resumed
+    if hasattr(model, "check_transfer_inputs"):  # a transferred CNN sees drawings as it was trained to
+        model.check_transfer_inputs(datamodule.inputs)
 
     monitor = resolve_metric(cfg, model_cls)
     callbacks = _callbacks(cfg, monitor)
@@ -183,6 +220,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     continue_wandb_run(cfg)
     loggers = _loggers(cfg)
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    resume_after_whole_epochs(trainer)
 
     hparams = OmegaConf.to_container(cfg, resolve=True)
     hparams["choices"] = hydra_choices()
@@ -192,8 +230,12 @@ def train(cfg: DictConfig) -> dict[str, float]:
     out_dir = Path(cfg.paths.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     metrics: dict[str, float] = {}
+    trained = False
     if cfg.get("train", True):
         trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
+        trained = trainer.global_step != start_step
+        if not trained:
+            log.warning(_nothing_to_continue(cfg, trainer))
         metrics.update(_scalar_metrics(trainer.callback_metrics))
         ckpt_cb = trainer.checkpoint_callback
         if ckpt_cb is not None and ckpt_cb.monitor == monitor and ckpt_cb.best_model_score is not None:
@@ -207,7 +249,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
         metrics["best_checkpoint"] = ckpt or ""
     if trainer.is_global_zero:
         kind = model_cls.MODEL_KIND or checked["model_choice"]
-        saved = with_intervals({**metrics, **run_facts(hparams, hparams["choices"], kind)})
+        earlier = _earlier_metrics(out_dir / "train_metrics.json", trained) if cfg.get("resume") else {}
+        saved = with_intervals({**earlier, **metrics, **run_facts(hparams, hparams["choices"], kind)})
         (out_dir / "train_metrics.json").write_text(json.dumps(saved, indent=2, sort_keys=True))
         if cfg.get("test", True):
             print_table({k: v for k, v in metrics.items() if isinstance(v, float)},
@@ -216,6 +259,27 @@ def train(cfg: DictConfig) -> dict[str, float]:
         if isinstance(lg, L.pytorch.loggers.WandbLogger):
             wandb.finish()
     return metrics
+
+
+def _nothing_to_continue(cfg: DictConfig, trainer) -> str:
+    what = f"resume={cfg.resume}" if cfg.get("resume") else f"ckpt_path={cfg.ckpt_path}"
+    return (f"{what}: nothing to continue, the run is complete (epoch {trainer.current_epoch}, step "
+            f"{trainer.global_step}; trainer.max_epochs={trainer.max_epochs}, trainer.max_steps={trainer.max_steps}): "
+            "raise one of them to train longer")
+
+
+def _earlier_metrics(path: Path, trained: bool) -> dict:
+    """What the run recorded before this continuation (its intervals are recomputed with the new
+    values); a continuation that logs a metric again replaces it, the others stay — except, once it
+    trained further, the test of a best checkpoint that may no longer be the run's."""
+    try:
+        earlier = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(earlier, dict):
+        return {}
+    stale = ("test/", "best_checkpoint") if trained else ()
+    return {k: v for k, v in earlier.items() if k != "intervals" and not k.startswith(stale)}
 
 
 def train_entry(config_name: str, fn):
@@ -231,7 +295,8 @@ def main() -> None:
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
-    train_entry("train", train)()
+    with keep_config_unless_resumed(sys.argv):
+        train_entry("train", train)()
 
 
 if __name__ == "__main__":

@@ -33,7 +33,14 @@ MINIMUM = {
     "trainer.max_steps": -1,
     "trainer.accumulate_grad_batches": 1,
     "trainer.log_every_n_steps": 1,
+    # sizes of the models' layers (0 or less: a 0-d embedding trains and exits 0, -4 crashes in torch)
+    "model.embedding_dim": 1,
+    "model.hidden": 1,
+    "model.layers": 1,
+    "model.mlp_hidden": 0,  # 0: the combined model's head is one linear layer
 }
+# Probabilities of dropping a unit: [0, 1) (1 drops everything; torch refuses others without the key).
+DROPOUT = ("model.dropout", "model.drop_rate")
 _LIST = 15  # names shown in a message (Trainer takes 40)
 _HYDRA_KEYS = {"_target_", "_partial_", "_convert_", "_recursive_", "_args_"}
 
@@ -46,6 +53,10 @@ def check_config(cfg: DictConfig) -> None:
         value = _value(cfg, key)
         if isinstance(value, int) and not isinstance(value, bool) and value < low:
             raise ConfigError(f"{key}={value}: must be >= {low}")
+    for key in DROPOUT:
+        value = _value(cfg, key)
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and not 0 <= value < 1:
+            raise ConfigError(f"{key}={value}: must be in [0, 1) (a probability of dropping a unit)")
 
 
 def _target_nodes(node: Any, path: str):
