@@ -121,3 +121,56 @@ def test_cli_subprocess_with_stdin(tiny_store):
                            "--fractions", "1.0"], input="q\n", capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert "no answers given" in proc.stdout
+
+
+# ------------------------------------------------------------------------------------ checked up front
+class _Answers(io.StringIO):
+    """stdin that records whether anything was asked, and may run ``on_first`` at the first read."""
+
+    def __init__(self, text, on_first=None):
+        super().__init__(text)
+        self.asked, self.on_first = 0, on_first
+
+    def readline(self, *a):
+        self.asked += 1
+        if self.on_first and self.asked == 1:
+            self.on_first()
+        return super().readline(*a)
+
+
+@pytest.mark.parametrize("make, pattern", [
+    (lambda d: dict(metrics=_write(d / "m.json", {"test/acc@50": 0.7, "test/acc@100": "n/a"})),
+     r"m.json: 'test/acc@100' must be an accuracy on 0–1, got \"n/a\""),
+    (lambda d: dict(metrics=_write(d / "m.json", {"val/acc@50": True})), r"m.json: 'val/acc@50' must be an accuracy"),
+    (lambda d: dict(metrics=_write(d / "m.json", {"test/acc@50": 87.5})), r"'test/acc@50' must be an accuracy on 0–1, got 87.5"),
+    (lambda d: dict(out=str(d / "missing" / "me.json")), r"--out .*me.json: the folder .*missing does not exist"),
+    (lambda d: dict(out=str(d)), r"--out .*: is a folder"),
+    (lambda d: dict(seed=-1), r"--seed must be >= 0, got -1"),
+])
+def test_what_would_fail_at_the_end_is_refused_before_the_first_drawing(make, pattern, tiny_store, tmp_path):
+    stdin, out = _Answers("1\n" * 8), io.StringIO()
+    with pytest.raises(ValueError, match=pattern):
+        human.run(args(tiny_store, **make(tmp_path)), stdin=stdin, stdout=out)
+    assert stdin.asked == 0 and out.getvalue() == ""
+
+
+def test_answers_are_printed_when_saving_fails_at_the_end(tiny_store, tmp_path):
+    folder = tmp_path / "gone"
+    folder.mkdir()
+    stdin, out = _Answers("1\n2\nq\n", on_first=folder.rmdir), io.StringIO()  # the folder goes away meanwhile
+    with pytest.raises(ValueError, match=r"--out .*me.json: cannot write it .*printed above as JSON"):
+        human.run(args(tiny_store, out=str(folder / "me.json")), stdin=stdin, stdout=out)
+    text = out.getvalue()
+    saved = json.loads(text[text.index("\n{") + 1:])
+    assert len(saved["answers"]) == 2 and saved["seed"] == 3
+
+
+def test_cli_names_the_seed_option(tiny_store):
+    proc = subprocess.run([sys.executable, "-m", "sketchembed.cli", "human", "--data", str(tiny_store), "--seed", "-1"],
+                          input="", capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and proc.stderr == "error: --seed must be >= 0, got -1\n" and proc.stdout == ""
+
+
+def _write(path, data) -> str:
+    path.write_text(json.dumps(data))
+    return str(path)

@@ -13,6 +13,9 @@ import math
 import os
 import re
 import socket
+import threading
+import time
+import urllib.request
 from itertools import islice
 from pathlib import Path
 
@@ -34,6 +37,7 @@ from sketchembed.eval.embed import embed_points
 from sketchembed.eval.suggest import suggest
 from sketchembed.models import CombinedModel, TripletImageModel
 from sketchembed.studio import Studio, create_app
+from sketchembed.studio import app as studio_app
 from sketchembed.studio.drawing import MAX_BODY_BYTES, strokes_json
 from sketchembed.studio.live import browser_missing, draw_stroke, free_port, launch, serve_in_thread, wait_predictions
 
@@ -177,13 +181,63 @@ BAD_INPUTS = [
      422, r"stroke 0 has a single point"),
     ("a lone tap", json.dumps({"drawing": [[[100], [100], [0]]]}).encode(), 422, r"raw drawing: drawing spans 0"),
     ("a lone dot", json.dumps({"drawing": [[[7, 7], [9, 9]]]}).encode(), 422, r"simplified drawing: drawing spans 0"),
+    # the readers' JSON decoder: nesting too deep is refused, not a RecursionError (a 500)
+    ("nested too deeply", b'{"drawing": [[[1, 2], [3, 4]]], "k": ' + b"[" * 5000 + b"]" * 5000 + b"}", 400,
+     r"^body is not JSON \(nested too deeply\)$"),
+    # the raw readers' coordinate limit, before the simplification (1e308 was a 500 from inside it)
+    ("raw beyond the limit", json.dumps({"drawing": [[[1, 1e308], [3, 4]]], "format": "raw"}).encode(), 422,
+     r"raw drawing: stroke 0 has coordinates outside ±100,000"),
+    ("huge both ways", json.dumps({"drawing": [[[-1e308, 1e308], [3, 4]]]}).encode(), 422,
+     r"raw drawing: stroke 0 has coordinates outside ±100,000"),
+    ("too intricate", json.dumps({"drawing": [[np.linspace(0, 255, 20000).tolist(), [0, 255] * 10000]],
+                                  "format": "raw"}).encode(), 422, r"raw drawing: too intricate to simplify: 20,000 points"),
 ]
 
 
 @pytest.mark.parametrize("name,body,status,pattern", BAD_INPUTS, ids=[b[0] for b in BAD_INPUTS])
 def test_bad_input_is_refused_in_one_line(client, name, body, status, pattern):
+    t0 = time.perf_counter()
     r = client.post("/api/predict", content=body, headers={"content-type": "application/json"})
     assert_one_line_refusal(r, status, pattern)
+    assert time.perf_counter() - t0 < 10  # the zig-zag took a minute and 1 GB to simplify
+
+
+@pytest.mark.parametrize("path", ["/api/predict", "/api/human/start", "/api/human/finish"])
+def test_every_json_endpoint_refuses_deep_nesting_in_one_line(client, path):
+    body = b'{"session": "x", "answers": ' + b"[" * 5000 + b"]" * 5000 + b"}"
+    r = client.post(path, content=body, headers={"content-type": "application/json"})
+    assert_one_line_refusal(r, 400, r"^body is not JSON \(nested too deeply\)$")
+
+
+def test_a_slow_request_does_not_stall_the_others(live_server, monkeypatch):
+    """Reading and simplifying a drawing runs in the threadpool, as the model does: while one predict
+    is busy there, the event loop still answers (it was blocked for a minute by one raw zig-zag)."""
+    busy, release = threading.Event(), threading.Event()
+
+    def slow_to_points(*a, **k):
+        busy.set()
+        release.wait(20)
+        return real(*a, **k)
+
+    real = studio_app.to_points
+    monkeypatch.setattr(studio_app, "to_points", slow_to_points)
+    answers = []
+    worker = threading.Thread(target=lambda: answers.append(_post(live_server + "/api/predict", {"drawing": GOOD})))
+    worker.start()
+    try:
+        assert busy.wait(20)
+        with urllib.request.urlopen(live_server + "/api/health", timeout=5) as r:
+            assert json.loads(r.read())["status"] == "ok"
+    finally:
+        release.set()
+        worker.join(30)
+    assert answers and len(answers[0]["neighbours"]) == 8
+
+
+def _post(url, body):
+    req = urllib.request.Request(url, json.dumps(body).encode(), {"content-type": "application/json"})
+    with urllib.request.urlopen(req, timeout=30) as r:
+        return json.loads(r.read())
 
 
 def test_oversized_bodies_are_refused_declared_or_streamed(client):
@@ -259,7 +313,9 @@ def test_human_test_scores_you_beside_the_model_and_saves_json(client, studio):
     assert_one_line_refusal(client.post("/api/human/start", json={"n": 0}), 422, r"^n: Input should be")
     assert_one_line_refusal(client.post("/api/human/start", json={"fractions": [0]}), 422, r"'fractions' must be")
     assert_one_line_refusal(client.post("/api/human/start", content=b"{nope", headers={"content-type": "application/json"}),
-                            422, r"^body is not JSON")
+                            400, r"^body is not JSON")
+    assert_one_line_refusal(client.post("/api/human/start", json={"seed": -1}), 422, r"^seed: Input should be greater")
+    assert_one_line_refusal(client.post("/api/human/finish", json=[1]), 422, r"^body: Input should be a valid dict")
 
 
 def test_embedding_only_model_guesses_by_knn(knn_client, shared_quickdraw):
@@ -290,7 +346,9 @@ def test_page_and_docs_are_served_from_the_package(client):
     assert {"/api/health", "/api/predict", "/api/sample", "/api/human/start", "/api/human/finish"} <= set(spec["paths"])
     body = spec["paths"]["/api/predict"]["post"]["requestBody"]["content"]["application/json"]["schema"]
     assert "drawing" in body["properties"]
-    assert client.get("/docs").status_code == 200
+    docs = client.get("/docs")  # the package's own page: FastAPI's Swagger UI loads from a CDN
+    assert docs.status_code == 200 and '<script src="/static/api.js">' in docs.text and "cdn" not in docs.text
+    assert client.get("/redoc").status_code == 404
     assert_one_line_refusal(client.get("/nope"), 404, r"Not Found")
 
 
@@ -412,6 +470,11 @@ def test_page_in_a_real_browser_guesses_after_every_stroke(live_server, tmp_path
             assert len(rows) == 1 and re.search(r"%\s+1\s+(0|100) % \(\d+–\d+ %\)\s+(0|100) % \(", rows[0]), rows
             assert Path(page.locator("#human-saved").inner_text()).is_file()
             assert page.locator("#human-study").inner_text().startswith("84")
+            # the API page works offline: every endpoint of /openapi.json listed with its schema
+            page.goto(live_server + "/docs")
+            page.wait_for_selector("body[data-endpoints='5']")
+            assert "POST/api/predict" in page.locator("#endpoints h2").all_inner_texts()[1].replace(" ", "")
+            assert '"drawing"' in page.locator("#endpoints pre").first.inner_text()
             assert not errors, errors
         finally:
             browser.close()

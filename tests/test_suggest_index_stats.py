@@ -1,16 +1,23 @@
 """`sketchembed suggest` with a user's plain drawing (raw or simplified, with or without the dataset's
-record fields), the note when the query itself is in the index; `index build --max` sampling across
-classes; `data stats --verify` saying so, its table not cut at 80 columns."""
+record fields), the note when the query itself is in the index; a crafted index refused in one line
+naming its file and field; `index build`'s options checked before anything is embedded, `--max`
+sampling across classes; `data stats --verify` saying so, its table not cut at 80 columns."""
 
 from __future__ import annotations
 
 import json
+import re
+import shutil
+import time
 
 import numpy as np
 import pytest
 from test_eval_lib import CLASSES3, _ndjson, trained  # noqa: F401 - `trained`: the tiny model fixture
 
 from sketchembed.cli import main
+from sketchembed.data.formats import read_drawings
+from sketchembed.data.user_drawing import check_raw
+from sketchembed.eval import index as index_cmd
 from sketchembed.eval import knn
 
 
@@ -114,6 +121,150 @@ def test_suggest_refuses_bad_drawings_in_one_line(text, reason, trained, index_d
     bad.write_text(text)
     rc, _, err = suggest(trained, index_dir, bad, capsys)
     assert rc == 2 and len(err.strip().splitlines()) == 1 and "bad.json" in err and reason in err, err
+
+
+@pytest.mark.parametrize("drawing, reason", [
+    ([[[0, 1e308], [0, 5]]], r"stroke 0 has coordinates outside ±100,000"),
+    ([[[-1e308, 1e308], [0, 5]]], r"stroke 0 has coordinates outside ±100,000"),
+    ([[[0, 10], [0, 5]], [[0, 200001], [0, 5], [0, 9]]], r"stroke 1 has coordinates outside ±100,000"),
+    ([[np.linspace(0, 255, 20000).tolist(), [0.0, 255.0] * 10000]], r"too intricate to simplify: 20,000 points"),
+], ids=["huge", "huge both ways", "beyond the limit", "zig-zag"])
+def test_suggest_refuses_raw_drawings_beyond_the_readers_limits_at_once(drawing, reason, trained, index_dir,  # noqa: F811
+                                                                       tmp_path, capsys):
+    """Raw coordinates beyond the raw readers' ±100,000 and drawings too intricate to simplify in
+    reasonable time are refused before the simplification (the zig-zag took a minute and 1 GB)."""
+    sketch = tmp_path / "raw.json"
+    sketch.write_text(json.dumps({"drawing": drawing}))
+    t0 = time.perf_counter()
+    rc, _, err = suggest(trained, index_dir, sketch, capsys)
+    assert rc == 2 and len(err.strip().splitlines()) == 1 and "raw.json" in err, err
+    assert re.search(rf"raw drawing: {reason}", err), err
+    assert time.perf_counter() - t0 < 10
+
+
+def test_the_real_raw_drawings_pass_the_raw_checks(shared_quickdraw):
+    """The bound on the simplification's work leaves every real raw drawing alone (9,513 of them)."""
+    n = 0
+    for f in sorted((shared_quickdraw / "raw").glob("*.ndjson")):
+        for d in read_drawings(f, on_error="skip"):
+            assert check_raw([np.asarray(s, float) for s in d.strokes]) is None, (f.name, d.key_id)
+            n += 1
+    assert n > 9000
+
+
+# ------------------------------------------------------------------------------------ crafted indexes
+def _meta(change):
+    def edit(d):
+        meta = json.loads((d / "index.json").read_text())
+        (d / "index.json").write_text(change(meta) if callable(change) else change)
+    return edit
+
+
+def _set(key, value):
+    return _meta(lambda m: json.dumps({**m, key: value}))
+
+
+def _array(name, change):
+    def edit(d):
+        np.save(d / f"{name}.npy", change(np.load(d / f"{name}.npy")))
+    return edit
+
+
+def _reversed_inner(o):
+    o = o.copy()
+    o[1:-1] = o[1:-1][::-1]
+    return o
+
+
+CRAFTED = [
+    # (name, edit of a good index folder, the file named, what the message says)
+    ("no classes", _meta(lambda m: json.dumps({k: v for k, v in m.items() if k != "classes"})), "index.json",
+     r"'classes' is missing"),
+    ("metadata a list", _meta("[1, 2]"), "index.json", r"must be a JSON object, got list"),
+    ("nested too deeply", _meta('{"a": ' + "[" * 100000 + "]" * 100000 + "}"), "index.json", r"nested too deeply"),
+    ("classes a string", _set("classes", "abc"), "index.json", r"'classes' must be a non-empty list"),
+    ("classes numbers", _set("classes", [0, 1, 2]), "index.json", r"'classes' must be a non-empty list"),
+    ("classes twice", _set("classes", ["apple", "apple", "bus"]), "index.json", r"'classes' must be .*distinct"),
+    ("n a string", _set("n", "48"), "index.json", r"'n' must be a whole number"),
+    ("n wrong", _set("n", 47), "index.json", r"'n' says 47, but embeddings.npy has 48 rows"),
+    ("dim wrong", _set("dim", 3), "index.json", r"'dim' says 3, but embeddings.npy has \d+ columns"),
+    ("version true", _set("version", True), "index.json", r"index version True"),
+    ("sha256 a number", _set("ckpt_sha256", 12), "index.json", r"'ckpt_sha256' must be a string"),
+    ("labels floats", _array("labels", lambda a: a + 0.5), "labels.npy", r"must be a 1-d array of integers, got float64"),
+    ("labels beyond the classes", _set("classes", ["apple", "banana"]), "labels.npy", r"label 2 is outside the 2 classes"),
+    ("negative key_ids", _array("key_ids", lambda a: -np.ones(len(a), np.int64)), "key_ids.npy", r"must not be negative"),
+    ("key_ids short", _array("key_ids", lambda a: a[:-1]), "key_ids.npy", r"47 rows, but embeddings.npy has 48"),
+    ("embeddings 1-d", _array("embeddings", lambda a: a[:, 0]), "embeddings.npy", r"must be a 2-d array of floats"),
+    ("embeddings strings", _array("embeddings", lambda a: a.astype(str)), "embeddings.npy", r"must be a 2-d array of floats"),
+    ("offsets reversed", _array("offsets", _reversed_inner), "offsets.npy", r"offsets must increase"),
+    ("offsets oversized", _array("offsets", lambda a: np.where(a > 0, 10**12, 0)), "offsets.npy", r"must run from 0 to \d+"),
+    ("points 1-d", _array("points", lambda a: a.ravel()), "points.npy", r"must be a 2-d array of integers"),
+    ("points floats", _array("points", lambda a: a * 1e10), "points.npy", r"must be a 2-d array of integers, got float64"),
+    ("points off the canvas", _array("points", lambda a: a.astype(np.int32) * 300), "points.npy", r"row \d+ is .*x, y on 0–255"),
+    ("points missing", lambda d: (d / "points.npy").unlink(), "points.npy", r"missing from the index .*go together"),
+]
+
+
+@pytest.mark.parametrize("name, edit, file, pattern", CRAFTED, ids=[c[0] for c in CRAFTED])
+def test_a_crafted_index_is_refused_in_one_line_naming_file_and_field(name, edit, file, pattern, trained,  # noqa: F811
+                                                                      index_dir, tmp_path, capsys):
+    bad = tmp_path / "crafted"
+    shutil.copytree(index_dir, bad)
+    edit(bad)
+    with pytest.raises((ValueError, FileNotFoundError), match=pattern) as e:
+        knn.KNNIndex.load(bad)
+    assert str(e.value).startswith(str(bad / file)) and "\n" not in str(e.value)
+    sketch = _ndjson(tmp_path / "s.ndjson", knn.KNNIndex.load(index_dir).drawing(3))
+    rc, _, err = suggest(trained, bad, sketch, capsys, "--png", str(tmp_path / "s.png"))
+    assert rc == 2 and err.count("\n") == 1 and str(bad / file) in err and "Traceback" not in err, err
+
+
+def test_non_finite_embeddings_name_the_index(index_dir, tmp_path):
+    bad = tmp_path / "nan"
+    shutil.copytree(index_dir, bad)
+    _array("embeddings", lambda a: np.full_like(a, np.nan))(bad)
+    with pytest.raises(ValueError, match=rf"^{re.escape(str(bad))}: index embeddings contain NaN/inf$"):
+        knn.KNNIndex.load(bad)
+
+
+# ------------------------------------------------------------------------------------ index build options
+@pytest.mark.parametrize("option, value, pattern", [
+    ("--max", "-3", r"--max must be >= 1, got -3"),
+    ("--max", "0", r"--max must be >= 1, got 0"),
+    ("--batch-size", "0", r"--batch-size must be >= 1, got 0"),
+    ("--seed", "-1", r"--seed must be >= 0, got -1"),
+    ("--out", "FILE", r"--out .*afile: it is a file, not a folder"),
+    ("--out", "FILE/sub", r"--out .*afile/sub: .*afile is a file, not a folder"),
+    ("--out", "OTHER", r"--out .*other: it is a folder that is not an index \(no index.json\)"),
+])
+def test_index_build_checks_its_options_before_embedding(option, value, pattern, trained, tmp_path, capsys,  # noqa: F811
+                                                         monkeypatch):
+    (tmp_path / "afile").write_text("keep me")
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "labels.npy").write_text("someone's file")
+
+    def never(*a, **k):
+        raise AssertionError("embedded before the options were checked")
+
+    monkeypatch.setattr(index_cmd, "build_index", never)
+    value = value.replace("FILE", str(tmp_path / "afile")).replace("OTHER", str(tmp_path / "other"))
+    args = {"--out": str(tmp_path / "new"), option: value}
+    capsys.readouterr()
+    assert main(["index", "build", "--ckpt", str(trained["ckpt"]), "--data", str(trained["data"]), "--quiet",
+                 "--device", "cpu", *[x for kv in args.items() for x in kv]]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and re.search(pattern, err), err
+    assert (tmp_path / "afile").read_text() == "keep me"
+    assert (tmp_path / "other" / "labels.npy").read_text() == "someone's file"
+
+
+def test_index_build_rebuilds_an_earlier_index_in_place(trained, index_dir, tmp_path):  # noqa: F811
+    again = tmp_path / "again"
+    shutil.copytree(index_dir, again)
+    assert main(["index", "build", "--ckpt", str(trained["ckpt"]), "--data", str(trained["data"]),
+                 "--out", str(again), "--quiet", "--device", "cpu", "--max", "6", "--no-drawings"]) == 0
+    index = knn.KNNIndex.load(again)
+    assert len(index) == 6 and index.points is None and not (again / "points.npy").exists()
 
 
 # ------------------------------------------------------------------------------------ index --max

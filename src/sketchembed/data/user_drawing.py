@@ -6,6 +6,15 @@ strokes ``[[x…], [y…]]`` or ``[[x…], [y…], [t…]]``, in Quick, Draw!'s 
 simplification (:mod:`sketchembed.data.simplify`), so a user's sketch reaches a model exactly as a
 drawing of the training files did. Every refusal is a :class:`UserDrawingError` (a ``ValueError``)
 whose message names what is wrong in one line.
+
+Raw input is checked before it is simplified, so the work stays small: coordinates within the raw
+readers' limit (:data:`~sketchembed.data.sketch.RAW_COORD_LIMIT`, by their own
+:func:`~sketchembed.data.sketch.check_strokes`), and :data:`MAX_SIMPLIFY_WORK` on points × ink length.
+The simplification resamples the ink at every pixel of the 0–255 canvas, then Ramer–Douglas–Peucker
+runs over those points once per level it keeps (up to one level per raw point, on a zig-zag): a
+20,000-point zig-zag within the studio's caps took a minute and a gigabyte. The real raw drawings
+stay far below the limit (at most 1,174 points, 36,000 px of ink, 3.7e7 for the product in
+../shared/quickdraw's 9,513), and the slowest drawing at the limit (a zig-zag) simplifies in 1–2 s.
 """
 
 from __future__ import annotations
@@ -19,6 +28,9 @@ from sketchembed.data.sketch import check_strokes, strokes_to_points
 
 # the coordinate forms a user's drawing may come in (not file formats: see data/formats/registry.py)
 COORDINATE_FORMS = ("auto", "raw", "simplified")
+#: A raw drawing's points × its ink length on the 0–255 canvas (px) may be at most this: a bound on
+#: the simplification's work (module docstring).
+MAX_SIMPLIFY_WORK = 100_000_000
 
 
 class UserDrawingError(ValueError):
@@ -71,6 +83,29 @@ def is_simplified(strokes: list[np.ndarray]) -> bool:
                and s.max() <= CANVAS_MAX for s in strokes)
 
 
+def ink_length(strokes: list[np.ndarray]) -> float:
+    """Length of the strokes' ink once the drawing is scaled onto the 0–255 canvas (its larger extent
+    spans 255, as the simplification scales it); the drawing must have an extent (check it first)."""
+    xy = np.concatenate([s[:, :2] for s in strokes])
+    extent = float((xy.max(axis=0) - xy.min(axis=0)).max())
+    raw = sum(float(np.hypot(*np.diff(s[:, :2], axis=0).T).sum()) for s in strokes)
+    return raw * CANVAS_MAX / extent
+
+
+def check_raw(strokes: list[np.ndarray]) -> str | None:
+    """Why a raw drawing is not simplified, or None: the raw readers' rule (:func:`check_strokes`:
+    coordinates within ±RAW_COORD_LIMIT, an extent; a tap counted as the dot of two points it becomes),
+    then the bound on the simplification's work."""
+    why = check_strokes([s if len(s) > 1 else np.repeat(s, 2, axis=0) for s in strokes], coord_max=None)
+    if why:
+        return why
+    n, ink = sum(len(s) for s in strokes), ink_length(strokes)
+    if n * ink > MAX_SIMPLIFY_WORK:
+        return (f"too intricate to simplify: {n:,} points along {ink:,.0f} px of ink on the 0–{CANVAS_MAX} canvas "
+                f"(points × ink at most {MAX_SIMPLIFY_WORK:,}; the real ones reach about 37,000,000)")
+    return None
+
+
 def user_drawing_points(drawing, fmt: str = "auto") -> np.ndarray:
     """A user's stroke list as simplified ``(N, 3)`` int16 points ``(x, y, pen_up)``.
 
@@ -83,6 +118,9 @@ def user_drawing_points(drawing, fmt: str = "auto") -> np.ndarray:
     if fmt == "auto":
         fmt = "simplified" if is_simplified(strokes) else "raw"
     if fmt == "raw":
+        why = check_raw(strokes)
+        if why:
+            raise UserDrawingError(f"raw drawing: {why}")
         strokes = simplify_strokes(strokes)  # a one-point stroke (a tap) becomes a dot of two points
     why = check_strokes(strokes, coord_max=CANVAS_MAX)  # the readers' rule: e.g. a lone dot is refused
     if why:

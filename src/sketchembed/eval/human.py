@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -159,6 +160,40 @@ def run_session(items: Sequence[Item], classes: Sequence[str], inp: TextIO, out:
     return res
 
 
+def check_model_metrics(metrics: dict, where, fractions: Sequence[float]) -> None:
+    """The accuracies :func:`model_accuracy` will read for ``fractions`` are numbers on 0–1, or a
+    ValueError naming the file ``where`` and the key — before the session, not after it."""
+    for f in fractions:
+        for split in ("test", "val"):
+            key = f"{split}/acc@{fraction_tag(f)}"
+            v = metrics.get(key)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= 1):
+                raise ValueError(f"{where}: {key!r} must be an accuracy on 0–1, got {json.dumps(v)[:40]}")
+
+
+def check_out(out) -> None:
+    """``--out`` can be written: a file (new or not) in an existing folder we may write in."""
+    path = Path(out)
+    if path.is_dir():
+        raise ValueError(f"--out {out}: is a folder; give a file name")
+    if not path.absolute().parent.is_dir():
+        raise ValueError(f"--out {out}: the folder {path.absolute().parent} does not exist")
+    if not os.access(path if path.exists() else path.absolute().parent, os.W_OK):
+        raise ValueError(f"--out {out}: no permission to write there")
+
+
+def save_results(out, results: dict, stdout: TextIO) -> None:
+    """Write the results to ``out``; if that fails after all (the disk filled, the folder went away),
+    print them as JSON on ``stdout`` first, so a whole session's answers are never lost."""
+    text = json.dumps(results, indent=2)
+    try:
+        Path(out).write_text(text)
+    except OSError as e:
+        stdout.write(text + "\n")
+        stdout.flush()
+        raise ValueError(f"--out {out}: cannot write it ({e.strerror or e}); your results are printed above as JSON") from None
+
+
 def model_accuracy(metrics: dict, fraction: float) -> float | None:
     for split in ("test", "val"):
         v = metrics.get(f"{split}/acc@{fraction_tag(fraction)}")
@@ -208,14 +243,20 @@ def run(args, stdin: TextIO | None = None, stdout: TextIO | None = None) -> int:
         raise ValueError(f"--fractions must be numbers like 0.5,1.0, got {args.fractions!r}") from None
     if args.n < 1:
         raise ValueError(f"--n must be >= 1, got {args.n}")
+    if args.seed < 0:
+        raise ValueError(f"--seed must be >= 0, got {args.seed}")
+    # everything that could fail at the end is checked before the first question
     model_metrics = None
     if args.metrics:
         model_metrics = load_metrics(Path(args.metrics))
+        check_model_metrics(model_metrics, args.metrics, fractions)
+    if args.out:
+        check_out(args.out)
     ds = PreparedDataset(resolve_root(args.data))
     items = sample_items(ds, args.n, fractions, args.seed, args.split)
     res = run_session(items, ds.classes, inp, out)
     out.write(format_results(res, model_metrics))
     if args.out:
-        Path(args.out).write_text(json.dumps({**res.metrics(), "answers": res.answers, "data": str(ds.root),
-                                              "seed": args.seed, "classes": ds.classes}, indent=2))
+        save_results(args.out, {**res.metrics(), "answers": res.answers, "data": str(ds.root),
+                                "seed": args.seed, "classes": ds.classes}, out)
     return 0

@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader, Subset
 from sketchembed.data.datamodule import SketchDataModule
 from sketchembed.eval.checkpoint import file_sha256, open_checkpoint
 from sketchembed.eval.embed import embed_loader, pick_device
-from sketchembed.eval.knn import KNNIndex, pack_points
+from sketchembed.eval.knn import KNNIndex, index_target_problem, pack_points
 
 
 def stratified_positions(labels: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
@@ -76,7 +76,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ckpt", required=True, help="sketchembed checkpoint (.ckpt)")
     parser.add_argument("--data", required=True, help="prepared dataset dir or embedded name (study10, others335)")
     parser.add_argument("--split", default="train", choices=("train", "val", "test"))
-    parser.add_argument("--out", required=True, help="index directory to write")
+    parser.add_argument("--out", required=True, help="index folder to write: a new path, an empty folder or an earlier index")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 …")
     parser.add_argument("--max", type=int, default=None,
@@ -87,7 +87,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
+def check_options(args) -> None:
+    """The options, before anything is loaded or embedded: a bad one is one line naming it."""
+    for name, value, low in (("--batch-size", args.batch_size, 1), ("--max", args.max, 1), ("--seed", args.seed, 0)):
+        if value is not None and value < low:
+            raise ValueError(f"{name} must be >= {low}, got {value}")
+    why = index_target_problem(args.out)
+    if why:
+        raise ValueError(f"--out {args.out}: {why}")
+
+
 def run(args) -> int:
+    check_options(args)
     device = pick_device(args.device)
     model, inputs, _ = open_checkpoint(args.ckpt, map_location=device)
     dm = SketchDataModule.from_inputs(inputs, args.data, views=tuple(sorted(model.views)), eval_fractions=(1.0,),

@@ -19,6 +19,7 @@ eval-at-scale section), else by torch matmul — on the CPU, or on a GPU with ``
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -26,6 +27,9 @@ from typing import Iterable, Sequence
 import numpy as np
 import torch
 from sklearn.neighbors import NearestNeighbors
+
+from sketchembed.data.formats.ndjson import decode_line
+from sketchembed.data.sketch import CANVAS_MAX
 
 try:
     import faiss
@@ -268,7 +272,12 @@ class KNNIndex:
         return idx, dist.astype(np.float32)
 
     def save(self, out_dir) -> Path:
+        """Write the index into ``out_dir``: a new path, an empty folder or an earlier index
+        (:func:`index_target_problem`), so no one else's files are overwritten or removed."""
         out = Path(out_dir)
+        why = index_target_problem(out)
+        if why:
+            raise ValueError(f"will not write an index to {out}: {why}")
         out.mkdir(parents=True, exist_ok=True)
         np.save(out / "embeddings.npy", self.embeddings)
         np.save(out / "labels.npy", self.labels)
@@ -287,40 +296,136 @@ class KNNIndex:
 
     @classmethod
     def load(cls, path, mmap: bool = True) -> "KNNIndex":
+        """Open an index folder, checking every field and array it reads (a crafted or damaged
+        index is one ``ValueError`` naming the file and the field, never a crash later on)."""
         root = Path(path)
         meta_file = root / "index.json"
         if not meta_file.is_file():
             raise FileNotFoundError(f"{root}: not a KNN index (no index.json); build one with `sketchembed index build`")
-        try:
-            meta = json.loads(meta_file.read_text())
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{meta_file}: unreadable index metadata ({e})") from None
-        if meta.get("format") != INDEX_FORMAT:
-            raise ValueError(f"{meta_file}: not a sketchembed KNN index")
-        if meta.get("version") != INDEX_VERSION:
-            raise ValueError(f"{meta_file}: index version {meta.get('version')} (this code reads {INDEX_VERSION})")
+        meta = _read_index_meta(meta_file)
+        classes = meta["classes"]
         mode = "r" if mmap else None
 
-        def arr(name, required=True):
+        def arr(name, kinds, ndim, required=True):
             f = root / f"{name}.npy"
             if not f.exists():
                 if required:
                     raise FileNotFoundError(f"{f}: missing from the index")
                 return None
             try:  # plain numeric arrays only: an object array (a pickle) is refused, never unpickled
-                return np.load(f, mmap_mode=mode, allow_pickle=False)
+                a = np.load(f, mmap_mode=mode, allow_pickle=False)
             except (ValueError, OSError, EOFError) as e:
                 raise ValueError(f"{f}: not a plain numeric array ({' '.join(str(e).split())})") from None
+            if a.dtype.kind not in kinds or a.ndim != ndim:
+                what = "floats" if kinds == "f" else "integers"
+                raise ValueError(f"{f}: {name} must be a {ndim}-d array of {what}, got {a.dtype} of shape {a.shape}")
+            return a
 
+        emb = arr("embeddings", "f", 2)
+        n = len(emb)
+        if n == 0 or emb.shape[1] == 0:
+            raise ValueError(f"{root / 'embeddings.npy'}: an empty index ({emb.shape})")
+        rows = {name: arr(name, "iu", 1, name in ("labels", "key_ids")) for name in ("labels", "key_ids", "indices")}
+        for name, a in rows.items():
+            if a is not None and len(a) != n:
+                raise ValueError(f"{root / f'{name}.npy'}: {len(a)} rows, but embeddings.npy has {n}")
+            if a is not None and a.dtype.kind == "i" and a.min() < 0:
+                raise ValueError(f"{root / f'{name}.npy'}: {name} must not be negative, found {a.min()}")
+        labels = rows["labels"]
+        if labels.max() >= len(classes):
+            raise ValueError(f"{root / 'labels.npy'}: label {labels.max()} is outside the {len(classes)} classes "
+                             f"of index.json")
+        points, offsets = arr("points", "iu", 2, False), arr("offsets", "iu", 1, False)
+        if (points is None) != (offsets is None):
+            raise FileNotFoundError(f"{root / ('points.npy' if points is None else 'offsets.npy')}: missing from the "
+                                    f"index (points.npy and offsets.npy go together)")
+        if points is not None:
+            _check_drawings(root, points, offsets, n)
+        for key, want, unit in (("n", n, "rows"), ("dim", emb.shape[1], "columns")):
+            if key in meta and meta[key] != want:
+                raise ValueError(f"{meta_file}: '{key}' says {meta[key]}, but embeddings.npy has {want} {unit}")
         extra = {k: v for k, v in meta.items()
                  if k not in ("format", "version", "classes", "ckpt_path", "ckpt_sha256", "n", "dim")}
-        index = cls(embeddings=arr("embeddings"), labels=arr("labels"), key_ids=arr("key_ids"),
-                    classes=list(meta["classes"]), ckpt_path=meta.get("ckpt_path", ""),
-                    ckpt_sha256=meta.get("ckpt_sha256", ""), indices=arr("indices", False),
-                    points=arr("points", False), offsets=arr("offsets", False), meta=extra)
-        if len(index) != meta.get("n", len(index)):
-            raise ValueError(f"{root}: index.json says {meta['n']} rows, arrays hold {len(index)}")
-        return index
+        try:  # what is left to check (finite embeddings) names the index folder
+            return cls(embeddings=emb, labels=labels, key_ids=rows["key_ids"], classes=classes,
+                       ckpt_path=meta.get("ckpt_path", ""), ckpt_sha256=meta.get("ckpt_sha256", ""),
+                       indices=rows["indices"], points=points, offsets=offsets, meta=extra)
+        except ValueError as e:
+            raise ValueError(f"{root}: {e}") from None
+
+
+# fields of index.json the code reads, with the check each value must pass and what that means
+_META_FIELDS = {
+    "classes": (lambda v: isinstance(v, list) and v and all(isinstance(c, str) for c in v) and len(set(v)) == len(v),
+                "a non-empty list of distinct class names (strings)"),
+    "ckpt_path": (lambda v: isinstance(v, str), "a string"),
+    "ckpt_sha256": (lambda v: isinstance(v, str), "a string (the checkpoint's sha256)"),
+    "n": (lambda v: type(v) is int and v >= 1, "a whole number >= 1"),
+    "dim": (lambda v: type(v) is int and v >= 1, "a whole number >= 1"),
+}
+
+
+def _read_index_meta(meta_file: Path) -> dict:
+    """index.json, read by the readers' JSON decoder (too deep nesting is an error, not a crash) and
+    checked field by field: format, version and every field in ``_META_FIELDS``."""
+    try:
+        meta = decode_line(meta_file.read_bytes())
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{meta_file}: unreadable index metadata ({' '.join(str(e).split())})") from None
+    if not isinstance(meta, dict):
+        raise ValueError(f"{meta_file}: index metadata must be a JSON object, got {type(meta).__name__}")
+    if meta.get("format") != INDEX_FORMAT:
+        raise ValueError(f"{meta_file}: not a sketchembed KNN index")
+    if type(meta.get("version")) is not int or meta["version"] != INDEX_VERSION:
+        raise ValueError(f"{meta_file}: index version {str(meta.get('version'))[:20]} (this code reads {INDEX_VERSION})")
+    if "classes" not in meta:
+        raise ValueError(f"{meta_file}: 'classes' is missing (the class names the labels refer to)")
+    for key, (ok, what) in _META_FIELDS.items():
+        if key in meta and not ok(meta[key]):
+            raise ValueError(f"{meta_file}: '{key}' must be {what}, got {json.dumps(meta[key])[:60]}")
+    return meta
+
+
+def _check_drawings(root: Path, points: np.ndarray, offsets: np.ndarray, n: int, block: int = 1 << 20) -> None:
+    """Offsets: ``n + 1`` entries from 0, increasing, ending at the points' length; points: ``(m, 3)``
+    with x/y on the 0–255 canvas and a 0/1 pen (checked blockwise: the points may be memory-mapped)."""
+    f = root / "offsets.npy"
+    if len(offsets) != n + 1:
+        raise ValueError(f"{f}: {len(offsets)} entries, need {n + 1} (one more than embeddings.npy's rows)")
+    if offsets[0] != 0 or offsets[-1] != len(points):
+        raise ValueError(f"{f}: offsets must run from 0 to {len(points)} (the rows of points.npy), "
+                         f"got {offsets[0]}…{offsets[-1]}")
+    for a in range(0, n, block):
+        if np.any(np.diff(offsets[a:a + block + 1].astype(np.int64)) < 1):
+            raise ValueError(f"{f}: offsets must increase (each drawing has points)")
+    if points.shape[1] != 3:
+        raise ValueError(f"{root / 'points.npy'}: points must be (m, 3) rows x, y, pen, got shape {points.shape}")
+    for a in range(0, len(points), block):
+        p = np.asarray(points[a:a + block])
+        bad = ((p[:, :2] < 0) | (p[:, :2] > CANVAS_MAX)).any(1) | (p[:, 2] < 0) | (p[:, 2] > 1)
+        if bad.any():
+            raise ValueError(f"{root / 'points.npy'}: row {a + int(np.argmax(bad))} is {p[np.argmax(bad)].tolist()}; "
+                             f"points must have x, y on 0–{CANVAS_MAX} and a pen of 0 or 1")
+
+
+def index_target_problem(out) -> str | None:
+    """Why the folder ``out`` cannot take an index, or None: it must be a new path, an empty folder
+    or an earlier index — never a file, nor a folder of other things (their files would be replaced)."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        return "it is a file, not a folder"
+    if out.is_dir():
+        try:
+            names = {p.name for p in out.iterdir()}
+        except OSError as e:
+            return f"it cannot be listed ({e.strerror})"
+        if names and "index.json" not in names:
+            return "it is a folder that is not an index (no index.json); give a new path or an empty folder"
+        return None if os.access(out, os.W_OK) else "no permission to write there"
+    parent = next(p for p in out.absolute().parents if p.exists())
+    if not parent.is_dir():
+        return f"{parent} is a file, not a folder"
+    return None if os.access(parent, os.W_OK) else f"no permission to write in {parent}"
 
 
 def pack_points(drawings: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
