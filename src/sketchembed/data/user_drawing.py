@@ -102,7 +102,7 @@ def check_raw(strokes: list[np.ndarray]) -> str | None:
     n, ink = sum(len(s) for s in strokes), ink_length(strokes)
     if n * ink > MAX_SIMPLIFY_WORK:
         return (f"too intricate to simplify: {n:,} points along {ink:,.0f} px of ink on the 0–{CANVAS_MAX} canvas "
-                f"(points × ink at most {MAX_SIMPLIFY_WORK:,}; the real ones reach about 37,000,000)")
+                f"(points × ink at most {MAX_SIMPLIFY_WORK:,})")
     return None
 
 
