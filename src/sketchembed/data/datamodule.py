@@ -43,14 +43,16 @@ from torch.utils.data import DataLoader, Dataset
 from sketchembed.data.batch_filter import MaxMeanStrokes, stroke_counts
 from sketchembed.data.embedded import resolve_root
 from sketchembed.data.inputs import DEFAULTS, RECIPE, InputSettings, check, image_count, keep_count
+from sketchembed.data.prepare import key_hash
 from sketchembed.data.raster import Rasterizer, render_views
 from sketchembed.data.samplers import PKBatchSampler, RandomBatchSampler, SeededBatches, ShardSampler
 from sketchembed.data.sketch import DataFormatError
-from sketchembed.data.store import PreparedDataset
+from sketchembed.data.store import SPLIT_CODES, PreparedDataset
 from sketchembed.data.test_dir import open_test_dir
 from sketchembed.messages import short_list
 
-__all__ = ["SPLITS", "VIEWS", "SketchCollate", "SketchDataModule", "SketchSplit", "delta_std"]
+__all__ = ["FOLD_KEYS", "SPLITS", "VIEWS", "SketchCollate", "SketchDataModule", "SketchSplit", "check_fold", "delta_std",
+           "fold_splits"]
 
 VIEWS = ("sequence", "image", "snapshots")
 SPLITS = ("train", "val", "test")
@@ -216,6 +218,64 @@ def _subset(rows: np.ndarray, keep: int, seed: int, salt: int) -> np.ndarray:
     return np.sort(rows[rng.choice(len(rows), size=keep, replace=False)])
 
 
+FOLD_KEYS = ("k", "index", "seed", "val_share")
+
+
+def check_fold(fold) -> dict | None:
+    """``data.fold`` checked: ``{k, index, seed=0, val_share=None}`` (one ValueError naming the key)."""
+    if fold is None:
+        return None
+    if not isinstance(fold, dict):
+        raise ValueError(f"data.fold must be a mapping {{k, index, seed, val_share}} or null, got {fold!r}")
+    unknown = sorted(set(fold) - set(FOLD_KEYS))
+    if unknown:
+        raise ValueError(f"data.fold.{unknown[0]}: unknown key (data.fold takes {', '.join(FOLD_KEYS)})")
+    out = {"k": fold.get("k"), "index": fold.get("index"), "seed": fold.get("seed", 0),
+           "val_share": fold.get("val_share")}
+    for key in ("k", "index", "seed"):
+        if not isinstance(out[key], int) or isinstance(out[key], bool):
+            raise ValueError(f"data.fold.{key}={out[key]!r}: expected an integer")
+    if out["k"] < 2:
+        raise ValueError(f"data.fold.k={out['k']}: k-fold cross-validation needs k >= 2")
+    if not 0 <= out["index"] < out["k"]:
+        raise ValueError(f"data.fold.index={out['index']}: must be in 0..{out['k'] - 1} (data.fold.k={out['k']})")
+    share = out["val_share"]
+    if share is not None and (isinstance(share, bool) or not isinstance(share, (int, float)) or not 0 < share < 1):
+        raise ValueError(f"data.fold.val_share={share!r}: must be a number in (0, 1) or null (the dataset's own)")
+    return out
+
+
+def fold_splits(labels: np.ndarray, key_ids: np.ndarray, k: int, index: int, *, seed: int = 0,
+                val_share: float) -> np.ndarray:
+    """Split codes (0 train, 1 val, 2 test) of every drawing for fold ``index`` of ``k``.
+
+    Within each class, drawings are ranked by the seeded key_id hash of ``prepare`` (ties by key_id)
+    and dealt round-robin into the k folds, so each fold holds every class in proportion (class
+    counts per fold differ by at most one) and every drawing is in exactly one fold's test part.
+    Fold ``index`` is the test part; of the remaining drawings of each class the first
+    ``round(val_share * n)`` ranks (at least one when two remain) are val, the rest train."""
+    labels = np.asarray(labels, dtype=np.int64)
+    key_ids = np.asarray(key_ids, dtype=np.uint64)
+    order = np.lexsort((key_ids, key_hash(key_ids, seed), labels))
+    sorted_labels = labels[order]
+    starts = np.searchsorted(sorted_labels, sorted_labels, side="left")
+    rank = np.arange(len(order)) - starts                 # rank within its class
+    codes = np.full(len(order), SPLIT_CODES["train"], dtype=np.int8)
+    test = rank % k == index
+    codes[test] = SPLIT_CODES["test"]
+    rest = ~test
+    # rank among the class's remaining drawings, and how many remain per class
+    rest_rank = np.cumsum(rest) - 1
+    rest_rank -= np.concatenate([[0], np.cumsum(rest)])[starts]
+    n_rest = np.bincount(sorted_labels[rest], minlength=int(labels.max()) + 1 if len(labels) else 0)[sorted_labels]
+    n_val = np.where(n_rest >= 2, np.maximum(1, np.round(val_share * n_rest)), 0)
+    n_val = np.minimum(n_val, n_rest - 1)  # leave train at least one drawing of the class
+    codes[rest & (rest_rank < n_val)] = SPLIT_CODES["val"]
+    out = np.empty(len(order), dtype=np.int8)
+    out[order] = codes
+    return out
+
+
 def _dataloader_kwargs(num_workers: int, pin_memory: bool) -> dict:
     kw = {"num_workers": int(num_workers), "pin_memory": bool(pin_memory)}
     if num_workers > 0:
@@ -253,6 +313,9 @@ class SketchDataModule(L.LightningDataModule):
             directory (all its rows are used) or a folder of per-class files, prepared into a
             temporary directory by ``sketchembed.data.prepare``. Class names must be among the
             training classes; labels are mapped by name.
+        fold: k-fold cross-validation (``train.py cv.folds=K`` sets it per fold): ``{k, index, seed,
+            val_share}`` replaces the dataset's splits by fold ``index`` of ``k`` over all its drawings
+            (:func:`fold_splits`; ``val_share`` null = the dataset's own val / (train + val) share).
     """
 
     def __init__(self, root: str = "study10", views: Iterable[str] = ("sequence", "image"),
@@ -267,7 +330,7 @@ class SketchDataModule(L.LightningDataModule):
                  canvas: float = DEFAULTS.canvas, background: str = DEFAULTS.background,
                  standardize: bool = DEFAULTS.standardize, fraction_rule: str = DEFAULTS.fraction_rule,
                  seq_norm: str = DEFAULTS.seq_norm, seq_origin: Sequence[float] = DEFAULTS.seq_origin,
-                 max_mean_snapshots: float | None = None):
+                 max_mean_snapshots: float | None = None, fold: dict | None = None):
         super().__init__()
         # the input settings are saved once, as this module's state (InputSettings), not as hparams too
         self.save_hyperparameters(ignore=["augment", *RECIPE])
@@ -299,6 +362,11 @@ class SketchDataModule(L.LightningDataModule):
         self.seed = int(seed)
         self.train_subset, self.max_train, self.max_eval = train_subset, max_train, max_eval
         self.test_dir = test_dir
+        self.fold = check_fold(fold)
+        if self.fold is not None and test_dir is not None:
+            raise ValueError("data.fold and data.test_dir cannot be combined: a fold's test part is one fold "
+                             "of the dataset's own drawings")
+        self._fold_codes: np.ndarray | None = None
         self._rasterizer = None
         self._store = None
         self._test_store = None
@@ -350,7 +418,7 @@ class SketchDataModule(L.LightningDataModule):
         """Std of the train deltas (from the checkpoint when one was loaded, else computed once);
         1 with ``seq_norm="none"``, so a checkpoint's state says how its deltas were scaled."""
         if self._seq_std is None:
-            self._seq_std = 1.0 if self.inputs.seq_norm == "none" else delta_std(self.store, self.store.indices("train"))
+            self._seq_std = 1.0 if self.inputs.seq_norm == "none" else delta_std(self.store, self.split_rows("train"))
         return self._seq_std
 
     @property
@@ -391,13 +459,27 @@ class SketchDataModule(L.LightningDataModule):
         return render_views(batch, self.rasterizer, self.views)
 
     # -- rows and datasets -----------------------------------------------------------------------------
+    def split_rows(self, split: str) -> np.ndarray:
+        """Rows of ``split`` in the store before subsets and caps: the prepared dataset's split, or
+        under ``fold`` the fold's part of all its drawings."""
+        if self.fold is None:
+            return self.store.indices(split)
+        if self._fold_codes is None:
+            share = self.fold["val_share"]
+            if share is None:  # the dataset's own share of val among the drawings that are not test
+                n_val, n_train = len(self.store.indices("val")), len(self.store.indices("train"))
+                share = n_val / max(1, n_val + n_train)
+            self._fold_codes = fold_splits(self.store.labels, self.store.key_ids, self.fold["k"], self.fold["index"],
+                                           seed=self.fold["seed"], val_share=share)
+        return np.flatnonzero(self._fold_codes == SPLIT_CODES[split]).astype(np.int64)
+
     def rows(self, split: str) -> np.ndarray:
         """Rows (of :meth:`split_store`) that serve ``split``, after subsets and caps."""
         if split not in self._rows:
             if split == "test" and self.test_dir is not None:
                 rows = np.arange(len(self._open_test_dir()), dtype=np.int64)
             else:
-                rows = self.store.indices(split)
+                rows = self.split_rows(split)
             salt = SPLITS.index(split)
             if split == "train":
                 if self.train_subset is not None:

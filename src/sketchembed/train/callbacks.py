@@ -20,6 +20,7 @@ from sketchembed.eval.knn import KNNIndex, knn_accuracy
 from sketchembed.eval.plots import image_grid, plot_neighbors, plot_tsne, sketch_grid
 from sketchembed.eval.probe import linear_probe
 from sketchembed.eval.tsne import tsne_map
+from sketchembed.eval.tta import PointTTA, split_predictions
 
 log = logging.getLogger("sketchembed.train")
 
@@ -126,6 +127,36 @@ class EmbeddingEvalCallback(Callback):
                                epochs=self.probe_epochs, seed=self.seed)
             out[f"{split}/probe_acc"] = res.accuracy[split]
         return out
+
+
+class TestPredictions(Callback):
+    """At test end (rank 0): every test drawing's prediction by the tested model, written to
+    ``DIRPATH/test_predictions.npz`` — ``key_ids``, ``labels``, ``pred@100``/``pred@50`` (the head, per
+    eval fraction) and ``knn@K`` (strict vote, index = the train split): eval's ``predictions.npz``
+    keys, so runs on the same drawings can be compared pairwise (McNemar). Cross-validation pools
+    these files over folds. With ``tta`` (:class:`~sketchembed.eval.tta.PointTTA`) the predictions
+    average the TTA views, and their accuracies are logged as ``test_tta/…`` beside the plain ones."""
+
+    FILENAME = "test_predictions.npz"
+
+    def __init__(self, dirpath: str, k: int = 3, max_train: int | None = 20000, tta: PointTTA | None = None):
+        super().__init__()
+        self.dirpath, self.k, self.max_train, self.tta = Path(dirpath), int(k), max_train, tta
+
+    def on_test_epoch_end(self, trainer, pl_module) -> None:
+        dm = trainer.datamodule
+        if not trainer.is_global_zero or dm is None or not hasattr(dm, "loader"):
+            return
+        preds = split_predictions(pl_module, dm, "test", k=self.k, tta=self.tta, max_train=self.max_train)
+        self.dirpath.mkdir(parents=True, exist_ok=True)
+        np.savez(self.dirpath / self.FILENAME, **preds)
+        if self.tta is None:
+            return
+        pl_module.log("test_tta/n", float(len(preds["labels"])), rank_zero_only=True)
+        for key, pred in preds.items():
+            if key.startswith(("pred@", "knn@")):
+                name = key.replace("pred@", "acc@")
+                pl_module.log(f"test_tta/{name}", float((pred == preds["labels"]).mean()), rank_zero_only=True)
 
 
 class SampleImagesCallback(Callback):

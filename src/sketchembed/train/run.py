@@ -27,6 +27,7 @@ from sketchembed.models import check_compatible
 from sketchembed.nets.backbone import check_backbone
 from sketchembed.registry import LOSSES, MODELS, TRIPLET, loss_kind
 from sketchembed.train.console import is_tty
+from sketchembed.train.cv import cv_folds, run_cv
 from sketchembed.train.ranks import RankFailureReport, report_other_rank
 from sketchembed.train.resume import (check_checkpoint_fits, continue_wandb_run, keep_config_unless_resumed,
                                       read_checkpoint, resume_after_whole_epochs, resume_argv)
@@ -34,7 +35,7 @@ from sketchembed.train.search import check_optimized_metric, optimized_value, re
 from sketchembed.train.validate import check_config
 from sketchembed.wandb_run import WandbLogger, naming
 
-__all__ = ["ConfigError", "conf_dir", "main", "train", "train_entry", "validate"]
+__all__ = ["ConfigError", "conf_dir", "main", "train", "train_entry", "train_or_cv", "validate"]
 
 log = logging.getLogger("sketchembed.train")
 
@@ -261,6 +262,11 @@ def train(cfg: DictConfig) -> dict[str, float]:
     return metrics
 
 
+def train_or_cv(cfg: DictConfig) -> dict:
+    """``cv.folds=K``: K-fold cross-validation of this config (train/cv.py); else one run."""
+    return run_cv(cfg, train) if cv_folds(cfg) else train(cfg)
+
+
 def _nothing_to_continue(cfg: DictConfig, trainer) -> str:
     what = f"resume={cfg.resume}" if cfg.get("resume") else f"ckpt_path={cfg.ckpt_path}"
     return (f"{what}: nothing to continue, the run is complete (epoch {trainer.current_epoch}, step "
@@ -296,7 +302,7 @@ def main() -> None:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     with keep_config_unless_resumed(sys.argv):
-        train_entry("train", train)()
+        train_entry("train", train_or_cv)()
 
 
 if __name__ == "__main__":
