@@ -30,6 +30,7 @@ from rich.console import Console
 from rich.table import Table
 
 from sketchembed.eval.confusion import pairs_markdown
+from sketchembed.eval.crossval import is_cv_run, report_cv
 from sketchembed.eval.stats import Difference, Interval, ci_text, interval, mcnemar, split_n, two_proportions
 
 STUDY_COL = "study (full data, GPU)"
@@ -593,13 +594,16 @@ def print_comparison(cmp: Comparison, console: Console) -> None:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("runs", nargs="+", metavar="RUN_DIR",
                         help="train and/or eval run dirs (searched recursively for metrics.json and "
-                             "train_metrics.json, e.g. a Hydra multirun dir) or json files")
+                             "train_metrics.json, e.g. a Hydra multirun dir) or json files; or cross-validation "
+                             "run dirs (cv_metrics.json: train.py cv.folds=K), compared drawing by drawing")
     parser.add_argument("--ref", metavar="TEXT",
                         help="the reference run (first whose label contains TEXT; default: the first row)")
     parser.add_argument("--out", metavar="FILE", help="also write the tables as markdown to FILE")
 
 
 def run(args) -> int:
+    if any(is_cv_run(p) for p in args.runs):  # cross-validation runs: their own pooled, paired table
+        return report_cv(args.runs, args.ref, args.out)
     files = find_metrics(args.runs)
     if not files:
         raise FileNotFoundError(f"no metrics.json or train_metrics.json under {', '.join(map(str, args.runs))}")

@@ -129,7 +129,7 @@ class EmbeddingEvalCallback(Callback):
         return out
 
 
-class TestPredictions(Callback):
+class PerDrawingPredictions(Callback):
     """At test end (rank 0): every test drawing's prediction by the tested model, written to
     ``DIRPATH/test_predictions.npz`` — ``key_ids``, ``labels``, ``pred@100``/``pred@50`` (the head, per
     eval fraction) and ``knn@K`` (strict vote, index = the train split): eval's ``predictions.npz``

@@ -6,7 +6,7 @@ points). CV trains K runs in this process, one after another, each with the Data
 dataset's drawings is its test part, its val part (checkpoint selection) comes from the other folds,
 stratified by class and fixed by the key_id hash (``data.datamodule.fold_splits``). Each fold run
 lives in ``<run dir>/fold_<i>/`` (train_metrics.json, checkpoints, and the per-drawing
-``test_predictions.npz`` of :class:`~sketchembed.train.callbacks.TestPredictions`); the run dir gets
+``test_predictions.npz`` of :class:`~sketchembed.train.callbacks.PerDrawingPredictions`); the run dir gets
 the pooled table over every drawing (``sketchembed.eval.crossval``: cv_metrics.json, cv.md,
 cv_predictions.npz), which ``sketchembed report CV_DIR CV_DIR`` compares pairwise.
 """
@@ -23,11 +23,11 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from sketchembed.entry import hydra_choices
 from sketchembed.eval.crossval import cv_metrics, pool_folds, print_cv, write_cv
 from sketchembed.messages import ConfigError
-from sketchembed.train.callbacks import TestPredictions
+from sketchembed.train.callbacks import PerDrawingPredictions
 
 log = logging.getLogger("sketchembed.train")
 
-_PREDICTIONS_TARGET = f"{TestPredictions.__module__}.{TestPredictions.__qualname__}"
+_PREDICTIONS_TARGET = f"{PerDrawingPredictions.__module__}.{PerDrawingPredictions.__qualname__}"
 
 
 def cv_folds(cfg: DictConfig) -> int | None:
@@ -74,7 +74,7 @@ def run_cv(cfg: DictConfig, train_fn: Callable[[DictConfig], dict]) -> dict:
         fold_dir = out_dir / f"fold_{i}"
         log.info("cross-validation: fold %d of %d -> %s", i + 1, k, fold_dir)
         train_fn(fold_config(cfg, k, i, fold_dir))
-        pred_file = fold_dir / TestPredictions.FILENAME
+        pred_file = fold_dir / PerDrawingPredictions.FILENAME
         if not pred_file.is_file():
             raise RuntimeError(f"fold {i}: {pred_file} was not written (the fold's test did not run)")
         with np.load(pred_file, allow_pickle=False) as z:
