@@ -4,10 +4,12 @@ tables between their marker comments (``<!-- figures:NAME -->`` … ``<!-- /figu
 
     python scripts/readme_figures.py            # everything: the main job, its evaluation, the CPU-default table
     python scripts/readme_figures.py main       # the main job (`python train.py`) and `python eval.py` of its best checkpoint
-    python scripts/readme_figures.py choose     # the rows of "Choosing the CPU default" (the default row = the main job)
+    python scripts/readme_figures.py choose     # "Choosing the CPU default": a 5-fold CV (train.py cv.folds=5) per candidate
+    python scripts/readme_figures.py choose --folds 2 --extra …   # a quick smoke of the same (tiny runs)
     python scripts/readme_figures.py --from-runs outputs/figures/<commit>   # rewrite from runs made earlier
 
-Runs go to ``outputs/figures/<commit>/{main/train,main/eval,choose/<row>}``; each run dir gets
+Runs go to ``outputs/figures/<commit>/{main/train,main/eval,choose/<row>}`` (a row that pre-trains
+first also gets ``choose/<row>_pretrain``); each run dir gets
 ``figures_run.json`` (the command, the commit it ran on, wall clock, CPU cores), which is what the
 tables cite. Every table carries its command, seed, n and 95 % Wilson intervals. The run dir is
 placed with ``hydra.run.dir=…``, which changes nothing else, so the commands are shown without it.
@@ -34,16 +36,28 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
-from sketchembed.eval.stats import interval, split_n, two_proportions  # noqa: E402
+from sketchembed.eval.crossval import CV_COLUMNS, compare_cv, load_cv  # noqa: E402
+from sketchembed.eval.stats import ci_text, interval, split_n  # noqa: E402
 
 RUN_FILE = "figures_run.json"
-# Rows of "Choosing the CPU default": (run dir name, overrides, description); the default row is
-# the main job's training run.
+# Rows of "Choosing the CPU default": each candidate is one K-fold cross-validation,
+# `python train.py cv.folds=K <overrides>` (all with cv.seed 0: the same folds, so every drawing is
+# tested once per candidate and the rows pair drawing by drawing); the first row is the default.
+# (run dir name, overrides, description, pre-training overrides or None). A pre-training row first
+# runs `python train.py <pre-training overrides>` once (its drawings are not study10's, so no fold's
+# test drawing is seen) and passes its best checkpoint as model.cnn_ckpt.
 CHOOSE_ROWS = [
-    ("default", [], "*(the default: combined e2e, `test_resnet`, 64 px, augmentation, 60 epochs)*"),
-    ("epochs30", ["trainer.max_epochs=30"], None),
-    ("augment_none", ["augment=none"], None),
-    ("lstm", ["model=lstm"], "`model=lstm` (the temporal model alone)"),
+    ("default", [], "*(the default: combined e2e, `test_resnet`, 64 px, augmentation, 60 epochs)*", None),
+    ("epochs30", ["trainer.max_epochs=30"], None, None),
+    ("augment_none", ["augment=none"], None, None),
+    ("lstm", ["model=lstm"], "`model=lstm` (the temporal model alone)", None),
+    ("ema", ["averaging=ema"], "`averaging=ema` (exponential moving average of the weights)", None),
+    ("tta", ["tta=scale_shift"], "`tta=scale_shift` (test-time augmentation: 7 scaled / shifted views averaged)",
+     None),
+    ("pretrained", ["model=combined_transfer"],
+     "`model=combined_transfer`, CNN pre-trained 335-way on the embedded others335 "
+     "(`model=direct data=others335 trainer.max_epochs=10`)",
+     ["model=direct", "data=others335", "trainer.max_epochs=10"]),
 ]
 IMAGES = [("tsne.png", "docs/img/main_tsne.png"), ("neighbors.png", "docs/img/main_neighbors.png")]
 
@@ -82,21 +96,29 @@ def run_command(script: str, args: list[str], run_dir: Path, commit: str) -> dic
     return record
 
 
-def make_runs(root: Path, what: str, extra: list[str], eval_extra: list[str]) -> None:
+def _best_checkpoint(run_dir: Path) -> str:
+    best = _metrics(run_dir, "train_metrics.json").get("best_checkpoint")
+    if not best:
+        raise FiguresError(f"{run_dir}/train_metrics.json names no best_checkpoint")
+    return str(best)
+
+
+def make_runs(root: Path, what: str, extra: list[str], eval_extra: list[str], folds: int = 5) -> None:
     """Run the commands behind the tables ``what`` (main, choose, all) into ``root``."""
     commit = git_commit()
     if root.exists() and any(root.iterdir()):  # old checkpoints would mix with the new runs'
         raise FiguresError(f"{root} already holds runs: reuse them with --from-runs {root}, or remove it")
-    train_dir = root / "main" / "train"
-    run_command("train.py", extra, train_dir, commit)
     if what in ("main", "all"):
-        best = _metrics(train_dir, "train_metrics.json").get("best_checkpoint")
-        if not best:
-            raise FiguresError(f"{train_dir}/train_metrics.json names no best_checkpoint")
-        run_command("eval.py", [f"ckpt_path={best}", *eval_extra], root / "main" / "eval", commit)
+        train_dir = root / "main" / "train"
+        run_command("train.py", extra, train_dir, commit)
+        run_command("eval.py", [f"ckpt_path={_best_checkpoint(train_dir)}", *eval_extra], root / "main" / "eval", commit)
     if what in ("choose", "all"):
-        for name, overrides, _ in CHOOSE_ROWS[1:]:
-            run_command("train.py", [*overrides, *extra], root / "choose" / name, commit)
+        for name, overrides, _, pretrain in CHOOSE_ROWS:
+            if pretrain is not None:
+                pre_dir = root / "choose" / f"{name}_pretrain"
+                run_command("train.py", [*pretrain, *extra], pre_dir, commit)
+                overrides = [*overrides, f"model.cnn_ckpt={_best_checkpoint(pre_dir)}"]
+            run_command("train.py", [f"cv.folds={folds}", *overrides, *extra], root / "choose" / name, commit)
 
 
 # ---------------------------------------------------------------------------------------- tables
@@ -192,47 +214,57 @@ def main_eval_table(root: Path) -> str:
     return "\n".join(rows)
 
 
-def versus(ref: dict, m: dict, key: str) -> str:
-    """Whether ``m[key]`` differs from ``ref[key]`` beyond noise (Fisher's exact test on the counts)."""
-    a, b = interval(ref, key), interval(m, key)
-    if a is None or b is None:
-        return "n unknown"
-    d = two_proportions(a, b)
-    return f"{'**beyond noise**' if d.beyond_noise else 'within noise'} (p = {d.p_value:.2g})"
-
-
 def _ci(m: dict, key: str) -> str:
     ci = interval(m, key)
     return "–" if ci is None else f"{100 * ci.low:.0f}–{100 * ci.high:.0f}"
 
 
+def _cv_cell(m: dict, metric: str) -> str:
+    v, ci = m.get(f"cv/{metric}"), interval(m, f"cv/{metric}")
+    return "–" if v is None else f"{100 * v:.1f} %" + (f" [{ci_text(ci)}]" if ci else "")
+
+
 def choose_table(root: Path) -> str:
-    rows = ["| overrides | wall clock | best val @100 | test @50 | test @100 | test KNN K=3 | test @100 vs the default |",
-            "|---|---:|---:|---:|---:|---:|---|"]
+    """One row per candidate's K-fold CV: pooled accuracies over every drawing [95 % Wilson] and
+    McNemar's exact test against the default's CV on the same drawings."""
+    names = [label for _, _, label in CV_COLUMNS]
+    rows = ["| overrides | wall clock | " + " | ".join(f"CV {n}" for n in names)
+            + " | McNemar p vs the default (@50 / @100 / KNN) |", "|---|---:|" + "---:|" * len(names) + "---|"]
     default = None
-    seeds, commits, n_val, n_test, cores = set(), set(), set(), set(), set()
-    for name, overrides, label in CHOOSE_ROWS:
-        d = root / "main" / "train" if name == "default" else root / "choose" / name
-        m, rec = _metrics(d, "train_metrics.json"), _record(d)
+    seeds, cv_seeds, commits, ns, folds, cores = set(), set(), set(), set(), set(), set()
+    for name, overrides, label, _ in CHOOSE_ROWS:
+        d = root / "choose" / name
+        rec = _record(d)
+        try:
+            run = load_cv(d)
+        except ValueError as e:
+            raise FiguresError(str(e)) from None
+        m = run[0]
         seeds.add(str(_seed(d, m)))
         commits.add(rec["commit"])
         cores.add(str(rec.get("cpu_cores", "?")))
-        n_val.add(str(split_n(m, "val") or "?"))
-        n_test.add(str(split_n(m, "test") or "?"))
-        extra = rec["command"].split("python train.py", 1)[-1].strip()
+        ns.add(str(m.get("cv/n", "?")))
+        folds.add(str(m.get("cv/folds", "?")))
+        cv_seeds.add(str(m.get("cv/seed", "?")))
         shown = label or " ".join(f"`{o}`" for o in overrides)
-        if extra and extra != " ".join(overrides):
-            shown += f" (run as `python train.py {extra}`)"
-        default = m if default is None else default
-        rows.append(f"| {shown} | {duration(float(rec.get('wall_s', 0)))} | {cell(m, 'best/val/acc@100')} | "
-                    f"{cell(m, 'test/acc@50')} | {cell(m, 'test/acc@100')} | {cell(m, 'test/knn@3')} | "
-                    f"{versus(default, m, 'test/acc@100') if m is not default else '–'} |")
-    rows += ["", f"Each row: `python train.py <overrides>` — seed {', '.join(sorted(seeds))}, "
-                 f"n = {', '.join(sorted(n_val))} val / {', '.join(sorted(n_test))} test drawings, commit "
-                 f"{', '.join(f'`{c}`' for c in sorted(commits))}, wall clock on {', '.join(sorted(cores))} CPU cores. "
-                 "Brackets: 95 % Wilson interval over the n drawings; last column: Fisher's exact test on the "
-                 "counts (unpaired, conservative for runs on the same drawings). Regenerate: "
-                 "`python scripts/readme_figures.py choose`."]
+        extra = [a for a in shlex.split(rec["command"])[2:] if not a.startswith(("cv.folds=", "model.cnn_ckpt="))
+                 and a not in overrides]
+        if extra:
+            shown += f" (run with `{' '.join(extra)}`)"
+        default = run if default is None else default
+        tests = []
+        for metric, _, _ in CV_COLUMNS:
+            diff = None if run is default else compare_cv(default, run, metric)
+            tests.append("–" if diff is None else (f"**{diff.p_value:.2g}**" if diff.beyond_noise else f"{diff.p_value:.2g}"))
+        rows.append(f"| {shown} | {duration(float(rec.get('wall_s', 0)))} | "
+                    + " | ".join(_cv_cell(m, metric) for metric, _, _ in CV_COLUMNS) + f" | {' / '.join(tests)} |")
+    rows += ["", f"Each row: `python train.py cv.folds={', '.join(sorted(folds))} <overrides>` — seed "
+                 f"{', '.join(sorted(seeds))}, cv.seed {', '.join(sorted(cv_seeds))} (the same folds for every row), n = {', '.join(sorted(ns))} "
+                 f"drawings (each tested once, by the fold that held it out), commit "
+                 f"{', '.join(f'`{c}`' for c in sorted(commits))}, wall clock of the whole CV on "
+                 f"{', '.join(sorted(cores))} CPU cores. Brackets: 95 % Wilson interval over the n pooled drawings; "
+                 "last column: McNemar's exact test on the same drawings paired by key_id (bold: p < 0.05, each "
+                 "cell on its own). Regenerate: `python scripts/readme_figures.py choose`."]
     return "\n".join(rows)
 
 
@@ -271,6 +303,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--readme", default=str(REPO / "README.md"))
     p.add_argument("--extra", nargs="*", default=[], metavar="OVERRIDE", help="appended to every train.py")
     p.add_argument("--eval-extra", nargs="*", default=[], metavar="OVERRIDE", help="appended to eval.py")
+    p.add_argument("--folds", type=int, default=5, help="cross-validation folds of each choose row (default 5)")
     args = p.parse_args(argv)
     try:
         readme = Path(args.readme)
@@ -282,7 +315,9 @@ def main(argv: list[str] | None = None) -> int:
                 raise FiguresError(f"--from-runs {root}: no such folder")
         else:
             root = Path(args.root) if args.root else REPO / "outputs" / "figures" / git_commit()
-            make_runs(root, args.what, list(args.extra), list(args.eval_extra))
+            if args.folds < 2:
+                raise FiguresError(f"--folds {args.folds}: cross-validation needs at least 2 folds")
+            make_runs(root, args.what, list(args.extra), list(args.eval_extra), args.folds)
         rewrite_readme(readme, root, args.what)
     except FiguresError as e:
         print(f"error: {e}", file=sys.stderr)

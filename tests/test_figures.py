@@ -8,18 +8,25 @@ import json
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
+
+from sketchembed.eval import crossval
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "scripts" / "readme_figures.py"
 
 
-@pytest.fixture(scope="module")
-def figures():
+def _load_figures():
     spec = importlib.util.spec_from_file_location("readme_figures", SCRIPT)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
+
+
+@pytest.fixture(scope="module")
+def figures():
+    return _load_figures()
 
 
 def _run(d: Path, command: str, metrics_name: str, metrics: dict, commit: str = "abc1234") -> None:
@@ -43,9 +50,24 @@ def synthetic_runs(root: Path) -> None:
     (root / "main" / "eval" / "tsne.png").write_bytes(b"\x89PNG tsne")
     (root / "main" / "eval" / ".hydra").mkdir()
     (root / "main" / "eval" / ".hydra" / "config.yaml").write_text("seed: 42\nprobe:\n  steps: 300\n")
-    _run(root / "choose" / "epochs30", "python train.py trainer.max_epochs=30", "train_metrics.json", train(0.7))
-    _run(root / "choose" / "augment_none", "python train.py augment=none", "train_metrics.json", train(0.75))
-    _run(root / "choose" / "lstm", "python train.py model=lstm", "train_metrics.json", train(0.3))
+    cv_runs(root, {"default": 32, "epochs30": 28, "augment_none": 30, "lstm": 12, "ema": 32, "tta": 33,
+                   "pretrained": 31})
+
+
+def cv_runs(root: Path, right: dict[str, int], n: int = 40) -> None:
+    """A 2-fold CV dir per choose row: the first ``right[name]`` of the n drawings classified right."""
+    figures = _load_figures()
+    for name, overrides, _, _ in figures.CHOOSE_ROWS:
+        d = root / "choose" / name
+        labels = np.arange(n) % 10
+        pred = np.where(np.arange(n) < right[name], labels, (labels + 1) % 10)
+        fold = [{"key_ids": np.arange(a, b, dtype=np.uint64), "labels": labels[a:b], "pred@100": pred[a:b],
+                 "pred@50": labels[a:b], "knn@3": pred[a:b]} for a, b in ((0, n // 2), (n // 2, n))]
+        pooled = crossval.pool_folds(fold)
+        d.mkdir(parents=True)
+        (d / "figures_run.json").write_text(json.dumps({"command": " ".join(["python train.py cv.folds=2", *overrides]),
+                                                        "commit": "abc1234", "wall_s": 75.2, "cpu_cores": 2}))
+        crossval.write_cv(d, pooled, crossval.cv_metrics(pooled, {"seed": 42, "cv/seed": 0}), name)
 
 
 README = """# x
@@ -97,10 +119,13 @@ def test_rewrite_from_runs(figures, tmp_path, capsys):
     assert "`python eval.py ckpt_path=/x/best.ckpt`" in ev
     ch = section(text, "choose")
     rows = [ln for ln in ch.splitlines() if ln.startswith("| ") and "---" not in ln][1:]
-    assert len(rows) == 4 and rows[0].startswith("| *(the default")
-    assert rows[1].startswith("| `trainer.max_epochs=30` | 1 min 15 s | 75.0 % [53.1–88.8] |")  # val: n = 20
-    assert "within noise" in rows[1] and "**beyond noise**" in rows[3]          # 80 % vs 30 % of 40
-    assert "seed 42, n = 20 val / 40 test drawings, commit `abc1234`" in ch
+    assert len(rows) == 7 and rows[0].startswith("| *(the default")
+    # pooled over the CV's 40 drawings: 28 of 40 right at @100; @50 all right
+    assert rows[1].startswith("| `trainer.max_epochs=30` | 1 min 15 s | 100.0 % [91.2–100.0] | 70.0 % [54.6–81.9] |")
+    assert rows[0].endswith("| – / – / – |")
+    assert rows[1].endswith("| 1 / 0.12 / 0.12 |")                    # McNemar: 4 discordant drawings
+    assert rows[3].endswith("| 1 / **1.9e-06** / **1.9e-06** |")      # lstm: 20 discordant, all one way
+    assert "seed 42, cv.seed 0 (the same folds for every row), n = 40 drawings" in ch and "`abc1234`" in ch
     assert (tmp_path / "docs" / "img" / "main_tsne.png").read_bytes() == b"\x89PNG tsne"
     # idempotent: a second rewrite from the same runs changes nothing
     assert figures.main(["--from-runs", str(root), "--readme", str(readme)]) == 0
@@ -125,10 +150,10 @@ def test_bad_input_one_line(figures, tmp_path, capsys):
     assert figures.main(["--from-runs", str(root), "--readme", str(readme)]) == 2
     assert "exactly one `<!-- figures:main-eval -->`" in capsys.readouterr().err
     readme.write_text(README)
-    (root / "choose" / "lstm" / "train_metrics.json").unlink()
+    (root / "choose" / "lstm" / "cv_predictions.npz").unlink()
     assert figures.main(["--from-runs", str(root), "--readme", str(readme)]) == 2
     err = capsys.readouterr().err
-    assert "choose/lstm/train_metrics.json: missing" in err and len(err.strip().splitlines()) == 1
+    assert "choose/lstm/cv_predictions.npz: missing" in err and len(err.strip().splitlines()) == 1
     assert readme.read_text() == README                                   # nothing half-written
     (root / "main" / "train" / "figures_run.json").write_text("{}")
     assert figures.main(["main", "--from-runs", str(root), "--readme", str(readme)]) == 2
