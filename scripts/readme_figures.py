@@ -232,9 +232,12 @@ def choose_table(root: Path) -> str:
             + " | McNemar p vs the default (@50 / @100 / KNN) |", "|---|---:|" + "---:|" * len(names) + "---|"]
     default = None
     seeds, cv_seeds, commits, ns, folds, cores = set(), set(), set(), set(), set(), set()
-    for name, overrides, label, _ in CHOOSE_ROWS:
+    for name, overrides, label, pretrain in CHOOSE_ROWS:
         d = root / "choose" / name
         rec = _record(d)
+        wall = duration(float(rec.get("wall_s", 0)))
+        if pretrain is not None:
+            wall += f" + {duration(float(_record(root / 'choose' / f'{name}_pretrain').get('wall_s', 0)))} pre-training"
         try:
             run = load_cv(d)
         except ValueError as e:
@@ -256,7 +259,7 @@ def choose_table(root: Path) -> str:
         for metric, _, _ in CV_COLUMNS:
             diff = None if run is default else compare_cv(default, run, metric)
             tests.append("–" if diff is None else (f"**{diff.p_value:.2g}**" if diff.beyond_noise else f"{diff.p_value:.2g}"))
-        rows.append(f"| {shown} | {duration(float(rec.get('wall_s', 0)))} | "
+        rows.append(f"| {shown} | {wall} | "
                     + " | ".join(_cv_cell(m, metric) for metric, _, _ in CV_COLUMNS) + f" | {' / '.join(tests)} |")
     rows += ["", f"Each row: `python train.py cv.folds={', '.join(sorted(folds))} <overrides>` — seed "
                  f"{', '.join(sorted(seeds))}, cv.seed {', '.join(sorted(cv_seeds))} (the same folds for every row), n = {', '.join(sorted(ns))} "

@@ -277,7 +277,7 @@ def test_ema_checkpoint_holds_the_average_and_eval_opens_it(tmp_path):
     from sketchembed.eval.checkpoint import open_checkpoint
     from sketchembed.train.run import train_entry, train
 
-    cfg = compose_cfg([*tiny("combined"), "averaging=ema", "callbacks.weight_averaging.update_starting_at_step=0",
+    cfg = compose_cfg([*tiny("combined"), "averaging=ema",
                        "trainer.max_steps=3", "trainer.limit_train_batches=3"], tmp_path)
     train_entry("train", train)(cfg)
     best = next(p for p in (tmp_path / "checkpoints").glob("*.ckpt") if p.name != "last.ckpt")
@@ -287,3 +287,17 @@ def test_ema_checkpoint_holds_the_average_and_eval_opens_it(tmp_path):
     assert not torch.equal(ckpt["state_dict"][key], ckpt["current_model_state"][key])
     model, _, _ = open_checkpoint(best)
     assert torch.equal(model.state_dict()[key], ckpt["state_dict"][key])
+
+
+@pytest.mark.slow
+def test_tta_in_the_training_test_logs_its_figures_with_intervals(tmp_path):
+    from sketchembed.train.run import train_entry, train
+
+    cfg = compose_cfg([*tiny("combined"), "tta=scale_shift"], tmp_path)
+    train_entry("train", train)(cfg)
+    m = json.loads((tmp_path / "train_metrics.json").read_text())
+    with np.load(tmp_path / PerDrawingPredictions.FILENAME) as z:
+        n = len(z["labels"])
+        assert m["test_tta/acc@100"] == pytest.approx(float((z["pred@100"] == z["labels"]).mean()), abs=1e-6)
+    assert n == 51 and m["test_tta/n"] == 51 and m["intervals"]["test_tta/acc@100"]["n"] == 51
+    assert "test_tta/knn@3" in m and "test_tta/acc@50" in m

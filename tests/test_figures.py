@@ -68,6 +68,8 @@ def cv_runs(root: Path, right: dict[str, int], n: int = 40) -> None:
         (d / "figures_run.json").write_text(json.dumps({"command": " ".join(["python train.py cv.folds=2", *overrides]),
                                                         "commit": "abc1234", "wall_s": 75.2, "cpu_cores": 2}))
         crossval.write_cv(d, pooled, crossval.cv_metrics(pooled, {"seed": 42, "cv/seed": 0}), name)
+    _run(root / "choose" / "pretrained_pretrain", "python train.py model=direct data=others335", "train_metrics.json",
+         {"best_checkpoint": "x.ckpt"})
 
 
 README = """# x
@@ -125,6 +127,7 @@ def test_rewrite_from_runs(figures, tmp_path, capsys):
     assert rows[0].endswith("| – / – / – |")
     assert rows[1].endswith("| 1 / 0.12 / 0.12 |")                    # McNemar: 4 discordant drawings
     assert rows[3].endswith("| 1 / **1.9e-06** / **1.9e-06** |")      # lstm: 20 discordant, all one way
+    assert "| 1 min 15 s + 1 min 15 s pre-training |" in rows[6]
     assert "seed 42, cv.seed 0 (the same folds for every row), n = 40 drawings" in ch and "`abc1234`" in ch
     assert (tmp_path / "docs" / "img" / "main_tsne.png").read_bytes() == b"\x89PNG tsne"
     # idempotent: a second rewrite from the same runs changes nothing
