@@ -287,6 +287,13 @@ def test_ema_checkpoint_holds_the_average_and_eval_opens_it(tmp_path):
     assert not torch.equal(ckpt["state_dict"][key], ckpt["current_model_state"][key])
     model, _, _ = open_checkpoint(best)
     assert torch.equal(model.state_dict()[key], ckpt["state_dict"][key])
+    # continuing the run restores both the trained and the averaged weights (Lightning's callback state)
+    more = compose_cfg([*tiny("combined"), "averaging=ema", "trainer.max_steps=6", "trainer.max_epochs=2",
+                        "trainer.limit_train_batches=3", f"ckpt_path={tmp_path / 'checkpoints' / 'last.ckpt'}"],
+                       tmp_path / "more")
+    train_entry("train", train)(more)
+    last = load_ckpt(tmp_path / "more" / "checkpoints" / "last.ckpt")
+    assert last["global_step"] == 6 and "current_model_state" in last
 
 
 @pytest.mark.slow
