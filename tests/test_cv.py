@@ -165,9 +165,22 @@ def test_cv_config_checks():
         with pytest.raises(ConfigError, match="cv.folds="):
             cv_folds(cfg)
     cfg.cv.folds = 3
+    for key, bad in (("seed", "a"), ("val_share", 1.0)):
+        with pytest.raises(ConfigError, match=f"cv.{key}="):
+            cv_folds(OmegaConf.merge(cfg, {"cv": {key: bad}}))
     cfg.resume = "outputs/x"
     with pytest.raises(ConfigError, match="cannot be combined with resume"):
         cv_folds(cfg)
+
+
+def test_bad_cv_value_through_the_entry_is_one_error_line(tmp_path, capsys):
+    from sketchembed.train.run import train_entry, train_or_cv
+
+    cfg = compose_cfg([*tiny("combined"), "cv.folds=1"], tmp_path)
+    with pytest.raises(SystemExit) as e:
+        train_entry("train", train_or_cv)(cfg)
+    errors = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("error:")]
+    assert e.value.code == 2 and len(errors) == 1 and "cv.folds=1: expected an integer >= 2" in errors[0]
 
 
 def test_run_cv_pools_every_drawing_once(tmp_path):

@@ -43,6 +43,11 @@ def cv_folds(cfg: DictConfig) -> int | None:
                      ("data.fold", "cv.folds sets it per fold")):
         if OmegaConf.select(cfg, key, default=None) is not None:
             raise ConfigError(f"cv.folds={folds} cannot be combined with {key} ({why})")
+    seed, share = OmegaConf.select(cfg, "cv.seed", default=0), OmegaConf.select(cfg, "cv.val_share", default=None)
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise ConfigError(f"cv.seed={seed!r}: expected an integer (the fold assignment's key_id hash seed)")
+    if share is not None and (isinstance(share, bool) or not isinstance(share, (int, float)) or not 0 < share < 1):
+        raise ConfigError(f"cv.val_share={share!r}: expected a number in (0, 1), or null (the dataset's own share)")
     if not cfg.get("train", True) or not cfg.get("test", True):
         raise ConfigError(f"cv.folds={folds} needs train=true and test=true (each fold trains, then tests)")
     return folds
