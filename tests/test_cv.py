@@ -134,6 +134,10 @@ def test_report_compares_two_cv_runs_with_mcnemar_paired_by_key_id(tmp_path, cap
     c = _cv_dir(tmp_path / "cv_c", keys + 1000, labels, bad)
     assert main(["report", str(a), str(c), "--out", str(out)]) == 0
     assert "(Fisher exact)" in out.read_text()
+    # a folder of CV runs (a multirun's jobs): each run found below it, once, the reference first
+    assert main(["report", str(a), str(tmp_path), "--out", str(out)]) == 0
+    rows = [ln for ln in out.read_text().splitlines() if ln.startswith("| cv_") or ln.startswith(f"| {tmp_path.name}")]
+    assert [r.split(" |")[0] for r in rows] == ["| cv_a (ref)", f"| {tmp_path.name}/cv_b", f"| {tmp_path.name}/cv_c"]
 
 
 def test_report_cv_errors_are_one_line(tmp_path, capsys):
@@ -145,7 +149,7 @@ def test_report_cv_errors_are_one_line(tmp_path, capsys):
     plain.mkdir()
     (plain / "train_metrics.json").write_text(json.dumps({"test/acc@100": 0.5}))
     assert main(["report", str(a), str(plain)]) == 2
-    assert "not a CV run dir" in capsys.readouterr().err
+    assert "no CV run (no cv_metrics.json) in it" in capsys.readouterr().err
     b = _cv_dir(tmp_path / "b", keys, labels, labels)
     (b / crossval.CV_PREDICTIONS).write_bytes(b"garbage")
     assert main(["report", str(a), str(b)]) == 2

@@ -124,6 +124,14 @@ def is_cv_run(path) -> bool:
     return (Path(path) / CV_METRICS).is_file()
 
 
+def cv_runs_in(path) -> list[Path]:
+    """The CV run dirs a report argument names: itself, or those below it (a multirun's jobs)."""
+    path = Path(path)
+    if is_cv_run(path):
+        return [path]
+    return sorted(f.parent for f in path.rglob(CV_METRICS)) if path.is_dir() else []
+
+
 def load_cv(run_dir) -> tuple[dict, dict[str, np.ndarray]]:
     """``(cv_metrics.json, cv_predictions.npz)`` of a CV run dir, read as data and checked (a
     ValueError naming the file and what is wrong)."""
@@ -194,14 +202,25 @@ def cv_comparison_rows(runs: Sequence[tuple[str, tuple[dict, dict]]], ref: int =
     return header, rows
 
 
+def _label(run_dir: Path, root: Path) -> str:
+    """A CV run's name in tables: the argument's name, then its path below it."""
+    rel = run_dir.relative_to(root) if run_dir != root else Path()
+    return str(Path(root.name or str(root)) / rel) if str(rel) != "." else (root.name or str(root))
+
+
 def report_cv(paths: Sequence, ref_text: str | None = None, out: str | None = None,
               console: Console | None = None) -> int:
     """``sketchembed report CV_DIR…``: the CV runs side by side, each tested against the reference (the
     first, or the first whose dir name contains ``ref_text``) drawing by drawing."""
-    not_cv = [str(p) for p in paths if not is_cv_run(p)]
+    found = {str(p): cv_runs_in(p) for p in paths}
+    not_cv = [p for p, dirs in found.items() if not dirs]
     if not_cv:
-        raise ValueError(f"{not_cv[0]}: not a CV run dir (no {CV_METRICS}); compare CV runs only with CV runs")
-    runs = [(Path(p).name or str(p), load_cv(p)) for p in paths]
+        raise ValueError(f"{not_cv[0]}: no CV run (no {CV_METRICS}) in it; compare CV runs only with CV runs")
+    labels: dict[Path, str] = {}  # each run once, named after the first argument that holds it
+    for root, ds in found.items():
+        for d in ds:
+            labels.setdefault(d.resolve(), _label(d, Path(root)))
+    runs = [(label, load_cv(d)) for d, label in labels.items()]
     ref = 0
     if ref_text:
         hits = [i for i, (label, _) in enumerate(runs) if ref_text in label]

@@ -30,7 +30,7 @@ from rich.console import Console
 from rich.table import Table
 
 from sketchembed.eval.confusion import pairs_markdown
-from sketchembed.eval.crossval import is_cv_run, report_cv
+from sketchembed.eval.crossval import cv_runs_in, report_cv
 from sketchembed.eval.stats import Difference, Interval, ci_text, interval, mcnemar, split_n, two_proportions
 
 STUDY_COL = "study (full data, GPU)"
@@ -602,7 +602,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
-    if any(is_cv_run(p) for p in args.runs):  # cross-validation runs: their own pooled, paired table
+    if any(cv_runs_in(p) for p in args.runs):  # cross-validation runs: their own pooled, paired table
         return report_cv(args.runs, args.ref, args.out)
     files = find_metrics(args.runs)
     if not files:
