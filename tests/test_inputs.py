@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_train import compose_cfg, tiny
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
@@ -19,6 +20,7 @@ from sketchembed.data.inputs import (CHECKPOINT_KEY, DEFAULTS, FIELDS, FORMAT_KE
                                      fraction_tag, read_inputs)
 from sketchembed.data.raster import Rasterizer
 from sketchembed.safeload import safe_load
+from sketchembed.train.run import train, train_entry
 
 REPO = Path(__file__).resolve().parents[1]
 STUDY = dict(image_size=48, line_width=5.25, padding=5.0, canvas=255.0, background="white", standardize=True,
@@ -152,3 +154,12 @@ def test_channels_are_saved_and_checkpoints_without_them_read_as_ink():
     assert read_inputs({CHECKPOINT_KEY: {"seq_std": 2.0}}).channels == ("ink",)   # the older layout
     dm = SketchDataModule(root="study10", channels=["ink", "time"])
     assert dm.rasterizer.channels == ("ink", "time") and dm.state_dict()["channels"] == ["ink", "time"]
+
+
+def test_an_unknown_channel_in_the_config_is_one_line_naming_data_channels_and_exit_2(tmp_path, capsys):
+    cfg = compose_cfg([*tiny("direct"), "data.channels=[ink,colour]"], tmp_path)
+    with pytest.raises(SystemExit) as e:
+        train_entry("train", train)(cfg)
+    errors = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("error:")]
+    assert e.value.code == 2 and len(errors) == 1, errors
+    assert errors[0].startswith("error: data.channels must be a list of channels") and "'colour'" in errors[0]

@@ -24,21 +24,30 @@ the LSTM runs unpacked there (``nets/sequence.py``), which reads the same states
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import math
 import os
 import sys
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
-import onnx
 import torch
 from torch import nn
 
 import sketchembed
 from sketchembed.data.raster import Rasterizer
-from sketchembed.eval.checkpoint import file_sha256, open_checkpoint
+from sketchembed.eval.checkpoint import file_sha256, open_checkpoint, trained_root
+
+try:  # the `export` extra: pip install "sketchembed[export]" (make install has it)
+    import onnx
+    import onnxscript  # noqa: F401 - torch's dynamo exporter needs it
+except ImportError:
+    onnx = None
+NEEDS_EXTRA = 'needs the export extra: pip install "sketchembed[export]" (onnx, onnxscript, onnxruntime)'
 
 METADATA_KEY = "sketchembed"
 METADATA_FORMAT = 1
@@ -67,23 +76,29 @@ class InferenceGraph(nn.Module):
         return (emb,) if logits is None else (emb, logits)
 
 
-def _example(names: Sequence[str], inputs, rasterizer: Rasterizer) -> dict[str, torch.Tensor]:
+def _example(names: Sequence[str], inputs) -> dict[str, torch.Tensor]:
     """Example tensors (batch 2, 7 points: sizes no other axis has, so none is taken for a constant)."""
     out = {"seq": torch.randn(2, 7, 3), "lengths": torch.tensor([7, 4]),
-           "image": torch.rand(2, len(inputs.channels), rasterizer.size, rasterizer.size)}
+           "image": torch.rand(2, len(inputs.channels), inputs.image_size, inputs.image_size)}
     return {n: out[n] for n in names}
 
 
-def metadata(model, inputs, rasterizer: Rasterizer, names: Sequence[str], outputs: Sequence[str],
-             ckpt_path) -> dict:
+def input_metadata(inputs, names: Sequence[str]) -> dict:
+    """The part of the metadata :func:`preprocess` reads: the graph's inputs, the input settings and
+    the line width in output pixels as the rasterizer draws it (it has a floor of one pixel)."""
+    return {"inputs": list(names), "input_settings": inputs.to_dict(),
+            "line_px": 2 * Rasterizer.from_inputs(inputs).half_width}
+
+
+def metadata(model, inputs, names: Sequence[str], outputs: Sequence[str], ckpt_path, ckpt: Mapping) -> dict:
     """What :func:`preprocess` and a runner need, from the checkpoint alone (module docstring)."""
     if not inputs.classes:
         raise ValueError(f"{ckpt_path}: the checkpoint names no classes (trained before they were saved)")
     return {"format": METADATA_FORMAT, "sketchembed_version": sketchembed.__version__,
             "model_kind": str(model.hparams.get("model_kind") or getattr(model, "MODEL_KIND", "")),
-            "inputs": list(names), "outputs": list(outputs),
-            "input_settings": inputs.to_dict(), "line_px": 2 * rasterizer.half_width,
-            "checkpoint": str(ckpt_path), "checkpoint_sha256": file_sha256(ckpt_path)}
+            **input_metadata(inputs, names), "outputs": list(outputs),
+            "checkpoint": str(ckpt_path), "checkpoint_sha256": file_sha256(ckpt_path),
+            "trained_on": trained_root(ckpt)}
 
 
 def export_onnx(ckpt_path, out_path) -> dict:
@@ -91,27 +106,31 @@ def export_onnx(ckpt_path, out_path) -> dict:
 
     Written to a temporary file beside it and renamed, so a failed export leaves no half file and an
     earlier file stays until the new one is complete."""
+    if onnx is None:
+        raise ValueError(f"sketchembed export {NEEDS_EXTRA}")
     out_path = Path(out_path)
     if out_path.is_dir():
         raise IsADirectoryError(21, "is a directory, give a file name (model.onnx)", str(out_path))
     if not out_path.parent.is_dir():
         raise FileNotFoundError(f"--out {out_path}: folder {out_path.parent} does not exist")
-    model, inputs, _ = open_checkpoint(ckpt_path)    # the one place export opens a checkpoint
+    model, inputs, ckpt = open_checkpoint(ckpt_path)    # the one place export opens a checkpoint
     model = model.cpu().eval()
-    rasterizer = Rasterizer.from_inputs(inputs)
     names = graph_inputs(model.views)
     graph = InferenceGraph(model).eval()
-    example = _example(names, inputs, rasterizer)
+    example = _example(names, inputs)
     with torch.no_grad():
         outputs = ("embedding", "logits")[:len(graph(**example))]
     batch, time = torch.export.Dim("batch"), torch.export.Dim("time")
     axes = {"seq": {0: batch, 1: time}, "lengths": {0: batch}, "image": {0: batch}}
-    meta = metadata(model, inputs, rasterizer, names, outputs, ckpt_path)
+    meta = metadata(model, inputs, names, outputs, ckpt_path, ckpt)
     tmp = out_path.with_name(f".{out_path.name}.tmp-{os.getpid()}")
     try:
-        program = torch.onnx.export(graph, (), kwargs=example, dynamo=True, opset_version=OPSET, input_names=list(names),
-                                    output_names=list(outputs), dynamic_shapes={n: axes[n] for n in names},
-                                    verbose=False)
+        # the exporter narrates each step and warns about torch internals: kept off the console
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            program = torch.onnx.export(graph, (), kwargs=example, dynamo=True, opset_version=OPSET,
+                                        input_names=list(names), output_names=list(outputs),
+                                        dynamic_shapes={n: axes[n] for n in names}, verbose=False)
         program.save(str(tmp))
         proto = onnx.load(str(tmp))
         onnx.helper.set_model_props(proto, {METADATA_KEY: json.dumps(meta)})
