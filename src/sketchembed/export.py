@@ -98,7 +98,14 @@ def metadata(model, inputs, names: Sequence[str], outputs: Sequence[str], ckpt_p
             "model_kind": str(model.hparams.get("model_kind") or getattr(model, "MODEL_KIND", "")),
             **input_metadata(inputs, names), "outputs": list(outputs),
             "checkpoint": str(ckpt_path), "checkpoint_sha256": file_sha256(ckpt_path),
-            "trained_on": trained_root(ckpt)}
+            "trained_on": trained_root(ckpt), "data_seed": _data_seed(ckpt)}
+
+
+def _data_seed(ckpt: Mapping) -> int | None:
+    """The training run's data seed (the studio indexes the sample it picks, as for the checkpoint)."""
+    hp = ckpt.get("datamodule_hyper_parameters")
+    seed = hp.get("seed") if isinstance(hp, Mapping) else None
+    return int(seed) if isinstance(seed, int) and not isinstance(seed, bool) else None
 
 
 def export_onnx(ckpt_path, out_path) -> dict:

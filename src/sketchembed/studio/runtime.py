@@ -16,9 +16,8 @@ import numpy as np
 
 from sketchembed.data.inputs import InputSettings
 from sketchembed.data.raster import Rasterizer
-from sketchembed.data.store import PreparedDataset
+from sketchembed.data.datamodule import SketchDataModule
 from sketchembed.eval.embed import embed_points
-from sketchembed.eval.index import stratified_positions
 from sketchembed.eval.knn import KNNIndex, pack_points
 from sketchembed.eval.suggest import check_index_matches
 from sketchembed.export import NEEDS_EXTRA, preprocess, read_metadata
@@ -84,16 +83,16 @@ def as_runner(model, inputs: InputSettings):
 def onnx_index(runner: OnnxRunner, index_dir, root: Path, index_max: int | None,
                log: Callable[[str], None]) -> KNNIndex:
     """``index_dir`` (it must come from the checkpoint the file was exported from), else an index of
-    ``root``'s training drawings embedded by the file (``index_max`` of them, spread over the classes)."""
+    ``root``'s training drawings embedded by the file: the drawings ``Studio.open`` would index for the
+    checkpoint (the DataModule's ``max_train`` sample with the training run's seed)."""
     if index_dir is not None:
         index = KNNIndex.load(index_dir)
         check_index_matches(index, runner.meta.get("checkpoint") or str(runner.path), runner.checkpoint_sha256)
         log(f"index: {len(index)} drawings from {index_dir}")
         return index
-    store = PreparedDataset(root)
-    rows = store.indices("train")
-    if index_max is not None and index_max < len(rows):
-        rows = rows[stratified_positions(np.asarray(store.labels)[rows], int(index_max))]
+    dm = SketchDataModule.from_inputs(runner.inputs, root, views=(), eval_fractions=(1.0,), max_train=index_max,
+                                      seed=int(runner.meta.get("data_seed") or 0))
+    store, rows = dm.split_store("train"), dm.rows("train")
     log(f"building an index of {len(rows)} training drawings of {store.root} with {runner.path.name}")
     drawings = [np.asarray(store.points(int(i))) for i in rows]
     emb = np.concatenate([runner(drawings[s:s + INDEX_BATCH])[0] for s in range(0, len(rows), INDEX_BATCH)])
