@@ -102,6 +102,11 @@ def test_export_and_onnx_runtime_errors_are_one_line(tmp_path, capsys):
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and needle in err, err
     assert not list(tmp_path.glob("*.onnx")) and not list(tmp_path.glob(".*tmp*"))
+    for args in (["serve"], ["serve", "--runtime", "onnx", "--ckpt", str(junk)],
+                 ["serve", "--ckpt", str(junk), "--model", str(junk)]):
+        assert cli.main(args) == 2
+        err = capsys.readouterr().err.strip()
+        assert err == "error: give --ckpt CKPT (torch) or --runtime onnx --model FILE.onnx, one of them", err
     with pytest.raises(FileNotFoundError, match="no such file"):
         OnnxRunner(tmp_path / "none.onnx")
     with pytest.raises(ValueError, match="not an ONNX model onnxruntime can load"):
