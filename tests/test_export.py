@@ -30,6 +30,7 @@ from sketchembed.eval.checkpoint import open_checkpoint
 from sketchembed.eval.embed import embed_points
 from sketchembed.export import METADATA_KEY, export_onnx, graph_inputs, input_metadata, preprocess, read_metadata
 from sketchembed.models import MODELS
+from sketchembed.studio import serve
 from sketchembed.studio.runtime import OnnxRunner
 from sketchembed.studio.service import Studio
 
@@ -172,8 +173,13 @@ def test_onnx_outputs_equal_pytorch_and_the_metadata_alone_reproduces_them(expor
 
 
 @pytest.mark.slow
-def test_serve_runtime_onnx_guesses_as_the_checkpoint_does(exported, test_drawings, tmp_path):
+def test_serve_runtime_onnx_guesses_as_the_checkpoint_does(exported, test_drawings, tmp_path, monkeypatch, capsys):
     ckpt, path = exported("combined")
+    served = []
+    monkeypatch.setattr(serve.uvicorn, "run", lambda app, **kw: served.append(app))
+    assert cli.main(["serve", "--onnx", str(path), "--data", "study10", "--index-max", "30", "--port", "0",
+                     "--results", str(tmp_path)]) == 0
+    assert len(served) == 1 and "sketch studio (combined on onnx, 10 classes, index of 30)" in capsys.readouterr().err
     torch_studio = Studio.open(ckpt, index_max=40, data="study10", progress=False, results_dir=tmp_path,
                                log=lambda m: None)
     onnx_studio = Studio.open(path, runtime="onnx", index_max=40, data="study10", results_dir=tmp_path,
