@@ -15,7 +15,7 @@ Batch and sequence length are dynamic axes. The file's ``metadata_props`` hold o
 settings (image size, line width, padding, canvas, polarity, standardisation, channels, sequence
 normalisation, classes, …) and the line width in output pixels the rasterizer draws. That is all
 :func:`preprocess` — the reference pre-processing, numpy only — needs: a user can feed the graph from
-any language by following it, and ``sketchembed serve --runtime onnx`` uses it as is.
+any language by following it (``sketchembed serve --runtime onnx`` reads the same metadata).
 
 The exporter is ``torch.onnx.export(dynamo=True)`` (torch.export), the one torch keeps developing;
 the LSTM runs unpacked there (``nets/sequence.py``), which reads the same states.
@@ -202,25 +202,32 @@ def preprocess(drawings: Sequence[np.ndarray], meta: Mapping) -> dict[str, np.nd
 def _render(p: np.ndarray, s: Mapping, line_px: float) -> np.ndarray:
     """One drawing -> ``(C, H, W)`` coverage: ``clip(line_px / 2 + 0.5 - distance to the nearest
     segment, 0, 1)`` at each pixel centre; ``order``/``time`` weight each segment by its stroke / last
-    point number over the drawing's count, the brighter segment winning (ARCHITECTURE.md "Rasterizer")."""
+    point number over the drawing's count, the brighter segment winning (ARCHITECTURE.md "Rasterizer").
+    Each segment is measured only over the pixels its line can reach (its box, widened by the reach)."""
     size = int(s["image_size"])
     scale = np.float32(size / (s["canvas"] + 2 * s["padding"]))
-    xy = (p[:, :2] + np.float32(0.5 + s["padding"])) * scale       # output pixels
+    xy = ((p[:, :2] + np.float32(0.5 + s["padding"])) * scale).astype(np.float64)   # output pixels
     pen = p[:, 2] > 0.5
     start = np.concatenate([[True], pen[:-1]])
     stroke = np.cumsum(start) - 1
-    i = np.flatnonzero(~pen | start)                             # a segment i -> i+1, or a dot at i
-    end = np.where(pen[i], i, i + 1)                             # (a one-point stroke is a dot)
-    a, b = xy[i].astype(np.float64), xy[end].astype(np.float64)
-    c = np.arange(size) + 0.5
-    px = np.stack(np.meshgrid(c, c, indexing="xy"), -1).reshape(-1, 2)   # (H*W, 2): x, y
-    ab = b - a
-    ll = (ab ** 2).sum(1)
-    t = np.clip(((px[None] - a[:, None]) * ab[:, None]).sum(-1) / np.where(ll > 0, ll, 1)[:, None], 0, 1)
-    dist = np.linalg.norm(px[None] - (a[:, None] + t[..., None] * ab[:, None]), axis=-1)
-    cov = np.clip(line_px / 2 + 0.5 - dist, 0.0, 1.0)            # (segments, H*W)
-    weight = {"ink": np.ones(len(i)), "order": (stroke[end] + 1) / (stroke[-1] + 1), "time": (end + 1) / len(p)}
-    return np.stack([(cov * weight[ch][:, None]).max(0) for ch in s["channels"]]).reshape(-1, size, size)
+    seg = np.flatnonzero(~pen | start)                           # a segment k -> k+1, or a dot at k
+    end = np.where(pen[seg], seg, seg + 1)                       # (a one-point stroke is a dot)
+    weight = {"ink": np.ones(len(seg)), "order": (stroke[end] + 1) / (stroke[-1] + 1), "time": (end + 1) / len(p)}
+    reach = line_px / 2 + 0.5
+    img = np.zeros((len(s["channels"]), size, size))
+    for k, (a, b) in enumerate(zip(xy[seg], xy[end])):
+        lo = np.clip(np.floor(np.minimum(a, b) - reach), 0, size).astype(int)
+        hi = np.clip(np.ceil(np.maximum(a, b) + reach), 0, size).astype(int)
+        if (hi <= lo).any():
+            continue                                             # off the image
+        px = np.stack(np.meshgrid(np.arange(lo[0], hi[0]) + 0.5, np.arange(lo[1], hi[1]) + 0.5), -1)  # (h, w, x/y)
+        ab = b - a
+        t = np.clip((px - a) @ ab / ab.dot(ab), 0, 1) if ab.any() else 0.0
+        cov = np.clip(reach - np.linalg.norm(px - (a + np.multiply.outer(t, ab)), axis=-1), 0, 1)
+        for c, ch in enumerate(s["channels"]):
+            window = img[c, lo[1]:hi[1], lo[0]:hi[0]]
+            np.maximum(window, cov * weight[ch][k], out=window)
+    return img
 
 
 # ------------------------------------------------------------------------------------------- command

@@ -3,8 +3,9 @@
 A runner turns drawings (simplified ``(n, 3)`` point arrays) into ``(embeddings, logits or None)``
 as numpy; the :class:`~sketchembed.studio.service.Studio` asks nothing else of it. The torch runner
 goes through :func:`~sketchembed.eval.embed.embed_points` (what `suggest` and eval compute); the ONNX
-runner feeds onnxruntime with :func:`sketchembed.export.preprocess`, the reference pre-processing
-that reads only the file's metadata — so serving an exported file also checks that reference.
+runner takes its input settings from the file's metadata alone and pre-processes with the collate
+and rasterizer they build (the DataModule's own code, fast on a CPU; :func:`sketchembed.export.
+preprocess`, the numpy reference for other programs, computes the same: tests/test_export.py).
 """
 
 from __future__ import annotations
@@ -15,12 +16,12 @@ from typing import Callable, Sequence
 import numpy as np
 
 from sketchembed.data.inputs import InputSettings
-from sketchembed.data.raster import Rasterizer
-from sketchembed.data.datamodule import SketchDataModule
+from sketchembed.data.raster import Rasterizer, render_views
+from sketchembed.data.datamodule import SketchCollate, SketchDataModule
 from sketchembed.eval.embed import embed_points
 from sketchembed.eval.knn import KNNIndex, pack_points
 from sketchembed.eval.suggest import check_index_matches
-from sketchembed.export import NEEDS_EXTRA, preprocess, read_metadata
+from sketchembed.export import NEEDS_EXTRA, read_metadata
 
 try:  # the `export` extra
     import onnxruntime
@@ -67,11 +68,15 @@ class OnnxRunner:
         if have != list(self.meta["inputs"]):
             raise ValueError(f"--model {self.path}: graph inputs {have} differ from its metadata's {self.meta['inputs']}")
         self.inputs = InputSettings.from_dict(self.meta["input_settings"], str(self.path))
+        self.collate, self.rasterizer = SketchCollate.from_inputs(self.inputs), Rasterizer.from_inputs(self.inputs)
         self.model_kind = str(self.meta["model_kind"])
         self.checkpoint_sha256 = str(self.meta.get("checkpoint_sha256") or "")
 
     def __call__(self, drawings: Sequence[np.ndarray]):
-        out = self.session.run(list(self.meta["outputs"]), preprocess(drawings, self.meta))
+        batch = self.collate([(-1, 0, 0, np.asarray(p, dtype=np.float32)) for p in drawings])
+        if "image" in self.meta["inputs"]:
+            render_views(batch, self.rasterizer, ["image"])
+        out = self.session.run(list(self.meta["outputs"]), {n: batch[n].numpy() for n in self.meta["inputs"]})
         return out[0], (out[1] if len(out) > 1 else None)
 
 
