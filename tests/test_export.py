@@ -2,9 +2,8 @@
 the embedded test split, and the reference pre-processing (numpy, the file's metadata alone) gives the
 DataModule's inputs; `serve --runtime onnx` serves the file.
 
-Exports of the CNN models take tens of seconds on a CPU (torch.export traces the model): those tests
-are ``slow``; the LSTM's export, the reference pre-processing and the error paths run in the default
-suite.
+Exports take 5-60 s each on a CPU (torch.export traces the model): those tests are ``slow`` (`make
+test-slow`); the reference pre-processing and the error paths run in the default suite.
 """
 
 from __future__ import annotations
@@ -145,8 +144,8 @@ def exported(tmp_path_factory):
     return get
 
 
-# the LSTM exports in a few seconds: it keeps the export in the default suite; the CNNs take longer
-@pytest.mark.parametrize("kind", [k if k == "lstm" else pytest.param(k, marks=pytest.mark.slow) for k in sorted(KINDS)])
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", sorted(KINDS))
 def test_onnx_outputs_equal_pytorch_and_the_metadata_alone_reproduces_them(exported, kind, test_drawings):
     ckpt, path = exported(kind)
     model, inputs, _ = open_checkpoint(ckpt)
