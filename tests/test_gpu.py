@@ -72,6 +72,27 @@ def test_rasterizer_cuda_equals_cpu(size, style):
     assert (got.cpu() - want).abs().mean() / scale < RASTER_MAD
 
 
+@pytest.mark.parametrize("channels", [("order", "time"), ("time", "order")])
+def test_channel_rasterizer_cuda_equals_cpu(channels):
+    """data.channels on the GPU: the same fades, snapshots relative to what they show, as on the CPU;
+    the ink channel of a multi-channel image is the one-channel image there too."""
+    points, lengths = _real_batch()
+    r = Rasterizer(64, channels=channels)
+    cuda = torch.device("cuda")
+    sb, sp = stroke_ends(points, lengths)
+    snap_cpu = r.snapshots(points, lengths, sb, sp)
+    snap_gpu = r.snapshots(points.to(cuda), lengths.to(cuda), sb.to(cuda), sp.to(cuda))
+    assert snap_gpu.shape == snap_cpu.shape == (len(sb), len(channels), 64, 64)
+    for c in range(len(channels)):
+        assert (snap_gpu[:, c].cpu() - snap_cpu[:, c]).abs().mean() < RASTER_MAD
+    final = r(points.to(cuda), lengths.to(cuda))
+    last = torch.cat([torch.nonzero(sb == b)[-1] for b in range(len(lengths))])
+    assert torch.equal(final, snap_gpu[last.to(cuda)])
+    with_ink = Rasterizer(64, channels=("ink", *channels))(points.to(cuda), lengths.to(cuda))
+    assert torch.equal(with_ink[:, :1], Rasterizer(64)(points.to(cuda), lengths.to(cuda)))
+    assert torch.equal(with_ink[:, 1:], final)
+
+
 # ------------------------------------------------------------------------------------ bf16 training
 # Every model kind, a few steps on one fixed batch, so the loss must fall.
 TRAIN_STEPS = 12

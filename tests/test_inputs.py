@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_train import compose_cfg, tiny
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
@@ -19,6 +20,7 @@ from sketchembed.data.inputs import (CHECKPOINT_KEY, DEFAULTS, FIELDS, FORMAT_KE
                                      fraction_tag, read_inputs)
 from sketchembed.data.raster import Rasterizer
 from sketchembed.safeload import safe_load
+from sketchembed.train.run import train, train_entry
 
 REPO = Path(__file__).resolve().parents[1]
 STUDY = dict(image_size=48, line_width=5.25, padding=5.0, canvas=255.0, background="white", standardize=True,
@@ -39,7 +41,7 @@ def test_python_defaults_are_the_config_defaults():
     data = _data_config()
     for key in RECIPE:
         value = data[key]
-        value = tuple(value) if key in ("seq_origin", "eval_fractions") else value
+        value = tuple(value) if key in ("seq_origin", "eval_fractions", "channels") else value
         assert value == getattr(DEFAULTS, key), key
     dm = inspect.signature(SketchDataModule).parameters
     assert {k: dm[k].default for k in RECIPE} == {k: getattr(DEFAULTS, k) for k in RECIPE}
@@ -47,9 +49,9 @@ def test_python_defaults_are_the_config_defaults():
     assert (collate["max_snapshots"].default, collate["fraction_rule"].default, collate["seq_origin"].default) == (
         DEFAULTS.max_snapshots, DEFAULTS.fraction_rule, DEFAULTS.seq_origin)
     r = Rasterizer()
-    assert (r.size, r.line_width, r.padding, r.canvas, r.background, r.standardize) == (
+    assert (r.size, r.line_width, r.padding, r.canvas, r.background, r.standardize, r.channels) == (
         DEFAULTS.image_size, DEFAULTS.line_width, DEFAULTS.padding, DEFAULTS.canvas, DEFAULTS.background,
-        DEFAULTS.standardize)
+        DEFAULTS.standardize, DEFAULTS.channels) == (64, 8.0, 4.5, 256.0, "black", False, ("ink",))
 
 
 def test_study_config_is_valid_input_settings():
@@ -101,7 +103,8 @@ def test_reads_checkpoints_written_before_input_settings():
                                       ("max_snapshots", "all"), ("fraction_rule", "floor"), ("seq_norm", "z"),
                                       ("seq_origin", [1.0]), ("seq_origin", [float("nan"), 0]),
                                       ("eval_fractions", [0.5, 1.0]), ("eval_fractions", [1.0, 0.0]),
-                                      ("seq_std", -1.0)])
+                                      ("seq_std", -1.0), ("channels", ["ink", "colour"]), ("channels", []),
+                                      ("channels", ["ink", "ink"])])
 def test_a_bad_value_is_one_line_naming_the_key(key, bad):
     with pytest.raises(ValueError, match=rf"^data\.{key} must"):
         InputSettings(**{key: bad})
@@ -139,3 +142,24 @@ def test_frozen_and_normalised():
     with pytest.raises(dataclasses.FrozenInstanceError):
         s.image_size = 64
     assert [fraction_tag(f) for f in (1.0, 0.5, 0.1, 0.125)] == ["100", "50", "10", "12.5"]
+
+
+def test_channels_are_saved_and_checkpoints_without_them_read_as_ink():
+    """``channels`` came after input_settings_format 1: a saved state without it is an ink image."""
+    s = InputSettings(channels=["ink", "order"], seq_std=1.0)
+    assert s.channels == ("ink", "order") and s.to_dict()["channels"] == ["ink", "order"]
+    assert read_inputs({CHECKPOINT_KEY: s.to_dict()}).channels == ("ink", "order")
+    old = {k: v for k, v in DEFAULTS.replace(seq_std=1.0).to_dict().items() if k != "channels"}
+    assert read_inputs({CHECKPOINT_KEY: old}).channels == ("ink",)
+    assert read_inputs({CHECKPOINT_KEY: {"seq_std": 2.0}}).channels == ("ink",)   # the older layout
+    dm = SketchDataModule(root="study10", channels=["ink", "time"])
+    assert dm.rasterizer.channels == ("ink", "time") and dm.state_dict()["channels"] == ["ink", "time"]
+
+
+def test_an_unknown_channel_in_the_config_is_one_line_naming_data_channels_and_exit_2(tmp_path, capsys):
+    cfg = compose_cfg([*tiny("direct"), "data.channels=[ink,colour]"], tmp_path)
+    with pytest.raises(SystemExit) as e:
+        train_entry("train", train)(cfg)
+    errors = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("error:")]
+    assert e.value.code == 2 and len(errors) == 1, errors
+    assert errors[0].startswith("error: data.channels must be a list of channels") and "'colour'" in errors[0]

@@ -90,7 +90,8 @@ MAY_IMPORT = {
     "models": {"models", "data", "metric", "nets"},
     "eval": {"eval", "data", "metric", "nets", "models", "entry"},
     "train": {"train", "data", "metric", "nets", "models", "entry", "eval"},
-    "studio": {"studio", "data", "metric", "nets", "models", "eval"},
+    "export": {"export", "data", "metric", "nets", "models", "eval"},
+    "studio": {"studio", "data", "metric", "nets", "models", "eval", "export"},
 }
 
 

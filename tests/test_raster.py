@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from conftest import real_points
+import hashlib
 import math
 
 import numpy as np
@@ -12,6 +13,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from bench.raster import study_match
+from sketchembed.data.embedded import open_embedded
 from sketchembed.data.raster import CHUNK_ELEMS, Rasterizer, per_image_standardize, render_views, stroke_ends
 
 FILES = ("apple", "cat", "airplane", "The Eiffel Tower", "bus", "helicopter")
@@ -318,3 +320,109 @@ def test_study_settings_match_the_studys_cv2_rendering(shared_quickdraw):
     assert config["setting"] == "conf/data/study.yaml" and nominal["line_width"] == 3.0
     assert config["mad"] < 0.006 and config["mad_standardized"] < 0.03
     assert nominal["mad"] > 3 * config["mad"]   # the nominal 3 px draws visibly thinner lines
+
+
+# ------------------------------------------------------------------------------------ channels
+# sha256 of every stroke-end snapshot of the embedded study10 test split (float32 bytes), rendered by
+# the rasterizer before channels existed (commit dd7dfbb): the default output must not change a bit.
+INK_SHA256 = {28: "1ff0d4256cad86bd6a1971b280868d60dc5210a1ce5732582b5cc263bd2dfdfe",
+              64: "d4e466691c8bc10914d79f3dca73e5281ab5746b492f492cbd073e30f2046379"}
+
+
+@pytest.fixture(scope="module")
+def embedded_test():
+    """(points, lengths) of the embedded study10 test split: real drawings shipped with the package."""
+    ds = open_embedded("study10")
+    return pad([np.asarray(ds.points(int(i)), np.float32) for i in ds.indices("test")])
+
+
+@pytest.mark.parametrize("size", sorted(INK_SHA256))
+def test_default_ink_output_is_bit_exact_with_the_rasterizer_before_channels(embedded_test, size):
+    pts, n = embedded_test
+    snaps, _, _ = Rasterizer(size).all_snapshots(pts, n)
+    assert snaps.shape[1] == 1 and Rasterizer(size, channels=["ink"]).channels == ("ink",)
+    assert hashlib.sha256(snaps.numpy().tobytes()).hexdigest() == INK_SHA256[size]
+    # the ink channel of a multi-channel image is that same image, bit for bit
+    multi, _, _ = Rasterizer(size, channels=("time", "ink", "order")).all_snapshots(pts, n)
+    assert multi.shape == (snaps.shape[0], 3, size, size)
+    assert torch.equal(multi[:, 1:2], snaps)
+
+
+def test_order_and_time_channels_of_a_two_stroke_drawing():
+    """Stroke 1: 2 points (a horizontal line at y=60); stroke 2: 3 points (a line at y=180, bent at
+    x=128). Order: stroke k of n so far shines k / n; time: a segment shines (its last point's
+    number) / (points so far)."""
+    r = Rasterizer(64, padding=0.0, canvas=256.0, channels=("ink", "order", "time"))
+    pts = torch.tensor([[[20.0, 60, 0], [230, 60, 1], [20, 180, 0], [128, 180, 0], [230, 180, 1]]])
+    n = torch.tensor([5])
+    px = lambda c: int((c + 0.5) * 64 / 256)  # noqa: E731 - canvas unit -> output pixel
+    img = r(pts, n)[0]
+    ink, order, time = img
+    y1, y2 = px(60), px(180)
+    assert float(ink[y1, px(120)]) == float(ink[y2, px(70)]) == float(ink[y2, px(180)]) == 1.0
+    assert float(order[y1, px(120)]) == pytest.approx(1 / 2) and float(order[y2, px(70)]) == 1.0
+    assert float(time[y1, px(120)]) == pytest.approx(2 / 5)       # segment 0 -> 1 ends on point 2 of 5
+    assert float(time[y2, px(70)]) == pytest.approx(4 / 5) and float(time[y2, px(180)]) == 1.0
+    # off the lines every channel is blank; on them order and time are ink times their weight
+    assert float(img[:, px(120), px(120)].abs().max()) == 0.0
+    assert bool((order <= ink + 1e-6).all()) and bool((time <= ink + 1e-6).all())
+    # the snapshot after stroke 1 knows nothing of stroke 2: stroke 1 is the latest, at 1
+    snap = r.snapshots(pts, n, torch.tensor([0]), torch.tensor([1]))[0]
+    assert float(snap[0, y2].max()) == 0.0
+    assert float(snap[1, y1, px(120)]) == 1.0 and float(snap[2, y1, px(120)]) == 1.0
+
+
+def test_where_strokes_cross_the_later_one_shows():
+    r = Rasterizer(64, padding=0.0, channels=("order",))
+    pts = torch.tensor([[[128.0, 20, 0], [128, 230, 1], [20, 128, 0], [230, 128, 1]]])
+    img = r(pts, torch.tensor([4]))[0, 0]
+    c = int(128.5 * 64 / 256)
+    assert float(img[c, c]) == 1.0 and float(img[c - 10, c]) == pytest.approx(0.5)
+
+
+@pytest.mark.parametrize("channels", [("ink", "order"), ("ink", "order", "time")])
+def test_channel_snapshots_are_the_truncated_drawings_and_the_last_is_the_final_image(embedded_test, channels):
+    """A snapshot is the image of the drawing cut there (fades relative to what is drawn so far),
+    and at 100 % it is the final image."""
+    pts, n = embedded_test
+    pts, n = pts[:12], n[:12]
+    r = Rasterizer(32, channels=channels)
+    snaps, sb, sp = r.all_snapshots(pts, n)
+    final = r(pts, n)
+    assert snaps.shape[1] == final.shape[1] == len(channels)
+    for b in range(len(n)):
+        mine, pos = snaps[sb == b], sp[sb == b].tolist()
+        assert torch.equal(mine[-1], final[b])
+        for m, p in zip(mine, pos):
+            cut = pts[b, : p + 1].clone()
+            cut[-1, 2] = 1
+            torch.testing.assert_close(m, r(cut[None], torch.tensor([p + 1]))[0], atol=1e-6, rtol=0)
+    # a fraction that ends mid-stroke: the partial stroke is the latest one
+    half = torch.tensor([max(2, math.ceil(0.5 * int(k))) for k in n])
+    torch.testing.assert_close(r.snapshots(pts, n, torch.arange(len(n)), half - 1),
+                               r(*pad([truncate(pts[b, : n[b]].numpy(), 0.5) for b in range(len(n))])),
+                               atol=1e-6, rtol=0)
+
+
+def test_styles_and_render_views_handle_channels(embedded_test):
+    pts, n = embedded_test
+    pts, n = pts[:5], n[:5]
+    r = Rasterizer(32, background="white", standardize=True, channels=("ink", "time"))
+    cov = r(pts, n)
+    styled = r.style(cov)
+    assert styled.shape == (5, 2, 32, 32)
+    # each channel is standardised on its own (ink and time have different ranges)
+    flat = styled.reshape(10, -1)
+    torch.testing.assert_close(flat.mean(1), torch.zeros(10), atol=1e-5, rtol=0)
+    torch.testing.assert_close(flat.std(1, unbiased=False), torch.ones(10), atol=1e-4, rtol=0)
+    torch.testing.assert_close(Rasterizer(32, background="white", channels=("ink", "time")).style(cov), 1 - cov)
+    sb, sp = stroke_ends(pts, n)
+    out = render_views({"points": pts, "lengths": n, "snap_batch": sb, "snap_pos": sp}, r, {"image", "snapshots"})
+    assert out["image"].shape == (5, 2, 32, 32) and out["snapshots"].shape == (len(sb), 2, 32, 32)
+    torch.testing.assert_close(out["image"], styled, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("channels", [["ink", "colour"], [], ["ink", "ink"], 3])
+def test_bad_channels_name_the_config_key(channels):
+    with pytest.raises(ValueError, match=r"^data\.channels must be a list of channels"):
+        Rasterizer(32, channels=channels)

@@ -20,6 +20,7 @@ COMMANDS = [
     (("human",), "sketchembed.eval.human", "measure your own accuracy on drawings at 50%%/100%%"),
     (("report",), "sketchembed.eval.report", "compare train and eval runs: one table with 95 %% intervals, differences beyond noise"),
     (("serve",), "sketchembed.studio.serve", "sketch studio: draw in the browser, see guesses and suggestions"),
+    (("export",), "sketchembed.export", "a checkpoint's inference graph as ONNX, its input settings in the file"),
 ]
 
 

@@ -290,8 +290,8 @@ class SketchDataModule(L.LightningDataModule):
     Args:
         root: prepared dataset directory, or an embedded set's name (``study10``, ``others335``).
         views: views to render on device (``sequence`` needs no rendering; ``seq`` is always served).
-        image_size, line_width, padding, canvas, background, standardize: the
-            :class:`~sketchembed.data.raster.Rasterizer` (geometry and output style).
+        image_size, line_width, padding, canvas, background, standardize, channels: the
+            :class:`~sketchembed.data.raster.Rasterizer` (geometry, output style, image channels).
         fraction_rule: ``ceil`` or ``study`` truncation (module docstring, "Truncation").
         seq_norm: ``std`` (deltas / the train std) or ``none`` (raw canvas units, ``seq_std = 1``).
         seq_origin: the first point's delta is taken from this point.
@@ -330,14 +330,15 @@ class SketchDataModule(L.LightningDataModule):
                  canvas: float = DEFAULTS.canvas, background: str = DEFAULTS.background,
                  standardize: bool = DEFAULTS.standardize, fraction_rule: str = DEFAULTS.fraction_rule,
                  seq_norm: str = DEFAULTS.seq_norm, seq_origin: Sequence[float] = DEFAULTS.seq_origin,
-                 max_mean_snapshots: float | None = None, fold: dict | None = None):
+                 max_mean_snapshots: float | None = None, fold: dict | None = None,
+                 channels: Sequence[str] = DEFAULTS.channels):
         super().__init__()
         # the input settings are saved once, as this module's state (InputSettings), not as hparams too
         self.save_hyperparameters(ignore=["augment", *RECIPE])
         self.inputs = InputSettings(image_size=image_size, line_width=line_width, padding=padding, canvas=canvas,
                                     background=background, standardize=standardize, max_snapshots=max_snapshots,
                                     fraction_rule=fraction_rule, seq_norm=seq_norm, seq_origin=seq_origin,
-                                    eval_fractions=eval_fractions)
+                                    eval_fractions=eval_fractions, channels=channels)
         self.root = str(root)
         self.views = tuple(views)
         bad = set(self.views) - set(VIEWS)

@@ -1,7 +1,7 @@
 """The input settings of a model: one frozen object that travels with it (timm's ``pretrained_cfg``).
 
 A trained model only makes sense with the inputs it was trained on: how a drawing becomes an image
-(size, line width, padding, canvas, background, standardisation), how it becomes a sequence
+(size, line width, padding, canvas, background, standardisation, channels), how it becomes a sequence
 (``seq_norm``, ``seq_origin`` and the train split's ``seq_std``), how it is truncated
 (``fraction_rule``, ``eval_fractions``), how many snapshots are served, and the class names.
 
@@ -29,6 +29,9 @@ from typing import Any
 BACKGROUNDS = ("black", "white")
 FRACTION_RULES = ("ceil", "study")
 SEQ_NORMS = ("std", "none")
+# What each image channel shows (raster.py, "Channels"): ink coverage; the stroke order (later strokes
+# brighter); the time (later points brighter). Both fades are relative to what is drawn so far.
+CHANNELS = ("ink", "order", "time")
 
 # Lightning keeps a DataModule's state_dict in the checkpoint under its class name.
 CHECKPOINT_KEY = "SketchDataModule"
@@ -97,6 +100,19 @@ def _fractions(key, v):
     return fr
 
 
+def _channels(key, v):
+    names = [v] if isinstance(v, str) else v
+    try:
+        names = tuple(names)
+    except TypeError:
+        names = ()
+    bad = [c for c in names if c not in CHANNELS]
+    if not names or bad or len(set(names)) != len(names):
+        why = f"unknown channel {bad[0]!r}" if bad else "each named once, at least one"
+        raise ValueError(f"data.{key} must be a list of channels from {list(CHANNELS)} ({why}), got {v!r}")
+    return names
+
+
 def _seq_std(key, v):
     return None if v is None else _number("> 0", lambda f: f > 0)(key, v)
 
@@ -116,6 +132,7 @@ _CHECKS = {
     "canvas": _number("> 0", lambda f: f > 0),
     "background": _one_of(BACKGROUNDS),
     "standardize": _bool,
+    "channels": _channels,
     "max_snapshots": _int_at_least(1, none_below=True),
     "fraction_rule": _one_of(FRACTION_RULES),
     "seq_norm": _one_of(SEQ_NORMS),
@@ -145,6 +162,7 @@ class InputSettings:
     canvas: float = 256.0
     background: str = "black"       # black: white ink on black (coverage); white: the study's
     standardize: bool = False       # per-image (x - mean) / std (the study)
+    channels: tuple[str, ...] = ("ink",)  # image channels (CHANNELS); the CNN's in_chans is their count
     max_snapshots: int | None = 8   # None: a snapshot at every stroke end
     fraction_rule: str = "ceil"
     seq_norm: str = "std"
@@ -193,7 +211,8 @@ def read_inputs(ckpt: Mapping, where="checkpoint") -> InputSettings:
     Reads the DataModule state of the checkpoint (:data:`CHECKPOINT_KEY`). Checkpoints written before
     the state held the whole settings (it held ``seq_std`` and ``classes``; the rest was in the
     DataModule's hyperparameters) are read the same way, a setting they do not record being the
-    default of the time (the defaults have not changed)."""
+    default of the time (the defaults have not changed; ``channels`` came later: ``[ink]``, the only
+    image of the time)."""
     state = ckpt.get(CHECKPOINT_KEY)
     if not isinstance(state, Mapping) or not state.get("seq_std"):
         raise ValueError(f"{where}: checkpoint carries no data state (the input settings with seq_std): not a "

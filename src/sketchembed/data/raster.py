@@ -32,6 +32,17 @@ keep their strokes. Points outside the canvas (augmentations) are clipped, not w
 geometry is ``canvas=255, padding=5, line_width=3`` (its 255 px canvas plus a 5 px border, 3 px
 ``cv2.polylines``, then a bicubic resize); ``bench/raster.py`` measures how close we come to it.
 
+Channels (``data.channels``). ``ink`` is the coverage above (the only channel by default, output
+unchanged). ``order`` shows the stroke order: coverage x (stroke number) / (strokes so far), so the
+latest stroke is brightest (1) and the first of n strokes 1/n; ``time`` does the same by point:
+coverage x (number of the segment's last point) / (points so far). Where lines cross the brighter
+(later) one wins (``amax``). Both fades are relative to *what the image shows*, not to the finished
+drawing: a snapshot after stroke s, or a drawing truncated to a fraction, is exactly the image of
+the drawing cut there, so a model reading unfinished sketches is never told how many strokes are
+still to come. It costs nothing extra: a segment's weight does not depend on the snapshot, and since
+``max(c * w) / n = max(c * w / n)`` the snapshots share their work as for ink and each is divided by
+its own count at the end. The CNN's ``in_chans`` is the number of channels.
+
 Output style. :meth:`Rasterizer.snapshots` always returns coverage (ink = 1 on 0). What the network
 sees is decided once, in :func:`render_views` via :meth:`Rasterizer.style`: ``background="white"``
 (the study: black ink on white, ``1 - coverage``) and ``standardize=True`` (the study's per-image
@@ -44,9 +55,9 @@ import math
 
 import torch
 
-from sketchembed.data.inputs import BACKGROUNDS, DEFAULTS, InputSettings, check
+from sketchembed.data.inputs import BACKGROUNDS, CHANNELS, DEFAULTS, InputSettings, check
 
-__all__ = ["BACKGROUNDS", "Rasterizer", "per_image_standardize", "render_views", "stroke_ends"]
+__all__ = ["BACKGROUNDS", "CHANNELS", "Rasterizer", "per_image_standardize", "render_views", "stroke_ends"]
 
 # Elements per work chunk (strip pixels of pieces, or copied snapshot pixels), by (not CUDA, CUDA):
 # cache-sized on a CPU; on a GPU large, as each chunk costs kernel launches and host round trips
@@ -55,7 +66,10 @@ CHUNK_ELEMS = (1 << 21, 1 << 25)
 
 
 class Rasterizer:
-    """``Rasterizer(size)(points (B,T,3), lengths (B,)) -> (B,1,size,size)`` float in [0,1], ink = 1.
+    """``Rasterizer(size)(points (B,T,3), lengths (B,)) -> (B,C,size,size)`` float in [0,1], ink = 1.
+
+    ``channels`` (default ``("ink",)``, C = 1) chooses what each channel shows (module docstring,
+    "Channels").
 
     ``background`` and ``standardize`` do not change that coverage; they are the output style that
     :func:`render_views` applies (:meth:`style`).
@@ -64,10 +78,11 @@ class Rasterizer:
     def __init__(self, size: int = DEFAULTS.image_size, line_width: float = DEFAULTS.line_width,
                  padding: float = DEFAULTS.padding, canvas: float = DEFAULTS.canvas, *,
                  background: str = DEFAULTS.background, standardize: bool = DEFAULTS.standardize,
-                 min_width_px: float = 1.0, piece_len: float | None = None, chunk_elems: int | None = None):
+                 channels=DEFAULTS.channels, min_width_px: float = 1.0, piece_len: float | None = None, chunk_elems: int | None = None):
         # the input settings' own checks (sketchembed.data.inputs), one rule for every consumer
         self.background = check("background", background)
         self.standardize = check("standardize", standardize)
+        self.channels = check("channels", channels)
         self.size = check("image_size", size)
         self.line_width = check("line_width", line_width)
         self.padding = check("padding", padding)
@@ -89,14 +104,17 @@ class Rasterizer:
     def from_inputs(cls, inputs: InputSettings, **kwargs) -> "Rasterizer":
         """The rasterizer of a model's input settings (``kwargs``: the speed knobs)."""
         return cls(inputs.image_size, inputs.line_width, inputs.padding, inputs.canvas,
-                   background=inputs.background, standardize=inputs.standardize, **kwargs)
+                   background=inputs.background, standardize=inputs.standardize, channels=inputs.channels,
+                   **kwargs)
 
     def __repr__(self) -> str:
         return (f"Rasterizer(size={self.size}, line_width={self.line_width}, padding={self.padding}, "
-                f"canvas={self.canvas}, background={self.background!r}, standardize={self.standardize})")
+                f"canvas={self.canvas}, background={self.background!r}, standardize={self.standardize}, "
+                f"channels={list(self.channels)})")
 
     def style(self, coverage: torch.Tensor) -> torch.Tensor:
-        """Coverage (ink = 1 on 0) -> the network's input: polarity, then per-image standardisation."""
+        """Coverage (ink = 1 on 0; ``(M, C, H, W)``) -> the network's input: polarity (every channel),
+        then per-image standardisation (each channel on its own)."""
         out = 1.0 - coverage if self.background == "white" else coverage
         return per_image_standardize(out) if self.standardize else out
 
@@ -147,8 +165,9 @@ class Rasterizer:
                              "-1 <= snap_pos < lengths[snap_batch])")
         if bad_xy:
             raise ValueError("points hold non-finite coordinates within lengths")
+        NC = len(self.channels)
         if M == 0 or T == 0:
-            return torch.zeros(M, 1, H, W, device=dev)
+            return torch.zeros(M, NC, H, W, device=dev)
         xy = (points[..., :2].float() + (0.5 + self.padding)) * self.scale   # output px
         pen = (points[..., 2] > 0.5) | (idx == lengths[:, None] - 1)     # last point closes its stroke
         start = torch.ones_like(pen)
@@ -159,6 +178,7 @@ class Rasterizer:
         seg_a = xy[sb, si]
         seg_b = torch.where(connect[sb, si, None], xy[sb, (si + 1).clamp(max=T - 1)], seg_a)
         seg_end = si + connect[sb, si].long()                             # last point it needs
+        stroke = torch.cumsum(start.long(), 1) - 1                        # stroke index of each point
 
         # Snapshots sorted by (drawing, position); rank = place within the drawing.
         key = snap_batch * (T + 1) + (snap_pos + 1)
@@ -168,6 +188,8 @@ class Rasterizer:
         first = torch.searchsorted(sorted_key, sb * (T + 1) + (seg_end + 1))
         ok = first < torch.searchsorted(sorted_key, (sb + 1) * (T + 1))
         seg_a, seg_b, first = seg_a[ok], seg_b[ok], first[ok]
+        # Per segment: (its snapshot row, stroke number, point number): the fades' weights (1-based).
+        tag = torch.stack([first, stroke[sb, seg_end][ok] + 1, seg_end[ok] + 1], 1)
 
         # A truncation ending on a stroke's first point: that point alone, as a dot. (Copied on into
         # later snapshots it changes nothing: they hold the segment starting there.)
@@ -178,21 +200,24 @@ class Rasterizer:
         tp = xy[snap_batch[tm], sp[tm]]
         seg_a = torch.cat([seg_a, tp])
         seg_b = torch.cat([seg_b, tp])
-        first = torch.cat([first, inv_perm[tm]])
+        tag = torch.cat([tag, torch.stack([inv_perm[tm], stroke[snap_batch[tm], sp[tm]] + 1, sp[tm] + 1], 1)])
 
         chunk = self.chunk_elems or CHUNK_ELEMS[dev.type == "cuda"]
-        out = torch.empty(M, H * W, dtype=torch.float32, device=dev)
+        out = torch.empty(M, NC * H * W, dtype=torch.float32, device=dev)
         out.index_fill_(0, perm[rank == 0], 0.0)
-        pa, pb, player = self._pieces(seg_a, seg_b, first)
-        prank = rank[player]
+        pa, pb, ptag = self._pieces(seg_a, seg_b, tag)
+        prank = rank[ptag[:, 0]]
         order = torch.argsort(prank, stable=True)
-        pa, pb, player, prank = pa[order], pb[order], perm[player[order]], prank[order]
+        pa, pb, ptag, prank = pa[order], pb[order], ptag[order], prank[order]
+        player = perm[ptag[:, 0]]
+        # weight of each channel's coverage (None: ink, coverage itself), scaled to [0, 1] at the end
+        weights = [None if c == "ink" else ptag[:, 1 if c == "order" else 2].float() for c in self.channels]
         n_rank = int(rank.max()) + 1
         piece_start = [0] + torch.cumsum(torch.bincount(prank, minlength=n_rank), 0).tolist()
         snap_order = torch.argsort(rank, stable=True)                    # sorted positions by rank
         snap_start = [0] + torch.cumsum(torch.bincount(rank, minlength=n_rank), 0).tolist()
-        rows_per_copy = max(1, chunk // (H * W))
-        buf = out.new_empty(min(rows_per_copy, M), H * W)
+        rows_per_copy = max(1, chunk // (NC * H * W))
+        buf = out.new_empty(min(rows_per_copy, M), NC * H * W)
         flat = out.view(-1)
         copied = 0                     # snapshots of ranks 1..copied start from their predecessor
 
@@ -214,18 +239,26 @@ class Rasterizer:
         k = 0
         for s in range(0, n_p, step):
             e = min(s + step, n_p)
-            idx, cov = self._coverage(pa[s:e], pb[s:e], player[s:e])
+            idx, cov = self._coverage(pa[s:e], pb[s:e], player[s:e], NC * H * W)
             while k < n_rank and piece_start[k] < e:
                 lo, hi = max(piece_start[k], s), min(piece_start[k + 1], e)
                 if hi > lo:
                     copy_through(k)
-                    flat.scatter_reduce_(0, idx[lo - s:hi - s].reshape(-1), cov[lo - s:hi - s].reshape(-1),
-                                         reduce="amax", include_self=True)
+                    for c, w in enumerate(weights):      # NC <= 3: one scatter per channel
+                        val = cov[lo - s:hi - s] if w is None else cov[lo - s:hi - s] * w[lo:hi, None]
+                        flat.scatter_reduce_(0, (idx[lo - s:hi - s] + c * H * W).reshape(-1), val.reshape(-1),
+                                             reduce="amax", include_self=True)
                 if piece_start[k + 1] > e:
                     break          # rank k continues in the next chunk
                 k += 1
         copy_through(n_rank - 1)
-        return out.view(M, 1, H, W)
+        out = out.view(M, NC, H, W)
+        # The fades relative to what snapshot m shows: strokes so far, points so far (sp + 1).
+        shown = {"order": stroke[snap_batch, sp] + 1, "time": sp + 1}
+        for c, name in enumerate(self.channels):
+            if name != "ink":
+                out[:, c] /= shown[name].float()[:, None, None]
+        return out
 
     # ------------------------------------------------------------------ internals
     def _pieces(self, a: torch.Tensor, b: torch.Tensor, tag: torch.Tensor):
@@ -256,9 +289,10 @@ class Rasterizer:
         d = d[seg]
         return a[seg] + (k / nf)[:, None] * d, a[seg] + ((k + 1) / nf)[:, None] * d, tag[seg]
 
-    def _coverage(self, pa: torch.Tensor, pb: torch.Tensor, row: torch.Tensor):
+    def _coverage(self, pa: torch.Tensor, pb: torch.Tensor, row: torch.Tensor, stride: int):
         """Anti-aliased coverage of pieces ``pa -> pb`` (output px) in their strips:
-        ``(flat index into out (P, C*R), coverage (P, C*R))`` for images ``out[row]``."""
+        ``(flat index into out (P, C*R), coverage (P, C*R))`` for images ``out[row]`` (rows of
+        ``stride`` elements; the index is into the row's first channel)."""
         dev = pa.device
         H = W = self.size
         C, R = self.window
@@ -295,16 +329,18 @@ class Rasterizer:
         cov = torch.hypot(across, beyond, out=across).neg_().add_(r).clamp_(0.0, 1.0)
         sm = torch.where(mx, 1, W)                                       # index strides of the axes
         sn = torch.where(mx, W, 1)
-        head = (row * (H * W) + om.long() * sm)[:, None] + col * sm[:, None] + on.long() * sn[:, None]
+        head = (row * stride + om.long() * sm)[:, None] + col * sm[:, None] + on.long() * sn[:, None]
         idx = head[:, :, None] + rows * sn[:, None, None]                # (P,C,R) into out
         n = pa.shape[0]
         return idx.reshape(n, -1), cov.reshape(n, -1)
 
 
 def per_image_standardize(images: torch.Tensor) -> torch.Tensor:
-    """``(x - mean) / max(std, 1 / sqrt(N))`` over each image's N pixels (``tf.image.
-    per_image_standardization``, which the study used); the floor keeps a blank image finite (0)."""
-    flat = images.reshape(images.shape[0], -1)
+    """``(x - mean) / max(std, 1 / sqrt(N))`` over each image channel's N pixels (``tf.image.
+    per_image_standardization``, which the study used, on its one channel); the floor keeps a blank
+    image finite (0). Channels are standardised each on its own: ink, order and time have different
+    value ranges, and pooled statistics would let one set another's scale."""
+    flat = images.reshape(images.shape[0] * images.shape[1], -1)
     n = flat.shape[1]
     mean = flat.mean(1, keepdim=True)
     std = flat.std(1, unbiased=False, keepdim=True).clamp_min(1.0 / math.sqrt(max(n, 1)))

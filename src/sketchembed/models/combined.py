@@ -9,7 +9,7 @@ combined result (87.3 % at 100 %) is the fine-tuned transfer.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 # Image models whose ``encoder`` can be transferred (read from the registry when used).
 TRANSFERABLE = MODELS.where("ENCODER_TRANSFERABLE")
 # How a drawing becomes the CNN's image: a transferred CNN must be fed images made the same way.
-RENDERING = ("image_size", "line_width", "padding", "canvas", "background", "standardize")
+RENDERING = ("image_size", "line_width", "padding", "canvas", "background", "standardize", "channels")
 
 
 def load_encoder_state(path: str | Path, backbone: str, embedding_dim: int) -> tuple[dict, dict, InputSettings | None]:
@@ -82,12 +82,14 @@ class CombinedModel(SketchModule):
                  image_size: int = 64, pretrained: bool = False, normalize: bool = False,
                  drop_rate: float = 0.0, cnn_ckpt: str | None = None, freeze_cnn: bool = False,
                  cnn_lr: float | None = None, input_dim: int = 3, transfer: bool = False,
-                 cnn_ckpt_source: str | None = None, triplet_weight: float = 1.0, **common: Any):
+                 cnn_ckpt_source: str | None = None, triplet_weight: float = 1.0,
+                 channels: Sequence[str] = ("ink",), **common: Any):
         self.check_args({"transfer": transfer, "cnn_ckpt": cnn_ckpt, "cnn_ckpt_source": cnn_ckpt_source})
         super().__init__(num_classes=num_classes, **common)
         self.seq_encoder = SequenceEncoder(input_dim=input_dim, hidden=hidden, layers=layers, dropout=dropout)
         self.cnn = ImageEncoder(backbone, embedding_dim=embedding_dim, pretrained=pretrained,
-                                image_size=image_size, normalize=normalize, drop_rate=drop_rate)
+                                image_size=image_size, normalize=normalize, drop_rate=drop_rate,
+                                in_chans=len(channels))
         self._record_backbone(self.cnn)
         # the input settings the transferred CNN was trained with (check_transfer_inputs)
         self.transfer_inputs: InputSettings | None = None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -19,10 +20,11 @@ class DirectImageModel(SketchModule):
 
     def __init__(self, num_classes: int, backbone: Any = DEFAULT_BACKBONE, embedding_dim: int = 256,
                  image_size: int = 64, pretrained: bool = False, normalize: bool = False,
-                 drop_rate: float = 0.0, **common: Any):
+                 drop_rate: float = 0.0, channels: Sequence[str] = ("ink",), **common: Any):
         super().__init__(num_classes=num_classes, **common)
         self.encoder = ImageEncoder(backbone, embedding_dim=embedding_dim, pretrained=pretrained,
-                                    image_size=image_size, normalize=normalize, drop_rate=drop_rate)
+                                    image_size=image_size, normalize=normalize, drop_rate=drop_rate,
+                                    in_chans=len(channels))
         self._record_backbone(self.encoder)
         self.classifier = nn.Linear(int(embedding_dim), int(num_classes))
 

@@ -6,6 +6,7 @@ logs triplet accuracy and the mean positive/negative distances instead.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -25,10 +26,12 @@ class TripletImageModel(SketchModule):
     ENCODER_TRANSFERABLE = True
 
     def __init__(self, backbone: Any = DEFAULT_BACKBONE, embedding_dim: int = 256, image_size: int = 64,
-                 pretrained: bool = False, normalize: bool = True, drop_rate: float = 0.0, **common: Any):
+                 pretrained: bool = False, normalize: bool = True, drop_rate: float = 0.0,
+                 channels: Sequence[str] = ("ink",), **common: Any):
         super().__init__(**common)
         self.encoder = ImageEncoder(backbone, embedding_dim=embedding_dim, pretrained=pretrained,
-                                    image_size=image_size, normalize=normalize, drop_rate=drop_rate)
+                                    image_size=image_size, normalize=normalize, drop_rate=drop_rate,
+                                    in_chans=len(channels))
         self._record_backbone(self.encoder)
 
     def embed(self, batch: dict) -> torch.Tensor:

@@ -1,4 +1,5 @@
-"""The image encoder: a timm backbone created by name (one input channel, no head) + a projection.
+"""The image encoder: a timm backbone created by name (``in_chans``: one per image channel of
+``data.channels``, one by default; no head) + a projection.
 
 Architectures come from timm only, so the study's VGG-16 / Inception-v4 / ResNet-v2-50 and the small
 CPU backbones are one string apart. Names and image sizes are checked on the *meta* device before any

@@ -27,6 +27,11 @@ class SequenceEncoder(nn.Module):
     def forward(self, seq: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         if seq.ndim != 3:
             raise ValueError(f"seq must be (B, T, {self.lstm.input_size}), got {tuple(seq.shape)}")
+        if torch.compiler.is_exporting():
+            # An exported graph (`sketchembed export`) runs unpacked, as packing needs the lengths on the
+            # host: a one-way LSTM's states up to a drawing's last point never see the padding after it,
+            # and only those are read (states past the length are not zero here).
+            return self.lstm(seq)[0]
         lengths_cpu = lengths.detach().to("cpu", torch.int64)
         if len(lengths_cpu) and int(lengths_cpu.min()) < 1:
             raise ValueError("lengths: every drawing needs at least one point")

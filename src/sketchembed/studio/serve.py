@@ -14,11 +14,17 @@ import torch
 import uvicorn
 
 from sketchembed.studio.app import create_app
+from sketchembed.studio.runtime import RUNTIMES
 from sketchembed.studio.service import Studio
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--ckpt", required=True, help="sketchembed checkpoint (.ckpt), e.g. a run's checkpoints/last.ckpt")
+    parser.add_argument("--ckpt", help="sketchembed checkpoint (.ckpt), e.g. a run's checkpoints/last.ckpt "
+                                       "(--runtime torch, the default)")
+    parser.add_argument("--runtime", choices=RUNTIMES,
+                        help="torch: the checkpoint's model; onnx: a file from `sketchembed export` (--model) "
+                             "on onnxruntime, pre-processed from its metadata alone (default: onnx with --model)")
+    parser.add_argument("--model", "--onnx", dest="model", help="the exported .onnx file (--runtime onnx)")
     parser.add_argument("--index", help="index dir from `sketchembed index build` (default: index the "
                                         "checkpoint's training drawings on start)")
     parser.add_argument("--data", help="prepared dataset or embedded name for the replay and the human test "
@@ -56,11 +62,15 @@ def run(args) -> int:
         raise ValueError(f"--index-max must be >= 1, got {args.index_max}")
     if args.threads < 1:
         raise ValueError(f"--threads must be >= 1, got {args.threads}")
+    runtime = args.runtime or ("onnx" if args.model else "torch")
+    source = args.model if runtime == "onnx" else args.ckpt
+    if not source or (args.ckpt and args.model):
+        raise ValueError("give --ckpt CKPT (torch) or --runtime onnx --model FILE.onnx, one of them")
     torch.set_num_threads(args.threads)
     check_listen(args.host, args.port)  # before the model loads: a taken port fails at once
-    studio = Studio.open(args.ckpt, index_dir=args.index, data=args.data, index_max=args.index_max,
-                         results_dir=args.results, device=args.device)
-    print(f"sketch studio ({studio.model_kind}, {len(studio.classes)} classes, index of {len(studio.index)}) on "
+    studio = Studio.open(source, index_dir=args.index, data=args.data, index_max=args.index_max,
+                         results_dir=args.results, device=args.device, runtime=runtime)
+    print(f"sketch studio ({studio.model_kind} on {runtime}, {len(studio.classes)} classes, index of {len(studio.index)}) on "
           f"http://{args.host}:{args.port}/  — API docs at /docs; Ctrl-C stops it", file=sys.stderr)
     uvicorn.run(create_app(studio), host=args.host, port=args.port, log_level="warning")
     return 0

@@ -25,10 +25,9 @@ import numpy as np
 from sketchembed.data.datamodule import SketchDataModule
 from sketchembed.data.embedded import resolve_root
 from sketchembed.data.inputs import InputSettings
-from sketchembed.data.raster import Rasterizer
 from sketchembed.data.store import PreparedDataset
 from sketchembed.eval.checkpoint import file_sha256, open_checkpoint, trained_root
-from sketchembed.eval.embed import embed_points, pick_device
+from sketchembed.eval.embed import pick_device
 from sketchembed.eval.human import Results, sample_items
 from sketchembed.eval.index import build_index
 from sketchembed.eval.knn import KNN_CLASSIFIER_K, KNNIndex, vote, vote_scores
@@ -36,6 +35,7 @@ from sketchembed.eval.report import STUDY
 from sketchembed.eval.stats import wilson
 from sketchembed.eval.suggest import check_index_matches
 from sketchembed.studio.drawing import BadInput, strokes_json
+from sketchembed.studio.runtime import OnnxRunner, as_runner, onnx_index
 
 TOP_CLASSES = 5
 DEFAULT_K = 8
@@ -78,11 +78,10 @@ class Studio:
         self.ckpt_path = str(ckpt_path)
         self.results_dir = Path(results_dir)
         self.vote_k = int(vote_k)  # embedding-only models: classes by KNN, with eval's K
-        self.model_kind = str(getattr(model, "MODEL_KIND", "") or model.hparams.get("model_kind", "?"))
-        self.rasterizer = Rasterizer.from_inputs(inputs)
+        self.runner = as_runner(model, inputs)  # torch or ONNX (sketchembed.studio.runtime)
+        self.model_kind = self.runner.model_kind
         self._lock = threading.Lock()  # one forward pass at a time: no thread oversubscription on CPUs
         self._sessions: OrderedDict[str, HumanSession] = OrderedDict()
-        self.device = next(model.parameters()).device
         emb, logits = self._embed([np.array([[0, 0, 0], [255, 255, 1]], dtype=np.int16)])
         self.has_classifier = logits is not None
         if emb.shape[1] != index.dim:
@@ -98,9 +97,15 @@ class Studio:
     # ---- opening -------------------------------------------------------------------------------
     @classmethod
     def open(cls, ckpt_path, *, index_dir=None, data=None, index_max: int | None = None,
-             results_dir="outputs/studio", progress: bool = True, device: str = "cpu",
+             results_dir="outputs/studio", progress: bool = True, device: str = "cpu", runtime: str = "torch",
              log: Callable[[str], None] = lambda m: print(m, file=sys.stderr)) -> "Studio":
-        """Load the checkpoint; open ``index_dir`` or build an index of the training drawings."""
+        """Load the checkpoint (``runtime="onnx"``: an exported file); open ``index_dir`` or build an
+        index of the training drawings."""
+        if runtime == "onnx":
+            runner = OnnxRunner(ckpt_path)
+            root = _data_root(data, runner.meta.get("trained_on"), log)
+            return cls(runner, runner.inputs, onnx_index(runner, index_dir, root, index_max, log),
+                       ckpt_path=str(ckpt_path), data=PreparedDataset(root), results_dir=results_dir)
         dev = pick_device(device)
         model, inputs, ckpt = open_checkpoint(ckpt_path, map_location=dev)
         root = _data_root(data, trained_root(ckpt), log)
@@ -126,9 +131,7 @@ class Studio:
     # ---- guesses and suggestions ----------------------------------------------------------------
     def _embed(self, drawings: Sequence[np.ndarray]):
         with self._lock:
-            emb, logits, _, _ = embed_points(self.model, drawings, self.inputs, rasterizer=self.rasterizer,
-                                             device=self.device)
-        return emb, logits
+            return self.runner(drawings)
 
     def _classes_of(self, logits, nb_idx: np.ndarray) -> list[tuple[str, float, float]]:
         """``(name, p, score)`` for each class of one drawing, best first."""
