@@ -37,6 +37,12 @@ BAD = {
     "model=combined model.mlp_hidden=-1": "model.mlp_hidden=-1: must be >= 0",
     "model=triplet +model.drop_rate=2": "model.drop_rate=2: must be in [0, 1)",
     "model.dropout=1.5": "model.dropout=1.5",
+    # an image the rasterizer would need terabytes for; a callback the Trainer cannot take (a 59-line
+    # traceback); a negative clip value (silently no clipping)
+    "data.image_size=100000": "data.image_size must be <= 1024, got 100000",
+    "+callbacks.x._target_=collections.OrderedDict":
+        "callbacks.x._target_='collections.OrderedDict': not a Lightning callback",
+    "trainer.gradient_clip_val=-1": "trainer.gradient_clip_val=-1: must be >= 0",
     # a top-level key no part of the program reads (a key inside a group is checked by its class)
     "+foo=1": "+foo=1: train.py has no setting 'foo'",
     "++sed=3": "++sed=3: train.py has no setting 'sed'",
@@ -74,7 +80,8 @@ def test_message_names_the_expected_type_and_the_class():
 def test_shipped_sizes_and_group_options_pass(tmp_path):
     """The lowest values that mean something, a group option added with +, an existing key with ++."""
     for overrides in (["model=combined", "model.mlp_hidden=0", "model.embedding_dim=1", "model.hidden=1",
-                       "model.layers=1", "model.dropout=0.0"], ["model=lstm", "++seed=3", "+optim=study"]):
+                       "model.layers=1", "model.dropout=0.0", "data.image_size=1024", "trainer.gradient_clip_val=0.5"],
+                      ["model=lstm", "++seed=3", "+optim=study"]):
         cfg = compose_cfg(overrides, tmp_path)
         check_config(cfg)
         check_new_keys("train")

@@ -98,7 +98,8 @@ def test_reads_checkpoints_written_before_input_settings():
         read_inputs({"datamodule_hyper_parameters": hp}, "old.ckpt")
 
 
-@pytest.mark.parametrize("key, bad", [("image_size", 0), ("image_size", 3.5), ("line_width", 0), ("padding", -1),
+@pytest.mark.parametrize("key, bad", [("image_size", 0), ("image_size", 3.5), ("image_size", 100_000),
+                                      ("line_width", 0), ("padding", -1),
                                       ("canvas", "big"), ("background", "grey"), ("standardize", 1),
                                       ("max_snapshots", "all"), ("fraction_rule", "floor"), ("seq_norm", "z"),
                                       ("seq_origin", [1.0]), ("seq_origin", [float("nan"), 0]),

@@ -25,12 +25,13 @@ import pytest
 import torch
 from fastapi.testclient import TestClient
 
-from bench.studio import measure, stroke_prefixes
+from bench.studio import adversarial_bodies, measure, measure_adversarial, stroke_prefixes
 from conftest import real_points
 from sketchembed.cli import main
 from sketchembed.data.datamodule import SketchDataModule
 from sketchembed.data.formats import read_drawings
-from sketchembed.data.simplify import simplify_drawing
+from sketchembed.data.simplify import TooMuchWork, simplify_drawing, simplify_strokes
+from sketchembed.data.user_drawing import MAX_RDP_VISITS
 from sketchembed.eval.human import sample_items
 from sketchembed.eval.knn import vote
 from sketchembed.eval.embed import embed_points
@@ -38,7 +39,9 @@ from sketchembed.eval.suggest import suggest
 from sketchembed.models import CombinedModel, TripletImageModel
 from sketchembed.studio import Studio, create_app
 from sketchembed.studio import app as studio_app
-from sketchembed.studio.drawing import MAX_BODY_BYTES, strokes_json
+from sketchembed.studio.budget import LIGHT_MODEL_POINTS, LIGHT_RDP_VISITS, MAX_BODY_BYTES, Lanes, Work
+from sketchembed.studio.drawing import strokes_json
+from sketchembed.studio.errors import BadInput, ErrorResponse
 from sketchembed.studio.live import browser_missing, draw_stroke, free_port, launch, serve_in_thread, wait_predictions
 
 STUDY10 = ["apple", "pear", "blackberry", "grapes", "banana", "bus", "van", "truck", "airplane", "helicopter"]
@@ -92,11 +95,17 @@ def strokes_of(points) -> list:
     return strokes_json(np.asarray(points))
 
 
-def assert_one_line_refusal(r, status, pattern):
+def assert_one_line_refusal(r, status, pattern, code=None):
+    """The one error shape {"status", "code", "detail"} (studio/errors.py), the detail one line."""
     assert r.status_code == status, (r.status_code, r.text)
-    detail = r.json()["detail"]
+    body = r.json()
+    assert set(body) == {"status", "code", "detail"} and body["status"] == status, body
+    ErrorResponse.model_validate(body)
+    detail = body["detail"]
     assert isinstance(detail, str) and "\n" not in detail and "Traceback" not in r.text, detail
     assert re.search(pattern, detail), detail
+    if code is not None:
+        assert body["code"] == code, body
 
 
 # ------------------------------------------------------------------------------------ endpoints
@@ -150,20 +159,25 @@ def test_k_is_checked(client, shared_quickdraw):
 
 
 GOOD = [[[10, 60, 120], [10, 80, 40]]]
+WIDE_ZIGZAG = [[np.linspace(0, 255, 500).tolist(), [0.0, 255.0] * 250]]  # within the estimate, 5 s of RDP before
+# The one rule (studio/errors.py): 400 = the body cannot be read as JSON; 422 = JSON, but not what the
+# endpoint takes (shape, types, values); 413 = over a size or work limit.
 BAD_INPUTS = [
     # (name, body bytes, status, what the message names)
     ("not json", b"{drawing: [}", 400, r"not JSON"),
     ("not utf-8", b"\xff\xfe", 400, r"not JSON"),
-    ("a list, not an object", b"[1, 2]", 400, r"JSON object"),
-    ("no drawing", b'{"strokes": []}', 400, r"JSON object"),
-    ("unknown field", json.dumps({"drawing": GOOD, "colour": 1}).encode(), 400, r"unknown field.*colour"),
-    ("drawing not a list", b'{"drawing": {"x": 1}}', 400, r"'drawing' must be a list of strokes"),
-    ("stroke with one row", b'{"drawing": [[[1, 2, 3]]]}', 400, r"stroke 0 must be .*got 1 rows"),
-    ("stroke with four rows", b'{"drawing": [[[1], [2], [3], [4]]]}', 400, r"stroke 0 must be .*got 4 rows"),
-    ("stroke not a list", b'{"drawing": [[[1, 2], [3, 4]], 7]}', 400, r"stroke 1 must be"),
-    ("row of strings", b'{"drawing": [[["1", "2"], [3, 4]]]}', 400, r"stroke 0 x must hold numbers"),
-    ("row of booleans", b'{"drawing": [[[1, 2], [true, 4]]]}', 400, r"stroke 0 y must hold numbers"),
-    ("nested row", b'{"drawing": [[[[1], 2], [3, 4]]]}', 400, r"stroke 0 x must hold numbers"),
+    ("a list, not an object", b"[1, 2]", 422, r"JSON object"),
+    ("no drawing", b'{"strokes": []}', 422, r"JSON object"),
+    ("unknown field", json.dumps({"drawing": GOOD, "colour": 1}).encode(), 422, r"unknown field.*colour"),
+    ("drawing not a list", b'{"drawing": "abc"}', 422, r"'drawing' must be a list of strokes"),
+    ("drawing an object", b'{"drawing": {"x": 1}}', 422, r"'drawing' must be a list of strokes"),
+    ("k not a number", json.dumps({"drawing": GOOD, "k": "five"}).encode(), 422, r"'k' must be an integer"),
+    ("stroke with one row", b'{"drawing": [[[1, 2, 3]]]}', 422, r"stroke 0 must be .*got 1 rows"),
+    ("stroke with four rows", b'{"drawing": [[[1], [2], [3], [4]]]}', 422, r"stroke 0 must be .*got 4 rows"),
+    ("stroke not a list", b'{"drawing": [[[1, 2], [3, 4]], 7]}', 422, r"stroke 1 must be"),
+    ("row of strings", b'{"drawing": [[["1", "2"], [3, 4]]]}', 422, r"stroke 0 x must hold numbers"),
+    ("row of booleans", b'{"drawing": [[[1, 2], [true, 4]]]}', 422, r"stroke 0 y must hold numbers"),
+    ("nested row", b'{"drawing": [[[[1], 2], [3, 4]]]}', 422, r"stroke 0 x must hold numbers"),
     ("x/y length mismatch", b'{"drawing": [[[1, 2, 3], [3, 4]]]}', 422, r"stroke 0: x has 3 values but y has 2"),
     ("t length mismatch", b'{"drawing": [[[1, 2], [3, 4], [0]]]}', 422, r"stroke 0: x has 2 values but t has 1"),
     ("NaN", b'{"drawing": [[[1, NaN], [3, 4]]]}', 422, r"stroke 0 x holds NaN or infinity"),
@@ -174,13 +188,14 @@ BAD_INPUTS = [
     ("too many strokes", json.dumps({"drawing": [[[1, 2], [3, 4]]] * 257}).encode(), 413, r"257 strokes, at most 256"),
     ("too many points", json.dumps({"drawing": [[list(range(12000)), [5] * 12000]] * 2}).encode(), 413,
      r"more than 20000 points"),
+    ("too many points for the model", json.dumps({"drawing": [[list(range(256)) * 4, [5, 9] * 512]] * 2,
+                                                  "format": "simplified"}).encode(), 413,
+     r"2,048 points once simplified; the model reads at most 2,000"),
     ("bad format", json.dumps({"drawing": GOOD, "format": "svg"}).encode(), 422, r"'format' must be one of"),
     ("simplified off the canvas", json.dumps({"drawing": [[[1, 300], [3, 4]]], "format": "simplified"}).encode(),
      422, r"simplified drawing: stroke 0 has coordinates outside 0–255"),
-    ("simplified one-point stroke", json.dumps({"drawing": [[[1], [3]]], "format": "simplified"}).encode(),
+    ("simplified one-point stroke", json.dumps({"drawing": [[[1], [3]], GOOD[0]], "format": "simplified"}).encode(),
      422, r"stroke 0 has a single point"),
-    ("a lone tap", json.dumps({"drawing": [[[100], [100], [0]]]}).encode(), 422, r"raw drawing: drawing spans 0"),
-    ("a lone dot", json.dumps({"drawing": [[[7, 7], [9, 9]]]}).encode(), 422, r"simplified drawing: drawing spans 0"),
     # the readers' JSON decoder: nesting too deep is refused, not a RecursionError (a 500)
     ("nested too deeply", b'{"drawing": [[[1, 2], [3, 4]]], "k": ' + b"[" * 5000 + b"]" * 5000 + b"}", 400,
      r"^body is not JSON \(nested too deeply\)$"),
@@ -190,10 +205,11 @@ BAD_INPUTS = [
     ("huge both ways", json.dumps({"drawing": [[[-1e308, 1e308], [3, 4]]]}).encode(), 422,
      r"raw drawing: stroke 0 has coordinates outside ±100,000"),
     ("too intricate", json.dumps({"drawing": [[np.linspace(0, 255, 20000).tolist(), [0, 255] * 10000]],
-                                  "format": "raw"}).encode(), 422, r"raw drawing: too intricate to simplify: 20,000 points"),
+                                  "format": "raw"}).encode(), 413, r"raw drawing: too intricate to simplify: 20,000 points"),
+    # within points x ink, but over RDP's own count of its work (it took 5 s, 1 s for 20,000 points)
+    ("over the simplification budget", json.dumps({"drawing": WIDE_ZIGZAG, "format": "raw"}).encode(), 413,
+     r"raw drawing: too intricate to simplify: its simplification needs more than 2,000,000 point visits"),
 ]
-
-
 @pytest.mark.parametrize("name,body,status,pattern", BAD_INPUTS, ids=[b[0] for b in BAD_INPUTS])
 def test_bad_input_is_refused_in_one_line(client, name, body, status, pattern):
     t0 = time.perf_counter()
@@ -250,8 +266,38 @@ def test_oversized_bodies_are_refused_declared_or_streamed(client):
 
     assert_one_line_refusal(client.post("/api/predict", content=chunks()), 413, r"\(streamed\) is over the limit")
     r = client.post("/api/predict", content=b"{}", headers={"content-length": "x1"})
-    assert r.status_code in (400, 413)
+    assert_one_line_refusal(r, 400, r"^Content-Length 'x1' is not a number$", "unreadable")
     assert client.get("/api/health").json()["status"] == "ok"  # still serving
+
+
+@pytest.mark.parametrize("drawing, fmt", [([[[100], [100], [0]]], "raw"), ([[[7, 7], [9, 9]]], "simplified"),
+                                          ([[[50, 50.4], [60, 60.2], [0, 8]]], "raw")],
+                         ids=["one raw point", "a simplified dot", "a tiny raw wiggle"])
+def test_a_lone_tap_is_named_as_such(client, drawing, fmt):
+    """All points in one place: "a single tap", with code "tap" (the page says "keep drawing")."""
+    r = client.post("/api/predict", json={"drawing": drawing})
+    assert_one_line_refusal(r, 422, rf"^{fmt} drawing: a single tap, not a drawing \(all its points in one place\)$",
+                            "tap")
+
+
+def test_every_error_has_the_one_shape(client, studio, monkeypatch):
+    """400, 404, 405, 413 (from the body-size layer too), 422 (body and query), 500 and 503: one shape."""
+    assert_one_line_refusal(client.post("/api/predict", content=b"{"), 400, r"not JSON", "unreadable")
+    assert_one_line_refusal(client.get("/nope"), 404, r"^Not Found$", "not_found")
+    assert_one_line_refusal(client.get("/api/predict"), 405, r"Method Not Allowed", "method_not_allowed")
+    assert_one_line_refusal(client.post("/api/predict", content=b" " * (MAX_BODY_BYTES + 1)), 413,
+                            r"over the limit", "too_large")
+    assert_one_line_refusal(client.get("/api/sample?seed=x"), 422, r"^query.seed: ", "invalid")
+    assert_one_line_refusal(client.post("/api/human/start", json={"n": "five"}), 422, r"^n: ", "invalid")
+    monkeypatch.setattr(studio.lanes, "wait_s", 0.05)
+    monkeypatch.setattr(studio.lanes, "share", 1.0)  # no rest after the held lane below
+    with studio.lanes.request() as other:  # another request holds the lane for large drawings
+        other.go_heavy("a test")
+        big = {"drawing": [[list(range(256)) * 2, [5, 9] * 256]], "format": "simplified"}  # 512 points
+        r = client.post("/api/predict", json=big)
+        assert_one_line_refusal(r, 503, r"^busy with other large drawings \(512 points for the model", "busy")
+        assert r.headers["retry-after"] == "2"
+    assert client.post("/api/predict", json=big).status_code == 200  # the lane is free again
 
 
 def test_one_point_taps_are_accepted_as_raw(client):
@@ -268,7 +314,107 @@ def test_an_internal_error_is_one_line_without_traceback(client, studio, monkeyp
     monkeypatch.setattr(studio, "predict", boom)
     r = client.post("/api/predict", json={"drawing": GOOD})
     assert r.status_code == 500
-    assert r.json() == {"detail": "internal error (RuntimeError); the server log has the details"}
+    assert r.json() == {"status": 500, "code": "internal",
+                        "detail": "internal error (RuntimeError); the server log has the details"}
+
+
+# ------------------------------------------------------------------------------------ the work budget
+def _zigzag(n: int, amp: float) -> list:
+    return [[np.linspace(0, 255, n).tolist(), np.where(np.arange(n) % 2 == 0, 0.0, amp).tolist()]]
+
+
+def test_rdp_counts_its_work_and_stops_at_its_budget():
+    """The wide zig-zag took 5 s (one RDP level per vertex over its 127,000 resampled points): its count
+    of point visits stops it at the budget; below the budget the result is the one without it."""
+    wide = [np.asarray(WIDE_ZIGZAG[0], dtype=float).T]
+    t0 = time.perf_counter()
+    with pytest.raises(TooMuchWork, match=r"more than 2,000,000 point visits"):
+        simplify_strokes(wide, max_visits=MAX_RDP_VISITS)
+    assert time.perf_counter() - t0 < 5
+    mid = [np.asarray(_zigzag(40, 255.0)[0], dtype=float).T]  # ~440,000 visits: over the light allowance
+    with pytest.raises(TooMuchWork):
+        simplify_strokes(mid, max_visits=LIGHT_RDP_VISITS)
+    assert all(np.array_equal(a, b) for a, b in zip(simplify_strokes(mid, max_visits=MAX_RDP_VISITS),
+                                                    simplify_strokes(mid), strict=True))
+
+
+def test_heavy_work_runs_beside_light_work_one_request_at_a_time():
+    """A heavy forward pass never holds the light lock; heavy requests take turns, a few wait, the
+    rest are refused at once (503), and leaving a request frees the lane."""
+    lanes = Lanes(queue=1, wait_s=0.3, share=1.0)  # no rests here (see the next test)
+    with lanes.request() as light, lanes.model(LIGHT_MODEL_POINTS, light):
+        assert lanes.light.locked() and not light.heavy
+    outcome = []
+
+    def second():
+        try:
+            with lanes.request() as w:
+                w.go_heavy("second")
+                outcome.append("ran")
+        except BadInput as e:
+            outcome.append(e.status)
+
+    with lanes.request() as heavy, lanes.model(LIGHT_MODEL_POINTS + 1, heavy):
+        assert heavy.heavy and not lanes.light.locked()  # light passes go on meanwhile
+        waiter = threading.Thread(target=second)
+        waiter.start()
+        time.sleep(0.1)  # the second waits for the lane (the queue holds one)
+        t0 = time.perf_counter()
+        with pytest.raises(BadInput, match=r"^busy with other large drawings \(third") as third:
+            lanes.request().go_heavy("third")
+        assert third.value.status == 503 and time.perf_counter() - t0 < 0.1  # at once: the queue is full
+        waiter.join(5)
+    assert outcome == [503]  # it waited 0.3 s; the lane stayed busy
+    with lanes.request() as w:
+        w.go_heavy("after")
+        assert w.heavy
+
+
+def test_the_heavy_lane_rests_as_long_as_it_worked():
+    """Clients sending large drawings back to back get at most half of one core between them."""
+    lanes = Lanes(share=0.5)
+    t0 = time.perf_counter()
+    with lanes.request() as w:
+        w.go_heavy("work")
+        time.sleep(0.2)
+    assert time.perf_counter() - t0 >= 0.4
+    assert not lanes.light.locked() and lanes._heavy.acquire(blocking=False)  # then free
+
+
+def test_large_drawings_are_served_in_the_heavy_lane(client, monkeypatch):
+    """Over the light allowance (points for the model, simplification work, body bytes) a drawing is
+    still answered, from the heavy lane."""
+    why = []
+    real = Work.go_heavy
+    monkeypatch.setattr(Work, "go_heavy", lambda self, reason: (why.append(reason), real(self, reason)))
+    cases = [({"drawing": [[list(range(256)) * 2, [5, 9] * 256]], "format": "simplified"}, "512 points for the model"),
+             ({"drawing": _zigzag(40, 255.0), "format": "raw"}, "a simplification of more than 100,000 point visits"),
+             ({"drawing": [[np.linspace(0, 255, 5000).round(6).tolist(), [100.0] * 5000]] * 2, "format": "raw"},
+              "a body of ")]
+    for body, reason in cases:
+        why.clear()
+        r = client.post("/api/predict", json=body)
+        assert r.status_code == 200, r.text
+        assert len(why) == 1 and why[0].startswith(reason), why
+    why.clear()
+    assert client.post("/api/predict", json={"drawing": GOOD}).status_code == 200 and not why  # light
+
+
+@pytest.mark.slow
+def test_real_raw_drawings_fit_the_simplification_budget(shared_quickdraw):
+    """Every real raw drawing simplifies within a quarter of MAX_RDP_VISITS, and fewer than 0.2 % need
+    the heavy lane (more than LIGHT_RDP_VISITS)."""
+    n = heavy = 0
+    for f in sorted((shared_quickdraw / "raw").glob("*.ndjson")):
+        for d in read_drawings(f, on_error="skip"):
+            strokes = [np.asarray(s, dtype=float) for s in d.strokes]
+            n += 1
+            try:
+                simplify_strokes(strokes, max_visits=LIGHT_RDP_VISITS)
+            except TooMuchWork:
+                heavy += 1
+                simplify_strokes(strokes, max_visits=MAX_RDP_VISITS // 4)
+    assert n > 9000 and 0 < heavy < 0.002 * n, (n, heavy)
 
 
 def test_sample_is_reproducible_and_checked(client):
@@ -352,6 +498,43 @@ def test_page_and_docs_are_served_from_the_package(client):
     assert_one_line_refusal(client.get("/nope"), 404, r"Not Found")
 
 
+def test_every_endpoint_documents_its_purpose_examples_and_errors(client):
+    """/openapi.json (what /docs shows): a purpose, a pydantic response model with examples that are
+    real (each validates; the request examples are answered 200), and errors in the one shape."""
+    spec = client.get("/openapi.json").json()
+    schemas = spec["components"]["schemas"]
+    models = {m.__name__: m for m in (studio_app.PredictResponse, studio_app.Health, studio_app.Sample,
+                                      studio_app.HumanStartResponse, studio_app.HumanFinishResponse)}
+    requests = {"PredictRequest": studio_app.PredictRequest, "HumanStart": studio_app.HumanStart,
+                "HumanFinish": studio_app.HumanFinish}
+    assert len([op for ops in spec["paths"].values() for op in ops.values()]) == 5
+    for path, ops in spec["paths"].items():
+        for method, op in ops.items():
+            assert op["summary"] and op["description"], path
+            name = op["responses"]["200"]["content"]["application/json"]["schema"]["$ref"].split("/")[-1]
+            assert name in models, (path, name)
+            for example in schemas[name]["examples"]:
+                models[name].model_validate(example)
+            errors = {code: r for code, r in op["responses"].items() if code != "200"}
+            assert "500" in errors and all(r["content"]["application/json"]["schema"]["$ref"].endswith("/ErrorResponse")
+                                           for r in errors.values()), path
+            body = op.get("requestBody", {}).get("content", {}).get("application/json", {}).get("schema")
+            if body:
+                example = body["examples"][0]
+                requests[body["title"]].model_validate(example)
+                if path != "/api/human/finish":  # its example names a session of its own
+                    assert client.post(path, json=example).status_code == 200, path
+    assert "400" in spec["info"]["description"] and "422" in spec["info"]["description"]
+
+
+def test_favicon_is_served(client):
+    r = client.get("/favicon.ico")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("image/svg+xml")
+    assert r.content.startswith(b"<svg")
+    for page in ("/", "/docs"):
+        assert '<link rel="icon" href="/static/favicon.svg" type="image/svg+xml">' in client.get(page).text
+
+
 def test_package_data_ships_the_static_files(repo_root):
     text = (repo_root / "pyproject.toml").read_text()
     section = text[text.index("[tool.setuptools.package-data]"):]
@@ -387,10 +570,27 @@ def test_serve_uses_a_saved_index_of_its_own_model_only(ckpts, studio, tmp_path,
 
 
 # ------------------------------------------------------------------------------------ the browser
+INK_BOX = """() => {
+  const c = document.getElementById('canvas'), d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+  let x0 = c.width, x1 = -1, y0 = c.height, y1 = -1;
+  for (let y = 0; y < c.height; y++) for (let x = 0; x < c.width; x++) {
+    if (d[(y * c.width + x) * 4 + 3] > 0) { x0 = Math.min(x0, x); x1 = Math.max(x1, x); y0 = Math.min(y0, y); y1 = Math.max(y1, y); }
+  }
+  return [x0, x1, y0, y1, c.width, c.height];
+}"""
+
 @pytest.fixture(scope="module")
 def live_server(studio):
     with serve_in_thread(create_app(studio)) as url:
         yield url
+
+
+def test_bench_measures_normal_clients_beside_adversarial_ones(live_server):
+    bodies = stroke_prefixes(2)
+    res = measure_adversarial(live_server, bodies, adversarial_bodies()[-1:], requests=6, clients=2, adversaries=1)
+    assert res["alone_p95_ms"] > 0 and res["beside_p95_ms"] > 0 and res["alone_rps"] > 0 and res["beside_rps"] > 0
+    assert res["p95_ratio"] == res["beside_p95_ms"] / res["alone_p95_ms"]
+    assert sum(res["adversary_answers"].values()) >= 1 and set(res["adversary_answers"]) <= {"200", "503"}
 
 
 def test_bench_measures_latency_and_throughput(live_server):
@@ -414,8 +614,9 @@ def test_page_in_a_real_browser_guesses_after_every_stroke(live_server, tmp_path
         try:
             page = browser.new_page(viewport={"width": 1200, "height": 820})
             page.set_default_timeout(90000)  # each wait ends as soon as the page is there; slow only under load
-            errors = []
+            errors, missing = [], []
             page.on("pageerror", lambda e: errors.append(str(e)))
+            page.on("response", lambda r: missing.append(r.url) if r.status == 404 else None)
             page.goto(live_server + "/")
             page.wait_for_function("document.getElementById('model-info').textContent.includes('combined')")
             # a bus: the body, then a wheel
@@ -445,19 +646,23 @@ def test_page_in_a_real_browser_guesses_after_every_stroke(live_server, tmp_path
             steps = page.locator("#steps li").all_inner_texts()
             assert steps and all(re.match(rf"after stroke {i}: \w", t) for i, t in enumerate(steps, start=1))
             assert page.locator("#curve circle").count() == len(steps)
+            # the replayed drawing is centred and whole (it was pinned to the top-left, its edges cut)
+            x0, x1, y0, y1, w, h = page.evaluate(INK_BOX)
+            assert abs((x0 + x1) / 2 - w / 2) <= 3 and abs((y0 + y1) / 2 - h / 2) <= 3, (x0, x1, y0, y1)
+            assert min(x0, y0) > 0.05 * w and max(x1, y1) < 0.95 * w and max(x1 - x0, y1 - y0) > 0.75 * w
             # a first stroke that is a dot (one test drawing of study10 has one): no guess at that step,
             # and the replay goes on to the next stroke instead of stopping with an error
             page.evaluate("replayStored([[[40, 40], [60, 60]], [[10, 240, 200], [20, 30, 220]]], 'dot', null)")
             page.wait_for_function("document.getElementById('status').textContent === 'replayed your drawing'")
             steps = page.locator("#steps li").all_inner_texts()
-            assert len(steps) == 2 and steps[0] == "after stroke 1: a single dot, no guess yet", steps
+            assert len(steps) == 2 and steps[0] == "after stroke 1: a single tap, no guess yet", steps
             assert re.match(r"after stroke 2: \w+ \(", steps[1]) and page.locator("#curve circle").count() == 2
             # drawing a dot on a clear canvas: an answer ("keep drawing"), not an error, and no guesses
             n = int(page.evaluate("document.body.dataset.predictions"))
             page.click("#clear")
             draw_stroke(page, [(0.5, 0.5), (0.5, 0.5)])
             wait_predictions(page, n + 1)
-            assert page.locator("#status").inner_text() == "a single dot: keep drawing"
+            assert page.locator("#status").inner_text() == "a single tap: keep drawing"
             assert page.locator("#status.error").count() == 0 and page.locator("#guesses li").count() == 0
             # the human test: two drawings, one answered, one skipped; the result table
             page.click("#tab-human")
@@ -470,12 +675,20 @@ def test_page_in_a_real_browser_guesses_after_every_stroke(live_server, tmp_path
             assert len(rows) == 1 and re.search(r"%\s+1\s+(0|100) % \(\d+–\d+ %\)\s+(0|100) % \(", rows[0]), rows
             assert Path(page.locator("#human-saved").inner_text()).is_file()
             assert page.locator("#human-study").inner_text().startswith("84")
-            # the API page works offline: every endpoint of /openapi.json listed with its schema
+            # the API page works offline: every endpoint with its purpose, request and response examples,
+            # no line clipped
             page.goto(live_server + "/docs")
             page.wait_for_selector("body[data-endpoints='5']")
             assert "POST/api/predict" in page.locator("#endpoints h2").all_inner_texts()[1].replace(" ", "")
-            assert '"drawing"' in page.locator("#endpoints pre").first.inner_text()
+            assert page.locator("#endpoints .purpose").count() == 5
+            predict = page.locator("#endpoints section").nth(1)
+            assert '"drawing"' in predict.locator("pre.request-example").inner_text()
+            assert '"neighbours"' in predict.locator("pre.response-example").inner_text()
+            assert page.locator("pre.response-example").count() == 5
+            assert page.evaluate("[...document.querySelectorAll('pre')].every((p) => p.scrollWidth <= p.clientWidth)")
+            assert "422 invalid" in page.locator("#description").inner_text()
             assert not errors, errors
+            assert not missing, missing  # the favicon included
         finally:
             browser.close()
     assert shot.stat().st_size > 10_000

@@ -33,6 +33,10 @@ SEQ_NORMS = ("std", "none")
 # brighter); the time (later points brighter). Both fades are relative to what is drawn so far.
 CHANNELS = ("ink", "order", "time")
 
+#: The largest ``image_size``: 4x the 256-unit canvas the drawings live on (a larger image shows no
+#: more of them) and the largest input of any timm pretrained model (1024, timm 1.0). Far larger
+#: sizes asked for terabytes in the rasterizer before anything said why.
+MAX_IMAGE_SIZE = 1024
 # Lightning keeps a DataModule's state_dict in the checkpoint under its class name.
 CHECKPOINT_KEY = "SketchDataModule"
 # Marks the state of a checkpoint that holds the whole settings (older ones hold seq_std + classes).
@@ -40,7 +44,7 @@ FORMAT_KEY = "input_settings_format"
 FORMAT = 1
 
 
-def _int_at_least(low: int, *, none_below: bool = False):
+def _int_at_least(low: int, *, none_below: bool = False, high: int | None = None):
     def check(key, v):
         if v is None and none_below:
             return None
@@ -50,6 +54,8 @@ def _int_at_least(low: int, *, none_below: bool = False):
             if none_below:  # 0 or less: no cap (every snapshot), as null
                 return None
             raise ValueError(f"data.{key} must be >= {low}, got {v!r}")
+        if high is not None and int(v) > high:
+            raise ValueError(f"data.{key} must be <= {high}, got {v!r}")
         return int(v)
     return check
 
@@ -126,7 +132,7 @@ def _classes(key, v):
 
 
 _CHECKS = {
-    "image_size": _int_at_least(1),
+    "image_size": _int_at_least(1, high=MAX_IMAGE_SIZE),
     "line_width": _number("> 0", lambda f: f > 0),
     "padding": _number(">= 0", lambda f: f >= 0),
     "canvas": _number("> 0", lambda f: f > 0),

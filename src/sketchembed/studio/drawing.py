@@ -2,8 +2,9 @@
 
 The page sends raw canvas coordinates (with a time row); a script may send Quick, Draw!'s simplified
 strokes. Both are read by :func:`sketchembed.data.user_drawing.user_drawing_points` (the rule
-``sketchembed suggest`` uses too), which simplifies raw input the dataset's way. Every refusal is a
-:class:`BadInput` whose message names what is wrong in one line.
+``sketchembed suggest`` uses too), which simplifies raw input the dataset's way — here within the
+request's work budget (:mod:`sketchembed.studio.budget`). Every refusal is a :class:`BadInput` whose
+message names what is wrong in one line (its status by the rule of :mod:`sketchembed.studio.errors`).
 """
 
 from __future__ import annotations
@@ -13,22 +14,11 @@ import math
 import numpy as np
 
 from sketchembed.data.sketch import points_to_strokes
-from sketchembed.data.user_drawing import UserDrawingError, user_drawing_points
+from sketchembed.data.user_drawing import MAX_RDP_VISITS, TAP, TOO_INTRICATE, UserDrawingError, user_drawing_points
+from sketchembed.studio.budget import LIGHT_RDP_VISITS, MAX_MODEL_POINTS, MAX_POINTS, MAX_STROKES, Work
+from sketchembed.studio.errors import BadInput
 
-__all__ = ["MAX_BODY_BYTES", "MAX_POINTS", "MAX_STROKES", "BadInput", "parse_k", "strokes_json",
-           "to_points"]
-
-MAX_STROKES = 256
-MAX_POINTS = 20_000
-MAX_BODY_BYTES = 2 * 1024 * 1024
-
-
-class BadInput(ValueError):
-    """A request the studio refuses; ``status`` is the HTTP code it answers with."""
-
-    def __init__(self, message: str, status: int = 422):
-        super().__init__(message)
-        self.status = status
+__all__ = ["parse_k", "strokes_json", "to_points"]
 
 
 def _check_size(drawing) -> None:
@@ -42,14 +32,25 @@ def _check_size(drawing) -> None:
         raise BadInput(f"'drawing' has more than {MAX_POINTS} points", 413)
 
 
-def to_points(drawing, fmt: str = "auto") -> np.ndarray:
+def to_points(drawing, fmt: str = "auto", work: Work | None = None) -> np.ndarray:
     """The posted drawing as simplified ``(N, 3)`` int16 points ``(x, y, pen_up)`` (see
-    :func:`~sketchembed.data.user_drawing.user_drawing_points`; ``fmt``: auto, raw or simplified)."""
+    :func:`~sketchembed.data.user_drawing.user_drawing_points`; ``fmt``: auto, raw or simplified).
+
+    A light ``work`` simplifies within :data:`LIGHT_RDP_VISITS` first and, over it, moves to the heavy
+    lane and simplifies again within :data:`MAX_RDP_VISITS` (the light try costs little: it stopped)."""
     _check_size(drawing)
+    light = work is not None and not work.heavy
     try:
-        return user_drawing_points(drawing, fmt)
+        points = user_drawing_points(drawing, fmt, LIGHT_RDP_VISITS if light else MAX_RDP_VISITS)
     except UserDrawingError as e:
-        raise BadInput(str(e), 400 if e.malformed else 422) from None
+        if light and e.max_visits is not None:
+            work.go_heavy(f"a simplification of more than {LIGHT_RDP_VISITS:,} point visits")
+            return to_points(drawing, fmt, work)
+        raise BadInput(str(e), 413 if e.kind == TOO_INTRICATE else 422, "tap" if e.kind == TAP else None) from None
+    if len(points) > MAX_MODEL_POINTS:
+        raise BadInput(f"'drawing' has {len(points):,} points once simplified; the model reads at most "
+                       f"{MAX_MODEL_POINTS:,}", 413)
+    return points
 
 
 def parse_k(value, default: int, upper: int) -> int:

@@ -34,7 +34,9 @@ from sketchembed.eval.knn import KNN_CLASSIFIER_K, KNNIndex, vote, vote_scores
 from sketchembed.eval.report import STUDY
 from sketchembed.eval.stats import wilson
 from sketchembed.eval.suggest import check_index_matches
-from sketchembed.studio.drawing import BadInput, strokes_json
+from sketchembed.studio.budget import Lanes, Work
+from sketchembed.studio.drawing import strokes_json
+from sketchembed.studio.errors import BadInput
 from sketchembed.studio.runtime import OnnxRunner, as_runner, onnx_index
 
 TOP_CLASSES = 5
@@ -80,7 +82,9 @@ class Studio:
         self.vote_k = int(vote_k)  # embedding-only models: classes by KNN, with eval's K
         self.runner = as_runner(model, inputs)  # torch or ONNX (sketchembed.studio.runtime)
         self.model_kind = self.runner.model_kind
-        self._lock = threading.Lock()  # one forward pass at a time: no thread oversubscription on CPUs
+        self._lock = threading.Lock()  # the human-test sessions
+        # forward passes: light ones one at a time (no thread oversubscription on CPUs), a heavy one beside
+        self.lanes = Lanes()
         self._sessions: OrderedDict[str, HumanSession] = OrderedDict()
         emb, logits = self._embed([np.array([[0, 0, 0], [255, 255, 1]], dtype=np.int16)])
         self.has_classifier = logits is not None
@@ -129,8 +133,8 @@ class Studio:
                    results_dir=results_dir)
 
     # ---- guesses and suggestions ----------------------------------------------------------------
-    def _embed(self, drawings: Sequence[np.ndarray]):
-        with self._lock:
+    def _embed(self, drawings: Sequence[np.ndarray], work: Work | None = None):
+        with self.lanes.model(sum(len(d) for d in drawings), work):
             return self.runner(drawings)
 
     def _classes_of(self, logits, nb_idx: np.ndarray) -> list[tuple[str, float, float]]:
@@ -145,9 +149,10 @@ class Studio:
         order = np.argsort(-score, kind="stable")
         return [(names[i], float(p[i]), float(score[i])) for i in order]
 
-    def predict(self, points: np.ndarray, k: int = DEFAULT_K) -> dict:
-        """Top classes and the ``k`` nearest indexed drawings of one simplified ``(N, 3)`` sketch."""
-        emb, logits = self._embed([points])
+    def predict(self, points: np.ndarray, k: int = DEFAULT_K, work: Work | None = None) -> dict:
+        """Top classes and the ``k`` nearest indexed drawings of one simplified ``(N, 3)`` sketch
+        (``work``: the request's, :mod:`~sketchembed.studio.budget`)."""
+        emb, logits = self._embed([points], work)
         idx, dist = self.index.query(emb, max(k, 0 if self.has_classifier else self.vote_k))
         idx, dist = idx[0], dist[0]
         ranked = self._classes_of(None if logits is None else logits[0], idx)
@@ -158,9 +163,9 @@ class Studio:
                 "by": "classifier" if self.has_classifier else f"knn (k={self.vote_k})",
                 "n_points": int(len(points)), "n_strokes": int((points[:, 2] > 0).sum())}
 
-    def guess(self, drawings: Sequence[np.ndarray]) -> list[str]:
+    def guess(self, drawings: Sequence[np.ndarray], work: Work | None = None) -> list[str]:
         """The model's top class for each drawing (batched)."""
-        emb, logits = self._embed(drawings)
+        emb, logits = self._embed(drawings, work)
         if logits is not None:
             return [self.classes[int(i)] for i in logits.argmax(1)]
         idx, _ = self.index.query(emb, self.vote_k)
@@ -184,7 +189,8 @@ class Studio:
                 "drawing": strokes_json(np.asarray(ds.points(row)))}
 
     # ---- the human test -------------------------------------------------------------------------
-    def human_start(self, n: int = 20, fractions: Sequence[float] = (0.5, 1.0), seed: int | None = None) -> dict:
+    def human_start(self, n: int = 20, fractions: Sequence[float] = (0.5, 1.0), seed: int | None = None,
+                    work: Work | None = None) -> dict:
         ds = self._require_data()
         if not 1 <= n <= MAX_HUMAN_ITEMS:
             raise BadInput(f"'n' must be in 1..{MAX_HUMAN_ITEMS}, got {n}")
@@ -192,7 +198,7 @@ class Studio:
             raise BadInput(f"'fractions' must be in (0, 1], got {list(fractions)}")
         seed = int(secrets.randbelow(2**31)) if seed is None else int(seed)
         items = sample_items(ds, n, fractions, seed, "test")
-        guesses = self.guess([it.points for it in items])
+        guesses = self.guess([it.points for it in items], work)
         sid = secrets.token_hex(8)
         with self._lock:
             self._sessions[sid] = HumanSession(items, guesses, seed)

@@ -4,7 +4,10 @@ A value of the wrong type (``trainer.max_epochs=abc``), a key the class does not
 (``+model.foo=1``) or a count below its minimum (``data.batch_size=0``) otherwise fails late — inside
 Hydra's instantiate, the Trainer or a sampler — with a traceback or a message that does not name
 the key. The annotations of the classes are the schema, so there is no second copy of it here; only
-lower bounds that annotations cannot state are listed (:data:`MINIMUM`).
+lower bounds that annotations cannot state are listed (:data:`MINIMUM`). The ``data`` input settings
+go through their own one check (:func:`sketchembed.data.inputs.check`, e.g. ``data.image_size`` on
+1…1024) here, before the rasterizer would try to allocate them; every ``callbacks.*`` node must name a
+Lightning callback (anything else failed deep inside the Trainer).
 """
 
 from __future__ import annotations
@@ -17,22 +20,25 @@ from typing import Any, Literal, Union
 
 import torch
 from hydra.utils import get_object
+from lightning.pytorch import Callback
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from sketchembed.data import inputs
 from sketchembed.messages import ConfigError, short_list
 
-# Lower bounds of counts whose bad values surface only once training runs (or without the key).
+# Lower bounds of numbers whose bad values surface only once training runs (or without the key, or
+# never: a negative gradient_clip_val silently clipped nothing).
 MINIMUM = {
     "data.batch_size": 1,
     "data.eval_batch_size": 1,
     "data.pk_p": 1,
     "data.pk_k": 1,
     "data.num_workers": 0,
-    "data.image_size": 1,
     "trainer.max_epochs": -1,
     "trainer.max_steps": -1,
     "trainer.accumulate_grad_batches": 1,
     "trainer.log_every_n_steps": 1,
+    "trainer.gradient_clip_val": 0,  # 0 or null: no clipping
     # sizes of the models' layers (0 or less: a 0-d embedding trains and exits 0, -4 crashes in torch)
     "model.embedding_dim": 1,
     "model.hidden": 1,
@@ -49,14 +55,34 @@ def check_config(cfg: DictConfig) -> None:
     """Raise :class:`ConfigError` naming the first key whose value its class cannot take."""
     for path, node in _target_nodes(cfg, ""):
         _check_node(path, node)
+    _check_callbacks(cfg)
+    for key in inputs.RECIPE:
+        value = _value(cfg, f"data.{key}")
+        if value is not None:
+            try:
+                inputs.check(key, value)
+            except ValueError as e:
+                raise ConfigError(str(e)) from None
     for key, low in MINIMUM.items():
         value = _value(cfg, key)
-        if isinstance(value, int) and not isinstance(value, bool) and value < low:
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and value < low:
             raise ConfigError(f"{key}={value}: must be >= {low}")
     for key in DROPOUT:
         value = _value(cfg, key)
         if isinstance(value, (int, float)) and not isinstance(value, bool) and not 0 <= value < 1:
             raise ConfigError(f"{key}={value}: must be in [0, 1) (a probability of dropping a unit)")
+
+
+def _check_callbacks(cfg: DictConfig) -> None:
+    """Every ``callbacks.<name>`` with a ``_target_`` names a class the Trainer takes as a callback."""
+    for name, node in (cfg.get("callbacks") or {}).items():
+        if not isinstance(node, DictConfig) or "_target_" not in node:
+            continue
+        target = str(node._target_)
+        obj = get_object(target)  # importable: _check_node said so
+        if not (inspect.isclass(obj) and issubclass(obj, Callback)):
+            raise ConfigError(f"callbacks.{name}._target_={target!r}: not a Lightning callback "
+                              f"(a subclass of lightning.pytorch.Callback)")
 
 
 def _target_nodes(node: Any, path: str):

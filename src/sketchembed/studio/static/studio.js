@@ -9,12 +9,14 @@ const canvas = $("canvas");
 const ctx = canvas.getContext("2d");
 
 // The sketch on the canvas: strokes of {x, y, t} in canvas pixels (raw), or a stored drawing in
-// Quick, Draw!'s simplified 0-255 frame shown scaled (format "simplified", read-only).
-let sketch = { strokes: [], format: "raw", scale: 1 };
+// Quick, Draw!'s simplified 0-255 frame (format "simplified", read-only) shown through a view that
+// centres it with a margin (fitView): its points are where the canvas shows them as X = ox + x * scale.
+const IDENTITY = { scale: 1, ox: 0, oy: 0 };
+let sketch = { strokes: [], format: "raw", view: IDENTITY };
 let current = null;      // the stroke being drawn
 let t0 = null;           // time of the first point (ms), for the time row
 let requestSeq = 0;      // answers to older requests than the latest are dropped
-let predictions = 0;     // answers shown, a guess or "a single dot" (tests wait on body[data-predictions])
+let predictions = 0;     // answers shown, a guess or "a single tap" (tests wait on body[data-predictions])
 let replaying = false;
 
 // ---------------------------------------------------------------------------------- helpers
@@ -24,13 +26,18 @@ async function api(path, body) {
   const res = await fetch(path, opts);
   let data = null;
   try { data = await res.json(); } catch (e) { /* not JSON: reported below */ }
-  if (!res.ok) throw new Error((data && data.detail) || `${res.status} ${res.statusText}`);
+  if (!res.ok) {
+    // every error is {"status", "code", "detail"} (studio/errors.py)
+    const err = new Error((data && data.detail) || `${res.status} ${res.statusText}`);
+    err.code = data && data.code;
+    throw err;
+  }
   return data;
 }
 
-// the server refuses a drawing whose points are all in one place (data/sketch.py check_strokes):
-// a first stroke that is a dot. Not an error while drawing or replaying: there is nothing to guess yet.
-const isDot = (err) => err.message.includes("all points in one place");
+// the server refuses a drawing whose points are all in one place with code "tap" (a single tap, such
+// as a first stroke that is a dot). Not an error while drawing or replaying: there is nothing to guess yet.
+const isTap = (err) => err.code === "tap";
 
 function status(text, isError) {
   $("status").textContent = text;
@@ -57,18 +64,31 @@ function sketchSvg(drawing) {
 }
 
 // ---------------------------------------------------------------------------------- canvas
-function redraw(strokes = sketch.strokes, scale = sketch.scale, upto = Infinity) {
+const LINE_WIDTH = 6;
+
+function redraw(strokes = sketch.strokes, view = sketch.view, upto = Infinity) {
   ctx.clearRect(0, 0, canvas.width, canvas.height);
-  ctx.lineWidth = 6; ctx.lineCap = "round"; ctx.lineJoin = "round"; ctx.strokeStyle = "#1d2330";
+  ctx.lineWidth = LINE_WIDTH; ctx.lineCap = "round"; ctx.lineJoin = "round"; ctx.strokeStyle = "#1d2330";
+  const X = (x) => view.ox + x * view.scale, Y = (y) => view.oy + y * view.scale;
   strokes.forEach((s, i) => {
     const n = i === strokes.length - 1 ? Math.min(s.x.length, upto) : s.x.length;
     if (n === 0) return;
     ctx.beginPath();
-    ctx.moveTo(s.x[0] * scale, s.y[0] * scale);
-    if (n === 1) ctx.lineTo(s.x[0] * scale + 0.1, s.y[0] * scale);
-    for (let j = 1; j < n; j++) ctx.lineTo(s.x[j] * scale, s.y[j] * scale);
+    ctx.moveTo(X(s.x[0]), Y(s.y[0]));
+    if (n === 1) ctx.lineTo(X(s.x[0]) + 0.1, Y(s.y[0]));
+    for (let j = 1; j < n; j++) ctx.lineTo(X(s.x[j]), Y(s.y[j]));
     ctx.stroke();
   });
+}
+
+function fitView(strokes) {
+  // the drawing's bounding box scaled to the canvas less a margin (8 % and the line's half width) and
+  // centred: a stored drawing starts at 0, 0 and would sit in the top-left corner, its edge strokes cut
+  const xs = strokes.flatMap((s) => s.x), ys = strokes.flatMap((s) => s.y);
+  const [x0, x1, y0, y1] = [Math.min(...xs), Math.max(...xs), Math.min(...ys), Math.max(...ys)];
+  const margin = 0.08 * canvas.width + LINE_WIDTH / 2;
+  const scale = (canvas.width - 2 * margin) / Math.max(x1 - x0, y1 - y0, 1);
+  return { scale, ox: canvas.width / 2 - scale * (x0 + x1) / 2, oy: canvas.height / 2 - scale * (y0 + y1) / 2 };
 }
 
 function canvasPoint(e) {
@@ -89,7 +109,7 @@ function addPoint(e) {
 
 canvas.addEventListener("pointerdown", (e) => {
   if (replaying || e.button > 0) return;
-  if (sketch.format !== "raw") { sketch = { strokes: [], format: "raw", scale: 1 }; t0 = null; redraw(); }
+  if (sketch.format !== "raw") { sketch = { strokes: [], format: "raw", view: IDENTITY }; t0 = null; redraw(); }
   canvas.setPointerCapture(e.pointerId);
   current = { x: [], y: [], t: [] };
   sketch.strokes.push(current);
@@ -173,7 +193,7 @@ async function guessNow() {
     status(`${strokes.length} stroke${strokes.length > 1 ? "s" : ""}: ${res.classes[0].name}?`);
   } catch (err) {
     if (seq !== requestSeq) return;
-    if (isDot(err)) { clearGuesses(); status("a single dot: keep drawing", false); answered(); }
+    if (isTap(err)) { clearGuesses(); status("a single tap: keep drawing", false); answered(); }
     else status(err.message, true);
   }
 }
@@ -181,7 +201,7 @@ async function guessNow() {
 // ---------------------------------------------------------------------------------- replay
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
-async function replay(strokes, format, scale, title, truth) {
+async function replay(strokes, format, view, title, truth) {
   if (replaying || !strokes.length) return;
   replaying = true;
   clearGuesses();
@@ -190,17 +210,18 @@ async function replay(strokes, format, scale, title, truth) {
   const steps = $("steps");
   steps.replaceChildren();
   const record = [];
+  let target = truth;  // the class whose probability is plotted: the truth, else the latest top guess
   try {
     for (let i = 0; i < strokes.length; i++) {
       const shown = strokes.slice(0, i + 1);
       const n = strokes[i].x.length;
-      for (let j = 1; j <= n; j += Math.max(1, Math.ceil(n / 12))) { redraw(shown, scale, j); await sleep(16); }
-      redraw(shown, scale);
+      for (let j = 1; j <= n; j += Math.max(1, Math.ceil(n / 12))) { redraw(shown, view, j); await sleep(16); }
+      redraw(shown, view);
       let res = null;
       try {
         res = await api("/api/predict", payload(shown, format));
       } catch (err) {
-        if (!isDot(err)) throw err;
+        if (!isTap(err)) throw err;
       }
       const li = document.createElement("li");
       if (res) {
@@ -209,11 +230,12 @@ async function replay(strokes, format, scale, title, truth) {
         li.textContent = `after stroke ${i + 1}: ${top.name} (${pct(top.p)})` + (truth ? (top.name === truth ? " ✓" : "") : "");
       } else {
         clearGuesses();
-        li.textContent = `after stroke ${i + 1}: a single dot, no guess yet`;
+        li.textContent = `after stroke ${i + 1}: a single tap, no guess yet`;
       }
       record.push(res ? res.classes : []);
       steps.appendChild(li);
-      drawCurve(record, truth || top.name);
+      if (!truth && res) target = res.classes[0].name;
+      drawCurve(record, target || "");
       await sleep(250);
     }
     status(truth ? `replayed a drawing of class ${truth}` : "replayed your drawing");
@@ -247,14 +269,14 @@ function drawCurve(record, target) {
 
 function replayStored(drawing, title, truth) {
   const strokes = drawing.map(([x, y]) => ({ x, y }));
-  sketch = { strokes, format: "simplified", scale: canvas.width / 256 };
-  replay(strokes, "simplified", sketch.scale, title, truth);
+  sketch = { strokes, format: "simplified", view: fitView(strokes) };
+  replay(strokes, "simplified", sketch.view, title, truth);
 }
 
 $("replay").addEventListener("click", () => {
   const strokes = sketch.strokes.filter((s) => s.x.length > 0);
   if (!strokes.length) { status("nothing to replay: draw something first"); return; }
-  replay(strokes, sketch.format, sketch.scale, sketch.format === "raw" ? "(your drawing)" : "", null);
+  replay(strokes, sketch.format, sketch.view, sketch.format === "raw" ? "(your drawing)" : "", null);
 });
 
 $("replay-test").addEventListener("click", async () => {
@@ -273,7 +295,7 @@ $("undo").addEventListener("click", () => {
 
 $("clear").addEventListener("click", () => {
   if (replaying) return;
-  sketch = { strokes: [], format: "raw", scale: 1 };
+  sketch = { strokes: [], format: "raw", view: IDENTITY };
   t0 = null;
   redraw();
   clearGuesses();
