@@ -220,7 +220,8 @@ def read_drawings(path, *, on_error: str | None = None, report: SkipReport | Non
     ``word`` is the class the file must hold (ndjson: each line's ``word`` must equal it; ``.bin``
     and ``.npz``, which carry no word, take it instead of the file name). ``words``: the class
     names accepted (default Quick, Draw!'s 345; ``None``: any). ``options`` go to the format's
-    reader (``.npz``: ``split=`` ``train``/``valid``/``test``, default all three).
+    reader (``.npz``: ``split=`` ``train``/``valid``/``test``, default all three; ``budget=`` an
+    :class:`~sketchembed.data.formats.npz.NpzBudget`).
     """
     fmt = format_of(path)
     given = {k for k, v in options.items() if v is not None}
