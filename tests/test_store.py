@@ -391,6 +391,16 @@ def test_opening_a_dataset_reads_regular_files_of_the_sizes_they_say(tmp_path, m
     assert e.value.path == str(root / file) and "allow_pickle" not in str(e.value)
 
 
+def test_plain_npy_is_mapped_or_read_as_numpy_saves_it(tmp_path):
+    for arr in (np.arange(12, dtype="<i8").reshape(3, 4), np.asfortranarray(np.eye(3, dtype=np.float32)),
+                np.zeros((0, 3), np.int16)):
+        np.save(tmp_path / "a.npy", arr)
+        mapped, read = (store.load_plain_npy(tmp_path / "a.npy", tmp_path, mmap=m) for m in (True, False))
+        for got in (mapped, read):
+            assert got.dtype == arr.dtype and got.shape == arr.shape and np.array_equal(got, arr)
+        assert isinstance(mapped, np.memmap) == (arr.size > 0) and not isinstance(read, np.memmap)
+
+
 @pytest.mark.parametrize("field, value", [
     ("arrays.points", None),
     ("arrays.offsets", {"shape": "x", "sha256": "0"}),

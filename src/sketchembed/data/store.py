@@ -203,7 +203,7 @@ def load_plain_npy(path, within=None, mmap: bool = True) -> np.ndarray:
                 np.lib.format.read_array_header_2_0
             shape, fortran, dtype = read_header(f)
             if dtype.hasobject:
-                raise ValueError("it holds Python objects (a pickle), which are never loaded: plain numbers only")
+                raise ValueError("it holds Python objects (a pickle), which are never loaded")
             offset = f.tell()
             need = offset + math.prod(shape) * dtype.itemsize
             if need != size:
@@ -216,7 +216,7 @@ def load_plain_npy(path, within=None, mmap: bool = True) -> np.ndarray:
                 return np.memmap(f, dtype=dtype, mode="r", offset=offset, shape=tuple(shape), order=order)
             return np.fromfile(f, dtype=dtype, count=math.prod(shape)).reshape(shape, order=order)
     except (ValueError, OSError, EOFError) as e:
-        raise DataFormatError(path, None, f"not a plain .npy array ({' '.join(str(e).split())})") from None
+        raise DataFormatError(path, None, f"not a plain numeric array ({' '.join(str(e).split())})") from None
 
 
 def read_manifest(path: Path, within=None, what: str = "manifest") -> object:
