@@ -710,6 +710,19 @@ def test_any_class_name_when_asked(shared_quickdraw, tmp_path):
         assert list(read_drawings(binpath)) == []
 
 
+@pytest.mark.parametrize("word, char", [("wyvern\x1b[31m", "U+001B"), ("wy\nvern", "U+000A"),
+                                        ("wyv\u202eern", "U+202E (RIGHT-TO-LEFT OVERRIDE)")])
+def test_class_names_must_be_plain_text(shared_quickdraw, tmp_path, word, char):
+    """Class names are printed (tables, messages): an ANSI escape or a newline would forge the output."""
+    line = json.loads(_lines(shared_quickdraw / "simplified" / "apple.ndjson", 1)[0])
+    path = tmp_path / "wyvern.ndjson"
+    path.write_text(json.dumps({**line, "word": word}) + "\n" + json.dumps({**line, "word": "wyvern"}) + "\n")
+    rep = SkipReport()
+    assert [d.word for d in read_drawings(path, report=rep, words=None)] == ["wyvern"]
+    assert rep.count == 1 and f"holds the control character {char}" in rep.items[0][2]
+    assert not any(c in rep.items[0][2] for c in "\x1b\n\u202e")
+
+
 def test_suggest_reads_a_sketch_of_any_class(shared_quickdraw, tmp_path):
     line = json.loads(_lines(shared_quickdraw / "simplified" / "apple.ndjson", 1)[0])
     path = tmp_path / "mine.ndjson"
