@@ -223,9 +223,9 @@ def load_npy_member(zf: zipfile.ZipFile, member: str, meter: _Meter) -> np.ndarr
     with zf.open(member) as meter.stream:
         version = np.lib.format.read_magic(meter)
         if version == (1, 0):
-            shape, fortran, dtype = np.lib.format.read_array_header_1_0(meter)
+            shape, _, dtype = np.lib.format.read_array_header_1_0(meter)
         else:
-            shape, fortran, dtype = np.lib.format.read_array_header_2_0(meter)
+            shape, _, dtype = np.lib.format.read_array_header_2_0(meter)
         if not dtype.hasobject or len(shape) != 1:
             raise ValueError(f"a{' numeric' if not dtype.hasobject else 'n object'} array of shape {tuple(shape)} "
                              f"({dtype}), expected a 1-d object array of (n, 3) stroke-3 drawings")
