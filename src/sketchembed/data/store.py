@@ -123,7 +123,7 @@ def _kind(mode: int) -> str:
     return next((what for test, what in ((stat.S_ISDIR, "a folder"), (stat.S_ISLNK, "a symbolic link"),
                                          (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"),
                                          (stat.S_ISCHR, "a device"), (stat.S_ISBLK, "a device"))
-                 if test(mode)), "not a regular file")
+                 if test(mode)), "a special file")
 
 
 def file_problem(path, within=None) -> str | None:
