@@ -10,6 +10,8 @@ import os
 import pickle
 import struct
 import sys
+import time
+import tracemalloc
 import zipfile
 
 import numpy as np
@@ -20,7 +22,7 @@ from sketchembed.data.formats import (FORMATS, FileFormat, bucket_kinds, kinds, 
                                       suffixes, write_binary)
 from sketchembed.data.formats.binary import read_binary, timestamp_seconds
 from sketchembed.data.formats.ndjson import decode_line, read_ndjson_blocks
-from sketchembed.data.formats.npz import read_npz, synthetic_key_id
+from sketchembed.data.formats.npz import NPZ_BUDGET, NpzBudget, read_npz, synthetic_key_id
 from sketchembed.data.prepare import prepare
 from sketchembed.data.simplify import normalize_to_canvas
 from sketchembed.data.sketch import DataFormatError, Drawing, SkipReport
@@ -385,7 +387,7 @@ def test_npz_scaled_coordinates_are_normalised(tmp_path):
 def test_bad_npz_drawing_is_counted(tmp_path, bad, words):
     good = np.array([[10, 10, 0], [5, 5, 1]], dtype=np.int16)
     path = tmp_path / "cat.npz"
-    np.savez(path, train=_object_array([good, bad, good]), valid=_object_array([good]))
+    np.savez(path, train=_object_array([good, bad, good.copy()]), valid=_object_array([good]))
     rep = SkipReport()
     assert len(list(read_drawings(path, report=rep))) == 3
     assert rep.count == 1 and rep.items[0][:2] == (str(path), "train/1") and words in rep.items[0][2]
@@ -483,7 +485,136 @@ def test_npz_asking_for_a_huge_array_is_a_bad_member(tmp_path, case):
         _npz_member(path, pickle.dumps(_object_array([1]), protocol=3), shape=(_HUGE,))
     rep = SkipReport()
     assert len(list(read_npz(path, report=rep))) == 1  # the valid split still reads
-    assert rep.count == 1 and rep.items[0][1] == "train" and "could hold" in rep.items[0][2]
+    want = "numeric array" if case == "numeric header" else "could hold"  # numbers are no drawings: unread
+    assert rep.count == 1 and rep.items[0][1] == "train" and want in rep.items[0][2]
+
+
+# --- npz budgets: what a file costs is bounded by NpzBudget, not by what it claims -----------------
+
+_GOOD = np.array([[10, 10, 0], [5, 5, 1]], dtype=np.int16)
+
+
+def _claiming(path, claim: int, header_shape=(1 << 29,), descr="<i2"):
+    """An npz whose train member says (zip directory and .npy header) it holds ``claim`` bytes, in a few
+    hundred bytes of file: a 1 GiB claim, as a zip bomb makes, without the minutes to compress one."""
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, {"descr": descr, "fortran_order": False, "shape": header_shape})
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as z:
+        z.writestr("train.npy", header.getvalue() + bytes(4096))
+    data = bytearray(path.read_bytes())
+    for sig, at in ((b"PK\x03\x04", 22), (b"PK\x01\x02", 24)):  # local header, central directory
+        i = data.index(sig)
+        data[i + at:i + at + 4] = struct.pack("<I", claim)
+    path.write_bytes(bytes(data))
+
+
+def _traced_peak(fn) -> int:
+    tracemalloc.start()
+    try:
+        fn()
+    finally:
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    return peak
+
+
+@pytest.mark.parametrize("on_error", ["skip", "raise"])
+def test_npz_member_claiming_a_gigabyte_is_refused_before_anything_is_allocated(tmp_path, on_error):
+    path = tmp_path / "apple.npz"
+    _claiming(path, 1 << 30)
+    assert path.stat().st_size < 1000
+
+    def read():
+        with pytest.raises(DataFormatError) as e:
+            list(read_npz(path, on_error=on_error))
+        assert str(e.value).startswith(f"{path}:train: member train.npy claims 1,073,741,824 bytes")
+        assert "NpzBudget.member_bytes" in str(e.value)
+    assert _traced_peak(read) < 2 << 20  # the claim, never numpy, decides
+
+
+def test_npz_members_inflating_past_the_file_budget_are_refused_while_read(tmp_path):
+    """Bytes are counted as they inflate, over the members together: a file of 2 × 32 KB members
+    (1 KB compressed) passes a 50 KB member budget, not a 50 KB file budget."""
+    rows = [np.tile(_GOOD, (i % 7 + 1, 1)) for i in range(400)]
+    path = tmp_path / "apple.npz"
+    np.savez_compressed(path, train=_object_array(rows), valid=_object_array(rows))
+    sizes = [i.file_size for i in zipfile.ZipFile(path).infolist()]
+    assert all(25_000 < n < 50_000 for n in sizes) and path.stat().st_size < 2000, sizes
+    roomy = NpzBudget(member_bytes=50_000, file_bytes=sum(sizes))
+    assert len(list(read_npz(path, budget=roomy, on_error="raise"))) == 800
+    got = []
+    with pytest.raises(DataFormatError) as e:
+        for d in read_npz(path, budget=NpzBudget(member_bytes=50_000, file_bytes=50_000)):
+            got.append(d)
+    assert len(got) == 400  # train was within the budget; valid is refused as it passes it
+    assert str(e.value).startswith(f"{path}:valid: member valid.npy inflates past the budget")
+    assert "\n" not in str(e.value)
+
+
+def test_npz_repeating_one_drawing_by_reference_is_refused(tmp_path):
+    """A pickle names one drawing 20,000 times in 2-5 bytes each: 20,000 drawings from a 2 KB file.
+    Refused, never read as copies: by the header (8 bytes or more per element) or, when the member is
+    padded to pass it, because an element is an earlier one again."""
+    path = tmp_path / "apple.npz"
+    np.savez_compressed(path, train=_object_array([_GOOD] * 20_000), valid=_object_array([_GOOD.copy()]))
+    assert path.stat().st_size < 4000
+    rep = SkipReport()
+    assert len(list(read_npz(path, report=rep))) == 1  # valid's one drawing
+    assert rep.count == 1 and rep.items[0][1] == "train" and "not references to one" in rep.items[0][2]
+
+    body = pickle.dumps(_object_array([_GOOD] * 20_000), protocol=3)
+    pad = bytes(200_000)  # an unused byte string (BINBYTES, POP) lifts the member above 8 bytes per element
+    _npz_member(path, body[:2] + b"B" + struct.pack("<I", len(pad)) + pad + b"0" + body[2:], shape=(20_000,))
+    for on_error in ("skip", "raise"):
+        with pytest.raises(DataFormatError, match=rf"^{path}:train: element 1 is element 0 again \(a pickle "):
+            list(read_npz(path, on_error=on_error))
+
+
+def test_npz_of_numbers_is_one_bad_member_not_millions_of_skips(tmp_path):
+    """20 M one-byte numbers compress to 20 KB: they are no drawings, refused unread as one bad member."""
+    path = tmp_path / "apple.npz"
+    np.savez_compressed(path, train=np.zeros(20_000_000, np.int8), valid=_object_array([_GOOD]))
+    assert path.stat().st_size < 40_000
+    rep = SkipReport()
+    t0 = time.perf_counter()
+    peak = _traced_peak(lambda: list(read_npz(path, report=rep)))
+    assert rep.count == 1 and "numeric array of shape (20000000,)" in rep.items[0][2]
+    assert peak < 2 << 20 and time.perf_counter() - t0 < 5
+
+
+def test_npz_with_more_bad_drawings_than_the_budget_stops_there(tmp_path):
+    path = tmp_path / "apple.npz"
+    np.savez_compressed(path, train=_object_array([np.zeros(2, np.int16) + i for i in range(1000)]))
+    rep = SkipReport()
+    with pytest.raises(DataFormatError) as e:
+        list(read_npz(path, report=rep, budget=NpzBudget(bad_records=100)))
+    assert str(e.value).startswith(f"{path}:train/100: more than 100 bad drawings, the budget of one file")
+    assert rep.count == 101 and NPZ_BUDGET.bad_records >= 10_000
+
+
+@pytest.mark.parametrize("case", ["bzip2", "trailing bytes"])
+def test_npz_member_numpy_would_not_write_is_a_bad_member_unread(tmp_path, case):
+    path = tmp_path / "apple.npz"
+    body = _saved(_object_array([_GOOD, _GOOD.copy()]))
+    with zipfile.ZipFile(path, "w") as z:
+        if case == "bzip2":  # zipfile inflates a bzip2 chunk whole: no byte count could stop a bomb
+            z.writestr("train.npy", body, compress_type=zipfile.ZIP_BZIP2)
+        else:
+            z.writestr("train.npy", body + b"\0" * 64)
+    rep = SkipReport()
+    assert list(read_npz(path, report=rep)) == []
+    assert rep.count == 1 and ("compression method 12" if case == "bzip2" else "bytes after the array") in rep.items[0][2]
+
+
+def test_npz_over_the_budget_is_one_line_and_exit_2_in_prepare(tmp_path, capsys):
+    (tmp_path / "in").mkdir()
+    _claiming(tmp_path / "in" / "apple.npz", 1 << 30)
+    capsys.readouterr()
+    assert main(["data", "prepare", "--input", str(tmp_path / "in"), "--out", str(tmp_path / "ds"),
+                 "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"error: {tmp_path / 'in' / 'apple.npz'}:train: member train.npy")
+    assert not (tmp_path / "ds").exists()
 
 
 # --- streaming -------------------------------------------------------------------------------------
@@ -577,6 +708,19 @@ def test_any_class_name_when_asked(shared_quickdraw, tmp_path):
     assert [x.word for x in read_drawings(binpath, words=None)] == ["wyvern"]
     with pytest.warns(UserWarning, match="unknown class 'wyvern'"):
         assert list(read_drawings(binpath)) == []
+
+
+@pytest.mark.parametrize("word, char", [("wyvern\x1b[31m", "U+001B"), ("wy\nvern", "U+000A"),
+                                        ("wyv\u202eern", "U+202E (RIGHT-TO-LEFT OVERRIDE)")])
+def test_class_names_must_be_plain_text(shared_quickdraw, tmp_path, word, char):
+    """Class names are printed (tables, messages): an ANSI escape or a newline would forge the output."""
+    line = json.loads(_lines(shared_quickdraw / "simplified" / "apple.ndjson", 1)[0])
+    path = tmp_path / "wyvern.ndjson"
+    path.write_text(json.dumps({**line, "word": word}) + "\n" + json.dumps({**line, "word": "wyvern"}) + "\n")
+    rep = SkipReport()
+    assert [d.word for d in read_drawings(path, report=rep, words=None)] == ["wyvern"]
+    assert rep.count == 1 and f"holds the control character {char}" in rep.items[0][2]
+    assert not any(c in rep.items[0][2] for c in "\x1b\n\u202e")
 
 
 def test_suggest_reads_a_sketch_of_any_class(shared_quickdraw, tmp_path):

@@ -5,15 +5,43 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import re
 import subprocess
 import sys
+import threading
+import time
 
 import numpy as np
 import pytest
 
 from sketchembed.data.sketch import DataFormatError, strokes_to_points
 from sketchembed.cli import main
+from sketchembed.data import store
 from sketchembed.data.store import PreparedDataset, PreparedWriter, _sha256_of
+
+
+def fifo(path, data: bytes = b"{}", seconds: float = 30.0) -> None:
+    """Make ``path`` a FIFO. Code that opens it blocks until a writer comes (the bug: ``suggest`` hung
+    for ever): a helper thread feeds ``data`` to any reader for ``seconds``, so a test without the fix
+    fails instead of hanging. With the fix nobody opens it and the thread only waits."""
+    if path.exists() or path.is_symlink():
+        path.unlink()
+    os.mkfifo(path)
+
+    def feed():
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK)  # succeeds only while a reader waits
+            except OSError:
+                time.sleep(0.02)
+                continue
+            try:
+                os.write(fd, data)
+            finally:
+                os.close(fd)
+
+    threading.Thread(target=feed, daemon=True).start()
 
 
 def random_points(rng, n_strokes=None):
@@ -256,6 +284,121 @@ def test_what_killed_writers_left_is_removed(tmp_path):
     not_ours.write_text("mine")
     build(tmp_path / "ds", n=12)
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["ds", live.name, not_ours.name])
+
+
+def test_what_dead_writers_left_holding_files_not_theirs_is_left_with_one_warning(tmp_path, capsys):
+    """A ``.ds.tmp-PID-*`` or ``.ds.old-*`` folder is removed only when it holds nothing but a writer's
+    own regular files; one with anything else is someone's: kept, with one warning line each."""
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    build(tmp_path / "ds", n=9)
+    notes = tmp_path / f".ds.tmp-{dead.pid}-0123abcd"
+    build(notes, n=9)
+    (notes / "notes.txt").write_text("mine")
+    nested = tmp_path / f".ds.tmp-{dead.pid}-4567abcd"
+    (nested / "points.npy").mkdir(parents=True)  # a writer's name, but a folder of someone's files
+    (nested / "points.npy" / "photo.jpg").write_text("mine")
+    linked = tmp_path / ".ds.old-89abcdef"
+    build(linked, n=9)
+    (linked / "labels.npy").unlink()
+    (linked / "labels.npy").symlink_to(tmp_path / "ds" / "labels.npy")
+    own = tmp_path / f".ds.tmp-{dead.pid}-cdef0123"
+    build(own, n=9)
+    src = tmp_path / "in" / "apple.ndjson"
+    src.parent.mkdir()
+    src.write_text(json.dumps({"word": "apple", "key_id": "1", "drawing": [[[0, 9, 30], [0, 20, 5]]]}) + "\n")
+    capsys.readouterr()
+    assert main(["data", "prepare", "--input", str(src.parent), "--out", str(tmp_path / "ds"), "--no-progress"]) == 0
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("warning: left")]
+    assert len(err) == 3 and all(any(str(p) in ln for ln in err) for p in (notes, nested, linked)), err
+    assert (notes / "notes.txt").read_text() == "mine" and (nested / "points.npy" / "photo.jpg").read_text() == "mine"
+    assert (linked / "labels.npy").is_symlink() and (tmp_path / "ds" / "labels.npy").is_file()
+    assert not own.exists() and len(PreparedDataset(tmp_path / "ds")) == 1
+
+
+def test_abort_removes_only_what_the_writer_wrote(tmp_path):
+    lines = []
+    w = PreparedWriter(tmp_path / "out", ["apple"], warn=lines.append)
+    w.add(np.array([[0, 0, 0], [3, 3, 1]]), 0, 1)
+    (w.tmp / "notes.txt").write_text("someone saved this here")
+    w.abort()
+    assert (w.tmp / "notes.txt").read_text() == "someone saved this here"
+    assert len(lines) == 1 and str(w.tmp) in lines[0] and "notes.txt" in lines[0]
+    w2 = PreparedWriter(tmp_path / "out2", ["apple"], warn=lines.append)
+    w2.abort()
+    assert not w2.tmp.exists() and len(lines) == 1
+
+
+@pytest.mark.parametrize("case", ["points.npy a folder", "labels.npy a link", "manifest.json a FIFO"])
+def test_an_earlier_dataset_is_replaced_only_when_it_holds_only_its_own_regular_files(tmp_path, capsys, case):
+    """Names alone do not make a dataset: a ``points.npy`` that is a folder of someone's files was
+    replaced (the files lost), a FIFO manifest hung the check."""
+    out = tmp_path / "out"
+    build(out, n=9)
+    if case == "points.npy a folder":
+        (out / "points.npy").unlink()
+        (out / "points.npy").mkdir()
+        keep = out / "points.npy" / "thesis.tex"
+        keep.write_text("mine")
+        why = "points.npy is a folder"
+    elif case == "labels.npy a link":
+        keep = tmp_path / "elsewhere.npy"
+        keep.write_bytes((out / "labels.npy").read_bytes())
+        (out / "labels.npy").unlink()
+        (out / "labels.npy").symlink_to(keep)
+        why = "labels.npy is a symbolic link"
+    else:
+        keep = out / "manifest.json"
+        manifest = keep.read_bytes()
+        fifo(keep, manifest)
+        why = "manifest.json is a FIFO"
+    with pytest.raises(ValueError, match=f"will not write a prepared dataset to {out}: {why}, where a prepared "
+                                         f"dataset holds only regular files"):
+        PreparedWriter(out, ["apple"])
+    src = tmp_path / "in" / "apple.ndjson"
+    src.parent.mkdir()
+    src.write_text(json.dumps({"word": "apple", "key_id": "1", "drawing": [[[0, 9, 30], [0, 20, 5]]]}) + "\n")
+    capsys.readouterr()
+    assert main(["data", "prepare", "--input", str(src.parent), "--out", str(out), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and why in err
+    assert os.path.lexists(keep) and sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["out", "in", *(["elsewhere.npy"] if keep.parent == tmp_path else [])])
+
+
+@pytest.mark.parametrize("case", ["points.npy a FIFO", "labels.npy a link out", "offsets.npy claims more rows",
+                                  "manifest.json too large"])
+def test_opening_a_dataset_reads_regular_files_of_the_sizes_they_say(tmp_path, monkeypatch, case):
+    root = tmp_path / "ds"
+    build(root, n=9)
+    if case == "points.npy a FIFO":
+        fifo(root / "points.npy", (root / "points.npy").read_bytes())
+        file, why = "points.npy", "a FIFO, not a regular file"
+    elif case == "labels.npy a link out":
+        (tmp_path / "labels.npy").write_bytes((root / "labels.npy").read_bytes())
+        (root / "labels.npy").unlink()
+        (root / "labels.npy").symlink_to(tmp_path / "labels.npy")
+        file, why = "labels.npy", f"a symbolic link out of {root}"
+    elif case == "offsets.npy claims more rows":
+        data = (root / "offsets.npy").read_bytes()
+        (root / "offsets.npy").write_bytes(data.replace(b"(10,)", b"(99,)", 1))
+        file, why = "offsets.npy", "header declares int64 of shape (99,), 920 bytes with the header, but the file has 208"
+    else:
+        monkeypatch.setattr(store, "MANIFEST_BYTES", 100)
+        file, why = "manifest.json", "more than the 100 a manifest may take"
+    with pytest.raises(DataFormatError, match=re.escape(why)) as e:
+        PreparedDataset(root)
+    assert e.value.path == str(root / file) and "allow_pickle" not in str(e.value)
+
+
+def test_plain_npy_is_mapped_or_read_as_numpy_saves_it(tmp_path):
+    for arr in (np.arange(12, dtype="<i8").reshape(3, 4), np.asfortranarray(np.eye(3, dtype=np.float32)),
+                np.zeros((0, 3), np.int16)):
+        np.save(tmp_path / "a.npy", arr)
+        mapped, read = (store.load_plain_npy(tmp_path / "a.npy", tmp_path, mmap=m) for m in (True, False))
+        for got in (mapped, read):
+            assert got.dtype == arr.dtype and got.shape == arr.shape and np.array_equal(got, arr)
+        assert isinstance(mapped, np.memmap) == (arr.size > 0) and not isinstance(read, np.memmap)
 
 
 @pytest.mark.parametrize("field, value", [

@@ -5,6 +5,7 @@ sampling across classes; `data stats --verify` saying so, its table not cut at 8
 
 from __future__ import annotations
 
+import io
 import json
 import re
 import shutil
@@ -13,6 +14,7 @@ import time
 import numpy as np
 import pytest
 from test_eval_lib import CLASSES3, _ndjson, trained  # noqa: F401 - `trained`: the tiny model fixture
+from test_store import fifo
 
 from sketchembed.cli import main
 from sketchembed.data.formats import read_drawings
@@ -170,6 +172,39 @@ def _array(name, change):
     return edit
 
 
+def _fifo(name):
+    def edit(d):
+        fifo(d / name, (d / name).read_bytes())  # fed to a reader that opens it (the bug), for 30 s
+    return edit
+
+
+def _folder(name):
+    def edit(d):
+        (d / name).unlink()
+        (d / name).mkdir()
+        (d / name / "notes.txt").write_text("someone's")
+    return edit
+
+
+def _link_out(name):
+    def edit(d):
+        outside = d.parent / f"outside-{name}"
+        outside.write_bytes((d / name).read_bytes())
+        (d / name).unlink()
+        (d / name).symlink_to(outside)
+    return edit
+
+
+def _longer_header(name, extra=1000):
+    def edit(d):
+        a = np.load(d / name)
+        header = io.BytesIO()
+        np.lib.format.write_array_header_1_0(header, {"descr": a.dtype.str, "fortran_order": False,
+                                                      "shape": (len(a) + extra, *a.shape[1:])})
+        (d / name).write_bytes(header.getvalue() + a.tobytes())
+    return edit
+
+
 def _reversed_inner(o):
     o = o.copy()
     o[1:-1] = o[1:-1][::-1]
@@ -188,7 +223,22 @@ CRAFTED = [
     ("n a string", _set("n", "48"), "index.json", r"'n' must be a whole number"),
     ("n wrong", _set("n", 47), "index.json", r"'n' says 47, but embeddings.npy has 48 rows"),
     ("dim wrong", _set("dim", 3), "index.json", r"'dim' says 3, but embeddings.npy has \d+ columns"),
-    ("version true", _set("version", True), "index.json", r"index version True"),
+    ("version true", _set("version", True), "index.json", r"index version true, but this code reads version 1"),
+    ("version 2", _set("version", 2), "index.json", r"index version 2, but this code reads version 1; rebuild"),
+    ("no version", _meta(lambda m: json.dumps({k: v for k, v in m.items() if k != "version"})), "index.json",
+     r"index version \(none given\)"),
+    ("index.json a FIFO", _fifo("index.json"), "index.json", r"a FIFO, not a regular file"),
+    ("labels a FIFO", _fifo("labels.npy"), "labels.npy", r"a FIFO, not a regular file"),
+    ("points a FIFO", _fifo("points.npy"), "points.npy", r"a FIFO, not a regular file"),
+    ("embeddings a folder", _folder("embeddings.npy"), "embeddings.npy", r"a folder, not a regular file"),
+    ("key_ids a link out", _link_out("key_ids.npy"), "key_ids.npy", r"a symbolic link out of .*crafted"),
+    ("labels claim more rows", _longer_header("labels.npy"), "labels.npy", r"header declares .* but the file has"),
+    ("labels objects", lambda d: np.save(d / "labels.npy", np.array([1, None] * 24, dtype=object)), "labels.npy",
+     r"holds Python objects \(a pickle\), which are never loaded"),
+    ("a class with an ANSI escape", _set("classes", ["apple", "\x1b[2K\x1b[31mbanana", "bus"]), "index.json",
+     r"'classes' must be .*no control characters.*\\u001b\[2K"),
+    ("a class with a newline", _set("classes", ["apple", "banana\n   1  5017  bus  0.0000", "bus"]), "index.json",
+     r"'classes' must be .*no control characters"),
     ("sha256 a number", _set("ckpt_sha256", 12), "index.json", r"'ckpt_sha256' must be a string"),
     ("labels floats", _array("labels", lambda a: a + 0.5), "labels.npy", r"must be a 1-d array of integers, got float64"),
     ("labels beyond the classes", _set("classes", ["apple", "banana"]), "labels.npy", r"label 2 is outside the 2 classes"),
@@ -215,8 +265,9 @@ def test_a_crafted_index_is_refused_in_one_line_naming_file_and_field(name, edit
         knn.KNNIndex.load(bad)
     assert str(e.value).startswith(str(bad / file)) and "\n" not in str(e.value)
     sketch = _ndjson(tmp_path / "s.ndjson", knn.KNNIndex.load(index_dir).drawing(3))
-    rc, _, err = suggest(trained, bad, sketch, capsys, "--png", str(tmp_path / "s.png"))
+    rc, out, err = suggest(trained, bad, sketch, capsys, "--png", str(tmp_path / "s.png"))
     assert rc == 2 and err.count("\n") == 1 and str(bad / file) in err and "Traceback" not in err, err
+    assert not out and "allow_pickle" not in err and "\x1b" not in err
 
 
 def test_non_finite_embeddings_name_the_index(index_dir, tmp_path):
@@ -256,6 +307,34 @@ def test_index_build_checks_its_options_before_embedding(option, value, pattern,
     assert err.count("\n") == 1 and re.search(pattern, err), err
     assert (tmp_path / "afile").read_text() == "keep me"
     assert (tmp_path / "other" / "labels.npy").read_text() == "someone's file"
+
+
+@pytest.mark.parametrize("case", ["labels.npy a link out", "points.npy a folder"])
+def test_index_build_overwrites_an_earlier_index_only_of_its_own_regular_files(case, trained, index_dir, tmp_path,  # noqa: F811
+                                                                               capsys, monkeypatch):
+    """Writing an index follows links and descends nowhere: a link would have the arrays written over
+    someone's file elsewhere, so such a folder is refused before anything is embedded."""
+    again = tmp_path / "again"
+    shutil.copytree(index_dir, again)
+    if case == "labels.npy a link out":
+        _link_out("labels.npy")(again)
+        keep = tmp_path / "outside-labels.npy"
+    else:
+        _folder("points.npy")(again)
+        keep = again / "points.npy" / "notes.txt"
+    before = keep.read_bytes()
+
+    def never(*a, **k):
+        raise AssertionError("embedded before the output was checked")
+
+    monkeypatch.setattr(index_cmd, "build_index", never)
+    capsys.readouterr()
+    assert main(["index", "build", "--ckpt", str(trained["ckpt"]), "--data", str(trained["data"]),
+                 "--out", str(again), "--quiet", "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    what = "a symbolic link" if "link" in case else "a folder"
+    assert err.count("\n") == 1 and f"{case.split()[0]} is {what}, where a KNN index holds only regular files" in err, err
+    assert keep.read_bytes() == before
 
 
 def test_index_build_rebuilds_an_earlier_index_in_place(trained, index_dir, tmp_path):  # noqa: F811

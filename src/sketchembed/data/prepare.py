@@ -311,7 +311,7 @@ def prepare(inputs: str | os.PathLike | Iterable, out, classes: str | Sequence[s
             fmt: str = "auto", split: str = "study", val_per_class: int = 5000, test_per_class: int = 5000,
             fractions: Sequence[float] = DEFAULT_FRACTIONS, on_error: str = "skip", seed: int = 0,
             study_min_factor: float = 3.0, progress: bool = False, fast: bool = True,
-            console=None) -> PreparedDataset:
+            console=None, warn=None) -> PreparedDataset:
     """Prepare per-class files into a dataset at ``out`` (replaced atomically); returns it opened.
     ``out`` must pass :func:`~sketchembed.data.store.check_target` (checked before any input is read).
 
@@ -320,7 +320,8 @@ def prepare(inputs: str | os.PathLike | Iterable, out, classes: str | Sequence[s
     use, a kind of the format registry (``auto`` = every registered one; ``simplified``/``raw`` pick
     ndjson files by their content). ``split``: ``study`` or ``fractions`` (module docstring).
     ``fast=False`` reads every file drawing by drawing, without a format's block reader (same
-    result, slower).
+    result, slower). ``warn(line)``: where the writer says what it left in place (a folder beside
+    ``out`` that holds files it did not write; default: a warning).
     """
     if isinstance(inputs, (str, os.PathLike)):
         inputs = [inputs]
@@ -372,7 +373,7 @@ def prepare(inputs: str | os.PathLike | Iterable, out, classes: str | Sequence[s
                          f"(both are kept)")
     total_bytes = sum(s.path.stat().st_size for srcs in plan for s in srcs)
 
-    writer = PreparedWriter(out, class_list, inputs=inputs)
+    writer = PreparedWriter(out, class_list, inputs=inputs, warn=warn)
     prev_keys = np.zeros(0, dtype=np.uint64)
     prev_labels = np.zeros(0, dtype=np.int16)
     with writer, _progress(progress, console) as bar:
@@ -498,7 +499,8 @@ def run(args: argparse.Namespace) -> int:
     ds = prepare(args.input, args.out, args.classes, fmt=args.fmt, split=args.split,
                  val_per_class=args.val_per_class, test_per_class=args.test_per_class,
                  fractions=args.fractions, on_error=args.on_error, seed=args.seed,
-                 progress=not args.no_progress and sys.stderr.isatty())
+                 progress=not args.no_progress and sys.stderr.isatty(),
+                 warn=lambda line: print(f"warning: {line}", file=sys.stderr))
     for line in ds.manifest.get("warnings", []):
         print(f"warning: {line}", file=sys.stderr)
     print(summary(ds))

@@ -23,14 +23,16 @@ from __future__ import annotations
 import array
 import hashlib
 import json
+import math
 import os
 import re
-import shutil
+import stat
 import struct
 import time
 import uuid
+import warnings
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable
 
 import numpy as np
 
@@ -58,6 +60,10 @@ CHEAP_TO_VERIFY = ("offsets", "labels", "key_ids", "splits")
 
 #: What a prepared directory holds; a folder holding anything else is never replaced.
 STORE_FILES = frozenset({"manifest.json", *(f"{name}.npy" for name in ARRAYS)})
+
+#: The most bytes a manifest (or a KNN index's index.json) may take: a real one is kilobytes
+#: (classes, counts, sources, 50 listed skips), so a larger one is not read at all.
+MANIFEST_BYTES = 64 * 2**20
 
 _NPY_HEADER_SIZE = 128  # fixed, so the header can be rewritten in place once the length is known
 _HASH_BLOCK = 1 << 24
@@ -109,12 +115,134 @@ class _ArrayFile:
             self.fp.close()
 
 
+# --------------------------------------------------------------------------------------------
+# the files of a data folder (a prepared dataset, a KNN index): regular files only
+
+
+def _kind(mode: int) -> str:
+    return next((what for test, what in ((stat.S_ISDIR, "a folder"), (stat.S_ISLNK, "a symbolic link"),
+                                         (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"),
+                                         (stat.S_ISCHR, "a device"), (stat.S_ISBLK, "a device"))
+                 if test(mode)), "a special file")
+
+
+def file_problem(path, within=None) -> str | None:
+    """Why ``path`` may not be read as a file of the folder ``within``, or None (also when it is
+    missing: the caller names that). It must be a regular file: reading a FIFO blocks forever, a
+    device never ends, a folder is not data. A symbolic link is followed only to a regular file
+    inside ``within`` (the folder the user named), never out of it."""
+    path = Path(path)
+    try:
+        mode = os.lstat(path).st_mode
+        if stat.S_ISLNK(mode):
+            target = path.resolve()
+            if within is not None and not target.is_relative_to(Path(within).resolve()):
+                return f"a symbolic link out of {within} (to {target}); give the file itself"
+            mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return None
+    except (OSError, RuntimeError) as e:  # a loop of links, no permission
+        return f"cannot be looked at ({getattr(e, 'strerror', None) or e})"
+    return None if stat.S_ISREG(mode) else f"{_kind(mode)}, not a regular file"
+
+
+def own_files_problem(folder, names: Iterable[str], what: str = "a prepared dataset") -> str | None:
+    """Why ``folder`` holds something other than regular files named in ``names`` (what the writer
+    of ``what`` makes), or None. Such a folder may be replaced or removed; anything else may be
+    someone's: a ``points.npy`` that is a folder of their files, a link to elsewhere."""
+    names = set(names)
+    try:
+        entries = list(os.scandir(folder))
+    except OSError as e:
+        return f"it cannot be listed ({e.strerror})"
+    others = sorted(e.name for e in entries if e.name not in names)
+    if others:
+        return f"it holds files that are not part of {what}: {short_list(others, 5)}"
+    odd = sorted(f"{e.name} is {_kind(e.stat(follow_symlinks=False).st_mode)}" for e in entries
+                 if not e.is_file(follow_symlinks=False))
+    if odd:
+        return f"{short_list(odd, 5)}, where {what} holds only regular files"
+    return None
+
+
+def remove_own_folder(folder, names: Iterable[str]) -> str | None:
+    """Remove ``folder`` if it holds only regular files named in ``names``, one file at a time (never
+    a tree: what is not ours is never deleted). None when removed, else why it was left."""
+    names = set(names)
+    why = own_files_problem(folder, names)
+    if why:
+        return why
+    try:
+        for e in os.scandir(folder):
+            if e.name in names and e.is_file(follow_symlinks=False):
+                os.unlink(e.path)
+        os.rmdir(folder)
+    except OSError as e:  # something appeared meanwhile: left as it is
+        return f"it changed while being removed ({e.strerror})"
+    return None
+
+
+def load_plain_npy(path, within=None, mmap: bool = True) -> np.ndarray:
+    """A ``.npy`` file of a data folder, memory-mapped (or read), as plain numbers only.
+
+    The path must pass :func:`file_problem`; the header must declare a numeric (never object:
+    that is a pickle) array whose bytes are exactly the file's, checked before anything is mapped,
+    so no size a file claims is trusted. Any problem is a ``DataFormatError`` naming the file.
+    """
+    path = Path(path)
+    why = file_problem(path, within) or (None if path.exists() else "missing file")
+    if why:
+        raise DataFormatError(path, None, why)
+    try:
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            version = np.lib.format.read_magic(f)
+            if version not in ((1, 0), (2, 0)):
+                raise ValueError(f".npy version {version[0]}.{version[1]}, not 1.0 or 2.0")
+            read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else \
+                np.lib.format.read_array_header_2_0
+            shape, fortran, dtype = read_header(f)
+            if dtype.hasobject:
+                raise ValueError("it holds Python objects (a pickle), which are never loaded")
+            offset = f.tell()
+            need = offset + math.prod(shape) * dtype.itemsize
+            if need != size:
+                raise ValueError(f"its header declares {dtype} of shape {tuple(shape)}, {need:,} bytes with the "
+                                 f"header, but the file has {size:,}: truncated, or not what it says")
+            order = "F" if fortran else "C"
+            if math.prod(shape) == 0:
+                return np.zeros(shape, dtype, order=order)
+            if mmap:
+                return np.memmap(f, dtype=dtype, mode="r", offset=offset, shape=tuple(shape), order=order)
+            return np.fromfile(f, dtype=dtype, count=math.prod(shape)).reshape(shape, order=order)
+    except (ValueError, OSError, EOFError) as e:
+        raise DataFormatError(path, None, f"not a plain numeric array ({' '.join(str(e).split())})") from None
+
+
+def read_manifest(path: Path, within=None, what: str = "manifest") -> object:
+    """``manifest.json`` (or a KNN index's ``index.json``: ``what``) as JSON, within
+    ``MANIFEST_BYTES``: a regular file (:func:`file_problem`), read by the readers' decoder (a
+    crafted, deeply nested one is a ValueError, not a RecursionError). Any problem is a
+    ``DataFormatError`` naming the file."""
+    why = file_problem(path, within)
+    if why:
+        raise DataFormatError(path, None, why)
+    try:
+        size = path.stat().st_size
+        if size > MANIFEST_BYTES:
+            raise ValueError(f"{size:,} bytes, more than the {MANIFEST_BYTES:,} a {what} may take")
+        return decode_line(path.read_bytes())
+    except (ValueError, OSError) as e:
+        raise DataFormatError(path, None, f"unreadable {what}: {' '.join(str(e).split())}") from None
+
+
 def target_problem(root, inputs: Iterable = ()) -> str | None:
     """Why a prepared dataset may not be written to ``root``, or None.
 
     Writing replaces what is there, so only a missing path, an empty folder or an earlier prepared
-    dataset (its own files and nothing else) qualify: anything else could be someone's data. Nor
-    may ``root`` be or hold the current directory, or hold one of ``inputs`` (read while writing).
+    dataset (its own regular files and nothing else: :func:`own_files_problem`) qualify: anything
+    else could be someone's data. Nor may ``root`` be or hold the current directory, or hold one of
+    ``inputs`` (read while writing).
     """
     root = Path(root)
     where = root.resolve()
@@ -139,15 +267,15 @@ def target_problem(root, inputs: Iterable = ()) -> str | None:
         return None
     if "manifest.json" not in names:
         return "it is a folder that is not a prepared dataset (no manifest.json)"
+    why = own_files_problem(root, STORE_FILES)  # before reading the manifest: it may be a FIFO
+    if why:
+        return why
     try:
-        manifest = decode_line((root / "manifest.json").read_bytes())
-    except (ValueError, OSError):
+        manifest = read_manifest(root / "manifest.json")
+    except DataFormatError:
         manifest = None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_NAME:
         return f"its manifest.json is not a {FORMAT_NAME} manifest"
-    others = sorted(names - STORE_FILES)
-    if others:
-        return f"it holds files that are not part of a prepared dataset: {short_list(others, 5)}"
     return None
 
 
@@ -169,9 +297,11 @@ def _pid_running(pid: int) -> bool:
     return True
 
 
-def remove_stale_siblings(root) -> None:
+def remove_stale_siblings(root, warn: Callable[[str], None]) -> None:
     """Remove what writers that died (SIGTERM, a crash) left next to ``root``: ``.NAME.tmp-PID-*``
-    folders whose process is gone, and ``.NAME.old-*`` folders that were an earlier dataset."""
+    folders whose process is gone, and ``.NAME.old-*`` folders that were an earlier dataset — each
+    only when it holds nothing but a writer's own files (:func:`remove_own_folder`); one ``warn``
+    line for each left in place."""
     root = Path(root)
     pattern = re.compile(rf"\.{re.escape(root.name)}\.(?:tmp-(\d+)|old)-[0-9a-f]{{8}}")
     try:
@@ -182,12 +312,15 @@ def remove_stale_siblings(root) -> None:
         m = pattern.fullmatch(p.name)
         if not m or p.is_symlink() or not p.is_dir():
             continue
-        if m.group(1) is not None:
-            if _pid_running(int(m.group(1))):
-                continue
-        elif target_problem(p):  # not an earlier dataset (someone's data): keep it
+        if m.group(1) is not None and _pid_running(int(m.group(1))):
             continue
-        shutil.rmtree(p, ignore_errors=True)
+        why = remove_own_folder(p, STORE_FILES)
+        if why:
+            warn(f"left {p} (an unfinished or replaced prepared dataset, by its name) in place: {why}")
+
+
+def _warn(line: str) -> None:
+    warnings.warn(line, stacklevel=3)
 
 
 class PreparedWriter:
@@ -199,11 +332,13 @@ class PreparedWriter:
     temporary sibling directory that replaces ``root`` only on :meth:`close`, so a crash or an
     error never leaves a half-written dataset where a good one is expected. ``root`` must pass
     :func:`check_target` (with ``inputs``, the files read into it) at the start and again right
-    before the replace.
+    before the replace. It removes only folders that hold nothing but its own files (the earlier
+    dataset it replaces, what dead writers left): anything else is left, with one ``warn`` line
+    (default: a warning).
     """
 
     def __init__(self, root, classes: Iterable[str], *, overwrite: bool = True, chunk_points: int = 1 << 20,
-                 inputs: Iterable = ()):
+                 inputs: Iterable = (), warn: Callable[[str], None] | None = None):
         self.root = Path(root)
         self.classes = list(classes)
         if not self.classes:
@@ -216,9 +351,10 @@ class PreparedWriter:
         if self.root.exists() and not overwrite:
             raise FileExistsError(f"{self.root} exists (pass overwrite=True to replace it)")
         self.inputs = list(inputs)
+        self.warn = warn or _warn
         check_target(self.root, self.inputs)
         self.root.parent.mkdir(parents=True, exist_ok=True)
-        remove_stale_siblings(self.root)
+        remove_stale_siblings(self.root, self.warn)
         self.tmp = self.root.parent / f".{self.root.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self.tmp.mkdir()
         self.overwrite = overwrite
@@ -384,14 +520,24 @@ class PreparedWriter:
                 raise FileExistsError(f"{self.root} appeared while writing")
             old = self.root.parent / f".{self.root.name}.old-{uuid.uuid4().hex[:8]}"
             os.replace(self.root, old)
-        os.replace(self.tmp, self.root)
+        try:
+            os.replace(self.tmp, self.root)
+        except OSError:
+            if old is not None:
+                os.replace(old, self.root)  # the earlier dataset back where it was
+            raise
         if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+            why = remove_own_folder(old, STORE_FILES)
+            if why:
+                self.warn(f"left the earlier dataset of {self.root}, moved to {old}, in place: {why}")
 
     def abort(self) -> None:
         """Drop everything written so far (the target directory is left untouched)."""
         self._points.abort()
-        shutil.rmtree(self.tmp, ignore_errors=True)
+        if self.tmp.exists():
+            why = remove_own_folder(self.tmp, STORE_FILES)
+            if why:
+                self.warn(f"left the unfinished dataset {self.tmp} in place: {why}")
         self._closed = True
 
     def __enter__(self):
@@ -455,12 +601,9 @@ class PreparedDataset:
         if not self.root.is_dir():
             raise FileNotFoundError(f"prepared dataset not found: {self.root}")
         mpath = self.root / "manifest.json"
-        if not mpath.is_file():
+        if not mpath.exists():
             raise DataFormatError(mpath, None, "missing manifest.json (not a prepared dataset, or unfinished)")
-        try:  # the readers' decoder: a crafted, deeply nested manifest is a ValueError, not a RecursionError
-            self.manifest = decode_line(mpath.read_bytes())
-        except (ValueError, OSError) as e:
-            raise DataFormatError(mpath, None, f"unreadable manifest: {e}") from None
+        self.manifest = read_manifest(mpath, self.root)
         if not isinstance(self.manifest, dict) or self.manifest.get("format") != FORMAT_NAME:
             raise DataFormatError(mpath, None, f"not a {FORMAT_NAME} manifest")
         if self.manifest.get("version") != FORMAT_VERSION:
@@ -473,12 +616,7 @@ class PreparedDataset:
         arrays = {}
         for name, (dtype, trailing) in ARRAYS.items():
             path = self.root / f"{name}.npy"
-            if not path.is_file():
-                raise DataFormatError(path, None, "missing file")
-            try:
-                a = np.load(path, mmap_mode="r", allow_pickle=False)
-            except (ValueError, OSError, EOFError) as e:
-                raise DataFormatError(path, None, f"unreadable or truncated .npy: {e}") from None
+            a = load_plain_npy(path, self.root)
             if a.dtype != np.dtype(dtype) or a.shape[1:] != trailing:
                 raise DataFormatError(path, None, f"dtype/shape {a.dtype}{a.shape}, expected {dtype} (*, {trailing})")
             want = info[name]["shape"]

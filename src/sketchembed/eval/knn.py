@@ -28,8 +28,9 @@ import numpy as np
 import torch
 from sklearn.neighbors import NearestNeighbors
 
-from sketchembed.data.formats.ndjson import decode_line
+from sketchembed.data.formats.registry import unprintable
 from sketchembed.data.sketch import CANVAS_MAX
+from sketchembed.data.store import load_plain_npy, own_files_problem, read_manifest
 
 try:
     import faiss
@@ -42,6 +43,10 @@ BACKENDS = ("auto", "faiss", "torch", "sklearn")
 KNN_CLASSIFIER_K = 4
 INDEX_FORMAT = "sketchembed-knn-index"
 INDEX_VERSION = 1
+#: What an index folder holds (``index.json`` and the arrays, some optional): an earlier index is
+#: overwritten only when it holds nothing else, and only as regular files.
+INDEX_FILES = frozenset({"index.json", *(f"{name}.npy" for name in
+                                         ("embeddings", "labels", "key_ids", "indices", "points", "offsets"))})
 
 
 def _check_pair(emb: np.ndarray, labels: np.ndarray, what: str) -> tuple[np.ndarray, np.ndarray]:
@@ -296,26 +301,25 @@ class KNNIndex:
 
     @classmethod
     def load(cls, path, mmap: bool = True) -> "KNNIndex":
-        """Open an index folder, checking every field and array it reads (a crafted or damaged
-        index is one ``ValueError`` naming the file and the field, never a crash later on)."""
+        """Open an index folder, checking every file, field and array it reads (a crafted or damaged
+        index is one ``ValueError`` naming the file and the field, never a crash or a hang later on).
+        Files must be regular files in the folder (a FIFO would block for ever, a link may not lead
+        out of it), and each array exactly as large as its header says, before it is mapped."""
         root = Path(path)
         meta_file = root / "index.json"
-        if not meta_file.is_file():
+        if not os.path.lexists(meta_file):
             raise FileNotFoundError(f"{root}: not a KNN index (no index.json); build one with `sketchembed index build`")
-        meta = _read_index_meta(meta_file)
+        meta = _read_index_meta(meta_file, root)
         classes = meta["classes"]
-        mode = "r" if mmap else None
 
         def arr(name, kinds, ndim, required=True):
             f = root / f"{name}.npy"
-            if not f.exists():
+            if not os.path.lexists(f):
                 if required:
                     raise FileNotFoundError(f"{f}: missing from the index")
                 return None
-            try:  # plain numeric arrays only: an object array (a pickle) is refused, never unpickled
-                a = np.load(f, mmap_mode=mode, allow_pickle=False)
-            except (ValueError, OSError, EOFError) as e:
-                raise ValueError(f"{f}: not a plain numeric array ({' '.join(str(e).split())})") from None
+            # plain numbers only: an object array (a pickle) is refused, never unpickled
+            a = load_plain_npy(f, root, mmap)
             if a.dtype.kind not in kinds or a.ndim != ndim:
                 what = "floats" if kinds == "f" else "integers"
                 raise ValueError(f"{f}: {name} must be a {ndim}-d array of {what}, got {a.dtype} of shape {a.shape}")
@@ -356,8 +360,9 @@ class KNNIndex:
 
 # fields of index.json the code reads, with the check each value must pass and what that means
 _META_FIELDS = {
-    "classes": (lambda v: isinstance(v, list) and v and all(isinstance(c, str) for c in v) and len(set(v)) == len(v),
-                "a non-empty list of distinct class names (strings)"),
+    "classes": (lambda v: isinstance(v, list) and v and all(isinstance(c, str) and c and not unprintable(c) for c in v)
+                and len(set(v)) == len(v),
+                "a non-empty list of distinct class names (strings of plain text, no control characters)"),
     "ckpt_path": (lambda v: isinstance(v, str), "a string"),
     "ckpt_sha256": (lambda v: isinstance(v, str), "a string (the checkpoint's sha256)"),
     "n": (lambda v: type(v) is int and v >= 1, "a whole number >= 1"),
@@ -365,19 +370,19 @@ _META_FIELDS = {
 }
 
 
-def _read_index_meta(meta_file: Path) -> dict:
-    """index.json, read by the readers' JSON decoder (too deep nesting is an error, not a crash) and
-    checked field by field: format, version and every field in ``_META_FIELDS``."""
-    try:
-        meta = decode_line(meta_file.read_bytes())
-    except (OSError, ValueError) as e:
-        raise ValueError(f"{meta_file}: unreadable index metadata ({' '.join(str(e).split())})") from None
+def _read_index_meta(meta_file: Path, root: Path) -> dict:
+    """index.json, read as a manifest (a regular file of bounded size, by the readers' JSON decoder:
+    too deep nesting is an error, not a crash) and checked field by field: format, version and
+    every field in ``_META_FIELDS``."""
+    meta = read_manifest(meta_file, root, "index metadata")
     if not isinstance(meta, dict):
         raise ValueError(f"{meta_file}: index metadata must be a JSON object, got {type(meta).__name__}")
     if meta.get("format") != INDEX_FORMAT:
         raise ValueError(f"{meta_file}: not a sketchembed KNN index")
     if type(meta.get("version")) is not int or meta["version"] != INDEX_VERSION:
-        raise ValueError(f"{meta_file}: index version {str(meta.get('version'))[:20]} (this code reads {INDEX_VERSION})")
+        found = json.dumps(meta["version"])[:20] if "version" in meta else "(none given)"
+        raise ValueError(f"{meta_file}: index version {found}, but this code reads version {INDEX_VERSION}; "
+                         f"rebuild the index with `sketchembed index build`")
     if "classes" not in meta:
         raise ValueError(f"{meta_file}: 'classes' is missing (the class names the labels refer to)")
     for key, (ok, what) in _META_FIELDS.items():
@@ -410,7 +415,8 @@ def _check_drawings(root: Path, points: np.ndarray, offsets: np.ndarray, n: int,
 
 def index_target_problem(out) -> str | None:
     """Why the folder ``out`` cannot take an index, or None: it must be a new path, an empty folder
-    or an earlier index — never a file, nor a folder of other things (their files would be replaced)."""
+    or an earlier index (its own regular files only) — never a file, nor a folder of other things
+    (their files would be replaced)."""
     out = Path(out)
     if out.exists() and not out.is_dir():
         return "it is a file, not a folder"
@@ -421,6 +427,9 @@ def index_target_problem(out) -> str | None:
             return f"it cannot be listed ({e.strerror})"
         if names and "index.json" not in names:
             return "it is a folder that is not an index (no index.json); give a new path or an empty folder"
+        why = own_files_problem(out, INDEX_FILES, "a KNN index") if names else None
+        if why:  # writing follows links and opens FIFOs: an earlier index holds only its own regular files
+            return why
         return None if os.access(out, os.W_OK) else "no permission to write there"
     parent = next(p for p in out.absolute().parents if p.exists())
     if not parent.is_dir():

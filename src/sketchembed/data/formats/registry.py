@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import os
+import unicodedata
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -153,13 +154,30 @@ def display_name(source) -> str:
     return str(getattr(source, "name", "<stream>"))
 
 
+#: Unicode categories a class name may not hold: control (ANSI escapes, newlines), format (a
+#: right-to-left override), surrogates, and line/paragraph separators. Class names are printed in
+#: tables and messages, where such a character would forge or hide text.
+_UNPRINTABLE = ("Cc", "Cf", "Cs", "Zl", "Zp")
+
+
+def unprintable(name: str) -> str | None:
+    """Why ``name`` cannot be printed as plain text (it holds a control character), or None."""
+    bad = next((c for c in name if unicodedata.category(c) in _UNPRINTABLE), None)
+    if bad is None:
+        return None
+    name = unicodedata.name(bad, "")
+    return f"holds the control character U+{ord(bad):04X}{f' ({name})' if name else ''}"
+
+
 def word_problem(word: str, expected: str | None, words: Collection[str] | None) -> str | None:
     """Why ``word`` is not an acceptable class name for a reader asked for ``expected`` among
-    ``words`` (Quick, Draw!'s 345 by default; ``None``: any non-empty name), or None."""
+    ``words`` (Quick, Draw!'s 345 by default; ``None``: any non-empty name of plain text), or None."""
     if expected is not None and word != expected:
         return f"class {word!r} where {expected!r} was expected"
     if not word:
         return "empty class name"
+    if unprintable(word):
+        return f"class name {word[:60]!r} {unprintable(word)}"
     if words is CATEGORY_SET and word not in CATEGORY_SET:
         return (f"unknown class {word!r} (not one of the 345 Quick, Draw! categories; "
                 f"prepare --classes from-files reads any name)")
@@ -202,7 +220,8 @@ def read_drawings(path, *, on_error: str | None = None, report: SkipReport | Non
     ``word`` is the class the file must hold (ndjson: each line's ``word`` must equal it; ``.bin``
     and ``.npz``, which carry no word, take it instead of the file name). ``words``: the class
     names accepted (default Quick, Draw!'s 345; ``None``: any). ``options`` go to the format's
-    reader (``.npz``: ``split=`` ``train``/``valid``/``test``, default all three).
+    reader (``.npz``: ``split=`` ``train``/``valid``/``test``, default all three; ``budget=`` an
+    :class:`~sketchembed.data.formats.npz.NpzBudget`).
     """
     fmt = format_of(path)
     given = {k for k, v in options.items() if v is not None}
@@ -215,5 +234,5 @@ def read_drawings(path, *, on_error: str | None = None, report: SkipReport | Non
 
 
 __all__ = ["FORMATS", "FileFormat", "register", "suffixes", "kinds", "format_of",
-           "reading_order", "bucket_kinds", "has_suffix", "suffix_list", "discover", "display_name", "word_problem", "skip_report",
+           "reading_order", "bucket_kinds", "has_suffix", "suffix_list", "discover", "display_name", "word_problem", "unprintable", "skip_report",
            "reader", "read_drawings"]
