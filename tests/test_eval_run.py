@@ -19,7 +19,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 FIGURES = ("tsne.png", "neighbors.png", "confusion.png", "per_class.png", "early_recognition.png")
-STAGES = ("load", "embed_train", "embed_test", "knn", "probe", "metrics", "tsne", "figures")
+STAGES = ("load", "embed_train", "embed_test", "knn", "retrieval", "probe", "metrics", "tsne", "figures")
 # cheap but complete evals: every output is written
 FAST = ["probe.steps=60", "batch_size=128"]
 
@@ -150,6 +150,18 @@ def _check_consistent(out: Path, m: dict) -> dict:
     assert m["intervals"]["test/acc@100"] == {"n": n, "ci95": pytest.approx(list(wilson(k100, n))), "method": "wilson"}
     assert {f"test/knn@{k}" for k in (1, 3, 4, 5)} | {"test/probe_acc", "test/acc@10"} <= set(m["intervals"])
     assert isinstance(m["n_skipped"], int) and m["n_skipped"] >= 0
+    # retrieval: P@1 = the nearest indexed drawing's class (the KNN search's first column), Wilson over
+    # every drawing; R-precision / MAP@R on the sampled queries with their group t interval
+    assert m["test/p@1"] == pytest.approx(float((nl[:, 0] == y).mean()), abs=1e-12)
+    assert m["intervals"]["test/p@1"]["method"] == "wilson" and m["intervals"]["test/p@1"]["n"] == n
+    rows = pred["retrieval_rows"]
+    assert len(rows) == len(np.unique(rows)) == m["n_retrieval_queries"] == min(n, 2000)
+    assert m["retrieval_r_max"] == int(np.bincount(pred["index_labels"])[np.unique(y[rows])].max())
+    for key in ("test/r_precision", "test/map@r"):
+        low, high = m["intervals"][key]["ci95"]
+        assert 0 <= low <= m[key] <= high <= 1 and m["intervals"][key]["method"].startswith("t over")
+    for key in ("test/nmi", "test/ami"):
+        assert -1 <= m[key] <= 1 and key not in m["intervals"]          # one clustering: no interval
     report = (out / "report.md").read_text()
     for name in FIGURES:
         assert f"]({name})" in report, name
@@ -157,6 +169,9 @@ def _check_consistent(out: Path, m: dict) -> dict:
 
     assert f"| classification @ 100 % of the drawing | {pct(m['test/acc@100'])} |" in report
     assert f"| KNN K=4 | {pct(m['test/knn@4'])} |" in report
+    assert f"| R-precision | {pct(m['test/r_precision'])} |" in report and f"| NMI " in report
+    html = (out / "report.html").read_text()
+    assert f"<td>R-precision</td>\n<td style=\"text-align:right\">{pct(m['test/r_precision'])}</td>" in html
     tie_row = f"| KNN K=3, study's tie rule (a tie with the true class counts) | {pct(m['test/knn@3_study_tie'])} |"
     assert m["model_kind"] != "combined" or any(  # ours, its interval and n, then the study's figure
         line.startswith(tie_row) and line.endswith("| 88.95 |") for line in report.splitlines())
