@@ -300,3 +300,31 @@ def test_report_cli_ref_and_errors(tmp_path, capsys):
     assert "skipped 1 unreadable" in out.err and "50.0" in out.out
     assert main(["report", str(tmp_path / "ok"), "--ref", "nothing-like-it"]) == 2
     assert "--ref 'nothing-like-it' matches no run" in capsys.readouterr().err
+
+
+def test_report_cli_fits_100_columns_and_wide_prints_every_column(tmp_path, capsys):
+    """Many runs with every figure: the terminal table fits 100 columns (the figures that do not fit
+    are named), --wide prints all of them; the markdown file always has every column."""
+    from sketchembed.cli import main
+
+    figures = {f"test/{c}": 0.5 + i / 100 for i, c in enumerate(report.TABLE_COLUMNS)}
+    for i, (kind, seed) in enumerate([("triplet", 1), ("triplet", 2), ("direct", 1), ("combined", 3)]):
+        d = tmp_path / f"a-rather-long-run-directory-name-{i}"
+        d.mkdir()
+        (d / "metrics.json").write_text(json.dumps(stats.with_intervals(
+            {"model_kind": kind, "seed": seed, "dataset": "study10", "n_test": 500, **figures})))
+    assert main(["report", str(tmp_path), "--out", str(tmp_path / "all.md")]) == 0
+    narrow = capsys.readouterr().out
+    assert max(len(line) for line in narrow.splitlines()) <= report.TERMINAL_WIDTH
+    hidden = " ".join(narrow.split("not shown (to fit 100 columns")[1].split())  # the line, unwrapped
+    assert "acc@100 (%)" in narrow.split("not shown")[0]                  # the first figures are in the table
+    assert "r_precision (%)" in hidden and "--wide shows them" in hidden   # the last ones are named
+    assert "same in every row: data study10, split test" in narrow        # equal facts: one line, not columns
+    assert main(["report", str(tmp_path), "--wide"]) == 0
+    wide = capsys.readouterr().out
+    assert "not shown" not in wide and max(len(line) for line in wide.splitlines()) > report.TERMINAL_WIDTH
+    header = next(line for line in wide.splitlines() if "acc@100 (%)" in line)
+    for col in ("knn@3_study_tie (%)", "triplet_acc (%)", "p@1 (%)", "r_precision (%)", "map@r (%)", "ami (%)"):
+        assert col in header, col                                            # every column, none folded
+    md_header = next(ln for ln in (tmp_path / "all.md").read_text().splitlines() if ln.startswith("| run |"))
+    assert all(f"{c} (%)" in md_header for c in report.TABLE_COLUMNS if c != "probe_acc")

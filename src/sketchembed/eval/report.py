@@ -35,6 +35,7 @@ from typing import Mapping, Sequence
 import numpy as np
 import yaml
 from markdown_it import MarkdownIt
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
@@ -629,7 +630,7 @@ def compare_table(cmp: Comparison) -> str:
 
 # `sketchembed report` prints tables at most this wide (a terminal); --wide prints every column.
 TERMINAL_WIDTH = 100
-LABEL_WIDTH = 28  # the run column folds beyond this
+LABEL_WIDTH = 24  # the run column folds beyond this
 
 
 def _table_width(table: Table) -> int:
@@ -639,7 +640,8 @@ def _table_width(table: Table) -> int:
 
 def _run_table(cmp: Comparison, keep: Sequence[int]) -> Table:
     header = cmp.header()
-    t = Table(title=f"This project's runs ({len(cmp.runs)})", title_justify="left")
+    t = Table(title=f"This project's runs ({len(cmp.runs)})", title_justify="left", box=box.SIMPLE_HEAD,
+              show_edge=False, collapse_padding=True)  # no vertical rules: more figures fit
     for i in keep:
         t.add_column(header[i], justify="left" if i < cmp.n_text else "right", overflow="fold",
                      max_width=LABEL_WIDTH if i == 0 else None)
