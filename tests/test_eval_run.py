@@ -155,7 +155,7 @@ def _check_consistent(out: Path, m: dict) -> dict:
     assert m["test/p@1"] == pytest.approx(float((nl[:, 0] == y).mean()), abs=1e-12)
     assert m["intervals"]["test/p@1"]["method"] == "wilson" and m["intervals"]["test/p@1"]["n"] == n
     rows = pred["retrieval_rows"]
-    assert len(rows) == len(np.unique(rows)) == m["n_retrieval_queries"] == min(n, 2000)
+    assert len(rows) == len(np.unique(rows)) == m["n_retrieval_queries"] == min(n, m.get("_retrieval_max_queries", 2000))
     assert m["retrieval_r_max"] == int(np.bincount(pred["index_labels"])[np.unique(y[rows])].max())
     for key in ("test/r_precision", "test/map@r"):
         low, high = m["intervals"][key]["ci95"]
@@ -198,9 +198,13 @@ def test_eval_classifier_on_test_split(lstm_ckpt, study10, tmp_path):
 
 def test_knn_k1_on_the_index_itself_is_perfect(lstm_ckpt, study10, tmp_path):
     """data.test_dir = the training dataset itself (a prepared dir: every row): the train drawings are
-    the index, so their nearest neighbour is themselves."""
+    the index, so their nearest neighbour is themselves. retrieval.enabled=false: no retrieval keys."""
     out = tmp_path / "run"
-    m = _eval(out, lstm_ckpt, f"data.test_dir={study10.root}", "tsne.enabled=false", "neighbors.n_refs=0")
+    m = _eval(out, lstm_ckpt, f"data.test_dir={study10.root}", "tsne.enabled=false", "neighbors.n_refs=0",
+              "retrieval.enabled=false")
+    assert not {"test/p@1", "test/r_precision", "test/nmi", "n_retrieval_queries"} & set(m)
+    assert "retrieval" not in json.loads((out / "stages.json").read_text())["stages"]
+    assert "## Retrieval" not in (out / "report.md").read_text()
     pred = dict(np.load(out / "predictions.npz"))
     assert m["n_test"] == len(study10) and m["split"] == "test_dir"
     train_keys = np.asarray(study10.key_ids)[study10.indices("train")]
@@ -254,10 +258,13 @@ def test_eval_test_dir_of_real_files(lstm_ckpt, shared_quickdraw, tmp_path):
 # ------------------------------------------------------------------------------------------ triplet
 def test_eval_triplet_checkpoint_classified_by_knn(triplet_ckpt, study10, tmp_path):
     """Also: knn.max_train caps the index with a random subset of the train split, not its first rows
-    (which are sorted by class); curve_max_eval measures the curve's other fractions on a subset."""
+    (which are sorted by class); curve_max_eval measures the curve's other fractions on a subset, and
+    retrieval.max_queries R-precision and MAP@R."""
     out = tmp_path / "run"
-    m = _eval(out, triplet_ckpt, "knn.max_train=60", "curve_max_eval=20", "knn.backend=torch")
+    m = _eval(out, triplet_ckpt, "knn.max_train=60", "curve_max_eval=20", "knn.backend=torch",
+              "retrieval.max_queries=12")
     m["_curve_max_eval"] = 20
+    m["_retrieval_max_queries"] = 12
     pred = _check_consistent(out, m)
     assert m["n_train"] == len(pred["index_key_ids"]) == 60
     train_rows = study10.indices("train")
@@ -325,6 +332,9 @@ def test_checkpoint_of_another_kind(lstm_ckpt, triplet_ckpt, tmp_path):
     ("data.num_workers=-1", "data.num_workers must be an integer >= 0"),
     ("seed=x", "seed must be an integer >= 0"),
     ("neighbors.k=many", "neighbors.k must be an integer >= 0"),
+    ("retrieval.max_queries=0", "retrieval.max_queries must be an integer >= 1 or null, got 0"),
+    ("retrieval.max_pairs=lots", "retrieval.max_pairs must be an integer >= 1, got 'lots'"),
+    ("retrieval.enabled=maybe", "retrieval.enabled must be true or false, got 'maybe'"),
 ])
 def test_odd_eval_values_name_their_key(override, needle, tmp_path):
     from omegaconf import OmegaConf
@@ -335,7 +345,7 @@ def test_odd_eval_values_name_their_key(override, needle, tmp_path):
     cfg = OmegaConf.merge(OmegaConf.load(REPO / "conf" / "eval.yaml"), OmegaConf.from_dotlist([override]))
     with pytest.raises(ValueError, match=re.escape(needle)):
         _settings(cfg)
-    if not override.startswith("neighbors."):  # nor read past where the DataModule is built
+    if not override.startswith(("neighbors.", "retrieval.")):  # nor read past where the DataModule is built
         ckpt = {"SketchDataModule": InputSettings(seq_std=1.0).to_dict()}
         with pytest.raises(ValueError, match=re.escape(needle)):
             _datamodule(cfg, ckpt, tmp_path / "x.ckpt", ("sequence",))
