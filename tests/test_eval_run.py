@@ -169,7 +169,7 @@ def _check_consistent(out: Path, m: dict) -> dict:
 
     assert f"| classification @ 100 % of the drawing | {pct(m['test/acc@100'])} |" in report
     assert f"| KNN K=4 | {pct(m['test/knn@4'])} |" in report
-    assert f"| R-precision | {pct(m['test/r_precision'])} |" in report and f"| NMI " in report
+    assert f"| R-precision | {pct(m['test/r_precision'])} |" in report and "| NMI " in report
     html = (out / "report.html").read_text()
     assert f"<td>R-precision</td>\n<td style=\"text-align:right\">{pct(m['test/r_precision'])}</td>" in html
     tie_row = f"| KNN K=3, study's tie rule (a tie with the true class counts) | {pct(m['test/knn@3_study_tie'])} |"

@@ -134,8 +134,8 @@ def r_metrics(index_emb, index_labels, query_emb, query_labels, bounds: Bounds, 
     groups = np.array_split(rows, n_groups)
     calc = _calculator(R_METRICS, "max_bin_count", SearchKNN(**search_kw))
     means = {m: [] for m in R_METRICS}
-    for g in groups:
-        acc = calc.get_accuracy(_f32(query_emb[np.sort(g)]), y[np.sort(g)], ref, ref_y)
+    for g in map(np.sort, groups):
+        acc = calc.get_accuracy(_f32(query_emb[g]), y[g], ref, ref_y)
         for m in R_METRICS:
             means[m].append(acc[m])
     sizes = [len(g) for g in groups]

@@ -8,8 +8,9 @@ to the run dir (and to wandb when a logger is configured).
 * Stages (``stages.json``: wall time and peak memory of each): embed (streamed batch by batch into
   preallocated arrays), KNN (exact brute force, faiss or blocks of torch matmul), retrieval (P@1,
   R-precision, MAP@R, NMI/AMI by pytorch-metric-learning, bounded by ``retrieval.*``, see
-  :mod:`sketchembed.eval.retrieval`), probe, t-SNE (a sample), figures. Memory is the embeddings plus one batch: 100 k train drawings x 256 floats are
-  100 MB, the full 1.4 M 1.4 GB (700 MB with ``embed_dtype=float16``).
+  :mod:`sketchembed.eval.retrieval`), probe, t-SNE (a sample), figures. Memory is the embeddings
+  plus one batch: 100 k train drawings x 256 floats are 100 MB, the full 1.4 M 1.4 GB (700 MB with
+  ``embed_dtype=float16``).
 * Models without a classifier head (the triplet network) are classified by KNN (K=4, the study's
   choice for triplet embeddings) over that index; ``metrics.json`` says which in ``classifier``.
 * KNN accuracies come under two vote rules: ``test/knn@K`` strict, ``test/knn@K_study_tie`` the
@@ -232,7 +233,7 @@ class _Results:
     knn_preds: dict
     nl: np.ndarray
     probe_pred: np.ndarray
-    retrieval: Retrieval | None
+    retrieval: Retrieval
 
     @property
     def test(self):
@@ -350,12 +351,12 @@ def _knn_stage(ev: _Eval, train, tests) -> tuple[dict, dict, dict, np.ndarray, t
     return preds, confs, knn_preds, nl, neighbours
 
 
-def _retrieval_stage(ev: _Eval, train, test, neighbours) -> Retrieval | None:
-    """P@1, R-precision, MAP@R, NMI and AMI of the test drawings against the KNN index (None when
-    ``retrieval.enabled=false``)."""
+def _retrieval_stage(ev: _Eval, train, test, neighbours) -> Retrieval:
+    """P@1, R-precision, MAP@R, NMI and AMI of the test drawings against the KNN index (none of them
+    when ``retrieval.enabled=false``)."""
     bounds = ev.st["retrieval"]
     if bounds is None:
-        return None
+        return Retrieval({}, {}, {}, np.zeros(0, np.int64))
     with ev.stages("retrieval", max_queries=bounds.max_queries) as info:
         ret = retrieval_metrics(train.embeddings, train.labels, test.embeddings, test.labels, neighbours,
                                 bounds=bounds, seed=ev.seed, backend=ev.st["backend"],
@@ -420,7 +421,7 @@ def _metrics(ev: _Eval, r: _Results) -> dict:
                                        torch.from_numpy(y), generator=gen)
         m["test/triplet_acc"], m["test/d_pos"], m["test/d_neg"] = float(acc), float(dp), float(dn)
     m["confused_pairs"] = confused_pairs(cm, classes, ev.st["confused_pairs"])
-    ret = r.retrieval or Retrieval({}, {}, {}, np.zeros(0, np.int64))
+    ret = r.retrieval
     m.update(ret.values)
     # the curve's other fractions are measured on n_curve drawings, not n_test
     m = with_intervals(m, n_overrides={f"test/acc@{fraction_tag(f)}": m["n_curve"]
@@ -436,7 +437,7 @@ def _arrays(ev: _Eval, r: _Results) -> dict:
     return dict(classes=np.array(ev.dm.class_names), fractions=np.array(fractions), labels=test.labels,
                 key_ids=test.key_ids, indices=test.indices, probe=r.probe_pred, curve_rows=r.curve_rows,
                 index_key_ids=r.train.key_ids, index_labels=r.train.labels, knn_neighbor_labels=r.nl,
-                retrieval_rows=r.retrieval.rows if r.retrieval else np.zeros(0, np.int64),
+                retrieval_rows=r.retrieval.rows,
                 **{f"pred@{tags[f]}": r.preds[f] for f in fractions}, **{f"conf@{tags[f]}": r.confs[f] for f in fractions},
                 **{f"knn@{k}": r.knn_preds[k] for k in ev.st["ks"]})
 
