@@ -328,3 +328,25 @@ def test_report_cli_fits_100_columns_and_wide_prints_every_column(tmp_path, caps
         assert col in header, col                                            # every column, none folded
     md_header = next(ln for ln in (tmp_path / "all.md").read_text().splitlines() if ln.startswith("| run |"))
     assert all(f"{c} (%)" in md_header for c in report.TABLE_COLUMNS if c != "probe_acc")
+
+
+def test_report_compares_p1_paired_and_never_fisher_on_means(tmp_path):
+    """P@1 is right where the nearest neighbour's class is (knn@1): McNemar on the saved knn@1
+    predictions; R-precision is a mean of per-query values, not a count: no Fisher test on it."""
+    labels = np.repeat(np.arange(5), 12)
+    runs = []
+    for name, wrong in (("a", 0), ("b", 30)):
+        d = tmp_path / name
+        d.mkdir()
+        knn1 = labels.copy()
+        knn1[:wrong] = (knn1[:wrong] + 1) % 5
+        m = stats.with_intervals({"model_kind": "triplet", "n_test": 60, "test/p@1": float((knn1 == labels).mean()),
+                                  "test/r_precision": 0.9 - wrong / 100})
+        m["intervals"]["test/r_precision"] = {"n": 60, "ci95": [0.8 - wrong / 100, 0.95 - wrong / 100],
+                                              "method": "t over 20 random query groups"}
+        np.savez(d / "predictions.npz", labels=labels, key_ids=np.arange(60), **{"knn@1": knn1})
+        runs.append(report.Run(name, {"model_kind": "triplet"}, evaluated=m, eval_dir=d))
+    d = report.compare(runs[0], runs[1], "p@1")
+    assert d.beyond_noise and d.test.startswith("McNemar exact (paired, n=60, discordant 30/0)")
+    assert report.compare(runs[0], runs[1], "r_precision") is None
+    assert runs[1].interval("r_precision").method == "t over 20 random query groups"
