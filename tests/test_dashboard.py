@@ -161,6 +161,20 @@ def test_eval_charts_tables_and_figures(trained_and_evaluated):
     assert ev["summary"]["eval/acc@100"] == pytest.approx(metrics["test/acc@100"])
     assert ev["summary"]["eval/knn@4"] == pytest.approx(metrics["test/knn@4"])
     assert not any(k.startswith("test/") for k in ev["history"])
+    # retrieval: scalars, and a table with each figure's interval and how it was computed
+    for name in ("p@1", "r_precision", "map@r", "nmi", "ami"):
+        assert ev["summary"][f"eval/{name}"] == pytest.approx(metrics[f"test/{name}"]), name
+    assert ev["summary"]["eval/n_retrieval_queries"] == metrics["n_retrieval_queries"] == metrics["n_test"]
+    ret = media_table(t["eval_wb"], "eval/retrieval")
+    assert ret["columns"] == ["metric", "value", "ci95 low", "ci95 high", "n", "interval"]
+    rows = {row[0]: row for row in ret["data"]}
+    assert list(rows) == ["p@1", "r_precision", "map@r", "nmi", "ami"]
+    assert rows["r_precision"][2:4] == pytest.approx(metrics["intervals"]["test/r_precision"]["ci95"])
+    assert rows["r_precision"][4] == metrics["n_retrieval_queries"]
+    assert rows["p@1"][5] == "wilson" and rows["map@r"][5].startswith("t over") and rows["nmi"][5] == "none"
+    # the self-contained report.html: an HTML panel and a file of the run
+    assert (t["eval_wb"] / "files" / "report.html").read_text() == (t["eval_dir"] / "report.html").read_text()
+    assert list((t["eval_wb"] / "files" / "media" / "html" / "eval").glob("report_*.html"))
     # the early-recognition curve: one line plot over one table of (fraction, accuracy)
     curve = media_table(t["eval_wb"], "eval/early_recognition_table")
     assert curve["columns"] == ["fraction of points", "accuracy"]

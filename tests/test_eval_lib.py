@@ -121,6 +121,108 @@ def test_probe_random_labels_do_not_generalise():
     assert res.accuracy["val"] < 0.4
 
 
+# ------------------------------------------------------------------------- retrieval (P@1, R-precision …)
+def _calculator_reference(ref, ref_y, q, q_y, seed=0):
+    """What pytorch-metric-learning's AccuracyCalculator says on the whole set at once, its own faiss
+    search, k = the largest R, queries not in the reference."""
+    import torch
+    from pytorch_metric_learning.utils.accuracy_calculator import AccuracyCalculator
+    from pytorch_metric_learning.utils.inference import FaissKMeans
+
+    calc = AccuracyCalculator(include=("precision_at_1", "r_precision", "mean_average_precision_at_r", "NMI", "AMI"),
+                              k="max_bin_count", device=torch.device("cpu"),
+                              kmeans_func=FaissKMeans(niter=20, seed=seed, gpu=False, verbose=False,
+                                                      min_points_per_centroid=1))
+    return calc.get_accuracy(q, q_y, ref, ref_y)
+
+
+def test_retrieval_hand_checked_example():
+    """1-D: class 0 at 0, 1, 2; class 1 at 10, 11. Query at 9 (class 0) sees 10, 11, 2 first: R = 3,
+    one hit at rank 3 (R-precision 1/3, AP@R = (1/3)(1/3)); query at 5.8 (class 1) sees 2, 10: R = 2,
+    a hit at rank 2 (R-precision 1/2, AP@R = (1/2)(1/2)); the other two are perfect."""
+    from sketchembed.eval import retrieval
+
+    ref, ref_y = np.array([[0.], [1.], [2.], [10.], [11.]], np.float32), np.array([0, 0, 0, 1, 1])
+    q, q_y = np.array([[0.4], [10.2], [9.], [5.8]], np.float32), np.array([0, 1, 0, 1])
+    r = retrieval.retrieval_metrics(ref, ref_y, q, q_y, knn.nearest(ref, ref_y, q, 1),
+                                    bounds=retrieval.Bounds(max_queries=None))
+    v = r.values
+    assert v["test/p@1"] == 0.5                                     # 0.4 → 0 and 10.2 → 10 right, the others wrong
+    assert v["test/r_precision"] == pytest.approx((1 + 1 + 1 / 3 + 1 / 2) / 4, abs=1e-12)
+    assert v["test/map@r"] == pytest.approx((1 + 1 + 1 / 9 + 1 / 4) / 4, abs=1e-12)
+    assert v["n_retrieval_queries"] == 4 and v["retrieval_r_max"] == 3
+    assert r.n_overrides == {"test/p@1": 4}
+    lib = _calculator_reference(ref, ref_y, q, q_y)
+    for ours, theirs in (("p@1", "precision_at_1"), ("r_precision", "r_precision"), ("map@r", "mean_average_precision_at_r"),
+                         ("nmi", "NMI"), ("ami", "AMI")):
+        assert v[f"test/{ours}"] == pytest.approx(lib[theirs], abs=1e-12), ours
+    ci = r.intervals["test/r_precision"]                          # 4 groups of one query: t with 3 df
+    assert ci["n"] == 4 and ci["method"] == "t over 4 random query groups"
+    assert ci["ci95"][0] < v["test/r_precision"] < ci["ci95"][1] <= 1.0
+    # well-separated clusters: k-means finds the classes, NMI = AMI = 1
+    emb, lab = clusters(n_per=10, n_classes=3)
+    assert retrieval.clustering(emb, lab) == {"NMI": pytest.approx(1.0), "AMI": pytest.approx(1.0)}
+
+
+def test_retrieval_equals_the_library_on_random_data_and_p1_equals_numpy(monkeypatch):
+    from sketchembed.eval import retrieval
+
+    searched = []
+
+    def recording_search(index, queries, k, **kw):
+        searched.append(len(queries) * k)
+        return knn.search(index, queries, k, **kw)
+
+    monkeypatch.setattr(retrieval, "search", recording_search)
+
+    rng = np.random.default_rng(3)
+    centers = rng.normal(size=(5, 12))
+    ref_y, q_y = rng.integers(0, 5, 600), rng.integers(0, 5, 137)
+    ref = (centers[ref_y] + rng.normal(size=(600, 12)) * 1.5).astype(np.float32)
+    q = (centers[q_y] + rng.normal(size=(137, 12)) * 1.5).astype(np.float32)
+    r = retrieval.retrieval_metrics(ref, ref_y, q, q_y, knn.nearest(ref, ref_y, q, 4), seed=7,
+                                    bounds=retrieval.Bounds(max_queries=None, max_pairs=500))
+    d2 = ((q[:, None, :].astype(np.float64) - ref[None, :, :]) ** 2).sum(-1)  # plain numpy P@1
+    assert r.values["test/p@1"] == pytest.approx(float((ref_y[d2.argmin(1)] == q_y).mean()), abs=1e-12)
+    lib = _calculator_reference(ref, ref_y, q, q_y, seed=7)
+    # every query, in groups of at most max_pairs query x R neighbours (137 x ~130 > 20 groups): the same means
+    assert len(searched) > retrieval.GROUPS and max(searched) <= 500
+    assert r.values["test/r_precision"] == pytest.approx(lib["r_precision"], abs=1e-12)
+    assert r.values["test/map@r"] == pytest.approx(lib["mean_average_precision_at_r"], abs=1e-12)
+    assert r.values["test/nmi"] == pytest.approx(lib["NMI"], abs=1e-12)
+    assert r.intervals["test/map@r"]["method"] == f"t over {len(searched)} random query groups"
+    # max_queries: a reproducible sample of that many queries, its interval wider than on all of them
+    a = retrieval.retrieval_metrics(ref, ref_y, q, q_y, knn.nearest(ref, ref_y, q, 1), seed=7,
+                                    bounds=retrieval.Bounds(max_queries=40))
+    b = retrieval.retrieval_metrics(ref, ref_y, q, q_y, knn.nearest(ref, ref_y, q, 1), seed=7,
+                                    bounds=retrieval.Bounds(max_queries=40))
+    assert a.values["n_retrieval_queries"] == len(a.rows) == 40 and np.array_equal(a.rows, b.rows)
+    assert a.values == b.values and a.values["test/p@1"] == r.values["test/p@1"]  # P@1: every query
+    width = lambda res: np.diff(res.intervals["test/r_precision"]["ci95"])[0]  # noqa: E731
+    assert a.intervals["test/r_precision"]["n"] == 40 and width(a) > width(r)
+
+
+def test_retrieval_query_sample_leaves_out_classes_not_in_the_index():
+    from sketchembed.eval import retrieval
+
+    rows = retrieval.query_sample(np.array([0, 2, 1, 2, 0]), np.array([0, 1, 1]), retrieval.Bounds(None), 0)
+    assert sorted(rows) == [0, 2, 4]
+    assert retrieval.r_max(np.array([0, 1, 1]), np.array([0, 5])) == 1
+
+
+def test_saved_t_interval_is_read_back_not_replaced_by_wilson():
+    from sketchembed.eval import stats
+
+    value, ci = stats.batch_means_interval([0.5, 0.7, 0.6, 0.8], [2, 2, 2, 2])
+    assert value == pytest.approx(0.65) and ci["method"] == "t over 4 random query groups"
+    half = 3.182446305284263 * np.std([0.5, 0.7, 0.6, 0.8], ddof=1) / 2   # t(0.975, 3 df)
+    assert ci["ci95"] == pytest.approx([0.65 - half, 0.65 + half])
+    m = {"n_test": 8, "test/r_precision": value, "intervals": {"test/r_precision": ci}}
+    got = stats.interval(m, "test/r_precision")
+    assert (got.low, got.high, got.method) == (ci["ci95"][0], ci["ci95"][1], ci["method"])
+    assert stats.batch_means_interval([0.4], [3]) == (pytest.approx(0.4), None)
+
+
 # ---------------------------------------------------------------------------------- tsne + plots
 def test_tsne_small_and_plots_write_pngs(tmp_path):
     from sketchembed.eval import plots, tsne

@@ -19,7 +19,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 FIGURES = ("tsne.png", "neighbors.png", "confusion.png", "per_class.png", "early_recognition.png")
-STAGES = ("load", "embed_train", "embed_test", "knn", "probe", "metrics", "tsne", "figures")
+STAGES = ("load", "embed_train", "embed_test", "knn", "retrieval", "probe", "metrics", "tsne", "figures")
 # cheap but complete evals: every output is written
 FAST = ["probe.steps=60", "batch_size=128"]
 
@@ -150,6 +150,18 @@ def _check_consistent(out: Path, m: dict) -> dict:
     assert m["intervals"]["test/acc@100"] == {"n": n, "ci95": pytest.approx(list(wilson(k100, n))), "method": "wilson"}
     assert {f"test/knn@{k}" for k in (1, 3, 4, 5)} | {"test/probe_acc", "test/acc@10"} <= set(m["intervals"])
     assert isinstance(m["n_skipped"], int) and m["n_skipped"] >= 0
+    # retrieval: P@1 = the nearest indexed drawing's class (the KNN search's first column), Wilson over
+    # every drawing; R-precision / MAP@R on the sampled queries with their group t interval
+    assert m["test/p@1"] == pytest.approx(float((nl[:, 0] == y).mean()), abs=1e-12)
+    assert m["intervals"]["test/p@1"]["method"] == "wilson" and m["intervals"]["test/p@1"]["n"] == n
+    rows = pred["retrieval_rows"]
+    assert len(rows) == len(np.unique(rows)) == m["n_retrieval_queries"] == min(n, m.get("_retrieval_max_queries", 2000))
+    assert m["retrieval_r_max"] == int(np.bincount(pred["index_labels"])[np.unique(y[rows])].max())
+    for key in ("test/r_precision", "test/map@r"):
+        low, high = m["intervals"][key]["ci95"]
+        assert 0 <= low <= m[key] <= high <= 1 and m["intervals"][key]["method"].startswith("t over")
+    for key in ("test/nmi", "test/ami"):
+        assert -1 <= m[key] <= 1 and key not in m["intervals"]          # one clustering: no interval
     report = (out / "report.md").read_text()
     for name in FIGURES:
         assert f"]({name})" in report, name
@@ -157,6 +169,9 @@ def _check_consistent(out: Path, m: dict) -> dict:
 
     assert f"| classification @ 100 % of the drawing | {pct(m['test/acc@100'])} |" in report
     assert f"| KNN K=4 | {pct(m['test/knn@4'])} |" in report
+    assert f"| R-precision | {pct(m['test/r_precision'])} |" in report and "| NMI " in report
+    html = (out / "report.html").read_text()
+    assert f"<td>R-precision</td>\n<td style=\"text-align:right\">{pct(m['test/r_precision'])}</td>" in html
     tie_row = f"| KNN K=3, study's tie rule (a tie with the true class counts) | {pct(m['test/knn@3_study_tie'])} |"
     assert m["model_kind"] != "combined" or any(  # ours, its interval and n, then the study's figure
         line.startswith(tie_row) and line.endswith("| 88.95 |") for line in report.splitlines())
@@ -183,9 +198,13 @@ def test_eval_classifier_on_test_split(lstm_ckpt, study10, tmp_path):
 
 def test_knn_k1_on_the_index_itself_is_perfect(lstm_ckpt, study10, tmp_path):
     """data.test_dir = the training dataset itself (a prepared dir: every row): the train drawings are
-    the index, so their nearest neighbour is themselves."""
+    the index, so their nearest neighbour is themselves. retrieval.enabled=false: no retrieval keys."""
     out = tmp_path / "run"
-    m = _eval(out, lstm_ckpt, f"data.test_dir={study10.root}", "tsne.enabled=false", "neighbors.n_refs=0")
+    m = _eval(out, lstm_ckpt, f"data.test_dir={study10.root}", "tsne.enabled=false", "neighbors.n_refs=0",
+              "retrieval.enabled=false")
+    assert not {"test/p@1", "test/r_precision", "test/nmi", "n_retrieval_queries"} & set(m)
+    assert "retrieval" not in json.loads((out / "stages.json").read_text())["stages"]
+    assert "## Retrieval" not in (out / "report.md").read_text()
     pred = dict(np.load(out / "predictions.npz"))
     assert m["n_test"] == len(study10) and m["split"] == "test_dir"
     train_keys = np.asarray(study10.key_ids)[study10.indices("train")]
@@ -239,10 +258,13 @@ def test_eval_test_dir_of_real_files(lstm_ckpt, shared_quickdraw, tmp_path):
 # ------------------------------------------------------------------------------------------ triplet
 def test_eval_triplet_checkpoint_classified_by_knn(triplet_ckpt, study10, tmp_path):
     """Also: knn.max_train caps the index with a random subset of the train split, not its first rows
-    (which are sorted by class); curve_max_eval measures the curve's other fractions on a subset."""
+    (which are sorted by class); curve_max_eval measures the curve's other fractions on a subset, and
+    retrieval.max_queries R-precision and MAP@R."""
     out = tmp_path / "run"
-    m = _eval(out, triplet_ckpt, "knn.max_train=60", "curve_max_eval=20", "knn.backend=torch")
+    m = _eval(out, triplet_ckpt, "knn.max_train=60", "curve_max_eval=20", "knn.backend=torch",
+              "retrieval.max_queries=12")
     m["_curve_max_eval"] = 20
+    m["_retrieval_max_queries"] = 12
     pred = _check_consistent(out, m)
     assert m["n_train"] == len(pred["index_key_ids"]) == 60
     train_rows = study10.indices("train")
@@ -310,6 +332,9 @@ def test_checkpoint_of_another_kind(lstm_ckpt, triplet_ckpt, tmp_path):
     ("data.num_workers=-1", "data.num_workers must be an integer >= 0"),
     ("seed=x", "seed must be an integer >= 0"),
     ("neighbors.k=many", "neighbors.k must be an integer >= 0"),
+    ("retrieval.max_queries=0", "retrieval.max_queries must be an integer >= 1 or null, got 0"),
+    ("retrieval.max_pairs=lots", "retrieval.max_pairs must be an integer >= 1, got 'lots'"),
+    ("retrieval.enabled=maybe", "retrieval.enabled must be true or false, got 'maybe'"),
 ])
 def test_odd_eval_values_name_their_key(override, needle, tmp_path):
     from omegaconf import OmegaConf
@@ -320,7 +345,7 @@ def test_odd_eval_values_name_their_key(override, needle, tmp_path):
     cfg = OmegaConf.merge(OmegaConf.load(REPO / "conf" / "eval.yaml"), OmegaConf.from_dotlist([override]))
     with pytest.raises(ValueError, match=re.escape(needle)):
         _settings(cfg)
-    if not override.startswith("neighbors."):  # nor read past where the DataModule is built
+    if not override.startswith(("neighbors.", "retrieval.")):  # nor read past where the DataModule is built
         ckpt = {"SketchDataModule": InputSettings(seq_std=1.0).to_dict()}
         with pytest.raises(ValueError, match=re.escape(needle)):
             _datamodule(cfg, ckpt, tmp_path / "x.ckpt", ("sequence",))

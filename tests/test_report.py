@@ -5,6 +5,8 @@ model, both probes apart, differences beyond noise marked)."""
 from __future__ import annotations
 
 import json
+import re
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -118,6 +120,86 @@ def test_report_triplet_vs_direct():
     assert "| triplet accuracy | 97.0 | – | – | 97–99.6 (by backbone) |" in text
 
 
+RETRIEVAL = {"n_train": 500, "test/p@1": 0.75, "test/r_precision": 0.5, "test/map@r": 0.375, "test/nmi": 0.25,
+             "test/ami": 0.125, "n_retrieval_queries": 40, "retrieval_r_max": 50}
+R_INTERVAL = {"n": 40, "ci95": [0.41, 0.59], "method": "t over 20 random query groups"}
+
+
+def _with_retrieval(n_test: int = 8) -> dict:
+    m = stats.with_intervals({**METRICS_LSTM, **RETRIEVAL, "n_test": n_test})
+    m["intervals"]["test/r_precision"] = R_INTERVAL
+    return m
+
+
+def test_report_retrieval_section_with_its_intervals():
+    text = report.render_report(_with_retrieval())
+    section = text.split("## Retrieval (test drawings against the KNN index)")[1]
+    assert "| P@1 | 75.0 | 40.9–92.9 | 8 | – |" in section          # Wilson over the 8 queries
+    assert "| R-precision | 50.0 | 41.0–59.0 | 40 | – |" in section   # the saved t interval, not Wilson's
+    assert "| MAP@R | 37.5 | – | – | – |" in section                  # no interval saved: none invented
+    assert "| NMI (k-means of the test embeddings) | 25.0 | – | – | – |" in section
+    assert "| AMI (k-means of the test embeddings) | 12.5 |" in section
+    assert "over 40 sampled queries, R up to 50" in section and "R-precision: t over 20 random query groups" in section
+    assert "## Retrieval" not in report.render_report(METRICS_LSTM)  # not measured: no section
+
+
+def test_report_html_is_one_self_contained_page(tmp_path):
+    from PIL import Image
+
+    Image.new("RGB", (40, 30), "red").save(tmp_path / "confusion.png")
+    m = {**_with_retrieval(), "run_name": "<script>alert(1)</script>"}
+    report.write_report(tmp_path, m)
+    page = (tmp_path / "report.html").read_text()
+    assert page.startswith("<!DOCTYPE html>") and "<script>" not in page   # text from metrics.json is escaped
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    assert '<img src="data:image/png;base64,' in page and "confusion.png" not in page
+    assert report.png_data_uri(tmp_path / "confusion.png") in page
+    assert not re.search(r"https?://|(?:src|href)=\"(?!data:)", page)  # nothing to fetch from anywhere
+    for cell in ("<td>P@1</td>", '<td style="text-align:right">75.0</td>', '<td style="text-align:right">86.7</td>'):
+        assert cell in page, cell                                       # ours, and the study's beside it
+    assert "confusion.png" in (tmp_path / "report.md").read_text()      # the markdown links the file
+
+
+def test_report_html_renders_in_headless_chromium(tmp_path):
+    """The page opened from a file in Chromium, offline: it draws (screenshot not blank), requests
+    nothing but itself and its data URIs, and its DOM holds the tables' values."""
+    from PIL import Image, ImageStat
+
+    from sketchembed.studio import live  # here: the studio's imports are heavy, only this test needs them
+
+    why = live.browser_missing()
+    if why:
+        pytest.skip(f"no headless browser: {why}")
+    from playwright.sync_api import sync_playwright
+
+    Image.new("RGB", (300, 200), (30, 90, 200)).save(tmp_path / "tsne.png")
+    report.write_report(tmp_path, _with_retrieval())
+    url = (tmp_path / "report.html").as_uri()
+    requested = []
+    with sync_playwright() as pw:
+        browser = live.launch(pw)
+        try:
+            page = browser.new_page(viewport={"width": 1000, "height": 900})
+            page.on("request", lambda r: requested.append(r.url))
+            page.goto(url)
+            page.wait_for_load_state("load")
+            page.screenshot(path=str(tmp_path / "shot.png"), full_page=True)
+            img_ok = page.evaluate("Array.from(document.images).every(i => i.complete && i.naturalWidth === 300)")
+        finally:
+            browser.close()
+    assert img_ok                                                       # the figure decoded from its data URI
+    assert all(u == url or u.startswith("data:") for u in requested), requested
+    with Image.open(tmp_path / "shot.png") as shot:
+        grey = shot.convert("L")
+        assert shot.size[0] == 1000 and shot.size[1] > 900              # more than one screen of report
+        assert ImageStat.Stat(grey).stddev[0] > 20                      # not a blank page
+        assert grey.point(lambda v: 255 if v < 100 else 0).getbbox()    # dark text drawn somewhere
+    dom = subprocess.run([live.CHROMIUM, *live.LAUNCH_ARGS, "--dump-dom", url], capture_output=True, text=True,
+                         timeout=60).stdout
+    for value in ("sketchembed report: lstm", "<td>R-precision</td>", ">41.0–59.0<", ">62.5<", ">86.7<"):
+        assert value in dom, value
+
+
 # ---------------------------------------------------------------------- sketchembed report (many runs)
 def _hydra_dir(d: Path, config: dict, choices: dict, overrides: list[str]) -> None:
     (d / ".hydra").mkdir(parents=True, exist_ok=True)
@@ -218,3 +300,53 @@ def test_report_cli_ref_and_errors(tmp_path, capsys):
     assert "skipped 1 unreadable" in out.err and "50.0" in out.out
     assert main(["report", str(tmp_path / "ok"), "--ref", "nothing-like-it"]) == 2
     assert "--ref 'nothing-like-it' matches no run" in capsys.readouterr().err
+
+
+def test_report_cli_fits_100_columns_and_wide_prints_every_column(tmp_path, capsys):
+    """Many runs with every figure: the terminal table fits 100 columns (the figures that do not fit
+    are named), --wide prints all of them; the markdown file always has every column."""
+    from sketchembed.cli import main
+
+    figures = {f"test/{c}": 0.5 + i / 100 for i, c in enumerate(report.TABLE_COLUMNS)}
+    for i, (kind, seed) in enumerate([("triplet", 1), ("triplet", 2), ("direct", 1), ("combined", 3)]):
+        d = tmp_path / f"a-rather-long-run-directory-name-{i}"
+        d.mkdir()
+        (d / "metrics.json").write_text(json.dumps(stats.with_intervals(
+            {"model_kind": kind, "seed": seed, "dataset": "study10", "n_test": 500, **figures})))
+    assert main(["report", str(tmp_path), "--out", str(tmp_path / "all.md")]) == 0
+    narrow = capsys.readouterr().out
+    assert max(len(line) for line in narrow.splitlines()) <= report.TERMINAL_WIDTH
+    hidden = " ".join(narrow.split("not shown (to fit 100 columns")[1].split())  # the line, unwrapped
+    assert "acc@100 (%)" in narrow.split("not shown")[0]                  # the first figures are in the table
+    assert "r_precision (%)" in hidden and "--wide shows them" in hidden   # the last ones are named
+    assert "same in every row: data study10, split test" in narrow        # equal facts: one line, not columns
+    assert main(["report", str(tmp_path), "--wide"]) == 0
+    wide = capsys.readouterr().out
+    assert "not shown" not in wide and max(len(line) for line in wide.splitlines()) > report.TERMINAL_WIDTH
+    header = next(line for line in wide.splitlines() if "acc@100 (%)" in line)
+    for col in ("knn@3_study_tie (%)", "triplet_acc (%)", "p@1 (%)", "r_precision (%)", "map@r (%)", "ami (%)"):
+        assert col in header, col                                            # every column, none folded
+    md_header = next(ln for ln in (tmp_path / "all.md").read_text().splitlines() if ln.startswith("| run |"))
+    assert all(f"{c} (%)" in md_header for c in report.TABLE_COLUMNS if c != "probe_acc")
+
+
+def test_report_compares_p1_paired_and_never_fisher_on_means(tmp_path):
+    """P@1 is right where the nearest neighbour's class is (knn@1): McNemar on the saved knn@1
+    predictions; R-precision is a mean of per-query values, not a count: no Fisher test on it."""
+    labels = np.repeat(np.arange(5), 12)
+    runs = []
+    for name, wrong in (("a", 0), ("b", 30)):
+        d = tmp_path / name
+        d.mkdir()
+        knn1 = labels.copy()
+        knn1[:wrong] = (knn1[:wrong] + 1) % 5
+        m = stats.with_intervals({"model_kind": "triplet", "n_test": 60, "test/p@1": float((knn1 == labels).mean()),
+                                  "test/r_precision": 0.9 - wrong / 100})
+        m["intervals"]["test/r_precision"] = {"n": 60, "ci95": [0.8 - wrong / 100, 0.95 - wrong / 100],
+                                              "method": "t over 20 random query groups"}
+        np.savez(d / "predictions.npz", labels=labels, key_ids=np.arange(60), **{"knn@1": knn1})
+        runs.append(report.Run(name, {"model_kind": "triplet"}, evaluated=m, eval_dir=d))
+    d = report.compare(runs[0], runs[1], "p@1")
+    assert d.beyond_noise and d.test.startswith("McNemar exact (paired, n=60, discordant 30/0)")
+    assert report.compare(runs[0], runs[1], "r_precision") is None
+    assert runs[1].interval("r_precision").method == "t over 20 random query groups"

@@ -9,7 +9,9 @@
 * What: the scalars as the run's summary (``eval/…``, not one-point charts); the early-recognition
   curve as one line plot; the confusion matrix as an interactive wandb plot; a table of test
   predictions (sketch, true class, predicted class, confidence at 50 % and 100 %) to filter (also
-  as an artifact: offline, wandb keeps a table's images only there); the t-SNE map as a table of 2-D points with their class (and a scatter plot) beside the PNGs.
+  as an artifact: offline, wandb keeps a table's images only there); the t-SNE map as a table of 2-D points with their class (and a scatter plot) beside the PNGs;
+  the retrieval metrics (P@1, R-precision, MAP@R, NMI, AMI) also as a table with their 95 %
+  intervals and how each was computed; ``report.html`` as an HTML panel (and a file of the run).
 
 Everything comes from what eval wrote — ``predictions.npz`` (predictions and their confidences at
 every fraction), ``tsne.npz`` (the points of ``tsne.png``) — plus the test drawings' points for the
@@ -32,6 +34,8 @@ from PIL import Image, ImageDraw
 from sketchembed.data.sketch import points_to_strokes
 from sketchembed.eval.checkpoint import read_checkpoint
 from sketchembed.eval.report import FIGURES
+from sketchembed.eval.retrieval import KEYS as RETRIEVAL_KEYS
+from sketchembed.eval.stats import interval
 from sketchembed.wandb_run import read_train_run
 
 log = logging.getLogger("sketchembed.eval")
@@ -122,7 +126,7 @@ def _log_all(run, cfg: DictConfig, out: Path, m: dict, opts: dict, points) -> No
     for k, v in m.items():
         if k.startswith("test/") and isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
             run.summary[f"eval/{k[len('test/'):]}"] = float(v)
-    for k in ("n_train", "n_test", "n_skipped", "n_test_in_index"):
+    for k in ("n_train", "n_test", "n_skipped", "n_test_in_index", "n_retrieval_queries"):
         if k in m:
             run.summary[f"eval/{k}"] = m[k]
     curve = sorted((float(f) / 100.0, float(a)) for f, a in (m.get("early_recognition") or {}).items())
@@ -137,6 +141,12 @@ def _log_all(run, cfg: DictConfig, out: Path, m: dict, opts: dict, points) -> No
     for name, _, _ in FIGURES:
         if (out / name).is_file():
             charts[f"eval/{Path(name).stem}_png"] = wandb.Image(str(out / name))
+    retrieval = retrieval_table(m)
+    if retrieval is not None:
+        charts["eval/retrieval"] = retrieval
+    if (out / "report.html").is_file():  # self-contained (no script, no external URL): shown as it is
+        charts["eval/report"] = wandb.Html((out / "report.html").read_text(encoding="utf-8"), inject=False)
+        run.save(str(out / "report.html"), base_path=str(out), policy="now")
     run.log(charts)
     rows = _sample_rows(len(labels), int(opts["table_rows"]), int(cfg.get("seed", 0)))
     if len(rows) and points is not None:
@@ -151,6 +161,21 @@ def _log_all(run, cfg: DictConfig, out: Path, m: dict, opts: dict, points) -> No
         t = tsne_table(np.load(out / "tsne.npz", allow_pickle=False), pred, classes)
         run.log({"eval/tsne_points": t,
                  "eval/tsne": wandb.plot.scatter(t, "x", "y", title="t-SNE of test embeddings")})
+
+
+def retrieval_table(m: dict):
+    """The retrieval metrics of ``metrics.json`` as a wandb.Table (value, 95 % interval, n, method);
+    None when eval measured none."""
+    rows = []
+    for name in RETRIEVAL_KEYS.values():
+        v = m.get(f"test/{name}")
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
+            ci = interval(m, f"test/{name}")
+            rows.append([name, float(v), ci.low if ci else None, ci.high if ci else None, ci.n if ci else None,
+                         ci.method if ci else "none"])
+    if not rows:
+        return None
+    return wandb.Table(columns=["metric", "value", "ci95 low", "ci95 high", "n", "interval"], data=rows)
 
 
 def _sample_rows(n: int, k: int, seed: int) -> np.ndarray:

@@ -167,10 +167,10 @@ def study_tie_correct(neighbor_labels: np.ndarray, k: int, true_labels: np.ndarr
     return counts[np.arange(len(lab)), y] == counts.max(axis=1)
 
 
-def neighbor_labels(train_emb, train_labels, query_emb, k: int, *, exclude_self: bool = False,
-                    backend: str = "auto", query_block: int = 2048, device="cpu") -> np.ndarray:
-    """``(q, k)`` labels of each query's ``k`` nearest index rows, nearest first (``device``: see
-    :func:`search`).
+def nearest(train_emb, train_labels, query_emb, k: int, *, exclude_self: bool = False, backend: str = "auto",
+            query_block: int = 2048, device="cpu") -> tuple[np.ndarray, np.ndarray]:
+    """``(idx (q, k), d2 (q, k))``: each query's ``k`` nearest index rows, nearest first, after the
+    inputs are checked (``device``: see :func:`search`).
 
     ``exclude_self`` drops each query's own row when the query set *is* the index (leave-one-out).
     """
@@ -181,7 +181,7 @@ def neighbor_labels(train_emb, train_labels, query_emb, k: int, *, exclude_self:
         raise ValueError(f"K={k} needs at least {kmax} indexed embeddings, have {len(train_emb)}")
     if query_emb.ndim != 2 or query_emb.shape[1] != train_emb.shape[1]:
         raise ValueError(f"query embeddings {query_emb.shape} do not match index dimension {train_emb.shape[1]}")
-    idx, _ = search(train_emb, query_emb, kmax, backend=backend, query_block=query_block, device=device)
+    idx, d2 = search(train_emb, query_emb, kmax, backend=backend, query_block=query_block, device=device)
     if exclude_self:
         own = np.arange(len(query_emb))[:, None]
         keep = idx != own
@@ -189,8 +189,16 @@ def neighbor_labels(train_emb, train_labels, query_emb, k: int, *, exclude_self:
         drop = np.where(keep.all(axis=1), kmax - 1, (~keep).argmax(axis=1))
         mask = np.ones_like(idx, dtype=bool)
         mask[np.arange(len(idx)), drop] = False
-        idx = idx[mask].reshape(len(idx), kmax - 1)
-    return train_labels[idx]
+        idx, d2 = idx[mask].reshape(len(idx), kmax - 1), d2[mask].reshape(len(idx), kmax - 1)
+    return idx, d2
+
+
+def neighbor_labels(train_emb, train_labels, query_emb, k: int, *, exclude_self: bool = False,
+                    backend: str = "auto", query_block: int = 2048, device="cpu") -> np.ndarray:
+    """``(q, k)`` labels of each query's ``k`` nearest index rows, nearest first (see :func:`nearest`)."""
+    idx, _ = nearest(train_emb, train_labels, query_emb, k, exclude_self=exclude_self, backend=backend,
+                     query_block=query_block, device=device)
+    return np.asarray(train_labels).astype(np.int64, copy=False)[idx]
 
 
 def knn_predict(train_emb, train_labels, query_emb, ks: Iterable[int] = (1, 3, 4, 5),

@@ -1,5 +1,9 @@
-"""`report.md` of one run, and `sketchembed report RUN_DIR…` (one comparison table of many runs,
-train and eval run dirs together: one row per trained model).
+"""`report.md` and `report.html` of one run, and `sketchembed report RUN_DIR…` (one comparison
+table of many runs, train and eval run dirs together: one row per trained model).
+
+``report.html`` is the same report as one self-contained page (figures as base64 PNG data URIs,
+the style inline, no script and no external URL): it opens from a file in any browser, with no
+server, and can be mailed or attached as it is.
 
 Our numbers come from whatever data the run used (here usually the small real set); the study's
 come from the full 10-class download on GPUs. They are printed side by side in a separate column
@@ -8,14 +12,18 @@ titled "study (full data, GPU)" so that nobody reads one as the other.
 ``metrics.json`` is a flat dict: accuracies in [0, 1] under Lightning-style keys
 (``test/acc@50``, ``test/acc@100``, ``test/knn@3``, ``test/probe_acc``, ``test/triplet_acc``, ``test/acc@10`` …
 for the early-recognition curve; ``val/…`` is used when a run has no test split) plus descriptive
-fields (``model_kind``, ``dataset``, ``checkpoint``, ``n_train``, ``n_test``, ``human/acc@50`` …) and
-``intervals`` (n and 95 % Wilson interval per accuracy, see :mod:`sketchembed.eval.stats`). Every
-accuracy in a report is shown with its interval; where the run did not save its n, "–".
+fields (``model_kind``, ``dataset``, ``checkpoint``, ``n_train``, ``n_test``, ``human/acc@50`` …),
+the retrieval metrics (``test/p@1``, ``test/r_precision``, ``test/map@r``, ``test/nmi``, ``test/ami``,
+see :mod:`sketchembed.eval.retrieval`) and ``intervals`` (n and 95 % interval per figure, see
+:mod:`sketchembed.eval.stats`). Every accuracy in a report is shown with its interval; where the
+run did not save its n, "–".
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
+import html
 import json
 import math
 import re
@@ -26,12 +34,15 @@ from typing import Mapping, Sequence
 
 import numpy as np
 import yaml
+from markdown_it import MarkdownIt
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
 from sketchembed.eval.confusion import pairs_markdown
 from sketchembed.eval.crossval import cv_runs_in, report_cv
-from sketchembed.eval.stats import Difference, Interval, ci_text, interval, mcnemar, split_n, two_proportions
+from sketchembed.eval.stats import (METHOD, Difference, Interval, ci_text, interval, mcnemar, split_n,
+                                    two_proportions)
 
 STUDY_COL = "study (full data, GPU)"
 # (file, heading, caption) of the figures an eval run may leave in its dir
@@ -79,7 +90,10 @@ SPACE_ROWS = [("knn@1", "KNN K=1"), ("knn@3", "KNN K=3"),
               ("knn@3_study_tie", "KNN K=3, study's tie rule (a tie with the true class counts)"),
               ("knn@4", "KNN K=4"), ("knn@5", "KNN K=5"),
               ("probe_acc", "linear probe (emb → 64 → classes)"), ("triplet_acc", "triplet accuracy")]
-TABLE_COLUMNS = [k for k, _ in CLASSIFICATION_ROWS] + [k for k, _ in SPACE_ROWS]
+# Retrieval: the test drawings as queries against the KNN index (sketchembed.eval.retrieval).
+RETRIEVAL_ROWS = [("p@1", "P@1"), ("r_precision", "R-precision"), ("map@r", "MAP@R"),
+                  ("nmi", "NMI (k-means of the test embeddings)"), ("ami", "AMI (k-means of the test embeddings)")]
+TABLE_COLUMNS = [k for k, _ in CLASSIFICATION_ROWS] + [k for k, _ in SPACE_ROWS] + [k for k, _ in RETRIEVAL_ROWS]
 
 
 def _num(v) -> float | None:
@@ -140,13 +154,17 @@ def early_curve(metrics: Mapping, split: str | None = None) -> dict[float, float
     return dict(sorted(curve.items()))
 
 
+def report_title(metrics: Mapping) -> str:
+    return f"sketchembed report: {metrics.get('run_name') or metrics.get('model_kind', 'unknown')}"
+
+
 def render_report(metrics: Mapping, *, baseline: Mapping | None = None,
                   figures: Sequence[tuple[str, str, str]] = ()) -> str:
     """Markdown of one run. ``baseline``: a second run's metrics (triplet vs direct when kinds differ)."""
     kind = str(metrics.get("model_kind", "unknown"))
     split = split_of(metrics)
     study = STUDY.get(kind, {})
-    lines = [f"# sketchembed report: {metrics.get('run_name') or kind}", ""]
+    lines = [f"# {report_title(metrics)}", ""]
     facts = [("model kind", kind), ("dataset", metrics.get("dataset")), ("split", split),
              ("classified by", metrics.get("classifier")),
              ("train drawings", metrics.get("n_train")), (f"{split} drawings", metrics.get(f"n_{split}")),
@@ -182,6 +200,7 @@ def render_report(metrics: Mapping, *, baseline: Mapping | None = None,
         lines.append("")
     if cls_rows or space_rows:
         lines += [INTERVAL_NOTE, ""]
+    lines += _retrieval_section(metrics, split, row)
     per_class = metrics.get("per_class_acc@100")
     if isinstance(per_class, Mapping) and per_class:
         n = metrics.get("per_class_n") if isinstance(metrics.get("per_class_n"), Mapping) else {}
@@ -202,6 +221,24 @@ def render_report(metrics: Mapping, *, baseline: Mapping | None = None,
     for name, heading, caption in figures:
         lines += [f"## {heading}", "", f"![{caption}]({name})", ""]
     return "\n".join(lines).rstrip() + "\n"
+
+
+def _retrieval_section(metrics: Mapping, split: str, row) -> list[str]:
+    """The retrieval table (P@1 … AMI, with each figure's interval method) and what it measured."""
+    rows = [row(key, label) for key, label in RETRIEVAL_ROWS if metric(metrics, key, split) is not None]
+    if not rows:
+        return []
+    methods = {label: ci.method for key, label in RETRIEVAL_ROWS
+               if (ci := interval(metrics, metric_key(metrics, key, split) or "")) is not None}
+    methods = {k: "Wilson score interval over the n queries" if v == METHOD else v for k, v in methods.items()}
+    lines = ["## Retrieval (test drawings against the KNN index)", ""]
+    lines += _table(["metric (%)", "this run", "95 % interval", "n", STUDY_COL], rows)
+    lines += ["", f"Queries: the {split} drawings; reference: the KNN index ({metrics.get('n_train', '–')} train "
+              f"drawings). P@1 over every query; R-precision and MAP@R over {metrics.get('n_retrieval_queries', '–')} "
+              f"sampled queries, R up to {metrics.get('retrieval_r_max', '–')}; NMI and AMI from one k-means "
+              "clustering (no interval). Computed by pytorch-metric-learning's AccuracyCalculator. "
+              "Intervals: " + "; ".join(f"{k}: {v}" for k, v in methods.items()) + ".", ""]
+    return lines
 
 
 def _acc_key(item) -> float:
@@ -229,13 +266,36 @@ def triplet_vs_direct(a: Mapping, b: Mapping) -> list[str]:
         rows) + [""]
 
 
+HTML_STYLE = """body{font:15px/1.45 system-ui,sans-serif;color:#111;background:#fff;max-width:1100px;margin:2em auto;
+padding:0 1em}table{border-collapse:collapse;margin:.6em 0 1.2em}th,td{border:1px solid #bbb;padding:.25em .6em}
+th{background:#eef}tr:nth-child(even) td{background:#f7f7fa}img{max-width:100%;border:1px solid #ddd}
+h1{font-size:1.5em}h2{font-size:1.2em;margin-top:1.6em;border-bottom:1px solid #ccc}"""
+
+
+def render_html(markdown: str, title: str) -> str:
+    """One self-contained HTML page of a report's markdown: raw HTML in the text is escaped (the
+    metrics file is data), images must already be data URIs, the style is inline."""
+    body = MarkdownIt("commonmark", {"html": False}).enable("table").render(markdown)
+    return (f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n<title>{html.escape(title)}</title>\n'
+            f"<style>{HTML_STYLE}</style>\n</head>\n<body>\n{body}</body>\n</html>\n")
+
+
+def png_data_uri(path: Path) -> str:
+    return "data:image/png;base64," + base64.b64encode(Path(path).read_bytes()).decode("ascii")
+
+
 def write_report(run_dir, metrics: Mapping, *, baseline: Mapping | None = None) -> Path:
-    """Write ``RUN_DIR/report.md`` (figures present in the run dir are embedded)."""
+    """Write ``RUN_DIR/report.md`` (figures present in the run dir are embedded) and the same report
+    as ``RUN_DIR/report.html``, one self-contained page (figures inside as data URIs)."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     figures = [f for f in FIGURES if (run_dir / f[0]).is_file()]
     out = run_dir / "report.md"
     out.write_text(render_report(metrics, baseline=baseline, figures=figures))
+    inline = [(png_data_uri(run_dir / name), heading, caption) for name, heading, caption in figures]
+    (run_dir / "report.html").write_text(render_html(render_report(metrics, baseline=baseline, figures=inline),
+                                                     report_title(metrics)),
+                                         encoding="utf-8")
     return out
 
 
@@ -245,7 +305,8 @@ FACT_COLUMNS = [("model_kind", "model kind"), ("backbone", "backbone"), ("loss",
                 ("seed", "seed"), ("dataset", "data")]
 # Per-drawing predictions in predictions.npz, per metric (for McNemar's paired test).
 PAIRED_KEYS = {"acc@50": "pred@50", "acc@100": "pred@100", "knn@1": "knn@1", "knn@3": "knn@3",
-               "knn@4": "knn@4", "knn@5": "knn@5", "probe_eval": "probe"}
+               "knn@4": "knn@4", "knn@5": "knn@5", "probe_eval": "probe",
+               "p@1": "knn@1"}  # P@1 is right exactly where the nearest neighbour's class (knn@1) is
 
 
 def run_facts(config: Mapping, choices: Mapping, model_kind: str | None) -> dict:
@@ -449,7 +510,8 @@ def _columns(runs: Sequence[Run]) -> list[tuple[str, str]]:
 
 def compare(a: Run, b: Run, col: str) -> Difference | None:
     """Does ``col`` differ between runs a and b beyond noise? McNemar (paired) when both evaluations
-    left predictions for the same drawings, else Fisher (unpaired); None when n is unknown."""
+    left predictions for the same drawings, else Fisher (unpaired); None when n is unknown or the
+    figure is not a share of n (R-precision, MAP@R: means; NMI, AMI)."""
     pa, pb, key = a.predictions(), b.predictions(), PAIRED_KEYS.get(col)
     if pa is not None and pb is not None and key in pa and key in pb and "key_ids" in pa and "key_ids" in pb:
         ka, kb = pa["key_ids"], pb["key_ids"]
@@ -457,7 +519,8 @@ def compare(a: Run, b: Run, col: str) -> Difference | None:
             ia, ib = np.argsort(ka), np.argsort(kb)
             return mcnemar(pa[key][ia] == pa["labels"][ia], pb[key][ib] == pb["labels"][ib])
     ia, ib = a.interval(col), b.interval(col)
-    if ia is None or ib is None or ia.approximate or ib.approximate:
+    # Fisher compares two counts: not for approximate intervals, nor for means (R-precision …)
+    if ia is None or ib is None or ia.approximate or ib.approximate or METHOD != ia.method or METHOD != ib.method:
         return None
     return two_proportions(ia, ib)
 
@@ -566,16 +629,61 @@ def compare_table(cmp: Comparison) -> str:
     return "\n".join(lines).rstrip() + "\n"
 
 
-def print_comparison(cmp: Comparison, console: Console) -> None:
-    """The same tables for the terminal (rich): text columns left, figures right."""
-    t = Table(title=f"This project's runs ({len(cmp.runs)})", title_justify="left")
+# `sketchembed report` prints tables at most this wide (a terminal); --wide prints every column.
+TERMINAL_WIDTH = 100
+LABEL_WIDTH = 24  # the run column folds beyond this
+
+
+def _table_width(table: Table) -> int:
+    """Columns ``table`` takes when nothing is folded (the run column folds at LABEL_WIDTH)."""
+    return Console(width=10_000).measure(table).maximum
+
+
+def _run_table(cmp: Comparison, keep: Sequence[int]) -> Table:
     header = cmp.header()
-    keep = [i for i, h in enumerate(header) if h != "overrides"]  # long: listed below the table instead
+    t = Table(title=f"This project's runs ({len(cmp.runs)})", title_justify="left", box=box.SIMPLE_HEAD,
+              show_edge=False, collapse_padding=True)  # no vertical rules: more figures fit
     for i in keep:
-        t.add_column(header[i], justify="left" if i < cmp.n_text else "right", overflow="fold")
+        t.add_column(header[i], justify="left" if i < cmp.n_text else "right", overflow="fold",
+                     max_width=LABEL_WIDTH if i == 0 else None)
     for row in cmp.rows():  # figures: the interval on a second line keeps the columns narrow
         t.add_row(*[row[i] if i < cmp.n_text else row[i].replace(" [", "\n[", 1) for i in keep])
-    console.print(t)
+    return t
+
+
+def fit_columns(cmp: Comparison, width: int | None = TERMINAL_WIDTH) -> tuple[list[int], list[int], list[int]]:
+    """(shown, same, hidden) column indices of the runs table: text columns equal in every row
+    (``same``) become one line above it, overrides are listed below it, and with a ``width`` the
+    figures that would make the table wider are left out (``hidden``, named under the table; the
+    first figure is always shown)."""
+    header, rows = cmp.header(), cmp.rows()
+    same = [i for i in range(1, cmp.n_text) if header[i] != "overrides" and len({r[i] for r in rows}) == 1]
+    shown = [i for i in range(len(header)) if header[i] != "overrides" and i not in same]
+    if width is None:
+        return shown, same, []
+    fixed = [i for i in shown if i < cmp.n_text or header[i] == "n"]
+    keep = list(fixed)
+    hidden = []
+    for i in (i for i in shown if i not in fixed):
+        if len(keep) == len(fixed) or _table_width(_run_table(cmp, sorted(keep + [i]))) <= width:
+            keep.append(i)
+        else:
+            hidden.append(i)
+    return sorted(keep), same, hidden
+
+
+def print_comparison(cmp: Comparison, console: Console, wide: bool = False) -> None:
+    """The same tables for the terminal (rich): text columns left, figures right; at most
+    TERMINAL_WIDTH columns wide unless ``wide`` (the columns left out are named)."""
+    header, rows = cmp.header(), cmp.rows()
+    shown, same, hidden = fit_columns(cmp, None if wide else TERMINAL_WIDTH)
+    facts = [f"{header[i]} {rows[0][i]}" for i in same if rows[0][i] != "–"]
+    if facts:
+        console.print("same in every row: " + ", ".join(facts), markup=False, highlight=False)
+    console.print(_run_table(cmp, shown))
+    if hidden:
+        console.print(f"not shown (to fit {TERMINAL_WIDTH} columns; --wide shows them, --out FILE writes them): "
+                      + ", ".join(header[i] for i in hidden), markup=False, highlight=False)
     for r in cmp.runs:
         if r.overrides:
             console.print(f"{r.label}: {r.overrides}", markup=False, highlight=False)
@@ -599,6 +707,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ref", metavar="TEXT",
                         help="the reference run (first whose label contains TEXT; default: the first row)")
     parser.add_argument("--out", metavar="FILE", help="also write the tables as markdown to FILE")
+    parser.add_argument("--wide", action="store_true",
+                        help=f"print every column (default: the table fits {TERMINAL_WIDTH} columns, the "
+                             "columns left out are named)")
 
 
 def run(args) -> int:
@@ -622,8 +733,10 @@ def run(args) -> int:
     if not loaded:
         raise ValueError(f"no readable metrics.json under {', '.join(map(str, args.runs))}")
     cmp = comparison(collect_runs(files, roots, loaded), args.ref)
-    # not a terminal (a file, a batch job's log): wide enough that no column is cut
-    print_comparison(cmp, Console(width=None if sys.stdout.isatty() else 250))
+    shown, _, _ = fit_columns(cmp, None)
+    # --wide: as wide as the widest table, so that no column is cut (a terminal scrolls or wraps)
+    width = max(_table_width(_run_table(cmp, shown)), TERMINAL_WIDTH) if args.wide else TERMINAL_WIDTH
+    print_comparison(cmp, Console(width=width), wide=args.wide)
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(compare_table(cmp))

@@ -6,9 +6,11 @@ to the run dir (and to wandb when a logger is configured).
   on (``knn.max_train``, default 100,000 as the study, caps it with a random subset, never with the
   first rows, which are sorted by class).
 * Stages (``stages.json``: wall time and peak memory of each): embed (streamed batch by batch into
-  preallocated arrays), KNN (exact brute force, faiss or blocks of torch matmul), probe, t-SNE (a
-  sample), figures. Memory is the embeddings plus one batch: 100 k train drawings x 256 floats are
-  100 MB, the full 1.4 M 1.4 GB (700 MB with ``embed_dtype=float16``).
+  preallocated arrays), KNN (exact brute force, faiss or blocks of torch matmul), retrieval (P@1,
+  R-precision, MAP@R, NMI/AMI by pytorch-metric-learning, bounded by ``retrieval.*``, see
+  :mod:`sketchembed.eval.retrieval`), probe, t-SNE (a sample), figures. Memory is the embeddings
+  plus one batch: 100 k train drawings x 256 floats are 100 MB, the full 1.4 M 1.4 GB (700 MB with
+  ``embed_dtype=float16``).
 * Models without a classifier head (the triplet network) are classified by KNN (K=4, the study's
   choice for triplet embeddings) over that index; ``metrics.json`` says which in ``classifier``.
 * KNN accuracies come under two vote rules: ``test/knn@K`` strict, ``test/knn@K_study_tie`` the
@@ -22,8 +24,9 @@ to the run dir (and to wandb when a logger is configured).
   are also in the index (same key_id) are counted in ``n_test_in_index``: their KNN neighbours
   include themselves.
 
-Everything in ``metrics.json`` can be recomputed from ``predictions.npz`` (labels and predictions per
-fraction, KNN and probe predictions, class names).
+Everything in ``metrics.json`` but the retrieval metrics can be recomputed from ``predictions.npz``
+(labels and predictions per fraction, KNN and probe predictions, class names); those need the
+embeddings (their queries are ``retrieval_rows``).
 """
 
 from __future__ import annotations
@@ -50,11 +53,13 @@ from sketchembed.eval.checkpoint import file_sha256, load_model, read_checkpoint
 from sketchembed.eval.confusion import confused_pairs
 from sketchembed.eval.dashboard import log_eval
 from sketchembed.eval.embed import embed_loader, model_views, pick_device, subset_loader
-from sketchembed.eval.knn import KNN_CLASSIFIER_K, neighbor_labels, resolve_backend, search, study_tie_correct, vote
+from sketchembed.eval.knn import (KNN_CLASSIFIER_K, nearest, neighbor_labels, resolve_backend, search,
+                                  study_tie_correct, vote)
 from sketchembed.eval.plots import (plot_confusion, plot_early_recognition, plot_neighbors, plot_per_class,
                                     plot_tsne)
 from sketchembed.eval.probe import linear_probe
 from sketchembed.eval.report import STUDY_CURVE, STUDY_COL, write_report
+from sketchembed.eval.retrieval import KEYS as RETRIEVAL_KEYS, Bounds, Retrieval, retrieval_metrics
 from sketchembed.eval.stages import Stages
 from sketchembed.eval.stats import ci_text, interval, with_intervals
 from sketchembed.eval.tsne import tsne_map
@@ -183,7 +188,20 @@ def _settings(cfg: DictConfig) -> dict:
             "max_classes": _int_or_none(cfg, "plots.max_classes", 2) or 30,
             "confused_pairs": _int_or_none(cfg, "plots.confused_pairs", 0) or 0,
             "per_class_each": _int_or_none(cfg, "plots.per_class_each") or 20,
+            "retrieval": _retrieval_bounds(cfg),
             "dtype": np.float16 if dtype == "float16" else np.float32}
+
+
+def _retrieval_bounds(cfg: DictConfig) -> Bounds | None:
+    """``retrieval.*``; None when ``retrieval.enabled=false`` (``max_queries: null`` = every query)."""
+    enabled = _sel(cfg, "retrieval.enabled", True)
+    if not isinstance(enabled, bool):
+        raise ValueError(f"retrieval.enabled must be true or false, got {enabled!r}")
+    if not enabled:
+        return None
+    given = OmegaConf.select(cfg, "retrieval.max_queries", default="missing")
+    max_queries = Bounds.max_queries if given == "missing" else _int_or_none(cfg, "retrieval.max_queries")
+    return Bounds(max_queries, _int(cfg, "retrieval.max_pairs", default=Bounds.max_pairs))
 
 
 @dataclass
@@ -215,6 +233,7 @@ class _Results:
     knn_preds: dict
     nl: np.ndarray
     probe_pred: np.ndarray
+    retrieval: Retrieval
 
     @property
     def test(self):
@@ -252,9 +271,10 @@ def _run(ev: _Eval) -> dict:
     ev.out = Path(ev.cfg.paths.output_dir)
     ev.out.mkdir(parents=True, exist_ok=True)
     train, tests, curve_rows = _embed_stage(ev)
-    preds, confs, knn_preds, nl = _knn_stage(ev, train, tests)
+    preds, confs, knn_preds, nl, neighbours = _knn_stage(ev, train, tests)
+    retrieval = _retrieval_stage(ev, train, tests[1.0], neighbours)
     probe_pred = _probe_stage(ev, train, tests[1.0])
-    r = _Results(train, tests, curve_rows, preds, confs, knn_preds, nl, probe_pred)
+    r = _Results(train, tests, curve_rows, preds, confs, knn_preds, nl, probe_pred, retrieval)
     with ev.stages("metrics"):
         m = _metrics(ev, r)
         _write_outputs(ev.out, m, _arrays(ev, r))
@@ -307,17 +327,19 @@ def _embed_stage(ev: _Eval) -> tuple:
     return train, tests, curve_rows
 
 
-def _knn_stage(ev: _Eval, train, tests) -> tuple[dict, dict, dict, np.ndarray]:
+def _knn_stage(ev: _Eval, train, tests) -> tuple[dict, dict, dict, np.ndarray, tuple]:
     """One neighbour search per fraction: KNN accuracies (both vote rules) at 100 %, and for models
     without a classifier head their predictions (KNN K=4) at every fraction. Also each prediction's
-    confidence: the softmax probability, or the share of the K=4 neighbours voting for it."""
+    confidence: the softmax probability, or the share of the K=4 neighbours voting for it; and the
+    100 % neighbours themselves ``(idx, d2)`` (the retrieval stage's P@1)."""
     st, C = ev.st, ev.dm.num_classes
     ks = st["ks"]
     has_logits = tests[1.0].pred is not None
     preds, confs = {}, {}
     kw = {"backend": st["backend"], "query_block": st["query_block"], "device": st["knn_device"]}
     with ev.stages("knn", n_index=len(train), backend=st["backend"], device=str(st["knn_device"])):
-        nl = neighbor_labels(train.embeddings, train.labels, tests[1.0].embeddings, max(ks + [KNN_CLASSIFIER_K]), **kw)
+        neighbours = nearest(train.embeddings, train.labels, tests[1.0].embeddings, max(ks + [KNN_CLASSIFIER_K]), **kw)
+        nl = train.labels.astype(np.int64, copy=False)[neighbours[0]]
         knn_preds = {k: vote(nl, k, C) for k in ks}
         for f, t in tests.items():
             if has_logits:
@@ -326,7 +348,22 @@ def _knn_stage(ev: _Eval, train, tests) -> tuple[dict, dict, dict, np.ndarray]:
             nf = nl if f == 1.0 else neighbor_labels(train.embeddings, train.labels, t.embeddings, KNN_CLASSIFIER_K, **kw)
             preds[f] = vote(nf, KNN_CLASSIFIER_K, C)
             confs[f] = (nf[:, :KNN_CLASSIFIER_K] == preds[f][:, None]).mean(1).astype(np.float32)
-    return preds, confs, knn_preds, nl
+    return preds, confs, knn_preds, nl, neighbours
+
+
+def _retrieval_stage(ev: _Eval, train, test, neighbours) -> Retrieval:
+    """P@1, R-precision, MAP@R, NMI and AMI of the test drawings against the KNN index (none of them
+    when ``retrieval.enabled=false``)."""
+    bounds = ev.st["retrieval"]
+    if bounds is None:
+        return Retrieval({}, {}, {}, np.zeros(0, np.int64))
+    with ev.stages("retrieval", max_queries=bounds.max_queries) as info:
+        ret = retrieval_metrics(train.embeddings, train.labels, test.embeddings, test.labels, neighbours,
+                                bounds=bounds, seed=ev.seed, backend=ev.st["backend"],
+                                query_block=ev.st["query_block"], device=ev.st["knn_device"])
+        info["n_queries"] = ret.values["n_retrieval_queries"]
+        info["r_max"] = ret.values["retrieval_r_max"]
+    return ret
 
 
 def _probe_stage(ev: _Eval, train, test) -> np.ndarray:
@@ -384,9 +421,13 @@ def _metrics(ev: _Eval, r: _Results) -> dict:
                                        torch.from_numpy(y), generator=gen)
         m["test/triplet_acc"], m["test/d_pos"], m["test/d_neg"] = float(acc), float(dp), float(dn)
     m["confused_pairs"] = confused_pairs(cm, classes, ev.st["confused_pairs"])
+    ret = r.retrieval
+    m.update(ret.values)
     # the curve's other fractions are measured on n_curve drawings, not n_test
-    return with_intervals(m, n_overrides={f"test/acc@{fraction_tag(f)}": m["n_curve"]
-                                          for f in ev.st["fractions"] if f not in (0.5, 1.0)})
+    m = with_intervals(m, n_overrides={f"test/acc@{fraction_tag(f)}": m["n_curve"]
+                                       for f in ev.st["fractions"] if f not in (0.5, 1.0)} | ret.n_overrides)
+    m["intervals"].update(ret.intervals)
+    return m
 
 
 def _arrays(ev: _Eval, r: _Results) -> dict:
@@ -396,6 +437,7 @@ def _arrays(ev: _Eval, r: _Results) -> dict:
     return dict(classes=np.array(ev.dm.class_names), fractions=np.array(fractions), labels=test.labels,
                 key_ids=test.key_ids, indices=test.indices, probe=r.probe_pred, curve_rows=r.curve_rows,
                 index_key_ids=r.train.key_ids, index_labels=r.train.labels, knn_neighbor_labels=r.nl,
+                retrieval_rows=r.retrieval.rows,
                 **{f"pred@{tags[f]}": r.preds[f] for f in fractions}, **{f"conf@{tags[f]}": r.confs[f] for f in fractions},
                 **{f"knn@{k}": r.knn_preds[k] for k in ev.st["ks"]})
 
@@ -463,10 +505,11 @@ def _print(m: dict, kind: str) -> None:
                     f"classifier: {m['classifier']})")
     t.add_column("metric")
     t.add_column("value", justify="right")
-    t.add_column("95 % interval (Wilson)", justify="right")
+    t.add_column("95 % interval", justify="right")
+    shares = tuple(f"test/{k}" for k in RETRIEVAL_KEYS.values())
     for k, v in m.items():
         if k.startswith("test/") and isinstance(v, float):
-            is_acc = "acc" in k or "knn@" in k
+            is_acc = "acc" in k or "knn@" in k or k in shares
             ci = interval(m, k) if is_acc else None
             t.add_row(k, (f"{100 * v:.1f} %" if is_acc else f"{v:.3f}") if math.isfinite(v) else "–",
                       ci_text(ci, " %") if ci else "")

@@ -13,6 +13,10 @@ What the intervals mean, honestly:
   of its value at n drawings — an approximation (too narrow when classes are very unequal).
 * triplet accuracy is a share of *triplets*, which share drawings; its interval uses n = drawings,
   not triplets (the triplet count would give a falsely narrow interval) — also an approximation.
+* P@1 (retrieval: the nearest indexed drawing has the query's class) is a share of n queries: Wilson.
+* R-precision and MAP@R are means of per-query values in [0, 1], known only as means of random query
+  groups (:mod:`sketchembed.eval.retrieval`): a t interval over the group means
+  (:func:`batch_means_interval`), saved with its own ``method``; :func:`interval` reads it back.
 
 Two runs are compared with McNemar's exact test when both have per-drawing predictions on the same
 drawings (paired: it looks only at the drawings on which they disagree), else with Fisher's exact
@@ -34,7 +38,7 @@ ALPHA = 1 - CONFIDENCE
 METHOD = "wilson"
 # Keys (after an optional ``best/`` and the split) whose values are accuracies in [0, 1].
 _ACCURACY = re.compile(r"^(?:best/)?(?P<split>[a-z_]+)/(?P<name>(?:balanced_)?acc@[\d.]+|knn@\d+(?:_study_tie)?|probe_acc"
-                       r"|triplet_acc(?:@[\d.]+)?)$")
+                       r"|triplet_acc(?:@[\d.]+)?|p@1)$")
 APPROXIMATE = ("balanced_acc", "triplet_acc")
 
 
@@ -64,6 +68,7 @@ class Interval:
     low: float
     high: float
     approximate: bool = False
+    method: str = METHOD
 
     @classmethod
     def of(cls, value: float, n: int, *, approximate: bool = False) -> "Interval":
@@ -71,7 +76,7 @@ class Interval:
         return cls(float(value), int(n), low, high, approximate)
 
     def as_dict(self) -> dict:
-        d = {"n": self.n, "ci95": [self.low, self.high], "method": METHOD}
+        d = {"n": self.n, "ci95": [self.low, self.high], "method": self.method}
         if self.approximate:
             d["approximate"] = True
         return d
@@ -140,13 +145,18 @@ def with_intervals(metrics: Mapping, n_overrides: Mapping[str, int] | None = Non
 
 def interval(metrics: Mapping, key: str, value: float | None = None) -> Interval | None:
     """The interval of ``metrics[key]`` (or of ``value``, for nested figures such as per-class
-    accuracy): n as saved in ``intervals``, else the split's n; None when the value or n is unknown."""
+    accuracy): n as saved in ``intervals``, else the split's n; None when the value or n is unknown.
+    An interval saved with another method than Wilson's (R-precision …) is read back as saved."""
     value = _finite(metrics.get(key) if value is None else value)
     if value is None:
         return None
     saved = (metrics.get("intervals") or {}).get(key) if isinstance(metrics.get("intervals"), Mapping) else None
     if isinstance(saved, Mapping) and _finite(saved.get("n")):
         n = int(saved["n"])
+        bounds = saved.get("ci95")
+        if saved.get("method", METHOD) != METHOD and isinstance(bounds, list) and len(bounds) == 2 \
+                and all(_finite(b) is not None for b in bounds):
+            return Interval(value, n, float(bounds[0]), float(bounds[1]), method=str(saved["method"]))
     else:
         m = accuracy_key(key)
         n = split_n(metrics, m["split"]) if m else None
@@ -154,6 +164,21 @@ def interval(metrics: Mapping, key: str, value: float | None = None) -> Interval
             return None
     name = accuracy_key(key)
     return Interval.of(value, n, approximate=bool(name and name["name"].startswith(APPROXIMATE)))
+
+
+def batch_means_interval(means, sizes, confidence: float = CONFIDENCE) -> tuple[float, dict | None]:
+    """(overall mean, its interval dict or None) of a mean known only per group of random queries:
+    the size-weighted mean of the group ``means``, and a t interval over them (G - 1 df; the groups
+    are random and of near-equal ``sizes``), clipped to [0, 1]. Fewer than 2 groups: no interval."""
+    from scipy.stats import t as student_t  # here, not at the top: scipy.stats takes seconds to import
+
+    means, sizes = np.asarray(means, np.float64), np.asarray(sizes, np.float64)
+    value = float((means * sizes).sum() / sizes.sum())
+    if len(means) < 2:
+        return value, None
+    half = float(student_t.ppf(1 - (1 - confidence) / 2, len(means) - 1) * means.std(ddof=1) / math.sqrt(len(means)))
+    return value, Interval(value, int(sizes.sum()), max(0.0, value - half), min(1.0, value + half),
+                           method=f"t over {len(means)} random query groups").as_dict()
 
 
 # ------------------------------------------------------------------------------ two runs compared
