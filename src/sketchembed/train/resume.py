@@ -29,8 +29,8 @@ from lightning.pytorch.loops.fit_loop import _FitLoop
 from lightning.pytorch.loops.loop import _Loop
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from sketchembed.safeload import safe_load
 from sketchembed.messages import ConfigError
+from sketchembed.models.checkpoint import Checkpoint, read_checkpoint
 from sketchembed.wandb_run import read_run_id
 
 LAST = Path("checkpoints") / "last.ckpt"
@@ -180,39 +180,35 @@ def _short(value, width: int = 40) -> str:
     return text if len(text) <= width else text[:width - 1] + "…"
 
 
-def read_checkpoint(path) -> dict:
-    """The checkpoint to continue from (``ckpt_path``), opened safely, once."""
-    ckpt = safe_load(path)
-    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("state_dict"), dict):
-        raise ConfigError(f"ckpt_path={path}: not a Lightning checkpoint (no state_dict)")
-    return ckpt
+def read_resumed(path) -> Checkpoint:
+    """The checkpoint to continue from or test (``ckpt_path``), read as data once
+    (:func:`sketchembed.models.checkpoint.read_checkpoint`: vetted, its record migrated)."""
+    return read_checkpoint(path, label=f"ckpt_path={path}")
 
 
-def check_checkpoint_fits(path, model, model_choice: str, ckpt: dict | None = None) -> dict:
-    """Check that checkpoint ``path`` (``ckpt``, when already read) holds weights for ``model`` (the
+def check_checkpoint_fits(path, model, model_choice: str, ck: Checkpoint | None = None) -> Checkpoint:
+    """Check that checkpoint ``path`` (``ck``, when already read) holds weights for ``model`` (the
     config's model).
 
     One line naming the checkpoint's model kind and the config's, or the first parameters that
     differ — not Lightning's state-dict traceback. Returns the checkpoint.
     """
-    ckpt = read_checkpoint(path) if ckpt is None else ckpt
-    hp = ckpt.get("hyper_parameters") or {}
-    theirs = hp.get("model_kind") if isinstance(hp, dict) else None
+    ck = read_resumed(path) if ck is None else ck
+    hp, theirs = ck.record.args, ck.record.kind
     ours = getattr(model, "MODEL_KIND", type(model).__name__)
     hint = "resume=<its run dir> reuses the run's own config"
     if theirs != ours:
         raise ConfigError(f"ckpt_path={path} holds a model_kind={theirs!r} model, but the config builds "
                           f"model={model_choice} (model_kind={ours!r}): pass model={theirs} and its other "
                           f"settings, or {hint}")
-    state, mine = ckpt["state_dict"], model.state_dict()
+    state, mine = ck.raw["state_dict"], model.state_dict()
     missing = sorted(set(mine) - set(state))
     unexpected = sorted(set(state) - set(mine))
     shapes = sorted(k for k in set(mine) & set(state)
                     if isinstance(state[k], torch.Tensor) and tuple(state[k].shape) != tuple(mine[k].shape))
     if missing or unexpected or shapes:
-        # shape-giving settings (numbers, names) first; the loss/miner/optimizer records are long
-        differ = sorted((k for k in set(hp) & set(model.hparams)
-                         if k not in ("loss", "miner", "optimizer", "scheduler") and hp[k] != model.hparams[k]),
+        # shape-giving settings (numbers, names) first
+        differ = sorted((k for k in set(hp) & set(model.hparams) if hp[k] != model.hparams[k]),
                         key=lambda k: (isinstance(hp[k], dict), k))
         what = "; ".join(filter(None, [
             f"settings that differ: {', '.join(f'model.{k}={_short(hp[k])} (config: {_short(model.hparams[k])})' for k in differ[:4])}"
@@ -222,7 +218,7 @@ def check_checkpoint_fits(path, model, model_choice: str, ckpt: dict | None = No
             f"{len(missing)} weights missing (e.g. {missing[0]})" if missing else "",
             f"{len(unexpected)} unexpected (e.g. {unexpected[0]})" if unexpected else ""]))
         raise ConfigError(f"ckpt_path={path} does not fit the configured model={model_choice}: {what}; {hint}")
-    return ckpt
+    return ck
 
 
 class LastCheckpoint(ModelCheckpoint):
