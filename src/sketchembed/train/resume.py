@@ -4,8 +4,10 @@ A run dir holds everything a continuation needs: the overrides it was started wi
 (``.hydra/overrides.yaml``), its latest state (``checkpoints/last.ckpt``, written every epoch) and its
 wandb run (``wandb/*run-<date>-<id>``). :func:`resume_argv` turns ``resume=DIR`` into that run's
 overrides plus the new ones (which win), the same run dir and ``ckpt_path=DIR/checkpoints/last.ckpt``;
-Hydra then composes the config as for the first start. :func:`keep_config_unless_resumed` puts the run's
-``.hydra/`` record back when the continuation fails before it trained. :class:`StepSeed` makes every
+Hydra then composes the config as for the first start. A run dir is data: its saved overrides are
+re-applied only when none could run code (:func:`check_saved_overrides`) and its checkpoint is read as
+one (:func:`read_resumed`). :func:`keep_config_unless_resumed` puts the run's ``.hydra/`` record and
+``config_tree.log`` back when the continuation fails before it trained. :class:`StepSeed` makes every
 training step's randomness depend on ``(seed, rank, epoch, batch)`` only, so a resumed run draws what
 the uninterrupted one would; :func:`resume_after_whole_epochs` makes a run that stopped at an epoch's
 end go on with the next epoch when ``trainer.max_steps`` is set.
@@ -27,15 +29,20 @@ import yaml
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.loops.fit_loop import _FitLoop
 from lightning.pytorch.loops.loop import _Loop
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import OverrideParseException
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from sketchembed.entry import CONFIG_TREE_FILE, conf_dir
 from sketchembed.messages import ConfigError
 from sketchembed.models.checkpoint import Checkpoint, read_checkpoint
+from sketchembed.registry import LOSSES, MINERS, MODELS, OPTIMIZERS, SCHEDULERS
 from sketchembed.wandb_run import read_run_id
 
 LAST = Path("checkpoints") / "last.ckpt"
 # keys a resume sets itself; a saved value of them is the previous start's, not the run's
 _OWN_KEYS = ("resume", "ckpt_path")
+_TARGET_IN_YAML = re.compile(r"^\s*_target_:\s*([\w.]+)", re.M)
 _WANDB_RUN = re.compile(r"^(?:offline-)?run-\d{8}_\d{6}-([A-Za-z0-9]+)$")
 
 
@@ -70,6 +77,7 @@ def resume_argv(argv: list[str]) -> list[str]:
         raise ConfigError(f"resume={target}: {saved} is not readable YAML ({e.__class__.__name__})") from None
     if not isinstance(old, list) or not all(isinstance(o, str) for o in old):
         raise ConfigError(f"resume={target}: {saved} is not a list of overrides")
+    check_saved_overrides(old, f"resume={target}: {saved}")
     new = [a for a in args if _key(a) != "resume"]
     given = {_key(a) for a in new if "=" in a}
     kept = [o for o in old if _key(o) not in given and _key(o) not in _OWN_KEYS]
@@ -79,7 +87,72 @@ def resume_argv(argv: list[str]) -> list[str]:
     return [prog, *kept, *new, *extra, f"resume={run_dir}"]
 
 
+def _shipped_targets() -> frozenset[str]:
+    """The ``_target_``s of the configs that come with sketchembed (callbacks, loggers, data, …)."""
+    found = set()
+    for f in Path(conf_dir()).rglob("*.yaml"):
+        found |= set(_TARGET_IN_YAML.findall(f.read_text()))
+    return frozenset(found)
+
+
+def target_allowed(target: object) -> bool:
+    """Whether a run folder may name ``target``: a registered part (or a PML / torch.optim library
+    part) or a target of the shipped configs. Found by name, never imported."""
+    if not isinstance(target, str):
+        return False
+    registries = (MODELS, LOSSES, MINERS, OPTIMIZERS, SCHEDULERS)
+    return any(r.name_for_target(target) for r in registries) or target in _shipped_targets()
+
+
+def check_saved_overrides(overrides: list[str], where: str) -> None:
+    """A run folder is data: its saved overrides are re-applied only when none could run code.
+
+    Refused (one :class:`ConfigError` line naming ``where`` and the override): an interpolation
+    (``${oc.create:...}`` builds a node Hydra would instantiate; a saved value is never resolved), a
+    ``_target_`` (in the key or inside a dict value) that :func:`target_allowed` does not know, and a
+    ``hydra.searchpath`` (configs from elsewhere). Given again on the command line, they are the
+    user's own and go through.
+    """
+    for text in overrides:  # before parsing: the text is never resolved
+        if "${" in text:
+            _refuse(where, text, "an interpolation (a saved value is never resolved)")
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+    except OverrideParseException as e:
+        raise ConfigError(f"{where}: not Hydra overrides ({' '.join(str(e).split())[:120]})") from None
+    for text, o in zip(overrides, parsed):
+        key = o.key_or_group
+        why = None
+        if key == "hydra.searchpath" or key.startswith("hydra.searchpath."):
+            why = "a config search path (configs from elsewhere)"
+        else:
+            bad = [t for t in _targets(key, o.value()) if not target_allowed(t)]
+            if bad:
+                why = f"_target_={str(bad[0])[:80]!r}, which is no registered part nor one of the shipped configs'"
+        if why:
+            _refuse(where, text, why)
+
+
+def _refuse(where: str, text: str, why: str) -> None:
+    raise ConfigError(f"{where}: refused: {text[:80]!r} sets {why}: a run folder is data; give the override "
+                      "on the command line if you trust it")
+
+
+def _targets(key: str, value) -> list:
+    """The ``_target_`` values an override sets: its own (``x._target_=...``) and any in a dict value."""
+    found = [value] if key == "_target_" or key.endswith("._target_") else []
+    if isinstance(value, dict):
+        for k, v in value.items():
+            found += _targets(str(k), v)
+    elif isinstance(value, list):
+        for v in value:
+            found += _targets("", v)
+    return found
+
+
 _RECORD = ("config.yaml", "hydra.yaml", "overrides.yaml")
+# the run dir's own record of its config, which a continuation rewrites too (entry.CONFIG_TREE_FILE)
+_RUN_RECORD = (CONFIG_TREE_FILE,)
 
 
 def _primary_process() -> bool:
@@ -127,7 +200,8 @@ def keep_config_unless_resumed(argv: list[str]):
 
 
 def _keep_previous_config(run_dir: Path) -> Path:
-    """Hydra rewrites ``.hydra/`` for the continuation; the start's record is kept beside it."""
+    """Hydra rewrites ``.hydra/`` (and the run start ``config_tree.log``) for the continuation; the
+    start's record is kept beside it."""
     src = run_dir / ".hydra"
     stem = src / f"before_resume_{time.strftime('%Y-%m-%d_%H-%M-%S')}"
     dst, n = stem, 1
@@ -138,17 +212,21 @@ def _keep_previous_config(run_dir: Path) -> Path:
     for name in _RECORD:
         if (src / name).is_file():
             shutil.copy2(src / name, dst / name)
+    for name in _RUN_RECORD:
+        if (run_dir / name).is_file():
+            shutil.copy2(run_dir / name, dst / name)
     return dst
 
 
 def _restore_config(run_dir: Path, backup: Path) -> None:
-    """``.hydra/`` as it was before a failed continuation (the files it had, no others); the backup goes."""
-    src = run_dir / ".hydra"
-    for name in _RECORD:
-        if (backup / name).is_file():
-            shutil.copy2(backup / name, src / name)
-        elif (src / name).is_file():
-            (src / name).unlink()
+    """``.hydra/`` and ``config_tree.log`` as they were before a failed continuation (the files it
+    had, no others); the backup goes."""
+    for folder, names in ((run_dir / ".hydra", _RECORD), (run_dir, _RUN_RECORD)):
+        for name in names:
+            if (backup / name).is_file():
+                shutil.copy2(backup / name, folder / name)
+            elif (folder / name).is_file():
+                (folder / name).unlink()
     shutil.rmtree(backup, ignore_errors=True)
 
 
