@@ -77,10 +77,10 @@ def resume_argv(argv: list[str]) -> list[str]:
         raise ConfigError(f"resume={target}: {saved} is not readable YAML ({e.__class__.__name__})") from None
     if not isinstance(old, list) or not all(isinstance(o, str) for o in old):
         raise ConfigError(f"resume={target}: {saved} is not a list of overrides")
-    check_saved_overrides(old, f"resume={target}: {saved}")
     new = [a for a in args if _key(a) != "resume"]
     given = {_key(a) for a in new if "=" in a}
     kept = [o for o in old if _key(o) not in given and _key(o) not in _OWN_KEYS]
+    check_saved_overrides(kept, f"resume={target}: {saved}")  # what is re-applied, not what the user replaces
     extra = [] if "ckpt_path" in given else [f"ckpt_path={ckpt}"]
     if "hydra.run.dir" not in given:
         extra.append(f"hydra.run.dir={run_dir}")
