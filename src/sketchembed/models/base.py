@@ -84,15 +84,18 @@ class SketchModule(L.LightningModule):
     """Shared plumbing. A model registers itself (``@MODELS.register("name")``, which sets
     ``MODEL_KIND``), implements ``embed``, ``_eval_outputs`` and ``training_loss``, and passes the
     shared arguments through: ``def __init__(self, <its own>, **common): super().__init__(**common)``
-    first. Every init argument lands in ``hparams`` (the loss and miner as ``_target_`` records).
+    first. ``hparams`` is the checkpoint's :class:`ModelRecord`: every init argument, and the loss,
+    miner, optimizer and scheduler as ``{name, args}`` of their registered names.
 
     Args:
         num_classes: classes of the data (classifier width, accuracy metric).
-        loss: a module, a ``_target_`` config or a registered name; default ``DEFAULT_LOSS``.
+        loss: a module, the user's ``_target_`` config or a registered name; default ``DEFAULT_LOSS``;
+            a :class:`PartRecord` (a checkpoint's, :meth:`from_record`): not built, nothing to train.
         miner: PML-style ``miner(embeddings, labels) -> indices tuple`` for triplet-kind losses;
             None = the loss sees every valid triplet of the batch (PML's rule).
-        optimizer: ``_partial_`` config of a ``torch.optim`` class (or a callable params → optimizer).
-        scheduler: ``_partial_`` config of an LR scheduler stepped every optimizer step; None = constant.
+        optimizer: ``_partial_`` config of a registered optimizer (``OPTIMIZERS``: ``torch.optim``'s), or a record.
+        scheduler: ``_partial_`` config of a registered scheduler stepped every optimizer step, or a
+            record; None = constant.
     """
 
     MODEL_KIND: str = ""                 # set by @MODELS.register (model=...)
