@@ -183,6 +183,7 @@ def trained(tmp_path_factory):
     from sketchembed.data.datamodule import SketchDataModule
     from sketchembed.data.store import PreparedWriter
     from sketchembed.models import LSTMModel
+    from sketchembed.models.base import DEFAULT_OPTIMIZER
     from sketchembed.train.callbacks import EmbeddingEvalCallback, SampleImagesCallback
 
     tmp = tmp_path_factory.mktemp("trained")
@@ -195,7 +196,7 @@ def trained(tmp_path_factory):
     w.close(splits=np.array(splits))
     L.seed_everything(0)
     dm = SketchDataModule(root=str(tmp / "data"), views=("sequence",), batch_size=16, num_workers=0)
-    model = LSTMModel(num_classes=3, hidden=16, layers=1, lr=3e-3)
+    model = LSTMModel(num_classes=3, hidden=16, layers=1, optimizer=dict(DEFAULT_OPTIMIZER, lr=3e-3), scheduler=None)
     emb_cb = EmbeddingEvalCallback(ks=(1, 3), max_train=40, probe_epochs=5)
     logger = TensorBoardLogger(tmp, name="tb")
     trainer = L.Trainer(max_epochs=2, accelerator="cpu", devices=1, logger=logger, enable_progress_bar=False,
