@@ -286,6 +286,11 @@ def test_any_torch_optimizer_and_scheduler_from_config():
     assert type(sgd.configure_optimizers()).__name__ == "SGD" and sgd.hparams.optimizer["name"] == "torch:SGD"
     assert [lr for (lr,) in _lrs(model, 5)] == pytest.approx([3e-3, 3e-3, 1.5e-3, 1.5e-3, 7.5e-4])
     # a class outside the registries cannot be recorded: refused before anything is built
+    class Unnamed(torch.nn.Module):
+        kind = "classification"
+
+    with pytest.raises(ValueError, match=r"^loss: .*Unnamed is neither registered"):
+        LSTMModel(NUM_CLASSES, hidden=8, loss=Unnamed())
     with pytest.raises(ValueError, match=r"model\.optimizer\._target_='collections\.OrderedDict' is no registered"):
         LSTMModel(NUM_CLASSES, hidden=8, optimizer={"_target_": "collections.OrderedDict", "_partial_": True})
 

@@ -64,7 +64,7 @@ def part_spec(part: nn.Module | None, registry: Registry) -> PartRecord | None:
     name = registry.record_name(cls)
     if name is None:
         raise ValueError(f"{registry.what}: {cls.__module__}.{cls.__qualname__} is neither registered "
-                         f"(@{registry.what.upper()}S.register) nor a {registry.library.module.__name__} class, "
+                         f"(sketchembed.registry, @….register) nor a {registry.library.module.__name__} class, "
                          "so a checkpoint could not name it: register it where it is defined")
     args: dict[str, Any] = {}
     for key, p in inspect.signature(cls.__init__).parameters.items():
@@ -243,7 +243,7 @@ class SketchModule(L.LightningModule):
                      prog_bar=(tag == "100"))
             self.log(f"{stage}/{EVAL_LOSS}@{tag}", nn.functional.cross_entropy(logits.float(), labels),
                      on_step=False, on_epoch=True, batch_size=bs, add_dataloader_idx=False, sync_dist=True)
-        if self.loss_kind == TRIPLET:
+        if loss_kind(self.loss) == TRIPLET:  # the built loss (combined swaps in CE; none when rebuilt for inference)
             key = f"{stage}_{tag}"
             if key not in self.eval_triplet:
                 self.eval_triplet[key] = TripletAccuracy().to(self.device)
