@@ -291,7 +291,7 @@ def test_ema_is_a_config_switch_after_the_eval_callbacks(tmp_path):
 
 @pytest.mark.slow
 def test_ema_checkpoint_holds_the_average_and_eval_opens_it(tmp_path):
-    from sketchembed.eval.checkpoint import open_checkpoint
+    from sketchembed.models.checkpoint import open_checkpoint
     from sketchembed.train.run import train_entry, train
 
     cfg = compose_cfg([*tiny("combined"), "averaging=ema",
@@ -302,7 +302,7 @@ def test_ema_checkpoint_holds_the_average_and_eval_opens_it(tmp_path):
     assert "current_model_state" in ckpt
     key = next(k for k in ckpt["state_dict"] if k.endswith("weight") and ckpt["state_dict"][k].is_floating_point())
     assert not torch.equal(ckpt["state_dict"][key], ckpt["current_model_state"][key])
-    model, _, _ = open_checkpoint(best)
+    model = open_checkpoint(best).model
     assert torch.equal(model.state_dict()[key], ckpt["state_dict"][key])
     # continuing the run restores both the trained and the averaged weights (Lightning's callback state)
     more = compose_cfg([*tiny("combined"), "averaging=ema", "trainer.max_steps=6", "trainer.max_epochs=2",

@@ -285,6 +285,7 @@ def trained(tmp_path_factory):
     from sketchembed.data.datamodule import SketchDataModule
     from sketchembed.data.store import PreparedWriter
     from sketchembed.models import LSTMModel
+    from sketchembed.models.base import DEFAULT_OPTIMIZER
     from sketchembed.train.callbacks import EmbeddingEvalCallback, SampleImagesCallback
 
     tmp = tmp_path_factory.mktemp("trained")
@@ -297,7 +298,7 @@ def trained(tmp_path_factory):
     w.close(splits=np.array(splits))
     L.seed_everything(0)
     dm = SketchDataModule(root=str(tmp / "data"), views=("sequence",), batch_size=16, num_workers=0)
-    model = LSTMModel(num_classes=3, hidden=16, layers=1, lr=3e-3)
+    model = LSTMModel(num_classes=3, hidden=16, layers=1, optimizer=dict(DEFAULT_OPTIMIZER, lr=3e-3), scheduler=None)
     emb_cb = EmbeddingEvalCallback(ks=(1, 3), max_train=40, probe_epochs=5)
     logger = TensorBoardLogger(tmp, name="tb")
     trainer = L.Trainer(max_epochs=2, accelerator="cpu", devices=1, logger=logger, enable_progress_bar=False,
@@ -344,29 +345,29 @@ def test_sample_images_reach_tensorboard(trained):
 
 
 def test_load_model_and_clear_errors(trained, tmp_path):
-    from sketchembed.eval.checkpoint import load_model, read_checkpoint
+    from sketchembed.models.checkpoint import open_checkpoint, read_checkpoint
     from sketchembed.models import LSTMModel
 
-    model = load_model(trained["ckpt"])
+    model = open_checkpoint(trained["ckpt"]).model
     assert isinstance(model, LSTMModel) and not model.training
     junk = tmp_path / "junk.ckpt"
     junk.write_bytes(b"definitely not a checkpoint")
     with pytest.raises(ValueError, match=r"junk.ckpt: not a sketchembed checkpoint"):
-        load_model(junk)
+        open_checkpoint(junk)
     import torch
 
     foreign = tmp_path / "foreign.ckpt"
     torch.save({"state_dict": {}, "hyper_parameters": {"lr": 1}}, foreign)
     with pytest.raises(ValueError, match="no model_kind"):
-        load_model(foreign)
-    ck = read_checkpoint(trained["ckpt"])
+        open_checkpoint(foreign)
+    ck = read_checkpoint(trained["ckpt"]).raw
     ck["hyper_parameters"]["model_kind"] = "transformer"
     odd = tmp_path / "odd.ckpt"
     torch.save(ck, odd)
     with pytest.raises(ValueError, match="unexpected model kind 'transformer'"):
-        load_model(odd)
+        open_checkpoint(odd)
     with pytest.raises(ValueError, match="cannot be used here"):
-        load_model(trained["ckpt"], kinds=("triplet",))
+        open_checkpoint(trained["ckpt"], kinds=("triplet",))
 
 
 def _ndjson(path, pts, word="banana", key_id=42):
@@ -380,7 +381,7 @@ def _ndjson(path, pts, word="banana", key_id=42):
 
 def test_index_build_and_suggest_cli(trained, tmp_path, capsys):
     from sketchembed.cli import main
-    from sketchembed.eval.checkpoint import file_sha256
+    from sketchembed.models.checkpoint import file_sha256
 
     out = tmp_path / "index"
     assert main(["index", "build", "--ckpt", str(trained["ckpt"]), "--data", str(trained["data"]),
@@ -412,7 +413,7 @@ def test_suggest_errors(trained, tmp_path, capsys):
     import torch
 
     from sketchembed.cli import main
-    from sketchembed.eval.checkpoint import read_checkpoint
+    from sketchembed.models.checkpoint import read_checkpoint
 
     out = tmp_path / "index"
     assert main(["index", "build", "--ckpt", str(trained["ckpt"]), "--data", str(trained["data"]),
@@ -424,7 +425,7 @@ def test_suggest_errors(trained, tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "bad.ndjson" in err and len(err.strip().splitlines()) == 1
     other = tmp_path / "other.ckpt"
-    ck = read_checkpoint(trained["ckpt"])
+    ck = read_checkpoint(trained["ckpt"]).raw
     ck["epoch"] = 99                           # any change: another file, another hash
     torch.save(ck, other)
     good = _ndjson(tmp_path / "g.ndjson", _class_drawing(1, np.random.default_rng(1)))

@@ -306,14 +306,14 @@ def test_checkpoint_of_another_kind(lstm_ckpt, triplet_ckpt, tmp_path):
 
     from omegaconf import OmegaConf
 
-    from sketchembed.eval.checkpoint import load_model
     from sketchembed.eval.run import _datamodule
+    from sketchembed.models.checkpoint import open_checkpoint
 
     ck = torch.load(lstm_ckpt, map_location="cpu", weights_only=True)
     ck["hyper_parameters"]["model_kind"] = "vae"
     torch.save(ck, tmp_path / "vae.ckpt")
     with pytest.raises(ValueError, match=r"vae.ckpt: unexpected model kind 'vae'"):
-        load_model(tmp_path / "vae.ckpt")
+        open_checkpoint(tmp_path / "vae.ckpt")
     ck.pop("SketchDataModule")  # a model checkpoint without the data state eval needs
     with pytest.raises(ValueError, match="nodata.ckpt: checkpoint carries no data state"):
         _datamodule(OmegaConf.create({"batch_size": 8, "seed": 0}), ck, tmp_path / "nodata.ckpt", ("sequence",))
@@ -321,7 +321,7 @@ def test_checkpoint_of_another_kind(lstm_ckpt, triplet_ckpt, tmp_path):
     ck["hyper_parameters"]["model_kind"] = "lstm"  # a triplet network's weights claiming to be an LSTM
     torch.save(ck, tmp_path / "liar.ckpt")
     with pytest.raises(ValueError, match=r"liar.ckpt: checkpoint does not fit model kind 'lstm'"):
-        load_model(tmp_path / "liar.ckpt")
+        open_checkpoint(tmp_path / "liar.ckpt")
 
 
 @pytest.mark.parametrize("override,needle", [

@@ -26,7 +26,7 @@ from sketchembed.data.datamodule import SketchCollate, SketchDataModule
 from sketchembed.data.embedded import open_embedded
 from sketchembed.data.inputs import CHECKPOINT_KEY, InputSettings
 from sketchembed.data.raster import Rasterizer, render_views
-from sketchembed.eval.checkpoint import open_checkpoint
+from sketchembed.models.checkpoint import open_checkpoint
 from sketchembed.eval.embed import embed_points
 from sketchembed.export import METADATA_KEY, export_onnx, graph_inputs, input_metadata, preprocess, read_metadata
 from sketchembed.models import MODELS
@@ -148,7 +148,7 @@ def exported(tmp_path_factory):
 @pytest.mark.parametrize("kind", sorted(KINDS))
 def test_onnx_outputs_equal_pytorch_and_the_metadata_alone_reproduces_them(exported, kind, test_drawings):
     ckpt, path = exported(kind)
-    model, inputs, _ = open_checkpoint(ckpt)
+    model, inputs, _, _ = open_checkpoint(ckpt)
     emb, logits, _, _ = embed_points(model, test_drawings, inputs)
     proto = onnx.load(str(path))
     meta = read_metadata({p.key: p.value for p in proto.metadata_props}, str(path))
@@ -211,7 +211,7 @@ def test_a_model_with_an_order_channel_trains_evaluates_and_exports(tmp_path, te
              "callbacks.lr_monitor=null", f"hydra.run.dir={run}")
     assert r.returncode == 0, r.stderr[-3000:]
     ckpt = run / "checkpoints" / "last.ckpt"
-    model, inputs, _ = open_checkpoint(ckpt)
+    model, inputs, _, _ = open_checkpoint(ckpt)
     assert inputs.channels == ("ink", "order")
     assert next(p for p in model.cnn.backbone.parameters() if p.dim() == 4).shape[1] == 2  # in_chans
     r = _cli("eval.py", f"ckpt_path={ckpt}", f"hydra.run.dir={tmp_path / 'eval'}", "logger=none", "probe.steps=20",

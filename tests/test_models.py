@@ -229,32 +229,70 @@ def test_warmup_cosine_equals_the_old_schedule_step_by_step(warmup, total):
         assert lrs == pytest.approx(want, rel=1e-6, abs=1e-12), step
 
 
-def test_constant_rate_and_legacy_arguments():
+def _from_old_record(hp: dict):
+    """The model an earlier checkpoint's hyper_parameters describe, migrated as a file's are."""
+    from sketchembed.models.checkpoint import ModelRecord, migrate
+
+    return LSTMModel.from_record(ModelRecord.read(migrate(hp, "old.ckpt"), "old.ckpt"))
+
+
+def test_constant_rate_and_legacy_records():
     assert all(lrs == [3e-3] for lrs in _lrs(tiny("lstm"), 10))  # scheduler: null
-    # a checkpoint written before injection (lr, weight_decay, scheduler="none"|"cosine", warmup, min ratio)
-    old = LSTMModel(NUM_CLASSES, hidden=8, lr=0.02, weight_decay=0.0, scheduler="cosine", warmup_steps=3,
-                    min_lr_ratio=0.1, class_names=None)
-    assert old.hparams.optimizer == dict(DEFAULT_OPTIMIZER, lr=0.02, weight_decay=0.0)
-    assert "lr" not in old.hparams and "class_names" not in old.hparams
+    # a checkpoint written before injection (lr, weight_decay, scheduler="none"|"cosine", warmup, min
+    # ratio): its record is rewritten, nothing passes these to a constructor
+    old = _from_old_record({"model_kind": "lstm", "num_classes": NUM_CLASSES, "hidden": 8, "lr": 0.02,
+                            "weight_decay": 0.0, "scheduler": "cosine", "warmup_steps": 3, "min_lr_ratio": 0.1,
+                            "class_names": None})
+    assert old.hparams.optimizer == {"name": "adamw", "args": {"lr": 0.02, "weight_decay": 0.0}}
+    assert "lr" not in old.hparams and "class_names" not in old.hparams and old.loss is None
     for step, (lr,) in enumerate(_lrs(old, 30)):
         assert lr == pytest.approx(0.02 * _old_lr_factor(step, "cosine", 3, 30, 0.1), rel=1e-6), step
-    ramp = LSTMModel(NUM_CLASSES, hidden=8, lr=0.02, scheduler="none", warmup_steps=4)
+    ramp = _from_old_record({"model_kind": "lstm", "num_classes": NUM_CLASSES, "hidden": 8, "lr": 0.02,
+                             "scheduler": "none", "warmup_steps": 4})
+    assert ramp.hparams.scheduler["name"] == "torch:LinearLR"
     for step, (lr,) in enumerate(_lrs(ramp, 8)):
         assert lr == pytest.approx(0.02 * _old_lr_factor(step, "none", 4, 8, 0.0)), step
-    with pytest.raises(ValueError, match="unknown arguments"):
+    with pytest.raises(TypeError, match="nope"):  # no **legacy door in the constructors any more
         LSTMModel(NUM_CLASSES, hidden=8, nope=1)
+    with pytest.raises(TypeError, match="lr"):
+        LSTMModel(NUM_CLASSES, hidden=8, lr=0.02)
     with pytest.raises(ValueError, match=r"model\.optimizer\.lr"):
         LSTMModel(NUM_CLASSES, hidden=8, optimizer=dict(DEFAULT_OPTIMIZER, lr=0.0))
+
+
+def test_format1_records_migrate_to_names():
+    """Checkpoints whose parts are ``_target_`` configs (format 1) load as records of registered names."""
+    from sketchembed.models.checkpoint import migrate
+
+    hp = migrate({"model_kind": "triplet", "loss": {"_target_": "pytorch_metric_learning.losses.TripletMarginLoss",
+                                                    "margin": 0.2},
+                  "miner": {"_target_": "pytorch_metric_learning.miners.BatchHardMiner",
+                            "distance": {"_target_": "sketchembed.metric.distances.SquaredEuclideanDistance"}},
+                  "optimizer": {"_target_": "torch.optim.SGD", "_partial_": True, "lr": 0.1},
+                  "scheduler": {"_target_": "torch.optim.lr_scheduler.StepLR", "_partial_": True, "step_size": 2}},
+                 "old.ckpt")
+    assert hp["loss"] == {"name": "pml:TripletMarginLoss", "args": {"margin": 0.2}}
+    assert hp["miner"] == {"name": "pml:BatchHardMiner", "args": {"distance": "squared_euclidean"}}
+    assert hp["optimizer"] == {"name": "torch:SGD", "args": {"lr": 0.1}}
+    assert hp["scheduler"] == {"name": "torch:StepLR", "args": {"step_size": 2}}
 
 
 def test_any_torch_optimizer_and_scheduler_from_config():
     model = tiny("lstm", scheduler={"_target_": "torch.optim.lr_scheduler.StepLR", "_partial_": True,
                                     "step_size": 2, "gamma": 0.5})
-    model.optimizer_factory = tiny("lstm").optimizer_factory
+    assert model.hparams.scheduler == {"name": "torch:StepLR", "args": {"step_size": 2, "gamma": 0.5}}
     sgd = LSTMModel(NUM_CLASSES, hidden=8, optimizer={"_target_": "torch.optim.SGD", "_partial_": True, "lr": 0.1},
                     scheduler=None)
-    assert type(sgd.configure_optimizers()).__name__ == "SGD"
+    assert type(sgd.configure_optimizers()).__name__ == "SGD" and sgd.hparams.optimizer["name"] == "torch:SGD"
     assert [lr for (lr,) in _lrs(model, 5)] == pytest.approx([3e-3, 3e-3, 1.5e-3, 1.5e-3, 7.5e-4])
+    # a class outside the registries cannot be recorded: refused before anything is built
+    class Unnamed(torch.nn.Module):
+        kind = "classification"
+
+    with pytest.raises(ValueError, match=r"^loss: .*Unnamed is neither registered"):
+        LSTMModel(NUM_CLASSES, hidden=8, loss=Unnamed())
+    with pytest.raises(ValueError, match=r"model\.optimizer\._target_='collections\.OrderedDict' is no registered"):
+        LSTMModel(NUM_CLASSES, hidden=8, optimizer={"_target_": "collections.OrderedDict", "_partial_": True})
 
 
 def test_python_defaults_equal_config_defaults():
@@ -316,7 +354,9 @@ def test_trainer_fit_logs_metrics_and_checkpoint_round_trip(kind, tmp_path):
     model.eval(), loaded.eval()
     with torch.no_grad():
         assert torch.allclose(model.embed(batch), loaded.embed(batch), atol=1e-6)
-    assert type(loaded.loss) is type(model.loss)
+    # inference builds no training part: the loss stays a record (its kind still known)
+    assert loaded.loss is None and loaded.miner is None and loaded.loss_kind == model.loss_kind
+    assert loaded.record == model.record and raw["hyper_parameters"] == model.record.to_hparams()
 
 
 def test_checkpoint_never_asks_for_a_download():

@@ -74,16 +74,19 @@ def _tree(folder: Path) -> dict[str, bytes]:
 
 
 def test_failed_resume_leaves_the_run_config_as_it_was(half, tmp_path):
-    """Hydra rewrites .hydra/ before any check: a refused `resume=DIR model.embedding_dim=32` (and the
-    `trainer.max_epochs=9` given with it) must not become the run's config for the next resume."""
+    """Hydra rewrites .hydra/ (and the run start config_tree.log) before any check: a refused
+    `resume=DIR model.embedding_dim=32` (and the `trainer.max_epochs=9` given with it) must not become
+    the run's config for the next resume."""
     run = tmp_path / "run"
     shutil.copytree(half, run)
     shutil.copy(run / ".hydra" / "overrides.yaml", run / ".hydra" / "config.yaml")  # Hydra's other record
+    (run / "config_tree.log").write_text("the run's own config tree\n")
     record = _tree(run / ".hydra")
     r = _train_cli(f"resume={run}", "model.embedding_dim=32", "trainer.max_epochs=9")
     assert r.returncode == 2, r.stderr[-3000:]
     assert "model.embedding_dim=16 (config: 32)" in r.stderr.splitlines()[-1]
     assert _tree(run / ".hydra") == record  # the same files, byte for byte, and no before_resume_* left
+    assert (run / "config_tree.log").read_text() == "the run's own config tree\n"
 
 
 def test_resume_at_an_epoch_end_with_max_steps_is_exact(straight, half, tmp_path):

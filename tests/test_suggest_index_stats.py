@@ -386,13 +386,13 @@ def test_open_checkpoint_reads_the_file_once_and_gives_the_models_inputs(trained
 
     from sketchembed.data.datamodule import SketchDataModule
     from sketchembed.data.inputs import read_inputs
-    from sketchembed.eval.checkpoint import open_checkpoint
+    from sketchembed.models.checkpoint import open_checkpoint
     from sketchembed.safeload import safe_load
 
     reads = []
     real = torch.load
     monkeypatch.setattr(torch, "load", lambda *a, **kw: reads.append(a[0]) or real(*a, **kw))
-    model, inputs, ckpt = open_checkpoint(trained["ckpt"])
+    model, inputs, record, ckpt = open_checkpoint(trained["ckpt"])
     assert len(reads) == 1 and not model.training
     assert inputs == read_inputs(safe_load(trained["ckpt"])) and inputs.seq_std > 0
     dm = SketchDataModule.from_inputs(inputs, trained["data"], views=tuple(sorted(model.views)))

@@ -178,7 +178,7 @@ def test_model_trains_through_entry(model, tmp_path):
 def test_triplet_trains_through_entry(triplet_run):
     run_dir, cfg, value, metrics = triplet_run
     ck = _check_trained_run(run_dir, cfg, value, metrics, "triplet")
-    assert ck["hyper_parameters"]["loss"]["_target_"].endswith("HingeTripletLoss")  # the model's default
+    assert ck["hyper_parameters"]["loss"]["name"] == "hinge"  # the model's default
     rows = read_csv_metrics(run_dir)
     assert last_value(rows, "miner/triplets_epoch") > 0  # the semi-hard miner ran and logged
     assert 0 <= last_value(rows, "val/triplet_acc@100") <= 1
@@ -275,9 +275,9 @@ def test_basic_sweep_one_run_dir_per_job(tmp_path):
         _, last = checkpoint_files(job)
         ck = load_ckpt(last)
         assert ck["global_step"] == 2
-        losses[loss] = ck["hyper_parameters"]["loss"]["_target_"].rsplit(".", 1)[-1]
+        losses[loss] = ck["hyper_parameters"]["loss"]["name"]
         assert json.loads((job / "train_metrics.json").read_text())["best_checkpoint"].startswith(str(job))
-    assert losses == {"hinge": "HingeTripletLoss", "softmax_triplet": "SoftmaxTripletLoss"}
+    assert losses == {"hinge": "hinge", "softmax_triplet": "softmax_triplet"}
 
 
 def test_optuna_config_is_template_style():

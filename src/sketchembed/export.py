@@ -40,7 +40,7 @@ from torch import nn
 
 import sketchembed
 from sketchembed.data.raster import Rasterizer
-from sketchembed.eval.checkpoint import file_sha256, open_checkpoint, trained_root
+from sketchembed.models.checkpoint import file_sha256, open_checkpoint, trained_root
 
 try:  # the `export` extra: pip install "sketchembed[export]" (make install has it)
     import onnx
@@ -95,7 +95,7 @@ def metadata(model, inputs, names: Sequence[str], outputs: Sequence[str], ckpt_p
     if not inputs.classes:
         raise ValueError(f"{ckpt_path}: the checkpoint names no classes (trained before they were saved)")
     return {"format": METADATA_FORMAT, "sketchembed_version": sketchembed.__version__,
-            "model_kind": str(model.hparams.get("model_kind") or getattr(model, "MODEL_KIND", "")),
+            "model_kind": str(getattr(model, "MODEL_KIND", "")),
             **input_metadata(inputs, names), "outputs": list(outputs),
             "checkpoint": str(ckpt_path), "checkpoint_sha256": file_sha256(ckpt_path),
             "trained_on": trained_root(ckpt), "data_seed": _data_seed(ckpt)}
@@ -120,7 +120,7 @@ def export_onnx(ckpt_path, out_path) -> dict:
         raise IsADirectoryError(21, "is a directory, give a file name (model.onnx)", str(out_path))
     if not out_path.parent.is_dir():
         raise FileNotFoundError(f"--out {out_path}: folder {out_path.parent} does not exist")
-    model, inputs, ckpt = open_checkpoint(ckpt_path)    # the one place export opens a checkpoint
+    model, inputs, _, ckpt = open_checkpoint(ckpt_path)    # the one place export opens a checkpoint
     model = model.cpu().eval()
     names = graph_inputs(model.views)
     graph = InferenceGraph(model).eval()

@@ -1,16 +1,25 @@
-"""The one home of the names of models, losses and miners (the config names under ``conf/model``,
-``conf/loss``, ``conf/miner``) and of the loss kinds a model can train with.
+"""The one home of the names of models, losses, miners, optimizers and schedulers (the config names
+under ``conf/model``, ``conf/loss``, ``conf/miner``, ``conf/model/optimizer``, ``conf/model/scheduler``)
+and of the loss kinds a model can train with.
 
 A part registers itself where it is defined (``@MODELS.register("lstm")``); config choices,
-compatibility checks and error messages read the names from here. Classes that are not registered
-still work from a config's ``_target_`` (any PML loss or miner): they are named by their class.
+compatibility checks, error messages and checkpoint records read the names from here. A library's
+parts need no registration: ``pml:TripletMarginLoss`` is the public class of that name in
+``pytorch_metric_learning.losses``, ``torch:SGD`` the one in ``torch.optim``. A name is only ever
+looked up in these registries and modules (already imported): a checkpoint naming a part imports nothing.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterator, TypeVar
+from types import ModuleType
+from typing import Any, Callable, Iterator, NamedTuple, TypeVar
 
+import pytorch_metric_learning.losses as pml_losses
+import pytorch_metric_learning.miners as pml_miners
+import torch.optim as torch_optim
+import torch.optim.lr_scheduler as torch_schedulers
 from pytorch_metric_learning.losses import BaseMetricLossFunction
+from pytorch_metric_learning.miners import BaseMiner
 
 T = TypeVar("T")
 
@@ -20,17 +29,40 @@ CLASSIFICATION = "classification"
 LOSS_KINDS = (TRIPLET, CLASSIFICATION)
 
 
+class Library(NamedTuple):
+    """A library's parts named without registration: ``prefix:Class`` is a public class of ``module``
+    that subclasses ``base`` (and is not ``base`` itself)."""
+
+    prefix: str
+    module: ModuleType
+    base: type
+
+    def get(self, name: str) -> type | None:
+        prefix, sep, cls_name = name.partition(":")
+        if not sep or prefix != self.prefix or not cls_name.isidentifier() or cls_name.startswith("_"):
+            return None
+        cls = vars(self.module).get(cls_name)  # the module's own namespace: no lazy import runs
+        ok = isinstance(cls, type) and issubclass(cls, self.base) and cls is not self.base
+        return cls if ok else None
+
+    def name_of(self, cls: type) -> str | None:
+        name = f"{self.prefix}:{cls.__name__}"
+        return name if self.get(name) is cls else None
+
+
 class Registry(dict):
     """Config name → class, filled by the ``register`` decorator at import time.
 
     ``attr``: a class attribute the decorator sets to the name, so an instance knows its own name
-    (``MODEL_KIND``) without writing it a second time.
+    (``MODEL_KIND``) without writing it a second time. ``library``: a library whose public parts are
+    named ``prefix:Class`` without registration (PML's losses, torch's optimizers).
     """
 
-    def __init__(self, what: str, attr: str | None = None):
+    def __init__(self, what: str, attr: str | None = None, library: Library | None = None):
         super().__init__()
         self.what = what  # the config group, for messages ("loss", "miner", "model")
         self.attr = attr
+        self.library = library
 
     def register(self, name: str) -> Callable[[T], T]:
         def deco(cls: T) -> T:
@@ -46,7 +78,40 @@ class Registry(dict):
         return deco
 
     def __missing__(self, name: str):
-        raise ValueError(f"{self.what}={name!r} is unknown; choose one of {self.names()}")
+        cls = self.library.get(name) if self.library is not None and isinstance(name, str) else None
+        if cls is not None:
+            return cls
+        lib = f" or {self.library.prefix}:<class>" if self.library is not None else ""
+        raise ValueError(f"{self.what}={str(name)[:80]!r} is unknown; choose one of {self.names()}{lib}")
+
+    def known(self, name: Any) -> bool:
+        """Whether ``name`` is a registered name or a library part's ``prefix:Class``."""
+        return isinstance(name, str) and (name in self or (self.library is not None and self.library.get(name) is not None))
+
+    def record_name(self, obj: Any) -> str | None:
+        """The name a checkpoint records for a class or instance: its registered name, else its library
+        name (``pml:TripletMarginLoss``); None when it has neither (a checkpoint could not name it)."""
+        cls = obj if isinstance(obj, type) else type(obj)
+        for name, c in self.items():
+            if c is cls:
+                return name
+        return self.library.name_of(cls) if self.library is not None else None
+
+    def name_for_target(self, target: Any) -> str | None:
+        """The record name of the class a config's ``_target_`` string names (``torch.optim.AdamW`` →
+        ``adamw``), found among the registered and library parts by path, never by import."""
+        if not isinstance(target, str):
+            return None
+        for name, c in self.items():
+            if target == f"{c.__module__}.{c.__qualname__}":
+                return name
+        lib = self.library
+        if lib is not None:
+            module, _, cls_name = target.rpartition(".")
+            cls = lib.get(f"{lib.prefix}:{cls_name}")
+            if cls is not None and module in (lib.module.__name__, cls.__module__):
+                return self.record_name(cls)
+        return None
 
     def names(self) -> list[str]:
         return sorted(self)
@@ -89,8 +154,12 @@ class NamesWhere:
 
 
 MODELS = Registry("model", attr="MODEL_KIND")
-LOSSES = Registry("loss")
-MINERS = Registry("miner")
+LOSSES = Registry("loss", library=Library("pml", pml_losses, BaseMetricLossFunction))
+MINERS = Registry("miner", library=Library("pml", pml_miners, BaseMiner))
+# what ``model.optimizer`` / ``model.scheduler`` build (``_partial_`` configs: params → optimizer,
+# optimizer → scheduler); the configs' own names are registered in models/optim.py
+OPTIMIZERS = Registry("optimizer", library=Library("torch", torch_optim, torch_optim.Optimizer))
+SCHEDULERS = Registry("scheduler", library=Library("torch", torch_schedulers, torch_schedulers.LRScheduler))
 
 
 def loss_kind(loss: Any) -> str | None:

@@ -32,10 +32,10 @@ from omegaconf import DictConfig, OmegaConf
 from PIL import Image, ImageDraw
 
 from sketchembed.data.sketch import points_to_strokes
-from sketchembed.eval.checkpoint import read_checkpoint
 from sketchembed.eval.report import FIGURES
 from sketchembed.eval.retrieval import KEYS as RETRIEVAL_KEYS
 from sketchembed.eval.stats import interval
+from sketchembed.models.checkpoint import read_checkpoint
 from sketchembed.wandb_run import read_train_run
 
 log = logging.getLogger("sketchembed.eval")
@@ -72,13 +72,13 @@ def _offline(node: DictConfig) -> bool:
 
 def run_config(m: dict, hp: dict, train: dict | None, cfg: DictConfig) -> dict[str, Any]:
     """What identifies an eval run in wandb's run table (model kind, backbone, loss, miner, checkpoint)."""
-    loss = hp.get("loss") if isinstance(hp.get("loss"), dict) else {}
+    loss = hp.get("loss") if isinstance(hp.get("loss"), dict) else {}  # a checkpoint's record: {name, args}
     miner = None
     if train is not None:
         miner = OmegaConf.select(train["cfg"], "miner._target_", default=None)
         miner = str(miner).rsplit(".", 1)[-1] if miner and str(hp.get("model_kind")) == "triplet" else None
     return {"model_kind": m.get("model_kind"), "backbone": hp.get("backbone"),
-            "loss": str(loss.get("_target_", "")).rsplit(".", 1)[-1] or None, "miner": miner,
+            "loss": loss.get("name"), "miner": miner,
             "checkpoint": m.get("checkpoint"), "checkpoint_sha256": m.get("checkpoint_sha256"),
             "dataset": m.get("dataset"), "classifier": m.get("classifier"),
             "train_run_id": train["id"] if train else None,
@@ -96,7 +96,7 @@ def log_eval(cfg: DictConfig, out: Path, m: dict, points: Callable[[int], np.nda
         return None
     opts = settings(cfg)
     out = Path(out)
-    hp = dict(hparams if hparams is not None else read_checkpoint(m["checkpoint"]).get("hyper_parameters") or {})
+    hp = dict(hparams if hparams is not None else read_checkpoint(m["checkpoint"]).raw["hyper_parameters"])
     train = read_train_run(train_run_dir(m["checkpoint"]))
     offline = _offline(node)
     resume = train is not None and (opts["attach"] == "resume" or (opts["attach"] == "auto" and not offline))

@@ -16,9 +16,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemaining
 from torch.utils.data import DataLoader, Subset
 
 from sketchembed.data.datamodule import SketchDataModule
-from sketchembed.eval.checkpoint import file_sha256, open_checkpoint
 from sketchembed.eval.embed import embed_loader, pick_device
 from sketchembed.eval.knn import KNNIndex, index_target_problem, pack_points
+from sketchembed.models.checkpoint import file_sha256, open_checkpoint
 
 
 def stratified_positions(labels: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
@@ -100,7 +100,7 @@ def check_options(args) -> None:
 def run(args) -> int:
     check_options(args)
     device = pick_device(args.device)
-    model, inputs, _ = open_checkpoint(args.ckpt, map_location=device)
+    model, inputs, _, _ = open_checkpoint(args.ckpt, map_location=device)
     dm = SketchDataModule.from_inputs(inputs, args.data, views=tuple(sorted(model.views)), eval_fractions=(1.0,),
                                       eval_batch_size=args.batch_size)
     index = build_index(model, dm, args.split, ckpt_path=str(Path(args.ckpt).resolve()),

@@ -49,7 +49,6 @@ from sketchembed.data.datamodule import SketchDataModule
 from sketchembed.data.inputs import RECIPE, fraction_tag, read_inputs
 from sketchembed.data.test_dir import check_test_dir
 from sketchembed.entry import hydra_entry
-from sketchembed.eval.checkpoint import file_sha256, load_model, read_checkpoint, trained_root
 from sketchembed.eval.confusion import confused_pairs
 from sketchembed.eval.dashboard import log_eval
 from sketchembed.eval.embed import embed_loader, model_views, pick_device, subset_loader
@@ -65,6 +64,7 @@ from sketchembed.eval.stats import ci_text, interval, with_intervals
 from sketchembed.eval.tsne import tsne_map
 from sketchembed.messages import short_list
 from sketchembed.metric import triplet_accuracy
+from sketchembed.models.checkpoint import file_sha256, open_checkpoint, trained_root
 
 log = logging.getLogger("sketchembed.eval")
 
@@ -256,9 +256,8 @@ def _load(cfg: DictConfig) -> _Eval:
     torch.manual_seed(int(cfg.seed))
     stages = Stages()
     with stages("load"):
-        ckpt = read_checkpoint(ckpt_path)
-        model = load_model(ckpt_path, ckpt=ckpt)
-        kind = str(model.hparams.get("model_kind", type(model).__name__))
+        model, _, record, ckpt = open_checkpoint(ckpt_path)
+        kind = record.kind
         dm = _datamodule(cfg, ckpt, ckpt_path, model_views(model), st["max_train"])
         del ckpt
     return _Eval(cfg, st, ckpt_path, model, kind, dm, stages)

@@ -18,10 +18,10 @@ from sketchembed.data.formats.ndjson import decode_line, key_id_of
 from sketchembed.data.inputs import InputSettings
 from sketchembed.data.sketch import DataFormatError, Drawing, SkipReport, points_to_strokes
 from sketchembed.data.user_drawing import user_drawing_points
-from sketchembed.eval.checkpoint import file_sha256, open_checkpoint
 from sketchembed.eval.embed import embed_points, pick_device
 from sketchembed.eval.knn import KNNIndex
 from sketchembed.eval.plots import plot_neighbors
+from sketchembed.models.checkpoint import file_sha256, open_checkpoint
 
 # a file holding one user's drawing (pretty-printed JSON allowed); ndjson files are read line by line
 SINGLE_DRAWING_SUFFIX = ".json"
@@ -167,7 +167,7 @@ def run(args) -> int:
         print(warning, file=sys.stderr)
     drawing, points = read_sketch(args.sketch, args.line)
     device = pick_device(args.device)
-    model, inputs, _ = open_checkpoint(args.ckpt, map_location=device)
+    model, inputs, _, _ = open_checkpoint(args.ckpt, map_location=device)
     idx, dist, shown = suggest(model, index, points, inputs, k=args.k, fraction=args.fraction, device=device)
     n_strokes = int((shown[:, 2] > 0.5).sum())
     print(f"# {args.sketch} drawing {args.line} ({drawing.word or 'no label'}), {len(shown)}/{len(points)} "

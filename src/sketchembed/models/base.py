@@ -7,8 +7,6 @@ live here once.
 
 from __future__ import annotations
 
-import copy
-import importlib
 import inspect
 import logging
 from collections.abc import Mapping
@@ -17,22 +15,20 @@ from typing import Any
 import lightning as L
 import torch
 from hydra.utils import instantiate
-from pytorch_metric_learning.distances import BaseDistance
-from pytorch_metric_learning.losses import BaseMetricLossFunction
-from pytorch_metric_learning.miners import BaseMiner
-from pytorch_metric_learning.reducers import BaseReducer
 from torch import nn
-from torch.optim import Optimizer
-from torch.optim.lr_scheduler import LRScheduler
 from torchmetrics.classification import MulticlassAccuracy
 
 from sketchembed.data.inputs import fraction_tag
 from sketchembed.metric import TripletAccuracy
 from sketchembed.metric.distances import config_name
 from sketchembed.metric.miners import mine_batch
-from sketchembed.models import optim
-from sketchembed.registry import CLASSIFICATION, LOSSES, MINERS, MODELS, TRIPLET, loss_kind, loss_names
-from sketchembed.safeload import UnsafeCheckpointError
+from sketchembed.models.checkpoint import (FORMAT, FORMAT_KEY, PARTS, ModelRecord, PartRecord, build_model,
+                                           part_record, read_checkpoint)
+from sketchembed.models.optim import DEFAULT_OPTIMIZER, DEFAULT_SCHEDULER
+from sketchembed.registry import (CLASSIFICATION, LOSSES, MINERS, MODELS, OPTIMIZERS, SCHEDULERS, TRIPLET,
+                                  Registry, loss_kind, loss_names)
+
+__all__ = ["DEFAULT_OPTIMIZER", "DEFAULT_SCHEDULER", "SketchModule", "build_part", "check_compatible", "part_spec"]
 
 # What a classifier logs at every eval fraction (``val/acc@100``, ``val/loss@100``); triplet-loss
 # models log TripletAccuracy.NAMES instead.
@@ -40,72 +36,11 @@ ACC, EVAL_LOSS = CLASSIFIER_METRICS = ("acc", "loss")
 
 log = logging.getLogger(__name__)
 
-# The Python defaults of every model = conf/model/optimizer/adamw.yaml and conf/model/scheduler/warmup_cosine.yaml
-# (tests/test_models.py holds them equal).
-DEFAULT_OPTIMIZER = {"_target_": "torch.optim.AdamW", "_partial_": True, "lr": 1.0e-3, "weight_decay": 1.0e-4}
-DEFAULT_SCHEDULER = {"_target_": "sketchembed.models.optim.warmup_cosine", "_partial_": True,
-                     "warmup_steps": 0, "eta_min": 0.0}
-# Init arguments of checkpoints written before the optimizer/scheduler were injected.
-_LEGACY_KEYS = {"lr", "weight_decay", "warmup_steps", "min_lr_ratio", "class_names"}
-# What a model writes into its hparams after init (a record, not an argument): ignored on load.
-RECORD_KEYS = {"model_kind", "pretrained_init"}
-
-
-# What a checkpoint's hyper_parameters may name as a ``_target_``: loading one rebuilds its loss, miner,
-# optimizer and scheduler through Hydra, which imports and calls what a target names. A checkpoint is
-# data, so only registered losses and miners, and parts of these kinds from these packages, are
-# accepted (checked before anything is built).
-TARGET_PACKAGES = ("torch.optim", "pytorch_metric_learning", "sketchembed")
-TARGET_KINDS = (Optimizer, LRScheduler, BaseMetricLossFunction, BaseMiner, BaseDistance, BaseReducer)
-
-
-def target_problem(target: Any) -> str | None:
-    """Why a checkpoint may not name ``target`` (None: an optimizer, scheduler, loss, miner, distance
-    or reducer). Only modules inside :data:`TARGET_PACKAGES` are ever imported to find out."""
-    if not isinstance(target, str):
-        return f"a {type(target).__name__}, not a name"
-    if target in {f"{c.__module__}.{c.__qualname__}" for c in (*LOSSES.values(), *MINERS.values())}:
-        return None  # a registered part, your own module's too (already imported: nothing to import)
-    module, _, attr = target.rpartition(".")
-    if not any(module == p or module.startswith(p + ".") for p in TARGET_PACKAGES):
-        return f"outside {', '.join(TARGET_PACKAGES)}"
-    if any(part.startswith("_") for part in module.split(".")):
-        return "in a private module"  # e.g. a __main__, which would run on import
-    try:
-        obj = getattr(importlib.import_module(module), attr)
-    except (ImportError, AttributeError, ValueError):
-        return "not found"
-    if isinstance(obj, type) and (issubclass(obj, TARGET_KINDS) or obj in LOSSES.values() or obj in MINERS.values()):
-        return None
-    if callable(obj) and getattr(obj, "__module__", None) == optim.__name__ and not attr.startswith("_"):
-        return None  # a scheduler factory (warmup_cosine)
-    return "not an optimizer, scheduler, loss, miner, distance or reducer"
-
-
-def check_targets(hparams: Any, where: str) -> None:
-    """Refuse (:class:`UnsafeCheckpointError`, one line naming ``where`` and the key) a checkpoint
-    whose hyper_parameters name any ``_target_`` that :func:`target_problem` rejects."""
-    def walk(node: Any, key: str) -> None:
-        if isinstance(node, Mapping):
-            if "_target_" in node:
-                why = target_problem(node["_target_"])
-                if why:
-                    raise UnsafeCheckpointError(
-                        f"{where}: refused: hyper_parameters.{key}._target_={str(node['_target_'])[:80]!r} is "
-                        f"{why} (a checkpoint may only name an optimizer, scheduler, loss, miner, distance or "
-                        f"reducer)")
-            for k, v in node.items():
-                walk(v, f"{key}.{k}" if key else str(k))
-        elif isinstance(node, (list, tuple)):
-            for i, v in enumerate(node):
-                walk(v, f"{key}[{i}]")
-
-    walk(hparams, "")
-
 
 def build_part(part: Any, what: str, default: str | None = None) -> nn.Module | None:
-    """A loss or miner from a module, a ``{_target_: ...}`` mapping (configs, checkpoints), a
-    registered name (``hinge``), or None (``default``'s name, or no part)."""
+    """A loss or miner for training from a module, the user's config (``{_target_: ...}``: train.py's
+    own config, never a checkpoint's), a registered name (``hinge``), or None (``default``'s name, or
+    no part)."""
     if part is None:
         part = default
     if part is None or isinstance(part, nn.Module):
@@ -119,58 +54,48 @@ def build_part(part: Any, what: str, default: str | None = None) -> nn.Module | 
     raise ValueError(f"{what}: expected a module, a config with _target_ or a name, got {part!r}")
 
 
-def part_spec(part: nn.Module | None) -> dict[str, Any] | None:
-    """A ``{_target_, **init args}`` record of a loss or miner, so ``load_from_checkpoint`` can
-    rebuild it. Init args are read back from same-named attributes (plain values; our distances by
-    their config name); what cannot be recorded plainly is left to its default."""
+def part_spec(part: nn.Module | None, registry: Registry) -> PartRecord | None:
+    """The checkpoint record of a loss or miner: its registered (or ``pml:``) name and the plain init
+    args read back from same-named attributes (our distances by their config name); what cannot be
+    recorded plainly is left to its default."""
     if part is None:
         return None
     cls = type(part)
-    spec: dict[str, Any] = {"_target_": f"{cls.__module__}.{cls.__qualname__}"}
-    for name, p in inspect.signature(cls.__init__).parameters.items():
-        if name == "self" or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) or not hasattr(part, name):
+    name = registry.record_name(cls)
+    if name is None:
+        raise ValueError(f"{registry.what}: {cls.__module__}.{cls.__qualname__} is neither registered "
+                         f"(sketchembed.registry, @….register) nor a {registry.library.module.__name__} class, "
+                         "so a checkpoint could not name it: register it where it is defined")
+    args: dict[str, Any] = {}
+    for key, p in inspect.signature(cls.__init__).parameters.items():
+        if key == "self" or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) or not hasattr(part, key):
             continue
-        value = getattr(part, name)
+        value = getattr(part, key)
         if value is None or isinstance(value, (bool, int, float, str)):
-            spec[name] = value
+            args[key] = value
         elif isinstance(value, (list, tuple)) and all(isinstance(v, (bool, int, float, str)) for v in value):
-            spec[name] = list(value)
-        elif name == "distance" and config_name(value) is not None:
-            spec[name] = config_name(value)
-    return spec
-
-
-def _legacy_optim(scheduler: str, legacy: dict[str, Any]) -> tuple[dict, dict | None]:
-    """(optimizer, scheduler) configs equal to the old ``lr / weight_decay / scheduler /
-    warmup_steps / min_lr_ratio`` arguments, so older checkpoints still load. (``min_lr_ratio`` was
-    per group; ``eta_min`` is one floor: equal for the single-group models and the default ratio 0.)"""
-    lr = float(legacy.get("lr", DEFAULT_OPTIMIZER["lr"]))
-    opt = dict(DEFAULT_OPTIMIZER, lr=lr, weight_decay=float(legacy.get("weight_decay", DEFAULT_OPTIMIZER["weight_decay"])))
-    warmup = int(legacy.get("warmup_steps", 0))
-    if scheduler == "cosine":
-        return opt, dict(DEFAULT_SCHEDULER, warmup_steps=warmup,
-                         eta_min=float(legacy.get("min_lr_ratio", 0.0)) * lr)
-    if scheduler != "none":
-        raise ValueError(f"model.scheduler={scheduler!r}: give a scheduler config (conf/model/scheduler/) or null")
-    if warmup <= 1:
-        return opt, None
-    return opt, {"_target_": "torch.optim.lr_scheduler.LinearLR", "_partial_": True,
-                 "start_factor": 1.0 / warmup, "end_factor": 1.0, "total_iters": warmup - 1}
+            args[key] = list(value)
+        elif key == "distance" and config_name(value) is not None:
+            args[key] = config_name(value)
+    return PartRecord(name, args)
 
 
 class SketchModule(L.LightningModule):
     """Shared plumbing. A model registers itself (``@MODELS.register("name")``, which sets
     ``MODEL_KIND``), implements ``embed``, ``_eval_outputs`` and ``training_loss``, and passes the
     shared arguments through: ``def __init__(self, <its own>, **common): super().__init__(**common)``
-    first. Every init argument lands in ``hparams`` (the loss and miner as ``_target_`` records).
+    first. ``hparams`` is the checkpoint's :class:`ModelRecord`: every init argument, and the loss,
+    miner, optimizer and scheduler as ``{name, args}`` of their registered names.
 
     Args:
         num_classes: classes of the data (classifier width, accuracy metric).
-        loss: a module, a ``_target_`` config or a registered name; default ``DEFAULT_LOSS``.
+        loss: a module, the user's ``_target_`` config or a registered name; default ``DEFAULT_LOSS``;
+            a :class:`PartRecord` (a checkpoint's, :meth:`from_record`): not built, nothing to train.
         miner: PML-style ``miner(embeddings, labels) -> indices tuple`` for triplet-kind losses;
             None = the loss sees every valid triplet of the batch (PML's rule).
-        optimizer: ``_partial_`` config of a ``torch.optim`` class (or a callable params → optimizer).
-        scheduler: ``_partial_`` config of an LR scheduler stepped every optimizer step; None = constant.
+        optimizer: ``_partial_`` config of a registered optimizer (``OPTIMIZERS``: ``torch.optim``'s), or a record.
+        scheduler: ``_partial_`` config of a registered scheduler stepped every optimizer step, or a
+            record; None = constant.
     """
 
     MODEL_KIND: str = ""                 # set by @MODELS.register (model=...)
@@ -180,44 +105,59 @@ class SketchModule(L.LightningModule):
     MONITOR: str = "val/acc@100"         # checkpoint/sweep metric when optimized_metric=auto
     ENCODER_TRANSFERABLE: bool = False   # its ``encoder`` can seed combined's CNN (model.cnn_ckpt)
 
-    # `**legacy` reads back checkpoints of older versions; a config may not use it (train/validate.py).
-    CONFIG_CLOSED_KWARGS = True
-
     def __init__(self, num_classes: int | None = None, loss: Any = None, miner: Any = None,
-                 optimizer: Any = None, scheduler: Any = DEFAULT_SCHEDULER, **legacy: Any):
+                 optimizer: Any = None, scheduler: Any = DEFAULT_SCHEDULER):
         super().__init__()
-        for key in RECORD_KEYS & set(legacy):
-            legacy.pop(key)
-        unknown = set(legacy) - _LEGACY_KEYS
-        if unknown:
-            # ValueError (bad input, one line): e.g. a checkpoint of another model kind
-            raise ValueError(f"{type(self).__name__} got unknown arguments {sorted(unknown)}")
-        if optimizer is None and (isinstance(scheduler, str) or legacy):
-            optimizer, scheduler = _legacy_optim(scheduler if isinstance(scheduler, str) else "none", legacy)
-        elif isinstance(scheduler, str):
-            raise ValueError(f"model.scheduler={scheduler!r}: give a scheduler config (conf/model/scheduler/) "
-                             "or null for a constant rate")
-        self.save_hyperparameters(ignore=["loss", "miner", *legacy])  # the subclass's arguments too
-        for key in legacy:
-            self.hparams.pop(key, None)
-        self.optimizer_factory = _checked_optimizer(DEFAULT_OPTIMIZER if optimizer is None else optimizer)
-        self.scheduler_factory = None if scheduler is None else _partial(scheduler, "model.scheduler")
-        self.loss = build_part(loss, "loss", self.DEFAULT_LOSS)
-        check_compatible(self.MODEL_KIND, loss_kind(self.loss), loss_name=LOSSES.name_of(self.loss),
-                         model_cls=type(self))
-        self.miner = build_part(miner, "miner")
-        if self.miner is None and loss_kind(self.loss) == TRIPLET:
-            log.info("no miner: %s sees every valid triplet of each batch", LOSSES.name_of(self.loss))
+        self.save_hyperparameters(ignore=list(PARTS))  # the subclass's arguments too
+        self.optimizer_record = part_record(DEFAULT_OPTIMIZER if optimizer is None else optimizer,
+                                            "optimizer", "model.optimizer")
+        lr = self.optimizer_record.args.get("lr")
+        if lr is not None and (isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0):
+            raise ValueError(f"model.optimizer.lr={lr} must be > 0")
+        self.scheduler_record = None if scheduler is None else part_record(scheduler, "scheduler", "model.scheduler")
+        if isinstance(loss, PartRecord):  # rebuilt from a checkpoint's record (from_record): nothing to train
+            self.loss = self.miner = None
+            records = (loss, miner)
+            self.loss_kind, loss_name = loss_kind(LOSSES[loss.name]), loss.name
+        else:
+            self.loss = build_part(loss, "loss", self.DEFAULT_LOSS)
+            self.loss_kind, loss_name = loss_kind(self.loss), LOSSES.name_of(self.loss)
+        check_compatible(self.MODEL_KIND, self.loss_kind, loss_name=loss_name, model_cls=type(self))
+        if not isinstance(loss, PartRecord):
+            self.miner = build_part(miner, "miner")
+            records = (part_spec(self.loss, LOSSES), part_spec(self.miner, MINERS))
+            if self.miner is None and self.loss_kind == TRIPLET:
+                log.info("no miner: %s sees every valid triplet of each batch", loss_name)
         self.num_classes = None if num_classes is None else int(num_classes)
-        self.hparams["loss"] = _plain(loss) if _is_mapping(loss) else part_spec(self.loss)
-        self.hparams["miner"] = _plain(miner) if _is_mapping(miner) else part_spec(self.miner)
-        self.hparams["optimizer"] = _plain(optimizer) if optimizer is not None else copy.deepcopy(DEFAULT_OPTIMIZER)
-        self.hparams["scheduler"] = _plain(scheduler)
+        for key, rec in zip(PARTS, (*records, self.optimizer_record, self.scheduler_record)):
+            self.hparams[key] = None if rec is None else rec.to_dict()
         self.hparams["model_kind"] = self.MODEL_KIND
+        self.hparams[FORMAT_KEY] = FORMAT
         self._mining_stats: dict[str, torch.Tensor] = {}
         # One accuracy per (stage, fraction); created on first use (eval fractions are configurable).
         self.eval_acc = nn.ModuleDict()
         self.eval_triplet = nn.ModuleDict()  # same, for triplet accuracy (triplet-loss models)
+
+    @classmethod
+    def from_record(cls, record: ModelRecord) -> "SketchModule":
+        """The model a checkpoint's record describes (its weights still to load): the loss, miner,
+        optimizer and scheduler stay records, nothing a file names is built or called."""
+        loss = record.loss if record.loss is not None else PartRecord(cls.DEFAULT_LOSS)
+        return cls(**record.args, loss=loss, miner=record.miner, optimizer=record.optimizer,
+                   scheduler=record.scheduler)
+
+    @classmethod
+    def load_from_checkpoint(cls, checkpoint_path, map_location=None, hparams_file=None, strict=None, **kwargs):
+        """Lightning's loader would rebuild the parts a file names through Hydra; here the file is
+        opened as data (:mod:`sketchembed.models.checkpoint`): a model of this kind, in eval mode."""
+        if hparams_file is not None or kwargs:
+            raise TypeError("load_from_checkpoint takes no hparams_file or overrides: the checkpoint's record is the model")
+        return build_model(read_checkpoint(checkpoint_path, map_location=map_location or "cpu"), kinds=(cls.MODEL_KIND,))
+
+    @property
+    def record(self) -> ModelRecord:
+        """What a checkpoint of this model says about it (its hparams, read as a record)."""
+        return ModelRecord.read(dict(self.hparams), type(self).__name__)
 
     @classmethod
     def check_args(cls, args: Mapping[str, Any]) -> None:
@@ -303,7 +243,7 @@ class SketchModule(L.LightningModule):
                      prog_bar=(tag == "100"))
             self.log(f"{stage}/{EVAL_LOSS}@{tag}", nn.functional.cross_entropy(logits.float(), labels),
                      on_step=False, on_epoch=True, batch_size=bs, add_dataloader_idx=False, sync_dist=True)
-        if loss_kind(self.loss) == TRIPLET:
+        if loss_kind(self.loss) == TRIPLET:  # the built loss (combined swaps in CE; none when rebuilt for inference)
             key = f"{stage}_{tag}"
             if key not in self.eval_triplet:
                 self.eval_triplet[key] = TripletAccuracy().to(self.device)
@@ -346,43 +286,17 @@ class SketchModule(L.LightningModule):
         return [{"name": "all", "params": [p for p in self.parameters() if p.requires_grad]}]
 
     def configure_optimizers(self):
+        """The recorded optimizer and scheduler, built by their registered names (training only)."""
         groups = [g for g in self.param_groups() if g["params"]]
-        opt = self.optimizer_factory(groups)
-        if self.scheduler_factory is None:
+        rec = self.optimizer_record
+        opt = OPTIMIZERS[rec.name](groups, **rec.args)
+        if self.scheduler_record is None:
             return opt
-        make = self.scheduler_factory
+        make, args = SCHEDULERS[self.scheduler_record.name], dict(self.scheduler_record.args)
         if "total_steps" in inspect.signature(make).parameters:
-            total = max(1, int(self.trainer.estimated_stepping_batches)) if self._trainer is not None else 1
-            sched = make(opt, total_steps=total)
-        else:
-            sched = make(opt)
+            args["total_steps"] = max(1, int(self.trainer.estimated_stepping_batches)) if self._trainer is not None else 1
+        sched = make(opt, **args)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
-
-
-def _is_mapping(x: Any) -> bool:
-    return isinstance(x, Mapping) or (x is not None and hasattr(x, "keys"))
-
-
-def _plain(x: Any) -> Any:
-    """A config mapping as plain dicts (hparams stay plain data); a callable is not recorded."""
-    if x is None or not _is_mapping(x):
-        return None
-    return {k: _plain(v) if _is_mapping(v) else (list(v) if isinstance(v, tuple) else v) for k, v in x.items()}
-
-
-def _partial(cfg: Any, key: str):
-    """``params → object`` from a ``_partial_`` config (or a callable given as is)."""
-    if callable(cfg) and not _is_mapping(cfg):
-        return cfg
-    if not _is_mapping(cfg) or "_target_" not in cfg:
-        raise ValueError(f"{key}: expected a config with _target_ and _partial_: true, got {cfg!r}")
-    return instantiate(dict(_plain(cfg), _partial_=True))
-
-
-def _checked_optimizer(cfg: Any):
-    if _is_mapping(cfg) and "lr" in cfg and not float(cfg["lr"]) > 0:
-        raise ValueError(f"model.optimizer.lr={cfg['lr']} must be > 0")
-    return _partial(cfg, "model.optimizer")
 
 
 def check_compatible(model: str, loss_kind: str | None, loss_name: str | None = None,

@@ -16,14 +16,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from sketchembed.data.inputs import InputSettings, read_inputs
+from sketchembed.data.inputs import InputSettings
 from sketchembed.messages import ConfigError
 from sketchembed.metric.losses import CrossEntropy
 from sketchembed.models.base import SketchModule
+from sketchembed.models.checkpoint import read_checkpoint
 from sketchembed.nets.backbone import DEFAULT_BACKBONE, ImageEncoder
 from sketchembed.nets.sequence import SequenceEncoder, last_states
 from sketchembed.registry import CLASSIFICATION, MODELS, TRIPLET, loss_kind
-from sketchembed.safeload import safe_load
 
 log = logging.getLogger(__name__)
 
@@ -34,35 +34,25 @@ RENDERING = ("image_size", "line_width", "padding", "canvas", "background", "sta
 
 
 def load_encoder_state(path: str | Path, backbone: str, embedding_dim: int) -> tuple[dict, dict, InputSettings | None]:
-    """The ``encoder.*`` weights, hparams and input settings (None when the checkpoint records none)
-    of an image-model checkpoint, after checking they fit."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"model.cnn_ckpt={str(path)!r}: no such checkpoint file")
-    try:
-        ckpt = safe_load(path)
-    except ValueError as e:  # UnsafeCheckpointError included: the message names the file
-        raise type(e)(f"model.cnn_ckpt={str(path)!r}: {e}") from None
-    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
-        raise ValueError(f"model.cnn_ckpt={str(path)!r} is not a Lightning checkpoint (no state_dict)")
-    hp = dict(ckpt.get("hyper_parameters") or {})
-    kind = hp.get("model_kind")
+    """The ``encoder.*`` weights, the model's arguments (its record) and input settings (None when the
+    checkpoint records none) of an image-model checkpoint, read as data, after checking they fit."""
+    label = f"model.cnn_ckpt={str(path)!r}"
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"{label}: no such checkpoint file")
+    ck = read_checkpoint(path, label=label)
+    hp, kind = dict(ck.record.args), ck.record.kind
     if kind not in TRANSFERABLE:
-        raise ValueError(f"model.cnn_ckpt={str(path)!r} is a model_kind={kind!r} checkpoint; "
+        raise ValueError(f"{label} is a model_kind={kind!r} checkpoint; "
                          f"the CNN can only be transferred from {TRANSFERABLE} models")
-    theirs = (hp.get("backbone"), int(hp.get("embedding_dim", -1)))
+    theirs = (hp.get("backbone"), hp.get("embedding_dim"))
     if theirs != (backbone, int(embedding_dim)):
-        raise ValueError(f"model.cnn_ckpt={str(path)!r} holds backbone.name={theirs[0]!r} with "
+        raise ValueError(f"{label} holds backbone.name={theirs[0]!r} with "
                          f"embedding_dim={theirs[1]}, but this model has backbone.name={backbone!r} and "
                          f"model.embedding_dim={embedding_dim}: set them to match the checkpoint")
-    state = {k[len("encoder."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("encoder.")}
+    state = {k[len("encoder."):]: v for k, v in ck.raw["state_dict"].items() if k.startswith("encoder.")}
     if not state:
-        raise ValueError(f"model.cnn_ckpt={str(path)!r} has no encoder.* weights")
-    try:
-        inputs = read_inputs(ckpt, f"model.cnn_ckpt={str(path)!r}")
-    except ValueError:  # not written by train.py (no DataModule state): its inputs are unknown
-        inputs = None
-    return state, hp, inputs
+        raise ValueError(f"{label} has no encoder.* weights")
+    return state, hp, ck.record.inputs
 
 
 @MODELS.register("combined")

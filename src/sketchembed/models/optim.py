@@ -1,16 +1,29 @@
-"""The learning-rate schedule of the configs (``conf/model/scheduler/warmup_cosine.yaml``), built from
-torch's schedulers; optimizers come straight from ``torch.optim`` (``conf/model/optimizer/``).
+"""The optimizers and learning-rate schedules of the configs under their config names
+(``conf/model/optimizer/adamw.yaml``, ``conf/model/scheduler/warmup_cosine.yaml``); every other
+``torch.optim`` optimizer or ``torch.optim.lr_scheduler`` class is ``torch:<Class>``
+(:data:`sketchembed.registry.OPTIMIZERS`, :data:`~sketchembed.registry.SCHEDULERS`).
 
-Any ``torch.optim.lr_scheduler`` class works as ``model.scheduler`` too (``_partial_: true``);
-a factory that takes ``total_steps`` gets the run's number of optimizer steps.
+A checkpoint records the optimizer and scheduler by these names; a factory that takes
+``total_steps`` gets the run's number of optimizer steps.
 """
 
 from __future__ import annotations
 
-from torch.optim import Optimizer
+from torch.optim import AdamW, Optimizer
 from torch.optim.lr_scheduler import CosineAnnealingLR, LinearLR, LRScheduler, SequentialLR
 
+from sketchembed.registry import OPTIMIZERS, SCHEDULERS
 
+OPTIMIZERS.register("adamw")(AdamW)
+
+# The configs' defaults (conf/model/optimizer/adamw.yaml, conf/model/scheduler/warmup_cosine.yaml; a
+# test holds them equal): what a model built without them uses, and what old checkpoints migrate to.
+DEFAULT_OPTIMIZER = {"_target_": "torch.optim.AdamW", "_partial_": True, "lr": 1.0e-3, "weight_decay": 1.0e-4}
+DEFAULT_SCHEDULER = {"_target_": "sketchembed.models.optim.warmup_cosine", "_partial_": True,
+                     "warmup_steps": 0, "eta_min": 0.0}
+
+
+@SCHEDULERS.register("warmup_cosine")
 def warmup_cosine(optimizer: Optimizer, total_steps: int, warmup_steps: int = 0,
                   eta_min: float = 0.0) -> LRScheduler:
     """Linear warmup over ``warmup_steps`` steps (step k at (k+1)/warmup of the rate), then cosine

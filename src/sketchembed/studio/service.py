@@ -2,7 +2,7 @@
 human test. The web layer (:mod:`sketchembed.studio.app`) only parses requests and calls this.
 
 Everything model-related goes through the code the command line uses: checkpoints through
-:mod:`sketchembed.eval.checkpoint`, sketches through :func:`sketchembed.eval.embed.embed_points`,
+:mod:`sketchembed.models.checkpoint`, sketches through :func:`sketchembed.eval.embed.embed_points`,
 indexes through :mod:`sketchembed.eval.index` / :class:`sketchembed.eval.knn.KNNIndex`, and the human
 test through :mod:`sketchembed.eval.human` — so the page shows what `sketchembed suggest` and
 `sketchembed human` would.
@@ -26,7 +26,6 @@ from sketchembed.data.datamodule import SketchDataModule
 from sketchembed.data.embedded import resolve_root
 from sketchembed.data.inputs import InputSettings
 from sketchembed.data.store import PreparedDataset
-from sketchembed.eval.checkpoint import file_sha256, open_checkpoint, trained_root
 from sketchembed.eval.embed import pick_device
 from sketchembed.eval.human import Results, sample_items
 from sketchembed.eval.index import build_index
@@ -34,6 +33,7 @@ from sketchembed.eval.knn import KNN_CLASSIFIER_K, KNNIndex, vote, vote_scores
 from sketchembed.eval.report import STUDY
 from sketchembed.eval.stats import wilson
 from sketchembed.eval.suggest import check_index_matches
+from sketchembed.models.checkpoint import file_sha256, open_checkpoint, trained_root
 from sketchembed.studio.budget import Lanes, Work
 from sketchembed.studio.drawing import strokes_json
 from sketchembed.studio.errors import BadInput
@@ -111,7 +111,7 @@ class Studio:
             return cls(runner, runner.inputs, onnx_index(runner, index_dir, root, index_max, log),
                        ckpt_path=str(ckpt_path), data=PreparedDataset(root), results_dir=results_dir)
         dev = pick_device(device)
-        model, inputs, ckpt = open_checkpoint(ckpt_path, map_location=dev)
+        model, inputs, _, ckpt = open_checkpoint(ckpt_path, map_location=dev)
         root = _data_root(data, trained_root(ckpt), log)
         sha = file_sha256(ckpt_path)
         if index_dir is not None:

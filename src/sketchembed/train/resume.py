@@ -4,8 +4,10 @@ A run dir holds everything a continuation needs: the overrides it was started wi
 (``.hydra/overrides.yaml``), its latest state (``checkpoints/last.ckpt``, written every epoch) and its
 wandb run (``wandb/*run-<date>-<id>``). :func:`resume_argv` turns ``resume=DIR`` into that run's
 overrides plus the new ones (which win), the same run dir and ``ckpt_path=DIR/checkpoints/last.ckpt``;
-Hydra then composes the config as for the first start. :func:`keep_config_unless_resumed` puts the run's
-``.hydra/`` record back when the continuation fails before it trained. :class:`StepSeed` makes every
+Hydra then composes the config as for the first start. A run dir is data: its saved overrides are
+re-applied only when none could run code (:func:`check_saved_overrides`) and its checkpoint is read as
+one (:func:`read_resumed`). :func:`keep_config_unless_resumed` puts the run's ``.hydra/`` record and
+``config_tree.log`` back when the continuation fails before it trained. :class:`StepSeed` makes every
 training step's randomness depend on ``(seed, rank, epoch, batch)`` only, so a resumed run draws what
 the uninterrupted one would; :func:`resume_after_whole_epochs` makes a run that stopped at an epoch's
 end go on with the next epoch when ``trainer.max_steps`` is set.
@@ -27,15 +29,20 @@ import yaml
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.loops.fit_loop import _FitLoop
 from lightning.pytorch.loops.loop import _Loop
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import OverrideParseException
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from sketchembed.safeload import safe_load
+from sketchembed.entry import CONFIG_TREE_FILE, conf_dir
 from sketchembed.messages import ConfigError
+from sketchembed.models.checkpoint import Checkpoint, read_checkpoint
+from sketchembed.registry import LOSSES, MINERS, MODELS, OPTIMIZERS, SCHEDULERS
 from sketchembed.wandb_run import read_run_id
 
 LAST = Path("checkpoints") / "last.ckpt"
 # keys a resume sets itself; a saved value of them is the previous start's, not the run's
 _OWN_KEYS = ("resume", "ckpt_path")
+_TARGET_IN_YAML = re.compile(r"^\s*_target_:\s*([\w.]+)", re.M)
 _WANDB_RUN = re.compile(r"^(?:offline-)?run-\d{8}_\d{6}-([A-Za-z0-9]+)$")
 
 
@@ -73,13 +80,79 @@ def resume_argv(argv: list[str]) -> list[str]:
     new = [a for a in args if _key(a) != "resume"]
     given = {_key(a) for a in new if "=" in a}
     kept = [o for o in old if _key(o) not in given and _key(o) not in _OWN_KEYS]
+    check_saved_overrides(kept, f"resume={target}: {saved}")  # what is re-applied, not what the user replaces
     extra = [] if "ckpt_path" in given else [f"ckpt_path={ckpt}"]
     if "hydra.run.dir" not in given:
         extra.append(f"hydra.run.dir={run_dir}")
     return [prog, *kept, *new, *extra, f"resume={run_dir}"]
 
 
+def _shipped_targets() -> frozenset[str]:
+    """The ``_target_``s of the configs that come with sketchembed (callbacks, loggers, data, …)."""
+    found = set()
+    for f in Path(conf_dir()).rglob("*.yaml"):
+        found |= set(_TARGET_IN_YAML.findall(f.read_text()))
+    return frozenset(found)
+
+
+def target_allowed(target: object) -> bool:
+    """Whether a run folder may name ``target``: a registered part (or a PML / torch.optim library
+    part) or a target of the shipped configs. Found by name, never imported."""
+    if not isinstance(target, str):
+        return False
+    registries = (MODELS, LOSSES, MINERS, OPTIMIZERS, SCHEDULERS)
+    return any(r.name_for_target(target) for r in registries) or target in _shipped_targets()
+
+
+def check_saved_overrides(overrides: list[str], where: str) -> None:
+    """A run folder is data: its saved overrides are re-applied only when none could run code.
+
+    Refused (one :class:`ConfigError` line naming ``where`` and the override): an interpolation
+    (``${oc.create:...}`` builds a node Hydra would instantiate; a saved value is never resolved), a
+    ``_target_`` (in the key or inside a dict value) that :func:`target_allowed` does not know, and a
+    ``hydra.searchpath`` (configs from elsewhere). Given again on the command line, they are the
+    user's own and go through.
+    """
+    for text in overrides:  # before parsing: the text is never resolved
+        if "${" in text:
+            _refuse(where, text, "an interpolation (a saved value is never resolved)")
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+    except OverrideParseException as e:
+        raise ConfigError(f"{where}: not Hydra overrides ({' '.join(str(e).split())[:120]})") from None
+    for text, o in zip(overrides, parsed):
+        key = o.key_or_group
+        why = None
+        if key == "hydra.searchpath" or key.startswith("hydra.searchpath."):
+            why = "a config search path (configs from elsewhere)"
+        else:
+            bad = [t for t in _targets(key, o.value()) if not target_allowed(t)]
+            if bad:
+                why = f"_target_={str(bad[0])[:80]!r}, which is no registered part nor one of the shipped configs'"
+        if why:
+            _refuse(where, text, why)
+
+
+def _refuse(where: str, text: str, why: str) -> None:
+    raise ConfigError(f"{where}: refused: {text[:80]!r} sets {why}: a run folder is data; give the override "
+                      "on the command line if you trust it")
+
+
+def _targets(key: str, value) -> list:
+    """The ``_target_`` values an override sets: its own (``x._target_=...``) and any in a dict value."""
+    found = [value] if key == "_target_" or key.endswith("._target_") else []
+    if isinstance(value, dict):
+        for k, v in value.items():
+            found += _targets(str(k), v)
+    elif isinstance(value, list):
+        for v in value:
+            found += _targets("", v)
+    return found
+
+
 _RECORD = ("config.yaml", "hydra.yaml", "overrides.yaml")
+# the run dir's own record of its config, which a continuation rewrites too (entry.CONFIG_TREE_FILE)
+_RUN_RECORD = (CONFIG_TREE_FILE,)
 
 
 def _primary_process() -> bool:
@@ -127,7 +200,8 @@ def keep_config_unless_resumed(argv: list[str]):
 
 
 def _keep_previous_config(run_dir: Path) -> Path:
-    """Hydra rewrites ``.hydra/`` for the continuation; the start's record is kept beside it."""
+    """Hydra rewrites ``.hydra/`` (and the run start ``config_tree.log``) for the continuation; the
+    start's record is kept beside it."""
     src = run_dir / ".hydra"
     stem = src / f"before_resume_{time.strftime('%Y-%m-%d_%H-%M-%S')}"
     dst, n = stem, 1
@@ -138,17 +212,21 @@ def _keep_previous_config(run_dir: Path) -> Path:
     for name in _RECORD:
         if (src / name).is_file():
             shutil.copy2(src / name, dst / name)
+    for name in _RUN_RECORD:
+        if (run_dir / name).is_file():
+            shutil.copy2(run_dir / name, dst / name)
     return dst
 
 
 def _restore_config(run_dir: Path, backup: Path) -> None:
-    """``.hydra/`` as it was before a failed continuation (the files it had, no others); the backup goes."""
-    src = run_dir / ".hydra"
-    for name in _RECORD:
-        if (backup / name).is_file():
-            shutil.copy2(backup / name, src / name)
-        elif (src / name).is_file():
-            (src / name).unlink()
+    """``.hydra/`` and ``config_tree.log`` as they were before a failed continuation (the files it
+    had, no others); the backup goes."""
+    for folder, names in ((run_dir / ".hydra", _RECORD), (run_dir, _RUN_RECORD)):
+        for name in names:
+            if (backup / name).is_file():
+                shutil.copy2(backup / name, folder / name)
+            elif (folder / name).is_file():
+                (folder / name).unlink()
     shutil.rmtree(backup, ignore_errors=True)
 
 
@@ -180,39 +258,35 @@ def _short(value, width: int = 40) -> str:
     return text if len(text) <= width else text[:width - 1] + "…"
 
 
-def read_checkpoint(path) -> dict:
-    """The checkpoint to continue from (``ckpt_path``), opened safely, once."""
-    ckpt = safe_load(path)
-    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("state_dict"), dict):
-        raise ConfigError(f"ckpt_path={path}: not a Lightning checkpoint (no state_dict)")
-    return ckpt
+def read_resumed(path) -> Checkpoint:
+    """The checkpoint to continue from or test (``ckpt_path``), read as data once
+    (:func:`sketchembed.models.checkpoint.read_checkpoint`: vetted, its record migrated)."""
+    return read_checkpoint(path, label=f"ckpt_path={path}")
 
 
-def check_checkpoint_fits(path, model, model_choice: str, ckpt: dict | None = None) -> dict:
-    """Check that checkpoint ``path`` (``ckpt``, when already read) holds weights for ``model`` (the
+def check_checkpoint_fits(path, model, model_choice: str, ck: Checkpoint | None = None) -> Checkpoint:
+    """Check that checkpoint ``path`` (``ck``, when already read) holds weights for ``model`` (the
     config's model).
 
     One line naming the checkpoint's model kind and the config's, or the first parameters that
     differ — not Lightning's state-dict traceback. Returns the checkpoint.
     """
-    ckpt = read_checkpoint(path) if ckpt is None else ckpt
-    hp = ckpt.get("hyper_parameters") or {}
-    theirs = hp.get("model_kind") if isinstance(hp, dict) else None
+    ck = read_resumed(path) if ck is None else ck
+    hp, theirs = ck.record.args, ck.record.kind
     ours = getattr(model, "MODEL_KIND", type(model).__name__)
     hint = "resume=<its run dir> reuses the run's own config"
     if theirs != ours:
         raise ConfigError(f"ckpt_path={path} holds a model_kind={theirs!r} model, but the config builds "
                           f"model={model_choice} (model_kind={ours!r}): pass model={theirs} and its other "
                           f"settings, or {hint}")
-    state, mine = ckpt["state_dict"], model.state_dict()
+    state, mine = ck.raw["state_dict"], model.state_dict()
     missing = sorted(set(mine) - set(state))
     unexpected = sorted(set(state) - set(mine))
     shapes = sorted(k for k in set(mine) & set(state)
                     if isinstance(state[k], torch.Tensor) and tuple(state[k].shape) != tuple(mine[k].shape))
     if missing or unexpected or shapes:
-        # shape-giving settings (numbers, names) first; the loss/miner/optimizer records are long
-        differ = sorted((k for k in set(hp) & set(model.hparams)
-                         if k not in ("loss", "miner", "optimizer", "scheduler") and hp[k] != model.hparams[k]),
+        # shape-giving settings (numbers, names) first
+        differ = sorted((k for k in set(hp) & set(model.hparams) if hp[k] != model.hparams[k]),
                         key=lambda k: (isinstance(hp[k], dict), k))
         what = "; ".join(filter(None, [
             f"settings that differ: {', '.join(f'model.{k}={_short(hp[k])} (config: {_short(model.hparams[k])})' for k in differ[:4])}"
@@ -222,7 +296,7 @@ def check_checkpoint_fits(path, model, model_choice: str, ckpt: dict | None = No
             f"{len(missing)} weights missing (e.g. {missing[0]})" if missing else "",
             f"{len(unexpected)} unexpected (e.g. {unexpected[0]})" if unexpected else ""]))
         raise ConfigError(f"ckpt_path={path} does not fit the configured model={model_choice}: {what}; {hint}")
-    return ckpt
+    return ck
 
 
 class LastCheckpoint(ModelCheckpoint):

@@ -30,7 +30,7 @@ from sketchembed.train.console import is_tty
 from sketchembed.train.cv import cv_folds, run_cv
 from sketchembed.train.ranks import RankFailureReport, report_other_rank
 from sketchembed.train.resume import (check_checkpoint_fits, continue_wandb_run, keep_config_unless_resumed,
-                                      read_checkpoint, resume_after_whole_epochs, resume_argv)
+                                      read_resumed, resume_after_whole_epochs, resume_argv)
 from sketchembed.train.search import check_optimized_metric, optimized_value, resolve_metric
 from sketchembed.train.validate import check_config
 from sketchembed.wandb_run import WandbLogger, naming
@@ -104,7 +104,7 @@ def _check_launch(cfg: DictConfig) -> None:
                           "local multirun (-m): start each run on its own, or use hydra/launcher=slurm")
 
 
-def _instantiate_model(cfg: DictConfig, num_classes: int, loss_kind: str | None, resumed: dict | None = None):
+def _instantiate_model(cfg: DictConfig, num_classes: int, loss_kind: str | None, resumed=None):
     """The model with its loss and (triplet-kind losses) miner configs injected; the model builds
     them and keeps the configs as the record of what it trained with."""
     parts = {"loss": OmegaConf.to_container(cfg.loss, resolve=True), "miner": None}
@@ -114,14 +114,14 @@ def _instantiate_model(cfg: DictConfig, num_classes: int, loss_kind: str | None,
                        _recursive_=False, _convert_="all")
 
 
-def _transferred_before(cfg: DictConfig, resumed: dict | None) -> dict:
+def _transferred_before(cfg: DictConfig, resumed) -> dict:
     """Continuing (or testing) a checkpoint whose CNN was transferred: ``model.cnn_ckpt`` is not read.
 
     The checkpoint's weights replace the CNN anyway, so the source file need not exist any more (nor
     be found from another working directory); what the transfer set besides the weights (the
     source's ``normalize``, the record of the source) comes from the checkpoint's hyperparameters."""
-    hp = (resumed or {}).get("hyper_parameters") or {}
-    source = hp.get("cnn_ckpt_source") if isinstance(hp, dict) else None
+    hp = resumed.record.args if resumed is not None else {}  # the read checkpoint's record
+    source = hp.get("cnn_ckpt_source")
     if not source or OmegaConf.select(cfg, "model.cnn_ckpt", throw_on_missing=False) is None:
         return {}
     log.info("model.cnn_ckpt: not read, the CNN comes from ckpt_path=%s (transferred from %s)", cfg.ckpt_path, source)
@@ -206,11 +206,11 @@ def train(cfg: DictConfig) -> dict[str, float]:
     datamodule = instantiate(cfg.data, augment=augment, views=sorted(model_cls.VIEWS),
                              _convert_="all")
     # read safely (once) and matched to the config before Lightning opens it
-    resumed = read_checkpoint(cfg.ckpt_path) if cfg.get("ckpt_path") else None
+    resumed = read_resumed(cfg.ckpt_path) if cfg.get("ckpt_path") else None
     model = _instantiate_model(cfg, datamodule.num_classes, checked["loss_kind"], resumed)
     if resumed is not None:
         check_checkpoint_fits(cfg.ckpt_path, model, checked["model_choice"], resumed)
-    start_step = None if resumed is None else int(resumed.get("global_step", 0))
+    start_step = None if resumed is None else int(resumed.raw.get("global_step", 0))
     del resumed
     if hasattr(model, "check_transfer_inputs"):  # a transferred CNN sees drawings as it was trained to
         model.check_transfer_inputs(datamodule.inputs)
