@@ -109,6 +109,9 @@ class SketchModule(L.LightningModule):
                  optimizer: Any = None, scheduler: Any = DEFAULT_SCHEDULER):
         super().__init__()
         self.save_hyperparameters(ignore=list(PARTS))  # the subclass's arguments too
+        for key, value in list(self.hparams.items()):  # plain data: a tuple is saved as the list it reads back as
+            if isinstance(value, tuple):
+                self.hparams[key] = list(value)
         self.optimizer_record = part_record(DEFAULT_OPTIMIZER if optimizer is None else optimizer,
                                             "optimizer", "model.optimizer")
         lr = self.optimizer_record.args.get("lr")
