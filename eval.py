@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """`python eval.py ckpt_path=PATH [data.test_dir=FOLDER]` — see conf/eval.yaml."""
 
-from sketchembed.eval.run import main
+from sketchembed.commands.evaluate import main
 
 if __name__ == "__main__":
     main()

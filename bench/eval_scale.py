@@ -33,7 +33,7 @@ import torch
 from bench import save_json
 from bench.prepare import write_synthetic
 from sketchembed import STUDY_CLASSES
-from sketchembed.data.categories import CATEGORIES
+from sketchembed.corpus.categories import CATEGORIES
 
 REPO = Path(__file__).resolve().parents[1]
 FULL = dict(drawings=1_500_000, max_train=100_000, max_eval=None, drawings_345=345_000, max_eval_345=20_000,
@@ -46,7 +46,7 @@ MODEL_OVERRIDES = {"triplet": ["model=triplet", "backbone=test_resnet", "data.im
 
 _CHILD_PREPARE = r"""
 import json, sys
-from sketchembed.data.prepare import prepare
+from sketchembed.corpus.prepare import prepare
 ds = prepare([sys.argv[1]], sys.argv[2], "all")
 print(json.dumps({"n": len(ds), "split_totals": ds.manifest["split_totals"]}))
 """

@@ -28,7 +28,7 @@ from sketchembed import STUDY_CLASSES
 
 _CHILD_PREPARE = r"""
 import json, re, sys, time
-from sketchembed.data.prepare import prepare
+from sketchembed.corpus.prepare import prepare
 def peak_mb():
     return int(re.search(r"VmHWM:\s+(\d+)", open("/proc/self/status").read()).group(1)) / 1024
 src, out, classes, fast = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4] == "1"

@@ -44,7 +44,7 @@ def load_points(n: int, root: Path = SHARED / "quickdraw" / "simplified") -> lis
     files = sorted(root.glob("*.ndjson"))
     if not files:
         raise FileNotFoundError(f"no .ndjson drawings in {root} (set SKETCHEMBED_SHARED)")
-    from sketchembed.data.formats import read_drawings
+    from sketchembed.corpus.formats import read_drawings
 
     out: list[np.ndarray] = []
     for f in files:

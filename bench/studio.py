@@ -56,9 +56,9 @@ def make_checkpoint(out: Path, tiny: bool = False) -> Path:
 
 def stroke_prefixes(n_drawings: int, data: str = "study10") -> list[dict]:
     """``/api/predict`` bodies: the first ``n_drawings`` test drawings, each cut after every stroke."""
-    from sketchembed.data.embedded import resolve_root
-    from sketchembed.data.sketch import check_strokes, points_to_strokes
-    from sketchembed.data.store import PreparedDataset
+    from sketchembed.corpus.embedded import resolve_root
+    from sketchembed.corpus.sketch import check_strokes, points_to_strokes
+    from sketchembed.corpus.store import PreparedDataset
 
     ds = PreparedDataset(resolve_root(data))
     bodies = []

@@ -18,8 +18,8 @@ import sys
 from pathlib import Path
 
 from sketchembed import STUDY_CLASSES
-from sketchembed.data.categories import CATEGORIES
-from sketchembed.data.prepare import prepare, summary
+from sketchembed.corpus.categories import CATEGORIES
+from sketchembed.corpus.prepare import prepare, summary
 
 REPO = Path(__file__).resolve().parents[1]
 DEST = REPO / "src" / "sketchembed" / "resources" / "quickdraw"
@@ -27,10 +27,10 @@ COMMAND = "python scripts/build_embedded_data.py"
 
 README_HEAD = """# Real Quick, Draw! drawings shipped with sketchembed
 
-Two prepared datasets (the layout of `sketchembed.data.store`, memory-mapped `.npy` arrays plus
+Two prepared datasets (the layout of `sketchembed.corpus.store`, memory-mapped `.npy` arrays plus
 `manifest.json`) built from the real drawings in `../shared/quickdraw` (both its `simplified/` and
 `raw/` folders: Google's simplified copy is kept when a drawing is in both; drawings found only raw
-were simplified by `sketchembed.data.simplify`). Open them by name: `sketchembed.data.embedded.
+were simplified by `sketchembed.corpus.simplify`). Open them by name: `sketchembed.corpus.embedded.
 embedded_dataset_path("study10")`, or `data.root=study10` in the training configs.
 
 They exist so that tests, demos and trainings run on real drawings with nothing downloaded. They
@@ -42,7 +42,7 @@ Rebuilt with (from the repository root, with `../shared/quickdraw` beside it):
     {command}
 
 Split: `fractions` 70 / 15 / 15 per class, drawings ranked by a seeded hash of their key_id (seed 0),
-so a drawing's split does not depend on file order (see `sketchembed.data.prepare`).
+so a drawing's split does not depend on file order (see `sketchembed.corpus.prepare`).
 
 ## Attribution and license
 

@@ -40,7 +40,7 @@ def real_points(shared: Path, names, per_class: int) -> list:
 
     import numpy as np
 
-    from sketchembed.data.formats import read_drawings
+    from sketchembed.corpus.formats import read_drawings
 
     out = []
     for name in names:

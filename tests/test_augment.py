@@ -14,7 +14,7 @@ from omegaconf import OmegaConf
 
 from sketchembed.data.augment import PointAugment
 from sketchembed.data.raster import Rasterizer
-from sketchembed.data.sketch import points_to_strokes
+from sketchembed.corpus.sketch import points_to_strokes
 
 
 @pytest.fixture(scope="module")

@@ -12,8 +12,8 @@ import torch
 from omegaconf import OmegaConf
 
 from sketchembed.data.datamodule import SketchDataModule, check_fold, fold_splits
-from sketchembed.data.embedded import open_embedded
-from sketchembed.data.store import SPLIT_CODES
+from sketchembed.corpus.embedded import open_embedded
+from sketchembed.corpus.store import SPLIT_CODES
 from sketchembed.eval import crossval
 from sketchembed.eval.stats import mcnemar, wilson
 from sketchembed.eval.tta import PointTTA, embed_split, split_predictions

@@ -149,7 +149,7 @@ def test_eval_run_is_linked_to_the_training_run(trained_and_evaluated):
     cfg = ev["config"]
     assert cfg["train_run_id"] == train["id"]
     assert (cfg["model_kind"], cfg["backbone"], cfg["loss"], cfg["miner"]) == (
-        "triplet", "test_resnet", "HingeTripletLoss", "SemiHardMiner")
+        "triplet", "test_resnet", "hinge", "semihard")
     assert cfg["checkpoint"].endswith("last.ckpt")
 
 
@@ -225,7 +225,7 @@ def test_run_group_of_sweep_members_is_their_multirun():
 def test_dashboard_settings_are_checked():
     from omegaconf import OmegaConf
 
-    from sketchembed.eval.dashboard import settings
+    from sketchembed.commands.dashboard import settings
 
     assert settings(OmegaConf.create({}))["attach"] == "auto"
     with pytest.raises(ValueError, match="dashboard.attach='sometimes'"):
@@ -240,7 +240,7 @@ def test_eval_can_resume_the_training_run_itself(trained_and_evaluated, tmp_path
 
     from omegaconf import OmegaConf
 
-    from sketchembed.eval.dashboard import log_eval
+    from sketchembed.commands.dashboard import log_eval
 
     t = trained_and_evaluated
     for k, v in _env(t["tmp"]).items():

@@ -14,7 +14,7 @@ from sketchembed.data.augment import PointAugment
 from sketchembed.data.datamodule import SketchCollate, SketchDataModule, delta_std
 from sketchembed.data.inputs import keep_count
 from sketchembed.data.samplers import PKBatchSampler
-from sketchembed.data.store import PreparedWriter
+from sketchembed.corpus.store import PreparedWriter
 
 CLASSES = ["apple", "bus", "pear", "van"]
 PER_SPLIT = (14, 5, 5)  # train, val, test per class

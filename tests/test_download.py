@@ -19,8 +19,8 @@ import pytest
 
 from sketchembed import STUDY_CLASSES
 from sketchembed.cli import main
-from sketchembed.data.categories import CATEGORIES
-from sketchembed.data.download import BASE_URL, DownloadError, download, file_url, resolve_classes
+from sketchembed.corpus.categories import CATEGORIES
+from sketchembed.corpus.download import BASE_URL, DownloadError, download, file_url, resolve_classes
 
 CLASSES = ["apple", "The Eiffel Tower"]
 

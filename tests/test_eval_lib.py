@@ -283,7 +283,7 @@ def trained(tmp_path_factory):
     from lightning.pytorch.loggers import TensorBoardLogger
 
     from sketchembed.data.datamodule import SketchDataModule
-    from sketchembed.data.store import PreparedWriter
+    from sketchembed.corpus.store import PreparedWriter
     from sketchembed.models import LSTMModel
     from sketchembed.models.base import DEFAULT_OPTIMIZER
     from sketchembed.train.callbacks import EmbeddingEvalCallback, SampleImagesCallback
@@ -371,7 +371,7 @@ def test_load_model_and_clear_errors(trained, tmp_path):
 
 
 def _ndjson(path, pts, word="banana", key_id=42):
-    from sketchembed.data.sketch import points_to_strokes
+    from sketchembed.corpus.sketch import points_to_strokes
 
     strokes = [[s[:, 0].astype(int).tolist(), s[:, 1].astype(int).tolist()] for s in points_to_strokes(pts)]
     path.write_text(json.dumps({"word": word, "countrycode": "DE", "timestamp": "2017-03-01 00:00:00.0",

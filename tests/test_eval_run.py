@@ -77,7 +77,7 @@ def triplet_ckpt(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def study10():
-    from sketchembed.data.embedded import open_embedded
+    from sketchembed.corpus.embedded import open_embedded
 
     return open_embedded("study10")
 
@@ -290,7 +290,7 @@ def test_report_reads_triplet_acc_as_logged_in_training():
 def test_not_a_checkpoint(tmp_path):
     from omegaconf import OmegaConf
 
-    from sketchembed.eval.run import _ckpt_path
+    from sketchembed.commands.evaluate import _ckpt_path
 
     junk = tmp_path / "model.ckpt"
     junk.write_text("not a checkpoint\n")
@@ -306,7 +306,7 @@ def test_checkpoint_of_another_kind(lstm_ckpt, triplet_ckpt, tmp_path):
 
     from omegaconf import OmegaConf
 
-    from sketchembed.eval.run import _datamodule
+    from sketchembed.commands.evaluate import _datamodule
     from sketchembed.models.checkpoint import open_checkpoint
 
     ck = torch.load(lstm_ckpt, map_location="cpu", weights_only=True)
@@ -340,7 +340,7 @@ def test_odd_eval_values_name_their_key(override, needle, tmp_path):
     from omegaconf import OmegaConf
 
     from sketchembed.data.inputs import InputSettings
-    from sketchembed.eval.run import _datamodule, _settings
+    from sketchembed.commands.evaluate import _datamodule, _settings
 
     cfg = OmegaConf.merge(OmegaConf.load(REPO / "conf" / "eval.yaml"), OmegaConf.from_dotlist([override]))
     with pytest.raises(ValueError, match=re.escape(needle)):

@@ -176,7 +176,7 @@ def test_confused_pairs_table():
 def test_345_class_figures_stay_small_and_fast(tmp_path):
     from sklearn.metrics import confusion_matrix
 
-    from sketchembed.data.categories import CATEGORIES
+    from sketchembed.corpus.categories import CATEGORIES
 
     y, p = _big_confusion()
     classes = list(CATEGORIES)
@@ -229,7 +229,7 @@ def test_stages_record_time_and_peak_memory():
                                           ("knn.ks=[a]", "knn.ks"), ("probe.lr=fast", "probe.lr"),
                                           ("tsne.perplexity=0", "tsne.perplexity")])
 def test_bad_eval_settings_name_their_key(override, key):
-    from sketchembed.eval.run import _settings
+    from sketchembed.commands.evaluate import _settings
 
     cfg = OmegaConf.merge(OmegaConf.load(REPO / "conf" / "eval.yaml"), OmegaConf.from_dotlist([override]))
     with pytest.raises(ValueError, match=re.escape(key)):

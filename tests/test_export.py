@@ -23,7 +23,7 @@ import torch
 
 from sketchembed import cli
 from sketchembed.data.datamodule import SketchCollate, SketchDataModule
-from sketchembed.data.embedded import open_embedded
+from sketchembed.corpus.embedded import open_embedded
 from sketchembed.data.inputs import CHECKPOINT_KEY, InputSettings
 from sketchembed.data.raster import Rasterizer, render_views
 from sketchembed.models.checkpoint import open_checkpoint

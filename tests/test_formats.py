@@ -18,14 +18,14 @@ import numpy as np
 import pytest
 
 from sketchembed.cli import main
-from sketchembed.data.formats import (FORMATS, FileFormat, bucket_kinds, kinds, read_drawings, read_ndjson, register,
+from sketchembed.corpus.formats import (FORMATS, FileFormat, bucket_kinds, kinds, read_drawings, read_ndjson, register,
                                       suffixes, write_binary)
-from sketchembed.data.formats.binary import read_binary, timestamp_seconds
-from sketchembed.data.formats.ndjson import decode_line, read_ndjson_blocks
-from sketchembed.data.formats.npz import NPZ_BUDGET, NpzBudget, read_npz, synthetic_key_id
-from sketchembed.data.prepare import prepare
-from sketchembed.data.simplify import normalize_to_canvas
-from sketchembed.data.sketch import DataFormatError, Drawing, SkipReport
+from sketchembed.corpus.formats.binary import read_binary, timestamp_seconds
+from sketchembed.corpus.formats.ndjson import decode_line, read_ndjson_blocks
+from sketchembed.corpus.formats.npz import NPZ_BUDGET, NpzBudget, read_npz, synthetic_key_id
+from sketchembed.corpus.prepare import prepare
+from sketchembed.corpus.simplify import normalize_to_canvas
+from sketchembed.corpus.sketch import DataFormatError, Drawing, SkipReport
 from sketchembed.eval.suggest import read_sketch
 
 
@@ -739,8 +739,8 @@ from pathlib import Path
 
 import numpy as np
 
-from sketchembed.data.formats.registry import FileFormat, display_name, reader, register, word_problem
-from sketchembed.data.sketch import Drawing, check_strokes
+from sketchembed.corpus.formats.registry import FileFormat, display_name, reader, register, word_problem
+from sketchembed.corpus.sketch import Drawing, check_strokes
 
 
 @reader

@@ -19,7 +19,7 @@ import torch
 from test_train import read_csv_metrics, run_cli, tiny
 
 from sketchembed.data.datamodule import SketchDataModule
-from sketchembed.data.embedded import open_embedded
+from sketchembed.corpus.embedded import open_embedded
 from sketchembed.data.raster import Rasterizer, render_views, stroke_ends
 from sketchembed.eval.knn import search
 from sketchembed.models import MODELS

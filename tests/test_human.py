@@ -18,7 +18,7 @@ CLASSES = ["apple", "banana", "bus"]
 
 @pytest.fixture(scope="module")
 def tiny_store(tmp_path_factory):
-    from sketchembed.data.store import PreparedWriter
+    from sketchembed.corpus.store import PreparedWriter
 
     root = tmp_path_factory.mktemp("human") / "tiny"
     w = PreparedWriter(root, CLASSES)
@@ -43,7 +43,7 @@ def args(root, **kw):
 
 
 def test_scripted_answers_give_the_counted_accuracy(tiny_store, tmp_path):
-    from sketchembed.data.store import PreparedDataset
+    from sketchembed.corpus.store import PreparedDataset
 
     items = human.sample_items(PreparedDataset(tiny_store), 8, [0.5, 1.0], seed=3)
     assert len({it.row for it in items}) == 8                       # distinct drawings
@@ -77,7 +77,7 @@ def test_scripted_answers_give_the_counted_accuracy(tiny_store, tmp_path):
 
 
 def test_eof_ends_cleanly_with_results_so_far(tiny_store):
-    from sketchembed.data.store import PreparedDataset
+    from sketchembed.corpus.store import PreparedDataset
 
     items = human.sample_items(PreparedDataset(tiny_store), 8, [0.5, 1.0], seed=3)
     first = items[0]
@@ -90,7 +90,7 @@ def test_eof_ends_cleanly_with_results_so_far(tiny_store):
 
 def test_truncation_matches_eval_rule(tiny_store):
     from sketchembed.data.inputs import keep_count
-    from sketchembed.data.store import PreparedDataset
+    from sketchembed.corpus.store import PreparedDataset
 
     ds = PreparedDataset(tiny_store)
     for it in human.sample_items(ds, 12, [0.5, 1.0], seed=0):

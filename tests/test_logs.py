@@ -105,7 +105,7 @@ def test_optuna_sweep_with_the_triplet_model_and_no_plugin_chatter(tmp_path):
 
 
 def test_lists_in_messages_are_capped():
-    from sketchembed.data.categories import STUDY_CLASSES
+    from sketchembed.corpus.categories import STUDY_CLASSES
     from sketchembed.data.datamodule import SketchDataModule
     from sketchembed.messages import short_list
 

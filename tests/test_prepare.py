@@ -11,13 +11,13 @@ import pytest
 from sketchembed import STUDY_CLASSES
 from sketchembed.cli import main
 from sketchembed.data.datamodule import SketchDataModule
-from sketchembed.data.embedded import embedded_dataset_path, open_embedded
-from sketchembed.data.formats import read_drawings, read_ndjson
-from sketchembed.data.formats.ndjson import read_ndjson_blocks
-from sketchembed.data.prepare import assign_splits, prepare, split_sizes
-from sketchembed.data.simplify import simplify_drawing
-from sketchembed.data.sketch import DataFormatError, Drawing, SkipReport, strokes_to_points
-from sketchembed.data.store import PreparedDataset
+from sketchembed.corpus.embedded import embedded_dataset_path, open_embedded
+from sketchembed.corpus.formats import read_drawings, read_ndjson
+from sketchembed.corpus.formats.ndjson import read_ndjson_blocks
+from sketchembed.corpus.prepare import assign_splits, prepare, split_sizes
+from sketchembed.corpus.simplify import simplify_drawing
+from sketchembed.corpus.sketch import DataFormatError, Drawing, SkipReport, strokes_to_points
+from sketchembed.corpus.store import PreparedDataset
 
 KEY0 = 5_100_000_000_000_000
 
@@ -348,7 +348,7 @@ def test_cli_refuses_an_output_that_may_hold_data(small_set, tmp_path, capsys, m
     def no_reading(*a, **k):
         raise AssertionError("inputs read before the output was checked")
 
-    monkeypatch.setattr("sketchembed.data.prepare.discover", no_reading)
+    monkeypatch.setattr("sketchembed.corpus.prepare.discover", no_reading)
     assert main(["data", "prepare", "--input", *inputs, "--out", str(out), "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith(f"error: will not write a prepared dataset to {out}: ")
@@ -433,7 +433,7 @@ def test_embedded_datasets(repo_root):
 
 
 def test_embedded_missing_is_a_clear_error(monkeypatch, tmp_path):
-    monkeypatch.setattr("sketchembed.data.embedded.EMBEDDED_ROOT", tmp_path)
+    monkeypatch.setattr("sketchembed.corpus.embedded.EMBEDDED_ROOT", tmp_path)
     with pytest.raises(FileNotFoundError, match="build_embedded_data.py"):
         embedded_dataset_path("study10")
 

@@ -13,7 +13,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from bench.raster import study_match
-from sketchembed.data.embedded import open_embedded
+from sketchembed.corpus.embedded import open_embedded
 from sketchembed.data.raster import CHUNK_ELEMS, Rasterizer, per_image_standardize, render_views, stroke_ends
 
 FILES = ("apple", "cat", "airplane", "The Eiffel Tower", "bus", "helicopter")

@@ -15,6 +15,7 @@ import yaml
 from scipy.stats import binomtest
 
 from sketchembed.eval import report, stats
+from sketchembed.study import STUDY_COL
 
 
 # ----------------------------------------------------------------------------------------- stats
@@ -94,7 +95,7 @@ def test_report_tables_from_metrics(tmp_path):
     assert "| KNN K=3 | 70.0 |" in text and "| linear probe (emb → 64 → classes) | 66.0 |" in text
     assert "95 % interval: Wilson" in text
     assert "| triplet accuracy |" not in text  # not measured → no row
-    assert report.STUDY_COL in text
+    assert STUDY_COL in text
     assert "## t-SNE map" in text and "![t-SNE map of the test embeddings](tsne.png)" in text
     assert "confusion.png" not in text          # figure absent → not embedded
     assert "| 10 | 30 | 50 | 100 |" in text     # early-recognition curve
@@ -265,7 +266,7 @@ def test_report_cli_one_row_per_trained_model(tmp_path, capsys):
     assert "|---|---|---|---|---|---|---|---|---|---:|" in text    # text columns left-aligned, n right
     for word in ("eval/a", "McNemar", "test_resnet", "probe, eval (300 steps)"):
         assert word in console
-    assert "86.5" in text.split(report.STUDY_COL)[1]          # the study's figures apart
+    assert "86.5" in text.split(STUDY_COL)[1]          # the study's figures apart
 
 
 def test_report_cli_train_facts_saved_by_train(tmp_path, capsys):

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from sketchembed.data.formats import read_ndjson
-from sketchembed.data.simplify import (normalize_to_canvas, rdp, rdp_mask, resample,
+from sketchembed.corpus.formats import read_ndjson
+from sketchembed.corpus.simplify import (normalize_to_canvas, rdp, rdp_mask, resample,
                                        simplify_drawing, simplify_drawings)
-from sketchembed.data.sketch import Drawing, SkipReport
+from sketchembed.corpus.sketch import Drawing, SkipReport
 
 
 # --- units -------------------------------------------------------------------------------------

@@ -14,10 +14,10 @@ import time
 import numpy as np
 import pytest
 
-from sketchembed.data.sketch import DataFormatError, strokes_to_points
+from sketchembed.corpus.sketch import DataFormatError, strokes_to_points
 from sketchembed.cli import main
-from sketchembed.data import store
-from sketchembed.data.store import PreparedDataset, PreparedWriter, _sha256_of
+from sketchembed.corpus import store
+from sketchembed.corpus.store import PreparedDataset, PreparedWriter, _sha256_of
 
 
 def fifo(path, data: bytes = b"{}", seconds: float = 30.0) -> None:

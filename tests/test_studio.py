@@ -29,9 +29,9 @@ from bench.studio import adversarial_bodies, measure, measure_adversarial, strok
 from conftest import real_points
 from sketchembed.cli import main
 from sketchembed.data.datamodule import SketchDataModule
-from sketchembed.data.formats import read_drawings
-from sketchembed.data.simplify import TooMuchWork, simplify_drawing, simplify_strokes
-from sketchembed.data.user_drawing import MAX_RDP_VISITS
+from sketchembed.corpus.formats import read_drawings
+from sketchembed.corpus.simplify import TooMuchWork, simplify_drawing, simplify_strokes
+from sketchembed.corpus.user_drawing import MAX_RDP_VISITS
 from sketchembed.eval.human import sample_items
 from sketchembed.eval.knn import vote
 from sketchembed.eval.embed import embed_points

@@ -17,8 +17,8 @@ from test_eval_lib import CLASSES3, _ndjson, trained  # noqa: F401 - `trained`: 
 from test_store import fifo
 
 from sketchembed.cli import main
-from sketchembed.data.formats import read_drawings
-from sketchembed.data.user_drawing import check_raw
+from sketchembed.corpus.formats import read_drawings
+from sketchembed.corpus.user_drawing import check_raw
 from sketchembed.eval import index as index_cmd
 from sketchembed.eval import knn
 
@@ -32,7 +32,7 @@ def index_dir(trained, tmp_path_factory):  # noqa: F811
 
 
 def strokes_of(points, scale=1.0, offset=0.0, time=False, as_int=True):
-    from sketchembed.data.sketch import points_to_strokes
+    from sketchembed.corpus.sketch import points_to_strokes
 
     out = []
     t0 = 0

@@ -2,4 +2,4 @@
 
 __version__ = "0.1.0"
 
-from sketchembed.data.categories import STUDY_CLASSES  # noqa: E402,F401  (defined once, there)
+from sketchembed.study import STUDY_CLASSES  # noqa: E402,F401  (defined once, there)

@@ -12,9 +12,9 @@ import sys
 
 # (command words, module, one-line help)
 COMMANDS = [
-    (("data", "download"), "sketchembed.data.download", "fetch Quick, Draw! files over HTTPS (resumable)"),
-    (("data", "prepare"), "sketchembed.data.prepare", "turn per-class files into one prepared dataset"),
-    (("data", "stats"), "sketchembed.data.stats", "print statistics of a prepared dataset"),
+    (("data", "download"), "sketchembed.corpus.download", "fetch Quick, Draw! files over HTTPS (resumable)"),
+    (("data", "prepare"), "sketchembed.corpus.prepare", "turn per-class files into one prepared dataset"),
+    (("data", "stats"), "sketchembed.corpus.stats", "print statistics of a prepared dataset"),
     (("index", "build"), "sketchembed.eval.index", "embed a prepared dataset and save a KNN index"),
     (("suggest",), "sketchembed.eval.suggest", "nearest drawings of a sketch, from an index"),
     (("human",), "sketchembed.eval.human", "measure your own accuracy on drawings at 50%%/100%%"),
@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     mod.add_arguments(full)
     args = full.parse_args(argv[len(known._words):])
     # lazy: it imports numpy, which would take `sketchembed --help` from 0.02 s to 0.14 s
-    from sketchembed.data.sketch import DataFormatError
+    from sketchembed.corpus.sketch import DataFormatError
 
     try:
         return int(mod.run(args) or 0)

@@ -29,7 +29,7 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 
-from sketchembed.data.sketch import DataFormatError
+from sketchembed.corpus.sketch import DataFormatError
 from sketchembed.messages import ConfigError, short_list
 
 

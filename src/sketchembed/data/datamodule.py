@@ -41,14 +41,14 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from sketchembed.data.batch_filter import MaxMeanStrokes, stroke_counts
-from sketchembed.data.embedded import resolve_root
+from sketchembed.corpus.embedded import resolve_root
 from sketchembed.data.inputs import DEFAULTS, RECIPE, InputSettings, check, image_count, keep_count
-from sketchembed.data.prepare import key_hash
+from sketchembed.corpus.prepare import key_hash
 from sketchembed.data.raster import Rasterizer, render_views
 from sketchembed.data.samplers import PKBatchSampler, RandomBatchSampler, SeededBatches, ShardSampler
-from sketchembed.data.sketch import DataFormatError
-from sketchembed.data.store import SPLIT_CODES, PreparedDataset
-from sketchembed.data.test_dir import open_test_dir
+from sketchembed.corpus.sketch import DataFormatError
+from sketchembed.corpus.store import SPLIT_CODES, PreparedDataset
+from sketchembed.corpus.test_dir import open_test_dir
 from sketchembed.messages import short_list
 
 __all__ = ["FOLD_KEYS", "SPLITS", "VIEWS", "SketchCollate", "SketchDataModule", "SketchSplit", "check_fold", "delta_std",
@@ -311,7 +311,7 @@ class SketchDataModule(L.LightningDataModule):
             the train rows / on each of val and test (reproducible random subsets).
         test_dir: evaluate on these drawings instead of the dataset's test split: a prepared dataset
             directory (all its rows are used) or a folder of per-class files, prepared into a
-            temporary directory by ``sketchembed.data.prepare``. Class names must be among the
+            temporary directory by ``sketchembed.corpus.prepare``. Class names must be among the
             training classes; labels are mapped by name.
         fold: k-fold cross-validation (``train.py cv.folds=K`` sets it per fold): ``{k, index, seed,
             val_share}`` replaces the dataset's splits by fold ``index`` of ``k`` over all its drawings

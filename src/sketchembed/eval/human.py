@@ -1,6 +1,6 @@
 """`sketchembed human`: measure a person's accuracy on drawings shown at 50 % / 100 %.
 
-The study compares its models with humans (its two figures: ``eval.report.STUDY["human"]``); this
+The study compares its models with humans (its two figures: ``sketchembed.study.STUDY["human"]``); this
 lets anyone produce that number on the same data and fractions the models are evaluated on. Drawings are drawn in the terminal with
 braille characters (2 x 4 dots per character: a 64 x 64 dot canvas in 32 x 16 characters), so it
 works over ssh with nothing installed. Answers are read line by line from stdin — a script can
@@ -21,10 +21,11 @@ from typing import Sequence, TextIO
 
 import numpy as np
 
-from sketchembed.data.embedded import resolve_root
+from sketchembed.corpus.embedded import resolve_root
 from sketchembed.data.inputs import DEFAULTS, fraction_tag, keep_count
-from sketchembed.data.store import PreparedDataset
-from sketchembed.eval.report import STUDY, load_metrics
+from sketchembed.corpus.store import PreparedDataset
+from sketchembed.eval.report import load_metrics
+from sketchembed.study import STUDY
 from sketchembed.eval.stats import wilson
 
 BRAILLE_BASE = 0x2800

@@ -28,9 +28,9 @@ import numpy as np
 import torch
 from sklearn.neighbors import NearestNeighbors
 
-from sketchembed.data.formats.registry import unprintable
-from sketchembed.data.sketch import CANVAS_MAX
-from sketchembed.data.store import load_plain_npy, own_files_problem, read_manifest
+from sketchembed.corpus.formats.registry import unprintable
+from sketchembed.corpus.sketch import CANVAS_MAX
+from sketchembed.corpus.store import load_plain_npy, own_files_problem, read_manifest
 
 try:
     import faiss

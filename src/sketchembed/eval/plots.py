@@ -15,7 +15,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from sklearn.metrics import confusion_matrix
 
-from sketchembed.data.sketch import points_to_strokes
+from sketchembed.corpus.sketch import points_to_strokes
 from sketchembed.eval.confusion import most_confused_classes, per_class_sorted
 
 WRONG = "#d62728"

@@ -13,11 +13,11 @@ from pathlib import Path
 
 import numpy as np
 
-from sketchembed.data.formats import FORMATS, read_drawings
-from sketchembed.data.formats.ndjson import decode_line, key_id_of
+from sketchembed.corpus.formats import FORMATS, read_drawings
+from sketchembed.corpus.formats.ndjson import decode_line, key_id_of
 from sketchembed.data.inputs import InputSettings
-from sketchembed.data.sketch import DataFormatError, Drawing, SkipReport, points_to_strokes
-from sketchembed.data.user_drawing import user_drawing_points
+from sketchembed.corpus.sketch import DataFormatError, Drawing, SkipReport, points_to_strokes
+from sketchembed.corpus.user_drawing import user_drawing_points
 from sketchembed.eval.embed import embed_points, pick_device
 from sketchembed.eval.knn import KNNIndex
 from sketchembed.eval.plots import plot_neighbors
@@ -30,7 +30,7 @@ SINGLE_DRAWING_SUFFIX = ".json"
 def parse_user_drawing(text: bytes, where: str, lineno: int = 1) -> tuple[Drawing, np.ndarray]:
     """One JSON drawing (a dataset record, ``{"drawing": …}`` or a bare stroke list; simplified or raw
     coordinates, with or without a time row) → ``(Drawing, simplified (n, 3) points)`` by the one rule
-    for users' drawings (:func:`~sketchembed.data.user_drawing.user_drawing_points`), or a
+    for users' drawings (:func:`~sketchembed.corpus.user_drawing.user_drawing_points`), or a
     DataFormatError naming ``where`` and the problem. ``key_id``/``word`` are kept when given."""
     position = f"line {lineno}"
     try:

@@ -26,7 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from sketchembed.data.formats.ndjson import decode_line
+from sketchembed.corpus.formats.ndjson import decode_line
 from sketchembed.studio.budget import LIGHT_BODY_BYTES, MAX_BODY_BYTES, MAX_MODEL_POINTS, MAX_POINTS, MAX_STROKES, Work
 from sketchembed.studio.drawing import parse_k, to_points
 from sketchembed.studio.errors import RETRY_AFTER_S, RULE, BadInput, error_body, error_bytes, error_responses

@@ -11,7 +11,7 @@ the light lock), at most :data:`HEAVY_QUEUE` more waiting; beyond that, or after
 request worked (:data:`HEAVY_SHARE`), so clients sending large drawings back to back get at most half
 of one core between them, whatever they send. The **hard limits** (413 ``too_large``) bound what
 even a heavy request costs: :data:`MAX_BODY_BYTES`, :data:`MAX_STROKES`, :data:`MAX_POINTS` as sent,
-the simplification's :data:`~sketchembed.data.user_drawing.MAX_RDP_VISITS`, and
+the simplification's :data:`~sketchembed.corpus.user_drawing.MAX_RDP_VISITS`, and
 :data:`MAX_MODEL_POINTS` read by the model.
 
 Why: a 20,000-point zig-zag took 1.3 s to simplify and a 20,000-point simplified drawing 4 s of

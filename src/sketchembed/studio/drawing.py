@@ -1,7 +1,7 @@
 """A drawing posted to the studio: its size caps, then the one rule for users' drawings.
 
 The page sends raw canvas coordinates (with a time row); a script may send Quick, Draw!'s simplified
-strokes. Both are read by :func:`sketchembed.data.user_drawing.user_drawing_points` (the rule
+strokes. Both are read by :func:`sketchembed.corpus.user_drawing.user_drawing_points` (the rule
 ``sketchembed suggest`` uses too), which simplifies raw input the dataset's way — here within the
 request's work budget (:mod:`sketchembed.studio.budget`). Every refusal is a :class:`BadInput` whose
 message names what is wrong in one line (its status by the rule of :mod:`sketchembed.studio.errors`).
@@ -13,8 +13,8 @@ import math
 
 import numpy as np
 
-from sketchembed.data.sketch import points_to_strokes
-from sketchembed.data.user_drawing import MAX_RDP_VISITS, TAP, TOO_INTRICATE, UserDrawingError, user_drawing_points
+from sketchembed.corpus.sketch import points_to_strokes
+from sketchembed.corpus.user_drawing import MAX_RDP_VISITS, TAP, TOO_INTRICATE, UserDrawingError, user_drawing_points
 from sketchembed.studio.budget import LIGHT_RDP_VISITS, MAX_MODEL_POINTS, MAX_POINTS, MAX_STROKES, Work
 from sketchembed.studio.errors import BadInput
 
@@ -34,7 +34,7 @@ def _check_size(drawing) -> None:
 
 def to_points(drawing, fmt: str = "auto", work: Work | None = None) -> np.ndarray:
     """The posted drawing as simplified ``(N, 3)`` int16 points ``(x, y, pen_up)`` (see
-    :func:`~sketchembed.data.user_drawing.user_drawing_points`; ``fmt``: auto, raw or simplified).
+    :func:`~sketchembed.corpus.user_drawing.user_drawing_points`; ``fmt``: auto, raw or simplified).
 
     A light ``work`` simplifies within :data:`LIGHT_RDP_VISITS` first and, over it, moves to the heavy
     lane and simplifies again within :data:`MAX_RDP_VISITS` (the light try costs little: it stopped)."""

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 import uvicorn
 
-from sketchembed.data.sketch import points_to_strokes
+from sketchembed.corpus.sketch import points_to_strokes
 from sketchembed.studio import Studio, create_app
 
 CHROMIUM = os.environ.get("SKETCHEMBED_CHROMIUM", "/usr/bin/chromium")

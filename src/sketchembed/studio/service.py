@@ -23,14 +23,13 @@ from typing import Callable, Sequence
 import numpy as np
 
 from sketchembed.data.datamodule import SketchDataModule
-from sketchembed.data.embedded import resolve_root
+from sketchembed.corpus.embedded import resolve_root
 from sketchembed.data.inputs import InputSettings
-from sketchembed.data.store import PreparedDataset
+from sketchembed.corpus.store import PreparedDataset
 from sketchembed.eval.embed import pick_device
 from sketchembed.eval.human import Results, sample_items
 from sketchembed.eval.index import build_index
 from sketchembed.eval.knn import KNN_CLASSIFIER_K, KNNIndex, vote, vote_scores
-from sketchembed.eval.report import STUDY
 from sketchembed.eval.stats import wilson
 from sketchembed.eval.suggest import check_index_matches
 from sketchembed.models.checkpoint import file_sha256, open_checkpoint, trained_root
@@ -38,6 +37,7 @@ from sketchembed.studio.budget import Lanes, Work
 from sketchembed.studio.drawing import strokes_json
 from sketchembed.studio.errors import BadInput
 from sketchembed.studio.runtime import OnnxRunner, as_runner, onnx_index
+from sketchembed.study import STUDY
 
 TOP_CLASSES = 5
 DEFAULT_K = 8

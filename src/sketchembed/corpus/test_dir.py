@@ -8,9 +8,9 @@ import tempfile
 from pathlib import Path
 from typing import Sequence
 
-from sketchembed.data.formats import discover, suffix_list
-from sketchembed.data.prepare import prepare
-from sketchembed.data.store import PreparedDataset
+from sketchembed.corpus.formats import discover, suffix_list
+from sketchembed.corpus.prepare import prepare
+from sketchembed.corpus.store import PreparedDataset
 from sketchembed.messages import short_list
 
 

@@ -36,8 +36,8 @@ from typing import Callable, Iterable
 
 import numpy as np
 
-from sketchembed.data.formats.ndjson import decode_line
-from sketchembed.data.sketch import DataFormatError, Drawing, points_to_strokes
+from sketchembed.corpus.formats.ndjson import decode_line
+from sketchembed.corpus.sketch import DataFormatError, Drawing, points_to_strokes
 from sketchembed.messages import short_list
 
 FORMAT_NAME = "sketchembed-prepared"

@@ -37,8 +37,8 @@ from rich.progress import (BarColumn, DownloadColumn, Progress, ProgressColumn, 
                            TransferSpeedColumn)
 from rich.text import Text
 
-from sketchembed.data.categories import resolve_classes
-from sketchembed.data.formats import bucket_kinds
+from sketchembed.corpus.categories import resolve_classes
+from sketchembed.corpus.formats import bucket_kinds
 
 BASE_URL = "https://storage.googleapis.com/quickdraw_dataset/"
 #: ``--format`` spellings of earlier versions, still accepted by the command (with a note).

@@ -29,7 +29,7 @@ from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
-from sketchembed.data.sketch import CANVAS_MAX, Drawing
+from sketchembed.corpus.sketch import CANVAS_MAX, Drawing
 
 EPSILON = 2.0
 #: What one RDP level costs beyond its points (its ~25 numpy passes), in point visits: measured on

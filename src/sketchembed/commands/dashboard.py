@@ -31,7 +31,7 @@ import wandb
 from omegaconf import DictConfig, OmegaConf
 from PIL import Image, ImageDraw
 
-from sketchembed.data.sketch import points_to_strokes
+from sketchembed.corpus.sketch import points_to_strokes
 from sketchembed.eval.report import FIGURES
 from sketchembed.eval.retrieval import KEYS as RETRIEVAL_KEYS
 from sketchembed.eval.stats import interval
@@ -72,13 +72,12 @@ def _offline(node: DictConfig) -> bool:
 
 def run_config(m: dict, hp: dict, train: dict | None, cfg: DictConfig) -> dict[str, Any]:
     """What identifies an eval run in wandb's run table (model kind, backbone, loss, miner, checkpoint)."""
-    loss = hp.get("loss") if isinstance(hp.get("loss"), dict) else {}  # a checkpoint's record: {name, args}
-    miner = None
-    if train is not None:
-        miner = OmegaConf.select(train["cfg"], "miner._target_", default=None)
-        miner = str(miner).rsplit(".", 1)[-1] if miner and str(hp.get("model_kind")) == "triplet" else None
+    def name(part: str):  # a checkpoint's record of a part: {name, args} (its registered or library name)
+        rec = hp.get(part)
+        return rec.get("name") if isinstance(rec, dict) else None
+
     return {"model_kind": m.get("model_kind"), "backbone": hp.get("backbone"),
-            "loss": loss.get("name"), "miner": miner,
+            "loss": name("loss"), "miner": name("miner"),
             "checkpoint": m.get("checkpoint"), "checkpoint_sha256": m.get("checkpoint_sha256"),
             "dataset": m.get("dataset"), "classifier": m.get("classifier"),
             "train_run_id": train["id"] if train else None,

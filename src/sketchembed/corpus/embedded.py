@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sketchembed.data.store import PreparedDataset
+from sketchembed.corpus.store import PreparedDataset
 
 EMBEDDED_ROOT = Path(__file__).resolve().parents[1] / "resources" / "quickdraw"
 EMBEDDED_NAMES = ("study10", "others335")
@@ -36,5 +36,5 @@ def resolve_root(root) -> Path:
 
 
 def open_embedded(name: str) -> PreparedDataset:
-    """The embedded dataset as a :class:`~sketchembed.data.store.PreparedDataset`."""
+    """The embedded dataset as a :class:`~sketchembed.corpus.store.PreparedDataset`."""
     return PreparedDataset(embedded_dataset_path(name))

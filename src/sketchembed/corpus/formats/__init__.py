@@ -1,9 +1,9 @@
 """Readers for every public Quick, Draw! format, behind one entry point.
 
 ``read_drawings(path)`` picks the reader from the suffix, through the one list of formats in
-:mod:`~sketchembed.data.formats.registry` (each format module below registers itself on import).
+:mod:`~sketchembed.corpus.formats.registry` (each format module below registers itself on import).
 All readers stream (one line or record in memory at a time; ``.npz`` one split, as pickled arrays
-allow no less) and share one error policy, a :class:`~sketchembed.data.sketch.SkipReport`: a bad
+allow no less) and share one error policy, a :class:`~sketchembed.corpus.sketch.SkipReport`: a bad
 record is skipped and counted with the file and position (``line N``, ``byte N`` or
 ``split/index``), or raised as a ``DataFormatError`` with ``on_error="raise"``. When no ``report``
 is passed, skips are announced by a warning at the end of the file so they never vanish.
@@ -15,10 +15,10 @@ non-empty name, for other sketch datasets).
 from __future__ import annotations
 
 # Registration order is reading order in prepare (a simplified copy of a drawing wins): keep it.
-from sketchembed.data.formats.ndjson import read_ndjson  # noqa: I001
-from sketchembed.data.formats.binary import read_binary, write_binary
-from sketchembed.data.formats.npz import read_npz
-from sketchembed.data.formats.registry import (FORMATS, FileFormat, bucket_kinds, discover, format_of,
+from sketchembed.corpus.formats.ndjson import read_ndjson  # noqa: I001
+from sketchembed.corpus.formats.binary import read_binary, write_binary
+from sketchembed.corpus.formats.npz import read_npz
+from sketchembed.corpus.formats.registry import (FORMATS, FileFormat, bucket_kinds, discover, format_of,
                                                kinds, read_drawings, reader, reading_order, register, suffix_list,
                                                suffixes)
 

@@ -14,9 +14,9 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from sketchembed.data.embedded import EMBEDDED_NAMES, embedded_dataset_path
-from sketchembed.data.sketch import DataFormatError, SkipReport
-from sketchembed.data.store import ARRAYS, SPLIT_NAMES, PreparedDataset, is_count
+from sketchembed.corpus.embedded import EMBEDDED_NAMES, embedded_dataset_path
+from sketchembed.corpus.sketch import DataFormatError, SkipReport
+from sketchembed.corpus.store import ARRAYS, SPLIT_NAMES, PreparedDataset, is_count
 
 
 # Console width when stdout is not a terminal: wide enough for every column (tables do not pad).

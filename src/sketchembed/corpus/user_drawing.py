@@ -3,13 +3,13 @@
 One rule for every entry point (the studio's ``/api/predict``, ``sketchembed suggest``): a list of
 strokes ``[[x…], [y…]]`` or ``[[x…], [y…], [t…]]``, in Quick, Draw!'s simplified form (integers on
 0–255) or raw canvas coordinates with or without a time row. Raw input goes through the dataset's own
-simplification (:mod:`sketchembed.data.simplify`), so a user's sketch reaches a model exactly as a
+simplification (:mod:`sketchembed.corpus.simplify`), so a user's sketch reaches a model exactly as a
 drawing of the training files did. Every refusal is a :class:`UserDrawingError` (a ``ValueError``)
 whose message names what is wrong in one line.
 
 Raw input is checked before it is simplified, so the work stays small: coordinates within the raw
-readers' limit (:data:`~sketchembed.data.sketch.RAW_COORD_LIMIT`, by their own
-:func:`~sketchembed.data.sketch.check_strokes`), and :data:`MAX_SIMPLIFY_WORK` on points × ink length
+readers' limit (:data:`~sketchembed.corpus.sketch.RAW_COORD_LIMIT`, by their own
+:func:`~sketchembed.corpus.sketch.check_strokes`), and :data:`MAX_SIMPLIFY_WORK` on points × ink length
 (which also bounds the resampled points). The simplification resamples the ink at every pixel of the
 0–255 canvas, then Ramer–Douglas–Peucker runs over those points once per level it keeps (up to one
 level per raw point, on a zig-zag): a 500-point zig-zag within that bound took 5 s. So RDP also counts
@@ -24,10 +24,10 @@ from numbers import Real
 
 import numpy as np
 
-from sketchembed.data.simplify import CANVAS_MAX, TooMuchWork, simplify_strokes
-from sketchembed.data.sketch import MIN_EXTENT, check_strokes, strokes_to_points
+from sketchembed.corpus.simplify import CANVAS_MAX, TooMuchWork, simplify_strokes
+from sketchembed.corpus.sketch import MIN_EXTENT, check_strokes, strokes_to_points
 
-# the coordinate forms a user's drawing may come in (not file formats: see data/formats/registry.py)
+# the coordinate forms a user's drawing may come in (not file formats: see corpus/formats/registry.py)
 COORDINATE_FORMS = ("auto", "raw", "simplified")
 #: A raw drawing's points × its ink length on the 0–255 canvas (px) may be at most this: a bound on
 #: the simplification's work (module docstring).
@@ -102,7 +102,7 @@ def ink_length(strokes: list[np.ndarray]) -> float:
 
 
 def is_tap(strokes: list[np.ndarray]) -> bool:
-    """All points in one place (the readers' :data:`~sketchembed.data.sketch.MIN_EXTENT`): a tap."""
+    """All points in one place (the readers' :data:`~sketchembed.corpus.sketch.MIN_EXTENT`): a tap."""
     xy = np.concatenate([s[:, :2] for s in strokes])
     with np.errstate(over="ignore"):  # ±1e308: an infinite extent, refused later by the coordinate limit
         return float((xy.max(axis=0) - xy.min(axis=0)).max()) < MIN_EXTENT

@@ -19,9 +19,9 @@ from typing import IO, Collection, Iterable, Iterator
 
 import numpy as np
 
-from sketchembed.data.categories import CATEGORY_SET
-from sketchembed.data.formats.registry import FileFormat, display_name, reader, register, word_problem
-from sketchembed.data.sketch import CANVAS_MAX, DataFormatError, Drawing, SkipReport, check_strokes
+from sketchembed.corpus.categories import CATEGORY_SET
+from sketchembed.corpus.formats.registry import FileFormat, display_name, reader, register, word_problem
+from sketchembed.corpus.sketch import CANVAS_MAX, DataFormatError, Drawing, SkipReport, check_strokes
 
 _HEAD = struct.Struct("<Q2sBIH")
 _U16 = struct.Struct("<H")

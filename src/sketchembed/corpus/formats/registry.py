@@ -8,7 +8,7 @@ A format is one module that defines a reader and calls :func:`register` once (``
 records: one per format (its name), except where one file type holds two kinds of content told
 apart per file (``.ndjson``: ``simplified`` and ``raw``).
 
-The error policy is one :class:`~sketchembed.data.sketch.SkipReport`: :func:`reader` gives a
+The error policy is one :class:`~sketchembed.corpus.sketch.SkipReport`: :func:`reader` gives a
 format's reader the public ``on_error=``/``report=`` arguments, so a new reader only calls
 ``report.bad(file, position, reason)``.
 """
@@ -23,8 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Collection, Iterable, Iterator, Mapping
 
-from sketchembed.data.categories import CATEGORY_SET
-from sketchembed.data.sketch import DataFormatError, Drawing, SkipReport
+from sketchembed.corpus.categories import CATEGORY_SET
+from sketchembed.corpus.sketch import DataFormatError, Drawing, SkipReport
 
 
 @dataclass(frozen=True)
@@ -34,7 +34,7 @@ class FileFormat:
     ``read(source, *, report, word, words, **options)`` yields Drawings (wrapped by :func:`reader`);
     ``options``: the extra keyword arguments it takes (``.npz``: ``split``); ``write(dest, drawings)``
     if the format can be written; ``read_blocks`` a bulk reader ``prepare`` may use instead (same
-    arguments; yields :class:`~sketchembed.data.formats.ndjson.Block` s of ready point arrays or
+    arguments; yields :class:`~sketchembed.corpus.formats.ndjson.Block` s of ready point arrays or
     Drawings). ``kinds`` (default: the name) and ``sniff(path) -> kind`` where a
     file type holds several; ``raw_kinds``: the kinds whose drawings are raw (``prepare`` simplifies
     them and reads them last, so a simplified copy of a drawing wins). ``bucket``: kind → folder of
@@ -221,7 +221,7 @@ def read_drawings(path, *, on_error: str | None = None, report: SkipReport | Non
     and ``.npz``, which carry no word, take it instead of the file name). ``words``: the class
     names accepted (default Quick, Draw!'s 345; ``None``: any). ``options`` go to the format's
     reader (``.npz``: ``split=`` ``train``/``valid``/``test``, default all three; ``budget=`` an
-    :class:`~sketchembed.data.formats.npz.NpzBudget`).
+    :class:`~sketchembed.corpus.formats.npz.NpzBudget`).
     """
     fmt = format_of(path)
     given = {k for k, v in options.items() if v is not None}

@@ -1,4 +1,4 @@
-"""`sketchembed data prepare`: per-class files → one prepared dataset (see :mod:`sketchembed.data.store`).
+"""`sketchembed data prepare`: per-class files → one prepared dataset (see :mod:`sketchembed.corpus.store`).
 
 Inputs are files or directories (searched recursively) of ``<class>.ndjson`` (simplified or raw),
 ``<class>.bin`` or ``<class>.npz``; the file name is the class. Raw drawings are simplified with the
@@ -44,12 +44,12 @@ import numpy as np
 from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from sketchembed.data.categories import CATEGORIES, CATEGORY_SET, resolve_classes
-from sketchembed.data.formats import (FileFormat, discover, format_of, kinds, read_drawings, reading_order,
+from sketchembed.corpus.categories import CATEGORIES, CATEGORY_SET, resolve_classes
+from sketchembed.corpus.formats import (FileFormat, discover, format_of, kinds, read_drawings, reading_order,
                                       suffix_list)
-from sketchembed.data.simplify import simplify_drawing
-from sketchembed.data.sketch import CANVAS_MAX, DataFormatError, Drawing, SkipReport, check_strokes, strokes_to_points
-from sketchembed.data.store import SPLIT_CODES, PreparedDataset, PreparedWriter, check_target
+from sketchembed.corpus.simplify import simplify_drawing
+from sketchembed.corpus.sketch import CANVAS_MAX, DataFormatError, Drawing, SkipReport, check_strokes, strokes_to_points
+from sketchembed.corpus.store import SPLIT_CODES, PreparedDataset, PreparedWriter, check_target
 
 DEFAULT_FRACTIONS = (0.7, 0.15, 0.15)
 #: Kinds whose files carry no key_ids (sketch-rnn's .npz: prepare makes them up), so a drawing there
@@ -313,7 +313,7 @@ def prepare(inputs: str | os.PathLike | Iterable, out, classes: str | Sequence[s
             study_min_factor: float = 3.0, progress: bool = False, fast: bool = True,
             console=None, warn=None) -> PreparedDataset:
     """Prepare per-class files into a dataset at ``out`` (replaced atomically); returns it opened.
-    ``out`` must pass :func:`~sketchembed.data.store.check_target` (checked before any input is read).
+    ``out`` must pass :func:`~sketchembed.corpus.store.check_target` (checked before any input is read).
 
     ``classes``: names, ``"study"``, ``"all"`` (every category with a file among ``inputs``) or
     ``"from-files"`` (every file name is a class, Quick, Draw!'s or not). ``fmt``: which files to

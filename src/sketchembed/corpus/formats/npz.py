@@ -43,10 +43,10 @@ from typing import Collection, Iterator
 
 import numpy as np
 
-from sketchembed.data.categories import CATEGORY_SET
-from sketchembed.data.formats.registry import FileFormat, display_name, reader, register, word_problem
-from sketchembed.data.simplify import normalize_to_canvas
-from sketchembed.data.sketch import DataFormatError, Drawing, SkipReport, check_strokes
+from sketchembed.corpus.categories import CATEGORY_SET
+from sketchembed.corpus.formats.registry import FileFormat, display_name, reader, register, word_problem
+from sketchembed.corpus.simplify import normalize_to_canvas
+from sketchembed.corpus.sketch import DataFormatError, Drawing, SkipReport, check_strokes
 from sketchembed.messages import short_list
 
 SPLITS = ("train", "valid", "test")

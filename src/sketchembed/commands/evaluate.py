@@ -47,17 +47,17 @@ from sklearn.metrics import balanced_accuracy_score, confusion_matrix
 
 from sketchembed.data.datamodule import SketchDataModule
 from sketchembed.data.inputs import RECIPE, fraction_tag, read_inputs
-from sketchembed.data.test_dir import check_test_dir
+from sketchembed.corpus.test_dir import check_test_dir
 from sketchembed.entry import hydra_entry
 from sketchembed.eval.confusion import confused_pairs
-from sketchembed.eval.dashboard import log_eval
+from sketchembed.commands.dashboard import log_eval
 from sketchembed.eval.embed import embed_loader, model_views, pick_device, subset_loader
 from sketchembed.eval.knn import (KNN_CLASSIFIER_K, nearest, neighbor_labels, resolve_backend, search,
                                   study_tie_correct, vote)
 from sketchembed.eval.plots import (plot_confusion, plot_early_recognition, plot_neighbors, plot_per_class,
                                     plot_tsne)
 from sketchembed.eval.probe import linear_probe
-from sketchembed.eval.report import STUDY_CURVE, STUDY_COL, write_report
+from sketchembed.eval.report import write_report
 from sketchembed.eval.retrieval import KEYS as RETRIEVAL_KEYS, Bounds, Retrieval, retrieval_metrics
 from sketchembed.eval.stages import Stages
 from sketchembed.eval.stats import ci_text, interval, with_intervals
@@ -65,6 +65,7 @@ from sketchembed.eval.tsne import tsne_map
 from sketchembed.messages import short_list
 from sketchembed.metric import triplet_accuracy
 from sketchembed.models.checkpoint import file_sha256, open_checkpoint, trained_root
+from sketchembed.study import STUDY_COL, STUDY_CURVE
 
 log = logging.getLogger("sketchembed.eval")
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 import difflib
 from typing import Iterable
 
+from sketchembed.study import STUDY_CLASSES
+
 CATEGORIES: tuple[str, ...] = (
     'The Eiffel Tower',
     'The Great Wall of China',
@@ -358,10 +360,6 @@ CATEGORIES: tuple[str, ...] = (
 )
 
 CATEGORY_SET: frozenset[str] = frozenset(CATEGORIES)
-
-#: The ten classes of the reference study.
-STUDY_CLASSES: tuple[str, ...] = ("apple", "pear", "blackberry", "grapes", "banana",
-                                   "bus", "van", "truck", "airplane", "helicopter")
 
 assert len(CATEGORIES) == 345 and len(CATEGORY_SET) == 345
 

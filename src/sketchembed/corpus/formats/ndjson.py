@@ -26,9 +26,9 @@ from typing import IO, Collection, Iterator, NamedTuple
 
 import numpy as np
 
-from sketchembed.data.categories import CATEGORY_SET
-from sketchembed.data.formats.registry import FileFormat, display_name, reader, register, word_problem
-from sketchembed.data.sketch import CANVAS_MAX, MIN_EXTENT, Drawing, SkipReport, check_strokes
+from sketchembed.corpus.categories import CATEGORY_SET
+from sketchembed.corpus.formats.registry import FileFormat, display_name, reader, register, word_problem
+from sketchembed.corpus.sketch import CANVAS_MAX, MIN_EXTENT, Drawing, SkipReport, check_strokes
 
 # The C scanner json.loads ends up calling, without loads' per-call Python wrappers (~30 % of it).
 _SCAN = json.scanner.make_scanner(json.JSONDecoder())
