@@ -210,6 +210,7 @@ def test_train_ends_with_its_run_folder_checkpoints_and_metrics(batch_job):
                     f"  metrics: {run_dir / 'train_metrics.json'}"), last
 
 
+@pytest.mark.slow
 def test_eval_ends_with_its_run_folder_and_report(batch_job, tmp_path):
     import os
 
