@@ -78,8 +78,9 @@ class CombinedModel(SketchModule):
     # metric loss on mined in-batch triplets: loss = CE + triplet_weight * metric. With
     # ``metric_normalize`` the metric loss, and KNN (``embed``), see that representation L2-normalised,
     # so its squared distances lie in [0, 4] whatever the backbone's scale and a margin of 1 means
-    # what it means for model=triplet (normalize: true); unnormalised, inception_v4's large
-    # embeddings made the hinge term ~6x the cross-entropy and growing (README, "The main job").
+    # what it means for model=triplet (normalize: true); unnormalised, the hinge of hard triplets
+    # grows with the embeddings' scale squared, and inception_v4's large embeddings swamped the
+    # cross-entropy (README, "The headline command on a CPU").
     LOSS_KINDS = (CLASSIFICATION, TRIPLET)
 
     def __init__(self, num_classes: int, backbone: Any = DEFAULT_BACKBONE, embedding_dim: int = 256,
