@@ -66,14 +66,21 @@ def test_our_default_logs_train_loss_every_epoch(tmp_path):
     assert 1 <= cfg.trainer.log_every_n_steps <= steps
 
 
+def _trainer(**kw):
+    base = dict(current_epoch=0, max_epochs=60, max_steps=-1, global_step=0, num_training_batches=7,
+                accumulate_grad_batches=1, callback_metrics={})
+    return SimpleNamespace(**{**base, **kw})
+
+
 def test_epoch_line_format():
     from sketchembed.train.console import EpochLineProgress
 
     bar = EpochLineProgress()
-    bar._start, bar._first_epoch = 0.0, 0
-    trainer = SimpleNamespace(current_epoch=2, max_epochs=60, global_step=21,
-                              callback_metrics={"train/loss": 1.23456, "val/acc@100": 0.5, "val/knn@4": 0.25,
-                                                "test/x": 1.0})
+    bar.clock.start(0, now=0.0)
+    for step in range(1, 22):  # 21 steps, one per second
+        bar.clock.tick(step, now=float(step))
+    trainer = _trainer(current_epoch=2, global_step=21,
+                       callback_metrics={"train/loss": 1.23456, "val/acc@100": 0.5, "val/knn@4": 0.25, "test/x": 1.0})
     import sketchembed.train.console as console
 
     real = console.time.monotonic
@@ -82,8 +89,70 @@ def test_epoch_line_format():
         line = bar.format_line(trainer)
     finally:
         console.time.monotonic = real
-    # 3 epochs in 30 s: 57 to go, 570 s
-    assert line == "epoch 3/60  step 21  train/loss 1.235  val/acc@100 0.5  val/knn@4 0.25  elapsed 0:30  eta 9:30"
+    # 60 epochs x 7 steps = 420 steps, 399 to go at 1 s each
+    assert line == "epoch 3/60  step 21  train/loss 1.235  val/acc@100 0.5  val/knn@4 0.25  elapsed 0:30  eta 6:39"
+
+
+def test_the_run_ends_at_max_steps_or_max_epochs_whichever_comes_first():
+    from sketchembed.train.console import planned
+
+    assert planned(_trainer(max_steps=20)) == (20, 3)            # 20 steps of 7 a epoch: ends in epoch 3
+    assert planned(_trainer(max_steps=1000)) == (420, 60)        # 60 epochs end it first
+    assert planned(_trainer(max_steps=20, max_epochs=-1)) == (20, 3)
+    assert planned(_trainer(max_epochs=-1)) == (None, None)      # nothing bounds it
+    assert planned(_trainer(max_steps=20, accumulate_grad_batches=2)) == (20, 5)  # 4 steps an epoch
+    assert planned(_trainer(max_steps=20, max_epochs=-1, num_training_batches=float("inf"))) == (20, None)
+
+
+def test_last_line_of_a_max_steps_run_says_its_last_epoch_and_no_time_left():
+    """Was `epoch 3/60 … eta 2:55:45` at the last step of a `trainer.max_steps=20` run."""
+    from sketchembed.train.console import EpochLineProgress
+
+    bar = EpochLineProgress()
+    bar.clock.start(0, now=0.0)
+    for step in range(1, 21):
+        bar.clock.tick(step, now=float(step))
+    line = bar.format_line(_trainer(current_epoch=2, max_steps=20, global_step=20))
+    assert line.startswith("epoch 3/3  step 20") and line.endswith("eta 0:00"), line
+
+
+def test_eta_follows_the_recent_pace_not_the_slow_start():
+    from sketchembed.train.console import PACE_STEPS, RunClock
+
+    clock, t = RunClock(), 0.0
+    clock.start(0, now=t)
+    for step in range(1, 8):  # a slow first epoch: 10 s a step
+        t += 10.0
+        clock.tick(step, now=t)
+    for step in range(8, 8 + PACE_STEPS):  # then 1 s a step
+        t += 1.0
+        clock.tick(step, now=t)
+    assert clock.seconds_per_step() == 1.0
+    trainer = _trainer(global_step=7 + PACE_STEPS)
+    assert clock.eta(trainer) == 420 - 7 - PACE_STEPS
+    clock.tick(7 + PACE_STEPS, now=t + 100)  # a batch that did not step the optimizer does not count
+    assert clock.seconds_per_step() == 1.0
+    fresh = RunClock()
+    fresh.start(0, now=0.0)
+    fresh.tick(1, now=30.0)  # one step: all there is (start-up included)
+    assert fresh.seconds_per_step() == 30.0
+    fresh.tick(2, now=31.0)  # from the second on, the start-up is left out
+    assert fresh.seconds_per_step() == 1.0
+
+
+def test_rich_bar_counts_epochs_to_the_real_end_and_shows_the_eta():
+    from sketchembed.train.console import RunProgressBar
+
+    bar = RunProgressBar()
+    trainer = _trainer(current_epoch=2, max_steps=20, global_step=14, progress_bar_metrics={"train/loss": 1.5},
+                       loggers=[])
+    bar._trainer = trainer
+    assert bar._get_train_description(2).strip() == "Epoch 3/3"
+    bar.clock.start(0, now=0.0)
+    for step in range(1, 15):
+        bar.clock.tick(step, now=2.0 * step)
+    items = bar.get_metrics(trainer, None)
+    assert items["eta"] == "0:12" and items["train/loss"] == 1.5  # 6 steps left at 2 s
 
 
 def test_optuna_sweep_with_the_triplet_model_and_no_plugin_chatter(tmp_path):
@@ -131,3 +200,38 @@ def test_transfer_confirms_the_loaded_cnn_weights(tmp_path, caplog):
     lines = [r.getMessage() for r in caplog.records if "model.cnn_ckpt: loaded" in r.getMessage()]
     assert lines and re.fullmatch(rf"model\.cnn_ckpt: loaded \d+ CNN weight tensors from {re.escape(str(ckpt))}",
                                   lines[0]), lines
+
+
+def test_train_ends_with_its_run_folder_checkpoints_and_metrics(batch_job):
+    r, run_dir = batch_job
+    last = r.stdout.strip().splitlines()[-1]
+    best = next((run_dir / "checkpoints").glob("epoch*.ckpt"))
+    assert last == (f"run folder: {run_dir}  best checkpoint: {best}  last: {run_dir / 'checkpoints' / 'last.ckpt'}"
+                    f"  metrics: {run_dir / 'train_metrics.json'}"), last
+
+
+@pytest.mark.slow
+def test_eval_ends_with_its_run_folder_and_report(batch_job, tmp_path):
+    import os
+
+    _, run_dir = batch_job
+    out = tmp_path / "eval"
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1"}
+    r = subprocess.run([sys.executable, str(REPO / "eval.py"), f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}",
+                        "logger=none", "probe.steps=20", "tsne.max_points=60", f"hydra.run.dir={out}"],
+                       cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    last = r.stdout.strip().splitlines()[-1]
+    html = f", {out / 'report.html'}" if (out / "report.html").is_file() else ""
+    assert last == f"run folder: {out}  report: {out / 'report.md'}{html}  metrics: {out / 'metrics.json'}", last
+
+
+def test_end_line_shows_paths_from_the_working_directory_and_only_files_written(tmp_path, monkeypatch):
+    from sketchembed.entry import end_line
+
+    run = tmp_path / "outputs" / "eval" / "runs" / "x"
+    run.mkdir(parents=True)
+    (run / "report.md").write_text("#")
+    monkeypatch.chdir(tmp_path)
+    assert end_line(run, [("report", [run / "report.md", run / "report.html"]), ("metrics", [run / "m.json"])]) == \
+        "run folder: outputs/eval/runs/x  report: outputs/eval/runs/x/report.md"

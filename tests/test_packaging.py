@@ -21,9 +21,17 @@ REPO = Path(__file__).resolve().parents[1]
 PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())
 
 
+def _folders(root: Path, package: str) -> list[str]:
+    """Every folder under ``root`` as a package name (code or data: setuptools wants both listed)."""
+    return [package, *(".".join([package, *d.relative_to(root).parts]) for d in root.rglob("*")
+                       if d.is_dir() and d.name != "__pycache__")]
+
+
 def test_pyproject_installs_every_package_and_every_config():
     st = PYPROJECT["tool"]["setuptools"]
-    assert sorted(st["packages"]) == sorted([*find_packages(str(REPO / "src")), "sketchembed.conf"])
+    assert set(find_packages(str(REPO / "src"))) <= set(st["packages"])
+    assert sorted(st["packages"]) == sorted([*_folders(REPO / "src" / "sketchembed", "sketchembed"),
+                                             *_folders(REPO / "conf", "sketchembed.conf")])
     assert st["package-dir"]["sketchembed.conf"] == "conf"
     assert st["package-data"]["sketchembed.conf"] == ["**/*.yaml"]
     # the glob covers every file of conf/: nothing a composed config needs is left behind
@@ -31,15 +39,38 @@ def test_pyproject_installs_every_package_and_every_config():
     assert files and all(p.suffix == ".yaml" for p in files), [p for p in files if p.suffix != ".yaml"]
 
 
+def _copy_project(dest: Path) -> Path:
+    """What a build reads (a copy: the checkout gets no build/ or egg-info)."""
+    for name in ("src", "conf"):
+        shutil.copytree(REPO / name, dest / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO / name, dest / name)
+    return dest
+
+
+def test_install_builds_without_warnings(tmp_path):
+    """`pip install -e .` and `pip wheel .` run these two build-backend hooks; setuptools' warnings
+    (a license table instead of an SPDX string, data folders missing from `packages`) came as 26
+    blocks on every install. (An editable install's "InformationOnly" note is no warning.)"""
+    src = _copy_project(tmp_path / "src")
+    code = ("import sys; from setuptools import build_meta as b; "
+            "b.build_wheel(sys.argv[1]); b.build_editable(sys.argv[1])")
+    (tmp_path / "w").mkdir()
+    r = subprocess.run([sys.executable, "-c", code, str(tmp_path / "w")], cwd=src, capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    warned = [ln for ln in (r.stdout + r.stderr).splitlines() if "Warning" in ln]
+    assert not warned, "\n".join(warned)
+    (wheel,) = (tmp_path / "w").glob("sketchembed-0.1.0-py3-none-any.whl")
+    meta = zipfile.ZipFile(wheel).read("sketchembed-0.1.0.dist-info/METADATA").decode()
+    assert "License-Expression: Apache-2.0 AND CC-BY-4.0" in meta
+
+
 @pytest.mark.slow
 def test_installed_entry_points_compose_their_config_outside_a_checkout(tmp_path):
     """Build the wheel (from a copy: the checkout gets no build/), install it into a target dir and
     run the installed sketchembed-train and sketchembed-eval from a directory with no conf/."""
-    src = tmp_path / "src"
-    for name in ("src", "conf"):
-        shutil.copytree(REPO / name, src / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
-    for name in ("pyproject.toml", "README.md"):
-        shutil.copy(REPO / name, src / name)
+    src = _copy_project(tmp_path / "src")
     wheels, target, elsewhere = tmp_path / "wheels", tmp_path / "site", tmp_path / "elsewhere"
     pip = [sys.executable, "-m", "pip", "-q", "--disable-pip-version-check"]
     subprocess.run([*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", str(wheels), str(src)],

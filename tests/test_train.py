@@ -614,3 +614,25 @@ def test_default_run_dir_is_under_outputs(tmp_path):
     assert cfg.callbacks.model_checkpoint.save_top_k == 1
     # last.ckpt (the latest state, every epoch) comes from its own callback (tests/test_resume.py)
     assert cfg.callbacks.last_checkpoint.dirpath == cfg.callbacks.model_checkpoint.dirpath
+
+
+def test_a_refused_run_is_set_aside_from_the_real_runs(tmp_path, capsys):
+    """A run refused by the config checks leaves outputs/<task>/runs/ as it was: its record (Hydra's
+    .hydra/, run.log, the config tree, error.log) goes to outputs/<task>/refused/<name>; a run dir that holds more
+    (a resumed run's checkpoints) keeps its place."""
+    runs = tmp_path / "train" / "runs"
+    fresh, resumed = runs / "2026-01-01_00-00-00", runs / "2026-01-02_00-00-00"
+    for d in (fresh / ".hydra", resumed / "checkpoints"):
+        d.mkdir(parents=True)
+    (fresh / "run.log").write_text("")
+    for run in (fresh, resumed):
+        with pytest.raises(SystemExit) as e:
+            train_entry("train", train)(compose_cfg(["loss=hinge", "model=lstm", "logger=csv"], run))
+        assert e.value.code == 2
+    refused = tmp_path / "train" / "refused" / fresh.name
+    assert sorted(p.name for p in runs.iterdir()) == [resumed.name]
+    assert sorted(p.name for p in refused.iterdir()) == [".hydra", "config_tree.log", "error.log", "run.log"]
+    errors = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("error:")]
+    assert errors[0].endswith(f"(traceback: {refused / 'error.log'})")
+    assert errors[1].endswith(f"(traceback: {resumed / 'error.log'})")
+    assert "Traceback" in (refused / "error.log").read_text()

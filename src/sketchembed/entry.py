@@ -12,6 +12,7 @@ import importlib.resources
 import logging
 import os
 import re
+import shutil
 import sys
 import time
 import traceback
@@ -40,6 +41,10 @@ INPUT_ERRORS = (ConfigError, DataFormatError, FileNotFoundError, ValueError, Mis
 # Groups shown first in the config tree (the rest follow in config order).
 TREE_ORDER = ("data", "model", "backbone", "loss", "miner", "callbacks", "logger", "trainer", "paths", "extras")
 CONFIG_TREE_FILE = "config_tree.log"
+ERROR_FILE = "error.log"
+# What a run dir holds before the run does anything (Hydra's record, the config tree, the error):
+# a run refused with only these is set aside from the real runs (set_aside_refused).
+RECORD_ONLY = frozenset({".hydra", "run.log", CONFIG_TREE_FILE, ERROR_FILE})
 
 # Messages from libraries that carry nothing for a sketchembed user.
 NOISY_WARNINGS = (
@@ -191,6 +196,27 @@ def start_run(cfg: DictConfig) -> None:
         extras(cfg, run_dir())
 
 
+def _shown(path: Path) -> str:
+    """A path as the user can paste it: relative to the working directory when inside it."""
+    path = Path(path)
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
+def end_line(out: str | Path, outputs: Sequence[tuple[str, Sequence[str | Path | None]]]) -> str:
+    """The last line of a run: its folder and the files to open next (``outputs``: label, paths;
+    paths that were not written are left out), e.g.
+    ``run folder: outputs/eval/runs/X  report: outputs/eval/runs/X/report.md, …/report.html``."""
+    parts = [f"run folder: {_shown(Path(out))}"]
+    for label, paths in outputs:
+        found = [_shown(Path(p)) for p in paths if p and Path(p).is_file()]
+        if found:
+            parts.append(f"{label}: {', '.join(found)}")
+    return "  ".join(parts)
+
+
 # ---- errors ---------------------------------------------------------------------------------
 def _unwrap(e: BaseException) -> BaseException:
     while e.__cause__ is not None and type(e).__name__ == "InstantiationException":
@@ -242,12 +268,31 @@ def _save_traceback(e: BaseException) -> str | None:
     if out is None:
         return None
     try:
-        path = out / "error.log"
+        path = out / ERROR_FILE
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text("".join(traceback.format_exception(e)))
         return str(path)
     except OSError:
         return None
+
+
+def set_aside_refused(out: Path) -> Path:
+    """Where a refused run's record ends: a run dir ``<task>/runs/<name>`` that holds only its record
+    (``RECORD_ONLY``) moves to ``<task>/refused/<name>``, so ``runs/`` lists only runs that ran; any
+    other dir (a resumed run's, a sweep job's, one named by ``hydra.run.dir``) stays where it is."""
+    if out.parent.name != "runs" or rank_zero_only.rank != 0:
+        return out
+    try:
+        if not out.is_dir() or any(p.name not in RECORD_ONLY for p in out.iterdir()):
+            return out
+        target = out.parent.parent / "refused" / out.name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if target.exists():
+            return out
+        shutil.move(str(out), str(target))
+        return target
+    except OSError:
+        return out
 
 
 def hydra_entry(config_name: str, fn: Callable[[DictConfig], Any], *,
@@ -284,6 +329,8 @@ def hydra_entry(config_name: str, fn: Callable[[DictConfig], Any], *,
             if isinstance(inner, INPUT_ERRORS):
                 msg = " ".join(str(inner).split())  # one line
                 trace = _save_traceback(e)
+                if trace is not None:
+                    trace = str(set_aside_refused(Path(trace).parent) / ERROR_FILE)
                 where = f" (traceback: {trace})" if trace else ""
                 print(f"error: {msg}{where}", file=sys.stderr)
                 sys.exit(2)

@@ -48,7 +48,7 @@ from sklearn.metrics import balanced_accuracy_score, confusion_matrix
 from sketchembed.data.datamodule import SketchDataModule
 from sketchembed.data.inputs import RECIPE, fraction_tag, read_inputs
 from sketchembed.corpus.test_dir import check_test_dir
-from sketchembed.entry import hydra_entry
+from sketchembed.entry import end_line, hydra_entry
 from sketchembed.eval.confusion import confused_pairs
 from sketchembed.commands.dashboard import log_eval
 from sketchembed.eval.embed import embed_loader, model_views, pick_device, subset_loader
@@ -283,6 +283,8 @@ def _run(ev: _Eval) -> dict:
     log_eval(ev.cfg, ev.out, m, ev.dm.split_store("test").points, dict(ev.model.hparams))
     (ev.out / "stages.json").write_text(json.dumps(ev.stages.summary(), indent=2))
     _print(m, ev.kind)
+    print(end_line(ev.out, [("report", [ev.out / "report.md", ev.out / "report.html"]),
+                            ("metrics", [ev.out / "metrics.json"])]), flush=True)
     return m
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from sketchembed.data.inputs import InputSettings
@@ -64,7 +65,12 @@ class CombinedModel(SketchModule):
     VIEWS = frozenset({"sequence", "snapshots"})
     # With a triplet loss (loss=hinge / softmax_triplet) the classifier still learns with
     # cross-entropy and the representation at each drawing's last stroke end is also shaped by the
-    # metric loss on mined in-batch triplets (weight ``triplet_weight``): the KNN space of the study.
+    # metric loss on mined in-batch triplets: loss = CE + triplet_weight * metric. With
+    # ``metric_normalize`` the metric loss, and KNN (``embed``), see that representation L2-normalised,
+    # so its squared distances lie in [0, 4] whatever the backbone's scale and a margin of 1 means
+    # what it means for model=triplet (normalize: true); unnormalised, the hinge of hard triplets
+    # grows with the embeddings' scale squared, and inception_v4's large embeddings swamped the
+    # cross-entropy (README, "The headline command on a CPU").
     LOSS_KINDS = (CLASSIFICATION, TRIPLET)
 
     def __init__(self, num_classes: int, backbone: Any = DEFAULT_BACKBONE, embedding_dim: int = 256,
@@ -73,7 +79,7 @@ class CombinedModel(SketchModule):
                  drop_rate: float = 0.0, cnn_ckpt: str | None = None, freeze_cnn: bool = False,
                  cnn_lr: float | None = None, input_dim: int = 3, transfer: bool = False,
                  cnn_ckpt_source: str | None = None, triplet_weight: float = 1.0,
-                 channels: Sequence[str] = ("ink",), **common: Any):
+                 channels: Sequence[str] = ("ink",), metric_normalize: bool = True, **common: Any):
         self.check_args({"transfer": transfer, "cnn_ckpt": cnn_ckpt, "cnn_ckpt_source": cnn_ckpt_source})
         super().__init__(num_classes=num_classes, **common)
         self.seq_encoder = SequenceEncoder(input_dim=input_dim, hidden=hidden, layers=layers, dropout=dropout)
@@ -103,6 +109,8 @@ class CombinedModel(SketchModule):
             self.metric_loss, self.loss = self.loss, CrossEntropy()
         else:
             self.metric_loss = None
+        # only a metric loss defines a space of its own; a cross-entropy model's embedding stays as it was
+        self.metric_normalize = bool(metric_normalize) and self.metric_loss is not None
         self.freeze_cnn = bool(freeze_cnn)
         if self.freeze_cnn:
             self.cnn.requires_grad_(False)
@@ -182,13 +190,21 @@ class CombinedModel(SketchModule):
                              "stroke end; the batch contract requires it")
         return batch["snapshots"][idx]
 
-    def embed(self, batch: dict) -> torch.Tensor:
+    def _features(self, batch: dict) -> torch.Tensor:
+        """LSTM state ⊕ CNN embedding at each drawing's last stroke end: the classifier's input."""
         states = self.seq_encoder(batch["seq"], batch["lengths"])
         return torch.cat([last_states(states, batch["lengths"]), self.cnn(self._last_images(batch))], dim=-1)
 
+    def _metric_space(self, feats: torch.Tensor) -> torch.Tensor:
+        """The space the metric loss shapes and KNN searches (normalised with ``metric_normalize``)."""
+        return F.normalize(feats, dim=-1) if self.metric_normalize else feats
+
+    def embed(self, batch: dict) -> torch.Tensor:
+        return self._metric_space(self._features(batch))
+
     def _eval_outputs(self, batch: dict):
-        emb = self.embed(batch)
-        return emb, self.head(emb)
+        feats = self._features(batch)
+        return self._metric_space(feats), self.head(feats)
 
     def training_loss(self, batch: dict):
         states = self.seq_encoder(batch["seq"], batch["lengths"])
@@ -200,7 +216,7 @@ class CombinedModel(SketchModule):
         extra = {"acc": (logits.detach().argmax(-1) == labels[sb]).float().mean()}
         if self.metric_loss is not None:
             is_last = sp == (batch["lengths"] - 1)[sb]
-            emb, emb_labels = feats[is_last], labels[sb[is_last]]
+            emb, emb_labels = self._metric_space(feats[is_last]), labels[sb[is_last]]
             metric = self.metric_loss(*self.mine(emb, emb_labels))
             extra["ce"], extra["metric_loss"] = loss.detach(), metric.detach()
             loss = loss + self.triplet_weight * metric

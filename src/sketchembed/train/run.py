@@ -15,11 +15,12 @@ import lightning as L
 import wandb
 from hydra.types import RunMode
 from hydra.utils import get_class, instantiate
+from lightning.pytorch.callbacks import RichProgressBar
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.table import Table
 
-from sketchembed.entry import conf_dir, hydra_choices, hydra_config, hydra_entry
+from sketchembed.entry import conf_dir, end_line, hydra_choices, hydra_config, hydra_entry
 from sketchembed.eval.report import run_facts
 from sketchembed.eval.stats import ci_text, interval, split_n, with_intervals
 from sketchembed.messages import ConfigError
@@ -29,7 +30,7 @@ from sketchembed.registry import LOSSES, MODELS, TRIPLET, loss_kind
 from sketchembed.train.console import is_tty
 from sketchembed.train.cv import cv_folds, run_cv
 from sketchembed.train.ranks import RankFailureReport, report_other_rank
-from sketchembed.train.resume import (check_checkpoint_fits, continue_wandb_run, keep_config_unless_resumed,
+from sketchembed.train.resume import (LAST, check_checkpoint_fits, continue_wandb_run, keep_config_unless_resumed,
                                       read_resumed, resume_after_whole_epochs, resume_argv)
 from sketchembed.train.search import check_optimized_metric, optimized_value, resolve_metric
 from sketchembed.train.validate import check_config
@@ -148,10 +149,18 @@ def _callbacks(cfg: DictConfig, monitor: str) -> list:
                 node = OmegaConf.merge(node, {"monitor": monitor})
         if target.endswith("LearningRateMonitor") and not has_logger:
             continue  # Lightning refuses it without a logger (logger=none, debug=*)
-        if target.endswith("RichProgressBar") and bar_on and not is_tty():
+        if bar_on and not is_tty() and _is_rich_bar(target):
             node = OmegaConf.create({"_target_": "sketchembed.train.console.EpochLineProgress"})
         callbacks.append(instantiate(node))
     return callbacks
+
+
+def _is_rich_bar(target: str) -> bool:
+    try:
+        cls = get_class(target)
+    except Exception:  # an unimportable target: instantiate() reports it, naming the callback
+        return False
+    return isinstance(cls, type) and issubclass(cls, RichProgressBar)
 
 
 def _loggers(cfg: DictConfig) -> list:
@@ -256,6 +265,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
         if cfg.get("test", True):
             print_table({k: v for k, v in metrics.items() if isinstance(v, float)},
                         f"{checked['model_choice']} on {Path(str(cfg.data.root)).name} (test split)")
+        best = metrics.get("best_checkpoint") or getattr(trainer.checkpoint_callback, "best_model_path", "")
+        print(end_line(out_dir, [("best checkpoint", [best]), ("last", [out_dir / LAST]),
+                                 ("metrics", [out_dir / "train_metrics.json"])]), flush=True)
     for lg in loggers:
         if isinstance(lg, L.pytorch.loggers.WandbLogger):
             wandb.finish()
