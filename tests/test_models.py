@@ -463,3 +463,15 @@ def test_loss_falls_on_a_real_batch(kind):
         model = tiny("triplet")
     first, last = overfit(model, batch, steps=20)
     assert last < 0.7 * first, (first, last)
+
+
+def test_combined_records_before_the_normalised_metric_term_keep_their_raw_space():
+    """A combined checkpoint of an earlier format was trained with its metric term on the raw
+    embedding: migrating its record says so, so its ``embed`` (KNN, suggestions) is what it learned."""
+    from sketchembed.models.checkpoint import migrate
+
+    old = migrate({"model_kind": "combined", "num_classes": NUM_CLASSES}, "old.ckpt")
+    assert old["metric_normalize"] is False
+    assert migrate({"model_kind": "lstm", "num_classes": NUM_CLASSES}, "old.ckpt").get("metric_normalize") is None
+    new = migrate({**old, "metric_normalize": True}, "new.ckpt")  # this format: what it says stands
+    assert new["metric_normalize"] is True

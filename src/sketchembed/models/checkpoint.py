@@ -259,6 +259,8 @@ def migrate(hp: Mapping, where: str) -> dict:
               scheduler=_part_of_config(scheduler, "scheduler", where),
               loss=_part_of_config(hp.get("loss"), "loss", where),
               miner=_part_of_config(hp.get("miner"), "miner", where))
+    if hp.get("model_kind") == "combined":  # trained before its metric term used L2-normalised embeddings
+        hp.setdefault("metric_normalize", False)
     hp[FORMAT_KEY] = FORMAT
     return hp
 
