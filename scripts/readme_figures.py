@@ -48,9 +48,7 @@ RUN_FILE = "figures_run.json"
 # test drawing is seen) and passes its best checkpoint as model.cnn_ckpt.
 CHOOSE_ROWS = [
     ("default", [], "*(the default: combined e2e, `test_resnet`, 64 px, augmentation, 60 epochs)*", None),
-    ("epochs30", ["trainer.max_epochs=30"], None, None),
-    ("augment_none", ["augment=none"], None, None),
-    ("lstm", ["model=lstm"], "`model=lstm` (the temporal model alone)", None),
+    ("channels", ["data.channels=[ink,order]"], "`data.channels=[ink,order]` (a stroke-order channel beside the ink)", None),
     ("ema", ["averaging=ema"], "`averaging=ema` (exponential moving average of the weights)", None),
     ("tta", ["tta=scale_shift"], "`tta=scale_shift` (test-time augmentation: 7 scaled / shifted views averaged)",
      None),
