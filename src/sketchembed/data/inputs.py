@@ -61,12 +61,10 @@ def int_at_least(low: int, *, none_below: bool = False, high: int | None = None)
 
 
 def number(rule: str, ok):
+    """A number (not a bool, not a string that reads as one: a quoted config value is a mistake)."""
     def check(key, v):
-        try:
-            f = float(v)
-        except (TypeError, ValueError):
-            f = float("nan")
-        if isinstance(v, bool) or not ok(f):
+        f = float(v) if isinstance(v, numbers.Real) and not isinstance(v, bool) else float("nan")
+        if not ok(f):
             raise ValueError(f"data.{key} must be a number {rule}, got {v!r}")
         return f
     return check
