@@ -333,13 +333,12 @@ def check_data_key(key: str, value):
                      f"{short_list([*RECIPE, *BATCH_FIELDS], 40)})")
 
 
-def split_keys(keys: dict, inputs: InputSettings, batch: BatchSettings) -> tuple[InputSettings, BatchSettings]:
+def _split_keys(keys: dict, inputs: InputSettings, batch: BatchSettings) -> tuple[InputSettings, BatchSettings]:
     """``inputs`` and ``batch`` with the data config's flat ``keys`` applied, each key to its record."""
-    for key in keys:
-        if key not in RECIPE and key not in _BATCH_CHECKS:
-            check_data_key(key, keys[key])
-    inputs = inputs.replace(**{k: v for k, v in keys.items() if k in RECIPE}) if set(keys) & set(RECIPE) else inputs
-    return inputs, batch.replace(**{k: v for k, v in keys.items() if k in _BATCH_CHECKS})
+    for key in set(keys) - set(RECIPE) - set(BATCH_FIELDS):
+        check_data_key(key, keys[key])  # names the key
+    return (inputs.replace(**{k: v for k, v in keys.items() if k in RECIPE}),
+            batch.replace(**{k: v for k, v in keys.items() if k in BATCH_FIELDS}))
 
 
 def fold_splits(labels: np.ndarray, key_ids: np.ndarray, k: int, index: int, *, seed: int = 0,
@@ -410,7 +409,7 @@ class SketchDataModule(L.LightningDataModule):
     def __init__(self, root: str = "study10", views: Iterable[str] = ("sequence", "image"), augment=None, *,
                  inputs: InputSettings = DEFAULTS, batch: BatchSettings | None = None, **keys):
         super().__init__()
-        self.inputs, self.batch = split_keys(keys, inputs.replace(seq_std=None, classes=None),
+        self.inputs, self.batch = _split_keys(keys, inputs.replace(seq_std=None, classes=None),
                                              BatchSettings() if batch is None else batch)
         self.root = str(root)
         self.views = tuple(views)

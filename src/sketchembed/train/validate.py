@@ -54,14 +54,14 @@ def check_config(cfg: DictConfig) -> None:
 
 
 def _check_data(cfg: DictConfig) -> None:
-    """Every ``data.<key>`` but the DataModule's own arguments (``root``) by its one check."""
+    """Every ``data.<key>`` but ``root`` (typed by the DataModule's signature) by its one check; the
+    DataModule's other arguments (``views``, ``augment``) are train.py's, not the config's."""
     data = cfg.get("data")
     if not isinstance(data, DictConfig):
         return
-    own = {"root", "views", "augment", "inputs", "batch"}
     for key in data.keys():
         key = str(key)
-        if key in _HYDRA_KEYS or key in own or OmegaConf.is_missing(data, key):
+        if key in _HYDRA_KEYS or key == "root" or OmegaConf.is_missing(data, key):
             continue
         try:
             check_data_key(key, _value(data, key))
