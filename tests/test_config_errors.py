@@ -11,6 +11,8 @@ import pytest
 from test_train import EXPERIMENTS, _assert_one_line_error, compose_cfg, run_cli, tiny
 
 from sketchembed.entry import check_new_keys
+from sketchembed.models.combined import CombinedModel
+from sketchembed.models.lstm import LSTMModel
 from sketchembed.train.run import train_entry, train
 from sketchembed.train.validate import ConfigError, check_config
 
@@ -85,6 +87,17 @@ def test_message_names_the_expected_type_and_the_class():
     cfg = compose_cfg(["model=lstm", "+model.foo=1"])
     with pytest.raises(ConfigError, match="model.foo: LSTMModel has no parameter 'foo' .*hidden"):
         check_config(cfg)
+
+
+@pytest.mark.parametrize("model_cls", [LSTMModel, CombinedModel])
+def test_model_argument_rules_live_in_check_args(model_cls):
+    """The models' own check (not train.validate) holds their argument rules: one line naming the key."""
+    for args, message in (({"hidden": 0}, "model.hidden=0: must be >= 1"),
+                          ({"mlp_hidden": -1}, "model.mlp_hidden=-1: must be >= 0"),
+                          ({"dropout": 1.0}, r"model.dropout=1.0: must be in \[0, 1\)")):
+        with pytest.raises(ConfigError, match=f"^{message}"):
+            model_cls.check_args(args)
+    model_cls.check_args({"hidden": 1, "mlp_hidden": 0, "dropout": 0.0, "layers": "${x}"})
 
 
 def test_shipped_sizes_and_group_options_pass(tmp_path):
