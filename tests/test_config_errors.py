@@ -11,16 +11,28 @@ import pytest
 from test_train import EXPERIMENTS, _assert_one_line_error, compose_cfg, run_cli, tiny
 
 from sketchembed.entry import check_new_keys
+from sketchembed.models.combined import CombinedModel
+from sketchembed.models.lstm import LSTMModel
 from sketchembed.train.run import train_entry, train
 from sketchembed.train.validate import ConfigError, check_config
 
 BAD = {
     "trainer.max_epochs=abc": "trainer.max_epochs='abc'",
     "model.optimizer.lr=abc": "model.optimizer.lr='abc'",
-    "data.batch_size=abc": "data.batch_size='abc'",
+    "data.batch_size=abc": "data.batch_size must be an integer, got 'abc'",
     "+model.foo=1": "model.foo",
-    "data.batch_size=0": "data.batch_size=0",
-    "data.eval_batch_size=-3": "data.eval_batch_size=-3",
+    "data.batch_size=0": "data.batch_size must be >= 1, got 0",
+    "data.eval_batch_size=-3": "data.eval_batch_size must be >= 1, got -3",
+    # every data key by its one check (sketchembed.data.datamodule.check_data_key)
+    "data.sampler=fifo": "data.sampler must be one of ('random', 'pk'), got 'fifo'",
+    "data.pk_k=0": "data.pk_k must be >= 1, got 0",
+    "data.num_workers=-1": "data.num_workers must be >= 0, got -1",
+    "data.pin_memory=maybe": "data.pin_memory must be true or false, got 'maybe'",
+    "data.train_subset=1.5": "data.train_subset must be a number in (0, 1], got 1.5",
+    "data.max_train=0": "data.max_train must be >= 1, got 0",
+    "data.max_mean_snapshots=0": "data.max_mean_snapshots must be a number > 0, got 0",
+    "data.fold={k:1,index:0}": "data.fold.k=1: k-fold cross-validation needs k >= 2",
+    "+data.colour=red": "data.colour: SketchDataModule has no setting 'colour'",
     "trainer.max_epochs=1.5": "trainer.max_epochs=1.5",
     "model.scheduler.warmup_steps=x": "model.scheduler.warmup_steps='x'",
     "+callbacks.model_checkpoint.nope=1": "callbacks.model_checkpoint.nope",
@@ -69,12 +81,23 @@ def test_bad_value_is_one_line_naming_the_key_before_the_trainer(override, tmp_p
 
 
 def test_message_names_the_expected_type_and_the_class():
-    cfg = compose_cfg(["model=lstm", "data.batch_size=abc"])
-    with pytest.raises(ConfigError, match=r"data.batch_size='abc': expected int \(SketchDataModule.batch_size\)"):
+    cfg = compose_cfg(["model=lstm", "data.root=[a]"])
+    with pytest.raises(ConfigError, match=r"data.root=\['a'\]: expected str \(SketchDataModule.root\)"):
         check_config(cfg)
     cfg = compose_cfg(["model=lstm", "+model.foo=1"])
     with pytest.raises(ConfigError, match="model.foo: LSTMModel has no parameter 'foo' .*hidden"):
         check_config(cfg)
+
+
+@pytest.mark.parametrize("model_cls", [LSTMModel, CombinedModel])
+def test_model_argument_rules_live_in_check_args(model_cls):
+    """The models' own check (not train.validate) holds their argument rules: one line naming the key."""
+    for args, message in (({"hidden": 0}, "model.hidden=0: must be >= 1"),
+                          ({"mlp_hidden": -1}, "model.mlp_hidden=-1: must be >= 0"),
+                          ({"dropout": 1.0}, r"model.dropout=1.0: must be in \[0, 1\)")):
+        with pytest.raises(ConfigError, match=f"^{message}"):
+            model_cls.check_args(args)
+    model_cls.check_args({"hidden": 1, "mlp_hidden": 0, "dropout": 0.0, "layers": "${x}"})
 
 
 def test_shipped_sizes_and_group_options_pass(tmp_path):

@@ -4,18 +4,23 @@ augmentation, seq_std bookkeeping, DDP shards, and a Lightning run that renders 
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import lightning as L
 import numpy as np
 import pytest
 import torch
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+from test_train import compose_cfg
 
 from sketchembed.data.augment import PointAugment
-from sketchembed.data.datamodule import SketchCollate, SketchDataModule, delta_std
-from sketchembed.data.inputs import keep_count
+from sketchembed.data.datamodule import BATCH_FIELDS, BatchSettings, SketchCollate, SketchDataModule, delta_std
+from sketchembed.data.inputs import RECIPE, InputSettings, keep_count
 from sketchembed.data.samplers import PKBatchSampler
 from sketchembed.corpus.store import PreparedWriter
 
+REPO = Path(__file__).resolve().parents[1]
 CLASSES = ["apple", "bus", "pear", "van"]
 PER_SPLIT = (14, 5, 5)  # train, val, test per class
 
@@ -283,6 +288,40 @@ def test_seq_std_from_train_only_and_restored(tmp_path):
         (b["points"][0, 1, 0] - b["points"][0, 0, 0]).item() / 123.0)
     with pytest.raises(ValueError, match="classes"):
         fresh.load_state_dict({**state, "classes": ["x"] * 4})
+
+
+def test_batch_defaults_are_the_config_defaults():
+    """conf/data/quickdraw.yaml states BatchSettings' defaults (``seed``: the run's ``${seed}``), and
+    its keys are exactly the settings the DataModule takes, so ``data.<key>=`` keeps its names."""
+    raw = OmegaConf.to_container(OmegaConf.load(REPO / "conf/data/quickdraw.yaml"), resolve=False)
+    assert set(raw) == {"_target_", "root", *RECIPE, *BATCH_FIELDS}
+    assert raw["seed"] == "${seed}"
+    assert {k: raw[k] for k in BATCH_FIELDS if k != "seed"} == {
+        k: v for k, v in BatchSettings().to_dict().items() if k != "seed"}
+    assert (BatchSettings().batch_size, BatchSettings().pk_p, BatchSettings().pk_k) == (32, 10, 4)
+
+
+def test_hydra_builds_it_from_flat_keys():
+    """The config's flat keys (and their overrides) land in the record each belongs to."""
+    cfg = compose_cfg(["data.pk_p=3", "data.image_size=32", "data.eval_batch_size=7"])
+    dm = instantiate(cfg.data, views=["sequence"], _convert_="all")
+    assert dm.batch == BatchSettings(pk_p=3, eval_batch_size=7, seed=int(cfg.seed))
+    assert dm.inputs == InputSettings(image_size=32) and dm.eval_batch_size == 7
+    assert not set(RECIPE) & set(dm.hparams) and dm.hparams["pk_p"] == 3  # inputs are saved as the state
+
+
+def test_built_from_records_keys_override_them():
+    batch, inputs = BatchSettings(batch_size=4, sampler="pk"), InputSettings(image_size=32, seq_std=2.0)
+    dm = SketchDataModule(batch=batch, inputs=inputs, pk_k=2, max_snapshots=3)
+    assert dm.batch == batch.replace(pk_k=2) and dm.inputs == InputSettings(image_size=32, max_snapshots=3)
+    assert dm.seq_std == 2.0  # a restored seq_std is kept (not computed again), not part of the recipe
+    assert SketchDataModule(batch_size=4, eval_batch_size=None).eval_batch_size == 4  # null: batch_size
+    with pytest.raises(ValueError, match=r"^data\.colour: SketchDataModule has no setting 'colour'"):
+        SketchDataModule(colour="red")
+    with pytest.raises(ValueError, match=r"^data\.batch_size must be >= 1, got 0$"):
+        SketchDataModule(batch_size=0)
+    with pytest.raises(ValueError, match=r"^data\.seed must be an integer, got 'x'$"):
+        BatchSettings(seed="x")
 
 
 def test_subsets_and_errors(tiny):

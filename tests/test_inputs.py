@@ -43,8 +43,7 @@ def test_python_defaults_are_the_config_defaults():
         value = data[key]
         value = tuple(value) if key in ("seq_origin", "eval_fractions", "channels") else value
         assert value == getattr(DEFAULTS, key), key
-    dm = inspect.signature(SketchDataModule).parameters
-    assert {k: dm[k].default for k in RECIPE} == {k: getattr(DEFAULTS, k) for k in RECIPE}
+    assert SketchDataModule().inputs == DEFAULTS
     collate = inspect.signature(SketchCollate).parameters
     assert (collate["max_snapshots"].default, collate["fraction_rule"].default, collate["seq_origin"].default) == (
         DEFAULTS.max_snapshots, DEFAULTS.fraction_rule, DEFAULTS.seq_origin)

@@ -129,7 +129,7 @@ def test_study_data_config_builds_a_datamodule():
     r = dm.rasterizer
     assert (r.size, r.canvas, r.padding, r.line_width, r.background, r.standardize) == (
         224, 255.0, 5.0, 5.25, "white", True)
-    assert dm.seq_std == 1.0 and dm.seq_origin == (122.5, 122.5) and dm.max_mean_snapshots == 7
+    assert dm.seq_std == 1.0 and dm.seq_origin == (122.5, 122.5) and dm.batch.max_mean_snapshots == 7
 
 
 # ------------------------------------------------------------------------------ data options

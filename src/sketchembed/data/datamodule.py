@@ -32,7 +32,9 @@ sequence and the images; ``study`` is the study's code: the image shows ``floor(
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from dataclasses import dataclass
 from typing import Iterable, Sequence
 
 import lightning as L
@@ -42,7 +44,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from sketchembed.data.batch_filter import MaxMeanStrokes, stroke_counts
 from sketchembed.corpus.embedded import resolve_root
-from sketchembed.data.inputs import DEFAULTS, RECIPE, InputSettings, check, image_count, keep_count
+from sketchembed.data.inputs import (DEFAULTS, RECIPE, InputSettings, boolean, check, image_count, int_at_least,
+                                     keep_count, number, one_of, optional)
 from sketchembed.corpus.prepare import key_hash
 from sketchembed.data.raster import Rasterizer, render_views
 from sketchembed.data.samplers import PKBatchSampler, RandomBatchSampler, SeededBatches, ShardSampler
@@ -51,11 +54,12 @@ from sketchembed.corpus.store import SPLIT_CODES, PreparedDataset
 from sketchembed.corpus.test_dir import open_test_dir
 from sketchembed.messages import short_list
 
-__all__ = ["FOLD_KEYS", "SPLITS", "VIEWS", "SketchCollate", "SketchDataModule", "SketchSplit", "check_fold", "delta_std",
-           "fold_splits"]
+__all__ = ["BATCH_FIELDS", "FOLD_KEYS", "SAMPLERS", "SPLITS", "VIEWS", "BatchSettings", "SketchCollate",
+           "SketchDataModule", "SketchSplit", "check_data_key", "check_fold", "delta_std", "fold_splits"]
 
 VIEWS = ("sequence", "image", "snapshots")
 SPLITS = ("train", "val", "test")
+SAMPLERS = ("random", "pk")
 
 
 # ---------------------------------------------------------------------------------------- dataset
@@ -245,6 +249,98 @@ def check_fold(fold) -> dict | None:
     return out
 
 
+def _fold(key, v):
+    return check_fold(v)
+
+
+def _path(key, v):
+    if v is not None and not isinstance(v, str):
+        raise ValueError(f"data.{key} must be a path or null, got {v!r}")
+    return v
+
+
+#: One check per batch setting (the style of :func:`sketchembed.data.inputs.check`): the value
+#: normalised, or one ``ValueError`` naming ``data.<key>``.
+_BATCH_CHECKS = {
+    "batch_size": int_at_least(1),
+    "eval_batch_size": optional(int_at_least(1)),
+    "sampler": one_of(SAMPLERS),
+    "pk_p": int_at_least(1),
+    "pk_k": int_at_least(1),
+    "batches_per_epoch": optional(int_at_least(1)),
+    "max_mean_snapshots": optional(number("> 0", lambda f: f > 0)),
+    "num_workers": int_at_least(0),
+    "pin_memory": boolean,
+    "seed": int_at_least(-(2 ** 63)),
+    "train_subset": optional(number("in (0, 1]", lambda f: 0 < f <= 1)),
+    "max_train": optional(int_at_least(1)),
+    "max_eval": optional(int_at_least(1)),
+    "test_dir": _path,
+    "fold": _fold,
+}
+
+
+@dataclass(frozen=True)
+class BatchSettings:
+    """What only shapes batches (sizes, sampler, workers, subsets, the fold, the test drawings): unlike
+    :class:`~sketchembed.data.inputs.InputSettings` a model does not depend on them, so they are not
+    in its checkpoint's data state. Frozen and checked (:func:`check_data_key`).
+
+    The defaults are ``conf/data/quickdraw.yaml``'s, stated here for code that builds a DataModule
+    without Hydra (tests, bench); tests/test_datamodule.py holds the two equal."""
+
+    batch_size: int = 32                    # train batch size for sampler=random (P*K for pk)
+    eval_batch_size: int | None = 64        # val/test/loader batch size; None: batch_size
+    sampler: str = "random"                 # random | pk (P classes x K drawings per batch)
+    pk_p: int = 10
+    pk_k: int = 4
+    batches_per_epoch: int | None = None    # pk: over all ranks; None ~ one pass over the train rows
+    max_mean_snapshots: float | None = None # drop train batches averaging more stroke ends (single-process)
+    num_workers: int = 0                    # DataLoader workers (persistent when > 0)
+    pin_memory: bool = False
+    seed: int = 0                           # sampling, subsets and augmentation (with the epoch)
+    train_subset: float | None = None       # keep this share of the train rows
+    max_train: int | None = None            # cap on the train rows (a reproducible random subset)
+    max_eval: int | None = None             # cap on each of val and test
+    test_dir: str | None = None             # test on these drawings instead of the test split
+    fold: dict | None = None                # k-fold cross-validation {k, index, seed, val_share}
+
+    def __post_init__(self):
+        for f in dataclasses.fields(self):
+            object.__setattr__(self, f.name, _BATCH_CHECKS[f.name](f.name, getattr(self, f.name)))
+        if self.fold is not None and self.test_dir is not None:
+            raise ValueError("data.fold and data.test_dir cannot be combined: a fold's test part is one fold "
+                             "of the dataset's own drawings")
+
+    def replace(self, **changes) -> "BatchSettings":
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+BATCH_FIELDS = tuple(f.name for f in dataclasses.fields(BatchSettings))
+
+
+def check_data_key(key: str, value):
+    """``data.<key>`` checked by its one check (an input setting's or a batch setting's), normalised;
+    a key that is neither is one ``ValueError`` naming it. ``root`` is the DataModule's own argument."""
+    if key in RECIPE:
+        return check(key, value)
+    if key in _BATCH_CHECKS:
+        return _BATCH_CHECKS[key](key, value)
+    raise ValueError(f"data.{key}: SketchDataModule has no setting {key!r} (it takes: root, "
+                     f"{short_list([*RECIPE, *BATCH_FIELDS], 40)})")
+
+
+def _split_keys(keys: dict, inputs: InputSettings, batch: BatchSettings) -> tuple[InputSettings, BatchSettings]:
+    """``inputs`` and ``batch`` with the data config's flat ``keys`` applied, each key to its record."""
+    for key in set(keys) - set(RECIPE) - set(BATCH_FIELDS):
+        check_data_key(key, keys[key])  # names the key
+    return (inputs.replace(**{k: v for k, v in keys.items() if k in RECIPE}),
+            batch.replace(**{k: v for k, v in keys.items() if k in BATCH_FIELDS}))
+
+
 def fold_splits(labels: np.ndarray, key_ids: np.ndarray, k: int, index: int, *, seed: int = 0,
                 val_share: float) -> np.ndarray:
     """Split codes (0 train, 1 val, 2 test) of every drawing for fold ``index`` of ``k``.
@@ -287,103 +383,69 @@ def _dataloader_kwargs(num_workers: int, pin_memory: bool) -> dict:
 class SketchDataModule(L.LightningDataModule):
     """Hydra-configured DataModule serving ARCHITECTURE.md "Batches".
 
+    Built from two records: ``inputs`` (:class:`~sketchembed.data.inputs.InputSettings`: what a model
+    sees, saved in its checkpoints) and ``batch`` (:class:`BatchSettings`: what only shapes batches),
+    each defaulting to its defaults. ``keys`` are the ``data`` config's flat keys (``data.batch_size``,
+    ``data.image_size``, …; Hydra passes them so), each applied to the record it belongs to; a key of
+    neither is one ``ValueError`` naming it (:func:`check_data_key`).
+
     Args:
         root: prepared dataset directory, or an embedded set's name (``study10``, ``others335``).
         views: views to render on device (``sequence`` needs no rendering; ``seq`` is always served).
-        image_size, line_width, padding, canvas, background, standardize, channels: the
-            :class:`~sketchembed.data.raster.Rasterizer` (geometry, output style, image channels).
-        fraction_rule: ``ceil`` or ``study`` truncation (module docstring, "Truncation").
-        seq_norm: ``std`` (deltas / the train std) or ``none`` (raw canvas units, ``seq_std = 1``).
-        seq_origin: the first point's delta is taken from this point.
-        max_mean_snapshots: drop training batches whose drawings average more stroke ends than this
-            (the study's ``combined_model.py`` used 7); None keeps all. Single-process only.
-        batch_size: train batch size for ``sampler="random"`` (P*K for ``"pk"``).
-        eval_batch_size: val/test/``loader`` batch size (default ``batch_size``).
-        sampler: ``"random"`` or ``"pk"`` (class-balanced P classes x K drawings per batch).
-        pk_p, pk_k, batches_per_epoch: the P x K sampler (``batches_per_epoch`` over all ranks;
-            default ~ one pass over the train rows).
-        max_snapshots: snapshots per drawing (evenly spaced, last stroke end always in); None = all.
         augment: a point augmentation ``(points, rng) -> points`` applied to train only, or None.
-        eval_fractions: val/test dataloader ``i`` serves drawings truncated to ``eval_fractions[i]``.
-        num_workers, pin_memory: DataLoader settings (workers are persistent when > 0).
-        seed: sampling, subsets and augmentation (with the epoch).
-        train_subset: keep this share of the train rows (quick runs); max_train / max_eval: caps on
-            the train rows / on each of val and test (reproducible random subsets).
-        test_dir: evaluate on these drawings instead of the dataset's test split: a prepared dataset
-            directory (all its rows are used) or a folder of per-class files, prepared into a
-            temporary directory by ``sketchembed.corpus.prepare``. Class names must be among the
-            training classes; labels are mapped by name.
-        fold: k-fold cross-validation (``train.py cv.folds=K`` sets it per fold): ``{k, index, seed,
-            val_share}`` replaces the dataset's splits by fold ``index`` of ``k`` over all its drawings
-            (:func:`fold_splits`; ``val_share`` null = the dataset's own val / (train + val) share).
+        inputs: image (rasterizer), sequence (``seq_norm``, ``seq_origin``), truncation
+            (``fraction_rule``, module docstring) and snapshot settings; val/test dataloader ``i``
+            serves drawings truncated to ``inputs.eval_fractions[i]``.
+        batch: batch sizes, the sampler (``pk``: class-balanced P classes x K drawings per batch),
+            workers, the seed, subsets and caps of the splits, ``max_mean_snapshots`` (drop training
+            batches whose drawings average more stroke ends; the study's ``combined_model.py`` used 7),
+            ``test_dir`` (evaluate on these drawings instead of the test split: a prepared dataset or a
+            folder of per-class files, prepared into a temporary directory; class names must be among
+            the training classes, labels are mapped by name) and ``fold`` (``{k, index, seed,
+            val_share}``: fold ``index`` of ``k`` over all the dataset's drawings replaces its splits,
+            :func:`fold_splits`; ``val_share`` null = the dataset's own val / (train + val) share).
     """
 
-    def __init__(self, root: str = "study10", views: Iterable[str] = ("sequence", "image"),
-                 image_size: int = DEFAULTS.image_size, line_width: float = DEFAULTS.line_width,
-                 padding: float = DEFAULTS.padding,
-                 batch_size: int = 64, eval_batch_size: int | None = None, sampler: str = "random",
-                 pk_p: int = 3, pk_k: int = 16, batches_per_epoch: int | None = None,
-                 max_snapshots: int | None = DEFAULTS.max_snapshots, augment=None,
-                 eval_fractions: Sequence[float] = DEFAULTS.eval_fractions, num_workers: int = 0,
-                 pin_memory: bool = False, seed: int = 0, train_subset: float | None = None,
-                 max_train: int | None = None, max_eval: int | None = None, test_dir: str | None = None,
-                 canvas: float = DEFAULTS.canvas, background: str = DEFAULTS.background,
-                 standardize: bool = DEFAULTS.standardize, fraction_rule: str = DEFAULTS.fraction_rule,
-                 seq_norm: str = DEFAULTS.seq_norm, seq_origin: Sequence[float] = DEFAULTS.seq_origin,
-                 max_mean_snapshots: float | None = None, fold: dict | None = None,
-                 channels: Sequence[str] = DEFAULTS.channels):
+    def __init__(self, root: str = "study10", views: Iterable[str] = ("sequence", "image"), augment=None, *,
+                 inputs: InputSettings = DEFAULTS, batch: BatchSettings | None = None, **keys):
         super().__init__()
-        # the input settings are saved once, as this module's state (InputSettings), not as hparams too
-        self.save_hyperparameters(ignore=["augment", *RECIPE])
-        self.inputs = InputSettings(image_size=image_size, line_width=line_width, padding=padding, canvas=canvas,
-                                    background=background, standardize=standardize, max_snapshots=max_snapshots,
-                                    fraction_rule=fraction_rule, seq_norm=seq_norm, seq_origin=seq_origin,
-                                    eval_fractions=eval_fractions, channels=channels)
+        self.inputs, self.batch = _split_keys(keys, inputs.replace(seq_std=None, classes=None),
+                                             BatchSettings() if batch is None else batch)
         self.root = str(root)
         self.views = tuple(views)
         bad = set(self.views) - set(VIEWS)
         if bad:
             raise ValueError(f"unknown views {sorted(bad)}; choose from {VIEWS}")
-        if sampler not in ("random", "pk"):
-            raise ValueError(f"sampler must be 'random' or 'pk', got {sampler!r}")
-        if train_subset is not None and not 0 < train_subset <= 1:
-            raise ValueError(f"train_subset must be in (0, 1], got {train_subset}")
-        if max_mean_snapshots is not None and not (isinstance(max_mean_snapshots, (int, float))
-                                                   and not isinstance(max_mean_snapshots, bool)
-                                                   and max_mean_snapshots > 0):
-            raise ValueError(f"data.max_mean_snapshots must be a number > 0 or null, got {max_mean_snapshots!r}")
-        self.max_mean_snapshots = max_mean_snapshots
-        self.batch_size = int(batch_size)
-        self.eval_batch_size = int(eval_batch_size or batch_size)
-        self.sampler = sampler
-        self.pk_p, self.pk_k = int(pk_p), int(pk_k)
-        self.batches_per_epoch = batches_per_epoch
+        # the input settings are saved once, as this module's state (InputSettings), not as hparams too
+        self.save_hyperparameters({"root": self.root, "views": list(self.views), **self.batch.to_dict()})
         self.augment = augment
-        self.num_workers, self.pin_memory = int(num_workers), bool(pin_memory)
-        self.seed = int(seed)
-        self.train_subset, self.max_train, self.max_eval = train_subset, max_train, max_eval
-        self.test_dir = test_dir
-        self.fold = check_fold(fold)
-        if self.fold is not None and test_dir is not None:
-            raise ValueError("data.fold and data.test_dir cannot be combined: a fold's test part is one fold "
-                             "of the dataset's own drawings")
+        self._seq_std: float | None = inputs.seq_std
         self._fold_codes: np.ndarray | None = None
         self._rasterizer = None
         self._store = None
         self._test_store = None
         self._test_tmp = None
         self._rows: dict[str, np.ndarray] = {}
-        self._seq_std: float | None = None
 
     @classmethod
-    def from_inputs(cls, inputs: InputSettings, root, **kwargs) -> "SketchDataModule":
+    def from_inputs(cls, inputs: InputSettings, root, **keys) -> "SketchDataModule":
         """A DataModule over ``root`` serving a model the inputs it was trained on (``inputs`` as read by
-        :func:`~sketchembed.data.inputs.read_inputs`: its recipe and its ``seq_std``), whatever the
-        dataset (its labels are then that dataset's own). ``kwargs``: the other constructor arguments."""
-        dm = cls(root=str(root), **{**inputs.recipe(), **kwargs})
-        if inputs.seq_std is not None:
-            dm._seq_std = inputs.seq_std
-        return dm
+        :func:`~sketchembed.data.inputs.read_inputs`: its settings and its ``seq_std``), whatever the
+        dataset (its labels are then that dataset's own). ``keys``: ``views``, ``augment``, ``batch``
+        and flat data keys (as the constructor)."""
+        return cls(root=str(root), inputs=inputs, **keys)
+
+    @property
+    def eval_batch_size(self) -> int:
+        return self.batch.eval_batch_size or self.batch.batch_size
+
+    @property
+    def num_workers(self) -> int:
+        return self.batch.num_workers
+
+    @property
+    def test_dir(self) -> str | None:
+        return self.batch.test_dir
 
     @property
     def seq_origin(self) -> tuple[float, float]:
@@ -463,37 +525,37 @@ class SketchDataModule(L.LightningDataModule):
     def split_rows(self, split: str) -> np.ndarray:
         """Rows of ``split`` in the store before subsets and caps: the prepared dataset's split, or
         under ``fold`` the fold's part of all its drawings."""
-        if self.fold is None:
+        if self.batch.fold is None:
             return self.store.indices(split)
         if self._fold_codes is None:
-            share = self.fold["val_share"]
+            share = self.batch.fold["val_share"]
             if share is None:  # the dataset's own share of val among the drawings that are not test
                 n_val, n_train = len(self.store.indices("val")), len(self.store.indices("train"))
                 share = n_val / max(1, n_val + n_train)
-            self._fold_codes = fold_splits(self.store.labels, self.store.key_ids, self.fold["k"], self.fold["index"],
-                                           seed=self.fold["seed"], val_share=share)
+            self._fold_codes = fold_splits(self.store.labels, self.store.key_ids, self.batch.fold["k"], self.batch.fold["index"],
+                                           seed=self.batch.fold["seed"], val_share=share)
         return np.flatnonzero(self._fold_codes == SPLIT_CODES[split]).astype(np.int64)
 
     def rows(self, split: str) -> np.ndarray:
         """Rows (of :meth:`split_store`) that serve ``split``, after subsets and caps."""
         if split not in self._rows:
-            if split == "test" and self.test_dir is not None:
+            if split == "test" and self.batch.test_dir is not None:
                 rows = np.arange(len(self._open_test_dir()), dtype=np.int64)
             else:
                 rows = self.split_rows(split)
             salt = SPLITS.index(split)
             if split == "train":
-                if self.train_subset is not None:
-                    rows = _subset(rows, max(1, round(self.train_subset * len(rows))), self.seed, salt)
-                if self.max_train is not None:
-                    rows = _subset(rows, int(self.max_train), self.seed, salt + 10)
-            elif self.max_eval is not None:
-                rows = _subset(rows, int(self.max_eval), self.seed, salt)
+                if self.batch.train_subset is not None:
+                    rows = _subset(rows, max(1, round(self.batch.train_subset * len(rows))), self.batch.seed, salt)
+                if self.batch.max_train is not None:
+                    rows = _subset(rows, int(self.batch.max_train), self.batch.seed, salt + 10)
+            elif self.batch.max_eval is not None:
+                rows = _subset(rows, int(self.batch.max_eval), self.batch.seed, salt)
             self._rows[split] = rows
         return self._rows[split]
 
     def split_store(self, split: str):
-        return self._open_test_dir() if split == "test" and self.test_dir is not None else self.store
+        return self._open_test_dir() if split == "test" and self.batch.test_dir is not None else self.store
 
     def dataset(self, split: str, *, augment: bool = False) -> SketchSplit:
         store, rows = self.split_store(split), self.rows(split)
@@ -502,7 +564,7 @@ class SketchDataModule(L.LightningDataModule):
             labels = self._map_labels(store)[labels]
         if len(rows) == 0:
             raise ValueError(f"{store.root}: the {split} split is empty")
-        return SketchSplit(store, rows, labels, self.augment if augment else None, self.seed)
+        return SketchSplit(store, rows, labels, self.augment if augment else None, self.batch.seed)
 
     def _map_labels(self, store) -> np.ndarray:
         index = {c: i for i, c in enumerate(self.class_names)}
@@ -515,7 +577,7 @@ class SketchDataModule(L.LightningDataModule):
     def _open_test_dir(self):
         """Hook for evaluation on outside drawings (``test_dir``); see the class docstring."""
         if self._test_store is None:
-            self._test_store, self._test_tmp = open_test_dir(self.test_dir)
+            self._test_store, self._test_tmp = open_test_dir(self.batch.test_dir)
         return self._test_store
 
     # -- distribution ---------------------------------------------------------------------------------
@@ -536,21 +598,21 @@ class SketchDataModule(L.LightningDataModule):
         world, rank = self._dist()
         ds = self.dataset("train", augment=True)
         positions = np.arange(len(ds))
-        if self.sampler == "pk":
-            bs = PKBatchSampler(positions, ds.labels, self.pk_p, self.pk_k, batches_per_epoch=self.batches_per_epoch,
-                                seed=self.seed, num_replicas=world, rank=rank)
+        if self.batch.sampler == "pk":
+            bs = PKBatchSampler(positions, ds.labels, self.batch.pk_p, self.batch.pk_k, batches_per_epoch=self.batch.batches_per_epoch,
+                                seed=self.batch.seed, num_replicas=world, rank=rank)
         else:
-            bs = RandomBatchSampler(positions, self.batch_size, shuffle=True, drop_last=True, seed=self.seed,
+            bs = RandomBatchSampler(positions, self.batch.batch_size, shuffle=True, drop_last=True, seed=self.batch.seed,
                                     num_replicas=world, rank=rank)
-        if self.max_mean_snapshots is not None:
+        if self.batch.max_mean_snapshots is not None:
             if world > 1:
                 raise ValueError("data.max_mean_snapshots is single-process only: ranks would drop different "
                                  "batches and run different numbers of steps")
-            bs = MaxMeanStrokes(bs, stroke_counts(ds.store, ds.rows), float(self.max_mean_snapshots))
+            bs = MaxMeanStrokes(bs, stroke_counts(ds.store, ds.rows), float(self.batch.max_mean_snapshots))
         if ds.augment is not None:
-            bs = SeededBatches(bs, self.seed)
+            bs = SeededBatches(bs, self.batch.seed)
         return DataLoader(ds, batch_sampler=bs, collate_fn=self.collate(1.0),
-                          **_dataloader_kwargs(self.num_workers, self.pin_memory))
+                          **_dataloader_kwargs(self.batch.num_workers, self.batch.pin_memory))
 
     def collate(self, fraction: float = 1.0) -> SketchCollate:
         """The collate for drawings truncated to ``fraction``, with this module's sequence settings."""
@@ -581,9 +643,9 @@ class SketchDataModule(L.LightningDataModule):
         ds = self.dataset(split)
         bsz = int(batch_size or self.eval_batch_size)
         collate = self.collate(fraction)
-        kw = _dataloader_kwargs(self.num_workers if num_workers is None else int(num_workers), self.pin_memory)
+        kw = _dataloader_kwargs(self.batch.num_workers if num_workers is None else int(num_workers), self.batch.pin_memory)
         if shuffle:
-            bs = RandomBatchSampler(np.arange(len(ds)), bsz, shuffle=True, drop_last=False, seed=self.seed,
+            bs = RandomBatchSampler(np.arange(len(ds)), bsz, shuffle=True, drop_last=False, seed=self.batch.seed,
                                     num_replicas=num_replicas, rank=rank)
             return DataLoader(ds, batch_sampler=bs, collate_fn=collate, **kw)
         # A plain sampler (not a batch sampler): Lightning's predict loop rebuilds the batch sampler

@@ -44,7 +44,7 @@ FORMAT_KEY = "input_settings_format"
 FORMAT = 1
 
 
-def _int_at_least(low: int, *, none_below: bool = False, high: int | None = None):
+def int_at_least(low: int, *, none_below: bool = False, high: int | None = None):
     def check(key, v):
         if v is None and none_below:
             return None
@@ -60,19 +60,17 @@ def _int_at_least(low: int, *, none_below: bool = False, high: int | None = None
     return check
 
 
-def _number(rule: str, ok):
+def number(rule: str, ok):
+    """A number (not a bool, not a string that reads as one: a quoted config value is a mistake)."""
     def check(key, v):
-        try:
-            f = float(v)
-        except (TypeError, ValueError):
-            f = float("nan")
-        if isinstance(v, bool) or not ok(f):
+        f = float(v) if isinstance(v, numbers.Real) and not isinstance(v, bool) else float("nan")
+        if not ok(f):
             raise ValueError(f"data.{key} must be a number {rule}, got {v!r}")
         return f
     return check
 
 
-def _one_of(choices: tuple):
+def one_of(choices: tuple):
     def check(key, v):
         if v not in choices:
             raise ValueError(f"data.{key} must be one of {choices}, got {v!r}")
@@ -80,10 +78,17 @@ def _one_of(choices: tuple):
     return check
 
 
-def _bool(key, v):
+def boolean(key, v):
     if not isinstance(v, bool):
         raise ValueError(f"data.{key} must be true or false, got {v!r}")
     return v
+
+
+def optional(check):
+    """``check`` that also takes null (None): a setting whose absence means something (no cap, the default)."""
+    def checked(key, v):
+        return None if v is None else check(key, v)
+    return checked
 
 
 def _origin(key, v):
@@ -119,10 +124,6 @@ def _channels(key, v):
     return names
 
 
-def _seq_std(key, v):
-    return None if v is None else _number("> 0", lambda f: f > 0)(key, v)
-
-
 def _classes(key, v):
     if v is None:
         return None
@@ -132,19 +133,19 @@ def _classes(key, v):
 
 
 _CHECKS = {
-    "image_size": _int_at_least(1, high=MAX_IMAGE_SIZE),
-    "line_width": _number("> 0", lambda f: f > 0),
-    "padding": _number(">= 0", lambda f: f >= 0),
-    "canvas": _number("> 0", lambda f: f > 0),
-    "background": _one_of(BACKGROUNDS),
-    "standardize": _bool,
+    "image_size": int_at_least(1, high=MAX_IMAGE_SIZE),
+    "line_width": number("> 0", lambda f: f > 0),
+    "padding": number(">= 0", lambda f: f >= 0),
+    "canvas": number("> 0", lambda f: f > 0),
+    "background": one_of(BACKGROUNDS),
+    "standardize": boolean,
     "channels": _channels,
-    "max_snapshots": _int_at_least(1, none_below=True),
-    "fraction_rule": _one_of(FRACTION_RULES),
-    "seq_norm": _one_of(SEQ_NORMS),
+    "max_snapshots": int_at_least(1, none_below=True),
+    "fraction_rule": one_of(FRACTION_RULES),
+    "seq_norm": one_of(SEQ_NORMS),
     "seq_origin": _origin,
     "eval_fractions": _fractions,
-    "seq_std": _seq_std,
+    "seq_std": optional(number("> 0", lambda f: f > 0)),
     "classes": _classes,
 }
 

@@ -19,6 +19,7 @@ from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
 from sketchembed.data.inputs import fraction_tag
+from sketchembed.messages import ConfigError
 from sketchembed.metric import TripletAccuracy
 from sketchembed.metric.distances import config_name
 from sketchembed.metric.miners import mine_batch
@@ -35,6 +36,30 @@ __all__ = ["DEFAULT_OPTIMIZER", "DEFAULT_SCHEDULER", "SketchModule", "build_part
 ACC, EVAL_LOSS = CLASSIFIER_METRICS = ("acc", "loss")
 
 log = logging.getLogger(__name__)
+
+
+def _size(low: int):
+    def rule(value) -> str | None:
+        return None if value >= low else f"must be >= {low}"
+    return rule
+
+
+def _probability(value) -> str | None:
+    return None if 0 <= value < 1 else "must be in [0, 1) (a probability of dropping a unit)"
+
+
+#: The rules of the models' shared layer arguments, one per key (:meth:`SketchModule.check_args`):
+#: sizes (0 or less: a 0-d embedding trained and exited 0, -4 crashed in torch; ``mlp_hidden`` 0 is
+#: the combined model's one-linear-layer head) and dropout probabilities (1 drops everything; torch
+#: refuses others without naming the key).
+ARG_RULES = {
+    "embedding_dim": _size(1),
+    "hidden": _size(1),
+    "layers": _size(1),
+    "mlp_hidden": _size(0),
+    "dropout": _probability,
+    "drop_rate": _probability,
+}
 
 
 def build_part(part: Any, what: str, default: str | None = None) -> nn.Module | None:
@@ -165,7 +190,14 @@ class SketchModule(L.LightningModule):
     @classmethod
     def check_args(cls, args: Mapping[str, Any]) -> None:
         """Checks of its config arguments that need nothing built: ``train.py`` runs them before any
-        data or weights, ``__init__`` again (a ConfigError names the key)."""
+        data or weights, ``__init__`` again (a ConfigError names the key). Here: :data:`ARG_RULES`
+        (a value that is not a number is the type check's, ``train.validate``)."""
+        for key, rule in ARG_RULES.items():
+            value = args.get(key)
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                why = rule(value)
+                if why is not None:
+                    raise ConfigError(f"model.{key}={value}: {why}")
 
     @classmethod
     def eval_metrics(cls) -> tuple[str, ...]:

@@ -131,6 +131,7 @@ class CombinedModel(SketchModule):
             raise ConfigError("model.cnn_ckpt is required for a transfer run (model.transfer=true, set by "
                               "model=combined_transfer): model.cnn_ckpt=PATH of a "
                               f"{'/'.join(TRANSFERABLE)} checkpoint")
+        super().check_args(args)
 
     def check_transfer_inputs(self, inputs: InputSettings) -> None:
         """Refuse data settings (``inputs``, the run's) that render drawings otherwise than the ones the

@@ -3,11 +3,13 @@
 A value of the wrong type (``trainer.max_epochs=abc``), a key the class does not take
 (``+model.foo=1``) or a count below its minimum (``data.batch_size=0``) otherwise fails late — inside
 Hydra's instantiate, the Trainer or a sampler — with a traceback or a message that does not name
-the key. The annotations of the classes are the schema, so there is no second copy of it here; only
-lower bounds that annotations cannot state are listed (:data:`MINIMUM`). The ``data`` input settings
-go through their own one check (:func:`sketchembed.data.inputs.check`, e.g. ``data.image_size`` on
-1…1024) here, before the rasterizer would try to allocate them; every ``callbacks.*`` node must name a
-Lightning callback (anything else failed deep inside the Trainer).
+the key. The annotations of the classes are the schema, so there is no second copy of it here.
+Rules annotations cannot state live with what they are about, one function per key: the ``data``
+keys' in :func:`sketchembed.data.datamodule.check_data_key` (the input settings' and the batch
+settings' tables, e.g. ``data.image_size`` on 1…1024 before the rasterizer would try to allocate it),
+the models' in their ``check_args`` (``train.run.validate`` runs them); only the Trainer's lower
+bounds, whose class is Lightning's, are listed here (:data:`MINIMUM`). Every ``callbacks.*`` node
+must name a Lightning callback (anything else failed deep inside the Trainer).
 """
 
 from __future__ import annotations
@@ -23,30 +25,18 @@ from hydra.utils import get_object
 from lightning.pytorch import Callback
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from sketchembed.data import inputs
+from sketchembed.data.datamodule import check_data_key
 from sketchembed.messages import ConfigError, short_list
 
-# Lower bounds of numbers whose bad values surface only once training runs (or without the key, or
-# never: a negative gradient_clip_val silently clipped nothing).
+# Lower bounds of the Trainer's numbers whose bad values surface only once training runs (or without
+# the key, or never: a negative gradient_clip_val silently clipped nothing).
 MINIMUM = {
-    "data.batch_size": 1,
-    "data.eval_batch_size": 1,
-    "data.pk_p": 1,
-    "data.pk_k": 1,
-    "data.num_workers": 0,
     "trainer.max_epochs": -1,
     "trainer.max_steps": -1,
     "trainer.accumulate_grad_batches": 1,
     "trainer.log_every_n_steps": 1,
     "trainer.gradient_clip_val": 0,  # 0 or null: no clipping
-    # sizes of the models' layers (0 or less: a 0-d embedding trains and exits 0, -4 crashes in torch)
-    "model.embedding_dim": 1,
-    "model.hidden": 1,
-    "model.layers": 1,
-    "model.mlp_hidden": 0,  # 0: the combined model's head is one linear layer
 }
-# Probabilities of dropping a unit: [0, 1) (1 drops everything; torch refuses others without the key).
-DROPOUT = ("model.dropout", "model.drop_rate")
 _LIST = 15  # names shown in a message (Trainer takes 40)
 _HYDRA_KEYS = {"_target_", "_partial_", "_convert_", "_recursive_", "_args_"}
 
@@ -56,21 +46,27 @@ def check_config(cfg: DictConfig) -> None:
     for path, node in _target_nodes(cfg, ""):
         _check_node(path, node)
     _check_callbacks(cfg)
-    for key in inputs.RECIPE:
-        value = _value(cfg, f"data.{key}")
-        if value is not None:
-            try:
-                inputs.check(key, value)
-            except ValueError as e:
-                raise ConfigError(str(e)) from None
+    _check_data(cfg)
     for key, low in MINIMUM.items():
         value = _value(cfg, key)
         if isinstance(value, (int, float)) and not isinstance(value, bool) and value < low:
             raise ConfigError(f"{key}={value}: must be >= {low}")
-    for key in DROPOUT:
-        value = _value(cfg, key)
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and not 0 <= value < 1:
-            raise ConfigError(f"{key}={value}: must be in [0, 1) (a probability of dropping a unit)")
+
+
+def _check_data(cfg: DictConfig) -> None:
+    """Every ``data.<key>`` but ``root`` (typed by the DataModule's signature) by its one check; the
+    DataModule's other arguments (``views``, ``augment``) are train.py's, not the config's."""
+    data = cfg.get("data")
+    if not isinstance(data, DictConfig):
+        return
+    for key in data.keys():
+        key = str(key)
+        if key in _HYDRA_KEYS or key == "root" or OmegaConf.is_missing(data, key):
+            continue
+        try:
+            check_data_key(key, _value(data, key))
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
 
 
 def _check_callbacks(cfg: DictConfig) -> None:
