@@ -15,7 +15,7 @@ import lightning as L
 import wandb
 from hydra.types import RunMode
 from hydra.utils import get_class, instantiate
-from lightning.pytorch.callbacks import RichProgressBar
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, RichProgressBar
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.table import Table
@@ -140,28 +140,20 @@ def _callbacks(cfg: DictConfig, monitor: str) -> list:
     for name, node in (cfg.get("callbacks") or {}).items():
         if not _has_target(node):
             continue
-        target = str(node._target_)
-        if target.endswith("Checkpoint"):  # ModelCheckpoint and our LastCheckpoint
+        cls = _get_class(cfg, f"callbacks.{name}")  # picked by class, whatever its name ends with
+        if issubclass(cls, ModelCheckpoint):  # Lightning's and our LastCheckpoint
             if fast_dev_run:  # a smoke test must not leave a model-sized last.ckpt behind
                 continue
             # "auto" = the model's own metric; an explicit `monitor: null` keeps Lightning's meaning
             # (no metric: the latest checkpoints, e.g. every_n_train_steps snapshots).
             if node.get("monitor") == "auto":
                 node = OmegaConf.merge(node, {"monitor": monitor})
-        if target.endswith("LearningRateMonitor") and not has_logger:
+        if issubclass(cls, LearningRateMonitor) and not has_logger:
             continue  # Lightning refuses it without a logger (logger=none, debug=*)
-        if bar_on and not is_tty() and _is_rich_bar(target):
+        if bar_on and not is_tty() and issubclass(cls, RichProgressBar):
             node = OmegaConf.create({"_target_": "sketchembed.train.console.EpochLineProgress"})
         callbacks.append(instantiate(node))
     return callbacks
-
-
-def _is_rich_bar(target: str) -> bool:
-    try:
-        cls = get_class(target)
-    except Exception:  # an unimportable target: instantiate() reports it, naming the callback
-        return False
-    return isinstance(cls, type) and issubclass(cls, RichProgressBar)
 
 
 def _loggers(cfg: DictConfig) -> list:
