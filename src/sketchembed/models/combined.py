@@ -64,8 +64,9 @@ class CombinedModel(SketchModule):
 
     VIEWS = frozenset({"sequence", "snapshots"})
     # With a triplet loss (loss=hinge / softmax_triplet) the classifier still learns with
-    # cross-entropy and the representation at each drawing's last stroke end is also shaped by the
-    # metric loss on mined in-batch triplets: loss = CE + triplet_weight * metric. With
+    # cross-entropy (``classifier_loss``) and the representation at each drawing's last stroke end is
+    # also shaped by that loss (``metric_loss``) on mined in-batch triplets:
+    # loss = classifier_loss + triplet_weight * metric_loss. With
     # ``metric_normalize`` the metric loss, and KNN (``embed``), see that representation L2-normalised,
     # so its squared distances lie in [0, 4] whatever the backbone's scale and a margin of 1 means
     # what it means for model=triplet (normalize: true); unnormalised, the hinge of hard triplets
