@@ -10,11 +10,18 @@ import pytest
 import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
+from test_models import make_batch
+from test_models import tiny as tiny_model
 from test_train import MODEL_TINY, TINY, compose_cfg, read_csv_metrics, run_inproc
 
+from sketchembed.metric.losses import CrossEntropy, HingeTripletLoss
 from sketchembed.models import CombinedModel
 
 SMALL = ["model.embedding_dim=16", "model.hidden=16", "model.mlp_hidden=16"]
+
+
+def tiny_combined(**kw) -> CombinedModel:
+    return tiny_model("combined", **kw)
 
 
 def _model(tmp_path, *overrides: str) -> tuple[CombinedModel, dict]:
@@ -78,3 +85,29 @@ def test_headline_command_loss_falls_on_the_embedded_data(tmp_path):
     first, last = sum(loss[:6]) / 6, sum(loss[-6:]) / 6
     assert last < 0.95 * first, loss  # measured: 3.22 -> 2.88 (seed 42)
     assert all(float(r["train/metric_loss"]) <= 5.0 for r in rows)
+
+
+@pytest.mark.parametrize(("loss", "classifier", "metric"), [("hinge", CrossEntropy, HingeTripletLoss),
+                                                          ("cross_entropy", CrossEntropy, type(None))])
+def test_the_two_losses_are_named_parts_and_the_record_keeps_the_configured_one(loss, classifier, metric):
+    """The classifier's loss and the optional metric loss are two parts of the model; the checkpoint
+    records the configured loss by its registered name."""
+    model = tiny_combined(loss=loss)
+    assert type(model.classifier_loss) is classifier and type(model.metric_loss) is metric and model.loss is None
+    assert model.record.loss.name == loss
+    if loss == "cross_entropy":  # the configured one itself, with its arguments
+        assert tiny_combined(loss=CrossEntropy(label_smoothing=0.1)).classifier_loss.label_smoothing == 0.1
+
+
+def test_a_rebuilt_metric_combined_model_embeds_in_the_space_it_learned():
+    """Rebuilt from its record (as a checkpoint is loaded: no loss built), a model trained with a
+    metric loss still embeds in the normalised space KNN searched while it trained."""
+    torch.manual_seed(0)
+    model = tiny_combined(loss="hinge").eval()
+    loaded = CombinedModel.from_record(model.record)
+    loaded.load_state_dict(model.state_dict())
+    loaded.eval()
+    assert loaded.metric_loss is None and loaded.classifier_loss is None and loaded.metric_normalize
+    batch = make_batch(B=5)
+    with torch.no_grad():
+        assert torch.equal(model.embed(batch), loaded.embed(batch))

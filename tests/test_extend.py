@@ -66,6 +66,8 @@ class ExtPixelModel(SketchModule):
     LOSS_KINDS = (TRIPLET,)
     DEFAULT_LOSS = "ext_margin"
     MONITOR = "val/triplet_acc@100"
+    HAS_CLASSIFIER = False
+    TRIPLET_METRICS = True
 
     def __init__(self, image_size: int = 32, embedding_dim: int = 8, **common):
         super().__init__(**common)
@@ -73,9 +75,6 @@ class ExtPixelModel(SketchModule):
 
     def embed(self, batch):
         return self.net(batch["image"])
-
-    def logits(self, batch):
-        return None
 
     def training_loss(self, batch):
         return self.loss(*self.mine(self.embed(batch), batch["label"])), {}

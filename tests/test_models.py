@@ -20,8 +20,10 @@ from sketchembed.messages import ConfigError
 from sketchembed.metric.losses import CrossEntropy, HingeTripletLoss, SoftmaxTripletLoss
 from sketchembed.models import (MODELS, CombinedModel, DirectImageModel, LSTMModel, TripletImageModel,
                                 check_compatible)
-from sketchembed.models.base import DEFAULT_OPTIMIZER, DEFAULT_SCHEDULER
+from sketchembed.metric import TripletAccuracy
+from sketchembed.models.base import DEFAULT_OPTIMIZER, DEFAULT_SCHEDULER, SketchModule
 from sketchembed.nets.backbone import DEFAULT_BACKBONE
+from sketchembed.registry import TRIPLET
 
 TINY = "test_byobnet"
 SIZE = 32
@@ -326,6 +328,27 @@ def _trainer(tmp_path, steps: int = 3) -> L.Trainer:
     return L.Trainer(default_root_dir=tmp_path, max_steps=steps, accelerator="cpu", devices=1,
                      logger=False, enable_checkpointing=False, enable_progress_bar=False,
                      enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=1)
+
+
+def test_models_declare_their_traits():
+    """Eval, the studio and the optimized-metric check read these class facts instead of guessing
+    from a model's kind, its loss kinds or a None it returns."""
+    assert {k: (MODELS[k].HAS_CLASSIFIER, MODELS[k].TRIPLET_METRICS) for k in ("triplet", "direct", "lstm", "combined")} \
+        == {"triplet": (False, True), "direct": (True, False), "lstm": (True, False), "combined": (True, False)}
+    assert TripletImageModel.eval_metrics() == TripletAccuracy.NAMES and LSTMModel.eval_metrics() == ("acc", "loss")
+    with pytest.raises(TypeError, match="declare HAS_CLASSIFIER = False"):
+        class Embedder(SketchModule):  # a triplet-only model that still claims a classifier
+            LOSS_KINDS = (TRIPLET,)
+
+    class Both(CombinedModel):  # a classifier that also logs triplet metrics: both, from the traits
+        TRIPLET_METRICS = True
+
+    assert Both.eval_metrics() == ("acc", "loss", *TripletAccuracy.NAMES)
+    both = Both(NUM_CLASSES, TINY, embedding_dim=16, hidden=16, layers=2, mlp_hidden=16, image_size=SIZE).eval()
+    with torch.no_grad():
+        out = both.validation_step(make_batch(B=6), 0)
+    assert out["logits"].shape == (6, NUM_CLASSES) and both.eval_triplet["val_100"].update_called
+    assert "val_100" in both.eval_acc
 
 
 @pytest.mark.parametrize("kind", ["triplet", "direct", "lstm", "combined"])

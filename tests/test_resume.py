@@ -15,11 +15,13 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from omegaconf import OmegaConf
 from test_train import compose_cfg, run_inproc, tiny
 
 from sketchembed.safeload import safe_load
 from sketchembed.train.resume import resume_argv, wandb_run_id
-from sketchembed.train.run import train_entry, train
+from sketchembed.train.run import _callbacks, train_entry, train
 from sketchembed.train.validate import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -224,3 +226,23 @@ def test_last_ckpt_holds_the_final_step_between_save_points(tmp_path):
                 "trainer.max_steps=3", "trainer.limit_train_batches=null", "trainer.limit_val_batches=0",
                 "test=false", "callbacks.embedding_eval=null"], tmp_path)
     assert safe_load(tmp_path / "checkpoints" / "last.ckpt")["global_step"] == 3
+
+
+class Snapshots(ModelCheckpoint):
+    """A user's checkpoint class whose name does not end in "Checkpoint"."""
+
+
+class PlainCheckpoint(Callback):
+    """A callback whose name ends in "Checkpoint" though it is none."""
+
+
+def test_callbacks_are_picked_by_class_not_by_name(tmp_path):
+    """``monitor: auto`` resolves on every ModelCheckpoint, whatever its name; a fast_dev_run drops
+    only real checkpoints."""
+    cb = {"snap": {"_target_": f"{__name__}.Snapshots", "dirpath": str(tmp_path), "monitor": "auto"},
+          "plain": {"_target_": f"{__name__}.PlainCheckpoint"}}
+    cfg = OmegaConf.create({"callbacks": cb, "trainer": {"enable_progress_bar": False}})
+    snap, plain = _callbacks(cfg, "val/acc@100")
+    assert isinstance(snap, Snapshots) and snap.monitor == "val/acc@100" and isinstance(plain, PlainCheckpoint)
+    cfg.trainer.fast_dev_run = True
+    assert [type(c) for c in _callbacks(cfg, "val/acc@100")] == [PlainCheckpoint]

@@ -417,7 +417,7 @@ def _metrics(ev: _Eval, r: _Results) -> dict:
         m[f"test/knn@{k}"] = float((r.knn_preds[k] == y).mean())
         m[f"test/knn@{k}_study_tie"] = float(study_tie_correct(r.nl, k, y, len(classes)).mean())
     m["test/probe_acc"] = float((r.probe_pred == y).mean())
-    if tuple(getattr(ev.model, "LOSS_KINDS", ())) == ("triplet",):  # no classifier: triplet accuracy
+    if ev.model.TRIPLET_METRICS:
         gen = torch.Generator().manual_seed(ev.seed)
         acc, dp, dn = triplet_accuracy(torch.from_numpy(np.asarray(test.embeddings, np.float32)),
                                        torch.from_numpy(y), generator=gen)

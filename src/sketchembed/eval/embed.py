@@ -63,8 +63,9 @@ def model_views(model) -> tuple[str, ...]:
 
 
 def has_classifier(model) -> bool:
-    fn = getattr(model, "logits", None)
-    return callable(fn)
+    """The model's declared trait (``SketchModule.HAS_CLASSIFIER``); a stand-in model that declares
+    none is a classifier when it has ``logits``."""
+    return bool(getattr(model, "HAS_CLASSIFIER", callable(getattr(model, "logits", None))))
 
 
 def embed_batch(model, batch: dict, rasterizer=None, with_logits: bool = True):

@@ -31,8 +31,8 @@ from sketchembed.registry import (CLASSIFICATION, LOSSES, MINERS, MODELS, OPTIMI
 
 __all__ = ["DEFAULT_OPTIMIZER", "DEFAULT_SCHEDULER", "SketchModule", "build_part", "check_compatible", "part_spec"]
 
-# What a classifier logs at every eval fraction (``val/acc@100``, ``val/loss@100``); triplet-loss
-# models log TripletAccuracy.NAMES instead.
+# What a classifier (HAS_CLASSIFIER) logs at every eval fraction (``val/acc@100``, ``val/loss@100``);
+# a model with TRIPLET_METRICS logs TripletAccuracy.NAMES.
 ACC, EVAL_LOSS = CLASSIFIER_METRICS = ("acc", "loss")
 
 log = logging.getLogger(__name__)
@@ -129,6 +129,16 @@ class SketchModule(L.LightningModule):
     DEFAULT_LOSS: str = "cross_entropy"
     MONITOR: str = "val/acc@100"         # checkpoint/sweep metric when optimized_metric=auto
     ENCODER_TRANSFERABLE: bool = False   # its ``encoder`` can seed combined's CNN (model.cnn_ckpt)
+    HAS_CLASSIFIER: bool = True          # ``logits(batch)`` scores the classes; False: classes by KNN on ``embed``
+    TRIPLET_METRICS: bool = False        # validation/test log triplet accuracy and distances of ``embed``
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """Callers read the traits, so a model must declare them: one trained by a triplet loss alone
+        has no classifier to train."""
+        super().__init_subclass__(**kwargs)
+        if tuple(cls.LOSS_KINDS) == (TRIPLET,) and cls.HAS_CLASSIFIER:
+            raise TypeError(f"{cls.__qualname__}: LOSS_KINDS = ({TRIPLET!r},) trains no classifier: declare "
+                            "HAS_CLASSIFIER = False (and TRIPLET_METRICS = True for its validation metrics)")
 
     def __init__(self, num_classes: int | None = None, loss: Any = None, miner: Any = None,
                  optimizer: Any = None, scheduler: Any = DEFAULT_SCHEDULER):
@@ -201,9 +211,9 @@ class SketchModule(L.LightningModule):
 
     @classmethod
     def eval_metrics(cls) -> tuple[str, ...]:
-        """The names it logs at every eval fraction (``val/<name>@<tag>``): a model trained by a
-        triplet loss alone has no classifier head."""
-        return TripletAccuracy.NAMES if tuple(cls.LOSS_KINDS) == (TRIPLET,) else CLASSIFIER_METRICS
+        """The names it logs at every eval fraction (``val/<name>@<tag>``), from its traits."""
+        return ((CLASSIFIER_METRICS if cls.HAS_CLASSIFIER else ())
+                + (TripletAccuracy.NAMES if cls.TRIPLET_METRICS else ()))
 
     def _record_backbone(self, encoder) -> None:
         """Keep the resolved backbone name (not a config mapping) in hparams: checkpoints stay plain."""
@@ -226,8 +236,8 @@ class SketchModule(L.LightningModule):
         raise NotImplementedError
 
     def logits(self, batch: dict) -> torch.Tensor | None:
-        """``(B, C)`` class scores at each drawing's last stroke end; None for pure embedding models."""
-        return self._eval_outputs(batch)[1]
+        """``(B, C)`` class scores at each drawing's last stroke end; None without a classifier."""
+        return self._eval_outputs(batch)[1] if self.HAS_CLASSIFIER else None
 
     def forward(self, batch: dict) -> torch.Tensor:
         return self.embed(batch)
@@ -270,7 +280,7 @@ class SketchModule(L.LightningModule):
         labels = batch["label"]
         bs = int(labels.shape[0])
         emb, logits = self._eval_outputs(batch)
-        if logits is not None:
+        if self.HAS_CLASSIFIER:
             key, acc = self._accuracy(stage, tag)
             acc.update(logits.detach(), labels)
             self.log(f"{stage}/{ACC}@{tag}", acc, on_step=False, on_epoch=True, batch_size=bs,
@@ -278,14 +288,14 @@ class SketchModule(L.LightningModule):
                      prog_bar=(tag == "100"))
             self.log(f"{stage}/{EVAL_LOSS}@{tag}", nn.functional.cross_entropy(logits.float(), labels),
                      on_step=False, on_epoch=True, batch_size=bs, add_dataloader_idx=False, sync_dist=True)
-        if loss_kind(self.loss) == TRIPLET:  # the built loss (combined swaps in CE; none when rebuilt for inference)
+        if self.TRIPLET_METRICS:
             key = f"{stage}_{tag}"
             if key not in self.eval_triplet:
                 self.eval_triplet[key] = TripletAccuracy().to(self.device)
             self.eval_triplet[key].update(emb, labels)  # logged at the epoch's end: _log_triplet_metrics
         # Returned (not stored) so an embedding callback can collect them without a second pass.
         out = {"embeddings": emb.detach(), "labels": labels, "fraction": tag}
-        if logits is not None:
+        if self.HAS_CLASSIFIER:
             out["logits"] = logits.detach()
         return out
 

@@ -24,7 +24,7 @@ from sketchembed.models.base import SketchModule
 from sketchembed.models.checkpoint import read_checkpoint
 from sketchembed.nets.backbone import DEFAULT_BACKBONE, ImageEncoder
 from sketchembed.nets.sequence import SequenceEncoder, last_states
-from sketchembed.registry import CLASSIFICATION, MODELS, TRIPLET, loss_kind
+from sketchembed.registry import CLASSIFICATION, MODELS, TRIPLET
 
 log = logging.getLogger(__name__)
 
@@ -64,8 +64,9 @@ class CombinedModel(SketchModule):
 
     VIEWS = frozenset({"sequence", "snapshots"})
     # With a triplet loss (loss=hinge / softmax_triplet) the classifier still learns with
-    # cross-entropy and the representation at each drawing's last stroke end is also shaped by the
-    # metric loss on mined in-batch triplets: loss = CE + triplet_weight * metric. With
+    # cross-entropy (``classifier_loss``) and the representation at each drawing's last stroke end is
+    # also shaped by that loss (``metric_loss``) on mined in-batch triplets:
+    # loss = classifier_loss + triplet_weight * metric_loss. With
     # ``metric_normalize`` the metric loss, and KNN (``embed``), see that representation L2-normalised,
     # so its squared distances lie in [0, 4] whatever the backbone's scale and a margin of 1 means
     # what it means for model=triplet (normalize: true); unnormalised, the hinge of hard triplets
@@ -105,12 +106,16 @@ class CombinedModel(SketchModule):
                 log.warning("model.cnn_ckpt=%s records no input settings (not written by train.py): its "
                             "rendering (line width, background, standardisation …) cannot be checked", cnn_ckpt)
         self.triplet_weight = float(triplet_weight)
-        if loss_kind(self.loss) == TRIPLET:
-            self.metric_loss, self.loss = self.loss, CrossEntropy()
-        else:
-            self.metric_loss = None
+        # The configured loss (recorded by its name) becomes one of two named parts: the classifier
+        # learns with cross-entropy (the configured one, or a default one beside a metric loss) and,
+        # with a triplet-kind loss, the representation with that metric loss. Rebuilt from a record,
+        # nothing is built (both None), the space is still the one it learned.
+        configured, self.loss = self.loss, None
+        with_metric = self.loss_kind == TRIPLET
+        self.metric_loss = configured if with_metric else None
+        self.classifier_loss = CrossEntropy() if with_metric and configured is not None else configured
         # only a metric loss defines a space of its own; a cross-entropy model's embedding stays as it was
-        self.metric_normalize = bool(metric_normalize) and self.metric_loss is not None
+        self.metric_normalize = bool(metric_normalize) and with_metric
         self.freeze_cnn = bool(freeze_cnn)
         if self.freeze_cnn:
             self.cnn.requires_grad_(False)
@@ -213,7 +218,7 @@ class CombinedModel(SketchModule):
         feats = torch.cat([states[sb, sp], self.cnn(batch["snapshots"])], dim=-1)
         logits = self.head(feats)
         labels = batch["label"]
-        loss = self.loss(logits, labels[sb])
+        loss = self.classifier_loss(logits, labels[sb])
         extra = {"acc": (logits.detach().argmax(-1) == labels[sb]).float().mean()}
         if self.metric_loss is not None:
             is_last = sp == (batch["lengths"] - 1)[sb]

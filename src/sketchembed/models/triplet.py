@@ -24,6 +24,8 @@ class TripletImageModel(SketchModule):
     DEFAULT_LOSS = "hinge"
     MONITOR = "val/triplet_acc@100"
     ENCODER_TRANSFERABLE = True
+    HAS_CLASSIFIER = False  # accuracies come from KNN / the linear probe on ``embed``
+    TRIPLET_METRICS = True
 
     def __init__(self, backbone: Any = DEFAULT_BACKBONE, embedding_dim: int = 256, image_size: int = 64,
                  pretrained: bool = False, normalize: bool = True, drop_rate: float = 0.0,
@@ -36,10 +38,6 @@ class TripletImageModel(SketchModule):
 
     def embed(self, batch: dict) -> torch.Tensor:
         return self.encoder(batch["image"])
-
-    def logits(self, batch: dict) -> None:
-        """No classifier: accuracies come from KNN / the linear probe on ``embed``."""
-        return None
 
     def training_loss(self, batch: dict):
         emb = self.embed(batch)

@@ -18,7 +18,7 @@ import numpy as np
 from sketchembed.data.inputs import InputSettings
 from sketchembed.data.raster import Rasterizer, render_views
 from sketchembed.data.datamodule import SketchCollate, SketchDataModule
-from sketchembed.eval.embed import embed_points
+from sketchembed.eval.embed import embed_points, has_classifier
 from sketchembed.eval.knn import KNNIndex, pack_points
 from sketchembed.eval.suggest import check_index_matches
 from sketchembed.export import NEEDS_EXTRA, read_metadata
@@ -40,6 +40,7 @@ class TorchRunner:
         self.rasterizer = Rasterizer.from_inputs(inputs)
         self.device = next(model.parameters()).device
         self.model_kind = str(getattr(model, "MODEL_KIND", "") or model.hparams.get("model_kind", "?"))
+        self.has_classifier = has_classifier(model)
 
     def __call__(self, drawings: Sequence[np.ndarray]):
         emb, logits, _, _ = embed_points(self.model, drawings, self.inputs, rasterizer=self.rasterizer,
@@ -70,6 +71,7 @@ class OnnxRunner:
         self.inputs = InputSettings.from_dict(self.meta["input_settings"], str(self.path))
         self.collate, self.rasterizer = SketchCollate.from_inputs(self.inputs), Rasterizer.from_inputs(self.inputs)
         self.model_kind = str(self.meta["model_kind"])
+        self.has_classifier = "logits" in self.meta["outputs"]
         self.checkpoint_sha256 = str(self.meta.get("checkpoint_sha256") or "")
 
     def __call__(self, drawings: Sequence[np.ndarray]):

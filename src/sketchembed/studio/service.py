@@ -87,7 +87,7 @@ class Studio:
         self.lanes = Lanes()
         self._sessions: OrderedDict[str, HumanSession] = OrderedDict()
         emb, logits = self._embed([np.array([[0, 0, 0], [255, 255, 1]], dtype=np.int16)])
-        self.has_classifier = logits is not None
+        self.has_classifier = self.runner.has_classifier
         if emb.shape[1] != index.dim:
             raise ValueError(f"index dimension {index.dim} does not match the model's embeddings ({emb.shape[1]})")
         names = inputs.classes or model.hparams.get("class_names")

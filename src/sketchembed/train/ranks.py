@@ -9,17 +9,16 @@ ranks it launched, which would otherwise print their lost-connection errors afte
 
 from __future__ import annotations
 
-import signal
 import sys
 import time
 import traceback
 from pathlib import Path
 
 from lightning.pytorch.callbacks import Callback
-from lightning.pytorch.strategies.launchers.subprocess_script import _SubprocessScriptLauncher
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
 from sketchembed.entry import run_dir as _run_dir  # the running app's output dir (tests replace it)
+from sketchembed.train.compat import kill_launched_ranks
 
 # What a rank sees when another one died: its own error is only a consequence.
 PEER_LOST = ("Connection closed by peer", "Connection reset by peer", "Broken pipe", "DistBackendError",
@@ -75,9 +74,7 @@ class RankFailureReport(Callback):
         if trainer.global_rank != 0:
             write_failure(self.run_dir, trainer.global_rank, exception)
             return
-        launcher = trainer.strategy.launcher
-        if isinstance(launcher, _SubprocessScriptLauncher):  # rank 0's own error: the others cannot go on
-            launcher.kill(getattr(signal, "SIGKILL", signal.SIGTERM))
+        kill_launched_ranks(trainer)  # rank 0's own error: the others cannot go on
 
 
 def report_other_rank(e: BaseException, started: float, wait_s: float = 15.0) -> None:

@@ -9,8 +9,8 @@ re-applied only when none could run code (:func:`check_saved_overrides`) and its
 one (:func:`read_resumed`). :func:`keep_config_unless_resumed` puts the run's ``.hydra/`` record and
 ``config_tree.log`` back when the continuation fails before it trained. :class:`StepSeed` makes every
 training step's randomness depend on ``(seed, rank, epoch, batch)`` only, so a resumed run draws what
-the uninterrupted one would; :func:`resume_after_whole_epochs` makes a run that stopped at an epoch's
-end go on with the next epoch when ``trainer.max_steps`` is set.
+the uninterrupted one would (``train.compat.resume_after_whole_epochs`` makes a run that stopped at an
+epoch's end go on with the next epoch when ``trainer.max_steps`` is set).
 """
 
 from __future__ import annotations
@@ -27,8 +27,6 @@ import numpy as np
 import torch
 import yaml
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
-from lightning.pytorch.loops.fit_loop import _FitLoop
-from lightning.pytorch.loops.loop import _Loop
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import OverrideParseException
 from omegaconf import DictConfig, OmegaConf, open_dict
@@ -37,6 +35,7 @@ from sketchembed.entry import CONFIG_TREE_FILE, conf_dir
 from sketchembed.messages import ConfigError
 from sketchembed.models.checkpoint import Checkpoint, read_checkpoint
 from sketchembed.registry import LOSSES, MINERS, MODELS, OPTIMIZERS, SCHEDULERS
+from sketchembed.train.compat import save_unsaved_state
 from sketchembed.wandb_run import read_run_id
 
 LAST = Path("checkpoints") / "last.ckpt"
@@ -317,35 +316,7 @@ class LastCheckpoint(ModelCheckpoint):
         """The final state too when training stops between two save points (``max_steps`` not a
         multiple of ``val_check_interval``, or no validation at all, as in the study trainer)."""
         super().on_train_end(trainer, pl_module)
-        if self._last_global_step_saved != trainer.global_step and not trainer.fast_dev_run:
-            self._save_topk_checkpoint(trainer, self._monitor_candidates(trainer))
-
-
-def _restarting(loop: _FitLoop, restarting: bool) -> None:
-    p = loop.epoch_progress.current
-    ended = p.processed and p.ready == p.started == p.processed and loop.epoch_loop.batch_progress.is_last_batch
-    if restarting and ended:
-        _Loop.restarting.fset(loop, False)  # the epoch is over: begin the next one, as without max_steps
-    else:
-        _FitLoop.restarting.fset(loop, restarting)
-
-
-class _WholeEpochFitLoop(_FitLoop):
-    restarting = _FitLoop.restarting.setter(_restarting)
-
-
-def resume_after_whole_epochs(trainer) -> None:
-    """Make ``trainer`` continue a checkpoint saved at the end of an epoch with the next epoch.
-
-    With ``trainer.max_steps`` set, Lightning (2.x, its issue #19617) restores such a checkpoint as
-    an epoch still to be finished: it runs that epoch's (already trained) remainder — nothing — and
-    counts it as another epoch, so ``resume=DIR trainer.max_epochs=2 trainer.max_steps=4`` after one
-    epoch of 2 steps trained no step. Here a restored epoch whose last batch was trained counts as
-    over, which is what Lightning does without ``max_steps``; a checkpoint from the middle of an
-    epoch (``max_steps`` reached there, or a step checkpoint) still continues that epoch.
-    """
-    if type(trainer.fit_loop) is _FitLoop:
-        trainer.fit_loop.__class__ = _WholeEpochFitLoop
+        save_unsaved_state(self, trainer)
 
 
 class StepSeed(Callback):

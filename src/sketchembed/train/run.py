@@ -15,7 +15,7 @@ import lightning as L
 import wandb
 from hydra.types import RunMode
 from hydra.utils import get_class, instantiate
-from lightning.pytorch.callbacks import RichProgressBar
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, RichProgressBar
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.table import Table
@@ -27,11 +27,12 @@ from sketchembed.messages import ConfigError
 from sketchembed.models import check_compatible
 from sketchembed.nets.backbone import check_backbone
 from sketchembed.registry import LOSSES, MODELS, TRIPLET, loss_kind
+from sketchembed.train.compat import resume_after_whole_epochs
 from sketchembed.train.console import is_tty
 from sketchembed.train.cv import cv_folds, run_cv
 from sketchembed.train.ranks import RankFailureReport, report_other_rank
 from sketchembed.train.resume import (LAST, check_checkpoint_fits, continue_wandb_run, keep_config_unless_resumed,
-                                      read_resumed, resume_after_whole_epochs, resume_argv)
+                                      read_resumed, resume_argv)
 from sketchembed.train.search import check_optimized_metric, optimized_value, resolve_metric
 from sketchembed.train.validate import check_config
 from sketchembed.wandb_run import WandbLogger, naming
@@ -139,28 +140,20 @@ def _callbacks(cfg: DictConfig, monitor: str) -> list:
     for name, node in (cfg.get("callbacks") or {}).items():
         if not _has_target(node):
             continue
-        target = str(node._target_)
-        if target.endswith("Checkpoint"):  # ModelCheckpoint and our LastCheckpoint
+        cls = _get_class(cfg, f"callbacks.{name}")  # picked by class, whatever its name ends with
+        if issubclass(cls, ModelCheckpoint):  # Lightning's and our LastCheckpoint
             if fast_dev_run:  # a smoke test must not leave a model-sized last.ckpt behind
                 continue
             # "auto" = the model's own metric; an explicit `monitor: null` keeps Lightning's meaning
             # (no metric: the latest checkpoints, e.g. every_n_train_steps snapshots).
             if node.get("monitor") == "auto":
                 node = OmegaConf.merge(node, {"monitor": monitor})
-        if target.endswith("LearningRateMonitor") and not has_logger:
+        if issubclass(cls, LearningRateMonitor) and not has_logger:
             continue  # Lightning refuses it without a logger (logger=none, debug=*)
-        if bar_on and not is_tty() and _is_rich_bar(target):
+        if bar_on and not is_tty() and issubclass(cls, RichProgressBar):
             node = OmegaConf.create({"_target_": "sketchembed.train.console.EpochLineProgress"})
         callbacks.append(instantiate(node))
     return callbacks
-
-
-def _is_rich_bar(target: str) -> bool:
-    try:
-        cls = get_class(target)
-    except Exception:  # an unimportable target: instantiate() reports it, naming the callback
-        return False
-    return isinstance(cls, type) and issubclass(cls, RichProgressBar)
 
 
 def _loggers(cfg: DictConfig) -> list:
