@@ -10,7 +10,7 @@ import pytest
 import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
-from test_train import MODEL_TINY, TINY, compose_cfg, read_csv_metrics, run_inproc
+from helpers import MODEL_TINY, TINY, compose_cfg, read_csv_metrics, run_inproc
 
 from sketchembed.models import CombinedModel
 

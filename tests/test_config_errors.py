@@ -8,7 +8,8 @@ import functools
 
 import lightning.pytorch as pl
 import pytest
-from test_train import EXPERIMENTS, _assert_one_line_error, compose_cfg, run_cli, tiny
+from helpers import EXPERIMENTS, compose_cfg, run_cli, tiny
+from helpers import assert_one_line_error as _assert_one_line_error
 
 from sketchembed.entry import check_new_keys
 from sketchembed.train.run import train_entry, train

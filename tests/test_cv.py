@@ -21,7 +21,7 @@ from sketchembed.messages import ConfigError
 from sketchembed.train.callbacks import PerDrawingPredictions
 from sketchembed.train.cv import cv_folds, fold_config, run_cv
 
-from test_train import compose_cfg, load_ckpt, tiny
+from helpers import compose_cfg, load_ckpt, tiny
 
 TEST, VAL, TRAIN = SPLIT_CODES["test"], SPLIT_CODES["val"], SPLIT_CODES["train"]
 

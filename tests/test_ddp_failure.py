@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
-from test_train import tiny
+from helpers import tiny
 
 from sketchembed.train import ranks
 

@@ -15,7 +15,7 @@ from omegaconf import OmegaConf
 from sketchembed.entry import CONFIG_TREE_FILE
 from sketchembed.train.run import train_entry, train
 from sketchembed.train.search import check_optimized_metric, val_metrics
-from test_train import MODEL_TINY, compose_cfg, read_csv_metrics, tiny
+from helpers import MODEL_TINY, compose_cfg, read_csv_metrics, tiny
 
 # Tiny LSTM sizes that leave the debug options' own trainer settings alone.
 DEBUG_TINY = ["model=lstm", *MODEL_TINY["lstm"], "data.eval_batch_size=64", "callbacks.embedding_eval=null",

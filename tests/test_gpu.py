@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from test_train import read_csv_metrics, run_cli, tiny
+from helpers import read_csv_metrics, run_cli, run_inproc, tiny
 
 from sketchembed.data.datamodule import SketchDataModule
 from sketchembed.corpus.embedded import open_embedded
@@ -100,7 +100,6 @@ TRAIN_STEPS = 12
 
 @pytest.mark.parametrize("model", sorted(MODELS))
 def test_bf16_training_renders_on_device_and_learns(model, tmp_path, monkeypatch):
-    from test_train import run_inproc
 
     devices = []
     snapshots = Rasterizer.snapshots

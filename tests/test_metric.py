@@ -17,7 +17,7 @@ from pytorch_metric_learning.miners import BatchHardMiner, MultiSimilarityMiner,
 from pytorch_metric_learning.reducers import AvgNonZeroReducer, MeanReducer
 from pytorch_metric_learning.utils.loss_and_miner_utils import convert_to_triplets, get_all_triplets_indices
 
-from conftest import REPO_ROOT
+from helpers import REPO_ROOT
 from sketchembed.metric import (
     AllTripletsMiner,
     CrossEntropy,

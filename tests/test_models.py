@@ -13,7 +13,7 @@ import torch
 from omegaconf import OmegaConf
 from torch.utils.data import DataLoader
 
-from conftest import REPO_ROOT
+from helpers import REPO_ROOT
 from sketchembed.data.datamodule import SketchDataModule
 from sketchembed.data.inputs import InputSettings
 from sketchembed.messages import ConfigError

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from conftest import real_points
+from helpers import real_points
 import hashlib
 import math
 

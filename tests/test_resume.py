@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from test_train import compose_cfg, run_inproc, tiny
+from helpers import compose_cfg, run_inproc, tiny
 
 from sketchembed.safeload import safe_load
 from sketchembed.train.resume import resume_argv, wandb_run_id

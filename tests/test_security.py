@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from test_train import tiny
+from helpers import tiny
 
 from sketchembed.data.inputs import InputSettings
 from sketchembed.eval.knn import KNNIndex

@@ -8,40 +8,15 @@ import pickle
 import re
 import subprocess
 import sys
-import threading
-import time
 
 import numpy as np
 import pytest
+from helpers import fifo
 
-from sketchembed.corpus.sketch import DataFormatError, strokes_to_points
 from sketchembed.cli import main
 from sketchembed.corpus import store
+from sketchembed.corpus.sketch import DataFormatError, strokes_to_points
 from sketchembed.corpus.store import PreparedDataset, PreparedWriter, _sha256_of
-
-
-def fifo(path, data: bytes = b"{}", seconds: float = 30.0) -> None:
-    """Make ``path`` a FIFO. Code that opens it blocks until a writer comes (the bug: ``suggest`` hung
-    for ever): a helper thread feeds ``data`` to any reader for ``seconds``, so a test without the fix
-    fails instead of hanging. With the fix nobody opens it and the thread only waits."""
-    if path.exists() or path.is_symlink():
-        path.unlink()
-    os.mkfifo(path)
-
-    def feed():
-        end = time.monotonic() + seconds
-        while time.monotonic() < end:
-            try:
-                fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK)  # succeeds only while a reader waits
-            except OSError:
-                time.sleep(0.02)
-                continue
-            try:
-                os.write(fd, data)
-            finally:
-                os.close(fd)
-
-    threading.Thread(target=feed, daemon=True).start()
 
 
 def random_points(rng, n_strokes=None):

@@ -26,7 +26,7 @@ import torch
 from fastapi.testclient import TestClient
 
 from bench.studio import adversarial_bodies, measure, measure_adversarial, stroke_prefixes
-from conftest import real_points
+from helpers import real_points
 from sketchembed.cli import main
 from sketchembed.data.datamodule import SketchDataModule
 from sketchembed.corpus.formats import read_drawings
