@@ -15,12 +15,11 @@ from omegaconf import OmegaConf
 from sketchembed.entry import CONFIG_TREE_FILE
 from sketchembed.train.run import train_entry, train
 from sketchembed.train.search import check_optimized_metric, val_metrics
-from helpers import MODEL_TINY, compose_cfg, read_csv_metrics, tiny
+from helpers import MODEL_CONFIGS, MODEL_TINY, compose_cfg, read_csv_metrics, tiny
 
 # Tiny LSTM sizes that leave the debug options' own trainer settings alone.
 DEBUG_TINY = ["model=lstm", *MODEL_TINY["lstm"], "data.eval_batch_size=64", "callbacks.embedding_eval=null",
               "callbacks.sample_images=null", "callbacks.space_images=null", "extras.print_config=false"]
-MODELS = ["combined", "combined_transfer", "lstm", "triplet", "direct"]
 
 
 def run(overrides, run_dir):
@@ -122,7 +121,7 @@ def test_extras_ignore_warnings(tmp_path):
 
 
 # ------------------------------------------------------------------------------------ optuna
-@pytest.mark.parametrize("model", MODELS)
+@pytest.mark.parametrize("model", MODEL_CONFIGS)
 def test_optuna_metric_follows_every_model(model, tmp_path):
     """hparams_search=optuna composes with every model, and the metric the trials return is one the
     model logs (checked at compose time; no epoch is trained)."""

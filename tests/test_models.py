@@ -13,7 +13,7 @@ import torch
 from omegaconf import OmegaConf
 from torch.utils.data import DataLoader
 
-from helpers import REPO_ROOT
+from helpers import MODEL_KINDS, REPO_ROOT
 from sketchembed.data.datamodule import SketchDataModule
 from sketchembed.data.inputs import InputSettings
 from sketchembed.messages import ConfigError
@@ -22,6 +22,7 @@ from sketchembed.models import (MODELS, CombinedModel, DirectImageModel, LSTMMod
                                 check_compatible)
 from sketchembed.models.base import DEFAULT_OPTIMIZER, DEFAULT_SCHEDULER
 from sketchembed.nets.backbone import DEFAULT_BACKBONE
+from sketchembed.registry import CLASSIFICATION
 
 TINY = "test_byobnet"
 SIZE = 32
@@ -79,17 +80,19 @@ def make_batch(B: int = 8, num_classes: int = NUM_CLASSES, image_size: int = SIZ
     }
 
 
+# tiny sizes, each given to the models whose constructor names it (any registered kind)
+TINY_SIZES = dict(num_classes=NUM_CLASSES, backbone=TINY, embedding_dim=16, hidden=16, layers=2, mlp_hidden=16,
+                  image_size=SIZE)
+# embedding width where it is not embedding_dim (combined: the CNN's 16 next to the LSTM's 16)
+EMBED_DIM = {"combined": 32}
+
+
 def tiny(kind: str, **kw):
     common = dict(optimizer=dict(DEFAULT_OPTIMIZER, lr=kw.pop("lr", 3e-3), weight_decay=0.0),
                   scheduler=kw.pop("scheduler", None))
-    if kind == "triplet":
-        return TripletImageModel(TINY, embedding_dim=16, image_size=SIZE, **common, **kw)
-    if kind == "direct":
-        return DirectImageModel(NUM_CLASSES, TINY, embedding_dim=16, image_size=SIZE, **common, **kw)
-    if kind == "lstm":
-        return LSTMModel(NUM_CLASSES, hidden=16, layers=2, **common, **kw)
-    return CombinedModel(NUM_CLASSES, TINY, embedding_dim=16, hidden=16, layers=2, mlp_hidden=16,
-                         image_size=SIZE, **common, **kw)
+    cls = MODELS[kind]
+    params = inspect.signature(cls.__init__).parameters
+    return cls(**{k: v for k, v in TINY_SIZES.items() if k in params}, **common, **kw)
 
 
 def overfit(model, batch, steps: int = 25) -> tuple[float, float]:
@@ -106,7 +109,7 @@ def overfit(model, batch, steps: int = 25) -> tuple[float, float]:
     return losses[0], sum(losses[-3:]) / 3
 
 
-@pytest.mark.parametrize("kind", ["triplet", "direct", "lstm", "combined"])
+@pytest.mark.parametrize("kind", MODEL_KINDS)
 def test_loss_falls_on_a_fixed_batch(kind):
     torch.manual_seed(0)
     kw = {"loss": SoftmaxTripletLoss()} if kind == "triplet" else {}
@@ -117,14 +120,15 @@ def test_loss_falls_on_a_fixed_batch(kind):
     assert last < 0.6 * first, (first, last)
 
 
-@pytest.mark.parametrize("kind,dim", [("triplet", 16), ("direct", 16), ("lstm", 16), ("combined", 32)])
-def test_embed_and_logits_shapes(kind, dim):
+@pytest.mark.parametrize("kind", MODEL_KINDS)
+def test_embed_and_logits_shapes(kind):
+    dim = EMBED_DIM.get(kind, 16)
     model = tiny(kind).eval()
     batch = make_batch(B=5)
     with torch.no_grad():
         assert model.embed(batch).shape == (5, dim)
         logits = model.logits(batch)
-    assert (logits is None) if kind == "triplet" else logits.shape == (5, NUM_CLASSES)
+    assert (logits is None) if CLASSIFICATION not in MODELS[kind].LOSS_KINDS else logits.shape == (5, NUM_CLASSES)
     assert model.views == MODELS[kind].VIEWS and model.hparams.model_kind == kind
 
 
@@ -328,7 +332,7 @@ def _trainer(tmp_path, steps: int = 3) -> L.Trainer:
                      enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=1)
 
 
-@pytest.mark.parametrize("kind", ["triplet", "direct", "lstm", "combined"])
+@pytest.mark.parametrize("kind", MODEL_KINDS)
 def test_trainer_fit_logs_metrics_and_checkpoint_round_trip(kind, tmp_path):
     torch.manual_seed(0)
     model = tiny(kind)
@@ -336,7 +340,7 @@ def test_trainer_fit_logs_metrics_and_checkpoint_round_trip(kind, tmp_path):
     trainer = _trainer(tmp_path)
     trainer.fit(model, train_dataloaders=train, val_dataloaders=val)
     m = trainer.callback_metrics
-    if kind == "triplet":
+    if CLASSIFICATION not in MODELS[kind].LOSS_KINDS:
         for key in ("val/triplet_acc@100", "val/triplet_acc@50", "val/d_pos@100", "val/d_neg@50"):
             assert key in m, sorted(m)
         assert "val/acc@100" not in m
