@@ -10,9 +10,9 @@ import lightning as L
 import numpy as np
 import pytest
 import torch
-from helpers import CLASSES3, REPO_ROOT, class_drawing
 from lightning.pytorch.loggers import TensorBoardLogger
 
+from helpers import CLASSES3, REPO_ROOT, class_drawing
 from sketchembed.corpus.store import PreparedWriter
 from sketchembed.data.datamodule import SketchDataModule
 from sketchembed.models import LSTMModel

@@ -16,10 +16,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import read_csv_metrics, run_cli, run_inproc, tiny
 
-from sketchembed.data.datamodule import SketchDataModule
+from helpers import read_csv_metrics, run_cli, run_inproc, tiny
 from sketchembed.corpus.embedded import open_embedded
+from sketchembed.data.datamodule import SketchDataModule
 from sketchembed.data.raster import Rasterizer, render_views, stroke_ends
 from sketchembed.eval.knn import search
 from sketchembed.models import MODELS

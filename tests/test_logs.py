@@ -10,6 +10,7 @@ import sys
 from types import SimpleNamespace
 
 import pytest
+
 from helpers import REPO, compose_cfg, run_cli, run_inproc, tiny
 
 EPOCH_LINE = re.compile(r"^epoch (\d+)/2  step (\d+)  train/loss \d[\d.e+-]*  .*val/acc@100 \d[\d.e+-]*  .*"

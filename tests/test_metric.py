@@ -523,10 +523,10 @@ def test_softmax_loss_distance_option_plain_or_squared():
     assert SoftmaxTripletLoss(distance="euclidean")(EMB, LAB, TRIPLET).item() == pytest.approx(plain, rel=1e-6)
     assert SoftmaxTripletLoss(distance="squared_euclidean")(EMB, LAB, TRIPLET).item() == pytest.approx(
         squared, rel=1e-5)
-    for name, cls, dist in (("softmax_triplet", SoftmaxTripletLoss, EuclideanDistance),
-                            ("hinge", HingeTripletLoss, SquaredEuclideanDistance)):
+    for name, cls, distance in (("softmax_triplet", SoftmaxTripletLoss, EuclideanDistance),
+                                ("hinge", HingeTripletLoss, SquaredEuclideanDistance)):
         loss = instantiate(OmegaConf.load(REPO_ROOT / "conf" / "loss" / f"{name}.yaml"))
-        assert type(loss) is cls and type(loss.distance) is dist
+        assert type(loss) is cls and type(loss.distance) is distance
 
 
 def _study_semi_hard(d, labels):

@@ -89,8 +89,8 @@ def test_installed_entry_points_compose_their_config_outside_a_checkout(tmp_path
     env = {**os.environ, "PYTHONPATH": str(target), "WANDB_MODE": "offline"}
     env.pop("PROJECT_ROOT", None)
     for script, overrides in (("sketchembed-train", ["model=lstm"]), ("sketchembed-eval", ["ckpt_path=x.ckpt"])):
-        out = subprocess.run([str(target / "bin" / script), *overrides, "--cfg", "job", "--resolve"], cwd=elsewhere, env=env,
-                             capture_output=True, text=True, timeout=300)
+        out = subprocess.run([str(target / "bin" / script), *overrides, "--cfg", "job", "--resolve"], cwd=elsewhere,
+                             env=env, capture_output=True, text=True, timeout=300)
         assert out.returncode == 0, out.stderr[-2000:]
         cfg = yaml.safe_load(out.stdout)
         assert cfg["task_name"] == script.split("-")[1]

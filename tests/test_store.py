@@ -11,8 +11,8 @@ import sys
 
 import numpy as np
 import pytest
-from helpers import fifo
 
+from helpers import fifo
 from sketchembed.cli import main
 from sketchembed.corpus import store
 from sketchembed.corpus.sketch import DataFormatError, strokes_to_points
@@ -357,7 +357,8 @@ def test_opening_a_dataset_reads_regular_files_of_the_sizes_they_say(tmp_path, m
     elif case == "offsets.npy claims more rows":
         data = (root / "offsets.npy").read_bytes()
         (root / "offsets.npy").write_bytes(data.replace(b"(10,)", b"(99,)", 1))
-        file, why = "offsets.npy", "header declares int64 of shape (99,), 920 bytes with the header, but the file has 208"
+        file = "offsets.npy"
+        why = "header declares int64 of shape (99,), 920 bytes with the header, but the file has 208"
     else:
         monkeypatch.setattr(store, "MANIFEST_BYTES", 100)
         file, why = "manifest.json", "more than the 100 a manifest may take"

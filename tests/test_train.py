@@ -19,6 +19,12 @@ import lightning.pytorch as pl
 import pytest
 import torch
 import yaml
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import get_class
+from omegaconf import OmegaConf
+from PIL import Image
+
+import sketchembed.nets.backbone as bb
 from helpers import (
     CONF,
     EXPERIMENTS,
@@ -35,12 +41,6 @@ from helpers import (
     run_inproc,
     tiny,
 )
-from hydra.core.hydra_config import HydraConfig
-from hydra.utils import get_class
-from omegaconf import OmegaConf
-from PIL import Image
-
-import sketchembed.nets.backbone as bb
 from sketchembed.data.datamodule import SketchDataModule
 from sketchembed.models import LSTMModel, TripletImageModel
 from sketchembed.train.run import ConfigError, train, train_entry, validate
