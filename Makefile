@@ -11,7 +11,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q --upgrade pip
 	# torch and torchvision are named together so pip picks a matching pair (timm needs torchvision).
 	$(BIN)/pip install -q "torch>=2.4" "torchvision>=0.19"
-	$(BIN)/pip install -q -e ".[dev,export]"
+	$(BIN)/pip install -q -e ".[dev,export,studio,bench]"
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -3,8 +3,6 @@
 
 from __future__ import annotations
 
-from conftest import real_points
-
 import cv2
 import numpy as np
 import pytest
@@ -12,9 +10,10 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
+from helpers import real_points
+from sketchembed.corpus.sketch import points_to_strokes
 from sketchembed.data.augment import PointAugment
 from sketchembed.data.raster import Rasterizer
-from sketchembed.corpus.sketch import points_to_strokes
 
 
 @pytest.fixture(scope="module")

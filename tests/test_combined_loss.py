@@ -10,10 +10,8 @@ import pytest
 import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
-from test_models import make_batch
-from test_models import tiny as tiny_model
-from test_train import MODEL_TINY, TINY, compose_cfg, read_csv_metrics, run_inproc
 
+from helpers import MODEL_TINY, TINY, compose_cfg, make_batch, read_csv_metrics, run_inproc, tiny_model
 from sketchembed.metric.losses import CrossEntropy, HingeTripletLoss
 from sketchembed.models import CombinedModel
 

@@ -8,7 +8,8 @@ import functools
 
 import lightning.pytorch as pl
 import pytest
-from test_train import EXPERIMENTS, _assert_one_line_error, compose_cfg, run_cli, tiny
+from helpers import EXPERIMENTS, MODEL_KINDS, compose_cfg, run_cli, tiny
+from helpers import assert_one_line_error as _assert_one_line_error
 
 from sketchembed.entry import check_new_keys
 from sketchembed.models.combined import CombinedModel
@@ -111,7 +112,7 @@ def test_shipped_sizes_and_group_options_pass(tmp_path):
 
 
 @pytest.mark.parametrize("overrides", [
-    [f"model={m}"] for m in ("combined", "lstm", "triplet", "direct")] + [
+    [f"model={m}"] for m in MODEL_KINDS] + [
     ["model=combined_transfer", "model.cnn_ckpt=/x.ckpt"],
     ["trainer=ddp_sim"], ["trainer=gpu"], ["trainer=ddp"], ["logger=csv"], ["logger=tensorboard"],
     ["logger=none"], ["callbacks=none"], ["augment=none"], ["data=others335"], ["data=full"],

@@ -11,17 +11,16 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from sketchembed.data.datamodule import SketchDataModule, check_fold, fold_splits
+from helpers import compose_cfg, load_ckpt, tiny
 from sketchembed.corpus.embedded import open_embedded
 from sketchembed.corpus.store import SPLIT_CODES
+from sketchembed.data.datamodule import SketchDataModule, check_fold, fold_splits
 from sketchembed.eval import crossval
 from sketchembed.eval.stats import mcnemar, wilson
 from sketchembed.eval.tta import PointTTA, embed_split, split_predictions
 from sketchembed.messages import ConfigError
 from sketchembed.train.callbacks import PerDrawingPredictions
 from sketchembed.train.cv import cv_folds, fold_config, run_cv
-
-from test_train import compose_cfg, load_ckpt, tiny
 
 TEST, VAL, TRAIN = SPLIT_CODES["test"], SPLIT_CODES["val"], SPLIT_CODES["train"]
 
@@ -292,7 +291,7 @@ def test_ema_is_a_config_switch_after_the_eval_callbacks(tmp_path):
 @pytest.mark.slow
 def test_ema_checkpoint_holds_the_average_and_eval_opens_it(tmp_path):
     from sketchembed.models.checkpoint import open_checkpoint
-    from sketchembed.train.run import train_entry, train
+    from sketchembed.train.run import train, train_entry
 
     cfg = compose_cfg([*tiny("combined"), "averaging=ema",
                        "trainer.max_steps=3", "trainer.limit_train_batches=3"], tmp_path)
@@ -315,7 +314,7 @@ def test_ema_checkpoint_holds_the_average_and_eval_opens_it(tmp_path):
 
 @pytest.mark.slow
 def test_tta_in_the_training_test_logs_its_figures_with_intervals(tmp_path):
-    from sketchembed.train.run import train_entry, train
+    from sketchembed.train.run import train, train_entry
 
     cfg = compose_cfg([*tiny("combined"), "tta=scale_shift"], tmp_path)
     train_entry("train", train)(cfg)

@@ -10,8 +10,8 @@ import time
 from pathlib import Path
 
 import pytest
-from test_train import tiny
 
+from helpers import tiny
 from sketchembed.train import ranks
 
 REPO = Path(__file__).resolve().parents[1]

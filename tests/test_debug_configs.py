@@ -12,15 +12,14 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import get_class
 from omegaconf import OmegaConf
 
+from helpers import MODEL_CONFIGS, MODEL_TINY, compose_cfg, read_csv_metrics, tiny
 from sketchembed.entry import CONFIG_TREE_FILE
-from sketchembed.train.run import train_entry, train
+from sketchembed.train.run import train, train_entry
 from sketchembed.train.search import check_optimized_metric, val_metrics
-from test_train import MODEL_TINY, compose_cfg, read_csv_metrics, tiny
 
 # Tiny LSTM sizes that leave the debug options' own trainer settings alone.
 DEBUG_TINY = ["model=lstm", *MODEL_TINY["lstm"], "data.eval_batch_size=64", "callbacks.embedding_eval=null",
               "callbacks.sample_images=null", "callbacks.space_images=null", "extras.print_config=false"]
-MODELS = ["combined", "combined_transfer", "lstm", "triplet", "direct"]
 
 
 def run(overrides, run_dir):
@@ -65,7 +64,8 @@ def test_debug_limit_runs_a_few_batches_per_epoch(tmp_path):
 
 @pytest.mark.slow
 def test_debug_overfit_drives_the_train_loss_down(tmp_path):
-    cfg, _, _ = run(["debug=overfit", *DEBUG_TINY, "logger=csv", "model.optimizer.lr=0.02", "model.scheduler=null"], tmp_path)
+    cfg, _, _ = run(["debug=overfit", *DEBUG_TINY, "logger=csv", "model.optimizer.lr=0.02", "model.scheduler=null"],
+                    tmp_path)
     assert cfg.data.max_train == 48 and cfg.trainer.max_epochs == 20 and not cfg.augment
     assert steps_run(tmp_path) == 60  # 3 batches of the same 48 drawings, 20 epochs
     losses = [float(r["train/loss"]) for r in read_csv_metrics(tmp_path) if r.get("train/loss")]
@@ -117,12 +117,12 @@ def test_extras_ignore_warnings(tmp_path):
     cfg = compose_cfg(["model=lstm", "extras.ignore_warnings=true", "extras.print_config=false"], tmp_path)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        train_entry("train", lambda c: warnings.warn("noise", UserWarning) or {})(cfg)
+        train_entry("train", lambda c: warnings.warn("noise", UserWarning, stacklevel=1) or {})(cfg)
     assert not caught
 
 
 # ------------------------------------------------------------------------------------ optuna
-@pytest.mark.parametrize("model", MODELS)
+@pytest.mark.parametrize("model", MODEL_CONFIGS)
 def test_optuna_metric_follows_every_model(model, tmp_path):
     """hparams_search=optuna composes with every model, and the metric the trials return is one the
     model logs (checked at compose time; no epoch is trained)."""

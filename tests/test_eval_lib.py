@@ -6,6 +6,9 @@ import json
 
 import numpy as np
 import pytest
+from helpers import CLASSES3
+from helpers import class_drawing as _class_drawing
+from helpers import ndjson_file as _ndjson
 
 from sketchembed.eval import knn, probe
 
@@ -260,62 +263,6 @@ def test_draw_sketch_respects_pen_up():
 
 
 # ------------------------------------------------- a real (tiny) training: callbacks, index, suggest
-CLASSES3 = ["apple", "banana", "bus"]
-
-
-def _class_drawing(c: int, r) -> np.ndarray:
-    """Class c: strokes heading in direction c (so the classes are learnable and distinct)."""
-    n = int(r.integers(6, 16))
-    angle = 2 * np.pi * c / 3
-    step = np.stack([np.cos(angle), np.sin(angle)]) * 9 + r.normal(size=(n, 2))
-    xy = np.clip(128 + np.cumsum(step, 0) - step.sum(0) / 2, 0, 255)
-    pts = np.zeros((n, 3), np.int16)
-    pts[:, :2] = np.rint(xy)
-    pts[n // 2, 2] = 1
-    pts[-1, 2] = 1
-    return pts
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """A 1-epoch tiny LSTM trained with both callbacks; its checkpoint, data dir and logs."""
-    import lightning as L
-    from lightning.pytorch.loggers import TensorBoardLogger
-
-    from sketchembed.data.datamodule import SketchDataModule
-    from sketchembed.corpus.store import PreparedWriter
-    from sketchembed.models import LSTMModel
-    from sketchembed.models.base import DEFAULT_OPTIMIZER
-    from sketchembed.train.callbacks import EmbeddingEvalCallback, SampleImagesCallback
-
-    tmp = tmp_path_factory.mktemp("trained")
-    r = np.random.default_rng(0)
-    w = PreparedWriter(tmp / "data", CLASSES3)
-    splits = []
-    for i in range(72):
-        w.add(_class_drawing(i % 3, r), i % 3, 5000 + i)
-        splits.append(0 if i < 48 else 1 if i < 60 else 2)
-    w.close(splits=np.array(splits))
-    L.seed_everything(0)
-    dm = SketchDataModule(root=str(tmp / "data"), views=("sequence",), batch_size=16, num_workers=0)
-    model = LSTMModel(num_classes=3, hidden=16, layers=1, optimizer=dict(DEFAULT_OPTIMIZER, lr=3e-3), scheduler=None)
-    emb_cb = EmbeddingEvalCallback(ks=(1, 3), max_train=40, probe_epochs=5)
-    logger = TensorBoardLogger(tmp, name="tb")
-    trainer = L.Trainer(max_epochs=2, accelerator="cpu", devices=1, logger=logger, enable_progress_bar=False,
-                        enable_model_summary=False, enable_checkpointing=False, num_sanity_val_steps=1,
-                        callbacks=[emb_cb, SampleImagesCallback(n=6)])
-    trainer.fit(model, datamodule=dm)
-    metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
-    trainer.save_checkpoint(tmp / "model.ckpt")
-    trainer.test(model, datamodule=dm, verbose=False)
-    test_metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
-    return {"tmp": tmp, "ckpt": tmp / "model.ckpt", "data": tmp / "data", "metrics": metrics,
-            "test_metrics": test_metrics, "logdir": Path(logger.log_dir), "dm": dm, "model": model, "cb": emb_cb}
-
-
-from pathlib import Path  # noqa: E402
-
-
 def test_embedding_callback_logs_knn_and_probe(trained):
     m = trained["metrics"]
     for key in ("val/knn@1", "val/knn@3", "val/probe_acc"):
@@ -368,15 +315,6 @@ def test_load_model_and_clear_errors(trained, tmp_path):
         open_checkpoint(odd)
     with pytest.raises(ValueError, match="cannot be used here"):
         open_checkpoint(trained["ckpt"], kinds=("triplet",))
-
-
-def _ndjson(path, pts, word="banana", key_id=42):
-    from sketchembed.corpus.sketch import points_to_strokes
-
-    strokes = [[s[:, 0].astype(int).tolist(), s[:, 1].astype(int).tolist()] for s in points_to_strokes(pts)]
-    path.write_text(json.dumps({"word": word, "countrycode": "DE", "timestamp": "2017-03-01 00:00:00.0",
-                                "recognized": True, "key_id": str(key_id), "drawing": strokes}) + "\n")
-    return path
 
 
 def test_index_build_and_suggest_cli(trained, tmp_path, capsys):

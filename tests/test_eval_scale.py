@@ -201,7 +201,8 @@ def test_report_lists_pairs_and_sorted_per_class():
          "per_class_n": {"a": 10, "b": 10, "c": 10},
          "confused_pairs": confused_pairs(np.array([[9, 1, 0], [6, 2, 2], [0, 5, 5]]), ["a", "b", "c"])}
     text = render_report(m)
-    assert "| KNN K=3 | 60.0 |" in text and "| KNN K=3, study's tie rule (a tie with the true class counts) | 70.0 |" in text
+    assert "| KNN K=3 | 60.0 |" in text
+    assert "| KNN K=3, study's tie rule (a tie with the true class counts) | 70.0 |" in text
     assert text.split("study's tie rule")[1].split("\n")[0].rstrip().endswith("| 88.95 |")
     assert text.index("| b | 10 | 20.0 |") < text.index("| c | 10 | 50.0 |") < text.index("| a | 10 | 90.0 |")
     assert "## Most confused pairs" in text and "| a | b | 1 | 6 | 7 |" in text
@@ -223,7 +224,8 @@ def test_stages_record_time_and_peak_memory():
         assert s["stages"]["small"]["peak_rss_mb"] < s["stages"]["big"]["peak_rss_mb"]
 
 
-@pytest.mark.parametrize("override,key", [("knn.backend=annoy", "knn.backend"), ("knn.device=gpu0", "knn.device"), ("embed_dtype=int8", "embed_dtype"),
+@pytest.mark.parametrize("override,key", [("knn.backend=annoy", "knn.backend"), ("knn.device=gpu0", "knn.device"),
+                                          ("embed_dtype=int8", "embed_dtype"),
                                           ("knn.max_train=2", "knn.max_train"), ("probe.steps=0", "probe.steps"),
                                           ("curve_max_eval=-1", "curve_max_eval"), ("knn.ks=[0]", "knn.ks"),
                                           ("knn.ks=[a]", "knn.ks"), ("probe.lr=fast", "probe.lr"),

@@ -22,14 +22,14 @@ import pytest
 import torch
 
 from sketchembed import cli
-from sketchembed.data.datamodule import SketchCollate, SketchDataModule
 from sketchembed.corpus.embedded import open_embedded
+from sketchembed.data.datamodule import SketchCollate, SketchDataModule
 from sketchembed.data.inputs import CHECKPOINT_KEY, InputSettings
 from sketchembed.data.raster import Rasterizer, render_views
-from sketchembed.models.checkpoint import open_checkpoint
 from sketchembed.eval.embed import embed_points
 from sketchembed.export import METADATA_KEY, export_onnx, graph_inputs, input_metadata, preprocess, read_metadata
 from sketchembed.models import MODELS
+from sketchembed.models.checkpoint import open_checkpoint
 from sketchembed.studio import serve
 from sketchembed.studio.runtime import OnnxRunner
 from sketchembed.studio.service import Studio

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_train import TINY, compose_cfg, read_csv_metrics, run_inproc
 
+from helpers import TINY, compose_cfg, read_csv_metrics, run_inproc
 from sketchembed.models import check_compatible
 from sketchembed.nets.backbone import ImageEncoder
 from sketchembed.registry import LOSSES, MINERS, MODELS, loss_names

@@ -189,7 +189,8 @@ def test_end_to_end_tiny(figures, tmp_path):
     root = tmp_path / "runs"
     # model=lstm has no image size or snapshots: its row gets the model-neutral overrides only
     assert figures.main(["main", "--root", str(root), "--readme", str(readme), "--extra", *TINY,
-                         "--eval-extra", "probe.steps=5", "tsne.enabled=false", "neighbors.n_refs=0", "logger=none"]) == 0
+                         "--eval-extra", "probe.steps=5", "tsne.enabled=false", "neighbors.n_refs=0",
+                         "logger=none"]) == 0
     m = json.loads((root / "main" / "train" / "train_metrics.json").read_text())
     rec = json.loads((root / "main" / "train" / "figures_run.json").read_text())
     assert rec["commit"] == figures.git_commit() and rec["command"].startswith("python train.py model.embedding_dim=16")
@@ -197,7 +198,8 @@ def test_end_to_end_tiny(figures, tmp_path):
     main = section(text, "main-job")
     n = int(m["test/n"])
     assert f"(n = {n} drawings)" in main and f"seed {m['seed']}" in main and rec["commit"] in main
-    assert f"| classification (its own head) | {figures.cell(m, 'test/acc@50')} | {figures.cell(m, 'test/acc@100')} |" in main
+    row = f"| classification (its own head) | {figures.cell(m, 'test/acc@50')} | {figures.cell(m, 'test/acc@100')} |"
+    assert row in main
     ev = json.loads((root / "main" / "eval" / "metrics.json").read_text())
     assert ev["intervals"]["test/acc@100"]["n"] == ev["n_test"]
     assert figures.cell(ev, "test/acc@100") in section(text, "main-eval")

@@ -18,8 +18,17 @@ import numpy as np
 import pytest
 
 from sketchembed.cli import main
-from sketchembed.corpus.formats import (FORMATS, FileFormat, bucket_kinds, kinds, read_drawings, read_ndjson, register,
-                                      suffixes, write_binary)
+from sketchembed.corpus.formats import (
+    FORMATS,
+    FileFormat,
+    bucket_kinds,
+    kinds,
+    read_drawings,
+    read_ndjson,
+    register,
+    suffixes,
+    write_binary,
+)
 from sketchembed.corpus.formats.binary import read_binary, timestamp_seconds
 from sketchembed.corpus.formats.ndjson import decode_line, read_ndjson_blocks
 from sketchembed.corpus.formats.npz import NPZ_BUDGET, NpzBudget, read_npz, synthetic_key_id
@@ -218,7 +227,8 @@ def test_expected_word_mismatch_and_warning_without_report(shared_quickdraw, tmp
 
 
 def test_unknown_suffix_option_or_policy_is_refused(tmp_path):
-    with pytest.raises(DataFormatError, match=r"apple.csv: unknown format '\.csv'; expected one of \.ndjson, \.bin, \.npz"):
+    with pytest.raises(DataFormatError,
+                       match=r"apple.csv: unknown format '\.csv'; expected one of \.ndjson, \.bin, \.npz"):
         read_drawings(tmp_path / "apple.csv")
     with pytest.raises(ValueError, match=r"split= applies to \.npz files only, not .*apple.ndjson"):
         read_drawings(tmp_path / "apple.ndjson", split="train")
@@ -603,7 +613,8 @@ def test_npz_member_numpy_would_not_write_is_a_bad_member_unread(tmp_path, case)
             z.writestr("train.npy", body + b"\0" * 64)
     rep = SkipReport()
     assert list(read_npz(path, report=rep)) == []
-    assert rep.count == 1 and ("compression method 12" if case == "bzip2" else "bytes after the array") in rep.items[0][2]
+    assert rep.count == 1
+    assert ("compression method 12" if case == "bzip2" else "bytes after the array") in rep.items[0][2]
 
 
 def test_npz_over_the_budget_is_one_line_and_exit_2_in_prepare(tmp_path, capsys):

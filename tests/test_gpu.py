@@ -16,10 +16,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from test_train import read_csv_metrics, run_cli, tiny
 
-from sketchembed.data.datamodule import SketchDataModule
+from helpers import read_csv_metrics, run_cli, run_inproc, tiny
 from sketchembed.corpus.embedded import open_embedded
+from sketchembed.data.datamodule import SketchDataModule
 from sketchembed.data.raster import Rasterizer, render_views, stroke_ends
 from sketchembed.eval.knn import search
 from sketchembed.models import MODELS
@@ -100,7 +100,6 @@ TRAIN_STEPS = 12
 
 @pytest.mark.parametrize("model", sorted(MODELS))
 def test_bf16_training_renders_on_device_and_learns(model, tmp_path, monkeypatch):
-    from test_train import run_inproc
 
     devices = []
     snapshots = Rasterizer.snapshots

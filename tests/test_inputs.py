@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_train import compose_cfg, tiny
+from helpers import compose_cfg, tiny
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 

@@ -10,7 +10,8 @@ import sys
 from types import SimpleNamespace
 
 import pytest
-from test_train import REPO, compose_cfg
+
+from helpers import REPO, compose_cfg, run_cli, run_inproc, tiny
 
 EPOCH_LINE = re.compile(r"^epoch (\d+)/2  step (\d+)  train/loss \d[\d.e+-]*  .*val/acc@100 \d[\d.e+-]*  .*"
                         r"elapsed \d+:\d\d  eta \d+:\d\d$")
@@ -160,8 +161,6 @@ def test_optuna_sweep_with_the_triplet_model_and_no_plugin_chatter(tmp_path):
     and prints the sweeper's lines without alembic's and optuna's own."""
     import json
 
-    from test_train import run_cli, tiny
-
     sweep = tmp_path / "sweep"
     r = run_cli(["-m", "hparams_search=optuna", *tiny("triplet"), "hydra.sweeper.n_trials=1",
                  f"hydra.sweep.dir={sweep}", "extras.print_config=false"])
@@ -189,8 +188,6 @@ def test_lists_in_messages_are_capped():
 
 def test_transfer_confirms_the_loaded_cnn_weights(tmp_path, caplog):
     import logging
-
-    from test_train import run_inproc, tiny
 
     run_inproc(tiny("triplet", "extras.print_config=false"), tmp_path / "triplet")
     ckpt = tmp_path / "triplet" / "checkpoints" / "last.ckpt"

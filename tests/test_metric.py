@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import itertools
 import math
 
@@ -17,7 +18,7 @@ from pytorch_metric_learning.miners import BatchHardMiner, MultiSimilarityMiner,
 from pytorch_metric_learning.reducers import AvgNonZeroReducer, MeanReducer
 from pytorch_metric_learning.utils.loss_and_miner_utils import convert_to_triplets, get_all_triplets_indices
 
-from conftest import REPO_ROOT
+from helpers import MINER_NAMES, REPO_ROOT
 from sketchembed.metric import (
     AllTripletsMiner,
     CrossEntropy,
@@ -41,9 +42,10 @@ from sketchembed.metric import (
 )
 from sketchembed.metric.miners import _torch_all_gather
 from sketchembed.models.base import SketchModule
-from sketchembed.registry import loss_kind
+from sketchembed.registry import LOSSES, MINERS, TRIPLET, loss_kind, loss_names
 
-MINERS = [RandomTripletMiner, AllTripletsMiner, SemiHardMiner, HardMiner]
+# every registered miner and triplet loss (a new registration is tested by being registered)
+TRIPLET_LOSSES = loss_names(TRIPLET)
 
 
 def _brute_triplets(labels, n_anchors=None):
@@ -175,10 +177,10 @@ def test_sampled_triplets_are_valid_and_uniform():
 
 
 # ------------------------------------------------------------------ miners
-@pytest.mark.parametrize("miner_cls", MINERS)
-def test_miner_triplets_are_valid(miner_cls):
+@pytest.mark.parametrize("miner", MINER_NAMES)
+def test_miner_triplets_are_valid(miner):
     emb, labels = _batch(seed=1)
-    a, p, n = miner_cls().mine(emb, labels)
+    a, p, n = MINERS[miner]().mine(emb, labels)
     assert a.dtype == p.dtype == n.dtype == torch.long and len(a) > 0
     assert (labels[a] == labels[p]).all() and (a != p).all()
     assert (labels[a] != labels[n]).all()
@@ -403,12 +405,12 @@ def _train_table(loss, miner, steps: int = 40):
     assert acc_before < 0.7 and acc_after > 0.9, (acc_before, acc_after)
 
 
-@pytest.mark.parametrize(
-    "loss,miner",
-    [(SoftmaxTripletLoss(), m()) for m in MINERS] + [(HingeTripletLoss(margin=0.5), m(margin=0.5)) for m in MINERS],
-    ids=lambda x: type(x).__name__,
-)
-def test_loss_falls_when_training_an_embedding_table(loss, miner):
+@pytest.mark.parametrize("miner_name", MINER_NAMES)
+@pytest.mark.parametrize("loss_name", TRIPLET_LOSSES)
+def test_loss_falls_when_training_an_embedding_table(loss_name, miner_name):
+    # a loss with a margin trains with margin 0.5, its miner mining with the same margin
+    kw = {"margin": 0.5} if "margin" in inspect.signature(LOSSES[loss_name]).parameters else {}
+    loss, miner = LOSSES[loss_name](**kw), MINERS[miner_name](**kw)
     torch.manual_seed(0)
     labels = torch.arange(16) % 4
     table = torch.nn.Parameter(torch.randn(16, 4) * 0.5)
@@ -521,10 +523,10 @@ def test_softmax_loss_distance_option_plain_or_squared():
     assert SoftmaxTripletLoss(distance="euclidean")(EMB, LAB, TRIPLET).item() == pytest.approx(plain, rel=1e-6)
     assert SoftmaxTripletLoss(distance="squared_euclidean")(EMB, LAB, TRIPLET).item() == pytest.approx(
         squared, rel=1e-5)
-    for name, cls, dist in (("softmax_triplet", SoftmaxTripletLoss, EuclideanDistance),
-                            ("hinge", HingeTripletLoss, SquaredEuclideanDistance)):
+    for name, cls, distance in (("softmax_triplet", SoftmaxTripletLoss, EuclideanDistance),
+                                ("hinge", HingeTripletLoss, SquaredEuclideanDistance)):
         loss = instantiate(OmegaConf.load(REPO_ROOT / "conf" / "loss" / f"{name}.yaml"))
-        assert type(loss) is cls and type(loss.distance) is dist
+        assert type(loss) is cls and type(loss.distance) is distance
 
 
 def _study_semi_hard(d, labels):

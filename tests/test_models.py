@@ -13,85 +13,31 @@ import torch
 from omegaconf import OmegaConf
 from torch.utils.data import DataLoader
 
-from conftest import REPO_ROOT
+from helpers import (
+    MODEL_KINDS,
+    REPO_ROOT,
+    TINY_BACKBONE,
+    TINY_CLASSES,
+    TINY_IMAGE,
+    TINY_MODEL_SIZES,
+    make_batch,
+    tiny_model,
+)
 from sketchembed.data.datamodule import SketchDataModule
 from sketchembed.data.inputs import InputSettings
 from sketchembed.messages import ConfigError
-from sketchembed.metric.losses import CrossEntropy, HingeTripletLoss, SoftmaxTripletLoss
-from sketchembed.models import (MODELS, CombinedModel, DirectImageModel, LSTMModel, TripletImageModel,
-                                check_compatible)
 from sketchembed.metric import TripletAccuracy
+from sketchembed.metric.losses import CrossEntropy, HingeTripletLoss, SoftmaxTripletLoss
+from sketchembed.models import MODELS, CombinedModel, DirectImageModel, LSTMModel, TripletImageModel, check_compatible
 from sketchembed.models.base import DEFAULT_OPTIMIZER, DEFAULT_SCHEDULER, SketchModule
 from sketchembed.nets.backbone import DEFAULT_BACKBONE
-from sketchembed.registry import TRIPLET
+from sketchembed.registry import CLASSIFICATION, TRIPLET
 
-TINY = "test_byobnet"
-SIZE = 32
-NUM_CLASSES = 4
-
-
-def make_batch(B: int = 8, num_classes: int = NUM_CLASSES, image_size: int = SIZE, max_points: int = 16,
-               max_snapshots: int = 3, fraction: float = 1.0, seed: int = 0) -> dict:
-    """A batch following ARCHITECTURE.md "Batches" exactly, with class-dependent strokes and images
-    (so there is something to learn): drawing b of class c moves in direction c and its images carry a
-    bar at a class-specific column; each snapshot shows the strokes drawn so far (the last = image)."""
-    g = torch.Generator().manual_seed(seed)
-    labels = torch.arange(B) % num_classes
-    lengths = torch.randint(4, max_points + 1, (B,), generator=g)
-    T = int(lengths.max())
-    points = torch.zeros(B, T, 3)
-    seq = torch.zeros(B, T, 3)
-    ends: list[list[int]] = []
-    for b in range(B):
-        n = int(lengths[b])
-        angle = 2 * math.pi * int(labels[b]) / num_classes
-        step = torch.tensor([math.cos(angle), math.sin(angle)]) * 8 + torch.randn(n, 2, generator=g)
-        xy = 128 + torch.cumsum(step, 0) - step.sum(0) / 2
-        pen = (torch.rand(n, generator=g) < 0.3).float()
-        pen[-1] = 1
-        points[b, :n, :2], points[b, :n, 2] = xy, pen
-        seq[b, 0, :2] = xy[0] / 20
-        seq[b, 1:n, :2] = (xy[1:] - xy[:-1]) / 20
-        seq[b, :n, 2] = pen
-        ends.append(torch.nonzero(pen, as_tuple=True)[0].tolist())
-    S = max(len(e) for e in ends)
-    stroke_ends = torch.full((B, S), -1, dtype=torch.long)
-    snap_batch, snap_pos, snap_share = [], [], []
-    for b, e in enumerate(ends):
-        stroke_ends[b, :len(e)] = torch.tensor(e)
-        m = min(len(e), max_snapshots)
-        for j in range(1, m + 1):  # evenly chosen, the last stroke end always in
-            k = math.ceil(j * len(e) / m) - 1
-            snap_batch.append(b)
-            snap_pos.append(e[k])
-            snap_share.append((e[k] + 1) / len(points[b, :int(lengths[b])]))
-    image = torch.zeros(B, 1, image_size, image_size)
-    for b in range(B):
-        col = int(labels[b]) * image_size // num_classes
-        image[b, 0, :, col:col + 2] = 1.0
-    image += 0.1 * torch.rand(image.shape, generator=g)
-    sb = torch.tensor(snap_batch)
-    share = torch.tensor(snap_share).view(-1, 1, 1, 1)
-    snapshots = image[sb] * share  # the last snapshot of each drawing equals its image
-    return {
-        "points": points, "lengths": lengths, "seq": seq, "stroke_ends": stroke_ends,
-        "n_strokes": torch.tensor([len(e) for e in ends]), "snap_batch": sb,
-        "snap_pos": torch.tensor(snap_pos), "label": labels, "index": torch.arange(B),
-        "key_id": torch.arange(B) + 1000, "fraction": fraction, "image": image, "snapshots": snapshots,
-    }
-
-
-def tiny(kind: str, **kw):
-    common = dict(optimizer=dict(DEFAULT_OPTIMIZER, lr=kw.pop("lr", 3e-3), weight_decay=0.0),
-                  scheduler=kw.pop("scheduler", None))
-    if kind == "triplet":
-        return TripletImageModel(TINY, embedding_dim=16, image_size=SIZE, **common, **kw)
-    if kind == "direct":
-        return DirectImageModel(NUM_CLASSES, TINY, embedding_dim=16, image_size=SIZE, **common, **kw)
-    if kind == "lstm":
-        return LSTMModel(NUM_CLASSES, hidden=16, layers=2, **common, **kw)
-    return CombinedModel(NUM_CLASSES, TINY, embedding_dim=16, hidden=16, layers=2, mlp_hidden=16,
-                         image_size=SIZE, **common, **kw)
+# the tiny models and the hand-made batch live in tests/helpers.py (test_combined_loss uses them too)
+TINY, SIZE, NUM_CLASSES, TINY_SIZES = TINY_BACKBONE, TINY_IMAGE, TINY_CLASSES, TINY_MODEL_SIZES
+tiny = tiny_model
+# embedding width where it is not embedding_dim (combined: the CNN's 16 next to the LSTM's 16)
+EMBED_DIM = {"combined": 32}
 
 
 def overfit(model, batch, steps: int = 25) -> tuple[float, float]:
@@ -108,7 +54,7 @@ def overfit(model, batch, steps: int = 25) -> tuple[float, float]:
     return losses[0], sum(losses[-3:]) / 3
 
 
-@pytest.mark.parametrize("kind", ["triplet", "direct", "lstm", "combined"])
+@pytest.mark.parametrize("kind", MODEL_KINDS)
 def test_loss_falls_on_a_fixed_batch(kind):
     torch.manual_seed(0)
     kw = {"loss": SoftmaxTripletLoss()} if kind == "triplet" else {}
@@ -119,14 +65,15 @@ def test_loss_falls_on_a_fixed_batch(kind):
     assert last < 0.6 * first, (first, last)
 
 
-@pytest.mark.parametrize("kind,dim", [("triplet", 16), ("direct", 16), ("lstm", 16), ("combined", 32)])
-def test_embed_and_logits_shapes(kind, dim):
+@pytest.mark.parametrize("kind", MODEL_KINDS)
+def test_embed_and_logits_shapes(kind):
+    dim = EMBED_DIM.get(kind, 16)
     model = tiny(kind).eval()
     batch = make_batch(B=5)
     with torch.no_grad():
         assert model.embed(batch).shape == (5, dim)
         logits = model.logits(batch)
-    assert (logits is None) if kind == "triplet" else logits.shape == (5, NUM_CLASSES)
+    assert (logits is None) if CLASSIFICATION not in MODELS[kind].LOSS_KINDS else logits.shape == (5, NUM_CLASSES)
     assert model.views == MODELS[kind].VIEWS and model.hparams.model_kind == kind
 
 
@@ -351,7 +298,7 @@ def test_models_declare_their_traits():
     assert "val_100" in both.eval_acc
 
 
-@pytest.mark.parametrize("kind", ["triplet", "direct", "lstm", "combined"])
+@pytest.mark.parametrize("kind", MODEL_KINDS)
 def test_trainer_fit_logs_metrics_and_checkpoint_round_trip(kind, tmp_path):
     torch.manual_seed(0)
     model = tiny(kind)
@@ -359,7 +306,7 @@ def test_trainer_fit_logs_metrics_and_checkpoint_round_trip(kind, tmp_path):
     trainer = _trainer(tmp_path)
     trainer.fit(model, train_dataloaders=train, val_dataloaders=val)
     m = trainer.callback_metrics
-    if kind == "triplet":
+    if CLASSIFICATION not in MODELS[kind].LOSS_KINDS:
         for key in ("val/triplet_acc@100", "val/triplet_acc@50", "val/d_pos@100", "val/d_neg@50"):
             assert key in m, sorted(m)
         assert "val/acc@100" not in m

@@ -5,8 +5,16 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sketchembed.nets import (ImageEncoder, SequenceEncoder, check_backbone, gather_states, last_states,
-                              min_image_size, stroke_end_positions, valid_positions)
+from sketchembed.nets import (
+    ImageEncoder,
+    SequenceEncoder,
+    check_backbone,
+    gather_states,
+    last_states,
+    min_image_size,
+    stroke_end_positions,
+    valid_positions,
+)
 
 TINY = "test_byobnet"  # timm's tiny test network: real architecture, trains in milliseconds
 

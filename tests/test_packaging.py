@@ -6,16 +6,20 @@ from __future__ import annotations
 
 import ast
 import os
+import re
 import shutil
 import subprocess
 import sys
-import tomllib
 import zipfile
+from importlib.metadata import packages_distributions
 from pathlib import Path
 
 import pytest
+import tomllib
 import yaml
 from setuptools import find_packages
+
+from sketchembed.cli import EXTRA_OF_MODULE, main
 
 REPO = Path(__file__).resolve().parents[1]
 PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())
@@ -85,8 +89,8 @@ def test_installed_entry_points_compose_their_config_outside_a_checkout(tmp_path
     env = {**os.environ, "PYTHONPATH": str(target), "WANDB_MODE": "offline"}
     env.pop("PROJECT_ROOT", None)
     for script, overrides in (("sketchembed-train", ["model=lstm"]), ("sketchembed-eval", ["ckpt_path=x.ckpt"])):
-        out = subprocess.run([str(target / "bin" / script), *overrides, "--cfg", "job", "--resolve"], cwd=elsewhere, env=env,
-                             capture_output=True, text=True, timeout=300)
+        out = subprocess.run([str(target / "bin" / script), *overrides, "--cfg", "job", "--resolve"], cwd=elsewhere,
+                             env=env, capture_output=True, text=True, timeout=300)
         assert out.returncode == 0, out.stderr[-2000:]
         cfg = yaml.safe_load(out.stdout)
         assert cfg["task_name"] == script.split("-")[1]
@@ -157,3 +161,65 @@ def test_parts_import_only_the_parts_below_them():
         wrong += [f"{path.relative_to(REPO)} imports sketchembed.{m}"
                   for m in _sketchembed_imports(path) - MAY_IMPORT[part] - LEAVES - {"__init__"}]
     assert not wrong, "\n".join(wrong)
+
+
+# ------------------------------------------------------------------------------------ optional extras
+# What a core install (`pip install sketchembed`, no extra) must run without: every optional extra.
+EXTRAS = PYPROJECT["project"]["optional-dependencies"]
+CORE_WITHOUT = ("studio", "bench", "export")
+
+
+def _extra_modules(extra: str) -> set[str]:
+    """The top-level modules the distributions of ``extra`` install (as installed here)."""
+    dists = {re.split(r"[<>=!~ ;\[]", req, maxsplit=1)[0].lower().replace("_", "-") for req in EXTRAS[extra]}
+    return {mod for mod, ds in packages_distributions().items()
+            if any(d.lower().replace("_", "-") in dists for d in ds)}
+
+
+# the named top modules made uninstalled (None in sys.modules: `import` raises ModuleNotFoundError and
+# importlib.util.find_spec answers None, as for a module that is not there), then the core imported
+BLOCK_AND_IMPORT = """
+import importlib, sys
+for name in sys.argv[1].split(","):
+    sys.modules[name] = None
+for name in sys.argv[2].split(","):
+    importlib.import_module(name)
+"""
+
+
+@pytest.mark.slow  # imports every module of the package in a fresh interpreter (~15-40 s on 2 cores)
+def test_core_modules_import_without_the_optional_extras():
+    """Training, evaluation, the data pipeline and the command line need none of the extras."""
+    blocked = set().union(*(_extra_modules(e) for e in CORE_WITHOUT))
+    assert {"fastapi", "uvicorn", "cv2", "onnx", "onnxruntime"} <= blocked, blocked
+    src = REPO / "src"
+    core = sorted(".".join(p.relative_to(src).with_suffix("").parts).removesuffix(".__init__")
+                  for p in (src / "sketchembed").rglob("*.py") if "studio" not in p.relative_to(src).parts)
+    assert {"sketchembed.cli", "sketchembed.train.run", "sketchembed.commands.evaluate",
+            "sketchembed.models", "sketchembed.data.datamodule", "sketchembed.corpus.prepare"} <= set(core)
+    r = subprocess.run([sys.executable, "-c", BLOCK_AND_IMPORT, ",".join(sorted(blocked)), ",".join(core)],
+                       cwd=REPO, capture_output=True, text=True, timeout=300,
+                       env={**os.environ, "PYTHONPATH": str(src)})
+    assert r.returncode == 0, r.stderr[-3000:]
+
+
+def test_serve_without_the_studio_extra_names_it(monkeypatch, capsys):
+    """Without FastAPI/uvicorn `sketchembed serve` says which extra to install: one line, exit 2."""
+    for name in [m for m in sys.modules if m.startswith("sketchembed.studio")]:
+        monkeypatch.delitem(sys.modules, name)
+    for name in _extra_modules("studio"):
+        monkeypatch.setitem(sys.modules, name, None)
+    assert main(["serve", "--ckpt", "x.ckpt"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    assert err.startswith("error: `sketchembed serve` needs the studio extra") and "sketchembed[studio]" in err, err
+
+
+def test_make_install_installs_every_extra_and_commands_name_real_ones():
+    """`make install` (the README's first command) installs every optional extra, and each module the
+    command line maps to an extra is one that extra installs."""
+    installed = re.search(r'pip install -q -e "\.\[([a-z,]+)\]"', (REPO / "Makefile").read_text())
+    assert installed and set(installed.group(1).split(",")) == set(EXTRAS), installed
+    assert set(CORE_WITHOUT) <= set(EXTRAS)
+    for module, extra in EXTRA_OF_MODULE.items():
+        assert extra in EXTRAS and module in _extra_modules(extra), (module, extra)

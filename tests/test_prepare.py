@@ -10,7 +10,6 @@ import pytest
 
 from sketchembed import STUDY_CLASSES
 from sketchembed.cli import main
-from sketchembed.data.datamodule import SketchDataModule
 from sketchembed.corpus.embedded import embedded_dataset_path, open_embedded
 from sketchembed.corpus.formats import read_drawings, read_ndjson
 from sketchembed.corpus.formats.ndjson import read_ndjson_blocks
@@ -18,6 +17,7 @@ from sketchembed.corpus.prepare import assign_splits, prepare, split_sizes
 from sketchembed.corpus.simplify import simplify_drawing
 from sketchembed.corpus.sketch import DataFormatError, Drawing, SkipReport, strokes_to_points
 from sketchembed.corpus.store import PreparedDataset
+from sketchembed.data.datamodule import SketchDataModule
 
 KEY0 = 5_100_000_000_000_000
 

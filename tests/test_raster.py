@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-from conftest import real_points
 import hashlib
 import math
 
@@ -13,6 +12,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from bench.raster import study_match
+from helpers import real_points
 from sketchembed.corpus.embedded import open_embedded
 from sketchembed.data.raster import CHUNK_ELEMS, Rasterizer, per_image_standardize, render_views, stroke_ends
 

@@ -17,11 +17,11 @@ import torch
 import yaml
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from omegaconf import OmegaConf
-from test_train import compose_cfg, run_inproc, tiny
 
+from helpers import compose_cfg, run_inproc, tiny
 from sketchembed.safeload import safe_load
 from sketchembed.train.resume import resume_argv, wandb_run_id
-from sketchembed.train.run import _callbacks, train_entry, train
+from sketchembed.train.run import _callbacks, train, train_entry
 from sketchembed.train.validate import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]

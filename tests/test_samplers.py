@@ -52,7 +52,8 @@ def test_pk_small_class_sampled_with_replacement():
 
 def test_pk_deterministic_per_seed_and_epoch():
     labels = _labels([30, 30, 30, 30])
-    mk = lambda seed: PKBatchSampler(np.arange(120), labels, p=2, k=3, batches_per_epoch=20, seed=seed)
+    def mk(seed):
+        return PKBatchSampler(np.arange(120), labels, p=2, k=3, batches_per_epoch=20, seed=seed)
     a, b = mk(7), mk(7)
     assert list(a) == list(b)
     first = list(a)

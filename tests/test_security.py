@@ -18,8 +18,8 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from test_train import tiny
 
+from helpers import tiny
 from sketchembed.data.inputs import InputSettings
 from sketchembed.eval.knn import KNNIndex
 from sketchembed.models import LSTMModel
@@ -118,7 +118,8 @@ def test_loader_reads_plain_checkpoints_and_rejects_other_files(tmp_path):
 def test_only_the_checkpoint_module_opens_checkpoint_files():
     """One home: the file loader (safeload) is used by models/checkpoint.py alone in the package."""
     users = sorted(str(f.relative_to(REPO)) for f in (REPO / "src").rglob("*.py")
-                   if re.search(r"^from sketchembed\.safeload import|^import sketchembed\.safeload", f.read_text(), re.M))
+                   if re.search(r"^from sketchembed\.safeload import|^import sketchembed\.safeload",
+                                f.read_text(), re.M))
     assert users == ["src/sketchembed/models/checkpoint.py"]
     assert not (REPO / "src" / "sketchembed" / "eval" / "checkpoint.py").exists()
 
@@ -292,7 +293,8 @@ def _plain_checkpoint(path: Path, *, fmt: int = 2, edit=None) -> Path:
         hp = {k: v for k, v in hp.items() if k not in ("model_record_format", "optimizer", "scheduler", "loss")}
         hp.update(loss={"_target_": "sketchembed.metric.losses.CrossEntropy", "label_smoothing": 0.0},
                   optimizer={"_target_": "torch.optim.AdamW", "_partial_": True, "lr": 1e-3},
-                  scheduler={"_target_": "sketchembed.models.optim.warmup_cosine", "_partial_": True, "warmup_steps": 0})
+                  scheduler={"_target_": "sketchembed.models.optim.warmup_cosine", "_partial_": True,
+                             "warmup_steps": 0})
     ckpt = {"epoch": 0, "global_step": 1, "state_dict": model.state_dict(), "hyper_parameters": hp,
             "SketchDataModule": InputSettings(seq_std=1.0, classes=("apple", "bus", "car")).to_dict(),
             "datamodule_hyper_parameters": {"root": "study10", "seed": 0}}
@@ -482,7 +484,8 @@ def test_resume_takes_the_saved_overrides_of_shipped_and_registered_parts(tmp_pa
     from sketchembed.train.resume import resume_argv
 
     saved = [*tiny("triplet"), "loss._target_=pytorch_metric_learning.losses.TripletMarginLoss",
-             "model.optimizer._target_=torch.optim.SGD", "+callbacks.lr={_target_: lightning.pytorch.callbacks.LearningRateMonitor}"]
+             "model.optimizer._target_=torch.optim.SGD",
+             "+callbacks.lr={_target_: lightning.pytorch.callbacks.LearningRateMonitor}"]
     run, _ = _run_folder(tmp_path, saved, tmp_path / "PWNED")
     assert resume_argv(["train.py", f"resume={run}"])[1:len(saved) + 1] == saved
 

@@ -7,10 +7,15 @@ import pytest
 from PIL import Image, ImageDraw
 
 from sketchembed.corpus.formats import read_ndjson
-from sketchembed.corpus.simplify import (normalize_to_canvas, rdp, rdp_mask, resample,
-                                       simplify_drawing, simplify_drawings)
+from sketchembed.corpus.simplify import (
+    normalize_to_canvas,
+    rdp,
+    rdp_mask,
+    resample,
+    simplify_drawing,
+    simplify_drawings,
+)
 from sketchembed.corpus.sketch import Drawing, SkipReport
-
 
 # --- units -------------------------------------------------------------------------------------
 

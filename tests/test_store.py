@@ -8,40 +8,15 @@ import pickle
 import re
 import subprocess
 import sys
-import threading
-import time
 
 import numpy as np
 import pytest
 
-from sketchembed.corpus.sketch import DataFormatError, strokes_to_points
+from helpers import fifo
 from sketchembed.cli import main
 from sketchembed.corpus import store
+from sketchembed.corpus.sketch import DataFormatError, strokes_to_points
 from sketchembed.corpus.store import PreparedDataset, PreparedWriter, _sha256_of
-
-
-def fifo(path, data: bytes = b"{}", seconds: float = 30.0) -> None:
-    """Make ``path`` a FIFO. Code that opens it blocks until a writer comes (the bug: ``suggest`` hung
-    for ever): a helper thread feeds ``data`` to any reader for ``seconds``, so a test without the fix
-    fails instead of hanging. With the fix nobody opens it and the thread only waits."""
-    if path.exists() or path.is_symlink():
-        path.unlink()
-    os.mkfifo(path)
-
-    def feed():
-        end = time.monotonic() + seconds
-        while time.monotonic() < end:
-            try:
-                fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK)  # succeeds only while a reader waits
-            except OSError:
-                time.sleep(0.02)
-                continue
-            try:
-                os.write(fd, data)
-            finally:
-                os.close(fd)
-
-    threading.Thread(target=feed, daemon=True).start()
 
 
 def random_points(rng, n_strokes=None):
@@ -382,7 +357,8 @@ def test_opening_a_dataset_reads_regular_files_of_the_sizes_they_say(tmp_path, m
     elif case == "offsets.npy claims more rows":
         data = (root / "offsets.npy").read_bytes()
         (root / "offsets.npy").write_bytes(data.replace(b"(10,)", b"(99,)", 1))
-        file, why = "offsets.npy", "header declares int64 of shape (99,), 920 bytes with the header, but the file has 208"
+        file = "offsets.npy"
+        why = "header declares int64 of shape (99,), 920 bytes with the header, but the file has 208"
     else:
         monkeypatch.setattr(store, "MANIFEST_BYTES", 100)
         file, why = "manifest.json", "more than the 100 a manifest may take"

@@ -26,15 +26,15 @@ import torch
 from fastapi.testclient import TestClient
 
 from bench.studio import adversarial_bodies, measure, measure_adversarial, stroke_prefixes
-from conftest import real_points
+from helpers import real_points
 from sketchembed.cli import main
-from sketchembed.data.datamodule import SketchDataModule
 from sketchembed.corpus.formats import read_drawings
 from sketchembed.corpus.simplify import TooMuchWork, simplify_drawing, simplify_strokes
 from sketchembed.corpus.user_drawing import MAX_RDP_VISITS
+from sketchembed.data.datamodule import SketchDataModule
+from sketchembed.eval.embed import embed_points
 from sketchembed.eval.human import sample_items
 from sketchembed.eval.knn import vote
-from sketchembed.eval.embed import embed_points
 from sketchembed.eval.suggest import suggest
 from sketchembed.models import CombinedModel, TripletImageModel
 from sketchembed.studio import Studio, create_app
@@ -205,7 +205,8 @@ BAD_INPUTS = [
     ("huge both ways", json.dumps({"drawing": [[[-1e308, 1e308], [3, 4]]]}).encode(), 422,
      r"raw drawing: stroke 0 has coordinates outside ±100,000"),
     ("too intricate", json.dumps({"drawing": [[np.linspace(0, 255, 20000).tolist(), [0, 255] * 10000]],
-                                  "format": "raw"}).encode(), 413, r"raw drawing: too intricate to simplify: 20,000 points"),
+                                  "format": "raw"}).encode(), 413,
+     r"raw drawing: too intricate to simplify: 20,000 points"),
     # within points x ink, but over RDP's own count of its work (it took 5 s, 1 s for 20,000 points)
     ("over the simplification budget", json.dumps({"drawing": WIDE_ZIGZAG, "format": "raw"}).encode(), 413,
      r"raw drawing: too intricate to simplify: its simplification needs more than 2,000,000 point visits"),
@@ -458,8 +459,8 @@ def test_human_test_scores_you_beside_the_model_and_saves_json(client, studio):
                             422, r"'cat', not a class")
     assert_one_line_refusal(client.post("/api/human/start", json={"n": 0}), 422, r"^n: Input should be")
     assert_one_line_refusal(client.post("/api/human/start", json={"fractions": [0]}), 422, r"'fractions' must be")
-    assert_one_line_refusal(client.post("/api/human/start", content=b"{nope", headers={"content-type": "application/json"}),
-                            400, r"^body is not JSON")
+    assert_one_line_refusal(client.post("/api/human/start", content=b"{nope",
+                                        headers={"content-type": "application/json"}), 400, r"^body is not JSON")
     assert_one_line_refusal(client.post("/api/human/start", json={"seed": -1}), 422, r"^seed: Input should be greater")
     assert_one_line_refusal(client.post("/api/human/finish", json=[1]), 422, r"^body: Input should be a valid dict")
 
@@ -509,7 +510,7 @@ def test_every_endpoint_documents_its_purpose_examples_and_errors(client):
                 "HumanFinish": studio_app.HumanFinish}
     assert len([op for ops in spec["paths"].values() for op in ops.values()]) == 5
     for path, ops in spec["paths"].items():
-        for method, op in ops.items():
+        for op in ops.values():
             assert op["summary"] and op["description"], path
             name = op["responses"]["200"]["content"]["application/json"]["schema"]["$ref"].split("/")[-1]
             assert name in models, (path, name)
@@ -564,7 +565,8 @@ def test_serve_uses_a_saved_index_of_its_own_model_only(ckpts, studio, tmp_path,
     same = Studio.open(ckpts["combined"], index_dir=tmp_path / "index", log=lambda m: None)
     assert len(same.index) == len(studio.index) and same.index.ckpt_sha256 == studio.index.ckpt_sha256
     capped = Studio.open(ckpts["combined"], index_max=30, progress=False, log=lambda m: None)
-    assert len(capped.index) == 30 and len(set(capped.index.labels.tolist())) >= 8  # a random subset, not the first rows
+    # a random subset, not the first rows
+    assert len(capped.index) == 30 and len(set(capped.index.labels.tolist())) >= 8
     assert main(["serve", "--ckpt", str(ckpts["triplet"]), "--index", str(tmp_path / "index")]) == 2
     assert "index was built with checkpoint" in capsys.readouterr().err
 
@@ -574,7 +576,9 @@ INK_BOX = """() => {
   const c = document.getElementById('canvas'), d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
   let x0 = c.width, x1 = -1, y0 = c.height, y1 = -1;
   for (let y = 0; y < c.height; y++) for (let x = 0; x < c.width; x++) {
-    if (d[(y * c.width + x) * 4 + 3] > 0) { x0 = Math.min(x0, x); x1 = Math.max(x1, x); y0 = Math.min(y0, y); y1 = Math.max(y1, y); }
+    if (d[(y * c.width + x) * 4 + 3] > 0) {
+      x0 = Math.min(x0, x); x1 = Math.max(x1, x); y0 = Math.min(y0, y); y1 = Math.max(y1, y);
+    }
   }
   return [x0, x1, y0, y1, c.width, c.height];
 }"""

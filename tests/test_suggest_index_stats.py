@@ -13,8 +13,8 @@ import time
 
 import numpy as np
 import pytest
-from test_eval_lib import CLASSES3, _ndjson, trained  # noqa: F401 - `trained`: the tiny model fixture
-from test_store import fifo
+from helpers import CLASSES3, fifo
+from helpers import ndjson_file as _ndjson
 
 from sketchembed.cli import main
 from sketchembed.corpus.formats import read_drawings

@@ -11,11 +11,7 @@ wiring, not accuracy.
 
 from __future__ import annotations
 
-import csv
 import json
-import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -23,118 +19,31 @@ import lightning.pytorch as pl
 import pytest
 import torch
 import yaml
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import get_class
-from omegaconf import OmegaConf, open_dict
+from omegaconf import OmegaConf
 from PIL import Image
 
 import sketchembed.nets.backbone as bb
+from helpers import (
+    CONF,
+    EXPERIMENTS,
+    MODEL_KINDS,
+    MODEL_TINY,
+    REPO,
+    assert_one_line_error,
+    checkpoint_files,
+    compose_cfg,
+    last_value,
+    load_ckpt,
+    read_csv_metrics,
+    run_cli,
+    run_inproc,
+    tiny,
+)
 from sketchembed.data.datamodule import SketchDataModule
 from sketchembed.models import LSTMModel, TripletImageModel
-from sketchembed.safeload import safe_load
 from sketchembed.train.run import ConfigError, train, train_entry, validate
-
-REPO = Path(__file__).resolve().parents[1]
-CONF = REPO / "conf"
-EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
-
-# Settings that make any run tiny (2 train steps of small batches, 1 val/test batch, 32 px).
-TINY = [
-    "backbone=test_resnet",
-    "data.image_size=32",
-    "data.batch_size=8",
-    "data.eval_batch_size=32",
-    "data.pk_p=3",
-    "data.pk_k=4",
-    "data.max_snapshots=3",
-    "trainer.max_epochs=1",
-    "trainer.max_steps=2",
-    "trainer.limit_train_batches=2",
-    "trainer.limit_val_batches=1",
-    "trainer.limit_test_batches=1",
-    "trainer.num_sanity_val_steps=0",
-    "trainer.enable_progress_bar=false",
-    "logger=csv",
-    "callbacks.sample_images=null",
-    "callbacks.progress=null",
-    "callbacks.embedding_eval.max_train=48",
-    "callbacks.embedding_eval.probe_epochs=5",
-]
-# Model sizes per model config (the keys each one has).
-MODEL_TINY = {
-    "triplet": ["model.embedding_dim=16"],
-    "direct": ["model.embedding_dim=16"],
-    "lstm": ["model.hidden=16"],
-    "combined": ["model.embedding_dim=16", "model.hidden=16", "model.mlp_hidden=16"],
-    "combined_transfer": ["model.embedding_dim=16", "model.hidden=16", "model.mlp_hidden=16"],
-}
-
-
-def tiny(model: str, *extra: str) -> list[str]:
-    return [f"model={model}", *TINY, *MODEL_TINY[model], *extra]
-
-
-# ------------------------------------------------------------------------------------ helpers
-def compose_cfg(overrides: list[str], run_dir: Path | None = None):
-    """The config `python train.py OVERRIDES` would run with, the HydraConfig singleton set as in
-    a real run (so `${hydra:runtime.output_dir}` and the group choices resolve)."""
-
-    GlobalHydra.instance().clear()
-    os.environ.setdefault("PROJECT_ROOT", str(REPO))
-    run = [f"hydra.run.dir={run_dir}"] if run_dir is not None else []
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose("train", overrides=[*overrides, *run], return_hydra_config=True)
-    with open_dict(cfg):
-        cfg.hydra.runtime.output_dir = str(run_dir) if run_dir is not None else cfg.hydra.run.dir
-    HydraConfig.instance().set_config(cfg)
-    with open_dict(cfg):  # the job's config has no hydra node (as in a real run)
-        del cfg["hydra"]
-    return cfg
-
-
-def run_inproc(overrides: list[str], run_dir: Path):
-    """Train through the real entry (validation, one-line errors, returned optimized metric)."""
-
-    cfg = compose_cfg(overrides, run_dir)
-    value = train_entry("train", train)(cfg)
-    metrics = json.loads((run_dir / "train_metrics.json").read_text())
-    return cfg, value, metrics
-
-
-def run_cli(args: list[str], *, timeout: int = 600, env: dict | None = None) -> subprocess.CompletedProcess:
-    e = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline", "WANDB_SILENT": "true",
-         "HYDRA_FULL_ERROR": "0", **(env or {})}
-    return subprocess.run([sys.executable, str(REPO / "train.py"), *args], cwd=REPO, env=e,
-                          capture_output=True, text=True, timeout=timeout)
-
-
-def load_ckpt(path: Path) -> dict:
-    return safe_load(path)
-
-
-def read_csv_metrics(run_dir: Path) -> list[dict[str, str]]:
-    files = sorted(run_dir.glob("csv/version_*/metrics.csv"))
-    assert files, f"no csv metrics under {run_dir}"
-    with open(files[-1], newline="") as f:
-        return list(csv.DictReader(f))
-
-
-def last_value(rows: list[dict[str, str]], key: str) -> float:
-    vals = [float(r[key]) for r in rows if r.get(key) not in (None, "")]
-    assert vals, f"{key} never logged; columns: {sorted(rows[0]) if rows else []}"
-    return vals[-1]
-
-
-def checkpoint_files(run_dir: Path) -> tuple[Path, Path]:
-    """(best, last) of a run: both in the run dir's checkpoints/."""
-    ckpts = run_dir / "checkpoints"
-    last = ckpts / "last.ckpt"
-    best = [p for p in ckpts.glob("*.ckpt") if p.name != "last.ckpt"]
-    assert last.is_file(), f"no last.ckpt in {ckpts}: {sorted(os.listdir(ckpts)) if ckpts.is_dir() else 'missing'}"
-    assert len(best) == 1, f"expected one best checkpoint in {ckpts}, got {best}"
-    return best[0], last
 
 
 # ------------------------------------------------------------------------------------ 1. models
@@ -167,7 +76,8 @@ def _check_trained_run(run_dir: Path, cfg, value, metrics, model_choice: str) ->
     return ck
 
 
-@pytest.mark.parametrize("model", ["direct", "lstm", "combined"])
+# every registered model kind; triplet through the shared `triplet_run` below
+@pytest.mark.parametrize("model", [m for m in MODEL_KINDS if m != "triplet"])
 def test_model_trains_through_entry(model, tmp_path):
     cfg, value, metrics = run_inproc(tiny(model), tmp_path)
     _check_trained_run(tmp_path, cfg, value, metrics, model)
@@ -438,20 +348,6 @@ def test_resume_continues_step_and_optimizer_state(tmp_path):
 
 
 # ------------------------------------------------------------------------------------ 5. errors
-def _assert_one_line_error(r: subprocess.CompletedProcess, *needles: str, code: int = 2) -> None:
-    out = r.stdout + r.stderr
-    assert r.returncode == code, out[-3000:]
-    assert "Traceback" not in out, out[-3000:]
-    errors = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
-    assert len(errors) == 1, r.stderr[-3000:]
-    for n in needles:
-        assert n in errors[0], errors[0]
-    # the stack is not lost: the message points at the run dir's error.log
-    trace = errors[0].rsplit("(traceback: ", 1)
-    assert len(trace) == 2, errors[0]
-    assert "Traceback" in Path(trace[1].rstrip(")")).read_text()
-
-
 MISCONFIGS = {
     "loss-model": (["loss=hinge", "model=lstm"], ["loss=hinge", "model=lstm"]),
     "image-size": (["backbone=inception_v4", "data.image_size=64"], ["data.image_size=64", "inception_v4", "75"]),
@@ -497,7 +393,7 @@ def test_misconfiguration_stops_before_training(name, tmp_path, capsys, monkeypa
 def test_misconfiguration_cli_exit_code(name, tmp_path):
     overrides, needles = MISCONFIGS[name]
     r = run_cli([*overrides, "logger=csv", f"hydra.run.dir={tmp_path}"], timeout=300)
-    _assert_one_line_error(r, *needles)
+    assert_one_line_error(r, *needles)
     assert not (tmp_path / "checkpoints").exists() and not (tmp_path / "csv").exists()
 
 

@@ -22,6 +22,9 @@ COMMANDS = [
     (("serve",), "sketchembed.studio.serve", "sketch studio: draw in the browser, see guesses and suggestions"),
     (("export",), "sketchembed.export", "a checkpoint's inference graph as ONNX, its input settings in the file"),
 ]
+# The optional extras (pyproject.toml) by the top modules they install that a command imports at load:
+# without the extra, the command says which extra to install instead of a traceback.
+EXTRA_OF_MODULE = {"fastapi": "studio", "uvicorn": "studio"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -52,7 +55,15 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit:
         parser.parse_args(argv)  # no full command: argparse prints the help or usage error
         raise
-    mod = importlib.import_module(known._module)
+    try:
+        mod = importlib.import_module(known._module)
+    except ModuleNotFoundError as e:
+        extra = EXTRA_OF_MODULE.get((e.name or "").partition(".")[0])
+        if extra is None:
+            raise
+        print(f"error: `sketchembed {' '.join(known._words)}` needs the {extra} extra: "
+              f'pip install "sketchembed[{extra}]" ({e.name} is not installed)', file=sys.stderr)
+        return 2
     full = argparse.ArgumentParser(prog="sketchembed " + " ".join(known._words))
     mod.add_arguments(full)
     args = full.parse_args(argv[len(known._words):])
