@@ -12,13 +12,13 @@ import pytest
 import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
-from test_train import compose_cfg
 
+from helpers import compose_cfg
+from sketchembed.corpus.store import PreparedWriter
 from sketchembed.data.augment import PointAugment
 from sketchembed.data.datamodule import BATCH_FIELDS, BatchSettings, SketchCollate, SketchDataModule, delta_std
 from sketchembed.data.inputs import RECIPE, InputSettings, keep_count
 from sketchembed.data.samplers import PKBatchSampler
-from sketchembed.corpus.store import PreparedWriter
 
 REPO = Path(__file__).resolve().parents[1]
 CLASSES = ["apple", "bus", "pear", "van"]
