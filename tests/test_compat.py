@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import ast
 import inspect
+import tomllib
 from pathlib import Path
 
 import lightning
 import pytest
+from packaging.requirements import Requirement
 
 from sketchembed.train import compat
 
@@ -51,3 +53,11 @@ def test_no_other_module_imports_a_private_lightning_name():
                 private += [node.module] if any(p.startswith("_") for p in node.module.split(".")) else []
                 found += [f"{path.relative_to(SRC)}: {n}" for n in private]
     assert not found, found
+
+
+def test_the_install_allows_only_the_checked_lightning_versions():
+    """pyproject.toml's lightning requirement is the range compat was checked for: an install can
+    never pick a Lightning whose private names were not looked at."""
+    pyproject = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())
+    (req,) = [Requirement(r) for r in pyproject["project"]["dependencies"] if Requirement(r).name == "lightning"]
+    assert req.specifier == compat.LIGHTNING_VERSIONS
