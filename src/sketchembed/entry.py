@@ -17,8 +17,9 @@ import sys
 import time
 import traceback
 import warnings
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import hydra
 import rich.syntax
@@ -32,7 +33,6 @@ from rich.console import Console
 
 from sketchembed.corpus.sketch import DataFormatError
 from sketchembed.messages import ConfigError, short_list
-
 
 # Errors of bad input (config, data, paths): one line and exit 2. A ValueError may also be a bug,
 # so the stack of every one of them is kept in the run dir (error.log).

@@ -4,7 +4,7 @@ config value, which the entries turn into that one line and exit code 2 (sketche
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 
 class ConfigError(ValueError):

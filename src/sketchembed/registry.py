@@ -11,8 +11,9 @@ looked up in these registries and modules (already imported): a checkpoint namin
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from types import ModuleType
-from typing import Any, Callable, Iterator, NamedTuple, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import pytorch_metric_learning.losses as pml_losses
 import pytorch_metric_learning.miners as pml_miners
@@ -126,7 +127,7 @@ class Registry(dict):
                 return name
         return cls.__name__
 
-    def where(self, attr: str) -> "NamesWhere":
+    def where(self, attr: str) -> NamesWhere:
         """The names of the registered classes with a true ``attr``, read when used (not frozen at
         import, so a model registered later counts too)."""
         return NamesWhere(self, attr)

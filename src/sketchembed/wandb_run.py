@@ -9,8 +9,9 @@ Contract with the rest of the code: ``<run dir>/wandb_id.txt`` holds the trainin
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from lightning.pytorch.loggers import WandbLogger as _LightningWandbLogger
 from lightning.pytorch.utilities import rank_zero_only

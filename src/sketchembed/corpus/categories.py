@@ -7,7 +7,7 @@ reject an unknown `word`). Sorted as the dataset's file listing sorts (upper cas
 from __future__ import annotations
 
 import difflib
-from typing import Iterable
+from collections.abc import Iterable
 
 from sketchembed.study import STUDY_CLASSES
 

@@ -36,17 +36,16 @@ import math
 import os
 import sys
 import time
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import numpy as np
 from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from sketchembed.corpus.categories import CATEGORIES, CATEGORY_SET, resolve_classes
-from sketchembed.corpus.formats import (FileFormat, discover, format_of, kinds, read_drawings, reading_order,
-                                      suffix_list)
+from sketchembed.corpus.formats import FileFormat, discover, format_of, kinds, read_drawings, reading_order, suffix_list
 from sketchembed.corpus.simplify import simplify_drawing
 from sketchembed.corpus.sketch import CANVAS_MAX, DataFormatError, Drawing, SkipReport, check_strokes, strokes_to_points
 from sketchembed.corpus.store import SPLIT_CODES, PreparedDataset, PreparedWriter, check_target

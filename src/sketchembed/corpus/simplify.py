@@ -24,8 +24,8 @@ see tests/test_simplify.py for the agreement measured on all pairs.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import replace
-from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 

@@ -10,8 +10,8 @@ A drawing travels through the framework in one of two forms:
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Iterable
 
 import numpy as np
 
@@ -91,7 +91,7 @@ class SkipReport:
         if len(self.items) < self.max_listed:
             self.items.append((str(path), position or "", reason))
 
-    def merge(self, other: "SkipReport") -> None:
+    def merge(self, other: SkipReport) -> None:
         self.count += other.count
         room = self.max_listed - len(self.items)
         self.items.extend(other.items[: max(room, 0)])
@@ -110,7 +110,7 @@ class SkipReport:
                 "items": [{"file": p, "position": pos, "reason": r} for p, pos, r in self.items]}
 
     @classmethod
-    def from_json(cls, data: dict) -> "SkipReport":
+    def from_json(cls, data: dict) -> SkipReport:
         """The report a manifest's ``skipped`` holds (for its summary)."""
         return cls(count=int(data.get("count", 0)),
                    items=[(i["file"], i["position"], i["reason"]) for i in data.get("items", [])])

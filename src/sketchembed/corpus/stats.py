@@ -18,7 +18,6 @@ from sketchembed.corpus.embedded import EMBEDDED_NAMES, embedded_dataset_path
 from sketchembed.corpus.sketch import DataFormatError, SkipReport
 from sketchembed.corpus.store import ARRAYS, SPLIT_NAMES, PreparedDataset, is_count
 
-
 # Console width when stdout is not a terminal: wide enough for every column (tables do not pad).
 LOG_WIDTH = 400
 

@@ -31,8 +31,8 @@ import struct
 import time
 import uuid
 import warnings
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Callable, Iterable
 
 import numpy as np
 
@@ -451,7 +451,7 @@ class PreparedWriter:
         return np.frombuffer(self._lengths.tobytes(), dtype=np.int64)
 
     # -- finishing --------------------------------------------------------------------------------
-    def close(self, manifest_extra: dict | None = None, *, splits: np.ndarray | None = None) -> "PreparedDataset":
+    def close(self, manifest_extra: dict | None = None, *, splits: np.ndarray | None = None) -> PreparedDataset:
         """Write the small arrays and the manifest, then move the directory into place atomically.
 
         ``splits`` (int8 0/1/2 per drawing, in add order) is required: a dataset without a stated

@@ -5,8 +5,8 @@ the folder before any heavy work). The one place that turns such a folder into a
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from sketchembed.corpus.formats import discover, suffix_list
 from sketchembed.corpus.prepare import prepare

@@ -9,7 +9,7 @@ the ``rng`` passed in, so a seeded generator reproduces the result exactly.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 

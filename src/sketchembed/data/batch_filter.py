@@ -8,7 +8,7 @@ counts are those of the stored drawings (before augmentation, which may drop str
 
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 

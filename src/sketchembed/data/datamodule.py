@@ -34,24 +34,35 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Iterable, Sequence
 
 import lightning as L
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from sketchembed.data.batch_filter import MaxMeanStrokes, stroke_counts
 from sketchembed.corpus.embedded import resolve_root
-from sketchembed.data.inputs import (DEFAULTS, RECIPE, InputSettings, boolean, check, image_count, int_at_least,
-                                     keep_count, number, one_of, optional)
 from sketchembed.corpus.prepare import key_hash
-from sketchembed.data.raster import Rasterizer, render_views
-from sketchembed.data.samplers import PKBatchSampler, RandomBatchSampler, SeededBatches, ShardSampler
 from sketchembed.corpus.sketch import DataFormatError
 from sketchembed.corpus.store import SPLIT_CODES, PreparedDataset
 from sketchembed.corpus.test_dir import open_test_dir
+from sketchembed.data.batch_filter import MaxMeanStrokes, stroke_counts
+from sketchembed.data.inputs import (
+    DEFAULTS,
+    RECIPE,
+    InputSettings,
+    boolean,
+    check,
+    image_count,
+    int_at_least,
+    keep_count,
+    number,
+    one_of,
+    optional,
+)
+from sketchembed.data.raster import Rasterizer, render_views
+from sketchembed.data.samplers import PKBatchSampler, RandomBatchSampler, SeededBatches, ShardSampler
 from sketchembed.messages import short_list
 
 __all__ = ["BATCH_FIELDS", "FOLD_KEYS", "SAMPLERS", "SPLITS", "VIEWS", "BatchSettings", "SketchCollate",
@@ -118,7 +129,7 @@ class SketchCollate:
         self.seq_origin = np.asarray(check("seq_origin", seq_origin), dtype=np.float32)
 
     @classmethod
-    def from_inputs(cls, inputs: InputSettings, fraction: float = 1.0) -> "SketchCollate":
+    def from_inputs(cls, inputs: InputSettings, fraction: float = 1.0) -> SketchCollate:
         """The collate of a model's input settings (``inputs.seq_std`` must be known)."""
         return cls(inputs.seq_std, fraction, inputs.max_snapshots, fraction_rule=inputs.fraction_rule,
                    seq_origin=inputs.seq_origin)
@@ -312,7 +323,7 @@ class BatchSettings:
             raise ValueError("data.fold and data.test_dir cannot be combined: a fold's test part is one fold "
                              "of the dataset's own drawings")
 
-    def replace(self, **changes) -> "BatchSettings":
+    def replace(self, **changes) -> BatchSettings:
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict:
@@ -428,7 +439,7 @@ class SketchDataModule(L.LightningDataModule):
         self._rows: dict[str, np.ndarray] = {}
 
     @classmethod
-    def from_inputs(cls, inputs: InputSettings, root, **keys) -> "SketchDataModule":
+    def from_inputs(cls, inputs: InputSettings, root, **keys) -> SketchDataModule:
         """A DataModule over ``root`` serving a model the inputs it was trained on (``inputs`` as read by
         :func:`~sketchembed.data.inputs.read_inputs`: its settings and its ``seq_std``), whatever the
         dataset (its labels are then that dataset's own). ``keys``: ``views``, ``augment``, ``batch``

@@ -186,7 +186,7 @@ class InputSettings:
         """The settings the ``data`` config sets (keyword arguments of ``SketchDataModule``)."""
         return {k: getattr(self, k) for k in RECIPE}
 
-    def replace(self, **changes) -> "InputSettings":
+    def replace(self, **changes) -> InputSettings:
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict:
@@ -195,7 +195,7 @@ class InputSettings:
         return {FORMAT_KEY: FORMAT, **out}
 
     @classmethod
-    def from_dict(cls, d: Mapping, where: str = "input settings") -> "InputSettings":
+    def from_dict(cls, d: Mapping, where: str = "input settings") -> InputSettings:
         """The inverse of :meth:`to_dict`; an unknown key or a bad value is one line naming ``where``."""
         d = {k: v for k, v in d.items() if k != FORMAT_KEY}
         unknown = sorted(set(d) - set(FIELDS))

@@ -101,7 +101,7 @@ class Rasterizer:
         self.chunk_elems = None if chunk_elems is None else int(chunk_elems)
 
     @classmethod
-    def from_inputs(cls, inputs: InputSettings, **kwargs) -> "Rasterizer":
+    def from_inputs(cls, inputs: InputSettings, **kwargs) -> Rasterizer:
         """The rasterizer of a model's input settings (``kwargs``: the speed knobs)."""
         return cls(inputs.image_size, inputs.line_width, inputs.padding, inputs.canvas,
                    background=inputs.background, standardize=inputs.standardize, channels=inputs.channels,

@@ -14,7 +14,7 @@ the batch sampler itself, so the batch samplers expose ``sampler`` = themselves 
 from __future__ import annotations
 
 import math
-from typing import Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch.distributed as dist

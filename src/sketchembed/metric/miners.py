@@ -19,7 +19,8 @@ B x B x B mask, so "all triplets" and uniform sampling stay cheap for large batc
 
 from __future__ import annotations
 
-from typing import Callable, NamedTuple, Sequence
+from collections.abc import Callable, Sequence
+from typing import NamedTuple
 
 import torch
 import torch.distributed as dist

@@ -23,11 +23,29 @@ from sketchembed.messages import ConfigError
 from sketchembed.metric import TripletAccuracy
 from sketchembed.metric.distances import config_name
 from sketchembed.metric.miners import mine_batch
-from sketchembed.models.checkpoint import (FORMAT, FORMAT_KEY, PARTS, ModelRecord, PartRecord, build_model,
-                                           part_record, read_checkpoint)
+from sketchembed.models.checkpoint import (
+    FORMAT,
+    FORMAT_KEY,
+    PARTS,
+    ModelRecord,
+    PartRecord,
+    build_model,
+    part_record,
+    read_checkpoint,
+)
 from sketchembed.models.optim import DEFAULT_OPTIMIZER, DEFAULT_SCHEDULER
-from sketchembed.registry import (CLASSIFICATION, LOSSES, MINERS, MODELS, OPTIMIZERS, SCHEDULERS, TRIPLET,
-                                  Registry, loss_kind, loss_names)
+from sketchembed.registry import (
+    CLASSIFICATION,
+    LOSSES,
+    MINERS,
+    MODELS,
+    OPTIMIZERS,
+    SCHEDULERS,
+    TRIPLET,
+    Registry,
+    loss_kind,
+    loss_names,
+)
 
 __all__ = ["DEFAULT_OPTIMIZER", "DEFAULT_SCHEDULER", "SketchModule", "build_part", "check_compatible", "part_spec"]
 
@@ -177,7 +195,7 @@ class SketchModule(L.LightningModule):
         self.eval_triplet = nn.ModuleDict()  # same, for triplet accuracy (triplet-loss models)
 
     @classmethod
-    def from_record(cls, record: ModelRecord) -> "SketchModule":
+    def from_record(cls, record: ModelRecord) -> SketchModule:
         """The model a checkpoint's record describes (its weights still to load): the loss, miner,
         optimizer and scheduler stay records, nothing a file names is built or called."""
         loss = record.loss if record.loss is not None else PartRecord(cls.DEFAULT_LOSS)

@@ -22,10 +22,10 @@ import copy
 import dataclasses
 import hashlib
 import inspect
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, NamedTuple
+from typing import Any, NamedTuple
 
 import pytorch_metric_learning.distances as pml_distances
 import pytorch_metric_learning.reducers as pml_reducers
@@ -81,7 +81,7 @@ class PartRecord:
         return {"name": self.name, "args": copy.deepcopy(dict(self.args))}
 
     @classmethod
-    def read(cls, node: Any, part: str, where: str) -> "PartRecord | None":
+    def read(cls, node: Any, part: str, where: str) -> PartRecord | None:
         """The record of ``part`` in hyper_parameters (``{name, args}`` or null), schema-checked."""
         key = f"hyper_parameters.{part}"
         if node is None:
@@ -122,7 +122,7 @@ class ModelRecord:
                 **dict(self.facts), **parts}
 
     @classmethod
-    def read(cls, hp: Mapping, where: str) -> "ModelRecord":
+    def read(cls, hp: Mapping, where: str) -> ModelRecord:
         """A record of this format (:func:`migrate` first), checked against the model kind's arguments."""
         kind = hp.get("model_kind")
         if not kind:

@@ -12,9 +12,8 @@ import torch
 from torch import nn
 
 from sketchembed.models.base import SketchModule
+from sketchembed.nets.sequence import SequenceEncoder, last_states, stroke_end_positions, valid_positions
 from sketchembed.registry import MODELS
-from sketchembed.nets.sequence import (SequenceEncoder, last_states, stroke_end_positions,
-                                       valid_positions)
 
 TRAIN_ON = ("stroke_ends", "last", "all")
 

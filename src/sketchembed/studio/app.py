@@ -15,8 +15,9 @@ blank offline.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from importlib.resources import files
-from typing import Callable, Literal, Optional, TypeVar
+from typing import Literal, TypeVar
 
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
@@ -48,7 +49,7 @@ class PredictRequest(BaseModel):
     drawing: list[list[list[float]]] = Field(
         description=f"strokes as in Quick, Draw!'s files: [[x…], [y…]] or [[x…], [y…], [t…]]; at most "
                     f"{MAX_STROKES} strokes and {MAX_POINTS:,} points, {MAX_MODEL_POINTS:,} once simplified")
-    k: Optional[int] = Field(None, ge=1, le=MAX_K, description=f"neighbours to return (default {DEFAULT_K})")
+    k: int | None = Field(None, ge=1, le=MAX_K, description=f"neighbours to return (default {DEFAULT_K})")
     format: Literal["auto", "raw", "simplified"] = Field(
         "auto", description="raw = any frame, simplified here the dataset's way; simplified = Quick, Draw!'s "
                             "0–255 integers; auto = simplified when it looks so (no time row, integers on 0–255)")
@@ -97,7 +98,7 @@ class Health(BaseModel):
     classes: list[str] = Field(description="the classes the guesses are among")
     by: str = Field(description="classifier, or knn (k=K) for embedding-only models")
     index: IndexInfo
-    data: Optional[str] = Field(description="the dataset of the replay and the human test (null: none)")
+    data: str | None = Field(description="the dataset of the replay and the human test (null: none)")
 
 
 class Sample(BaseModel):
@@ -112,7 +113,7 @@ class HumanStart(BaseModel):
     model_config = _examples({"n": 4, "fractions": [0.5, 1.0], "seed": 7})
     n: int = Field(20, ge=1, le=MAX_HUMAN_ITEMS, description="drawings, dealt evenly over the fractions")
     fractions: list[float] = Field([0.5, 1.0], min_length=1, max_length=10)
-    seed: Optional[int] = Field(None, ge=0, description="drawings chosen by this seed (default: a random one)")
+    seed: int | None = Field(None, ge=0, description="drawings chosen by this seed (default: a random one)")
 
 
 class HumanItem(BaseModel):
@@ -133,7 +134,7 @@ class HumanStartResponse(BaseModel):
 class HumanFinish(BaseModel):
     model_config = _examples({"session": "3f2a9c0d1e4b5a69", "answers": ["pear", None]})
     session: str = Field(max_length=64)
-    answers: list[Optional[str]] = Field(max_length=MAX_HUMAN_ITEMS,
+    answers: list[str | None] = Field(max_length=MAX_HUMAN_ITEMS,
                                          description="class name per drawing, in order; null = skipped")
 
 
@@ -333,7 +334,7 @@ def create_app(studio: Studio, *, max_body_bytes: int = MAX_BODY_BYTES) -> FastA
              description="One drawing of a split (random, or chosen by seed) as simplified strokes, with its class.",
              responses=error_responses({409: "no dataset is open, or the split is empty",
                                         422: "split or seed not valid"}))
-    def sample(split: Literal["train", "val", "test"] = "test", seed: Optional[int] = Query(None, ge=0)):
+    def sample(split: Literal["train", "val", "test"] = "test", seed: int | None = Query(None, ge=0)):
         return studio.sample(split, seed)
 
     @app.post("/api/human/start", response_model=HumanStartResponse,

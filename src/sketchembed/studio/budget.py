@@ -25,7 +25,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from typing import Iterator
+from collections.abc import Iterator
 
 from sketchembed.studio.errors import RETRY_AFTER_S, BadInput
 
@@ -53,12 +53,12 @@ class Lanes:
         self._admitted = threading.BoundedSemaphore(queue + 1)     # heavy requests running or waiting
         self.queue, self.wait_s, self.share = int(queue), float(wait_s), float(share)
 
-    def request(self) -> "Work":
+    def request(self) -> Work:
         """A new request's work (a context manager: leaving it frees the heavy lane if it took it)."""
         return Work(self)
 
     @contextlib.contextmanager
-    def model(self, n_points: int, work: "Work | None" = None) -> Iterator[None]:
+    def model(self, n_points: int, work: Work | None = None) -> Iterator[None]:
         """Hold the model for a forward pass over ``n_points`` points: the light lock, or the heavy lane
         when they exceed :data:`LIGHT_MODEL_POINTS` or the request is heavy already."""
         if work is None:
@@ -82,7 +82,7 @@ class Work:
         self.heavy = False
         self._since = 0.0  # when it took the heavy lane
 
-    def __enter__(self) -> "Work":
+    def __enter__(self) -> Work:
         return self
 
     def __exit__(self, *exc) -> None:

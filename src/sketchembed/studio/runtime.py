@@ -10,14 +10,14 @@ preprocess`, the numpy reference for other programs, computes the same: tests/te
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 
+from sketchembed.data.datamodule import SketchCollate, SketchDataModule
 from sketchembed.data.inputs import InputSettings
 from sketchembed.data.raster import Rasterizer, render_views
-from sketchembed.data.datamodule import SketchCollate, SketchDataModule
 from sketchembed.eval.embed import embed_points, has_classifier
 from sketchembed.eval.knn import KNNIndex, pack_points
 from sketchembed.eval.suggest import check_index_matches

@@ -11,7 +11,7 @@ import math
 import sys
 import time
 from collections import deque
-from typing import Iterable
+from collections.abc import Iterable
 
 from lightning.pytorch.callbacks import ProgressBar, RichProgressBar
 

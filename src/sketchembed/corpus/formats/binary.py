@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import os
 import struct
+from collections.abc import Collection, Iterable, Iterator
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import IO, Collection, Iterable, Iterator
+from typing import IO
 
 import numpy as np
 

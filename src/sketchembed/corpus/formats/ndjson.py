@@ -21,8 +21,9 @@ import json
 import json.decoder
 import json.scanner
 import os
+from collections.abc import Collection, Iterator
 from pathlib import Path
-from typing import IO, Collection, Iterator, NamedTuple
+from typing import IO, NamedTuple
 
 import numpy as np
 

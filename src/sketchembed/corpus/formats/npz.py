@@ -37,9 +37,9 @@ import math
 import os
 import pickle
 import zipfile
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Collection, Iterator
 
 import numpy as np
 

@@ -19,9 +19,9 @@ import functools
 import os
 import unicodedata
 import warnings
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Collection, Iterable, Iterator, Mapping
 
 from sketchembed.corpus.categories import CATEGORY_SET
 from sketchembed.corpus.sketch import DataFormatError, Drawing, SkipReport
