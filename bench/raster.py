@@ -169,7 +169,8 @@ def cuda_rows(drawings: list[np.ndarray], n_snaps: int, quick: bool, device: str
     name = torch.cuda.get_device_name(dev) if on_gpu else str(dev)
     rows = []
     with mp.get_context("fork").Pool(procs, initializer=cv2.setNumThreads, initargs=(1,)) as pool:
-        pool.map(_cv_chunk, [(drawings[:8], 64, DEFAULTS.line_width, DEFAULTS.padding, True)] * procs)          # workers up
+        warm = [(drawings[:8], 64, DEFAULTS.line_width, DEFAULTS.padding, True)] * procs
+        pool.map(_cv_chunk, warm)                                               # workers up
         for size in (64, 224):
             r = Rasterizer(size)
             for view in ("snapshots", "image"):
@@ -188,7 +189,7 @@ def cuda_rows(drawings: list[np.ndarray], n_snaps: int, quick: bool, device: str
                     padded = [tuple(x.to(dev) for x in pad(many[i:i + batch])) for i in range(0, len(many), batch)]
                     ends = [stroke_ends(p, n) for p, n in padded]
 
-                    def go():
+                    def go(padded=padded, ends=ends, r=r, final_only=final_only):
                         for (p, n), (sb, sp) in zip(padded, ends):
                             r(p, n) if final_only else r.snapshots(p, n, sb, sp)
                         if on_gpu:
@@ -203,11 +204,12 @@ def cuda_rows(drawings: list[np.ndarray], n_snaps: int, quick: bool, device: str
                                      images_per_s=round(n_img / t, 1), speedup_vs_opencv=round(t_cv / t, 3),
                                      mad_vs_opencv=round(float((mine - ref).abs().mean()), 4), threads=procs,
                                      device=name))
-                    del padded, ends
+                    del padded, ends, go                                 # go's defaults hold the batches
                     if on_gpu:
                         torch.cuda.empty_cache()
     rows.extend(chunk_sweep(many, dev, quick))
-    best = max((x for x in rows if x["method"] == f"torch-{dev.type}" and x["size"] == 224 and x["view"] == "snapshots"),
+    best = max((x for x in rows
+                if x["method"] == f"torch-{dev.type}" and x["size"] == 224 and x["view"] == "snapshots"),
                key=lambda x: x["images_per_s"])
     print(f"goal at 224 px, snapshots: >= 1,000,000 snapshots/s on the GPU and >= 10x OpenCV on {procs} cores: "
           f"{best['images_per_s']:,.0f}/s (batch {best['batch']}), {best['speedup_vs_opencv']:.1f}x")

@@ -102,7 +102,8 @@ def start_server(ckpt: Path, timeout: float = 600.0) -> tuple[subprocess.Popen, 
     while time.time() < deadline:
         if proc.poll() is not None:
             log.seek(0)
-            raise RuntimeError(f"sketchembed serve exited ({proc.returncode}): {log.read()[-2000:].decode(errors='replace')}")
+            tail = log.read()[-2000:].decode(errors="replace")
+            raise RuntimeError(f"sketchembed serve exited ({proc.returncode}): {tail}")
         try:
             if httpx.get(url + "/api/health", timeout=2).status_code == 200:
                 return proc, url

@@ -17,6 +17,7 @@ import torch
 FULL = dict(backbone="test_resnet", image_size=64, batch_size=32, steps=8, warmup=2, hidden=256, embedding_dim=256)
 QUICK = dict(backbone="test_byobnet", image_size=32, batch_size=16, steps=3, warmup=1, hidden=32, embedding_dim=32)
 KINDS = ("triplet", "direct", "lstm", "combined")
+CPU = torch.device("cpu")
 
 
 def _augment():
@@ -52,7 +53,7 @@ class Loop:
     """One training step as the Trainer takes it (``model.training_loss``, the optimizer the model
     configures, optional bf16 autocast and gradient clipping), timed; shared with ``bench.train_gpu``."""
 
-    def __init__(self, model, device=torch.device("cpu"), *, bf16: bool = False, clip: float | None = None,
+    def __init__(self, model, device=CPU, *, bf16: bool = False, clip: float | None = None,
                  clip_by_value: bool = False):
         self.model, self.device = model.to(device).train(), torch.device(device)
         opt = model.configure_optimizers()

@@ -87,7 +87,8 @@ class Registry(dict):
 
     def known(self, name: Any) -> bool:
         """Whether ``name`` is a registered name or a library part's ``prefix:Class``."""
-        return isinstance(name, str) and (name in self or (self.library is not None and self.library.get(name) is not None))
+        return isinstance(name, str) and (
+            name in self or (self.library is not None and self.library.get(name) is not None))
 
     def record_name(self, obj: Any) -> str | None:
         """The name a checkpoint records for a class or instance: its registered name, else its library

@@ -242,7 +242,7 @@ def _attempt(url: str, name: str, part: _Part, timeout: float, bars: _Bars) -> _
             e.close()
             info = _head(url, name, timeout)
             if info.length != offset:
-                raise _Restart(f"server refused bytes={offset}- but the file has {info.length} bytes")
+                raise _Restart(f"server refused bytes={offset}- but the file has {info.length} bytes") from None
             bars.reset(info.length, offset)
             return info
         raise _http_failure(e, name, url) from None
@@ -287,7 +287,8 @@ _NETWORK_ERRORS = (urllib.error.URLError, http.client.HTTPException, ConnectionE
                    socket.timeout, _Transient)
 
 
-def _with_retries(fn: Callable, *, what: str, retries: int, backoff: float, progress_of: Callable[[], int] | None = None):
+def _with_retries(fn: Callable, *, what: str, retries: int, backoff: float,
+                  progress_of: Callable[[], int] | None = None):
     """Call ``fn`` until it succeeds; ``retries`` consecutive failures without progress are
     tolerated, each followed by an exponential backoff pause."""
     failures = 0
@@ -460,7 +461,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--verify", action="store_true",
                         help="check files already present against the server's MD5 (not only their size) "
                              "and fetch again any that differ")
-    parser.add_argument("--quiet", action="store_true", help="no progress bars, no per-file lines (warnings are still printed)")
+    parser.add_argument("--quiet", action="store_true",
+                        help="no progress bars, no per-file lines (warnings are still printed)")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -47,5 +47,5 @@ def check_test_dir(test_dir, classes: Sequence[str]) -> None:
     unknown = {c: files for c, files in found.items() if c not in set(classes)}
     if unknown:
         names = short_list(f for c in sorted(unknown) for f in unknown[c])
-        raise ValueError(f"data.test_dir={path}: {names}: class(es) [{short_list(sorted(unknown))}] unknown to the model "
-                         f"(trained on: {short_list(classes)})")
+        raise ValueError(f"data.test_dir={path}: {names}: class(es) [{short_list(sorted(unknown))}] "
+                         f"unknown to the model (trained on: {short_list(classes)})")

@@ -543,7 +543,8 @@ class SketchDataModule(L.LightningDataModule):
             if share is None:  # the dataset's own share of val among the drawings that are not test
                 n_val, n_train = len(self.store.indices("val")), len(self.store.indices("train"))
                 share = n_val / max(1, n_val + n_train)
-            self._fold_codes = fold_splits(self.store.labels, self.store.key_ids, self.batch.fold["k"], self.batch.fold["index"],
+            self._fold_codes = fold_splits(self.store.labels, self.store.key_ids,
+                                           self.batch.fold["k"], self.batch.fold["index"],
                                            seed=self.batch.fold["seed"], val_share=share)
         return np.flatnonzero(self._fold_codes == SPLIT_CODES[split]).astype(np.int64)
 
@@ -581,8 +582,8 @@ class SketchDataModule(L.LightningDataModule):
         index = {c: i for i, c in enumerate(self.class_names)}
         missing = [c for c in store.classes if c not in index]
         if missing:
-            raise DataFormatError(store.root, None, f"classes [{short_list(missing)}] are not among the training classes "
-                                                    f"of {self.root}")
+            raise DataFormatError(store.root, None, f"classes [{short_list(missing)}] are not among "
+                                                    f"the training classes of {self.root}")
         return np.array([index[c] for c in store.classes], dtype=np.int64)
 
     def _open_test_dir(self):
@@ -610,11 +611,12 @@ class SketchDataModule(L.LightningDataModule):
         ds = self.dataset("train", augment=True)
         positions = np.arange(len(ds))
         if self.batch.sampler == "pk":
-            bs = PKBatchSampler(positions, ds.labels, self.batch.pk_p, self.batch.pk_k, batches_per_epoch=self.batch.batches_per_epoch,
+            bs = PKBatchSampler(positions, ds.labels, self.batch.pk_p, self.batch.pk_k,
+                                batches_per_epoch=self.batch.batches_per_epoch,
                                 seed=self.batch.seed, num_replicas=world, rank=rank)
         else:
-            bs = RandomBatchSampler(positions, self.batch.batch_size, shuffle=True, drop_last=True, seed=self.batch.seed,
-                                    num_replicas=world, rank=rank)
+            bs = RandomBatchSampler(positions, self.batch.batch_size, shuffle=True, drop_last=True,
+                                    seed=self.batch.seed, num_replicas=world, rank=rank)
         if self.batch.max_mean_snapshots is not None:
             if world > 1:
                 raise ValueError("data.max_mean_snapshots is single-process only: ranks would drop different "
@@ -654,7 +656,8 @@ class SketchDataModule(L.LightningDataModule):
         ds = self.dataset(split)
         bsz = int(batch_size or self.eval_batch_size)
         collate = self.collate(fraction)
-        kw = _dataloader_kwargs(self.batch.num_workers if num_workers is None else int(num_workers), self.batch.pin_memory)
+        workers = self.batch.num_workers if num_workers is None else int(num_workers)
+        kw = _dataloader_kwargs(workers, self.batch.pin_memory)
         if shuffle:
             bs = RandomBatchSampler(np.arange(len(ds)), bsz, shuffle=True, drop_last=False, seed=self.batch.seed,
                                     num_replicas=num_replicas, rank=rank)

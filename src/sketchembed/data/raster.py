@@ -78,7 +78,8 @@ class Rasterizer:
     def __init__(self, size: int = DEFAULTS.image_size, line_width: float = DEFAULTS.line_width,
                  padding: float = DEFAULTS.padding, canvas: float = DEFAULTS.canvas, *,
                  background: str = DEFAULTS.background, standardize: bool = DEFAULTS.standardize,
-                 channels=DEFAULTS.channels, min_width_px: float = 1.0, piece_len: float | None = None, chunk_elems: int | None = None):
+                 channels=DEFAULTS.channels, min_width_px: float = 1.0, piece_len: float | None = None,
+                 chunk_elems: int | None = None):
         # the input settings' own checks (sketchembed.data.inputs), one rule for every consumer
         self.background = check("background", background)
         self.standardize = check("standardize", standardize)

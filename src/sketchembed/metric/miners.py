@@ -188,9 +188,9 @@ def gather_across_ranks(
     all_lab, rank_l = gather_fn(labels)
     if rank_l != rank or len(all_emb) != len(all_lab):
         raise RuntimeError("gather_fn returned inconsistent ranks for embeddings and labels")
-    for r, (e, l) in enumerate(zip(all_emb, all_lab)):
-        if e.shape[0] != l.shape[0]:
-            raise RuntimeError(f"rank {r}: {e.shape[0]} embeddings but {l.shape[0]} labels")
+    for r, (e, lab) in enumerate(zip(all_emb, all_lab)):
+        if e.shape[0] != lab.shape[0]:
+            raise RuntimeError(f"rank {r}: {e.shape[0]} embeddings but {lab.shape[0]} labels")
     others = [r for r in range(len(all_emb)) if r != rank]
     emb = torch.cat([embeddings] + [all_emb[r].detach().to(embeddings.device, embeddings.dtype) for r in others])
     lab = torch.cat([labels] + [all_lab[r].to(labels.device) for r in others])

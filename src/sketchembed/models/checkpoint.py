@@ -135,7 +135,8 @@ class ModelRecord:
         if unknown:
             raise ValueError(f"{where}: checkpoint does not fit model kind {kind!r} (unknown arguments "
                              f"{unknown[:5]})")
-        return cls(kind=kind, args={k: _plain(v, f"hyper_parameters.{k}", where, mappings=True) for k, v in args.items()},
+        return cls(kind=kind,
+                   args={k: _plain(v, f"hyper_parameters.{k}", where, mappings=True) for k, v in args.items()},
                    facts={k: _plain(hp[k], k, where, mappings=False) for k in FACTS if k in hp},
                    **{p: PartRecord.read(hp.get(p), p, where) for p in PARTS})
 
@@ -169,7 +170,8 @@ def part_record(spec: Any, part: str, key: str) -> PartRecord:
         raise ValueError(f"{key}._target_={str(spec['_target_'])[:80]!r} is no registered {part} (known: "
                          f"{', '.join(registry.names())} or {registry.library.prefix}:<class of "
                          f"{registry.library.module.__name__}>): register it where it is defined")
-    args = {k: _plain(spec[k], f"{key}.{k}", "config", mappings=False) for k in spec if k not in ("_target_", "_partial_")}
+    args = {k: _plain(spec[k], f"{key}.{k}", "config", mappings=False)
+            for k in spec if k not in ("_target_", "_partial_")}
     return PartRecord(name, args)
 
 
@@ -189,7 +191,8 @@ def _legacy_optim(scheduler: str, legacy: Mapping[str, Any], where: str) -> tupl
         warmup = int(legacy.get("warmup_steps", 0))
         floor = float(legacy.get("min_lr_ratio", 0.0)) * lr
     except (TypeError, ValueError):
-        raise ValueError(f"{where}: hyper_parameters lr/weight_decay/warmup_steps/min_lr_ratio must be numbers") from None
+        raise ValueError(f"{where}: hyper_parameters lr/weight_decay/warmup_steps/min_lr_ratio "
+                         "must be numbers") from None
     opt = dict(DEFAULT_OPTIMIZER, lr=lr, weight_decay=wd)
     if scheduler == "cosine":
         return opt, dict(DEFAULT_SCHEDULER, warmup_steps=warmup, eta_min=floor)
@@ -234,7 +237,8 @@ def _part_of_config(node: Any, part: str, where: str) -> dict | None:
         raise UnsafeCheckpointError(
             f"{where}: refused: hyper_parameters.{part}._target_={str(target)[:80]!r} is no registered {part} "
             f"(nor a {REGISTRIES[part].library.prefix}: library one): a checkpoint may only name registered parts")
-    args = {str(k): _nested_name(v, f"{part}.{k}", where) for k, v in node.items() if k not in ("_target_", "_partial_")}
+    args = {str(k): _nested_name(v, f"{part}.{k}", where)
+            for k, v in node.items() if k not in ("_target_", "_partial_")}
     return {"name": name, "args": args}
 
 

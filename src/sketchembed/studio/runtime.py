@@ -67,7 +67,8 @@ class OnnxRunner:
         self.meta = read_metadata(self.session.get_modelmeta().custom_metadata_map, str(self.path))
         have = [i.name for i in self.session.get_inputs()]
         if have != list(self.meta["inputs"]):
-            raise ValueError(f"--model {self.path}: graph inputs {have} differ from its metadata's {self.meta['inputs']}")
+            raise ValueError(f"--model {self.path}: graph inputs {have} differ from its metadata's "
+                             f"{self.meta['inputs']}")
         self.inputs = InputSettings.from_dict(self.meta["input_settings"], str(self.path))
         self.collate, self.rasterizer = SketchCollate.from_inputs(self.inputs), Rasterizer.from_inputs(self.inputs)
         self.model_kind = str(self.meta["model_kind"])

@@ -70,7 +70,8 @@ def run(args) -> int:
     check_listen(args.host, args.port)  # before the model loads: a taken port fails at once
     studio = Studio.open(source, index_dir=args.index, data=args.data, index_max=args.index_max,
                          results_dir=args.results, device=args.device, runtime=runtime)
-    print(f"sketch studio ({studio.model_kind} on {runtime}, {len(studio.classes)} classes, index of {len(studio.index)}) on "
+    print(f"sketch studio ({studio.model_kind} on {runtime}, {len(studio.classes)} classes, "
+          f"index of {len(studio.index)}) on "
           f"http://{args.host}:{args.port}/  — API docs at /docs; Ctrl-C stops it", file=sys.stderr)
     uvicorn.run(create_app(studio), host=args.host, port=args.port, log_level="warning")
     return 0

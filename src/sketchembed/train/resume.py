@@ -287,9 +287,9 @@ def check_checkpoint_fits(path, model, model_choice: str, ck: Checkpoint | None 
         # shape-giving settings (numbers, names) first
         differ = sorted((k for k in set(hp) & set(model.hparams) if hp[k] != model.hparams[k]),
                         key=lambda k: (isinstance(hp[k], dict), k))
+        differences = ", ".join(f"model.{k}={_short(hp[k])} (config: {_short(model.hparams[k])})" for k in differ[:4])
         what = "; ".join(filter(None, [
-            f"settings that differ: {', '.join(f'model.{k}={_short(hp[k])} (config: {_short(model.hparams[k])})' for k in differ[:4])}"
-            if differ else "",
+            f"settings that differ: {differences}" if differ else "",
             f"{len(shapes)} weights of other shapes (e.g. {shapes[0]}: {tuple(state[shapes[0]].shape)} vs "
             f"{tuple(mine[shapes[0]].shape)})" if shapes else "",
             f"{len(missing)} weights missing (e.g. {missing[0]})" if missing else "",

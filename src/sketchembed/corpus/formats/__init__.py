@@ -14,25 +14,15 @@ non-empty name, for other sketch datasets).
 
 from __future__ import annotations
 
-from sketchembed.corpus.formats.binary import read_binary, write_binary
-
 # Registration order is reading order in prepare (a simplified copy of a drawing wins): keep it.
-from sketchembed.corpus.formats.ndjson import read_ndjson  # noqa: I001
+# isort: off
+from sketchembed.corpus.formats.ndjson import read_ndjson
+from sketchembed.corpus.formats.binary import read_binary, write_binary
 from sketchembed.corpus.formats.npz import read_npz
-from sketchembed.corpus.formats.registry import (
-                                               FORMATS,
-                                               FileFormat,
-                                               bucket_kinds,
-                                               discover,
-                                               format_of,
-                                               kinds,
-                                               read_drawings,
-                                               reader,
-                                               reading_order,
-                                               register,
-                                               suffix_list,
-                                               suffixes,
-)
+from sketchembed.corpus.formats.registry import (FORMATS, FileFormat, bucket_kinds, discover, format_of,
+                                               kinds, read_drawings, reader, reading_order, register, suffix_list,
+                                               suffixes)
+# isort: on
 
 __all__ = ["read_drawings", "read_ndjson", "read_binary", "write_binary", "read_npz", "FORMATS", "FileFormat",
            "register", "reader", "format_of", "kinds", "reading_order", "bucket_kinds", "suffixes", "suffix_list",

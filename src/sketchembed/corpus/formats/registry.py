@@ -234,5 +234,6 @@ def read_drawings(path, *, on_error: str | None = None, report: SkipReport | Non
 
 
 __all__ = ["FORMATS", "FileFormat", "register", "suffixes", "kinds", "format_of",
-           "reading_order", "bucket_kinds", "has_suffix", "suffix_list", "discover", "display_name", "word_problem", "unprintable", "skip_report",
+           "reading_order", "bucket_kinds", "has_suffix", "suffix_list", "discover", "display_name", "word_problem",
+           "unprintable", "skip_report",
            "reader", "read_drawings"]
