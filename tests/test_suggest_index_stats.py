@@ -19,7 +19,7 @@ from test_store import fifo
 from sketchembed.cli import main
 from sketchembed.corpus.formats import read_drawings
 from sketchembed.corpus.user_drawing import check_raw
-from sketchembed.eval import index as index_cmd
+from sketchembed.commands import index as index_cmd
 from sketchembed.eval import knn
 
 
