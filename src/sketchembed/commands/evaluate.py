@@ -42,11 +42,11 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
-from rich.table import Table
 from sklearn.metrics import balanced_accuracy_score, confusion_matrix
 
+from sketchembed import metric_keys
 from sketchembed.data.datamodule import SketchDataModule
-from sketchembed.data.inputs import RECIPE, fraction_tag, read_inputs
+from sketchembed.data.inputs import RECIPE, read_inputs
 from sketchembed.corpus.test_dir import check_test_dir
 from sketchembed.entry import end_line, hydra_entry
 from sketchembed.eval.confusion import confused_pairs
@@ -57,10 +57,10 @@ from sketchembed.eval.knn import (KNN_CLASSIFIER_K, nearest, neighbor_labels, re
 from sketchembed.eval.plots import (plot_confusion, plot_early_recognition, plot_neighbors, plot_per_class,
                                     plot_tsne)
 from sketchembed.eval.probe import linear_probe
-from sketchembed.eval.report import write_report
-from sketchembed.eval.retrieval import KEYS as RETRIEVAL_KEYS, Bounds, Retrieval, retrieval_metrics
+from sketchembed.eval.report import metrics_table, write_report
+from sketchembed.eval.retrieval import Bounds, Retrieval, retrieval_metrics
 from sketchembed.eval.stages import Stages
-from sketchembed.eval.stats import ci_text, interval, with_intervals
+from sketchembed.eval.stats import with_intervals
 from sketchembed.eval.tsne import tsne_map
 from sketchembed.messages import short_list
 from sketchembed.metric import triplet_accuracy
@@ -385,7 +385,7 @@ def _metrics(ev: _Eval, r: _Results) -> dict:
     m: dict = {"model_kind": ev.kind, "checkpoint": str(ev.ckpt_path), "checkpoint_sha256": file_sha256(ev.ckpt_path),
                "dataset": str(dm.test_dir or dm.root), "index_dataset": str(dm.root),
                "split": "test_dir" if dm.test_dir else "test", "classes": classes,
-               "classifier": "logits" if test.pred is not None else f"knn@{KNN_CLASSIFIER_K}",
+               "classifier": "logits" if test.pred is not None else metric_keys.knn(KNN_CLASSIFIER_K),
                "n_train": int(len(r.train)), "n_test": int(len(test)), "n_evaluated": int(len(test)),
                "n_curve": int(len(r.curve_rows)),
                "n_skipped": skipped["count"] if dm.test_dir else 0,
@@ -402,31 +402,32 @@ def _metrics(ev: _Eval, r: _Results) -> dict:
     for f in sorted(r.preds):
         yf = y if f in (0.5, 1.0) else y[r.curve_rows]
         curve[f] = float((r.preds[f] == yf).mean())
-        m[f"test/acc@{fraction_tag(f)}"] = curve[f]
+        m[metric_keys.key("test", "acc", f)] = curve[f]
     with warnings.catch_warnings():  # "y_pred contains classes not in y_true" on a subset of classes
         warnings.simplefilter("ignore", UserWarning)
-        m["test/balanced_acc@50"] = float(balanced_accuracy_score(y, r.preds[0.5]))
-        m["test/balanced_acc@100"] = float(balanced_accuracy_score(y, r.preds[1.0]))
+        for f in (0.5, 1.0):
+            m[metric_keys.key("test", "balanced_acc", f)] = float(balanced_accuracy_score(y, r.preds[f]))
     cm = confusion_matrix(y, r.preds[1.0], labels=list(range(len(classes))))
     m["confusion_matrix"] = cm.tolist()
     n_per = cm.sum(1)
     m["per_class_acc@100"] = {c: (float(cm[i, i] / n_per[i]) if n_per[i] else None) for i, c in enumerate(classes)}
     m["per_class_n"] = {c: int(n_per[i]) for i, c in enumerate(classes)}
-    m["early_recognition"] = {fraction_tag(f): curve[f] for f in sorted(curve)}
+    m["early_recognition"] = {metric_keys.fraction_tag(f): curve[f] for f in sorted(curve)}
     for k in ev.st["ks"]:
-        m[f"test/knn@{k}"] = float((r.knn_preds[k] == y).mean())
-        m[f"test/knn@{k}_study_tie"] = float(study_tie_correct(r.nl, k, y, len(classes)).mean())
-    m["test/probe_acc"] = float((r.probe_pred == y).mean())
+        m[metric_keys.key("test", metric_keys.knn(k))] = float((r.knn_preds[k] == y).mean())
+        m[metric_keys.key("test", metric_keys.knn(k, study_tie=True))] = float(study_tie_correct(r.nl, k, y, len(classes)).mean())
+    m[metric_keys.key("test", "probe_acc")] = float((r.probe_pred == y).mean())
     if tuple(getattr(ev.model, "LOSS_KINDS", ())) == ("triplet",):  # no classifier: triplet accuracy
         gen = torch.Generator().manual_seed(ev.seed)
         acc, dp, dn = triplet_accuracy(torch.from_numpy(np.asarray(test.embeddings, np.float32)),
                                        torch.from_numpy(y), generator=gen)
-        m["test/triplet_acc"], m["test/d_pos"], m["test/d_neg"] = float(acc), float(dp), float(dn)
+        for name, v in (("triplet_acc", acc), ("d_pos", dp), ("d_neg", dn)):
+            m[metric_keys.key("test", name)] = float(v)
     m["confused_pairs"] = confused_pairs(cm, classes, ev.st["confused_pairs"])
     ret = r.retrieval
     m.update(ret.values)
     # the curve's other fractions are measured on n_curve drawings, not n_test
-    m = with_intervals(m, n_overrides={f"test/acc@{fraction_tag(f)}": m["n_curve"]
+    m = with_intervals(m, n_overrides={metric_keys.key("test", "acc", f): m["n_curve"]
                                        for f in ev.st["fractions"] if f not in (0.5, 1.0)} | ret.n_overrides)
     m["intervals"].update(ret.intervals)
     return m
@@ -435,13 +436,12 @@ def _metrics(ev: _Eval, r: _Results) -> dict:
 def _arrays(ev: _Eval, r: _Results) -> dict:
     """predictions.npz: everything metrics.json can be recomputed from."""
     test, fractions = r.test, ev.st["fractions"]
-    tags = {f: fraction_tag(f) for f in fractions}
     return dict(classes=np.array(ev.dm.class_names), fractions=np.array(fractions), labels=test.labels,
                 key_ids=test.key_ids, indices=test.indices, probe=r.probe_pred, curve_rows=r.curve_rows,
                 index_key_ids=r.train.key_ids, index_labels=r.train.labels, knn_neighbor_labels=r.nl,
                 retrieval_rows=r.retrieval.rows,
-                **{f"pred@{tags[f]}": r.preds[f] for f in fractions}, **{f"conf@{tags[f]}": r.confs[f] for f in fractions},
-                **{f"knn@{k}": r.knn_preds[k] for k in ev.st["ks"]})
+                **{metric_keys.tagged("pred", f): r.preds[f] for f in fractions}, **{metric_keys.tagged("conf", f): r.confs[f] for f in fractions},
+                **{metric_keys.knn(k): r.knn_preds[k] for k in ev.st["ks"]})
 
 
 def _write_outputs(out: Path, m: dict, arrays: dict) -> None:
@@ -503,19 +503,8 @@ def _figures_of_predictions(ev: _Eval, r: _Results, m: dict) -> None:
 
 
 def _print(m: dict, kind: str) -> None:
-    t = Table(title=f"{kind}: {m['dataset']} ({m['n_test']} drawings, {m['n_skipped']} skipped; "
-                    f"classifier: {m['classifier']})")
-    t.add_column("metric")
-    t.add_column("value", justify="right")
-    t.add_column("95 % interval", justify="right")
-    shares = tuple(f"test/{k}" for k in RETRIEVAL_KEYS.values())
-    for k, v in m.items():
-        if k.startswith("test/") and isinstance(v, float):
-            is_acc = "acc" in k or "knn@" in k or k in shares
-            ci = interval(m, k) if is_acc else None
-            t.add_row(k, (f"{100 * v:.1f} %" if is_acc else f"{v:.3f}") if math.isfinite(v) else "–",
-                      ci_text(ci, " %") if ci else "")
-    Console().print(t)
+    Console().print(metrics_table(m, f"{kind}: {m['dataset']} ({m['n_test']} drawings, {m['n_skipped']} skipped; "
+                                     f"classifier: {m['classifier']})"))
 
 
 def main() -> None:

@@ -13,9 +13,9 @@ import sys
 from pathlib import Path
 from typing import Sequence, TextIO
 
+from sketchembed import metric_keys
 from sketchembed.corpus.embedded import resolve_root
 from sketchembed.corpus.store import PreparedDataset
-from sketchembed.data.inputs import fraction_tag
 from sketchembed.eval.human import Item, Results, braille, parse_answer, sample_items
 from sketchembed.eval.report import load_metrics
 from sketchembed.eval.stats import wilson
@@ -54,11 +54,11 @@ def check_model_metrics(metrics: dict, where, fractions: Sequence[float]) -> Non
     """The accuracies :func:`model_accuracy` will read for ``fractions`` are numbers on 0–1, or a
     ValueError naming the file ``where`` and the key — before the session, not after it."""
     for f in fractions:
-        for split in ("test", "val"):
-            key = f"{split}/acc@{fraction_tag(f)}"
-            v = metrics.get(key)
+        for split in metric_keys.SPLITS:
+            name = metric_keys.key(split, "acc", f)
+            v = metrics.get(name)
             if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= 1):
-                raise ValueError(f"{where}: {key!r} must be an accuracy on 0–1, got {json.dumps(v)[:40]}")
+                raise ValueError(f"{where}: {name!r} must be an accuracy on 0–1, got {json.dumps(v)[:40]}")
 
 
 def check_out(out) -> None:
@@ -85,8 +85,8 @@ def save_results(out, results: dict, stdout: TextIO) -> None:
 
 
 def model_accuracy(metrics: dict, fraction: float) -> float | None:
-    for split in ("test", "val"):
-        v = metrics.get(f"{split}/acc@{fraction_tag(fraction)}")
+    for split in metric_keys.SPLITS:
+        v = metrics.get(metric_keys.key(split, "acc", fraction))
         if v is not None:
             return float(v)
     return None

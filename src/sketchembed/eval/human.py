@@ -16,7 +16,8 @@ from typing import Sequence
 
 import numpy as np
 
-from sketchembed.data.inputs import DEFAULTS, fraction_tag, keep_count
+from sketchembed import metric_keys
+from sketchembed.data.inputs import DEFAULTS, keep_count
 
 BRAILLE_BASE = 0x2800
 # dot bit for (row 0..3, col 0..1) inside one braille cell
@@ -120,4 +121,4 @@ class Results:
 
     def metrics(self) -> dict[str, float]:
         """``human/acc@50`` … in the metrics.json convention (mergeable into a run's report)."""
-        return {f"human/acc@{fraction_tag(f)}": a for f, a in self.accuracy().items()}
+        return {metric_keys.key("human", "acc", f): a for f, a in self.accuracy().items()}

@@ -26,17 +26,18 @@ import base64
 import html
 import json
 import math
-import re
 from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Mapping, Sequence
 
 import numpy as np
 from markdown_it import MarkdownIt
+from rich.table import Table
 
+from sketchembed import metric_keys
 from sketchembed.eval.confusion import pairs_markdown
-from sketchembed.eval.stats import (METHOD, Difference, Interval, ci_text, interval, mcnemar, split_n,
-                                    two_proportions)
+from sketchembed.eval.stats import (METHOD, Difference, Interval, accuracy_key, ci_text, interval, mcnemar,
+                                    split_n, two_proportions)
 from sketchembed.study import STUDY, STUDY_COL, STUDY_TRIPLET_VS_DIRECT
 
 # (file, heading, caption) of the figures an eval run may leave in its dir
@@ -58,6 +59,7 @@ SPACE_ROWS = [("knn@1", "KNN K=1"), ("knn@3", "KNN K=3"),
 # Retrieval: the test drawings as queries against the KNN index (sketchembed.eval.retrieval).
 RETRIEVAL_ROWS = [("p@1", "P@1"), ("r_precision", "R-precision"), ("map@r", "MAP@R"),
                   ("nmi", "NMI (k-means of the test embeddings)"), ("ami", "AMI (k-means of the test embeddings)")]
+RETRIEVAL_NAMES = {k.partition("@")[0] for k, _ in RETRIEVAL_ROWS}  # as parsed: p@1 is "p"
 TABLE_COLUMNS = [k for k, _ in CLASSIFICATION_ROWS] + [k for k, _ in SPACE_ROWS] + [k for k, _ in RETRIEVAL_ROWS]
 
 
@@ -74,14 +76,6 @@ def pct(v) -> str:
     return "–" if f is None else f"{100 * f:.1f}"
 
 
-def split_of(metrics: Mapping) -> str:
-    """The split whose numbers a run reports: test if it has any, else val."""
-    for split in ("test", "val"):
-        if any(str(k).startswith(split + "/") for k in metrics):
-            return split
-    return "test"
-
-
 def metric(metrics: Mapping, name: str, split: str | None = None):
     """``SPLIT/name``; for metrics that are not per fraction also ``SPLIT/name@100`` (training logs
     ``val/triplet_acc@100`` per eval dataloader, eval writes ``test/triplet_acc``)."""
@@ -95,8 +89,8 @@ INTERVAL_NOTE = ("95 % interval: Wilson score interval over the n drawings (bala
 
 def metric_key(metrics: Mapping, name: str, split: str | None = None) -> str | None:
     """The key :func:`metric` read ``name`` from (``SPLIT/name`` or ``SPLIT/name@100``), or None."""
-    split = split or split_of(metrics)
-    keys = [f"{split}/{name}"] + ([f"{split}/{name}@100"] if "@" not in name else [])
+    split = split or metric_keys.split_of(metrics)
+    keys = [metric_keys.key(split, name)] + ([metric_keys.key(split, name, 1.0)] if "@" not in name else [])
     return next((k for k in keys if _num(metrics.get(k)) is not None), None)
 
 
@@ -109,13 +103,14 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]], left: int = 1) 
 
 def early_curve(metrics: Mapping, split: str | None = None) -> dict[float, float]:
     """``{fraction: accuracy}`` from keys ``SPLIT/acc@P`` (P = percent of the drawing)."""
-    split = split or split_of(metrics)
-    pat = re.compile(rf"^{re.escape(split)}/acc@(\d+(?:\.\d+)?)$")
+    split = split or metric_keys.split_of(metrics)
     curve = {}
     for k, v in metrics.items():
-        m = pat.match(str(k))
-        if m and _num(v) is not None:
-            curve[float(m.group(1)) / 100] = float(v)
+        parts = metric_keys.parse(k)
+        if parts and parts.split == split and parts.name == "acc" and _num(v) is not None:
+            fraction = metric_keys.tag_fraction(parts.tag)
+            if fraction is not None:
+                curve[fraction] = float(v)
     return dict(sorted(curve.items()))
 
 
@@ -127,7 +122,7 @@ def render_report(metrics: Mapping, *, baseline: Mapping | None = None,
                   figures: Sequence[tuple[str, str, str]] = ()) -> str:
     """Markdown of one run. ``baseline``: a second run's metrics (triplet vs direct when kinds differ)."""
     kind = str(metrics.get("model_kind", "unknown"))
-    split = split_of(metrics)
+    split = metric_keys.split_of(metrics)
     study = STUDY.get(kind, {})
     lines = [f"# {report_title(metrics)}", ""]
     facts = [("model kind", kind), ("dataset", metrics.get("dataset")), ("split", split),
@@ -231,6 +226,25 @@ def triplet_vs_direct(a: Mapping, b: Mapping) -> list[str]:
         rows) + [""]
 
 
+def metrics_table(metrics: Mapping, title: str, split: str = "test", first: Sequence[str] = ()) -> Table:
+    """The console table of a run's ``SPLIT/…`` figures, printed at the end of train and of eval (one
+    table, so both read alike): shares in % with their 95 % interval (Wilson, or as saved), other
+    figures (losses, distances) as numbers; ``first``: figure names put first, in that order."""
+    figures = {k: v for k, v in metric_keys.of_split(metrics, split).items()
+               if k != metric_keys.key(split, "n") and isinstance(v, float)}
+    order = [k for k in (metric_keys.key(split, name) for name in first) if k in figures]
+    t = Table(title=title)
+    t.add_column("metric")
+    t.add_column("value", justify="right")
+    t.add_column("95 % interval", justify="right")
+    for k in order + [k for k in figures if k not in order]:
+        v, ci = figures[k], interval(metrics, k)
+        share = ci is not None or accuracy_key(k) is not None or metric_keys.parse(k).name in RETRIEVAL_NAMES
+        t.add_row(k, "–" if not math.isfinite(v) else f"{100 * v:.1f} %" if share else f"{v:.4f}",
+                  ci_text(ci, " %") if ci else "")
+    return t
+
+
 HTML_STYLE = """body{font:15px/1.45 system-ui,sans-serif;color:#111;background:#fff;max-width:1100px;margin:2em auto;
 padding:0 1em}table{border-collapse:collapse;margin:.6em 0 1.2em}th,td{border:1px solid #bbb;padding:.25em .6em}
 th{background:#eef}tr:nth-child(even) td{background:#f7f7fa}img{max-width:100%;border:1px solid #ddd}
@@ -309,7 +323,7 @@ class Run:
 
     @property
     def split(self) -> str:
-        return split_of(self.main)
+        return metric_keys.split_of(self.main)
 
     @property
     def n(self) -> int | None:

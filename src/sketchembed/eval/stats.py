@@ -33,6 +33,9 @@ from typing import Mapping
 
 import numpy as np
 
+from sketchembed import metric_keys
+
+
 CONFIDENCE = 0.95
 ALPHA = 1 - CONFIDENCE
 METHOD = "wilson"
@@ -110,8 +113,8 @@ def _finite(v) -> float | None:
 
 def split_n(metrics: Mapping, split: str) -> int | None:
     """Drawings behind ``split``'s accuracies: ``SPLIT/n`` (logged in training) or ``n_SPLIT`` (eval)."""
-    for key in (f"{split}/n", f"n_{split}"):
-        v = _finite(metrics.get(key))
+    for name in (metric_keys.key(split, "n"), f"n_{split}"):
+        v = _finite(metrics.get(name))
         if v is not None and v > 0:
             return int(v)
     return None
