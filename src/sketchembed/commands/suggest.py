@@ -14,6 +14,7 @@ import numpy as np
 
 from sketchembed.corpus.formats import FORMATS, read_drawings
 from sketchembed.corpus.formats.ndjson import decode_line, key_id_of
+from sketchembed.corpus.formats.registry import unprintable
 from sketchembed.corpus.sketch import DataFormatError, Drawing, SkipReport, points_to_strokes
 from sketchembed.corpus.user_drawing import user_drawing_points
 from sketchembed.eval.embed import pick_device
@@ -47,6 +48,8 @@ def parse_user_drawing(text: bytes, where: str, lineno: int = 1) -> tuple[Drawin
         word = obj.get("word", "")
         if not isinstance(word, str):  # any class name: the word is only shown
             raise DataFormatError(where, position, f"word {str(word)[:40]!r} is not a string")
+        if unprintable(word):  # printed: an ANSI escape or a newline would forge the table
+            raise DataFormatError(where, position, f"word {word[:40]!r} {unprintable(word)}")
         strokes = obj["drawing"]
     elif isinstance(obj, list):
         strokes = obj
