@@ -402,7 +402,7 @@ def _knn_stage(ev: _Eval, train, tests) -> tuple[dict, dict, dict, np.ndarray, t
     preds, confs = {}, {}
     kw = {"backend": st.backend, "query_block": st.query_block, "device": st.knn_device}
     with ev.stages("knn", n_index=len(train), backend=st.backend, device=str(st.knn_device)):
-        neighbours = nearest(train.embeddings, train.labels, tests[1.0].embeddings, max(ks + [KNN_CLASSIFIER_K]), **kw)
+        neighbours = nearest(train.embeddings, train.labels, tests[1.0].embeddings, max(ks + (KNN_CLASSIFIER_K,)), **kw)
         nl = train.labels.astype(np.int64, copy=False)[neighbours[0]]
         knn_preds = {k: vote(nl, k, C) for k in ks}
         for f, t in tests.items():
