@@ -11,7 +11,8 @@ imports nothing of sketchembed).
 from __future__ import annotations
 
 import re
-from typing import Mapping, NamedTuple
+from collections.abc import Mapping
+from typing import NamedTuple
 
 # The splits a run reports figures of, in the order a report prefers them.
 SPLITS = ("test", "val")

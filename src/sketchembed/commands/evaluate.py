@@ -37,7 +37,7 @@ import math
 import warnings
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
@@ -82,7 +82,7 @@ def _ckpt_path(cfg: DictConfig) -> Path:
     return path
 
 
-def _datamodule(st: "EvalSettings", ckpt: dict, ckpt_path: Path, views):
+def _datamodule(st: EvalSettings, ckpt: dict, ckpt_path: Path, views):
     """A DataModule over the checkpoint's dataset serving its model's input settings (``data.<key>``
     of the eval config overrides one, e.g. ``data.image_size``; never ``data.channels``: the model's
     first layer takes the channels it was trained on)."""
@@ -235,7 +235,7 @@ class EvalSettings:
     inputs: Mapping = field(default_factory=dict)
 
     @classmethod
-    def from_config(cls, cfg: DictConfig) -> "EvalSettings":
+    def from_config(cls, cfg: DictConfig) -> EvalSettings:
         values = {}
         for f in fields(cls):
             if "key" in f.metadata:

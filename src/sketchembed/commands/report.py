@@ -6,17 +6,30 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Mapping, Sequence
 
 import yaml
 from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from sketchembed.eval.crossval import CV_METRICS, cv_comparison_rows, cv_runs_in, load_cv
-from sketchembed.eval.report import (FACT_COLUMNS, Comparison, Run, compare_table, comparison, load_metrics,
-                                     run_facts, study_rows)
+from sketchembed.eval.crossval import (
+    CV_METRICS,
+    cv_comparison_rows,
+    cv_runs_in,
+    load_cv,
+)
+from sketchembed.eval.report import (
+    FACT_COLUMNS,
+    Comparison,
+    Run,
+    compare_table,
+    comparison,
+    load_metrics,
+    run_facts,
+    study_rows,
+)
 from sketchembed.study import STUDY_COL
 
 

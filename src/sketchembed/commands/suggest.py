@@ -15,7 +15,12 @@ import numpy as np
 from sketchembed.corpus.formats import FORMATS, read_drawings
 from sketchembed.corpus.formats.ndjson import decode_line, key_id_of
 from sketchembed.corpus.formats.registry import unprintable
-from sketchembed.corpus.sketch import DataFormatError, Drawing, SkipReport, points_to_strokes
+from sketchembed.corpus.sketch import (
+    DataFormatError,
+    Drawing,
+    SkipReport,
+    points_to_strokes,
+)
 from sketchembed.corpus.user_drawing import user_drawing_points
 from sketchembed.eval.embed import pick_device
 from sketchembed.eval.knn import KNNIndex
