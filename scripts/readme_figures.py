@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import shlex
 import shutil
 import subprocess
@@ -36,7 +35,9 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
+from sketchembed import metric_keys  # noqa: E402
 from sketchembed.eval.crossval import CV_COLUMNS, compare_cv, load_cv  # noqa: E402
+from sketchembed.eval.report import early_curve  # noqa: E402
 from sketchembed.eval.stats import ci_text, interval, split_n  # noqa: E402
 
 RUN_FILE = "figures_run.json"
@@ -193,7 +194,7 @@ def main_eval_table(root: Path) -> str:
     d = root / "main" / "eval"
     m, rec = _metrics(d, "metrics.json"), _record(d)
     n = split_n(m, "test") or "?"
-    curve = sorted(((float(k[len("test/acc@"):]), k) for k in m if re.fullmatch(r"test/acc@\d+(\.\d+)?", k)))
+    curve = [(100 * f, metric_keys.key("test", "acc", f)) for f in early_curve(m, "test")]
     rows = [f"| `eval.py` of the main job's best checkpoint, test split (n = {n}) | accuracy, % [95 % interval] |",
             "|---|---:|",
             f"| classification @50 % of the drawing | {cell(m, 'test/acc@50')} |",
@@ -218,7 +219,7 @@ def _ci(m: dict, key: str) -> str:
 
 
 def _cv_cell(m: dict, metric: str) -> str:
-    v, ci = m.get(f"cv/{metric}"), interval(m, f"cv/{metric}")
+    v, ci = m.get(metric_keys.key("cv", metric)), interval(m, metric_keys.key("cv", metric))
     return "–" if v is None else f"{100 * v:.1f} %" + (f" [{ci_text(ci)}]" if ci else "")
 
 

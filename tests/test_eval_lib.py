@@ -372,3 +372,34 @@ def test_suggest_errors(trained, tmp_path, capsys):
     assert main(["suggest", "--ckpt", str(other), "--index", str(out), "--sketch", str(good),
                  "--allow-mismatch", "--k", "3"]) == 0
     assert "warning: index was built" in capsys.readouterr().err
+
+
+def test_metric_keys_are_built_and_read_back_one_way():
+    from sketchembed import metric_keys as mk
+
+    assert mk.key("test", "acc", 1.0) == "test/acc@100" and mk.key("val", "probe_acc") == "val/probe_acc"
+    assert mk.key("val", mk.knn(3)) == "val/knn@3" and mk.knn(3, study_tie=True) == "knn@3_study_tie"
+    assert mk.tagged("pred", 0.125) == "pred@12.5"
+    for split, name, fraction in (("test", "acc", 0.5), ("human", "acc", 0.125), ("cv", "balanced_acc", 1.0)):
+        parts = mk.parse(mk.key(split, name, fraction))
+        assert (parts.split, parts.name, mk.tag_fraction(parts.tag)) == (split, name, fraction)
+    assert mk.parse("test/knn@3_study_tie").figure == "knn@3_study_tie"
+    assert mk.parse("n_test") is None and mk.tag_fraction("nan") is None and mk.tag_fraction("r") is None
+    assert mk.split_of({"val/acc@100": 0.5}) == "val" and mk.split_of({"test/knn@3": 1, "val/x": 0}) == "test"
+
+
+def test_train_and_eval_print_one_metrics_table():
+    """Shares in % with their interval, other figures as numbers, the ``first`` figures first."""
+    from rich.console import Console
+
+    from sketchembed.eval.report import metrics_table
+    from sketchembed.eval.stats import with_intervals
+
+    m = with_intervals({"test/loss@100": 1.23456, "test/acc@50": 0.5, "test/knn@3": 0.6, "test/n": 40.0,
+                        "val/acc@100": 0.9})
+    console = Console(width=100, record=True)
+    console.print(metrics_table(m, "run", first=("knn@3",)))
+    rows = [ln for ln in console.export_text().splitlines() if "test/" in ln]
+    assert [r.split()[1] for r in rows] == ["test/knn@3", "test/loss@100", "test/acc@50"]
+    assert "60.0 %" in rows[0] and "44.6–73.7 %" in rows[0] and "1.2346" in rows[1]
+    assert "val/" not in console.export_text() and "test/n " not in console.export_text()

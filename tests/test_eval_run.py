@@ -336,19 +336,44 @@ def test_checkpoint_of_another_kind(lstm_ckpt, triplet_ckpt, tmp_path):
     ("retrieval.max_pairs=lots", "retrieval.max_pairs must be an integer >= 1, got 'lots'"),
     ("retrieval.enabled=maybe", "retrieval.enabled must be true or false, got 'maybe'"),
 ])
-def test_odd_eval_values_name_their_key(override, needle, tmp_path):
+def test_odd_eval_values_name_their_key(override, needle):
     from omegaconf import OmegaConf
 
-    from sketchembed.data.inputs import InputSettings
-    from sketchembed.commands.evaluate import _datamodule, _settings
+    from sketchembed.commands.evaluate import EvalSettings
 
     cfg = OmegaConf.merge(OmegaConf.load(REPO / "conf" / "eval.yaml"), OmegaConf.from_dotlist([override]))
     with pytest.raises(ValueError, match=re.escape(needle)):
-        _settings(cfg)
-    if not override.startswith(("neighbors.", "retrieval.")):  # nor read past where the DataModule is built
-        ckpt = {"SketchDataModule": InputSettings(seq_std=1.0).to_dict()}
+        EvalSettings.from_config(cfg)
+
+
+def test_eval_settings_are_read_once_typed_from_the_config():
+    """conf/eval.yaml's values, typed; the stages read these, never the config again."""
+    import dataclasses
+
+    import numpy as np
+    from omegaconf import OmegaConf
+
+    from sketchembed.commands.evaluate import EvalSettings
+
+    cfg = OmegaConf.merge(OmegaConf.load(REPO / "conf" / "eval.yaml"),
+                          OmegaConf.from_dotlist(["fractions=[0.3]", "knn.ks=[5,1,5]", "embed_dtype=float16",
+                                                  "data.image_size=48", "knn.max_train=null"]))
+    st = EvalSettings.from_config(cfg)
+    assert st.fractions == (0.3, 0.5, 1.0) and st.ks == (1, 5) and st.dtype is np.float16
+    assert st.inputs == {"image_size": 48}
+    assert st.max_train is None and st.batch_size == 256 and st.retrieval.max_pairs == 4_000_000
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        st.batch_size = 1  # type: ignore[misc]
+    for override, needle in (("knn.max_train=3", "knn.max_train must be an integer >= 5 (the largest K) or null"),
+                             ("tsne.enabled=maybe", "tsne.enabled must be true or false, got 'maybe'"),
+                             ("knn.query_block=null", "knn.query_block must be an integer >= 1, got None")):
         with pytest.raises(ValueError, match=re.escape(needle)):
-            _datamodule(cfg, ckpt, tmp_path / "x.ckpt", ("sequence",))
+            EvalSettings.from_config(OmegaConf.merge(cfg, OmegaConf.from_dotlist([override])))
+
+
+def test_eval_refuses_other_channels_than_the_checkpoints(lstm_ckpt, tmp_path):
+    last = _eval_fails(tmp_path, f"ckpt_path={lstm_ckpt}", "+data.channels=[ink,order]")
+    assert "data.channels=['ink', 'order']" in last and "trained on channels ['ink']" in last
 
 
 def test_odd_eval_value_is_one_line_and_exit_2(tmp_path):

@@ -231,11 +231,11 @@ def test_stages_record_time_and_peak_memory():
                                           ("knn.ks=[a]", "knn.ks"), ("probe.lr=fast", "probe.lr"),
                                           ("tsne.perplexity=0", "tsne.perplexity")])
 def test_bad_eval_settings_name_their_key(override, key):
-    from sketchembed.commands.evaluate import _settings
+    from sketchembed.commands.evaluate import EvalSettings
 
     cfg = OmegaConf.merge(OmegaConf.load(REPO / "conf" / "eval.yaml"), OmegaConf.from_dotlist([override]))
     with pytest.raises(ValueError, match=re.escape(key)):
-        _settings(cfg)
+        EvalSettings.from_config(cfg)
 
 
 def test_eval_defaults_are_the_studys():

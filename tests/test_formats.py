@@ -35,7 +35,7 @@ from sketchembed.corpus.formats.npz import NPZ_BUDGET, NpzBudget, read_npz, synt
 from sketchembed.corpus.prepare import prepare
 from sketchembed.corpus.simplify import normalize_to_canvas
 from sketchembed.corpus.sketch import DataFormatError, Drawing, SkipReport
-from sketchembed.eval.suggest import read_sketch
+from sketchembed.commands.suggest import read_sketch
 
 
 def _lines(path, n=None):

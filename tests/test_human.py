@@ -11,6 +11,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
+from sketchembed.commands import human as human_cmd
 from sketchembed.eval import human
 
 CLASSES = ["apple", "banana", "bus"]
@@ -61,7 +62,7 @@ def test_scripted_answers_give_the_counted_accuracy(tiny_store, tmp_path):
     metrics = tmp_path / "metrics.json"
     metrics.write_text(json.dumps({"test/acc@50": 0.25, "test/acc@100": 0.875}))
     out, res_file = io.StringIO(), tmp_path / "me.json"
-    assert human.run(args(tiny_store, metrics=str(metrics), out=str(res_file)),
+    assert human_cmd.run(args(tiny_store, metrics=str(metrics), out=str(res_file)),
                      stdin=io.StringIO("\n".join(lines) + "\n"), stdout=out) == 0
     text = out.getvalue()
     exp = {f: (sum(1 for k, it in enumerate(items) if it.fraction == f and k in right), 4) for f in (0.5, 1.0)}
@@ -82,7 +83,7 @@ def test_eof_ends_cleanly_with_results_so_far(tiny_store):
     items = human.sample_items(PreparedDataset(tiny_store), 8, [0.5, 1.0], seed=3)
     first = items[0]
     out = io.StringIO()
-    assert human.run(args(tiny_store), stdin=io.StringIO(f"{first.label + 1}\n"), stdout=out) == 0
+    assert human_cmd.run(args(tiny_store), stdin=io.StringIO(f"{first.label + 1}\n"), stdout=out) == 0
     text = out.getvalue()
     assert "(end of input)" in text
     assert f"{100 * first.fraction:g} %" in text and "(1/1)" in text and "100.0 %" in text
@@ -150,7 +151,7 @@ class _Answers(io.StringIO):
 def test_what_would_fail_at_the_end_is_refused_before_the_first_drawing(make, pattern, tiny_store, tmp_path):
     stdin, out = _Answers("1\n" * 8), io.StringIO()
     with pytest.raises(ValueError, match=pattern):
-        human.run(args(tiny_store, **make(tmp_path)), stdin=stdin, stdout=out)
+        human_cmd.run(args(tiny_store, **make(tmp_path)), stdin=stdin, stdout=out)
     assert stdin.asked == 0 and out.getvalue() == ""
 
 
@@ -159,7 +160,7 @@ def test_answers_are_printed_when_saving_fails_at_the_end(tiny_store, tmp_path):
     folder.mkdir()
     stdin, out = _Answers("1\n2\nq\n", on_first=folder.rmdir), io.StringIO()  # the folder goes away meanwhile
     with pytest.raises(ValueError, match=r"--out .*me.json: cannot write it .*printed above as JSON"):
-        human.run(args(tiny_store, out=str(folder / "me.json")), stdin=stdin, stdout=out)
+        human_cmd.run(args(tiny_store, out=str(folder / "me.json")), stdin=stdin, stdout=out)
     text = out.getvalue()
     saved = json.loads(text[text.index("\n{") + 1:])
     assert len(saved["answers"]) == 2 and saved["seed"] == 3

@@ -14,6 +14,7 @@ import pytest
 import yaml
 from scipy.stats import binomtest
 
+from sketchembed.commands import report as report_cmd
 from sketchembed.eval import report, stats
 from sketchembed.study import STUDY_COL
 
@@ -316,14 +317,14 @@ def test_report_cli_fits_100_columns_and_wide_prints_every_column(tmp_path, caps
             {"model_kind": kind, "seed": seed, "dataset": "study10", "n_test": 500, **figures})))
     assert main(["report", str(tmp_path), "--out", str(tmp_path / "all.md")]) == 0
     narrow = capsys.readouterr().out
-    assert max(len(line) for line in narrow.splitlines()) <= report.TERMINAL_WIDTH
+    assert max(len(line) for line in narrow.splitlines()) <= report_cmd.TERMINAL_WIDTH
     hidden = " ".join(narrow.split("not shown (to fit 100 columns")[1].split())  # the line, unwrapped
     assert "acc@100 (%)" in narrow.split("not shown")[0]                  # the first figures are in the table
     assert "r_precision (%)" in hidden and "--wide shows them" in hidden   # the last ones are named
     assert "same in every row: data study10, split test" in narrow        # equal facts: one line, not columns
     assert main(["report", str(tmp_path), "--wide"]) == 0
     wide = capsys.readouterr().out
-    assert "not shown" not in wide and max(len(line) for line in wide.splitlines()) > report.TERMINAL_WIDTH
+    assert "not shown" not in wide and max(len(line) for line in wide.splitlines()) > report_cmd.TERMINAL_WIDTH
     header = next(line for line in wide.splitlines() if "acc@100 (%)" in line)
     for col in ("knn@3_study_tie (%)", "triplet_acc (%)", "p@1 (%)", "r_precision (%)", "map@r (%)", "ami (%)"):
         assert col in header, col                                            # every column, none folded

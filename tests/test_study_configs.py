@@ -22,6 +22,7 @@ from sketchembed.data.datamodule import SketchCollate, SketchDataModule
 from sketchembed.data.inputs import image_count, keep_count, read_inputs
 from sketchembed.data.raster import Rasterizer, render_views
 from sketchembed.study import STUDY as STUDY_FIGURES
+from sketchembed.commands.evaluate import EvalSettings, _datamodule
 
 REPO = Path(__file__).resolve().parents[1]
 CONF = REPO / "conf"
@@ -234,9 +235,10 @@ def test_eval_rebuilds_the_study_inputs_from_a_checkpoint(tmp_path):
           "background": "white", "standardize": True, "fraction_rule": "study", "seq_norm": "none",
           "seq_origin": [122.5, 122.5], "views": ["image", "sequence"]}
     ckpt = {"datamodule_hyper_parameters": hp, "SketchDataModule": {"seq_std": 1.0, "classes": None}}
-    cfg = OmegaConf.create({"batch_size": 8, "seed": 0, "data": {}})
+    st = EvalSettings.from_config(OmegaConf.merge(OmegaConf.load(REPO / "conf" / "eval.yaml"),
+                                                  {"batch_size": 8, "seed": 0}))
     inputs = read_inputs(ckpt)
-    for dm in (SketchDataModule.from_inputs(inputs, "study10"), _datamodule(cfg, ckpt, tmp_path / "x.ckpt", ["image"])):
+    for dm in (SketchDataModule.from_inputs(inputs, "study10"), _datamodule(st, ckpt, tmp_path / "x.ckpt", ["image"])):
         r = dm.rasterizer
         assert (r.size, r.line_width, r.padding, r.canvas, r.background, r.standardize) == (
             48, 5.25, 5.0, 255.0, "white", True)

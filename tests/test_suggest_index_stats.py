@@ -19,7 +19,7 @@ from helpers import ndjson_file as _ndjson
 from sketchembed.cli import main
 from sketchembed.corpus.formats import read_drawings
 from sketchembed.corpus.user_drawing import check_raw
-from sketchembed.eval import index as index_cmd
+from sketchembed.commands import index as index_cmd
 from sketchembed.eval import knn
 
 
@@ -397,3 +397,19 @@ def test_open_checkpoint_reads_the_file_once_and_gives_the_models_inputs(trained
     assert inputs == read_inputs(safe_load(trained["ckpt"])) and inputs.seq_std > 0
     dm = SketchDataModule.from_inputs(inputs, trained["data"], views=tuple(sorted(model.views)))
     assert dm.seq_std == inputs.seq_std and tuple(dm.class_names) == inputs.classes
+
+
+def test_a_sketch_files_word_with_a_control_character_is_refused(tmp_path):
+    """The word is printed in suggest's header: an ANSI escape in it would reach the terminal."""
+    from sketchembed.commands.suggest import parse_user_drawing, read_sketch
+    from sketchembed.corpus.sketch import DataFormatError
+
+    strokes = [[[10, 200], [10, 200]]]
+    assert parse_user_drawing(json.dumps({"word": "cat", "drawing": strokes}).encode(), "s.json")[0].word == "cat"
+    for word in ("cat\x1b[31m", "cat\nrank 1"):
+        with pytest.raises(DataFormatError, match=r"s.json.*line 1.*control character"):
+            parse_user_drawing(json.dumps({"word": word, "drawing": strokes}).encode(), "s.json")
+    sketch = tmp_path / "bad.ndjson"
+    sketch.write_text(json.dumps({"word": "cat\x1b[2J", "drawing": strokes}) + "\n")
+    with pytest.raises(DataFormatError, match="U\\+001B"):
+        read_sketch(sketch)

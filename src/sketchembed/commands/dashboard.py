@@ -31,6 +31,7 @@ import wandb
 from omegaconf import DictConfig, OmegaConf
 from PIL import Image, ImageDraw
 
+from sketchembed import metric_keys
 from sketchembed.corpus.sketch import points_to_strokes
 from sketchembed.eval.report import FIGURES
 from sketchembed.eval.retrieval import KEYS as RETRIEVAL_KEYS
@@ -122,9 +123,9 @@ def log_eval(cfg: DictConfig, out: Path, m: dict, points: Callable[[int], np.nda
 
 def _log_all(run, cfg: DictConfig, out: Path, m: dict, opts: dict, points) -> None:
     # scalars: the run's summary (one value each, in the runs table), not one-point charts
-    for k, v in m.items():
-        if k.startswith("test/") and isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
-            run.summary[f"eval/{k[len('test/'):]}"] = float(v)
+    for k, v in metric_keys.of_split(m, "test").items():
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
+            run.summary[metric_keys.key("eval", metric_keys.parse(k).figure)] = float(v)
     for k in ("n_train", "n_test", "n_skipped", "n_test_in_index", "n_retrieval_queries"):
         if k in m:
             run.summary[f"eval/{k}"] = m[k]
@@ -167,9 +168,9 @@ def retrieval_table(m: dict):
     None when eval measured none."""
     rows = []
     for name in RETRIEVAL_KEYS.values():
-        v = m.get(f"test/{name}")
+        v = m.get(metric_keys.key("test", name))
         if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
-            ci = interval(m, f"test/{name}")
+            ci = interval(m, metric_keys.key("test", name))
             rows.append([name, float(v), ci.low if ci else None, ci.high if ci else None, ci.n if ci else None,
                          ci.method if ci else "none"])
     if not rows:

@@ -35,18 +35,20 @@ import json
 import logging
 import math
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 from pathlib import Path
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
-from rich.table import Table
 from sklearn.metrics import balanced_accuracy_score, confusion_matrix
 
+from sketchembed import metric_keys
 from sketchembed.data.datamodule import SketchDataModule
-from sketchembed.data.inputs import RECIPE, fraction_tag, read_inputs
+from sketchembed.data.inputs import RECIPE, read_inputs
+from sketchembed.data.inputs import check as check_input
 from sketchembed.corpus.test_dir import check_test_dir
 from sketchembed.entry import end_line, hydra_entry
 from sketchembed.eval.confusion import confused_pairs
@@ -57,10 +59,10 @@ from sketchembed.eval.knn import (KNN_CLASSIFIER_K, nearest, neighbor_labels, re
 from sketchembed.eval.plots import (plot_confusion, plot_early_recognition, plot_neighbors, plot_per_class,
                                     plot_tsne)
 from sketchembed.eval.probe import linear_probe
-from sketchembed.eval.report import write_report
-from sketchembed.eval.retrieval import KEYS as RETRIEVAL_KEYS, Bounds, Retrieval, retrieval_metrics
+from sketchembed.eval.report import metrics_table, write_report
+from sketchembed.eval.retrieval import Bounds, Retrieval, retrieval_metrics
 from sketchembed.eval.stages import Stages
-from sketchembed.eval.stats import ci_text, interval, with_intervals
+from sketchembed.eval.stats import with_intervals
 from sketchembed.eval.tsne import tsne_map
 from sketchembed.messages import short_list
 from sketchembed.metric import triplet_accuracy
@@ -68,11 +70,6 @@ from sketchembed.models.checkpoint import file_sha256, open_checkpoint, trained_
 from sketchembed.study import STUDY_COL, STUDY_CURVE
 
 log = logging.getLogger("sketchembed.eval")
-
-
-def _sel(cfg: DictConfig, key: str, default=None):
-    v = OmegaConf.select(cfg, key, default=default)
-    return default if v is None else v
 
 
 def _ckpt_path(cfg: DictConfig) -> Path:
@@ -85,18 +82,20 @@ def _ckpt_path(cfg: DictConfig) -> Path:
     return path
 
 
-def _datamodule(cfg: DictConfig, ckpt: dict, ckpt_path: Path, views, max_train: int | None = None):
+def _datamodule(st: EvalSettings, ckpt: dict, ckpt_path: Path, views):
     """A DataModule over the checkpoint's dataset serving its model's input settings (``data.<key>``
-    of the eval config overrides one, e.g. ``data.image_size``)."""
+    of the eval config overrides one, e.g. ``data.image_size``; never ``data.channels``: the model's
+    first layer takes the channels it was trained on)."""
     inputs = read_inputs(ckpt, str(ckpt_path))
-    overrides = {k: _sel(cfg, f"data.{k}") for k in RECIPE if _sel(cfg, f"data.{k}") is not None}
-    root = _sel(cfg, "data.root") or trained_root(ckpt) or "study10"
-    test_dir = _sel(cfg, "data.test_dir")
+    channels = st.inputs.get("channels")
+    if channels is not None and check_input("channels", channels) != inputs.channels:
+        raise ValueError(f"data.channels={list(channels)}: {ckpt_path} was trained on channels "
+                         f"{list(inputs.channels)} (its first layer takes those; leave data.channels unset)")
+    root = st.root or trained_root(ckpt) or "study10"
     dm = SketchDataModule.from_inputs(
-        inputs.replace(**overrides), root, views=tuple(sorted(views)), eval_fractions=(1.0,),
-        eval_batch_size=_int(cfg, "batch_size"), num_workers=_int(cfg, "data.num_workers", 0, default=0),
-        seed=_int(cfg, "seed", 0), max_train=max_train, max_eval=_int_or_none(cfg, "data.max_eval"),
-        test_dir=str(test_dir) if test_dir else None)
+        inputs.replace(**st.inputs), root, views=tuple(sorted(views)), eval_fractions=(1.0,),
+        eval_batch_size=st.batch_size, num_workers=st.num_workers, seed=st.seed, max_train=st.max_train,
+        max_eval=st.max_eval, test_dir=st.test_dir)
     try:
         classes = dm.class_names
     except (FileNotFoundError, ValueError) as e:
@@ -104,8 +103,8 @@ def _datamodule(cfg: DictConfig, ckpt: dict, ckpt_path: Path, views, max_train: 
     if inputs.classes is not None and list(inputs.classes) != classes:
         raise ValueError(f"{ckpt_path}: trained on classes [{short_list(inputs.classes)}], but data.root={root} has "
                          f"[{short_list(classes)}] (labels would not match)")
-    if test_dir:
-        check_test_dir(str(test_dir), classes)
+    if st.test_dir:
+        check_test_dir(st.test_dir, classes)
     return dm
 
 
@@ -129,25 +128,19 @@ def _json_safe(obj):
     return obj
 
 
-def _int_or_none(cfg: DictConfig, key: str, minimum: int = 1) -> int | None:
-    v = _sel(cfg, key)
-    if v is None:
-        return None
-    if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
-        raise ValueError(f"{key} must be an integer >= {minimum} or null, got {v!r}")
-    return int(v)
+def _count(low: int, *, null: bool = False):
+    """An integer >= ``low`` (``batch_size=0`` or ``abc`` named, never a silent fallback); with
+    ``null``, None too (null = no cap; 0 is not "all")."""
+    def check(key, v):
+        if v is None and null:
+            return None
+        if isinstance(v, bool) or not isinstance(v, int) or v < low:
+            raise ValueError(f"{key} must be an integer >= {low}{' or null' if null else ''}, got {v!r}")
+        return int(v)
+    return check
 
 
-def _int(cfg: DictConfig, key: str, minimum: int = 1, default: int | None = None) -> int:
-    """A count that must be given (``batch_size=0`` or ``abc`` named, never a silent fallback)."""
-    v = _sel(cfg, key, default)
-    if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
-        raise ValueError(f"{key} must be an integer >= {minimum}, got {v!r}")
-    return v
-
-
-def _positive_float(cfg: DictConfig, key: str, default: float) -> float:
-    v = _sel(cfg, key, default)
+def _positive(key, v) -> float:
     try:
         f = float(v)
     except (TypeError, ValueError):
@@ -157,59 +150,128 @@ def _positive_float(cfg: DictConfig, key: str, default: float) -> float:
     return f
 
 
-def _settings(cfg: DictConfig) -> dict:
-    """Every eval setting checked up front (one line naming the key on a bad value)."""
-    fractions = sorted({float(f) for f in cfg.fractions} | {0.5, 1.0})
-    if not all(0 < f <= 1 for f in fractions):
-        raise ValueError(f"fractions must be in (0, 1], got {list(cfg.fractions)}")
-    raw_ks = _sel(cfg, "knn.ks", [])
-    if not OmegaConf.is_list(raw_ks) or not raw_ks or not all(isinstance(k, int) and not isinstance(k, bool)
-                                                              and k >= 1 for k in raw_ks):
-        raise ValueError(f"knn.ks must be a list of integers >= 1, got {raw_ks}")
-    ks = sorted({int(k) for k in raw_ks})
-    dtype = str(_sel(cfg, "embed_dtype", "float32"))
-    if dtype not in ("float32", "float16"):
-        raise ValueError(f"embed_dtype must be float32 or float16, got {dtype!r}")
-    knn_device = str(_sel(cfg, "knn.device", "cpu"))
-    knn_device = (pick_device(str(cfg.device)) if knn_device == "auto" else pick_device(knn_device, "knn.device"))
-    for key, minimum in (("batch_size", 1), ("seed", 0), ("neighbors.n_refs", 0), ("neighbors.k", 0)):
-        _int(cfg, key, minimum)
-    _int(cfg, "data.num_workers", 0, default=0)
-    _int_or_none(cfg, "data.max_eval")  # null: every drawing; 0 is not "all"
-    return {"fractions": fractions, "ks": ks, "knn_device": knn_device,
-            "backend": resolve_backend(str(_sel(cfg, "knn.backend", "auto")), knn_device),
-            "query_block": _int_or_none(cfg, "knn.query_block") or 2048,
-            "max_train": _int_or_none(cfg, "knn.max_train", max(ks + [KNN_CLASSIFIER_K])),
-            "curve_max_eval": _int_or_none(cfg, "curve_max_eval"),
-            "probe": {k: _int_or_none(cfg, f"probe.{k}") for k in ("hidden", "steps", "batch_size")}
-            | {"lr": _positive_float(cfg, "probe.lr", 1e-3)},
-            "tsne": bool(_sel(cfg, "tsne.enabled", True)), "tsne_max_points": _int_or_none(cfg, "tsne.max_points") or 5000,
-            "tsne_n_iter": _int_or_none(cfg, "tsne.n_iter") or 500, "tsne_n_jobs": _int_or_none(cfg, "tsne.n_jobs") or 1,
-            "tsne_perplexity": _positive_float(cfg, "tsne.perplexity", 30.0),
-            "max_classes": _int_or_none(cfg, "plots.max_classes", 2) or 30,
-            "confused_pairs": _int_or_none(cfg, "plots.confused_pairs", 0) or 0,
-            "per_class_each": _int_or_none(cfg, "plots.per_class_each") or 20,
-            "retrieval": _retrieval_bounds(cfg),
-            "dtype": np.float16 if dtype == "float16" else np.float32}
+def _flag(key, v) -> bool:
+    if not isinstance(v, bool):
+        raise ValueError(f"{key} must be true or false, got {v!r}")
+    return v
 
 
-def _retrieval_bounds(cfg: DictConfig) -> Bounds | None:
-    """``retrieval.*``; None when ``retrieval.enabled=false`` (``max_queries: null`` = every query)."""
-    enabled = _sel(cfg, "retrieval.enabled", True)
-    if not isinstance(enabled, bool):
-        raise ValueError(f"retrieval.enabled must be true or false, got {enabled!r}")
-    if not enabled:
-        return None
-    given = OmegaConf.select(cfg, "retrieval.max_queries", default="missing")
-    max_queries = Bounds.max_queries if given == "missing" else _int_or_none(cfg, "retrieval.max_queries")
-    return Bounds(max_queries, _int(cfg, "retrieval.max_pairs", default=Bounds.max_pairs))
+def _text(null: bool = False):
+    def check(key, v):
+        if v is None and null:
+            return None
+        if isinstance(v, bool) or not isinstance(v, (str, int, float)) or str(v) == "":
+            raise ValueError(f"{key} must be a name or path{' or null' if null else ''}, got {v!r}")
+        return str(v)
+    return check
+
+
+def _fractions(key, v) -> tuple[float, ...]:
+    try:
+        fractions = sorted({float(f) for f in v} | {0.5, 1.0})
+    except (TypeError, ValueError):
+        fractions = [float("nan")]
+    if isinstance(v, str) or not all(0 < f <= 1 for f in fractions):
+        raise ValueError(f"{key} must be in (0, 1], got {v!r}")
+    return tuple(fractions)
+
+
+def _ks(key, v) -> tuple[int, ...]:
+    if isinstance(v, str) or not isinstance(v, Sequence) or not v or not all(
+            isinstance(k, int) and not isinstance(k, bool) and k >= 1 for k in v):
+        raise ValueError(f"{key} must be a list of integers >= 1, got {v!r}")
+    return tuple(sorted({int(k) for k in v}))
+
+
+def _dtype(key, v):
+    if v not in ("float32", "float16"):
+        raise ValueError(f"{key} must be float32 or float16, got {v!r}")
+    return np.float16 if v == "float16" else np.float32
+
+
+def _setting(key: str, check):
+    """A field of :class:`EvalSettings`: read from config ``key``, checked by ``check(key, value)``."""
+    return field(metadata={"key": key, "check": check})
+
+
+@dataclass(frozen=True)
+class EvalSettings:
+    """Every eval setting, read once from the composed config and checked (one ``ValueError`` naming
+    the config key; exit 2 through the entry). conf/eval.yaml holds the defaults."""
+
+    seed: int = _setting("seed", _count(0))
+    device: str = _setting("device", _text())
+    batch_size: int = _setting("batch_size", _count(1))
+    dtype: type = _setting("embed_dtype", _dtype)
+    fractions: tuple[float, ...] = _setting("fractions", _fractions)  # 0.5 and 1.0 always among them
+    curve_max_eval: int | None = _setting("curve_max_eval", _count(1, null=True))
+    root: str | None = _setting("data.root", _text(null=True))
+    test_dir: str | None = _setting("data.test_dir", _text(null=True))
+    max_eval: int | None = _setting("data.max_eval", _count(1, null=True))
+    num_workers: int = _setting("data.num_workers", _count(0))
+    ks: tuple[int, ...] = _setting("knn.ks", _ks)
+    max_train: int | None = _setting("knn.max_train", _count(1, null=True))  # and >= the largest K
+    backend: str = _setting("knn.backend", _text())  # resolved for knn_device
+    knn_device: str = _setting("knn.device", _text())  # resolved: auto = eval's device
+    query_block: int = _setting("knn.query_block", _count(1))
+    retrieval_enabled: bool = _setting("retrieval.enabled", _flag)
+    retrieval_max_queries: int | None = _setting("retrieval.max_queries", _count(1, null=True))
+    retrieval_max_pairs: int = _setting("retrieval.max_pairs", _count(1))
+    probe_hidden: int | None = _setting("probe.hidden", _count(1, null=True))
+    probe_steps: int | None = _setting("probe.steps", _count(1, null=True))
+    probe_batch_size: int | None = _setting("probe.batch_size", _count(1, null=True))
+    probe_lr: float = _setting("probe.lr", _positive)
+    tsne: bool = _setting("tsne.enabled", _flag)
+    tsne_max_points: int = _setting("tsne.max_points", _count(1))
+    tsne_n_iter: int = _setting("tsne.n_iter", _count(1))
+    tsne_perplexity: float = _setting("tsne.perplexity", _positive)
+    tsne_n_jobs: int = _setting("tsne.n_jobs", _count(1))
+    max_classes: int = _setting("plots.max_classes", _count(2))
+    confused_pairs: int = _setting("plots.confused_pairs", _count(0))
+    per_class_each: int = _setting("plots.per_class_each", _count(1))
+    n_refs: int = _setting("neighbors.n_refs", _count(0))
+    neighbors_k: int = _setting("neighbors.k", _count(0))
+    # data.<input setting> given in the eval config: overrides the checkpoint's (checked by data.inputs)
+    inputs: Mapping = field(default_factory=dict)
+
+    @classmethod
+    def from_config(cls, cfg: DictConfig) -> EvalSettings:
+        values = {}
+        for f in fields(cls):
+            if "key" in f.metadata:
+                raw = OmegaConf.select(cfg, f.metadata["key"], default=None)
+                values[f.name] = f.metadata["check"](f.metadata["key"], OmegaConf.to_object(raw)
+                                                     if OmegaConf.is_config(raw) else raw)
+        low = max(values["ks"] + (KNN_CLASSIFIER_K,))
+        if values["max_train"] is not None and values["max_train"] < low:
+            raise ValueError(f"knn.max_train must be an integer >= {low} (the largest K) or null, "
+                             f"got {values['max_train']!r}")
+        knn_device = (pick_device(values["device"]) if values["knn_device"] == "auto"
+                      else pick_device(values["knn_device"], "knn.device"))
+        values["knn_device"] = str(knn_device)
+        values["backend"] = resolve_backend(values["backend"], knn_device)
+        inputs = {k: OmegaConf.select(cfg, f"data.{k}", default=None) for k in RECIPE}
+        values["inputs"] = {k: OmegaConf.to_object(v) if OmegaConf.is_config(v) else v
+                            for k, v in inputs.items() if v is not None}
+        return cls(**values)
+
+    @property
+    def retrieval(self) -> Bounds | None:
+        """The retrieval bounds; None when ``retrieval.enabled=false``."""
+        return Bounds(self.retrieval_max_queries, self.retrieval_max_pairs) if self.retrieval_enabled else None
+
+    @property
+    def probe(self) -> dict:
+        """Keyword arguments of :func:`~sketchembed.eval.probe.linear_probe` (null: its own default)."""
+        given = {"hidden": self.probe_hidden, "steps": self.probe_steps, "batch_size": self.probe_batch_size}
+        return {k: v for k, v in given.items() if v is not None} | {"lr": self.probe_lr}
 
 
 @dataclass
 class _Eval:
     """One evaluation's fixed parts, handed from stage to stage."""
     cfg: DictConfig
-    st: dict
+    st: EvalSettings
     ckpt_path: Path
     model: object
     kind: str
@@ -220,7 +282,7 @@ class _Eval:
 
     @property
     def seed(self) -> int:
-        return int(self.cfg.seed)
+        return self.st.seed
 
 
 @dataclass
@@ -253,20 +315,20 @@ def evaluate(cfg: DictConfig) -> dict:
 def _load(cfg: DictConfig) -> _Eval:
     """Stage ``load``: the checkpoint read once, its model and a DataModule serving its input settings."""
     ckpt_path = _ckpt_path(cfg)
-    st = _settings(cfg)
-    torch.manual_seed(int(cfg.seed))
+    st = EvalSettings.from_config(cfg)
+    torch.manual_seed(st.seed)
     stages = Stages()
     with stages("load"):
         model, _, record, ckpt = open_checkpoint(ckpt_path)
         kind = record.kind
-        dm = _datamodule(cfg, ckpt, ckpt_path, model_views(model), st["max_train"])
+        dm = _datamodule(st, ckpt, ckpt_path, model_views(model))
         del ckpt
     return _Eval(cfg, st, ckpt_path, model, kind, dm, stages)
 
 
 def _run(ev: _Eval) -> dict:
     len(ev.dm.dataset("test"))  # opens (prepares) test_dir and maps its labels before any heavy work
-    ev.device = pick_device(str(ev.cfg.device))
+    ev.device = pick_device(ev.st.device)
     ev.model.to(ev.device)
     ev.out = Path(ev.cfg.paths.output_dir)
     ev.out.mkdir(parents=True, exist_ok=True)
@@ -294,25 +356,25 @@ def _embed_stage(ev: _Eval) -> tuple:
     st, dm = ev.st, ev.dm
 
     def embed(loader, **kw):
-        return embed_loader(ev.model, loader, rasterizer=dm.rasterizer, device=ev.device, dtype=st["dtype"], **kw)
+        return embed_loader(ev.model, loader, rasterizer=dm.rasterizer, device=ev.device, dtype=st.dtype, **kw)
 
     C = dm.num_classes
     with ev.stages("embed_train") as info:
         log.info("embedding %d train drawings (KNN index, probe)", len(dm.rows("train")))
         train = embed(dm.loader("train", 1.0), with_logits=False)
         info["n"] = len(train)
-    if len(train) < max(st["ks"] + [KNN_CLASSIFIER_K]):
-        raise ValueError(f"{dm.root}: {len(train)} train drawings, too few for KNN with K={max(st['ks'])}")
+    if len(train) < max(st.ks + (KNN_CLASSIFIER_K,)):
+        raise ValueError(f"{dm.root}: {len(train)} train drawings, too few for KNN with K={max(st.ks)}")
     n_test = len(dm.dataset("test"))
     curve_rows = np.arange(n_test)
-    if st["curve_max_eval"] is not None and st["curve_max_eval"] < n_test:
+    if st.curve_max_eval is not None and st.curve_max_eval < n_test:
         rng = np.random.default_rng([ev.seed, 7])
-        curve_rows = np.sort(rng.choice(n_test, st["curve_max_eval"], replace=False))
+        curve_rows = np.sort(rng.choice(n_test, st.curve_max_eval, replace=False))
     tests = {}
     with ev.stages("embed_test") as info:
         log.info("embedding %d test drawings at 100 %% and 50 %%, %d at %d more fractions", n_test,
-                 len(curve_rows), len(st["fractions"]) - 2)
-        for f in sorted(st["fractions"], reverse=True):  # 1.0 first: it fixes the order
+                 len(curve_rows), len(st.fractions) - 2)
+        for f in sorted(st.fractions, reverse=True):  # 1.0 first: it fixes the order
             whole = f in (0.5, 1.0)
             loader = dm.loader("test", f) if whole else subset_loader(dm, "test", curve_rows, f)
             t = embed(loader, keep_logits=f == 1.0)
@@ -335,12 +397,12 @@ def _knn_stage(ev: _Eval, train, tests) -> tuple[dict, dict, dict, np.ndarray, t
     confidence: the softmax probability, or the share of the K=4 neighbours voting for it; and the
     100 % neighbours themselves ``(idx, d2)`` (the retrieval stage's P@1)."""
     st, C = ev.st, ev.dm.num_classes
-    ks = st["ks"]
+    ks = st.ks
     has_logits = tests[1.0].pred is not None
     preds, confs = {}, {}
-    kw = {"backend": st["backend"], "query_block": st["query_block"], "device": st["knn_device"]}
-    with ev.stages("knn", n_index=len(train), backend=st["backend"], device=str(st["knn_device"])):
-        neighbours = nearest(train.embeddings, train.labels, tests[1.0].embeddings, max(ks + [KNN_CLASSIFIER_K]), **kw)
+    kw = {"backend": st.backend, "query_block": st.query_block, "device": st.knn_device}
+    with ev.stages("knn", n_index=len(train), backend=st.backend, device=str(st.knn_device)):
+        neighbours = nearest(train.embeddings, train.labels, tests[1.0].embeddings, max(ks + (KNN_CLASSIFIER_K,)), **kw)
         nl = train.labels.astype(np.int64, copy=False)[neighbours[0]]
         knn_preds = {k: vote(nl, k, C) for k in ks}
         for f, t in tests.items():
@@ -356,13 +418,13 @@ def _knn_stage(ev: _Eval, train, tests) -> tuple[dict, dict, dict, np.ndarray, t
 def _retrieval_stage(ev: _Eval, train, test, neighbours) -> Retrieval:
     """P@1, R-precision, MAP@R, NMI and AMI of the test drawings against the KNN index (none of them
     when ``retrieval.enabled=false``)."""
-    bounds = ev.st["retrieval"]
+    bounds = ev.st.retrieval
     if bounds is None:
         return Retrieval({}, {}, {}, np.zeros(0, np.int64))
     with ev.stages("retrieval", max_queries=bounds.max_queries) as info:
         ret = retrieval_metrics(train.embeddings, train.labels, test.embeddings, test.labels, neighbours,
-                                bounds=bounds, seed=ev.seed, backend=ev.st["backend"],
-                                query_block=ev.st["query_block"], device=ev.st["knn_device"])
+                                bounds=bounds, seed=ev.seed, backend=ev.st.backend,
+                                query_block=ev.st.query_block, device=ev.st.knn_device)
         info["n_queries"] = ret.values["n_retrieval_queries"]
         info["r_max"] = ret.values["retrieval_r_max"]
     return ret
@@ -370,9 +432,9 @@ def _retrieval_stage(ev: _Eval, train, test, neighbours) -> Retrieval:
 
 def _probe_stage(ev: _Eval, train, test) -> np.ndarray:
     """The study's linear probe on the frozen train embeddings: its predictions on the test drawings."""
-    with ev.stages("probe", steps=ev.st["probe"]["steps"]):
+    with ev.stages("probe", steps=ev.st.probe_steps):
         probe = linear_probe(train.embeddings, train.labels, n_classes=ev.dm.num_classes, seed=ev.seed,
-                             **{k: v for k, v in ev.st["probe"].items() if v is not None})
+                             **ev.st.probe)
         return probe.predict(test.embeddings)
 
 
@@ -385,7 +447,7 @@ def _metrics(ev: _Eval, r: _Results) -> dict:
     m: dict = {"model_kind": ev.kind, "checkpoint": str(ev.ckpt_path), "checkpoint_sha256": file_sha256(ev.ckpt_path),
                "dataset": str(dm.test_dir or dm.root), "index_dataset": str(dm.root),
                "split": "test_dir" if dm.test_dir else "test", "classes": classes,
-               "classifier": "logits" if test.pred is not None else f"knn@{KNN_CLASSIFIER_K}",
+               "classifier": "logits" if test.pred is not None else metric_keys.knn(KNN_CLASSIFIER_K),
                "n_train": int(len(r.train)), "n_test": int(len(test)), "n_evaluated": int(len(test)),
                "n_curve": int(len(r.curve_rows)),
                "n_skipped": skipped["count"] if dm.test_dir else 0,
@@ -402,46 +464,46 @@ def _metrics(ev: _Eval, r: _Results) -> dict:
     for f in sorted(r.preds):
         yf = y if f in (0.5, 1.0) else y[r.curve_rows]
         curve[f] = float((r.preds[f] == yf).mean())
-        m[f"test/acc@{fraction_tag(f)}"] = curve[f]
+        m[metric_keys.key("test", "acc", f)] = curve[f]
     with warnings.catch_warnings():  # "y_pred contains classes not in y_true" on a subset of classes
         warnings.simplefilter("ignore", UserWarning)
-        m["test/balanced_acc@50"] = float(balanced_accuracy_score(y, r.preds[0.5]))
-        m["test/balanced_acc@100"] = float(balanced_accuracy_score(y, r.preds[1.0]))
+        for f in (0.5, 1.0):
+            m[metric_keys.key("test", "balanced_acc", f)] = float(balanced_accuracy_score(y, r.preds[f]))
     cm = confusion_matrix(y, r.preds[1.0], labels=list(range(len(classes))))
     m["confusion_matrix"] = cm.tolist()
     n_per = cm.sum(1)
     m["per_class_acc@100"] = {c: (float(cm[i, i] / n_per[i]) if n_per[i] else None) for i, c in enumerate(classes)}
     m["per_class_n"] = {c: int(n_per[i]) for i, c in enumerate(classes)}
-    m["early_recognition"] = {fraction_tag(f): curve[f] for f in sorted(curve)}
-    for k in ev.st["ks"]:
-        m[f"test/knn@{k}"] = float((r.knn_preds[k] == y).mean())
-        m[f"test/knn@{k}_study_tie"] = float(study_tie_correct(r.nl, k, y, len(classes)).mean())
-    m["test/probe_acc"] = float((r.probe_pred == y).mean())
+    m["early_recognition"] = {metric_keys.fraction_tag(f): curve[f] for f in sorted(curve)}
+    for k in ev.st.ks:
+        m[metric_keys.key("test", metric_keys.knn(k))] = float((r.knn_preds[k] == y).mean())
+        m[metric_keys.key("test", metric_keys.knn(k, study_tie=True))] = float(study_tie_correct(r.nl, k, y, len(classes)).mean())
+    m[metric_keys.key("test", "probe_acc")] = float((r.probe_pred == y).mean())
     if ev.model.TRIPLET_METRICS:
         gen = torch.Generator().manual_seed(ev.seed)
         acc, dp, dn = triplet_accuracy(torch.from_numpy(np.asarray(test.embeddings, np.float32)),
                                        torch.from_numpy(y), generator=gen)
-        m["test/triplet_acc"], m["test/d_pos"], m["test/d_neg"] = float(acc), float(dp), float(dn)
-    m["confused_pairs"] = confused_pairs(cm, classes, ev.st["confused_pairs"])
+        for name, v in (("triplet_acc", acc), ("d_pos", dp), ("d_neg", dn)):
+            m[metric_keys.key("test", name)] = float(v)
+    m["confused_pairs"] = confused_pairs(cm, classes, ev.st.confused_pairs)
     ret = r.retrieval
     m.update(ret.values)
     # the curve's other fractions are measured on n_curve drawings, not n_test
-    m = with_intervals(m, n_overrides={f"test/acc@{fraction_tag(f)}": m["n_curve"]
-                                       for f in ev.st["fractions"] if f not in (0.5, 1.0)} | ret.n_overrides)
+    m = with_intervals(m, n_overrides={metric_keys.key("test", "acc", f): m["n_curve"]
+                                       for f in ev.st.fractions if f not in (0.5, 1.0)} | ret.n_overrides)
     m["intervals"].update(ret.intervals)
     return m
 
 
 def _arrays(ev: _Eval, r: _Results) -> dict:
     """predictions.npz: everything metrics.json can be recomputed from."""
-    test, fractions = r.test, ev.st["fractions"]
-    tags = {f: fraction_tag(f) for f in fractions}
+    test, fractions = r.test, ev.st.fractions
     return dict(classes=np.array(ev.dm.class_names), fractions=np.array(fractions), labels=test.labels,
                 key_ids=test.key_ids, indices=test.indices, probe=r.probe_pred, curve_rows=r.curve_rows,
                 index_key_ids=r.train.key_ids, index_labels=r.train.labels, knn_neighbor_labels=r.nl,
                 retrieval_rows=r.retrieval.rows,
-                **{f"pred@{tags[f]}": r.preds[f] for f in fractions}, **{f"conf@{tags[f]}": r.confs[f] for f in fractions},
-                **{f"knn@{k}": r.knn_preds[k] for k in ev.st["ks"]})
+                **{metric_keys.tagged("pred", f): r.preds[f] for f in fractions}, **{metric_keys.tagged("conf", f): r.confs[f] for f in fractions},
+                **{metric_keys.knn(k): r.knn_preds[k] for k in ev.st.ks})
 
 
 def _write_outputs(out: Path, m: dict, arrays: dict) -> None:
@@ -452,7 +514,7 @@ def _write_outputs(out: Path, m: dict, arrays: dict) -> None:
 
 def _figures(ev: _Eval, r: _Results, m: dict) -> None:
     """Stages ``tsne`` (the map and its points) and ``figures``."""
-    if ev.st["tsne"]:
+    if ev.st.tsne:
         _tsne_figure(ev, r.test)
     with ev.stages("figures"):
         _figures_of_predictions(ev, r, m)
@@ -467,12 +529,12 @@ def _tsne_figure(ev: _Eval, test) -> None:
     with ev.stages("tsne") as info:
         rng = np.random.default_rng(ev.seed)
         rows = np.arange(len(test))
-        if len(rows) > st["tsne_max_points"]:
-            rows = np.sort(rng.choice(rows, st["tsne_max_points"], replace=False))
+        if len(rows) > st.tsne_max_points:
+            rows = np.sort(rng.choice(rows, st.tsne_max_points, replace=False))
         xy = tsne_map(np.asarray(test.embeddings[rows], np.float32), seed=ev.seed, max_points=None,
-                      n_iter=st["tsne_n_iter"], perplexity=st["tsne_perplexity"], n_jobs=st["tsne_n_jobs"])
+                      n_iter=st.tsne_n_iter, perplexity=st.tsne_perplexity, n_jobs=st.tsne_n_jobs)
         info["n"] = len(rows)
-        plot_tsne(ev.out / "tsne.png", xy, test.labels[rows], classes, max_legend=min(18, st["max_classes"]),
+        plot_tsne(ev.out / "tsne.png", xy, test.labels[rows], classes, max_legend=min(18, st.max_classes),
                   title=f"t-SNE of {len(rows)} {ev.kind} {_where(ev)} embeddings")
         np.savez(ev.out / "tsne.npz", rows=rows, xy=xy)  # the map's points (rows of predictions.npz)
 
@@ -482,19 +544,19 @@ def _figures_of_predictions(ev: _Eval, r: _Results, m: dict) -> None:
     st, dm, out, kind, test, train = ev.st, ev.dm, ev.out, ev.kind, r.test, r.train
     classes, pred = dm.class_names, r.preds[1.0]
     acc = 100 * float((pred == test.labels).mean())
-    plot_confusion(out / "confusion.png", test.labels, pred, classes, max_classes=st["max_classes"],
+    plot_confusion(out / "confusion.png", test.labels, pred, classes, max_classes=st.max_classes,
                    title=f"{kind}: {_where(ev)}, 100 % of the drawing (accuracy {acc:.1f} %, n={len(test)})")
-    plot_per_class(out / "per_class.png", np.asarray(m["confusion_matrix"]), classes, n_each=st["per_class_each"])
+    plot_per_class(out / "per_class.png", np.asarray(m["confusion_matrix"]), classes, n_each=st.per_class_each)
     curve = {float(f) / 100: v for f, v in m["early_recognition"].items()}
     study = STUDY_CURVE.get(kind)
     plot_early_recognition(out / "early_recognition.png", {f"{kind} (this run)": curve},
                            references={STUDY_COL: study} if study else None)
-    n_refs, k = int(ev.cfg.neighbors.n_refs), int(ev.cfg.neighbors.k)
+    n_refs, k = ev.st.n_refs, ev.st.neighbors_k
     if n_refs > 0 and k > 0:
         rng = np.random.default_rng(ev.seed)
         refs = np.sort(rng.choice(len(test), min(n_refs, len(test)), replace=False))
-        idx, d2 = search(train.embeddings, test.embeddings[refs], min(k, len(train)), backend=st["backend"],
-                         device=st["knn_device"])
+        idx, d2 = search(train.embeddings, test.embeddings[refs], min(k, len(train)), backend=st.backend,
+                         device=st.knn_device)
         test_store, train_store = dm.split_store("test"), dm.split_store("train")
         plot_neighbors(out / "neighbors.png",
                        [test_store.points(int(test.indices[i])) for i in refs], [int(test.labels[i]) for i in refs],
@@ -503,19 +565,8 @@ def _figures_of_predictions(ev: _Eval, r: _Results, m: dict) -> None:
 
 
 def _print(m: dict, kind: str) -> None:
-    t = Table(title=f"{kind}: {m['dataset']} ({m['n_test']} drawings, {m['n_skipped']} skipped; "
-                    f"classifier: {m['classifier']})")
-    t.add_column("metric")
-    t.add_column("value", justify="right")
-    t.add_column("95 % interval", justify="right")
-    shares = tuple(f"test/{k}" for k in RETRIEVAL_KEYS.values())
-    for k, v in m.items():
-        if k.startswith("test/") and isinstance(v, float):
-            is_acc = "acc" in k or "knn@" in k or k in shares
-            ci = interval(m, k) if is_acc else None
-            t.add_row(k, (f"{100 * v:.1f} %" if is_acc else f"{v:.3f}") if math.isfinite(v) else "–",
-                      ci_text(ci, " %") if ci else "")
-    Console().print(t)
+    Console().print(metrics_table(m, f"{kind}: {m['dataset']} ({m['n_test']} drawings, {m['n_skipped']} skipped; "
+                                     f"classifier: {m['classifier']})"))
 
 
 def main() -> None:

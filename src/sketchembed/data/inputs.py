@@ -26,6 +26,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from sketchembed.metric_keys import fraction_tag  # noqa: F401  (re-exported: defined with the metric keys)
+
 BACKGROUNDS = ("black", "white")
 FRACTION_RULES = ("ceil", "study")
 SEQ_NORMS = ("std", "none")
@@ -251,12 +253,3 @@ def image_count(n: int, fraction: float, rule: str = DEFAULTS.fraction_rule) -> 
     if rule == "study":
         return min(n, max(1, math.floor(fraction * n + 1e-9)))
     return keep_count(n, fraction, rule)
-
-
-def fraction_tag(fraction) -> str:
-    """``1.0`` → ``"100"``, ``0.5`` → ``"50"``: the suffix of ``test/acc@100`` and friends (also of a
-    batch's ``fraction`` given as a tensor)."""
-    if hasattr(fraction, "flatten"):
-        fraction = fraction.flatten()[0].item()
-    pct = 100.0 * float(fraction)
-    return str(int(round(pct))) if abs(pct - round(pct)) < 1e-6 else f"{pct:g}"

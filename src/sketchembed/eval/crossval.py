@@ -25,6 +25,7 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
+from sketchembed import metric_keys
 from sketchembed.eval.stats import Difference, ci_text, interval, mcnemar, two_proportions, with_intervals
 
 CV_METRICS = "cv_metrics.json"
@@ -54,7 +55,7 @@ def pool_folds(folds: Sequence[Mapping[str, np.ndarray]]) -> dict[str, np.ndarra
     for metric, pred, _ in CV_COLUMNS:
         if pred in keys:
             out[pred] = np.concatenate([np.asarray(f[pred], np.int64) for f in folds])
-            out[f"correct/{metric}"] = out[pred] == out["labels"]
+            out[metric_keys.key("correct", metric)] = out[pred] == out["labels"]
     return out
 
 
@@ -65,14 +66,14 @@ def cv_metrics(pooled: Mapping[str, np.ndarray], facts: Mapping | None = None) -
     k = int(fold.max()) + 1 if len(fold) else 0
     out: dict = {"cv/n": int(len(fold)), "cv/folds": k, **(facts or {})}
     for metric, _, _ in CV_COLUMNS:
-        correct = pooled.get(f"correct/{metric}")
+        correct = pooled.get(metric_keys.key("correct", metric))
         if correct is None:
             continue
         correct = np.asarray(correct, bool)
-        out[f"cv/{metric}"] = float(correct.mean())
+        out[metric_keys.key("cv", metric)] = float(correct.mean())
         per_fold = [float(correct[fold == i].mean()) for i in range(k)]
-        out[f"cv_fold/{metric}"] = per_fold
-        out[f"cv_fold_std/{metric}"] = float(np.std(per_fold, ddof=1)) if k > 1 else 0.0
+        out[metric_keys.key("cv_fold", metric)] = per_fold
+        out[metric_keys.key("cv_fold_std", metric)] = float(np.std(per_fold, ddof=1)) if k > 1 else 0.0
     return with_intervals(out)
 
 
@@ -82,20 +83,20 @@ def cv_markdown(metrics: Mapping, title: str) -> str:
     lines = [f"# {title}", "", f"{k}-fold cross-validation, every drawing tested once: n = {n} drawings.", "",
              "| metric | accuracy, % [95 % interval] | per fold, % | fold std, points |", "|---|---:|---|---:|"]
     for metric, _, label in CV_COLUMNS:
-        if f"cv/{metric}" not in metrics:
+        if metric_keys.key("cv", metric) not in metrics:
             continue
-        folds = " / ".join(f"{100 * v:.1f}" for v in metrics[f"cv_fold/{metric}"])
-        lines.append(f"| {label} | {_cell(metrics, metric)} | {folds} | {100 * metrics[f'cv_fold_std/{metric}']:.1f} |")
+        folds = " / ".join(f"{100 * v:.1f}" for v in metrics[metric_keys.key("cv_fold", metric)])
+        lines.append(f"| {label} | {_cell(metrics, metric)} | {folds} | {100 * metrics[metric_keys.key('cv_fold_std', metric)]:.1f} |")
     lines += ["", "Interval: Wilson score interval over the n pooled per-drawing results (the folds' models "
               "differ, so it treats the CV as one classifier of n drawings)."]
     return "\n".join(lines) + "\n"
 
 
 def _cell(metrics: Mapping, metric: str) -> str:
-    v = metrics.get(f"cv/{metric}")
+    v = metrics.get(metric_keys.key("cv", metric))
     if v is None:
         return "–"
-    ci = interval(metrics, f"cv/{metric}")
+    ci = interval(metrics, metric_keys.key("cv", metric))
     return f"{100 * v:.1f}" + (f" [{ci_text(ci)}]" if ci else "")
 
 
@@ -105,10 +106,10 @@ def print_cv(metrics: Mapping, title: str, console: Console | None = None) -> No
     for h, j in (("metric", "left"), ("accuracy %", "right"), ("95 % interval (Wilson)", "right"), ("per fold %", "left")):
         t.add_column(h, justify=j)
     for metric, _, label in CV_COLUMNS:
-        if f"cv/{metric}" in metrics:
-            ci = interval(metrics, f"cv/{metric}")
-            t.add_row(label, f"{100 * metrics[f'cv/{metric}']:.1f}", ci_text(ci) if ci else "",
-                      " / ".join(f"{100 * v:.1f}" for v in metrics[f"cv_fold/{metric}"]))
+        if metric_keys.key("cv", metric) in metrics:
+            ci = interval(metrics, metric_keys.key("cv", metric))
+            t.add_row(label, f"{100 * metrics[metric_keys.key('cv', metric)]:.1f}", ci_text(ci) if ci else "",
+                      " / ".join(f"{100 * v:.1f}" for v in metrics[metric_keys.key("cv_fold", metric)]))
     (console or Console()).print(t)
 
 
@@ -169,14 +170,14 @@ def compare_cv(ref: tuple[dict, dict], other: tuple[dict, dict], metric: str) ->
     """Does ``metric`` differ between two CV runs beyond noise? McNemar's exact test paired by key_id
     when both tested the same drawings, else Fisher's exact test on the counts; None if either lacks it."""
     (ma, pa), (mb, pb) = ref, other
-    key = f"correct/{metric}"
-    if key not in pa or key not in pb:
+    correct = metric_keys.key("correct", metric)
+    if correct not in pa or correct not in pb:
         return None
     ka, kb = pa["key_ids"], pb["key_ids"]
     if len(ka) == len(kb) and np.array_equal(np.sort(ka), np.sort(kb)):
         ia, ib = np.argsort(ka), np.argsort(kb)
-        return mcnemar(pa[key][ia], pb[key][ib])
-    ia, ib = interval(ma, f"cv/{metric}"), interval(mb, f"cv/{metric}")
+        return mcnemar(pa[correct][ia], pb[correct][ib])
+    ia, ib = interval(ma, metric_keys.key("cv", metric)), interval(mb, metric_keys.key("cv", metric))
     return None if ia is None or ib is None else two_proportions(ia, ib)
 
 
@@ -196,52 +197,7 @@ def cv_comparison_rows(runs: Sequence[tuple[str, tuple[dict, dict]]], ref: int =
                 continue
             arrow = ""
             if d.beyond_noise:
-                arrow = " ▲" if m[f"cv/{metric}"] > runs[ref][1][0][f"cv/{metric}"] else " ▼"
+                arrow = " ▲" if m[metric_keys.key("cv", metric)] > runs[ref][1][0][metric_keys.key("cv", metric)] else " ▼"
             cells.append(f"p = {d.p_value:.3g}{arrow} ({d.test.split(' (')[0]})")
         rows.append(cells)
     return header, rows
-
-
-def _label(run_dir: Path, root: Path) -> str:
-    """A CV run's name in tables: the argument's name, then its path below it."""
-    rel = run_dir.relative_to(root) if run_dir != root else Path()
-    return str(Path(root.name or str(root)) / rel) if str(rel) != "." else (root.name or str(root))
-
-
-def report_cv(paths: Sequence, ref_text: str | None = None, out: str | None = None,
-              console: Console | None = None) -> int:
-    """``sketchembed report CV_DIR…``: the CV runs side by side, each tested against the reference (the
-    first, or the first whose dir name contains ``ref_text``) drawing by drawing."""
-    found = {str(p): cv_runs_in(p) for p in paths}
-    not_cv = [p for p, dirs in found.items() if not dirs]
-    if not_cv:
-        raise ValueError(f"{not_cv[0]}: no CV run (no {CV_METRICS}) in it; compare CV runs only with CV runs")
-    labels: dict[Path, str] = {}  # each run once, named after the first argument that holds it
-    for root, ds in found.items():
-        for d in ds:
-            labels.setdefault(d.resolve(), _label(d, Path(root)))
-    runs = [(label, load_cv(d)) for d, label in labels.items()]
-    ref = 0
-    if ref_text:
-        hits = [i for i, (label, _) in enumerate(runs) if ref_text in label]
-        if not hits:
-            raise ValueError(f"--ref {ref_text!r} matches no CV run ({', '.join(label for label, _ in runs)})")
-        ref = hits[0]
-    header, rows = cv_comparison_rows(runs, ref)
-    note = ("Cells: pooled accuracy over all n drawings [95 % Wilson interval]. vs ref: McNemar's exact test "
-            "on the same drawings paired by key_id (Fisher on the counts when the drawings differ); ▲/▼: "
-            "p < 0.05, each cell tested on its own.")
-    console = console or Console(width=250)
-    t = Table(title=f"Cross-validation runs ({len(runs)})", title_justify="left")
-    for i, h in enumerate(header):
-        t.add_column(h, justify="left" if i == 0 else "right", overflow="fold")
-    for r in rows:
-        t.add_row(*r)
-    console.print(t)
-    console.print(note, markup=False, highlight=False)
-    if out:
-        md = ["| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 1)]
-        md += ["| " + " | ".join(r) + " |" for r in rows]
-        Path(out).parent.mkdir(parents=True, exist_ok=True)
-        Path(out).write_text("\n".join(md + ["", note]) + "\n")
-    return 0

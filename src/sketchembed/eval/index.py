@@ -1,4 +1,5 @@
-"""`sketchembed index build`: embed a prepared dataset once and save a KNN index of it.
+"""A KNN index of a prepared dataset, embedded once (`sketchembed index build` is
+:mod:`sketchembed.commands.index`; the studio builds its index with the same function).
 
 Suggestions then only embed the user's sketch; the index records which checkpoint (path and
 sha256) made it, so a suggestion never silently mixes two embedding spaces.
@@ -6,19 +7,14 @@ sha256) made it, so a suggestion never silently mixes two embedding spaces.
 
 from __future__ import annotations
 
-import argparse
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 from torch.utils.data import DataLoader, Subset
 
-from sketchembed.data.datamodule import SketchDataModule
-from sketchembed.eval.embed import embed_loader, pick_device
-from sketchembed.eval.knn import KNNIndex, index_target_problem, pack_points
-from sketchembed.models.checkpoint import file_sha256, open_checkpoint
+from sketchembed.eval.embed import embed_loader
+from sketchembed.eval.knn import KNNIndex, pack_points
 
 
 def stratified_positions(labels: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
@@ -70,44 +66,3 @@ def build_index(model, dm, split: str, *, ckpt_path: str = "", ckpt_sha256: str 
                     offsets=offsets,
                     meta={"split": split, "data": str(store.root), "model_kind": getattr(model, "MODEL_KIND", ""),
                           "created": time.strftime("%Y-%m-%dT%H:%M:%S")})
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--ckpt", required=True, help="sketchembed checkpoint (.ckpt)")
-    parser.add_argument("--data", required=True, help="prepared dataset dir or embedded name (study10, others335)")
-    parser.add_argument("--split", default="train", choices=("train", "val", "test"))
-    parser.add_argument("--out", required=True, help="index folder to write: a new path, an empty folder or an earlier index")
-    parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 …")
-    parser.add_argument("--max", type=int, default=None,
-                        help="index at most this many drawings, sampled evenly across the classes")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the --max sample")
-    parser.add_argument("--no-drawings", action="store_true",
-                        help="do not copy the drawings into the index (smaller; suggest --png then cannot draw)")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
-
-
-def check_options(args) -> None:
-    """The options, before anything is loaded or embedded: a bad one is one line naming it."""
-    for name, value, low in (("--batch-size", args.batch_size, 1), ("--max", args.max, 1), ("--seed", args.seed, 0)):
-        if value is not None and value < low:
-            raise ValueError(f"{name} must be >= {low}, got {value}")
-    why = index_target_problem(args.out)
-    if why:
-        raise ValueError(f"--out {args.out}: {why}")
-
-
-def run(args) -> int:
-    check_options(args)
-    device = pick_device(args.device)
-    model, inputs, _, _ = open_checkpoint(args.ckpt, map_location=device)
-    dm = SketchDataModule.from_inputs(inputs, args.data, views=tuple(sorted(model.views)), eval_fractions=(1.0,),
-                                      eval_batch_size=args.batch_size)
-    index = build_index(model, dm, args.split, ckpt_path=str(Path(args.ckpt).resolve()),
-                        ckpt_sha256=file_sha256(args.ckpt), device=device, max_items=args.max,
-                        keep_drawings=not args.no_drawings, show_progress=not args.quiet, seed=args.seed)
-    out = index.save(args.out)
-    counts = np.bincount(index.labels, minlength=len(index.classes))
-    print(f"indexed {len(index)} drawings ({args.split} of {dm.split_store(args.split).root}), "
-          f"dim {index.dim}, {int((counts > 0).sum())} classes → {out}", file=sys.stderr)
-    return 0

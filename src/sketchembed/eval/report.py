@@ -1,5 +1,6 @@
-"""`report.md` and `report.html` of one run, and `sketchembed report RUN_DIR…` (one comparison
-table of many runs, train and eval run dirs together: one row per trained model).
+"""`report.md` and `report.html` of one run, and the comparison of many runs (one table, train and
+eval runs together: one row per trained model) that `sketchembed report RUN_DIR…`
+(:mod:`sketchembed.commands.report`) prints and writes.
 
 ``report.html`` is the same report as one self-contained page (figures as base64 PNG data URIs,
 the style inline, no script and no external URL): it opens from a file in any browser, with no
@@ -21,29 +22,23 @@ run did not save its n, "–".
 
 from __future__ import annotations
 
-import argparse
 import base64
 import html
 import json
 import math
-import re
-import sys
 from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Mapping, Sequence
 
 import numpy as np
-import yaml
 from markdown_it import MarkdownIt
-from rich import box
-from rich.console import Console
 from rich.table import Table
 
+from sketchembed import metric_keys
 from sketchembed.eval.confusion import pairs_markdown
-from sketchembed.eval.crossval import cv_runs_in, report_cv
-from sketchembed.eval.stats import (METHOD, Difference, Interval, ci_text, interval, mcnemar, split_n,
-                                    two_proportions)
-from sketchembed.study import STUDY, STUDY_COL, STUDY_CURVE, STUDY_TRIPLET_VS_DIRECT
+from sketchembed.eval.stats import (METHOD, Difference, Interval, accuracy_key, ci_text, interval, mcnemar,
+                                    split_n, two_proportions)
+from sketchembed.study import STUDY, STUDY_COL, STUDY_TRIPLET_VS_DIRECT
 
 # (file, heading, caption) of the figures an eval run may leave in its dir
 FIGURES = [("tsne.png", "t-SNE map", "t-SNE map of the test embeddings"),
@@ -64,6 +59,7 @@ SPACE_ROWS = [("knn@1", "KNN K=1"), ("knn@3", "KNN K=3"),
 # Retrieval: the test drawings as queries against the KNN index (sketchembed.eval.retrieval).
 RETRIEVAL_ROWS = [("p@1", "P@1"), ("r_precision", "R-precision"), ("map@r", "MAP@R"),
                   ("nmi", "NMI (k-means of the test embeddings)"), ("ami", "AMI (k-means of the test embeddings)")]
+RETRIEVAL_NAMES = {k.partition("@")[0] for k, _ in RETRIEVAL_ROWS}  # as parsed: p@1 is "p"
 TABLE_COLUMNS = [k for k, _ in CLASSIFICATION_ROWS] + [k for k, _ in SPACE_ROWS] + [k for k, _ in RETRIEVAL_ROWS]
 
 
@@ -80,14 +76,6 @@ def pct(v) -> str:
     return "–" if f is None else f"{100 * f:.1f}"
 
 
-def split_of(metrics: Mapping) -> str:
-    """The split whose numbers a run reports: test if it has any, else val."""
-    for split in ("test", "val"):
-        if any(str(k).startswith(split + "/") for k in metrics):
-            return split
-    return "test"
-
-
 def metric(metrics: Mapping, name: str, split: str | None = None):
     """``SPLIT/name``; for metrics that are not per fraction also ``SPLIT/name@100`` (training logs
     ``val/triplet_acc@100`` per eval dataloader, eval writes ``test/triplet_acc``)."""
@@ -101,8 +89,8 @@ INTERVAL_NOTE = ("95 % interval: Wilson score interval over the n drawings (bala
 
 def metric_key(metrics: Mapping, name: str, split: str | None = None) -> str | None:
     """The key :func:`metric` read ``name`` from (``SPLIT/name`` or ``SPLIT/name@100``), or None."""
-    split = split or split_of(metrics)
-    keys = [f"{split}/{name}"] + ([f"{split}/{name}@100"] if "@" not in name else [])
+    split = split or metric_keys.split_of(metrics)
+    keys = [metric_keys.key(split, name)] + ([metric_keys.key(split, name, 1.0)] if "@" not in name else [])
     return next((k for k in keys if _num(metrics.get(k)) is not None), None)
 
 
@@ -115,13 +103,14 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]], left: int = 1) 
 
 def early_curve(metrics: Mapping, split: str | None = None) -> dict[float, float]:
     """``{fraction: accuracy}`` from keys ``SPLIT/acc@P`` (P = percent of the drawing)."""
-    split = split or split_of(metrics)
-    pat = re.compile(rf"^{re.escape(split)}/acc@(\d+(?:\.\d+)?)$")
+    split = split or metric_keys.split_of(metrics)
     curve = {}
     for k, v in metrics.items():
-        m = pat.match(str(k))
-        if m and _num(v) is not None:
-            curve[float(m.group(1)) / 100] = float(v)
+        parts = metric_keys.parse(k)
+        if parts and parts.split == split and parts.name == "acc" and _num(v) is not None:
+            fraction = metric_keys.tag_fraction(parts.tag)
+            if fraction is not None:
+                curve[fraction] = float(v)
     return dict(sorted(curve.items()))
 
 
@@ -133,7 +122,7 @@ def render_report(metrics: Mapping, *, baseline: Mapping | None = None,
                   figures: Sequence[tuple[str, str, str]] = ()) -> str:
     """Markdown of one run. ``baseline``: a second run's metrics (triplet vs direct when kinds differ)."""
     kind = str(metrics.get("model_kind", "unknown"))
-    split = split_of(metrics)
+    split = metric_keys.split_of(metrics)
     study = STUDY.get(kind, {})
     lines = [f"# {report_title(metrics)}", ""]
     facts = [("model kind", kind), ("dataset", metrics.get("dataset")), ("split", split),
@@ -237,6 +226,25 @@ def triplet_vs_direct(a: Mapping, b: Mapping) -> list[str]:
         rows) + [""]
 
 
+def metrics_table(metrics: Mapping, title: str, split: str = "test", first: Sequence[str] = ()) -> Table:
+    """The console table of a run's ``SPLIT/…`` figures, printed at the end of train and of eval (one
+    table, so both read alike): shares in % with their 95 % interval (Wilson, or as saved), other
+    figures (losses, distances) as numbers; ``first``: figure names put first, in that order."""
+    figures = {k: v for k, v in metric_keys.of_split(metrics, split).items()
+               if k != metric_keys.key(split, "n") and isinstance(v, float)}
+    order = [k for k in (metric_keys.key(split, name) for name in first) if k in figures]
+    t = Table(title=title)
+    t.add_column("metric")
+    t.add_column("value", justify="right")
+    t.add_column("95 % interval", justify="right")
+    for k in order + [k for k in figures if k not in order]:
+        v, ci = figures[k], interval(metrics, k)
+        share = ci is not None or accuracy_key(k) is not None or metric_keys.parse(k).name in RETRIEVAL_NAMES
+        t.add_row(k, "–" if not math.isfinite(v) else f"{100 * v:.1f} %" if share else f"{v:.4f}",
+                  ci_text(ci, " %") if ci else "")
+    return t
+
+
 HTML_STYLE = """body{font:15px/1.45 system-ui,sans-serif;color:#111;background:#fff;max-width:1100px;margin:2em auto;
 padding:0 1em}table{border-collapse:collapse;margin:.6em 0 1.2em}th,td{border:1px solid #bbb;padding:.25em .6em}
 th{background:#eef}tr:nth-child(even) td{background:#f7f7fa}img{max-width:100%;border:1px solid #ddd}
@@ -296,19 +304,6 @@ def run_facts(config: Mapping, choices: Mapping, model_kind: str | None) -> dict
             "probe_epochs": probe.get("probe_epochs") if probe.get("probe", True) else None}
 
 
-def _hydra(run_dir: Path) -> tuple[dict, dict]:
-    """(config, group choices) Hydra saved in ``RUN_DIR/.hydra`` ({} where absent or unreadable)."""
-    def load(name):
-        try:
-            data = yaml.safe_load((run_dir / ".hydra" / name).read_text())
-        except (OSError, yaml.YAMLError):
-            return {}
-        return data if isinstance(data, dict) else {}
-
-    choices = ((load("hydra.yaml").get("hydra") or {}).get("runtime") or {}).get("choices") or {}
-    return load("config.yaml"), {k: str(v) for k, v in choices.items() if v is not None}
-
-
 @dataclass
 class Run:
     """One trained model: its training run's metrics and/or an evaluation of one of its checkpoints."""
@@ -328,7 +323,7 @@ class Run:
 
     @property
     def split(self) -> str:
-        return split_of(self.main)
+        return metric_keys.split_of(self.main)
 
     @property
     def n(self) -> int | None:
@@ -361,25 +356,6 @@ class Run:
         return self._predictions
 
 
-def find_metrics(paths: Sequence) -> list[Path]:
-    """``metrics.json`` (eval) and ``train_metrics.json`` (train) files under the given dirs
-    (recursively); a path may also name a json file directly."""
-    found: list[Path] = []
-    for p in map(Path, paths):
-        if p.is_file():
-            found.append(p)
-            continue
-        if not p.is_dir():
-            raise FileNotFoundError(f"run dir not found: {p}")
-        found += sorted([*p.rglob("metrics.json"), *p.rglob("train_metrics.json")])
-    seen, unique = set(), []
-    for f in found:
-        if f.resolve() not in seen:
-            seen.add(f.resolve())
-            unique.append(f)
-    return unique
-
-
 def load_metrics(path: Path) -> dict:
     try:
         data = json.loads(Path(path).read_text())
@@ -388,79 +364,6 @@ def load_metrics(path: Path) -> dict:
     if not isinstance(data, dict):
         raise ValueError(f"{path}: metrics file must hold a JSON object")
     return data
-
-
-def _overrides(run_dir: Path) -> str:
-    f = run_dir / ".hydra" / "overrides.yaml"
-    if not f.is_file():
-        return ""
-    items = [ln.strip()[2:].strip() for ln in f.read_text().splitlines() if ln.strip().startswith("- ")]
-    # the checkpoint is in the run's label; hydra.* only places the run dir
-    return " ".join(i.strip("'\"") for i in items if not i.startswith(("hydra.", "ckpt_path=")))
-
-
-def _run_label(f: Path, roots: Sequence[Path]) -> str:
-    for r in roots:
-        try:
-            rel = f.parent.resolve().relative_to(r.resolve())
-            base = r.name if r.is_dir() else r.parent.name
-            return str(Path(base) / rel) if str(rel) != "." else base
-        except ValueError:
-            continue
-    return str(f.parent)
-
-
-def _train_facts(run_dir: Path, trained: Mapping | None) -> dict:
-    """Facts of a training run: saved in train_metrics.json (train.py writes them), else from .hydra."""
-    config, choices = _hydra(run_dir)
-    facts = run_facts(config, choices, choices.get("model")) if (config or choices) else {}
-    for k, _ in FACT_COLUMNS + [("probe_epochs", "")]:
-        if trained and trained.get(k) is not None:
-            facts[k] = trained[k]
-    return facts
-
-
-def collect_runs(files: Sequence[Path], roots: Sequence[Path],
-                 loaded: Mapping[Path, dict]) -> list[Run]:
-    """One :class:`Run` per trained model: an eval run dir whose checkpoint lies in a training run dir
-    (``RUN/checkpoints/X.ckpt``) takes that run's train-time figures and facts; a training run no
-    eval refers to is a row of its own."""
-    trains = {f.parent.resolve(): f for f in files if f.name == "train_metrics.json"}
-    used: set[Path] = set()
-    runs = []
-    for f in files:
-        if f.name == "train_metrics.json" or f not in loaded:
-            continue
-        m = loaded[f]
-        ckpt = Path(str(m.get("checkpoint") or ""))
-        train_dir = ckpt.parent.parent.resolve() if ckpt.parent.name == "checkpoints" else None
-        trained = None
-        if train_dir is not None and train_dir in trains and trains[train_dir] in loaded:
-            trained = loaded[trains[train_dir]]
-            used.add(train_dir)
-        elif train_dir is not None and (train_dir / "train_metrics.json").is_file():
-            try:
-                trained = load_metrics(train_dir / "train_metrics.json")
-            except ValueError:
-                trained = None
-        facts = _train_facts(train_dir, trained) if train_dir is not None else {}
-        facts.setdefault("model_kind", m.get("model_kind"))
-        facts["model_kind"] = facts.get("model_kind") or m.get("model_kind")
-        if m.get("split") == "test_dir" or not facts.get("dataset"):
-            facts["dataset"] = m.get("dataset")
-        eval_cfg, _ = _hydra(f.parent)
-        of = f"{train_dir.name}/{ckpt.name}" if train_dir is not None else ckpt.name  # the model evaluated
-        label = _run_label(f, roots) + (f" ({of})" if ckpt.name else "")
-        over = " ".join(o for o in [_overrides(train_dir) if train_dir else "", _overrides(f.parent)] if o)
-        runs.append(Run(label, facts, over,
-                        trained=trained, evaluated=m, eval_dir=f.parent,
-                        eval_probe_steps=(eval_cfg.get("probe") or {}).get("steps")))
-    for d, f in trains.items():
-        if d in used or f not in loaded:
-            continue
-        runs.append(Run(_run_label(f, roots), _train_facts(f.parent, loaded[f]), _overrides(f.parent),
-                        trained=loaded[f]))
-    return runs
 
 
 def _columns(runs: Sequence[Run]) -> list[tuple[str, str]]:
@@ -579,7 +482,8 @@ def comparison(runs: Sequence[Run], ref: str | None = None) -> Comparison:
     return Comparison(runs, cols, idx, diffs)
 
 
-def _study_rows(runs: Sequence[Run]) -> tuple[list[str], list[list[str]]]:
+def study_rows(runs: Sequence[Run]) -> tuple[list[str], list[list[str]]]:
+    """Header and rows of the study's figures for the model kinds among ``runs`` (shown apart)."""
     kinds = [k for k in dict.fromkeys(str(r.facts.get("model_kind")) for r in runs) if STUDY.get(k)]
     scols = [c for c in TABLE_COLUMNS if any(c in STUDY[k] for k in kinds)]
     return ["model kind"] + [f"{c} (%)" for c in scols], [[k] + [STUDY[k].get(c, "–") for c in scols] for k in kinds]
@@ -594,121 +498,7 @@ def compare_table(cmp: Comparison) -> str:
         by_kind.setdefault(str(r.facts.get("model_kind")), {**r.main, "model_kind": r.facts.get("model_kind")})
     if "triplet" in by_kind and "direct" in by_kind:
         lines += triplet_vs_direct(by_kind["triplet"], by_kind["direct"])
-    header, rows = _study_rows(cmp.runs)
+    header, rows = study_rows(cmp.runs)
     if rows:
         lines += [f"## {STUDY_COL} — reference only, not our results", ""] + _table(header, rows) + [""]
     return "\n".join(lines).rstrip() + "\n"
-
-
-# `sketchembed report` prints tables at most this wide (a terminal); --wide prints every column.
-TERMINAL_WIDTH = 100
-LABEL_WIDTH = 24  # the run column folds beyond this
-
-
-def _table_width(table: Table) -> int:
-    """Columns ``table`` takes when nothing is folded (the run column folds at LABEL_WIDTH)."""
-    return Console(width=10_000).measure(table).maximum
-
-
-def _run_table(cmp: Comparison, keep: Sequence[int]) -> Table:
-    header = cmp.header()
-    t = Table(title=f"This project's runs ({len(cmp.runs)})", title_justify="left", box=box.SIMPLE_HEAD,
-              show_edge=False, collapse_padding=True)  # no vertical rules: more figures fit
-    for i in keep:
-        t.add_column(header[i], justify="left" if i < cmp.n_text else "right", overflow="fold",
-                     max_width=LABEL_WIDTH if i == 0 else None)
-    for row in cmp.rows():  # figures: the interval on a second line keeps the columns narrow
-        t.add_row(*[row[i] if i < cmp.n_text else row[i].replace(" [", "\n[", 1) for i in keep])
-    return t
-
-
-def fit_columns(cmp: Comparison, width: int | None = TERMINAL_WIDTH) -> tuple[list[int], list[int], list[int]]:
-    """(shown, same, hidden) column indices of the runs table: text columns equal in every row
-    (``same``) become one line above it, overrides are listed below it, and with a ``width`` the
-    figures that would make the table wider are left out (``hidden``, named under the table; the
-    first figure is always shown)."""
-    header, rows = cmp.header(), cmp.rows()
-    same = [i for i in range(1, cmp.n_text) if header[i] != "overrides" and len({r[i] for r in rows}) == 1]
-    shown = [i for i in range(len(header)) if header[i] != "overrides" and i not in same]
-    if width is None:
-        return shown, same, []
-    fixed = [i for i in shown if i < cmp.n_text or header[i] == "n"]
-    keep = list(fixed)
-    hidden = []
-    for i in (i for i in shown if i not in fixed):
-        if len(keep) == len(fixed) or _table_width(_run_table(cmp, sorted(keep + [i]))) <= width:
-            keep.append(i)
-        else:
-            hidden.append(i)
-    return sorted(keep), same, hidden
-
-
-def print_comparison(cmp: Comparison, console: Console, wide: bool = False) -> None:
-    """The same tables for the terminal (rich): text columns left, figures right; at most
-    TERMINAL_WIDTH columns wide unless ``wide`` (the columns left out are named)."""
-    header, rows = cmp.header(), cmp.rows()
-    shown, same, hidden = fit_columns(cmp, None if wide else TERMINAL_WIDTH)
-    facts = [f"{header[i]} {rows[0][i]}" for i in same if rows[0][i] != "–"]
-    if facts:
-        console.print("same in every row: " + ", ".join(facts), markup=False, highlight=False)
-    console.print(_run_table(cmp, shown))
-    if hidden:
-        console.print(f"not shown (to fit {TERMINAL_WIDTH} columns; --wide shows them, --out FILE writes them): "
-                      + ", ".join(header[i] for i in hidden), markup=False, highlight=False)
-    for r in cmp.runs:
-        if r.overrides:
-            console.print(f"{r.label}: {r.overrides}", markup=False, highlight=False)
-    for line in cmp.notes():
-        console.print(line, markup=False, highlight=False)
-    header, rows = _study_rows(cmp.runs)
-    if rows:
-        s = Table(title=f"{STUDY_COL} — reference only, not our results", title_justify="left")
-        for i, h in enumerate(header):
-            s.add_column(h, justify="left" if i == 0 else "right")
-        for row in rows:
-            s.add_row(*row)
-        console.print(s)
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("runs", nargs="+", metavar="RUN_DIR",
-                        help="train and/or eval run dirs (searched recursively for metrics.json and "
-                             "train_metrics.json, e.g. a Hydra multirun dir) or json files; or cross-validation "
-                             "run dirs (cv_metrics.json: train.py cv.folds=K), compared drawing by drawing")
-    parser.add_argument("--ref", metavar="TEXT",
-                        help="the reference run (first whose label contains TEXT; default: the first row)")
-    parser.add_argument("--out", metavar="FILE", help="also write the tables as markdown to FILE")
-    parser.add_argument("--wide", action="store_true",
-                        help=f"print every column (default: the table fits {TERMINAL_WIDTH} columns, the "
-                             "columns left out are named)")
-
-
-def run(args) -> int:
-    if any(cv_runs_in(p) for p in args.runs):  # cross-validation runs: their own pooled, paired table
-        return report_cv(args.runs, args.ref, args.out)
-    files = find_metrics(args.runs)
-    if not files:
-        raise FileNotFoundError(f"no metrics.json or train_metrics.json under {', '.join(map(str, args.runs))}")
-    roots = [Path(p) for p in args.runs]
-    named = {Path(p).resolve() for p in args.runs if Path(p).is_file()}
-    loaded, skipped = {}, []
-    for f in files:
-        try:
-            loaded[f] = load_metrics(f)
-        except ValueError as e:
-            if f.resolve() in named:  # a file asked for by name must be readable
-                raise
-            skipped.append(str(e))  # e.g. a crashed sweep job: counted, not fatal
-    if skipped:
-        print(f"skipped {len(skipped)} unreadable metrics file(s):\n  " + "\n  ".join(skipped), file=sys.stderr)
-    if not loaded:
-        raise ValueError(f"no readable metrics.json under {', '.join(map(str, args.runs))}")
-    cmp = comparison(collect_runs(files, roots, loaded), args.ref)
-    shown, _, _ = fit_columns(cmp, None)
-    # --wide: as wide as the widest table, so that no column is cut (a terminal scrolls or wraps)
-    width = max(_table_width(_run_table(cmp, shown)), TERMINAL_WIDTH) if args.wide else TERMINAL_WIDTH
-    print_comparison(cmp, Console(width=width), wide=args.wide)
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(compare_table(cmp))
-    return 0

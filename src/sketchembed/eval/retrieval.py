@@ -38,6 +38,7 @@ import torch
 from pytorch_metric_learning.utils.accuracy_calculator import AccuracyCalculator
 from pytorch_metric_learning.utils.inference import FaissKMeans
 
+from sketchembed import metric_keys
 from sketchembed.eval.knn import search
 from sketchembed.eval.stats import batch_means_interval
 
@@ -176,10 +177,10 @@ def retrieval_metrics(index_emb, index_labels, query_emb, query_labels, neighbou
     p1, n1 = precision_at_1(index_emb, index_labels, query_emb, query_labels, neighbours)
     r_values, r_intervals, rows = r_metrics(index_emb, index_labels, query_emb, query_labels, bounds, seed,
                                             **search_kw)
-    key = {m: f"{split}/{k}" for m, k in KEYS.items()}
-    values = {key["precision_at_1"]: p1} | {key[m]: v for m, v in r_values.items()}
-    values |= {key[m]: v for m, v in clustering(query_emb, query_labels, seed).items()}
+    keys = {m: metric_keys.key(split, k) for m, k in KEYS.items()}
+    values = {keys["precision_at_1"]: p1} | {keys[m]: v for m, v in r_values.items()}
+    values |= {keys[m]: v for m, v in clustering(query_emb, query_labels, seed).items()}
     ref_y, y = np.asarray(index_labels, np.int64), np.asarray(query_labels, np.int64)
     values["n_retrieval_queries"] = int(len(rows))
     values["retrieval_r_max"] = r_max(ref_y, y[rows])
-    return Retrieval(values, {key[m]: ci for m, ci in r_intervals.items()}, {key["precision_at_1"]: n1}, rows)
+    return Retrieval(values, {keys[m]: ci for m, ci in r_intervals.items()}, {keys["precision_at_1"]: n1}, rows)

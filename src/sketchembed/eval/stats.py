@@ -33,12 +33,14 @@ from typing import Mapping
 
 import numpy as np
 
+from sketchembed import metric_keys
+
+
 CONFIDENCE = 0.95
 ALPHA = 1 - CONFIDENCE
 METHOD = "wilson"
-# Keys (after an optional ``best/`` and the split) whose values are accuracies in [0, 1].
-_ACCURACY = re.compile(r"^(?:best/)?(?P<split>[a-z_]+)/(?P<name>(?:balanced_)?acc@[\d.]+|knn@\d+(?:_study_tie)?|probe_acc"
-                       r"|triplet_acc(?:@[\d.]+)?|p@1)$")
+# Figures (a key without its split, see sketchembed.metric_keys) whose values are accuracies in [0, 1].
+_ACCURACY = re.compile(r"(?:balanced_)?acc@[\d.]+|knn@\d+(?:_study_tie)?|probe_acc|triplet_acc(?:@[\d.]+)?|p@1")
 APPROXIMATE = ("balanced_acc", "triplet_acc")
 
 
@@ -93,9 +95,10 @@ def ci_text(ci: Interval | None, unit: str = "") -> str:
     return f"{100 * ci.low:.1f}–{100 * ci.high:.1f}{unit}{' ≈' if ci.approximate else ''}"
 
 
-def accuracy_key(key: str) -> re.Match | None:
-    """The match (groups ``split``, ``name``) when ``key`` names an accuracy, else None."""
-    return _ACCURACY.match(str(key))
+def accuracy_key(key: str) -> metric_keys.Key | None:
+    """``key`` read (split, name, tag; an optional ``best/`` before it) when it names an accuracy, else None."""
+    parts = metric_keys.parse(str(key).removeprefix("best/"))
+    return parts if parts is not None and _ACCURACY.fullmatch(parts.figure) else None
 
 
 def _finite(v) -> float | None:
@@ -110,8 +113,8 @@ def _finite(v) -> float | None:
 
 def split_n(metrics: Mapping, split: str) -> int | None:
     """Drawings behind ``split``'s accuracies: ``SPLIT/n`` (logged in training) or ``n_SPLIT`` (eval)."""
-    for key in (f"{split}/n", f"n_{split}"):
-        v = _finite(metrics.get(key))
+    for name in (metric_keys.key(split, "n"), f"n_{split}"):
+        v = _finite(metrics.get(name))
         if v is not None and v > 0:
             return int(v)
     return None
@@ -129,10 +132,10 @@ def with_intervals(metrics: Mapping, n_overrides: Mapping[str, int] | None = Non
         value = _finite(v)
         if m is None or value is None:
             continue
-        n = (n_overrides or {}).get(key, split_n(metrics, m["split"]))
+        n = (n_overrides or {}).get(key, split_n(metrics, m.split))
         if n is None:
             continue
-        intervals[key] = Interval.of(value, n, approximate=m["name"].startswith(APPROXIMATE)).as_dict()
+        intervals[key] = Interval.of(value, n, approximate=m.name.startswith(APPROXIMATE)).as_dict()
     per_class, per_n = metrics.get("per_class_acc@100"), metrics.get("per_class_n")
     if isinstance(per_class, Mapping) and isinstance(per_n, Mapping):
         for c, v in per_class.items():
@@ -159,11 +162,11 @@ def interval(metrics: Mapping, key: str, value: float | None = None) -> Interval
             return Interval(value, n, float(bounds[0]), float(bounds[1]), method=str(saved["method"]))
     else:
         m = accuracy_key(key)
-        n = split_n(metrics, m["split"]) if m else None
+        n = split_n(metrics, m.split) if m else None
         if n is None:
             return None
     name = accuracy_key(key)
-    return Interval.of(value, n, approximate=bool(name and name["name"].startswith(APPROXIMATE)))
+    return Interval.of(value, n, approximate=bool(name and name.name.startswith(APPROXIMATE)))
 
 
 def batch_means_interval(means, sizes, confidence: float = CONFIDENCE) -> tuple[float, dict | None]:

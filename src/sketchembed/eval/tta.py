@@ -18,8 +18,8 @@ from typing import Sequence
 import numpy as np
 from torch.utils.data import DataLoader
 
+from sketchembed import metric_keys
 from sketchembed.data.datamodule import SketchSplit
-from sketchembed.data.inputs import fraction_tag
 from sketchembed.eval.embed import Embedded, embed_loader
 from sketchembed.eval.knn import neighbor_labels, vote
 
@@ -82,10 +82,10 @@ def split_predictions(model, dm, split: str = "test", *, k: int = 3, tta: PointT
     for f in dm.eval_fractions:
         e = full if f == 1.0 else embed_split(model, dm, split, f, tta)
         if e.logits is not None:
-            out[f"pred@{fraction_tag(f)}"] = e.logits.argmax(1).astype(np.int64)
+            out[metric_keys.tagged("pred", f)] = e.logits.argmax(1).astype(np.int64)
     train = embed_loader(model, dm.loader("train", 1.0), rasterizer=dm.rasterizer, max_items=max_train,
                          with_logits=False)
     if len(train) >= k:
         nl = neighbor_labels(train.embeddings, train.labels, full.embeddings, k)
-        out[f"knn@{k}"] = vote(nl, k, dm.num_classes).astype(np.int64)
+        out[metric_keys.knn(k)] = vote(nl, k, dm.num_classes).astype(np.int64)
     return out

@@ -18,7 +18,7 @@ from hydra.utils import instantiate
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
-from sketchembed.data.inputs import fraction_tag
+from sketchembed import metric_keys
 from sketchembed.messages import ConfigError
 from sketchembed.metric import TripletAccuracy
 from sketchembed.metric.distances import config_name
@@ -294,17 +294,18 @@ class SketchModule(L.LightningModule):
         return key, self.eval_acc[key]
 
     def _eval_step(self, batch: dict, stage: str) -> dict[str, torch.Tensor]:
-        tag = fraction_tag(batch.get("fraction", 1.0))
+        tag = metric_keys.fraction_tag(batch.get("fraction", 1.0))
+        fraction = metric_keys.tag_fraction(tag)
         labels = batch["label"]
         bs = int(labels.shape[0])
         emb, logits = self._eval_outputs(batch)
         if self.HAS_CLASSIFIER:
             key, acc = self._accuracy(stage, tag)
             acc.update(logits.detach(), labels)
-            self.log(f"{stage}/{ACC}@{tag}", acc, on_step=False, on_epoch=True, batch_size=bs,
+            self.log(metric_keys.key(stage, ACC, fraction), acc, on_step=False, on_epoch=True, batch_size=bs,
                      add_dataloader_idx=False, metric_attribute=f"eval_acc.{key}",
                      prog_bar=(tag == "100"))
-            self.log(f"{stage}/{EVAL_LOSS}@{tag}", nn.functional.cross_entropy(logits.float(), labels),
+            self.log(metric_keys.key(stage, EVAL_LOSS, fraction), nn.functional.cross_entropy(logits.float(), labels),
                      on_step=False, on_epoch=True, batch_size=bs, add_dataloader_idx=False, sync_dist=True)
         if self.TRIPLET_METRICS:
             key = f"{stage}_{tag}"
@@ -319,12 +320,13 @@ class SketchModule(L.LightningModule):
 
     def _log_triplet_metrics(self, stage: str) -> None:
         """Epoch values from the summed in-batch triplets (TripletAccuracy syncs the ranks itself)."""
-        for key, metric in self.eval_triplet.items():
-            if not key.startswith(f"{stage}_") or not metric.update_called:
+        for slot, metric in self.eval_triplet.items():
+            if not slot.startswith(f"{stage}_") or not metric.update_called:
                 continue
-            tag = key[len(stage) + 1:]
+            tag = slot[len(stage) + 1:]
             for name, value in metric.compute().items():
-                self.log(f"{stage}/{name}@{tag}", value, prog_bar=(name == "triplet_acc" and tag == "100"))
+                self.log(metric_keys.key(stage, name, metric_keys.tag_fraction(tag)), value,
+                         prog_bar=(name == "triplet_acc" and tag == "100"))
             metric.reset()
 
     def validation_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0):

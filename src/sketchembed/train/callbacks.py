@@ -15,6 +15,7 @@ import numpy as np
 from lightning.pytorch.callbacks import Callback
 from PIL import Image
 
+from sketchembed import metric_keys
 from sketchembed.eval.embed import embed_loader
 from sketchembed.eval.knn import KNNIndex, knn_accuracy
 from sketchembed.eval.plots import image_grid, plot_neighbors, plot_tsne, sketch_grid
@@ -99,7 +100,7 @@ class EmbeddingEvalCallback(Callback):
         for name, v in (values or {}).items():
             # identical on every rank (broadcast), so syncing only silences Lightning's DDP warning
             pl_module.log(name, float(v), on_step=False, on_epoch=True, sync_dist=trainer.world_size > 1,
-                          prog_bar=name.endswith(f"knn@{self.ks[-1]}"))
+                          prog_bar=name.endswith(metric_keys.knn(self.ks[-1])))
 
     def compute(self, pl_module, dm, split: str) -> dict[str, float]:
         """``{SPLIT/knn@K, SPLIT/probe_acc, SPLIT/n}`` for the current model (rank-local, no collectives);
@@ -118,14 +119,14 @@ class EmbeddingEvalCallback(Callback):
             q_emb, q_lab = q.embeddings, q.labels
         n_classes = getattr(dm, "num_classes", None)
         ks = [k for k in self.ks if k <= len(train)]
-        out: dict[str, float] = {f"{split}/n": float(len(q_lab))}
+        out: dict[str, float] = {metric_keys.key(split, "n"): float(len(q_lab))}
         if ks:
             for k, acc in knn_accuracy(train.embeddings, train.labels, q_emb, q_lab, ks, n_classes).items():
-                out[f"{split}/knn@{k}"] = acc
+                out[metric_keys.key(split, metric_keys.knn(k))] = acc
         if self.probe:
             res = linear_probe(train.embeddings, train.labels, {split: (q_emb, q_lab)}, n_classes=n_classes,
                                epochs=self.probe_epochs, seed=self.seed)
-            out[f"{split}/probe_acc"] = res.accuracy[split]
+            out[metric_keys.key(split, "probe_acc")] = res.accuracy[split]
         return out
 
 
@@ -152,11 +153,11 @@ class PerDrawingPredictions(Callback):
         np.savez(self.dirpath / self.FILENAME, **preds)
         if self.tta is None:
             return
-        pl_module.log("test_tta/n", float(len(preds["labels"])), rank_zero_only=True)
-        for key, pred in preds.items():
-            if key.startswith(("pred@", "knn@")):
-                name = key.replace("pred@", "acc@")
-                pl_module.log(f"test_tta/{name}", float((pred == preds["labels"]).mean()), rank_zero_only=True)
+        pl_module.log(metric_keys.key("test_tta", "n"), float(len(preds["labels"])), rank_zero_only=True)
+        for column, pred in preds.items():
+            if column.startswith(("pred@", "knn@")):  # pred@TAG -> acc@TAG
+                name = column.replace("pred@", "acc@")
+                pl_module.log(metric_keys.key("test_tta", name), float((pred == preds["labels"]).mean()), rank_zero_only=True)
 
 
 class SampleImagesCallback(Callback):

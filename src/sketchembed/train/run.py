@@ -18,11 +18,10 @@ from hydra.utils import get_class, instantiate
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, RichProgressBar
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
-from rich.table import Table
 
 from sketchembed.entry import conf_dir, end_line, hydra_choices, hydra_config, hydra_entry
-from sketchembed.eval.report import run_facts
-from sketchembed.eval.stats import ci_text, interval, split_n, with_intervals
+from sketchembed.eval.report import metrics_table, run_facts
+from sketchembed.eval.stats import split_n, with_intervals
 from sketchembed.messages import ConfigError
 from sketchembed.models import check_compatible
 from sketchembed.nets.backbone import check_backbone
@@ -180,22 +179,10 @@ def _scalar_metrics(metrics: dict) -> dict[str, float]:
 
 
 def print_table(metrics: dict[str, float], title: str) -> None:
-    """The study's table (accuracy at 50 % and 100 % of the drawing) for this run."""
+    """The study's figures first (accuracy at 50 % and 100 % of the drawing), then the rest."""
     n = split_n(metrics, "test")
-    table = Table(title=f"{title}, n = {n if n else '?'} drawings")
-    table.add_column("metric")
-    table.add_column("value", justify="right")
-    table.add_column("95 % interval (Wilson)", justify="right")
-    order = ["test/acc@50", "test/acc@100", "test/knn@3", "test/knn@4", "test/probe_acc",
-             "test/triplet_acc"]
-    keys = [k for k in order if k in metrics] + sorted(
-        k for k in metrics if k.startswith("test/") and k not in order and k != "test/n")
-    for k in keys:
-        v = metrics[k]
-        ci = interval(metrics, k)
-        table.add_row(k, f"{100 * v:.1f} %" if ("acc" in k or "knn" in k) else f"{v:.4f}",
-                      ci_text(ci, " %") if ci else "")
-    Console().print(table)
+    Console().print(metrics_table(dict(sorted(metrics.items())), f"{title}, n = {n if n else '?'} drawings",
+                                  first=("acc@50", "acc@100", "knn@3", "knn@4", "probe_acc", "triplet_acc")))
 
 
 def train(cfg: DictConfig) -> dict[str, float]:

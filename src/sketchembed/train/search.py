@@ -9,8 +9,8 @@ from typing import Any
 from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 
+from sketchembed import metric_keys
 from sketchembed.messages import ConfigError, short_list
-from sketchembed.data.inputs import fraction_tag
 
 
 def _model_cls(cfg: DictConfig) -> type:
@@ -30,13 +30,12 @@ def val_metrics(cfg: DictConfig) -> set[str]:
     """The ``val/…`` metric names a run of ``cfg`` logs at every validation."""
     model_cls = _model_cls(cfg)
     fractions = OmegaConf.select(cfg, "data.eval_fractions", default=[1.0]) or [1.0]
-    tags = [fraction_tag(f) for f in fractions]
-    out = {f"val/{n}@{t}" for n in model_cls.eval_metrics() for t in tags}
+    out = {metric_keys.key("val", n, f) for n in model_cls.eval_metrics() for f in fractions}
     emb = OmegaConf.select(cfg, "callbacks.embedding_eval", default=None)
     if isinstance(emb, DictConfig) and "_target_" in emb:
-        out |= {f"val/knn@{int(k)}" for k in (emb.get("ks") or ())}
+        out |= {metric_keys.key("val", metric_keys.knn(k)) for k in (emb.get("ks") or ())}
         if emb.get("probe", True):
-            out.add("val/probe_acc")
+            out.add(metric_keys.key("val", "probe_acc"))
     return out
 
 
@@ -66,6 +65,6 @@ def optimized_value(cfg: DictConfig, result: Any) -> float | None:
     if value is None:
         if not cfg.get("train", True) or cfg.get("optimized_metric") == "auto":
             return None
-        logged = sorted(k for k in result if k.startswith("val/"))
+        logged = sorted(metric_keys.of_split(result, "val"))
         raise ConfigError(f"optimized_metric={metric!r} was not logged by this run; it logs {logged}")
     return float(value)
