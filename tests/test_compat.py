@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import ast
 import inspect
-import tomllib
 from pathlib import Path
 
 import lightning
 import pytest
+import tomllib
 from packaging.requirements import Requirement
 
 from sketchembed.train import compat

@@ -8,13 +8,13 @@ import functools
 
 import lightning.pytorch as pl
 import pytest
+
 from helpers import EXPERIMENTS, MODEL_KINDS, compose_cfg, run_cli, tiny
 from helpers import assert_one_line_error as _assert_one_line_error
-
 from sketchembed.entry import check_new_keys
 from sketchembed.models.combined import CombinedModel
 from sketchembed.models.lstm import LSTMModel
-from sketchembed.train.run import train_entry, train
+from sketchembed.train.run import train, train_entry
 from sketchembed.train.validate import ConfigError, check_config
 
 BAD = {

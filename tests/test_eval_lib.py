@@ -6,10 +6,10 @@ import json
 
 import numpy as np
 import pytest
+
 from helpers import CLASSES3
 from helpers import class_drawing as _class_drawing
 from helpers import ndjson_file as _ndjson
-
 from sketchembed.eval import knn, probe
 
 
@@ -292,8 +292,8 @@ def test_sample_images_reach_tensorboard(trained):
 
 
 def test_load_model_and_clear_errors(trained, tmp_path):
-    from sketchembed.models.checkpoint import open_checkpoint, read_checkpoint
     from sketchembed.models import LSTMModel
+    from sketchembed.models.checkpoint import open_checkpoint, read_checkpoint
 
     model = open_checkpoint(trained["ckpt"]).model
     assert isinstance(model, LSTMModel) and not model.training

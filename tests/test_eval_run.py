@@ -303,7 +303,6 @@ def test_not_a_checkpoint(tmp_path):
 
 def test_checkpoint_of_another_kind(lstm_ckpt, triplet_ckpt, tmp_path):
     import torch
-
     from omegaconf import OmegaConf
 
     from sketchembed.commands.evaluate import _datamodule

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 from sketchembed.cli import main
+from sketchembed.commands.suggest import read_sketch
 from sketchembed.corpus.formats import (
     FORMATS,
     FileFormat,
@@ -35,7 +36,6 @@ from sketchembed.corpus.formats.npz import NPZ_BUDGET, NpzBudget, read_npz, synt
 from sketchembed.corpus.prepare import prepare
 from sketchembed.corpus.simplify import normalize_to_canvas
 from sketchembed.corpus.sketch import DataFormatError, Drawing, SkipReport
-from sketchembed.commands.suggest import read_sketch
 
 
 def _lines(path, n=None):

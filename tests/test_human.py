@@ -90,8 +90,8 @@ def test_eof_ends_cleanly_with_results_so_far(tiny_store):
 
 
 def test_truncation_matches_eval_rule(tiny_store):
-    from sketchembed.data.inputs import keep_count
     from sketchembed.corpus.store import PreparedDataset
+    from sketchembed.data.inputs import keep_count
 
     ds = PreparedDataset(tiny_store)
     for it in human.sample_items(ds, 12, [0.5, 1.0], seed=0):

@@ -11,13 +11,21 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import compose_cfg, tiny
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
+from helpers import compose_cfg, tiny
 from sketchembed.data.datamodule import SketchCollate, SketchDataModule
-from sketchembed.data.inputs import (CHECKPOINT_KEY, DEFAULTS, FIELDS, FORMAT_KEY, RECIPE, InputSettings,
-                                     fraction_tag, read_inputs)
+from sketchembed.data.inputs import (
+    CHECKPOINT_KEY,
+    DEFAULTS,
+    FIELDS,
+    FORMAT_KEY,
+    RECIPE,
+    InputSettings,
+    fraction_tag,
+    read_inputs,
+)
 from sketchembed.data.raster import Rasterizer
 from sketchembed.safeload import safe_load
 from sketchembed.train.run import train, train_entry

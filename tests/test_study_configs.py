@@ -16,13 +16,12 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from sketchembed.commands.evaluate import _datamodule
+from sketchembed.commands.evaluate import EvalSettings, _datamodule
 from sketchembed.data.batch_filter import MaxMeanStrokes, stroke_counts
 from sketchembed.data.datamodule import SketchCollate, SketchDataModule
 from sketchembed.data.inputs import image_count, keep_count, read_inputs
 from sketchembed.data.raster import Rasterizer, render_views
 from sketchembed.study import STUDY as STUDY_FIGURES
-from sketchembed.commands.evaluate import EvalSettings, _datamodule
 
 REPO = Path(__file__).resolve().parents[1]
 CONF = REPO / "conf"

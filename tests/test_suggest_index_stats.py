@@ -13,13 +13,13 @@ import time
 
 import numpy as np
 import pytest
+
 from helpers import CLASSES3, fifo
 from helpers import ndjson_file as _ndjson
-
 from sketchembed.cli import main
+from sketchembed.commands import index as index_cmd
 from sketchembed.corpus.formats import read_drawings
 from sketchembed.corpus.user_drawing import check_raw
-from sketchembed.commands import index as index_cmd
 from sketchembed.eval import knn
 
 

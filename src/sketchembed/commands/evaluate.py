@@ -35,9 +35,9 @@ import json
 import logging
 import math
 import warnings
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
@@ -46,18 +46,24 @@ from rich.console import Console
 from sklearn.metrics import balanced_accuracy_score, confusion_matrix
 
 from sketchembed import metric_keys
+from sketchembed.commands.dashboard import log_eval
+from sketchembed.corpus.test_dir import check_test_dir
 from sketchembed.data.datamodule import SketchDataModule
 from sketchembed.data.inputs import RECIPE, read_inputs
 from sketchembed.data.inputs import check as check_input
-from sketchembed.corpus.test_dir import check_test_dir
 from sketchembed.entry import end_line, hydra_entry
 from sketchembed.eval.confusion import confused_pairs
-from sketchembed.commands.dashboard import log_eval
 from sketchembed.eval.embed import embed_loader, model_views, pick_device, subset_loader
-from sketchembed.eval.knn import (KNN_CLASSIFIER_K, nearest, neighbor_labels, resolve_backend, search,
-                                  study_tie_correct, vote)
-from sketchembed.eval.plots import (plot_confusion, plot_early_recognition, plot_neighbors, plot_per_class,
-                                    plot_tsne)
+from sketchembed.eval.knn import (
+    KNN_CLASSIFIER_K,
+    nearest,
+    neighbor_labels,
+    resolve_backend,
+    search,
+    study_tie_correct,
+    vote,
+)
+from sketchembed.eval.plots import plot_confusion, plot_early_recognition, plot_neighbors, plot_per_class, plot_tsne
 from sketchembed.eval.probe import linear_probe
 from sketchembed.eval.report import metrics_table, write_report
 from sketchembed.eval.retrieval import Bounds, Retrieval, retrieval_metrics

@@ -18,8 +18,8 @@ test pairs them by key_id (:func:`compare_cv`).
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Mapping, Sequence
 
 import numpy as np
 from rich.console import Console

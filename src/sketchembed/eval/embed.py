@@ -6,8 +6,8 @@ the same ``render_views`` the DataModule uses — eval sees exactly the images t
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Callable, Iterable
 
 import numpy as np
 import torch

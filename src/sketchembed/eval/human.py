@@ -11,8 +11,8 @@ Each drawing is shown once, at one fraction (seeing it at 50 % first would help 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import numpy as np
 

@@ -20,9 +20,9 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import numpy as np
 import torch
@@ -308,7 +308,7 @@ class KNNIndex:
         return out
 
     @classmethod
-    def load(cls, path, mmap: bool = True) -> "KNNIndex":
+    def load(cls, path, mmap: bool = True) -> KNNIndex:
         """Open an index folder, checking every file, field and array it reads (a crafted or damaged
         index is one ``ValueError`` naming the file and the field, never a crash or a hang later on).
         Files must be regular files in the folder (a FIFO would block for ever, a link may not lead

@@ -6,8 +6,8 @@ work headless, in dataloader workers and in callbacks without touching global ba
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Mapping, Sequence
 
 import numpy as np
 from matplotlib import colormaps

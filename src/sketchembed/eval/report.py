@@ -26,9 +26,9 @@ import base64
 import html
 import json
 import math
-from pathlib import Path
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Mapping, Sequence
+from pathlib import Path
 
 import numpy as np
 from markdown_it import MarkdownIt
@@ -36,8 +36,17 @@ from rich.table import Table
 
 from sketchembed import metric_keys
 from sketchembed.eval.confusion import pairs_markdown
-from sketchembed.eval.stats import (METHOD, Difference, Interval, accuracy_key, ci_text, interval, mcnemar,
-                                    split_n, two_proportions)
+from sketchembed.eval.stats import (
+    METHOD,
+    Difference,
+    Interval,
+    accuracy_key,
+    ci_text,
+    interval,
+    mcnemar,
+    split_n,
+    two_proportions,
+)
 from sketchembed.study import STUDY, STUDY_COL, STUDY_TRIPLET_VS_DIRECT
 
 # (file, heading, caption) of the figures an eval run may leave in its dir

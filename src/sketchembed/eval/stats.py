@@ -27,14 +27,13 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from statistics import NormalDist
-from typing import Mapping
 
 import numpy as np
 
 from sketchembed import metric_keys
-
 
 CONFIDENCE = 0.95
 ALPHA = 1 - CONFIDENCE
@@ -73,7 +72,7 @@ class Interval:
     method: str = METHOD
 
     @classmethod
-    def of(cls, value: float, n: int, *, approximate: bool = False) -> "Interval":
+    def of(cls, value: float, n: int, *, approximate: bool = False) -> Interval:
         low, high = wilson(min(max(float(value), 0.0), 1.0) * int(n), int(n))
         return cls(float(value), int(n), low, high, approximate)
 

@@ -13,7 +13,7 @@ the head's prediction at each eval fraction (``pred@100``, ``pred@50`` — the k
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 from torch.utils.data import DataLoader

@@ -16,16 +16,16 @@ import sys
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 
-from sketchembed.data.datamodule import SketchDataModule
 from sketchembed.corpus.embedded import resolve_root
-from sketchembed.data.inputs import InputSettings
 from sketchembed.corpus.store import PreparedDataset
+from sketchembed.data.datamodule import SketchDataModule
+from sketchembed.data.inputs import InputSettings
 from sketchembed.eval.embed import pick_device
 from sketchembed.eval.human import Results, sample_items
 from sketchembed.eval.index import build_index
@@ -102,7 +102,7 @@ class Studio:
     @classmethod
     def open(cls, ckpt_path, *, index_dir=None, data=None, index_max: int | None = None,
              results_dir="outputs/studio", progress: bool = True, device: str = "cpu", runtime: str = "torch",
-             log: Callable[[str], None] = lambda m: print(m, file=sys.stderr)) -> "Studio":
+             log: Callable[[str], None] = lambda m: print(m, file=sys.stderr)) -> Studio:
         """Load the checkpoint (``runtime="onnx"``: an exported file); open ``index_dir`` or build an
         index of the training drawings."""
         if runtime == "onnx":

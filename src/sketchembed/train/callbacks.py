@@ -8,8 +8,8 @@ actually fed (snapshots/images with labels) — the quickest check that rasteriz
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 from lightning.pytorch.callbacks import Callback

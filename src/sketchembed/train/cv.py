@@ -14,8 +14,8 @@ cv_predictions.npz), which ``sketchembed report CV_DIR CV_DIR`` compares pairwis
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 from omegaconf import DictConfig, OmegaConf, open_dict

@@ -30,8 +30,14 @@ from sketchembed.train.compat import resume_after_whole_epochs
 from sketchembed.train.console import is_tty
 from sketchembed.train.cv import cv_folds, run_cv
 from sketchembed.train.ranks import RankFailureReport, report_other_rank
-from sketchembed.train.resume import (LAST, check_checkpoint_fits, continue_wandb_run, keep_config_unless_resumed,
-                                      read_resumed, resume_argv)
+from sketchembed.train.resume import (
+    LAST,
+    check_checkpoint_fits,
+    continue_wandb_run,
+    keep_config_unless_resumed,
+    read_resumed,
+    resume_argv,
+)
 from sketchembed.train.search import check_optimized_metric, optimized_value, resolve_metric
 from sketchembed.train.validate import check_config
 from sketchembed.wandb_run import WandbLogger, naming
