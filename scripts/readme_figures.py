@@ -3,8 +3,10 @@
 tables between their marker comments (``<!-- figures:NAME -->`` … ``<!-- /figures:NAME -->``).
 
     python scripts/readme_figures.py            # everything: the main job, its evaluation, the CPU-default table
-    python scripts/readme_figures.py main       # the main job (`python train.py`) and `python eval.py` of its best checkpoint
-    python scripts/readme_figures.py choose     # "Choosing the CPU default": a 5-fold CV (train.py cv.folds=5) per candidate
+    python scripts/readme_figures.py main       # the main job (`python train.py`) and `python eval.py` of its
+                                                # best checkpoint
+    python scripts/readme_figures.py choose     # "Choosing the CPU default": a 5-fold CV (train.py cv.folds=5)
+                                                # per candidate
     python scripts/readme_figures.py choose --folds 2 --extra …   # a quick smoke of the same (tiny runs)
     python scripts/readme_figures.py --from-runs outputs/figures/<commit>   # rewrite from runs made earlier
 
@@ -49,7 +51,8 @@ RUN_FILE = "figures_run.json"
 # test drawing is seen) and passes its best checkpoint as model.cnn_ckpt.
 CHOOSE_ROWS = [
     ("default", [], "*(the default: combined e2e, `test_resnet`, 64 px, augmentation, 60 epochs)*", None),
-    ("channels", ["data.channels=[ink,order]"], "`data.channels=[ink,order]` (a stroke-order channel beside the ink)", None),
+    ("channels", ["data.channels=[ink,order]"],
+     "`data.channels=[ink,order]` (a stroke-order channel beside the ink)", None),
     ("ema", ["averaging=ema"], "`averaging=ema` (exponential moving average of the weights)", None),
     ("tta", ["tta=scale_shift"], "`tta=scale_shift` (test-time augmentation: 7 scaled / shifted views averaged)",
      None),
@@ -110,7 +113,8 @@ def make_runs(root: Path, what: str, extra: list[str], eval_extra: list[str], fo
     if what in ("main", "all"):
         train_dir = root / "main" / "train"
         run_command("train.py", extra, train_dir, commit)
-        run_command("eval.py", [f"ckpt_path={_best_checkpoint(train_dir)}", *eval_extra], root / "main" / "eval", commit)
+        run_command("eval.py", [f"ckpt_path={_best_checkpoint(train_dir)}", *eval_extra],
+                    root / "main" / "eval", commit)
     if what in ("choose", "all"):
         for name, overrides, _, pretrain in CHOOSE_ROWS:
             if pretrain is not None:
@@ -202,7 +206,8 @@ def main_eval_table(root: Path) -> str:
             f"| KNN K = 3 (strict vote: majority, ties to the nearest) | {cell(m, 'test/knn@3')} |",
             f"| KNN K = 3, the study's tie rule (a tie that includes the true class counts) | "
             f"{cell(m, 'test/knn@3_study_tie')} |",
-            f"| linear probe, trained anew ({(_config(d).get('probe') or {}).get('steps', '?')} steps) | {cell(m, 'test/probe_acc')} |"]
+            f"| linear probe, trained anew ({(_config(d).get('probe') or {}).get('steps', '?')} steps) | "
+            f"{cell(m, 'test/probe_acc')} |"]
     if curve:
         rows += ["", "Early recognition (accuracy by share of the drawing's points):", "",
                  "| % of the drawing | " + " | ".join(f"{p:g}" for p, _ in curve) + " |",
@@ -257,11 +262,13 @@ def choose_table(root: Path) -> str:
         tests = []
         for metric, _, _ in CV_COLUMNS:
             diff = None if run is default else compare_cv(default, run, metric)
-            tests.append("–" if diff is None else (f"**{diff.p_value:.2g}**" if diff.beyond_noise else f"{diff.p_value:.2g}"))
+            tests.append("–" if diff is None
+                         else (f"**{diff.p_value:.2g}**" if diff.beyond_noise else f"{diff.p_value:.2g}"))
         rows.append(f"| {shown} | {wall} | "
                     + " | ".join(_cv_cell(m, metric) for metric, _, _ in CV_COLUMNS) + f" | {' / '.join(tests)} |")
     rows += ["", f"Each row: `python train.py cv.folds={', '.join(sorted(folds))} <overrides>` — seed "
-                 f"{', '.join(sorted(seeds))}, cv.seed {', '.join(sorted(cv_seeds))} (the same folds for every row), n = {', '.join(sorted(ns))} "
+                 f"{', '.join(sorted(seeds))}, cv.seed {', '.join(sorted(cv_seeds))} (the same folds for every row), "
+                 f"n = {', '.join(sorted(ns))} "
                  f"drawings (each tested once, by the fold that held it out), commit "
                  f"{', '.join(f'`{c}`' for c in sorted(commits))}, wall clock of the whole CV on "
                  f"{', '.join(sorted(cores))} CPU cores. Brackets: 95 % Wilson interval over the n pooled drawings; "

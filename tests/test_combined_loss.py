@@ -72,7 +72,8 @@ def test_headline_command_loss_falls_on_the_embedded_data(tmp_path):
     layers) on 48 embedded real drawings (debug=overfit's subset): over 24 steps the loss falls, and
     the metric term stays within its bound. (The inception_v4 command itself: README, "The headline
     command on a CPU".)"""
-    overrides = [o for o in TINY if not o.startswith(("trainer.max_steps", "trainer.limit_train", "trainer.max_epochs"))]
+    overrides = [o for o in TINY
+                 if not o.startswith(("trainer.max_steps", "trainer.limit_train", "trainer.max_epochs"))]
     run_inproc(["model=combined", "loss=hinge", *overrides, *MODEL_TINY["combined"], "augment=none",
                 "data.max_train=48", "data.batch_size=16", "trainer.max_steps=24", "trainer.max_epochs=8",
                 "trainer.log_every_n_steps=1", "callbacks.embedding_eval=null", "callbacks.space_images=null",

@@ -82,7 +82,8 @@ def run_info(run_dir: Path) -> dict:
                 info["config"][item.key or "/".join(item.nested_key)] = json.loads(item.value_json)
         elif kind == "history":
             for item in r.history.item:
-                info["history"].setdefault(item.key or "/".join(item.nested_key), []).append(json.loads(item.value_json))
+                key = item.key or "/".join(item.nested_key)
+                info["history"].setdefault(key, []).append(json.loads(item.value_json))
         elif kind == "summary":
             for item in r.summary.update:
                 info["summary"][item.key or "/".join(item.nested_key)] = json.loads(item.value_json)
@@ -98,8 +99,8 @@ def media_table(run_dir: Path, key: str) -> dict:
 # ------------------------------------------------------------------------------- one trained run
 def _env(tmp: Path) -> dict:
     return {**os.environ, "PYTHONPATH": str(REPO / "src"), "WANDB_MODE": "offline", "WANDB_SILENT": "true",
-            "OMP_NUM_THREADS": "1", "WANDB_DATA_DIR": str(tmp / "wandb_data"), "WANDB_CACHE_DIR": str(tmp / "wandb_cache"),
-            "WANDB_CONFIG_DIR": str(tmp / "wandb_config")}
+            "OMP_NUM_THREADS": "1", "WANDB_DATA_DIR": str(tmp / "wandb_data"),
+            "WANDB_CACHE_DIR": str(tmp / "wandb_cache"), "WANDB_CONFIG_DIR": str(tmp / "wandb_config")}
 
 
 @pytest.fixture(scope="module")
@@ -249,7 +250,8 @@ def test_eval_can_resume_the_training_run_itself(trained_and_evaluated, tmp_path
     out = tmp_path / "eval"
     shutil.copytree(t["eval_dir"], out, ignore=shutil.ignore_patterns("wandb"))
     m = json.loads((out / "metrics.json").read_text())
-    cfg = OmegaConf.create({"logger": {"wandb": {"_target_": "x.WandbLogger", "project": "sketchembed", "offline": True}},
+    cfg = OmegaConf.create({"logger": {"wandb": {"_target_": "x.WandbLogger", "project": "sketchembed",
+                                                 "offline": True}},
                             "dashboard": {"attach": "resume", "table_rows": 0}, "tsne": {"enabled": False},
                             "fractions": [0.5, 1.0], "knn": {"ks": [4], "max_train": 120}, "seed": 42,
                             "batch_size": 64})

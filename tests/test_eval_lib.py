@@ -156,8 +156,8 @@ def test_retrieval_hand_checked_example():
     assert v["n_retrieval_queries"] == 4 and v["retrieval_r_max"] == 3
     assert r.n_overrides == {"test/p@1": 4}
     lib = _calculator_reference(ref, ref_y, q, q_y)
-    for ours, theirs in (("p@1", "precision_at_1"), ("r_precision", "r_precision"), ("map@r", "mean_average_precision_at_r"),
-                         ("nmi", "NMI"), ("ami", "AMI")):
+    for ours, theirs in (("p@1", "precision_at_1"), ("r_precision", "r_precision"),
+                         ("map@r", "mean_average_precision_at_r"), ("nmi", "NMI"), ("ami", "AMI")):
         assert v[f"test/{ours}"] == pytest.approx(lib[theirs], abs=1e-12), ours
     ci = r.intervals["test/r_precision"]                          # 4 groups of one query: t with 3 df
     assert ci["n"] == 4 and ci["method"] == "t over 4 random query groups"

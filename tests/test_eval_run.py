@@ -155,7 +155,8 @@ def _check_consistent(out: Path, m: dict) -> dict:
     assert m["test/p@1"] == pytest.approx(float((nl[:, 0] == y).mean()), abs=1e-12)
     assert m["intervals"]["test/p@1"]["method"] == "wilson" and m["intervals"]["test/p@1"]["n"] == n
     rows = pred["retrieval_rows"]
-    assert len(rows) == len(np.unique(rows)) == m["n_retrieval_queries"] == min(n, m.get("_retrieval_max_queries", 2000))
+    assert (len(rows) == len(np.unique(rows)) == m["n_retrieval_queries"]
+            == min(n, m.get("_retrieval_max_queries", 2000)))
     assert m["retrieval_r_max"] == int(np.bincount(pred["index_labels"])[np.unique(y[rows])].max())
     for key in ("test/r_precision", "test/map@r"):
         low, high = m["intervals"][key]["ci95"]

@@ -280,7 +280,8 @@ def _trainer(tmp_path, steps: int = 3) -> L.Trainer:
 def test_models_declare_their_traits():
     """Eval, the studio and the optimized-metric check read these class facts instead of guessing
     from a model's kind, its loss kinds or a None it returns."""
-    assert {k: (MODELS[k].HAS_CLASSIFIER, MODELS[k].TRIPLET_METRICS) for k in ("triplet", "direct", "lstm", "combined")} \
+    kinds = ("triplet", "direct", "lstm", "combined")
+    assert {k: (MODELS[k].HAS_CLASSIFIER, MODELS[k].TRIPLET_METRICS) for k in kinds} \
         == {"triplet": (False, True), "direct": (True, False), "lstm": (True, False), "combined": (True, False)}
     assert TripletImageModel.eval_metrics() == TripletAccuracy.NAMES and LSTMModel.eval_metrics() == ("acc", "loss")
     with pytest.raises(TypeError, match="declare HAS_CLASSIFIER = False"):

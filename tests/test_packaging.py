@@ -115,7 +115,8 @@ def test_architecture_names_every_module():
 
 # who may import whom inside sketchembed (docs/ARCHITECTURE.md, "Import direction"): a part never
 # imports a part that builds on it, so e.g. eval reads a checkpoint without pulling in training
-LEAVES = {"messages", "metric_keys", "registry", "safeload", "study", "wandb_run"}  # import no other part; anyone may import them
+# LEAVES import no other part; anyone may import them
+LEAVES = {"messages", "metric_keys", "registry", "safeload", "study", "wandb_run"}
 MAY_IMPORT = {
     "__init__": set(),  # re-exports STUDY_CLASSES (from the leaf study)
     "corpus": {"corpus"},

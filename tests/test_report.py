@@ -243,7 +243,7 @@ def test_report_cli_one_row_per_trained_model(tmp_path, capsys):
     bad[:30] = (bad[:30] + 1) % 10                           # 30 more mistakes, all on one side
     ta = _train_dir(tmp_path / "train" / "a", "combined", 42, 0.7, 0.49)
     tb = _train_dir(tmp_path / "train" / "b", "combined", 7, 0.72, 0.5)
-    tl = _train_dir(tmp_path / "train" / "c", "lstm", 42, 0.4, 0.3)
+    _train_dir(tmp_path / "train" / "c", "lstm", 42, 0.4, 0.3)      # no evaluation: its own train/ row
     _eval_dir(tmp_path / "eval" / "a", ta, labels, good)
     _eval_dir(tmp_path / "eval" / "b", tb, labels, bad)
     out = tmp_path / "cmp.md"

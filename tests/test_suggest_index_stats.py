@@ -100,7 +100,8 @@ def test_suggest_says_when_the_query_is_in_the_index(trained, index_dir, tmp_pat
                   key_id=int(index.key_ids[row]))
     rc, lines, _ = suggest(trained, index_dir, own, capsys)
     assert rc == 0
-    assert lines[-1] == f"note: rank 1 is at distance 0: your sketch itself (key_id {int(index.key_ids[row])}) is in the index"
+    assert lines[-1] == (f"note: rank 1 is at distance 0: your sketch itself (key_id {int(index.key_ids[row])}) "
+                         "is in the index")
     copy = tmp_path / "copy.json"
     copy.write_text(json.dumps({"drawing": strokes_of(index.drawing(row))}))
     rc, lines, _ = suggest(trained, index_dir, copy, capsys)
@@ -240,17 +241,24 @@ CRAFTED = [
     ("a class with a newline", _set("classes", ["apple", "banana\n   1  5017  bus  0.0000", "bus"]), "index.json",
      r"'classes' must be .*no control characters"),
     ("sha256 a number", _set("ckpt_sha256", 12), "index.json", r"'ckpt_sha256' must be a string"),
-    ("labels floats", _array("labels", lambda a: a + 0.5), "labels.npy", r"must be a 1-d array of integers, got float64"),
-    ("labels beyond the classes", _set("classes", ["apple", "banana"]), "labels.npy", r"label 2 is outside the 2 classes"),
-    ("negative key_ids", _array("key_ids", lambda a: -np.ones(len(a), np.int64)), "key_ids.npy", r"must not be negative"),
+    ("labels floats", _array("labels", lambda a: a + 0.5), "labels.npy",
+     r"must be a 1-d array of integers, got float64"),
+    ("labels beyond the classes", _set("classes", ["apple", "banana"]), "labels.npy",
+     r"label 2 is outside the 2 classes"),
+    ("negative key_ids", _array("key_ids", lambda a: -np.ones(len(a), np.int64)), "key_ids.npy",
+     r"must not be negative"),
     ("key_ids short", _array("key_ids", lambda a: a[:-1]), "key_ids.npy", r"47 rows, but embeddings.npy has 48"),
     ("embeddings 1-d", _array("embeddings", lambda a: a[:, 0]), "embeddings.npy", r"must be a 2-d array of floats"),
-    ("embeddings strings", _array("embeddings", lambda a: a.astype(str)), "embeddings.npy", r"must be a 2-d array of floats"),
+    ("embeddings strings", _array("embeddings", lambda a: a.astype(str)), "embeddings.npy",
+     r"must be a 2-d array of floats"),
     ("offsets reversed", _array("offsets", _reversed_inner), "offsets.npy", r"offsets must increase"),
-    ("offsets oversized", _array("offsets", lambda a: np.where(a > 0, 10**12, 0)), "offsets.npy", r"must run from 0 to \d+"),
+    ("offsets oversized", _array("offsets", lambda a: np.where(a > 0, 10**12, 0)), "offsets.npy",
+     r"must run from 0 to \d+"),
     ("points 1-d", _array("points", lambda a: a.ravel()), "points.npy", r"must be a 2-d array of integers"),
-    ("points floats", _array("points", lambda a: a * 1e10), "points.npy", r"must be a 2-d array of integers, got float64"),
-    ("points off the canvas", _array("points", lambda a: a.astype(np.int32) * 300), "points.npy", r"row \d+ is .*x, y on 0–255"),
+    ("points floats", _array("points", lambda a: a * 1e10), "points.npy",
+     r"must be a 2-d array of integers, got float64"),
+    ("points off the canvas", _array("points", lambda a: a.astype(np.int32) * 300), "points.npy",
+     r"row \d+ is .*x, y on 0–255"),
     ("points missing", lambda d: (d / "points.npy").unlink(), "points.npy", r"missing from the index .*go together"),
 ]
 
@@ -333,7 +341,8 @@ def test_index_build_overwrites_an_earlier_index_only_of_its_own_regular_files(c
                  "--out", str(again), "--quiet", "--device", "cpu"]) == 2
     err = capsys.readouterr().err
     what = "a symbolic link" if "link" in case else "a folder"
-    assert err.count("\n") == 1 and f"{case.split()[0]} is {what}, where a KNN index holds only regular files" in err, err
+    assert err.count("\n") == 1, err
+    assert f"{case.split()[0]} is {what}, where a KNN index holds only regular files" in err, err
     assert keep.read_bytes() == before
 
 

@@ -18,7 +18,8 @@ COMMANDS = [
     (("index", "build"), "sketchembed.commands.index", "embed a prepared dataset and save a KNN index"),
     (("suggest",), "sketchembed.commands.suggest", "nearest drawings of a sketch, from an index"),
     (("human",), "sketchembed.commands.human", "measure your own accuracy on drawings at 50%%/100%%"),
-    (("report",), "sketchembed.commands.report", "compare train and eval runs: one table with 95 %% intervals, differences beyond noise"),
+    (("report",), "sketchembed.commands.report",
+     "compare train and eval runs: one table with 95 %% intervals, differences beyond noise"),
     (("serve",), "sketchembed.studio.serve", "sketch studio: draw in the browser, see guesses and suggestions"),
     (("export",), "sketchembed.export", "a checkpoint's inference graph as ONNX, its input settings in the file"),
 ]
@@ -28,7 +29,10 @@ EXTRA_OF_MODULE = {"fastapi": "studio", "uvicorn": "studio"}
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="sketchembed", description="sketchembed: data, KNN index, suggestions, human baseline and reports. Training: python train.py; evaluation: python eval.py.")
+    parser = argparse.ArgumentParser(
+        prog="sketchembed",
+        description="sketchembed: data, KNN index, suggestions, human baseline and reports. "
+                    "Training: python train.py; evaluation: python eval.py.")
     top = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     groups: dict[str, argparse._SubParsersAction] = {}
     for words, module, help_ in COMMANDS:

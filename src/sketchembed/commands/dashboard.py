@@ -9,9 +9,10 @@
 * What: the scalars as the run's summary (``eval/…``, not one-point charts); the early-recognition
   curve as one line plot; the confusion matrix as an interactive wandb plot; a table of test
   predictions (sketch, true class, predicted class, confidence at 50 % and 100 %) to filter (also
-  as an artifact: offline, wandb keeps a table's images only there); the t-SNE map as a table of 2-D points with their class (and a scatter plot) beside the PNGs;
-  the retrieval metrics (P@1, R-precision, MAP@R, NMI, AMI) also as a table with their 95 %
-  intervals and how each was computed; ``report.html`` as an HTML panel (and a file of the run).
+  as an artifact: offline, wandb keeps a table's images only there); the t-SNE map as a table of
+  2-D points with their class (and a scatter plot) beside the PNGs; the retrieval metrics (P@1,
+  R-precision, MAP@R, NMI, AMI) also as a table with their 95 % intervals and how each was computed;
+  ``report.html`` as an HTML panel (and a file of the run).
 
 Everything comes from what eval wrote — ``predictions.npz`` (predictions and their confidences at
 every fraction), ``tsne.npz`` (the points of ``tsne.png``) — plus the test drawings' points for the

@@ -415,7 +415,8 @@ def _knn_stage(ev: _Eval, train, tests) -> tuple[dict, dict, dict, np.ndarray, t
             if has_logits:
                 preds[f], confs[f] = t.predictions(), t.conf
                 continue
-            nf = nl if f == 1.0 else neighbor_labels(train.embeddings, train.labels, t.embeddings, KNN_CLASSIFIER_K, **kw)
+            nf = nl if f == 1.0 else neighbor_labels(train.embeddings, train.labels, t.embeddings,
+                                                     KNN_CLASSIFIER_K, **kw)
             preds[f] = vote(nf, KNN_CLASSIFIER_K, C)
             confs[f] = (nf[:, :KNN_CLASSIFIER_K] == preds[f][:, None]).mean(1).astype(np.float32)
     return preds, confs, knn_preds, nl, neighbours
@@ -483,7 +484,8 @@ def _metrics(ev: _Eval, r: _Results) -> dict:
     m["early_recognition"] = {metric_keys.fraction_tag(f): curve[f] for f in sorted(curve)}
     for k in ev.st.ks:
         m[metric_keys.key("test", metric_keys.knn(k))] = float((r.knn_preds[k] == y).mean())
-        m[metric_keys.key("test", metric_keys.knn(k, study_tie=True))] = float(study_tie_correct(r.nl, k, y, len(classes)).mean())
+        m[metric_keys.key("test", metric_keys.knn(k, study_tie=True))] = float(
+            study_tie_correct(r.nl, k, y, len(classes)).mean())
     m[metric_keys.key("test", "probe_acc")] = float((r.probe_pred == y).mean())
     if ev.model.TRIPLET_METRICS:
         gen = torch.Generator().manual_seed(ev.seed)
@@ -508,7 +510,8 @@ def _arrays(ev: _Eval, r: _Results) -> dict:
                 key_ids=test.key_ids, indices=test.indices, probe=r.probe_pred, curve_rows=r.curve_rows,
                 index_key_ids=r.train.key_ids, index_labels=r.train.labels, knn_neighbor_labels=r.nl,
                 retrieval_rows=r.retrieval.rows,
-                **{metric_keys.tagged("pred", f): r.preds[f] for f in fractions}, **{metric_keys.tagged("conf", f): r.confs[f] for f in fractions},
+                **{metric_keys.tagged("pred", f): r.preds[f] for f in fractions},
+                **{metric_keys.tagged("conf", f): r.confs[f] for f in fractions},
                 **{metric_keys.knn(k): r.knn_preds[k] for k in ev.st.ks})
 
 

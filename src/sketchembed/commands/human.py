@@ -82,7 +82,8 @@ def save_results(out, results: dict, stdout: TextIO) -> None:
     except OSError as e:
         stdout.write(text + "\n")
         stdout.flush()
-        raise ValueError(f"--out {out}: cannot write it ({e.strerror or e}); your results are printed above as JSON") from None
+        raise ValueError(f"--out {out}: cannot write it ({e.strerror or e}); "
+                         "your results are printed above as JSON") from None
 
 
 def model_accuracy(metrics: dict, fraction: float) -> float | None:

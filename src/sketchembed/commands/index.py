@@ -20,7 +20,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ckpt", required=True, help="sketchembed checkpoint (.ckpt)")
     parser.add_argument("--data", required=True, help="prepared dataset dir or embedded name (study10, others335)")
     parser.add_argument("--split", default="train", choices=("train", "val", "test"))
-    parser.add_argument("--out", required=True, help="index folder to write: a new path, an empty folder or an earlier index")
+    parser.add_argument("--out", required=True,
+                        help="index folder to write: a new path, an empty folder or an earlier index")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 …")
     parser.add_argument("--max", type=int, default=None,

@@ -132,8 +132,9 @@ def self_match_note(drawing, index, idx, dist, fraction: float = 1.0) -> str | N
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ckpt", required=True, help="checkpoint the index was built with")
     parser.add_argument("--index", required=True, help="index dir from `sketchembed index build`")
-    parser.add_argument("--sketch", required=True, help=".ndjson / .json (dataset records, {\"drawing\": [[[x…], [y…]], …]} or the bare "
-                        "stroke list; simplified or raw coordinates), .bin or .npz file")
+    parser.add_argument("--sketch", required=True,
+                        help=".ndjson / .json (dataset records, {\"drawing\": [[[x…], [y…]], …]} or the bare "
+                             "stroke list; simplified or raw coordinates), .bin or .npz file")
     parser.add_argument("--line", type=int, default=1, help="which drawing of the file (1-based)")
     parser.add_argument("--k", type=int, default=8)
     parser.add_argument("--fraction", type=float, default=1.0, help="use only this share of the points")

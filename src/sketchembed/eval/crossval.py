@@ -86,7 +86,8 @@ def cv_markdown(metrics: Mapping, title: str) -> str:
         if metric_keys.key("cv", metric) not in metrics:
             continue
         folds = " / ".join(f"{100 * v:.1f}" for v in metrics[metric_keys.key("cv_fold", metric)])
-        lines.append(f"| {label} | {_cell(metrics, metric)} | {folds} | {100 * metrics[metric_keys.key('cv_fold_std', metric)]:.1f} |")
+        std = 100 * metrics[metric_keys.key("cv_fold_std", metric)]
+        lines.append(f"| {label} | {_cell(metrics, metric)} | {folds} | {std:.1f} |")
     lines += ["", "Interval: Wilson score interval over the n pooled per-drawing results (the folds' models "
               "differ, so it treats the CV as one classifier of n drawings)."]
     return "\n".join(lines) + "\n"
@@ -103,7 +104,8 @@ def _cell(metrics: Mapping, metric: str) -> str:
 def print_cv(metrics: Mapping, title: str, console: Console | None = None) -> None:
     """The CV table on the console."""
     t = Table(title=f"{title}: {metrics.get('cv/folds')}-fold CV, n = {metrics.get('cv/n')} drawings")
-    for h, j in (("metric", "left"), ("accuracy %", "right"), ("95 % interval (Wilson)", "right"), ("per fold %", "left")):
+    for h, j in (("metric", "left"), ("accuracy %", "right"), ("95 % interval (Wilson)", "right"),
+                 ("per fold %", "left")):
         t.add_column(h, justify=j)
     for metric, _, label in CV_COLUMNS:
         if metric_keys.key("cv", metric) in metrics:
@@ -181,10 +183,12 @@ def compare_cv(ref: tuple[dict, dict], other: tuple[dict, dict], metric: str) ->
     return None if ia is None or ib is None else two_proportions(ia, ib)
 
 
-def cv_comparison_rows(runs: Sequence[tuple[str, tuple[dict, dict]]], ref: int = 0) -> tuple[list[str], list[list[str]]]:
+def cv_comparison_rows(runs: Sequence[tuple[str, tuple[dict, dict]]],
+                       ref: int = 0) -> tuple[list[str], list[list[str]]]:
     """Header and rows: each CV run's pooled accuracies [95 % interval], and per metric the p value of
     McNemar's test against run ``ref`` (▲/▼ when p < 0.05)."""
-    header = ["CV run", "folds", "n"] + [f"{m} (%)" for m, _, _ in CV_COLUMNS] + [f"{m} vs ref" for m, _, _ in CV_COLUMNS]
+    header = (["CV run", "folds", "n"] + [f"{m} (%)" for m, _, _ in CV_COLUMNS]
+              + [f"{m} vs ref" for m, _, _ in CV_COLUMNS])
     rows = []
     for i, (label, run) in enumerate(runs):
         m = run[0]
@@ -197,7 +201,8 @@ def cv_comparison_rows(runs: Sequence[tuple[str, tuple[dict, dict]]], ref: int =
                 continue
             arrow = ""
             if d.beyond_noise:
-                arrow = " ▲" if m[metric_keys.key("cv", metric)] > runs[ref][1][0][metric_keys.key("cv", metric)] else " ▼"
+                key = metric_keys.key("cv", metric)
+                arrow = " ▲" if m[key] > runs[ref][1][0][key] else " ▼"
             cells.append(f"p = {d.p_value:.3g}{arrow} ({d.test.split(' (')[0]})")
         rows.append(cells)
     return header, rows

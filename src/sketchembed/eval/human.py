@@ -2,9 +2,9 @@
 session is `sketchembed human`, :mod:`sketchembed.commands.human`; the studio runs the same test).
 
 The study compares its models with humans (its two figures: ``sketchembed.study.STUDY["human"]``); this
-lets anyone produce that number on the same data and fractions the models are evaluated on. Drawings are drawn as text with
-braille characters (2 x 4 dots per character: a 64 x 64 dot canvas in 32 x 16 characters), so the
-terminal session works over ssh with nothing installed.
+lets anyone produce that number on the same data and fractions the models are evaluated on. Drawings are
+drawn as text with braille characters (2 x 4 dots per character: a 64 x 64 dot canvas in 32 x 16
+characters), so the terminal session works over ssh with nothing installed.
 
 Each drawing is shown once, at one fraction (seeing it at 50 % first would help at 100 %).
 """

@@ -316,7 +316,8 @@ class KNNIndex:
         root = Path(path)
         meta_file = root / "index.json"
         if not os.path.lexists(meta_file):
-            raise FileNotFoundError(f"{root}: not a KNN index (no index.json); build one with `sketchembed index build`")
+            raise FileNotFoundError(f"{root}: not a KNN index (no index.json); "
+                                    "build one with `sketchembed index build`")
         meta = _read_index_meta(meta_file, root)
         classes = meta["classes"]
 

@@ -207,8 +207,10 @@ class SketchModule(L.LightningModule):
         """Lightning's loader would rebuild the parts a file names through Hydra; here the file is
         opened as data (:mod:`sketchembed.models.checkpoint`): a model of this kind, in eval mode."""
         if hparams_file is not None or kwargs:
-            raise TypeError("load_from_checkpoint takes no hparams_file or overrides: the checkpoint's record is the model")
-        return build_model(read_checkpoint(checkpoint_path, map_location=map_location or "cpu"), kinds=(cls.MODEL_KIND,))
+            raise TypeError("load_from_checkpoint takes no hparams_file or overrides: "
+                            "the checkpoint's record is the model")
+        return build_model(read_checkpoint(checkpoint_path, map_location=map_location or "cpu"),
+                           kinds=(cls.MODEL_KIND,))
 
     @property
     def record(self) -> ModelRecord:
@@ -359,7 +361,8 @@ class SketchModule(L.LightningModule):
             return opt
         make, args = SCHEDULERS[self.scheduler_record.name], dict(self.scheduler_record.args)
         if "total_steps" in inspect.signature(make).parameters:
-            args["total_steps"] = max(1, int(self.trainer.estimated_stepping_batches)) if self._trainer is not None else 1
+            args["total_steps"] = (max(1, int(self.trainer.estimated_stepping_batches))
+                                   if self._trainer is not None else 1)
         sched = make(opt, **args)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 

@@ -157,7 +157,8 @@ class PerDrawingPredictions(Callback):
         for column, pred in preds.items():
             if column.startswith(("pred@", "knn@")):  # pred@TAG -> acc@TAG
                 name = column.replace("pred@", "acc@")
-                pl_module.log(metric_keys.key("test_tta", name), float((pred == preds["labels"]).mean()), rank_zero_only=True)
+                pl_module.log(metric_keys.key("test_tta", name), float((pred == preds["labels"]).mean()),
+                              rank_zero_only=True)
 
 
 class SampleImagesCallback(Callback):
