@@ -50,8 +50,7 @@ def synthetic_runs(root: Path) -> None:
     (root / "main" / "eval" / "tsne.png").write_bytes(b"\x89PNG tsne")
     (root / "main" / "eval" / ".hydra").mkdir()
     (root / "main" / "eval" / ".hydra" / "config.yaml").write_text("seed: 42\nprobe:\n  steps: 300\n")
-    cv_runs(root, {"default": 32, "epochs30": 28, "augment_none": 30, "lstm": 12, "ema": 32, "tta": 33,
-                   "pretrained": 31})
+    cv_runs(root, {"default": 32, "channels": 12, "ema": 28, "tta": 33, "pretrained": 31})
 
 
 def cv_runs(root: Path, right: dict[str, int], n: int = 40) -> None:
@@ -121,13 +120,14 @@ def test_rewrite_from_runs(figures, tmp_path, capsys):
     assert "`python eval.py ckpt_path=/x/best.ckpt`" in ev
     ch = section(text, "choose")
     rows = [ln for ln in ch.splitlines() if ln.startswith("| ") and "---" not in ln][1:]
-    assert len(rows) == 7 and rows[0].startswith("| *(the default")
+    assert len(rows) == 5 and rows[0].startswith("| *(the default")
     # pooled over the CV's 40 drawings: 28 of 40 right at @100; @50 all right
-    assert rows[1].startswith("| `trainer.max_epochs=30` | 1 min 15 s | 100.0 % [91.2–100.0] | 70.0 % [54.6–81.9] |")
+    assert rows[2].startswith("| `averaging=ema` (exponential moving average of the weights) | 1 min 15 s | "
+                              "100.0 % [91.2–100.0] | 70.0 % [54.6–81.9] |")
     assert rows[0].endswith("| – / – / – |")
-    assert rows[1].endswith("| 1 / 0.12 / 0.12 |")                    # McNemar: 4 discordant drawings
-    assert rows[3].endswith("| 1 / **1.9e-06** / **1.9e-06** |")      # lstm: 20 discordant, all one way
-    assert "| 1 min 15 s + 1 min 15 s pre-training |" in rows[6]
+    assert rows[2].endswith("| 1 / 0.12 / 0.12 |")                    # McNemar: 4 discordant drawings
+    assert rows[1].endswith("| 1 / **1.9e-06** / **1.9e-06** |")      # channels: 20 discordant, all one way
+    assert "| 1 min 15 s + 1 min 15 s pre-training |" in rows[4]
     assert "seed 42, cv.seed 0 (the same folds for every row), n = 40 drawings" in ch and "`abc1234`" in ch
     assert (tmp_path / "docs" / "img" / "main_tsne.png").read_bytes() == b"\x89PNG tsne"
     # idempotent: a second rewrite from the same runs changes nothing
@@ -153,10 +153,10 @@ def test_bad_input_one_line(figures, tmp_path, capsys):
     assert figures.main(["--from-runs", str(root), "--readme", str(readme)]) == 2
     assert "exactly one `<!-- figures:main-eval -->`" in capsys.readouterr().err
     readme.write_text(README)
-    (root / "choose" / "lstm" / "cv_predictions.npz").unlink()
+    (root / "choose" / "channels" / "cv_predictions.npz").unlink()
     assert figures.main(["--from-runs", str(root), "--readme", str(readme)]) == 2
     err = capsys.readouterr().err
-    assert "choose/lstm/cv_predictions.npz: missing" in err and len(err.strip().splitlines()) == 1
+    assert "choose/channels/cv_predictions.npz: missing" in err and len(err.strip().splitlines()) == 1
     assert readme.read_text() == README                                   # nothing half-written
     (root / "main" / "train" / "figures_run.json").write_text("{}")
     assert figures.main(["main", "--from-runs", str(root), "--readme", str(readme)]) == 2

@@ -298,6 +298,7 @@ def test_miner_stats_reach_the_trainer_from_the_injected_miner():
 
     class Table(SketchModule):
         LOSS_KINDS = ("triplet",)
+        HAS_CLASSIFIER, TRIPLET_METRICS = False, True
         DEFAULT_LOSS = "hinge"
 
         def __init__(self, **common):
