@@ -117,8 +117,11 @@ def _instantiate_model(cfg: DictConfig, num_classes: int, loss_kind: str | None,
     parts = {"loss": OmegaConf.to_container(cfg.loss, resolve=True), "miner": None}
     if loss_kind == TRIPLET and _has_target(cfg.get("miner")):
         parts["miner"] = OmegaConf.to_container(cfg.miner, resolve=True)
-    return instantiate(cfg.model, num_classes=num_classes, **parts, **_transferred_before(cfg, resumed),
-                       _recursive_=False, _convert_="all")
+    # The user's config is resolved and its class looked up; what comes from a checkpoint
+    # (_transferred_before) is passed as plain Python values, never through Hydra's resolution.
+    args = OmegaConf.to_container(cfg.model, resolve=True)
+    model_cls = get_class(args.pop("_target_"))
+    return model_cls(**{**args, "num_classes": num_classes, **parts, **_transferred_before(cfg, resumed)})
 
 
 def _transferred_before(cfg: DictConfig, resumed) -> dict:
