@@ -9,6 +9,9 @@ tables between their marker comments (``<!-- figures:NAME -->`` … ``<!-- /figu
                                                 # per candidate
     python scripts/readme_figures.py choose --folds 2 --extra …   # a quick smoke of the same (tiny runs)
     python scripts/readme_figures.py --from-runs outputs/figures/<commit>   # rewrite from runs made earlier
+    OMP_NUM_THREADS=1 python scripts/readme_figures.py choose --root R --rows default channels &
+    OMP_NUM_THREADS=1 python scripts/readme_figures.py choose --root R --rows pretrained ema   # two lanes at once;
+    python scripts/readme_figures.py choose --from-runs R                         # then the table from both
 
 Runs go to ``outputs/figures/<commit>/{main/train,main/eval,choose/<row>}`` (a row that pre-trains
 first also gets ``choose/<row>_pretrain``); each run dir gets
@@ -93,7 +96,8 @@ def run_command(script: str, args: list[str], run_dir: Path, commit: str) -> dic
     wall = time.monotonic() - start
     if proc.returncode != 0:
         raise FiguresError(f"`{shlex.join(shown)}` failed with exit code {proc.returncode} (run dir {run_dir})")
-    record = {"command": shlex.join(shown), "commit": commit, "wall_s": round(wall, 1), "cpu_cores": os.cpu_count()}
+    record = {"command": shlex.join(shown), "commit": commit, "wall_s": round(wall, 1), "cpu_cores": os.cpu_count(),
+              "threads": os.environ.get("OMP_NUM_THREADS") or None}
     (run_dir / RUN_FILE).write_text(json.dumps(record, indent=2))
     return record
 
@@ -105,18 +109,28 @@ def _best_checkpoint(run_dir: Path) -> str:
     return str(best)
 
 
-def make_runs(root: Path, what: str, extra: list[str], eval_extra: list[str], folds: int = 5) -> None:
-    """Run the commands behind the tables ``what`` (main, choose, all) into ``root``."""
+def make_runs(root: Path, what: str, extra: list[str], eval_extra: list[str], folds: int = 5,
+              rows: list[str] | None = None) -> None:
+    """Run the commands behind the tables ``what`` (main, choose, all) into ``root``; ``rows`` picks
+    choose rows by run dir name (another process may run the others into the same root)."""
     commit = git_commit()
-    if root.exists() and any(root.iterdir()):  # old checkpoints would mix with the new runs'
-        raise FiguresError(f"{root} already holds runs: reuse them with --from-runs {root}, or remove it")
+    names = [r[0] for r in CHOOSE_ROWS]
+    unknown = sorted(set(rows or ()) - set(names))
+    if unknown:
+        raise FiguresError(f"--rows {' '.join(unknown)}: unknown (choose from {', '.join(names)})")
+    todo = [r for r in CHOOSE_ROWS if rows is None or r[0] in rows] if what in ("choose", "all") else []
+    mine = ([root / "main"] if what in ("main", "all") else []) + [
+        root / "choose" / d for name, _, _, pre in todo for d in (name, f"{name}_pretrain")[:1 + (pre is not None)]]
+    for d in mine:  # old checkpoints would mix with the new runs'
+        if d.exists() and any(d.iterdir()):
+            raise FiguresError(f"{d} already holds runs: reuse them with --from-runs {root}, or remove it")
     if what in ("main", "all"):
         train_dir = root / "main" / "train"
         run_command("train.py", extra, train_dir, commit)
         run_command("eval.py", [f"ckpt_path={_best_checkpoint(train_dir)}", *eval_extra],
                     root / "main" / "eval", commit)
     if what in ("choose", "all"):
-        for name, overrides, _, pretrain in CHOOSE_ROWS:
+        for name, overrides, _, pretrain in todo:
             if pretrain is not None:
                 pre_dir = root / "choose" / f"{name}_pretrain"
                 run_command("train.py", [*pretrain, *extra], pre_dir, commit)
@@ -249,7 +263,8 @@ def choose_table(root: Path) -> str:
         m = run[0]
         seeds.add(str(_seed(d, m)))
         commits.add(rec["commit"])
-        cores.add(str(rec.get("cpu_cores", "?")))
+        cores.add(f"{rec.get('cpu_cores', '?')} CPU cores"
+                  + (f" at OMP_NUM_THREADS={rec['threads']} (rows run side by side)" if rec.get("threads") else ""))
         ns.add(str(m.get("cv/n", "?")))
         folds.add(str(m.get("cv/folds", "?")))
         cv_seeds.add(str(m.get("cv/seed", "?")))
@@ -271,7 +286,7 @@ def choose_table(root: Path) -> str:
                  f"n = {', '.join(sorted(ns))} "
                  f"drawings (each tested once, by the fold that held it out), commit "
                  f"{', '.join(f'`{c}`' for c in sorted(commits))}, wall clock of the whole CV on "
-                 f"{', '.join(sorted(cores))} CPU cores. Brackets: 95 % Wilson interval over the n pooled drawings; "
+                 f"{', '.join(sorted(cores))}. Brackets: 95 % Wilson interval over the n pooled drawings; "
                  "last column: McNemar's exact test on the same drawings paired by key_id (bold: p < 0.05, each "
                  "cell on its own). Regenerate: `python scripts/readme_figures.py choose`."]
     return "\n".join(rows)
@@ -313,6 +328,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--extra", nargs="*", default=[], metavar="OVERRIDE", help="appended to every train.py")
     p.add_argument("--eval-extra", nargs="*", default=[], metavar="OVERRIDE", help="appended to eval.py")
     p.add_argument("--folds", type=int, default=5, help="cross-validation folds of each choose row (default 5)")
+    p.add_argument("--rows", nargs="+", metavar="ROW", help="run only these choose rows (by run dir name) and "
+                   "leave README alone; rewrite it with --from-runs once every row is there")
     args = p.parse_args(argv)
     try:
         readme = Path(args.readme)
@@ -326,7 +343,13 @@ def main(argv: list[str] | None = None) -> int:
             root = Path(args.root) if args.root else REPO / "outputs" / "figures" / git_commit()
             if args.folds < 2:
                 raise FiguresError(f"--folds {args.folds}: cross-validation needs at least 2 folds")
-            make_runs(root, args.what, list(args.extra), list(args.eval_extra), args.folds)
+            if args.rows and args.what != "choose":
+                raise FiguresError("--rows picks choose rows: use it with `choose`")
+            make_runs(root, args.what, list(args.extra), list(args.eval_extra), args.folds, args.rows)
+            if args.rows:
+                print(f"ran {' '.join(args.rows)} into {root}; when every row is there: "
+                      f"python scripts/readme_figures.py choose --from-runs {root}")
+                return 0
         rewrite_readme(readme, root, args.what)
     except FiguresError as e:
         print(f"error: {e}", file=sys.stderr)
