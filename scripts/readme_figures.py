@@ -57,13 +57,17 @@ CHOOSE_ROWS = [
     ("channels", ["data.channels=[ink,order]"],
      "`data.channels=[ink,order]` (a stroke-order channel beside the ink)", None),
     ("ema", ["averaging=ema"], "`averaging=ema` (exponential moving average of the weights)", None),
-    ("tta", ["tta=scale_shift"], "`tta=scale_shift` (test-time augmentation: 7 scaled / shifted views averaged)",
+    ("tta", ["tta=scale_shift", "train=false"],
+     "`tta=scale_shift` (test-time augmentation: 7 scaled / shifted views averaged) on the default's fold models",
      None),
     ("pretrained", ["model=combined_transfer"],
      "`model=combined_transfer`, CNN pre-trained 335-way on the embedded others335 "
      "(`model=direct data=others335 trainer.max_epochs=10`)",
      ["model=direct", "data=others335", "trainer.max_epochs=10"]),
 ]
+# Rows that train nothing: each fold tests the named row's fold model (cv.models_from), so the row
+# differs from that one in its test alone; it runs after that row.
+MODELS_FROM = {"tta": "default"}
 IMAGES = [("tsne.png", "docs/img/main_tsne.png"), ("neighbors.png", "docs/img/main_neighbors.png")]
 
 
@@ -135,6 +139,8 @@ def make_runs(root: Path, what: str, extra: list[str], eval_extra: list[str], fo
                 pre_dir = root / "choose" / f"{name}_pretrain"
                 run_command("train.py", [*pretrain, *extra], pre_dir, commit)
                 overrides = [*overrides, f"model.cnn_ckpt={_best_checkpoint(pre_dir)}"]
+            if name in MODELS_FROM:
+                overrides = [*overrides, f"cv.models_from={root / 'choose' / MODELS_FROM[name]}"]
             run_command("train.py", [f"cv.folds={folds}", *overrides, *extra], root / "choose" / name, commit)
 
 
@@ -256,6 +262,8 @@ def choose_table(root: Path) -> str:
         wall = duration(float(rec.get("wall_s", 0)))
         if pretrain is not None:
             wall += f" + {duration(float(_record(root / 'choose' / f'{name}_pretrain').get('wall_s', 0)))} pre-training"
+        if name in MODELS_FROM:
+            wall += f" (testing only; the models are {MODELS_FROM[name]}'s)"
         try:
             run = load_cv(d)
         except ValueError as e:
@@ -269,8 +277,8 @@ def choose_table(root: Path) -> str:
         folds.add(str(m.get("cv/folds", "?")))
         cv_seeds.add(str(m.get("cv/seed", "?")))
         shown = label or " ".join(f"`{o}`" for o in overrides)
-        extra = [a for a in shlex.split(rec["command"])[2:] if not a.startswith(("cv.folds=", "model.cnn_ckpt="))
-                 and a not in overrides]
+        placed = ("cv.folds=", "model.cnn_ckpt=", "cv.models_from=")  # the script places these itself
+        extra = [a for a in shlex.split(rec["command"])[2:] if not a.startswith(placed) and a not in overrides]
         if extra:
             shown += f" (run with `{' '.join(extra)}`)"
         default = run if default is None else default

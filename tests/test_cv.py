@@ -20,7 +20,7 @@ from sketchembed.eval.stats import mcnemar, wilson
 from sketchembed.eval.tta import PointTTA, embed_split, split_predictions
 from sketchembed.messages import ConfigError
 from sketchembed.train.callbacks import PerDrawingPredictions
-from sketchembed.train.cv import cv_folds, fold_config, run_cv
+from sketchembed.train.cv import cv_folds, fold_config, fold_model, run_cv
 
 TEST, VAL, TRAIN = SPLIT_CODES["test"], SPLIT_CODES["val"], SPLIT_CODES["train"]
 
@@ -176,6 +176,35 @@ def test_cv_config_checks():
         cv_folds(cfg)
 
 
+def test_models_from_needs_a_finished_cv_with_the_same_folds(tmp_path):
+    """cv.models_from tests an earlier CV's fold models: only with train=false, only when that run
+    split the drawings the same way, and only a checkpoint inside that fold's own checkpoints/."""
+    src = tmp_path / "cv"
+    cfg = OmegaConf.create({"cv": {"folds": 2, "seed": 0, "models_from": str(src)}, "train": False, "test": True})
+    with pytest.raises(ConfigError, match="no readable cv_metrics.json"):
+        cv_folds(cfg)
+    src.mkdir()
+    (src / crossval.CV_METRICS).write_text(json.dumps({"cv/folds": 3, "cv/seed": 0}))
+    with pytest.raises(ConfigError, match=r"folds/seed \(3, 0\) differ"):
+        cv_folds(cfg)
+    (src / crossval.CV_METRICS).write_text(json.dumps({"cv/folds": 2, "cv/seed": 0}))
+    assert cv_folds(cfg) == 2
+    with pytest.raises(ConfigError, match="needs train=false"):
+        cv_folds(OmegaConf.merge(cfg, {"train": True}))
+    fold = src / "fold_1"
+    (fold / "checkpoints").mkdir(parents=True)
+    outside = tmp_path / "elsewhere.ckpt"
+    outside.write_bytes(b"x")
+    (fold / "train_metrics.json").write_text(json.dumps({"best_checkpoint": str(outside)}))
+    with pytest.raises(ConfigError, match="fold 1 has no best checkpoint"):   # a name only, looked up in fold_1/
+        fold_model(src, 1)
+    (fold / "checkpoints" / "elsewhere.ckpt").write_bytes(b"x")
+    assert fold_model(src, 1) == fold / "checkpoints" / "elsewhere.ckpt"
+    (fold / "train_metrics.json").write_text("[1]")
+    with pytest.raises(ConfigError, match="unreadable"):
+        fold_model(src, 1)
+
+
 def test_bad_cv_value_through_the_entry_is_one_error_line(tmp_path, capsys):
     from sketchembed.train.run import train_entry, train_or_cv
 
@@ -238,6 +267,16 @@ def test_cv_end_to_end_two_tiny_folds(tmp_path):
         fold = json.loads((tmp_path / f"fold_{i}" / "train_metrics.json").read_text())
         assert m["cv_fold/acc@100"][i] == pytest.approx(fold["test/acc@100"], abs=1e-6)
         assert m["cv_fold/knn@3"][i] == pytest.approx(fold["test/knn@3"], abs=1e-6)
+    # the same fold models tested again (cv.models_from, train=false): the same predictions, drawing by drawing
+    again = tmp_path / "again"
+    cfg = compose_cfg([*over, "cv.folds=2", "callbacks.embedding_eval.max_train=1000", "train=false",
+                       f"cv.models_from={tmp_path}"], again)
+    train_entry("train", train_or_cv)(cfg)
+    m2, preds2 = crossval.load_cv(again)
+    order, order2 = np.argsort(preds["key_ids"]), np.argsort(preds2["key_ids"])
+    assert m2["cv/n"] == 337
+    for key in ("correct/acc@100", "correct/acc@50", "correct/knn@3"):
+        assert (preds[key][order] == preds2[key][order2]).all(), key
 
 
 # --------------------------------------------------------------------------- test-time augmentation

@@ -167,6 +167,35 @@ def test_bad_input_one_line(figures, tmp_path, capsys):
     assert "already holds runs: reuse them with --from-runs" in capsys.readouterr().err
 
 
+def test_rows_run_side_by_side_into_one_root(figures, tmp_path, monkeypatch, capsys):
+    """--rows runs only the named choose rows (another process runs the others into the same root),
+    refuses a row whose dir holds runs, and a testing-only row tests its source row's fold models."""
+    ran = []
+
+    def fake_run(script, args, run_dir, commit):
+        ran.append((script, args, run_dir))
+        run_dir.mkdir(parents=True)
+        (run_dir / "train_metrics.json").write_text(json.dumps({"best_checkpoint": str(run_dir / "best.ckpt")}))
+        return {}
+
+    monkeypatch.setattr(figures, "run_command", fake_run)
+    root, readme = tmp_path / "runs", tmp_path / "README.md"
+    readme.write_text(README)
+    args = ["choose", "--root", str(root), "--readme", str(readme), "--folds", "2"]
+    assert figures.main([*args, "--rows", "default"]) == 0
+    assert figures.main([*args, "--rows", "pretrained", "tta"]) == 0
+    assert readme.read_text() == README                                   # rows alone leave README alone
+    assert [r[2].name for r in ran] == ["default", "tta", "pretrained_pretrain", "pretrained"]
+    tta = ran[1][1]
+    assert "train=false" in tta and f"cv.models_from={root / 'choose' / 'default'}" in tta
+    assert f"model.cnn_ckpt={root / 'choose' / 'pretrained_pretrain' / 'best.ckpt'}" in ran[3][1]
+    capsys.readouterr()
+    assert figures.main([*args, "--rows", "default"]) == 2                 # never trains into old runs
+    assert "choose/default already holds runs" in capsys.readouterr().err
+    assert figures.main([*args, "--rows", "nope"]) == 2
+    assert "--rows nope: unknown" in capsys.readouterr().err
+
+
 def test_repo_readme_has_each_marker_once(figures):
     text = (REPO / "README.md").read_text()
     for what in figures.SECTIONS["all"]:

@@ -9,10 +9,15 @@ lives in ``<run dir>/fold_<i>/`` (train_metrics.json, checkpoints, and the per-d
 ``test_predictions.npz`` of :class:`~sketchembed.train.callbacks.PerDrawingPredictions`); the run dir gets
 the pooled table over every drawing (``sketchembed.eval.crossval``: cv_metrics.json, cv.md,
 cv_predictions.npz), which ``sketchembed report CV_DIR CV_DIR`` compares pairwise.
+
+``cv.models_from=CV_DIR train=false`` trains nothing: fold i tests CV_DIR's fold-i model (its best
+checkpoint) under this config, e.g. with ``tta=scale_shift``, so a test-time choice is judged on the
+very models it would change, paired drawing by drawing with CV_DIR's own table.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable
 from pathlib import Path
@@ -21,7 +26,7 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from sketchembed.entry import hydra_choices
-from sketchembed.eval.crossval import cv_metrics, pool_folds, print_cv, write_cv
+from sketchembed.eval.crossval import CV_METRICS, cv_metrics, pool_folds, print_cv, write_cv
 from sketchembed.messages import ConfigError
 from sketchembed.train.callbacks import PerDrawingPredictions
 
@@ -48,9 +53,43 @@ def cv_folds(cfg: DictConfig) -> int | None:
         raise ConfigError(f"cv.seed={seed!r}: expected an integer (the fold assignment's key_id hash seed)")
     if share is not None and (isinstance(share, bool) or not isinstance(share, (int, float)) or not 0 < share < 1):
         raise ConfigError(f"cv.val_share={share!r}: expected a number in (0, 1), or null (the dataset's own share)")
-    if not cfg.get("train", True) or not cfg.get("test", True):
+    models_from = OmegaConf.select(cfg, "cv.models_from", default=None)
+    if models_from is None and (not cfg.get("train", True) or not cfg.get("test", True)):
         raise ConfigError(f"cv.folds={folds} needs train=true and test=true (each fold trains, then tests)")
+    if models_from is not None:
+        if cfg.get("train", True) or not cfg.get("test", True):
+            raise ConfigError(f"cv.models_from={models_from}: needs train=false and test=true (each fold tests "
+                              "that run's model)")
+        _check_models_from(Path(str(models_from)), folds, seed)
     return folds
+
+
+def _check_models_from(src: Path, folds: int, seed: int) -> None:
+    """The earlier CV run must have split the drawings the same way, or a fold's model has seen its test."""
+    try:
+        theirs = json.loads((src / CV_METRICS).read_text())
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"cv.models_from={src}: no readable {CV_METRICS} ({type(e).__name__}); "
+                          "give a finished CV run dir") from None
+    if not isinstance(theirs, dict) or theirs.get("cv/folds") != folds or theirs.get("cv/seed") != seed:
+        got = (theirs.get("cv/folds"), theirs.get("cv/seed")) if isinstance(theirs, dict) else "?"
+        raise ConfigError(f"cv.models_from={src}: its folds/seed {got} differ from cv.folds={folds}, cv.seed={seed} "
+                          "(each fold's model must not have seen that fold's test drawings)")
+
+
+def fold_model(src: Path, index: int) -> Path:
+    """Fold ``index``'s best checkpoint in CV run ``src``: the file name its train_metrics.json gives,
+    looked up in that fold's own checkpoints/ (a name only: the file cannot point elsewhere)."""
+    fold_dir = src / f"fold_{index}"
+    try:
+        best = json.loads((fold_dir / "train_metrics.json").read_text()).get("best_checkpoint")
+    except (OSError, ValueError, AttributeError) as e:
+        raise ConfigError(f"cv.models_from={src}: {fold_dir}/train_metrics.json unreadable ({type(e).__name__})") \
+            from None
+    path = fold_dir / "checkpoints" / Path(str(best or "")).name
+    if not best or not path.is_file():
+        raise ConfigError(f"cv.models_from={src}: fold {index} has no best checkpoint ({path} missing)")
+    return path
 
 
 def fold_config(cfg: DictConfig, k: int, index: int, out_dir: Path) -> DictConfig:
@@ -66,6 +105,9 @@ def fold_config(cfg: DictConfig, k: int, index: int, out_dir: Path) -> DictConfi
         if not (isinstance(node, DictConfig) and node.get("_target_") == _PREDICTIONS_TARGET):
             fold.callbacks.test_predictions = {"_target_": _PREDICTIONS_TARGET}
         fold.callbacks.test_predictions.dirpath = str(out_dir)
+        models_from = OmegaConf.select(cfg, "cv.models_from", default=None)
+        if models_from is not None:
+            fold.ckpt_path = str(fold_model(Path(str(models_from)), index))
     return fold
 
 
