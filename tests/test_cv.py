@@ -322,9 +322,60 @@ def test_tta_views_are_checked_and_averaged():
 def test_ema_is_a_config_switch_after_the_eval_callbacks(tmp_path):
     cfg = compose_cfg([*tiny("combined"), "averaging=ema"], tmp_path)
     names = list(cfg.callbacks)
-    assert cfg.callbacks.weight_averaging._target_.endswith("EMAWeightAveraging")
+    assert cfg.callbacks.weight_averaging._target_.endswith("BatchNormEMA")
     # the validation's embedding eval must run while the averaged weights are swapped in
     assert names.index("weight_averaging") > names.index("embedding_eval")
+
+
+class _BNNet(torch.nn.Module):
+    """A stand-in LightningModule: embed = BatchNorm over a batch's points' first feature row."""
+
+    def __init__(self):
+        super().__init__()
+        self.bn = torch.nn.BatchNorm1d(3, momentum=0.1)
+        self.device = torch.device("cpu")
+
+    def embed(self, batch):
+        return self.bn(batch["x"])
+
+
+def test_ema_recomputes_batchnorm_for_the_averaged_weights():
+    """The averaged weights get BatchNorm statistics of their own: the plain mean over at most
+    bn_batches training batches (not an average of other weights' statistics); momentum and mode
+    are restored, and a model without BatchNorm is left alone."""
+    from types import SimpleNamespace
+
+    from sketchembed.train.callbacks import BatchNormEMA
+
+    gen = torch.Generator().manual_seed(0)
+    batches = [{"x": torch.randn(8, 3, generator=gen) * (i + 1) + i} for i in range(5)]
+    seen = []
+
+    class DM:
+        def train_dataloader(self):
+            return iter(batches)
+
+        def on_after_batch_transfer(self, batch, idx):
+            seen.append(batch)
+            return batch
+
+    net = _BNNet().eval()
+    net.bn.running_mean.fill_(100.0)
+    cb = BatchNormEMA(decay=0.9, bn_batches=3)
+    cb.recompute_batchnorm(SimpleNamespace(datamodule=DM()), net)
+    x = torch.cat([b["x"] for b in batches[:3]])
+    means = torch.stack([b["x"].mean(0) for b in batches[:3]]).mean(0)
+    assert len(seen) == 3 and torch.allclose(net.bn.running_mean, means, atol=1e-6)
+    assert not torch.allclose(net.bn.running_mean, x.mean(0) * 0 + 100.0)
+    assert net.bn.momentum == 0.1 and not net.training
+    plain = torch.nn.Linear(3, 3)
+    plain.device = torch.device("cpu")
+    seen.clear()
+    cb.recompute_batchnorm(SimpleNamespace(datamodule=DM()), plain)
+    assert seen == []
+    for bad in ({"use_buffers": True}, {"bn_batches": 0}, {"bn_batches": True}):
+        with pytest.raises(ValueError, match="callbacks.weight_averaging"):
+            BatchNormEMA(**bad)
 
 
 @pytest.mark.slow

@@ -12,11 +12,12 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-from lightning.pytorch.callbacks import Callback
+import torch
+from lightning.pytorch.callbacks import Callback, EMAWeightAveraging
 from PIL import Image
 
 from sketchembed import metric_keys
-from sketchembed.eval.embed import embed_loader
+from sketchembed.eval.embed import embed_loader, to_device
 from sketchembed.eval.knn import KNNIndex, knn_accuracy
 from sketchembed.eval.plots import image_grid, plot_neighbors, plot_tsne, sketch_grid
 from sketchembed.eval.probe import linear_probe
@@ -159,6 +160,57 @@ class PerDrawingPredictions(Callback):
                 name = column.replace("pred@", "acc@")
                 pl_module.log(metric_keys.key("test_tta", name), float((pred == preds["labels"]).mean()),
                               rank_zero_only=True)
+
+
+class BatchNormEMA(EMAWeightAveraging):
+    """Lightning's EMA of the weights, with BatchNorm statistics that belong to the averaged weights.
+
+    Averaging BatchNorm's running statistics like the weights (Lightning's ``use_buffers=True``) pairs
+    averaged weights with statistics of other weights: on the default job's 360 steps it put fold 0's
+    validation accuracy at 23 % where the trained weights scored 67 %, and the averaged weights with
+    statistics recomputed scored 67 % too. So only the weights are averaged, and before each validation
+    (and at the end of training) the statistics are recomputed with the averaged weights on at most
+    ``bn_batches`` training batches (torch's ``update_bn`` recipe). A model without BatchNorm skips it."""
+
+    def __init__(self, decay: float = 0.999, bn_batches: int = 50, **kwargs):
+        if kwargs.pop("use_buffers", False):
+            raise ValueError("callbacks.weight_averaging.use_buffers: BatchNormEMA averages weights only and "
+                             "recomputes BatchNorm statistics (leave use_buffers out)")
+        if isinstance(bn_batches, bool) or not isinstance(bn_batches, int) or bn_batches < 1:
+            raise ValueError(f"callbacks.weight_averaging.bn_batches={bn_batches!r}: expected an integer >= 1")
+        super().__init__(decay=decay, use_buffers=False, **kwargs)
+        self.bn_batches = bn_batches
+
+    def on_validation_epoch_start(self, trainer, pl_module) -> None:
+        super().on_validation_epoch_start(trainer, pl_module)  # the averaged weights are now pl_module's
+        if self._average_model is not None and not trainer.sanity_checking:
+            self.recompute_batchnorm(trainer, pl_module)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        super().on_train_end(trainer, pl_module)               # the averaged weights, for good
+        self.recompute_batchnorm(trainer, pl_module)
+
+    @torch.no_grad()
+    def recompute_batchnorm(self, trainer, pl_module) -> None:
+        norms = [m for m in pl_module.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+        dm = trainer.datamodule
+        if not norms or dm is None:
+            return
+        momenta = [m.momentum for m in norms]
+        for m in norms:
+            m.reset_running_stats()
+            m.momentum = None                                   # a plain mean over the batches seen
+        was_training = pl_module.training
+        pl_module.train()
+        try:
+            for i, batch in enumerate(dm.train_dataloader()):
+                if i >= self.bn_batches:
+                    break
+                pl_module.embed(dm.on_after_batch_transfer(to_device(batch, pl_module.device), 0))
+        finally:
+            for m, momentum in zip(norms, momenta):
+                m.momentum = momentum
+            pl_module.train(was_training)
 
 
 class SampleImagesCallback(Callback):
