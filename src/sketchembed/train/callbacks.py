@@ -168,9 +168,10 @@ class BatchNormEMA(EMAWeightAveraging):
     Averaging BatchNorm's running statistics like the weights (Lightning's ``use_buffers=True``) pairs
     averaged weights with statistics of other weights: in fold 0 of a CV of the default job at 9c90e5c
     (epoch ~15 of 60, 48 val drawings) the averaged model scored 23 % on validation, the trained
-    weights 67 %, and the averaged weights with statistics recomputed 67 % too. So only the weights are averaged, and before each validation
-    (and at the end of training) the statistics are recomputed with the averaged weights on at most
-    ``bn_batches`` training batches (torch's ``update_bn`` recipe). A model without BatchNorm skips it."""
+    weights 67 %, and the averaged weights with statistics recomputed 67 % too. So only the weights
+    are averaged, and before each validation (and at the end of training) the statistics are
+    recomputed with the averaged weights on at most ``bn_batches`` training batches (torch's
+    ``update_bn`` recipe). A model without BatchNorm skips it."""
 
     def __init__(self, decay: float = 0.999, bn_batches: int = 50, **kwargs):
         if kwargs.pop("use_buffers", False):
