@@ -196,6 +196,16 @@ def test_rows_run_side_by_side_into_one_root(figures, tmp_path, monkeypatch, cap
     assert "--rows nope: unknown" in capsys.readouterr().err
 
 
+def test_repo_readme_choose_table_is_the_stored_runs(figures):
+    """README's CV table is what the runs kept in docs/figures give (a stale table fails here)."""
+    stored = sorted((REPO / "docs" / "figures").glob("choose-*"))
+    assert stored, "docs/figures/choose-<commit>/ holds the runs behind README's CV table"
+    text = (REPO / "README.md").read_text()
+    start, end = "<!-- figures:choose -->", "<!-- /figures:choose -->"
+    shown = text[text.index(start) + len(start):text.index(end)].strip()
+    assert shown == figures.choose_table(stored[-1]).strip()
+
+
 def test_repo_readme_has_each_marker_once(figures):
     text = (REPO / "README.md").read_text()
     for what in figures.SECTIONS["all"]:
