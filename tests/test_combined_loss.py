@@ -9,7 +9,6 @@ from __future__ import annotations
 import pytest
 import torch
 from hydra.utils import instantiate
-from omegaconf import OmegaConf
 
 from helpers import MODEL_TINY, TINY, compose_cfg, make_batch, read_csv_metrics, run_inproc, tiny_model
 from sketchembed.metric.losses import CrossEntropy, HingeTripletLoss
@@ -27,8 +26,9 @@ def _model(tmp_path, *overrides: str) -> tuple[CombinedModel, dict]:
                        "data.max_snapshots=3", "augment=none", *SMALL, *overrides], tmp_path)
     dm = instantiate(cfg.data, views=sorted(CombinedModel.VIEWS), _convert_="all")
     dm.setup("fit")
-    model = instantiate(cfg.model, num_classes=dm.num_classes, loss=OmegaConf.to_container(cfg.loss, resolve=True),
-                        miner=OmegaConf.to_container(cfg.miner, resolve=True), _recursive_=False, _convert_="all")
+    miner = instantiate(cfg.miner, _convert_="all") if cfg.get("miner") else None  # train.py builds the parts
+    model = instantiate(cfg.model, num_classes=dm.num_classes, loss=instantiate(cfg.loss, _convert_="all"),
+                        miner=miner, _recursive_=False, _convert_="all")
     batch = dm.on_after_batch_transfer(next(iter(dm.train_dataloader())), 0)
     return model, batch
 

@@ -363,13 +363,20 @@ def test_an_interpolation_anywhere_is_refused_naming_the_key(node, tmp_path):
 
 
 def test_reading_a_checkpoint_never_instantiates(tmp_path, monkeypatch):
-    """Loading maps names to registered classes: Hydra's instantiate is never called."""
-    import sketchembed.models.base as base
+    """Loading maps names to registered classes: Hydra's instantiate is never called (the models
+    package does not even import it; train.py builds the user's loss and miner)."""
+    import hydra._internal.instantiate._instantiate2 as hydra_instantiate
+    import hydra.utils
+
+    import sketchembed.models as models_pkg
 
     def refuse(*a, **kw):
         raise AssertionError("instantiate called while loading a checkpoint")
 
-    monkeypatch.setattr(base, "instantiate", refuse)
+    monkeypatch.setattr(hydra.utils, "instantiate", refuse)
+    monkeypatch.setattr(hydra_instantiate, "instantiate", refuse)
+    for module in [m for name, m in sys.modules.items() if name.startswith(models_pkg.__name__ + ".")]:
+        assert getattr(module, "instantiate", None) is None, module.__name__
     for fmt in (1, 2):
         loaded = open_checkpoint(_plain_checkpoint(tmp_path / f"ok{fmt}.ckpt", fmt=fmt))
         assert loaded.model.loss is None and loaded.model.miner is None  # inference: no training part

@@ -14,7 +14,6 @@ from typing import Any
 
 import lightning as L
 import torch
-from hydra.utils import instantiate
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
@@ -81,20 +80,17 @@ ARG_RULES = {
 
 
 def build_part(part: Any, what: str, default: str | None = None) -> nn.Module | None:
-    """A loss or miner for training from a module, the user's config (``{_target_: ...}``: train.py's
-    own config, never a checkpoint's), a registered name (``hinge``), or None (``default``'s name, or
-    no part)."""
+    """A loss or miner for training from a module (train.py builds it from the user's config), a
+    registered name (``hinge``), or None (``default``'s name, or no part). Models instantiate
+    nothing: a config mapping is refused, so no file's contents can become an object here."""
     if part is None:
         part = default
     if part is None or isinstance(part, nn.Module):
         return part
     if isinstance(part, str):
         return {"loss": LOSSES, "miner": MINERS}[what][part]()
-    if isinstance(part, Mapping) or hasattr(part, "keys"):
-        if "_target_" not in part:
-            raise ValueError(f"{what}: a mapping needs a _target_, got {dict(part)!r}")
-        return instantiate(part, _convert_="all")
-    raise ValueError(f"{what}: expected a module, a config with _target_ or a name, got {part!r}")
+    raise ValueError(f"{what}: expected a module or a registered name, got {part!r} (a config is built "
+                     "into a module by train.py)")
 
 
 def part_spec(part: nn.Module | None, registry: Registry) -> PartRecord | None:

@@ -112,11 +112,12 @@ def _check_launch(cfg: DictConfig) -> None:
 
 
 def _instantiate_model(cfg: DictConfig, num_classes: int, loss_kind: str | None, resumed=None):
-    """The model with its loss and (triplet-kind losses) miner configs injected; the model builds
-    them and keeps the configs as the record of what it trained with."""
-    parts = {"loss": OmegaConf.to_container(cfg.loss, resolve=True), "miner": None}
+    """The model with its loss and (triplet-kind losses) miner injected, built here from the user's
+    own config (the model records them by registered name; models instantiate nothing)."""
+    parts = {"loss": instantiate(cfg.loss, _convert_="all") if _has_target(cfg.get("loss")) else None,
+             "miner": None}
     if loss_kind == TRIPLET and _has_target(cfg.get("miner")):
-        parts["miner"] = OmegaConf.to_container(cfg.miner, resolve=True)
+        parts["miner"] = instantiate(cfg.miner, _convert_="all")
     # The user's config is resolved and its class looked up; what comes from a checkpoint
     # (_transferred_before) is passed as plain Python values, never through Hydra's resolution.
     args = OmegaConf.to_container(cfg.model, resolve=True)
